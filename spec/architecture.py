@@ -1,0 +1,125 @@
+"""The network: backbone decoder, MoE layout, fusion of modalities, memory and KV cache."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from .base import SpecModel
+
+
+class Backbone(SpecModel):
+    """A Qwen-style decoder; every choice that distinguishes the classic families is a field."""
+
+    layers: int = Field(24, ge=1, description="decoder layers")
+    hidden: int = Field(2048, gt=0, description="model width d_model")
+    heads: int = Field(16, ge=1, description="attention (query) heads")
+    kv_heads: int | None = Field(None, ge=1, description="key/value heads for GQA (default: heads, i.e. MHA)")
+    head_dim: int | None = Field(None, gt=0, description="per-head width (default: hidden / heads)")
+    ffn_hidden: int | None = Field(None, gt=0, description="dense MLP inner width (default: 4*hidden for GELU, 8/3*hidden rounded to 256 for SwiGLU)")
+    mlp: Literal["swiglu", "gelu"] = Field("swiglu", description="MLP type")
+    norm: Literal["rmsnorm", "layernorm"] = Field("rmsnorm", description="normalisation layer")
+    norm_eps: float = Field(1e-6, gt=0, description="epsilon of the normalisation")
+    positions: Literal["rope", "learned", "none"] = Field("rope", description="position encoding")
+    rope_theta: float = Field(1_000_000.0, gt=0, description="RoPE base frequency")
+    qk_norm: bool = Field(False, description="RMSNorm on queries and keys (Qwen3, OLMo 2)")
+    tied_embeddings: bool = Field(False, description="share input embedding and output head weights")
+    context_length: int = Field(4096, ge=1, description="longest sequence the model supports (tokens)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on attention and MLP outputs")
+    bias: bool = Field(False, description="biases in linear layers")
+
+    @model_validator(mode="after")
+    def _heads(self):
+        kv = self.kv_heads or self.heads
+        if self.heads % kv:
+            ok = [d for d in range(1, self.heads + 1) if self.heads % d == 0]
+            raise ValueError(f"kv_heads: heads {self.heads} is not divisible by kv_heads {kv}; use kv_heads among {ok}")
+        if self.head_dim is None and self.hidden % self.heads:
+            raise ValueError(f"heads: hidden {self.hidden} is not divisible by heads {self.heads}; set head_dim or change heads")
+        return self
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.kv_heads or self.heads
+
+    @property
+    def d_head(self) -> int:
+        return self.head_dim or self.hidden // self.heads
+
+    @property
+    def d_ffn(self) -> int:
+        if self.ffn_hidden:
+            return self.ffn_hidden
+        if self.mlp == "gelu":
+            return 4 * self.hidden
+        return 256 * -(-int(8 * self.hidden / 3) // 256)
+
+
+class MoE(SpecModel):
+    """Mixture-of-experts layout. `layers` picks the MoE layers: "all", "every:N" (every N-th
+    layer starting at the N-th, as GShard/Switch), "from:K" (all from layer K on, DeepSeek keeps
+    the first K dense), or an explicit list of layer indices."""
+
+    layers: str | list[int] = Field("all", description='which layers are MoE: "all", "every:N", "from:K", or a list of indices')
+    experts: int = Field(8, ge=1, description="routed experts per MoE layer")
+    top_k: int = Field(2, ge=1, description="experts each token is routed to")
+    shared_experts: int = Field(0, ge=0, description="always-active shared experts (DeepSeekMoE)")
+    expert_hidden: int | None = Field(None, gt=0, description="FFN width of one expert (default: backbone ffn width)")
+    router: Literal["softmax", "sigmoid"] = Field("softmax", description="router score function, computed in fp32")
+    balancing: Literal["aux_loss", "aux_free", "none"] = Field("aux_loss", description="load balancing: Switch auxiliary loss, bias-based aux-loss-free (DeepSeek-V3), or none")
+    aux_loss_coef: float = Field(0.01, ge=0, description="coefficient of the Switch load-balancing loss E*sum(f_i*P_i)")
+    z_loss_coef: float = Field(0.001, ge=0, description="coefficient of the router z-loss mean(logsumexp^2)")
+    bias_update_rate: float = Field(0.001, ge=0, description="per-step bias update of aux-loss-free balancing")
+    capacity_factor: float | None = Field(1.25, gt=0, description="expert capacity = ceil(tokens*top_k/experts*factor); null = dropless")
+    expert_dropout: float = Field(0.0, ge=0, lt=1, description="dropout inside experts")
+
+    @field_validator("layers")
+    @classmethod
+    def _layers_form(cls, v):
+        if isinstance(v, str) and not re.fullmatch(r"all|every:[1-9]\d*|from:\d+", v):
+            raise ValueError(f'{v!r} is not a layer pattern; use "all", "every:N", "from:K" or a list of layer indices')
+        return v
+
+    @model_validator(mode="after")
+    def _topk(self):
+        if self.top_k > self.experts:
+            raise ValueError(f"top_k: {self.top_k} exceeds experts {self.experts}; use top_k <= {self.experts}")
+        return self
+
+    def moe_layer_indices(self, num_layers: int) -> tuple[int, ...]:
+        v = self.layers
+        if isinstance(v, list):
+            return tuple(sorted(set(v)))
+        if v == "all":
+            return tuple(range(num_layers))
+        kind, n = v.split(":")
+        n = int(n)
+        if kind == "every":
+            return tuple(i for i in range(num_layers) if (i + 1) % n == 0)
+        return tuple(range(n, num_layers))
+
+
+class Fusion(SpecModel):
+    """Where and how modalities meet the language backbone."""
+
+    mode: Literal["early", "late"] = Field("early", description="early: all tokens in one backbone; late: gated cross-attention to encoded modalities")
+    cross_attention_every: int = Field(4, ge=1, description="late fusion: a cross-attention layer every k decoder layers")
+    gated: bool = Field(True, description="late fusion: tanh gate initialised at zero (Flamingo)")
+    freeze_lm: bool = Field(False, description="late fusion: freeze the language model, train the new layers only")
+    stream: Literal["shared", "dual"] = Field("shared", description="shared backbone, or dual stream (separate weights per modality group, joint attention)")
+    projector: Literal["none", "linear", "mlp", "resampler"] = Field("none", description="projector of continuous/encoded features into the backbone (LLaVA: mlp; Qwen-VL: resampler)")
+    resampler_queries: int = Field(64, ge=1, description="learned queries of a perceiver-style resampler")
+    attention_mask: Literal["causal", "bidirectional_image", "prefix_lm"] = Field("causal", description="causal; bidirectional inside each image span (Transfusion, Show-o); or prefix-LM")
+
+
+class Memory(SpecModel):
+    segment_length: int = Field(0, ge=0, description="tokens per recurrent segment (0 = no segment recurrence)")
+    memory_tokens: int = Field(0, ge=0, description="memory slots carried between segments")
+
+
+class KVCache(SpecModel):
+    max_batch: int = Field(1, ge=1, description="sequences decoded at once")
+    max_length: int | None = Field(None, ge=1, description="longest cached sequence (default: context length)")
+    dtype: Literal["bf16", "fp16", "fp32", "fp8"] = Field("bf16", description="cache element type")

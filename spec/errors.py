@@ -1,0 +1,159 @@
+"""Spec errors a user can act on: every issue names its field path, what is wrong and a fix."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+
+@dataclass(frozen=True)
+class Issue:
+    path: str  # dotted field path, e.g. "backbone.kv_heads" ("" = the whole spec)
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path or '<spec>'}: {self.message}"
+
+
+class SpecError(ValueError):
+    """Raised for any bad spec: file, syntax, unknown keys, bad values, cross-field rules."""
+
+    def __init__(self, issues: list[Issue], source: str = ""):
+        self.issues = issues
+        self.source = source
+        where = f" in {source}" if source else ""
+        lines = [f"{len(issues)} problem{'s' if len(issues) != 1 else ''}{where}:"]
+        lines += [f"  - {i}" for i in issues]
+        super().__init__("\n".join(lines))
+
+
+def from_validation_error(err: ValidationError, root: type[BaseModel], data: Any, source: str = "") -> SpecError:
+    issues: list[Issue] = []
+    for e in err.errors(include_url=False):
+        loc = tuple(e["loc"])
+        issues += _issues_for(e, loc, root, data)
+    # stable, de-duplicated order so the same bad spec prints the same message
+    seen, unique = set(), []
+    for i in issues:
+        if (i.path, i.message) not in seen:
+            seen.add((i.path, i.message))
+            unique.append(i)
+    return SpecError(unique, source)
+
+
+def _issues_for(e: dict, loc: tuple, root: type[BaseModel], data: Any) -> list[Issue]:
+    parts, model_loc = _clean_path(root, loc)
+    path = ".".join(parts)
+    kind, msg = e["type"], e["msg"]
+    if kind == "extra_forbidden":
+        key = parts[-1]
+        valid = sorted(_fields_at(root, model_loc[:-1], data))
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return [Issue(path, f"unknown key; {hint}valid keys here: {', '.join(valid)}")]
+    if kind == "value_error":
+        text = msg.removeprefix("Value error, ")
+        out = []
+        for ln in (ln for ln in text.split("\n") if ln.strip()):
+            m = re.match(r"^([A-Za-z_][\w.\[\]-]*): (.*)$", ln)
+            if m:  # "field: message" names a field below the model that raised it
+                out.append(Issue(f"{path}.{m.group(1)}" if path else m.group(1), m.group(2)))
+            else:
+                out.append(Issue(path, ln))
+        return out
+    if kind in ("literal_error", "enum"):
+        return [Issue(path, f"{e.get('input')!r} is not a valid choice; {msg.replace('Input should be', 'choose')}")]
+    if kind == "missing":
+        return [Issue(path, "required field is missing; add it")]
+    if kind == "union_tag_invalid":
+        return [Issue(path, f"{msg}; set kind to one of the listed values")]
+    if kind == "union_tag_not_found":
+        return [Issue(path, f"{msg}; add a kind, e.g. kind: text")]
+    return [Issue(path, f"{msg} (got {e.get('input')!r})")]
+
+
+def _clean_path(root: type[BaseModel], loc: tuple) -> tuple[list[str], tuple]:
+    """Drop the labels pydantic inserts for union members (the tag of a tagged union, or
+    "int" / "literal['auto']" of a plain union) so the path is what the user wrote."""
+    tp: Any = root
+    parts: list[str] = []
+    kept: list[Any] = []
+    for part in loc:
+        tp = _strip_annotated(tp)
+        origin = typing.get_origin(tp)
+        if origin in (typing.Union, types.UnionType):
+            members = [a for a in typing.get_args(tp) if a is not type(None)]
+            by_kind = {m.model_fields["kind"].default: m for m in members
+                       if isinstance(m, type) and issubclass(m, BaseModel) and "kind" in m.model_fields}
+            if part in by_kind:
+                tp = by_kind[part]
+                continue
+            if len(members) > 1 and isinstance(part, str):
+                tp = Any
+                continue
+            tp = members[0] if members else Any
+            tp = _strip_annotated(tp)
+            origin = typing.get_origin(tp)
+        parts.append(str(part))
+        kept.append(part)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            f = tp.model_fields.get(str(part))
+            tp = f.annotation if f else Any
+        elif origin is dict:
+            tp = typing.get_args(tp)[1]
+        elif origin in (list, tuple):
+            args = typing.get_args(tp)
+            tp = args[0] if args else Any
+        else:
+            tp = Any
+    return parts, tuple(kept)
+
+
+def _strip_annotated(tp: Any) -> Any:
+    while typing.get_origin(tp) is typing.Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
+
+
+def _fields_at(root: type[BaseModel], loc: tuple, data: Any) -> set[str]:
+    """Field names of the model found at `loc`, following the user's data through dicts and
+    tagged unions (so a typo inside `modalities.cam` lists the video tokenizer's fields)."""
+    tp: Any = root
+    node = data
+    for part in loc:
+        tp = _unwrap(tp, node)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            field = tp.model_fields.get(str(part))
+            if field is None:
+                return set()
+            tp = field.annotation
+        else:
+            args = typing.get_args(tp)
+            tp = args[-1] if args else Any
+        node = node.get(part) if isinstance(node, dict) else None
+    tp = _unwrap(tp, node)
+    return set(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else set()
+
+
+def _unwrap(tp: Any, node: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(tp)[0], node)
+    if origin in (typing.Union, types.UnionType):
+        models = [a for a in typing.get_args(tp) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if len(models) > 1 and isinstance(node, dict):
+            for m in models:
+                kind = m.model_fields.get("kind")
+                if kind is not None and kind.default == node.get("kind"):
+                    return m
+        if models:
+            return models[0]
+        non_none = [a for a in typing.get_args(tp) if a is not type(None)]
+        return non_none[0] if len(non_none) == 1 else tp
+    return tp

@@ -1,0 +1,158 @@
+"""The root of a spec: one experiment, its cross-field rules and its derived layout."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from .architecture import MoE, Backbone, Fusion, KVCache, Memory
+from .base import SpecModel
+from .modalities import DISCRETE_KINDS, Modality, Vocabulary
+from .system import Cluster, Launcher, Parallelism, Precision
+from .training import Data, Losses, Optimizer, Train
+
+
+@dataclass(frozen=True)
+class VocabRange:
+    modality: str
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
+class VocabLayout:
+    """Special tokens first, then one contiguous range per discrete modality in spec order."""
+
+    specials: tuple[str, ...]
+    ranges: tuple[VocabRange, ...]
+    size: int  # used entries
+    padded: int  # rows of the embedding / output head
+
+    def range_of(self, modality: str) -> VocabRange:
+        for r in self.ranges:
+            if r.modality == modality:
+                return r
+        raise KeyError(f"modality {modality!r} has no vocabulary range; ranges: {[r.modality for r in self.ranges]}")
+
+    def special(self, token: str) -> int:
+        return self.specials.index(token)
+
+
+class Experiment(SpecModel):
+    name: str = Field(description="experiment name (used for run folders and job names)")
+    description: str = Field("", description="free text")
+    modalities: dict[str, Modality] = Field(description="tokenizers and projectors, by modality name, in sequence order")
+    vocab: Vocabulary = Field(Vocabulary(), description="unified vocabulary settings")
+    backbone: Backbone = Field(Backbone(), description="decoder backbone")
+    moe: MoE | None = Field(None, description="mixture-of-experts layout (null = dense)")
+    fusion: Fusion = Field(Fusion(), description="how modalities are fused")
+    memory: Memory = Field(Memory(), description="segment-recurrence memory")
+    kv_cache: KVCache = Field(KVCache(), description="KV cache for generation")
+    losses: Losses = Field(Losses(), description="training objectives")
+    data: Data = Field(description="data mixture")
+    optimizer: Optimizer = Field(Optimizer(), description="optimiser and schedule")
+    train: Train = Field(Train(), description="batch, sequence and token budget")
+    parallelism: Parallelism = Field(Parallelism(), description="parallel layout: auto or pinned")
+    precision: Precision = Field(Precision(), description="compute precision and FP8")
+    cluster: Cluster = Field(Cluster(), description="the machines")
+    launcher: Launcher = Field(Launcher(), description="where the job runs")
+    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict, description="named partial overrides, e.g. tiny: a CPU-sized version of this experiment")
+
+    # ---- cross-field rules -------------------------------------------------------------------
+    @model_validator(mode="after")
+    def _cross_field(self):
+        errors: list[str] = []
+        names = list(self.modalities)
+        bb = self.backbone
+        if not self.modalities:
+            errors.append("modalities: at least one modality is needed; add e.g. text: {kind: text}")
+        if self.train.seq_len > bb.context_length:
+            errors.append(f"train.seq_len: {self.train.seq_len} exceeds backbone.context_length {bb.context_length}; "
+                          f"raise context_length or lower seq_len")
+        for comp in self.data.mixture:
+            unknown = [m for m in comp.modalities if m not in self.modalities]
+            if unknown:
+                errors.append(f"data.mixture[{comp.name}].modalities: unknown {unknown}; choose from {names}")
+        need = self.tokens_per_sample()
+        if need > self.train.seq_len:
+            errors.append(f"train.seq_len: {self.train.seq_len} cannot hold one sample of {need} tokens "
+                          f"({self._token_breakdown()}); raise seq_len to at least {need} or shrink a modality")
+        if self.moe:
+            idx = self.moe.moe_layer_indices(bb.layers)
+            bad = [i for i in idx if not 0 <= i < bb.layers]
+            if bad:
+                errors.append(f"moe.layers: indices {bad} are outside 0..{bb.layers - 1}")
+            elif not idx:
+                errors.append(f"moe.layers: pattern {self.moe.layers!r} selects no layer of {bb.layers}; "
+                              f"use \"all\" or a smaller every:N")
+        ar = self.losses.ar
+        if ar:
+            unknown = [m for m in ar.modality_weights if m not in self.modalities]
+            if unknown:
+                errors.append(f"losses.ar.modality_weights: unknown modalities {unknown}; choose from {names}")
+        for field in ("masked", "flow_matching"):
+            loss = getattr(self.losses, field)
+            if loss and loss.modality not in self.modalities:
+                errors.append(f"losses.{field}.modality: unknown modality {loss.modality!r}; choose from {names}")
+        c = self.losses.contrastive
+        if c:
+            unknown = [m for m in c.pair if m not in self.modalities]
+            if unknown:
+                errors.append(f"losses.contrastive.pair: unknown modalities {unknown}; choose from {names}")
+        errors += self._parallel_rules()
+        if errors:
+            raise ValueError("\n".join(errors))
+        return self
+
+    def _parallel_rules(self) -> list[str]:
+        p, bb, world = self.parallelism, self.backbone, self.cluster.world_size
+        out: list[str] = []
+        degrees = {k: getattr(p, k) for k in ("dp", "tp", "pp", "cp") if isinstance(getattr(p, k), int)}
+        prod = math.prod(degrees.values()) if degrees else 1
+        if world % prod:
+            out.append(f"parallelism: pinned {degrees} multiply to {prod}, which does not divide the cluster's "
+                       f"{world} GPUs; pick degrees whose product divides {world}")
+        if isinstance(p.tp, int):
+            if bb.heads % p.tp or bb.n_kv_heads % p.tp:
+                ok = [d for d in range(1, bb.n_kv_heads + 1) if bb.n_kv_heads % d == 0 and bb.heads % d == 0]
+                out.append(f"parallelism.tp: {p.tp} does not divide heads {bb.heads} and kv_heads {bb.n_kv_heads}; use tp among {ok}")
+        if isinstance(p.pp, int) and p.pp > bb.layers:
+            out.append(f"parallelism.pp: {p.pp} exceeds backbone.layers {bb.layers}; use pp <= {bb.layers}")
+        if isinstance(p.ep, int):
+            if not self.moe:
+                if p.ep != 1:
+                    out.append("parallelism.ep: expert parallelism needs moe; set ep: 1 or add a moe section")
+            elif self.moe.experts % p.ep:
+                ok = [d for d in range(1, self.moe.experts + 1) if self.moe.experts % d == 0]
+                out.append(f"parallelism.ep: {p.ep} does not divide moe.experts {self.moe.experts}; use ep among {ok}")
+        return out
+
+    # ---- derived layout ----------------------------------------------------------------------
+    def tokens_per_sample(self) -> int:
+        """Sequence positions one sample of the largest mixture component needs, with the
+        begin/end markers around each non-text span."""
+        best = 0
+        for comp in self.data.mixture:
+            n = 1  # <bos>
+            for m in comp.modalities:
+                spec = self.modalities.get(m)
+                if spec is None:
+                    continue
+                n += spec.tokens + (0 if spec.kind == "text" else 2)
+            best = max(best, n)
+        return best
+
+    def _token_breakdown(self) -> str:
+        return ", ".join(f"{n}: {m.tokens}" for n, m in self.modalities.items())
+
+    def vocab_layout(self) -> VocabLayout:
+        ranges, offset = [], len(self.vocab.special_tokens)
+        for name, m in self.modalities.items():
+            if m.kind in DISCRETE_KINDS:
+                ranges.append(VocabRange(name, offset, m.vocab))
+                offset += m.vocab
+        mult = self.vocab.pad_to_multiple
+        return VocabLayout(self.vocab.special_tokens, tuple(ranges), offset, mult * -(-offset // mult))

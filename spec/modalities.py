@@ -1,0 +1,172 @@
+"""Per-modality tokenizers and projectors, and the unified vocabulary they share.
+
+Discrete modalities (text, VQ image/video codes, audio codec codes, action bins) own a range of
+the unified vocabulary; continuous ones (IMU, camera pose, 3D points, ViT features) are projected
+straight into the backbone width and own no vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, model_validator
+
+from .base import SpecModel
+
+
+class TextTokenizer(SpecModel):
+    kind: Literal["text"] = "text"
+    tokenizer: Literal["byte", "bpe"] = Field("bpe", description="byte-level (vocab 256) or BPE trained on the project's text")
+    vocab_size: int = Field(32000, gt=0, description="text vocabulary size (tokens)")
+    tokens: int = Field(256, ge=1, description="text tokens per sample in the sequence budget")
+
+    @model_validator(mode="after")
+    def _byte_vocab(self):
+        if self.tokenizer == "byte" and self.vocab_size != 256:
+            raise ValueError("vocab_size: a byte tokenizer has vocab_size 256; set vocab_size: 256 or tokenizer: bpe")
+        return self
+
+    @property
+    def vocab(self) -> int:
+        return self.vocab_size
+
+
+class ImageVQ(SpecModel):
+    kind: Literal["image"] = "image"
+    image_size: int = Field(256, gt=0, description="square image side (pixels)")
+    channels: int = Field(3, gt=0, description="input channels")
+    patch_size: int = Field(16, gt=0, description="pixels per VQ code along each side")
+    codebook_size: int = Field(8192, gt=1, description="number of VQ codes")
+    codebook_dim: int = Field(8, gt=0, description="dimension of one code vector")
+    commitment_weight: float = Field(0.25, ge=0, description="beta of the VQ commitment loss")
+    dead_code_threshold: float = Field(1.0, ge=0, description="a code used fewer times than this per epoch-window is resampled from the batch")
+    images: int = Field(1, ge=1, description="images per sample")
+
+    @model_validator(mode="after")
+    def _patch_divides(self):
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"patch_size: image_size {self.image_size} is not divisible by patch_size {self.patch_size}; "
+                f"use a patch_size among {_divisors(self.image_size, 4, 64)}")
+        return self
+
+    @property
+    def tokens(self) -> int:
+        return self.images * (self.image_size // self.patch_size) ** 2
+
+    @property
+    def vocab(self) -> int:
+        return self.codebook_size
+
+
+class Embedding(SpecModel):
+    kind: Literal["fourier", "learned", "none"] = Field("fourier", description="how the signal is embedded")
+    num_frequencies: int = Field(16, gt=0, description="Fourier frequencies per input dimension")
+
+
+class VideoEncoder(SpecModel):
+    """Asymmetric spatio-temporal encoder: a small per-frame encoder shared by every camera and
+    time step, then a larger aggregator across cameras and time."""
+
+    frame_layers: int = Field(2, ge=0, description="layers of the per-frame encoder")
+    frame_hidden: int = Field(256, gt=0, description="width of the per-frame encoder")
+    aggregator_layers: int = Field(4, ge=0, description="layers of the cross-camera/cross-time aggregator")
+    aggregator_hidden: int = Field(512, gt=0, description="width of the aggregator")
+
+
+class VideoVQ(ImageVQ):
+    kind: Literal["video"] = "video"  # type: ignore[assignment]
+    cameras: int = Field(1, ge=1, description="synchronised cameras")
+    frames: int = Field(8, ge=1, description="frames per clip per camera")
+    fps: float = Field(4.0, gt=0, description="frame rate of the clip (frames per second)")
+    temporal_patch: int = Field(1, ge=1, description="frames merged into one code along time")
+    encoder: VideoEncoder | None = Field(None, description="asymmetric spatio-temporal encoder; none = codes embedded directly")
+    pose_embedding: Embedding = Field(Embedding(kind="fourier"), description="camera-pose embedding added to every visual token")
+    time_embedding: Embedding = Field(Embedding(kind="fourier"), description="timestamp embedding added to every visual token")
+
+    @model_validator(mode="after")
+    def _temporal_divides(self):
+        if self.frames % self.temporal_patch:
+            raise ValueError(f"temporal_patch: frames {self.frames} is not divisible by temporal_patch {self.temporal_patch}; "
+                             f"use a temporal_patch among {_divisors(self.frames, 1, self.frames)}")
+        return self
+
+    @property
+    def tokens(self) -> int:
+        per_frame = (self.image_size // self.patch_size) ** 2
+        return self.cameras * (self.frames // self.temporal_patch) * per_frame
+
+
+class AudioCodec(SpecModel):
+    kind: Literal["audio"] = "audio"
+    codebooks: int = Field(4, ge=1, description="residual codebooks per frame")
+    codebook_size: int = Field(1024, gt=1, description="codes per codebook")
+    frame_rate_hz: float = Field(12.5, gt=0, description="codec frames per second")
+    seconds: float = Field(2.0, gt=0, description="audio seconds per sample")
+
+    @property
+    def tokens(self) -> int:
+        return self.codebooks * math.ceil(self.frame_rate_hz * self.seconds)
+
+    @property
+    def vocab(self) -> int:
+        return self.codebooks * self.codebook_size
+
+
+class ActionBins(SpecModel):
+    """RT-2 style: each action dimension is discretised into `bins` uniform bins over [low, high]."""
+
+    kind: Literal["action"] = "action"
+    dims: int = Field(7, ge=1, description="action dimensions")
+    bins: int = Field(256, ge=2, description="bins per dimension (shared vocabulary across dimensions)")
+    horizon: int = Field(1, ge=1, description="future steps predicted per sample")
+    low: float = Field(-1.0, description="lower bound of the action range")
+    high: float = Field(1.0, description="upper bound of the action range")
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.high <= self.low:
+            raise ValueError(f"high: {self.high} must exceed low {self.low}")
+        return self
+
+    @property
+    def tokens(self) -> int:
+        return self.dims * self.horizon
+
+    @property
+    def vocab(self) -> int:
+        return self.bins
+
+
+class ContinuousProjector(SpecModel):
+    kind: Literal["continuous"] = "continuous"
+    signal: Literal["imu", "camera_intrinsics", "camera_extrinsics", "points3d", "vit_features", "proprio"] = Field(
+        "imu", description="what the signal is")
+    input_dim: int = Field(6, gt=0, description="features per input vector")
+    tokens: int = Field(16, ge=1, description="projected tokens per sample")
+    projector: Literal["linear", "mlp"] = Field("mlp", description="projection into the backbone width")
+    projector_hidden: int | None = Field(None, gt=0, description="hidden width of an MLP projector (default: backbone width)")
+
+    @property
+    def vocab(self) -> int:
+        return 0
+
+
+Modality = Annotated[
+    Union[TextTokenizer, ImageVQ, VideoVQ, AudioCodec, ActionBins, ContinuousProjector],
+    Field(discriminator="kind"),
+]
+
+DISCRETE_KINDS = ("text", "image", "video", "audio", "action")
+
+
+class Vocabulary(SpecModel):
+    special_tokens: tuple[str, ...] = Field(
+        ("<pad>", "<bos>", "<eos>", "<boi>", "<eoi>", "<boa>", "<eoa>", "<mask>"),
+        description="special tokens placed first in the unified vocabulary")
+    pad_to_multiple: int = Field(128, ge=1, description="unified vocabulary padded to this multiple (tensor parallel shards and FP8 GEMMs need multiples of 16)")
+
+
+def _divisors(n: int, lo: int, hi: int) -> list[int]:
+    return [d for d in range(lo, min(hi, n) + 1) if n % d == 0]

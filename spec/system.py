@@ -1,0 +1,129 @@
+"""Where and how it runs: parallelism, precision, the cluster and the launcher."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+from pydantic import Field, model_validator
+
+from .base import SpecModel
+from .units import Bandwidth, Bytes, FlopRate, Seconds
+
+Auto = Literal["auto"]
+
+
+class Parallelism(SpecModel):
+    """`auto` lets the planner choose; an integer pins a degree; `max_*` bound the search."""
+
+    dp: Union[Auto, int] = Field("auto", description="data-parallel degree (replicate x shard)")
+    tp: Union[Auto, int] = Field("auto", description="tensor-parallel degree")
+    pp: Union[Auto, int] = Field("auto", description="pipeline-parallel degree")
+    ep: Union[Auto, int] = Field("auto", description="expert-parallel degree")
+    cp: Union[Auto, int] = Field("auto", description="context-parallel degree")
+    sequence_parallel: Union[Auto, bool] = Field("auto", description="Megatron sequence parallelism with TP")
+    zero: Union[Auto, Literal[0, 1, 2, 3]] = Field("auto", description="data-parallel sharding: 0 replicated, 1 optimizer, 2 +gradients, 3 +parameters (FSDP)")
+    schedule: Union[Auto, Literal["1f1b", "interleaved_1f1b", "gpipe", "zero_bubble"]] = Field("auto", description="pipeline schedule")
+    virtual_stages: Union[Auto, int] = Field("auto", description="virtual pipeline stages per rank (interleaved schedule)")
+    microbatch_size: Union[Auto, int] = Field("auto", description="sequences per micro-batch")
+    recompute: Union[Auto, Literal["none", "selective", "full"]] = Field("auto", description="activation recompute policy")
+    max_tp: int | None = Field(None, ge=1, description="upper bound on tensor parallelism")
+    max_pp: int | None = Field(None, ge=1, description="upper bound on pipeline parallelism")
+
+    @model_validator(mode="after")
+    def _positive(self):
+        for name in ("dp", "tp", "pp", "ep", "cp", "virtual_stages", "microbatch_size"):
+            v = getattr(self, name)
+            if isinstance(v, int) and not isinstance(v, bool) and v < 1:
+                raise ValueError(f"{name}: {v} must be a positive integer or \"auto\"")
+        return self
+
+    def pinned(self) -> dict[str, Any]:
+        """The fields the user fixed (everything not "auto" and not a bound)."""
+        skip = {"max_tp", "max_pp"}
+        return {k: v for k, v in self.model_dump().items() if k not in skip and v != "auto"}
+
+
+class FP8(SpecModel):
+    """FP8 training, in TransformerEngine's terms."""
+
+    enabled: bool = Field(False, description="train eligible GEMMs in FP8")
+    recipe: Literal["delayed", "current", "block", "mxfp8"] = Field("delayed", description="DelayedScaling, Float8CurrentScaling, Float8BlockScaling (1x128 / 128x128), MXFP8BlockScaling (Blackwell only)")
+    format: Literal["HYBRID", "E4M3"] = Field("HYBRID", description="HYBRID = E4M3 forward, E5M2 backward")
+    margin: int = Field(0, ge=0, description="scaling margin (powers of two) of delayed scaling")
+    amax_history_len: int = Field(1024, ge=1, description="amax history length of delayed scaling")
+    amax_compute_algo: Literal["max", "most_recent"] = Field("max", description="how the scale is derived from the amax history")
+    keep_first_last_bf16: bool = Field(True, description="keep the first and last decoder layers in BF16")
+
+
+class Precision(SpecModel):
+    dtype: Literal["bf16", "fp32"] = Field("bf16", description="compute dtype on GPUs (CPU runs use fp32)")
+    fp8: FP8 = Field(FP8(), description="FP8 settings")
+
+
+class GPU(SpecModel):
+    name: str = Field(description="GPU model")
+    bf16_flops: FlopRate = Field(description='dense BF16 peak, e.g. "989TFLOPS"')
+    fp8_flops: FlopRate = Field(description='dense FP8 peak, e.g. "1979TFLOPS" (0 = no FP8)')
+    memory: Bytes = Field(description='HBM capacity, e.g. "80GB"')
+    memory_bandwidth: Bandwidth = Field(description='HBM bandwidth, e.g. "3.35TB/s"')
+    nvlink_bandwidth: Bandwidth = Field(description='NVLink bandwidth per direction per GPU, e.g. "450GB/s"')
+
+
+class Network(SpecModel):
+    nics_per_node: int = Field(8, ge=0, description="InfiniBand NICs per node")
+    nic_bandwidth: Bandwidth = Field(description='line rate of one NIC, e.g. "400Gb/s"')
+    nic_efficiency: float = Field(0.95, gt=0, le=1, description="achievable fraction of NIC line rate (NDR: ~46-49 of 50 GB/s)")
+    nvlink_allreduce_busbw: Bandwidth = Field(description='measured NCCL all-reduce bus bandwidth inside a node, e.g. "370GB/s"')
+    collective_latency_s: float = Field(20e-6, ge=0, description="fixed cost of one collective (seconds)")
+
+
+_H100 = {"name": "H100-SXM", "bf16_flops": 989e12, "fp8_flops": 1979e12, "memory": 80e9,
+         "memory_bandwidth": 3.35e12, "nvlink_bandwidth": 450e9}
+_PRESETS: dict[str, dict[str, Any]] = {
+    "h100-sxm": {"gpu": _H100, "network": {"nic_bandwidth": 50e9, "nvlink_allreduce_busbw": 370e9}},
+    "h200": {"gpu": {**_H100, "name": "H200", "memory": 141e9, "memory_bandwidth": 4.8e12},
+             "network": {"nic_bandwidth": 50e9, "nvlink_allreduce_busbw": 370e9}},
+    "a100-80gb": {"gpu": {"name": "A100-80GB-SXM", "bf16_flops": 312e12, "fp8_flops": 0.0, "memory": 80e9,
+                          "memory_bandwidth": 2.0e12, "nvlink_bandwidth": 300e9},
+                  "network": {"nic_bandwidth": 25e9, "nvlink_allreduce_busbw": 230e9}},
+}
+PRESETS = tuple(_PRESETS)
+
+
+class Cluster(SpecModel):
+    """A preset fills every figure; any figure written in the spec overrides the preset's."""
+
+    preset: Literal["h100-sxm", "h200", "a100-80gb"] = Field("h100-sxm", description="hardware preset")
+    nodes: int = Field(1, ge=1, description="nodes")
+    gpus_per_node: int = Field(8, ge=1, description="GPUs per node (the NVLink domain)")
+    gpu: GPU = Field(description="GPU figures (default: the preset's)")
+    network: Network = Field(description="interconnect figures (default: the preset's)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        preset = data.get("preset", "h100-sxm")
+        # an unknown preset is reported by the Literal check with the valid choices; fill from the
+        # default meanwhile so that error is not buried under "gpu missing" noise
+        base = _PRESETS.get(preset, _PRESETS["h100-sxm"])
+        out = dict(data)
+        for section in ("gpu", "network"):
+            given = out.get(section) or {}
+            out[section] = {**base[section], **given} if isinstance(given, dict) else given
+        return out
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+
+class Launcher(SpecModel):
+    kind: Literal["local", "slurm"] = Field("local", description="where `vlac submit` sends the job")
+    tasks: int = Field(1, ge=1, description="local: processes to start")
+    partition: str | None = Field(None, description="Slurm partition")
+    account: str | None = Field(None, description="Slurm account")
+    qos: str | None = Field(None, description="Slurm QOS")
+    time_limit: Seconds = Field(4 * 3600, gt=0, description='Slurm time limit, e.g. "4h" or "04:00:00"')
+    max_requeues: int = Field(3, ge=0, description="requeues after preemption or time-out")
