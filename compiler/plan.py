@@ -1,0 +1,136 @@
+"""The plan: what the planner chose, what it predicts, and what it rejected and why."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SCHEDULES = ("1f1b", "interleaved_1f1b", "gpipe", "zero_bubble")
+RECOMPUTE_POLICIES = ("none", "selective", "full")
+MESH_ORDER = ("pp", "dp", "cp", "tp")  # outermost to innermost: tp inside the NVLink domain
+
+
+@dataclass(frozen=True)
+class Layout:
+    dp: int
+    tp: int
+    pp: int
+    cp: int
+    ep: int
+    zero: int
+    sequence_parallel: bool
+    microbatch_size: int
+    num_microbatches: int
+    schedule: str
+    virtual_stages: int
+    recompute: str
+    fp8: bool
+
+    @property
+    def world(self) -> int:
+        return self.dp * self.tp * self.pp * self.cp
+
+    def short(self) -> str:
+        s = f"dp{self.dp} tp{self.tp}{'+sp' if self.sequence_parallel else ''} pp{self.pp} cp{self.cp} ep{self.ep}"
+        s += f" zero{self.zero} mb{self.microbatch_size}x{self.num_microbatches} {self.recompute}"
+        if self.pp > 1:
+            s += f" {self.schedule}" + (f"(v{self.virtual_stages})" if self.virtual_stages > 1 else "")
+        return s + (" fp8" if self.fp8 else "")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Predicted per-GPU memory (bytes) and per-step time (seconds) of one layout."""
+
+    layout: Layout
+    memory: dict[str, float]
+    time: dict[str, float]
+    step_time_s: float
+    peak_memory: float
+    fits: bool
+    model_flops_per_step: float
+    world: int
+    peak_flops: float
+    global_batch_tokens: int
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.global_batch_tokens / self.step_time_s
+
+    @property
+    def tflops_per_gpu(self) -> float:
+        return self.model_flops_per_step / self.world / self.step_time_s / 1e12
+
+    @property
+    def mfu(self) -> float:
+        return self.model_flops_per_step / (self.world * self.peak_flops * self.step_time_s)
+
+
+@dataclass
+class Plan:
+    experiment: str
+    cluster: dict[str, Any]
+    model: dict[str, Any]
+    best: Estimate | None
+    closest: Estimate | None
+    alternatives: list[Estimate]
+    rejected: list[dict[str, Any]]
+    stage_split: list[list[int]]
+    fp8: dict[str, Any]
+    evaluated: int
+    pruned: int
+    total_steps: int
+    kernels: dict[str, str] = field(default_factory=dict)
+    pins: dict[str, Any] = field(default_factory=dict)
+    advice: list[str] = field(default_factory=list)
+    plan_seconds: float = 0.0
+
+    @property
+    def feasible(self) -> bool:
+        return self.best is not None
+
+    @property
+    def chosen(self) -> Estimate:
+        est = self.best or self.closest
+        assert est is not None
+        return est
+
+    def to_json(self) -> dict[str, Any]:
+        """The `vlac compile --json` contract: keys may be added, never renamed."""
+        est = self.chosen
+        lay = est.layout
+        step = est.step_time_s
+        days = self.total_steps * step / 86400
+        out = {
+            "experiment": self.experiment,
+            "feasible": self.feasible,
+            "model": self.model,
+            "cluster": self.cluster,
+            "plan": {
+                "dp": lay.dp, "tp": lay.tp, "pp": lay.pp, "ep": lay.ep, "cp": lay.cp, "zero": lay.zero,
+                "microbatch_size": lay.microbatch_size, "num_microbatches": lay.num_microbatches,
+                "schedule": lay.schedule if lay.pp > 1 else "none", "virtual_stages": lay.virtual_stages,
+                "recompute": lay.recompute, "sequence_parallel": lay.sequence_parallel,
+                "fp8": lay.fp8, "mesh_order": list(MESH_ORDER), "stage_split": self.stage_split,
+            },
+            "predicted": {
+                "step_time_s": step, "tokens_per_s": est.tokens_per_s, "mfu": est.mfu,
+                "tflops_per_gpu": est.tflops_per_gpu, "peak_memory_gb": est.peak_memory / 1e9,
+                "memory_gb": {k: v / 1e9 for k, v in est.memory.items()},
+                "time_s": dict(est.time),
+                "training_days": days, "gpu_hours": days * 24 * est.world, "total_steps": self.total_steps,
+            },
+            "fp8": self.fp8,
+            "alternatives": [_alt(a) for a in self.alternatives],
+            "rejected": self.rejected,
+            "search": {"evaluated": self.evaluated, "pruned": self.pruned},
+            "kernels": self.kernels,
+            "pins": self.pins,
+            "advice": self.advice,
+        }
+        return out
+
+
+def _alt(e: Estimate) -> dict[str, Any]:
+    return {"layout": asdict(e.layout), "summary": e.layout.short(), "step_time_s": e.step_time_s,
+            "tokens_per_s": e.tokens_per_s, "mfu": e.mfu, "peak_memory_gb": e.peak_memory / 1e9, "fits": e.fits}

@@ -1,0 +1,50 @@
+"""Optimizer and learning-rate schedule from the spec."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from vlac.spec import Experiment
+
+
+def build_optimizer(model: nn.Module, exp: Experiment) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (norm gains, biases and the router bias stay
+    undecayed, as in GPT-2/Megatron)."""
+    o = exp.optimizer
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.betas[0])
+    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, foreach=True)
+
+
+def lr_factor(exp: Experiment, step: int) -> float:
+    """Multiplier of the peak learning rate at `step` (0-based)."""
+    s = exp.optimizer.schedule
+    total = exp.train.total_steps
+    if s.warmup_steps and step < s.warmup_steps:
+        return (step + 1) / s.warmup_steps
+    if s.kind == "constant":
+        return 1.0
+    lo = s.min_lr_ratio
+    span = max(1, total - s.warmup_steps)
+    t = min(1.0, (step - s.warmup_steps) / span)
+    if s.kind == "cosine":
+        return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * t))
+    if s.kind == "linear":
+        return 1 - (1 - lo) * t
+    # wsd: stable at the peak, then a linear decay over the last decay_fraction of the steps
+    decay_start = total - int(s.decay_fraction * total)
+    if step < decay_start:
+        return 1.0
+    return 1 - (1 - lo) * (step - decay_start) / max(1, total - decay_start)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, exp: Experiment) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(exp, step))
