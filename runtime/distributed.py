@@ -116,3 +116,16 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def param_digest(model: nn.Module) -> str:
+    """SHA-256 of every parameter (full tensors, in name order): equal digests on every rank
+    prove the replicas did not drift."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(unwrap(model).named_parameters()):
+        t = p.full_tensor() if hasattr(p, "full_tensor") else p
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().float().numpy().tobytes())
+    return h.hexdigest()

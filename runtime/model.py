@@ -88,7 +88,7 @@ class VLAModel(nn.Module):
         loads, drops = [], []
         for block in self.layers:
             x, aux, load, dropped = block(x, mask)
-            if aux is not None:
+            if block.is_moe:  # decided by the config, so the traced graph has no data-dependent branch
                 aux_total = aux_total + aux
                 loads.append(load)
                 drops.append(dropped)

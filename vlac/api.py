@@ -29,9 +29,11 @@ def lower(exp: Experiment, micro_batch: int = 1, seq_len: int | None = None, dty
     return _lower(exp, micro_batch=micro_batch, seq_len=seq_len, dtype=dtype)
 
 
-def plan(exp: Experiment, cluster: Cluster | None = None, pin: Mapping[str, Any] | None = None) -> Plan:
-    """Choose the parallel layout, micro-batching, recompute and FP8 use for a cluster."""
-    return _plan(exp, cluster=cluster, pin=dict(pin or {}))
+def plan(exp: Experiment, cluster: Cluster | None = None, pin: Mapping[str, Any] | None = None,
+         graph: Graph | None = None) -> Plan:
+    """Choose the parallel layout, micro-batching, recompute and FP8 use for a cluster
+    (`graph`: an already lowered graph of `exp`, to skip lowering again)."""
+    return _plan(exp, cluster=cluster, pin=dict(pin or {}), graph=graph)
 
 
 def emit(exp: Experiment, plan: Plan, out_dir: str | Path) -> Path:

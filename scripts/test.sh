@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite (fast tests, multi-process tests, and the Slurm tests when a local Slurm
+# can be started; `.ci/run` installs one and requires it). Extra arguments go to pytest, e.g.
+# `bash scripts/test.sh -m "not slow"` for the fast tests only.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh || exit 1
+.venv/bin/python -m pytest -q "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then
+  echo "pytest collected no tests: treating that as a failure" >&2
+  exit 1
+fi
+exit "$rc"

@@ -1,0 +1,208 @@
+"""The `vlac` command line: validate, compile, emit, submit, schema.
+
+Exit codes: 0 success, 2 bad spec or bad arguments (a message, never a traceback), 1 a run that
+failed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.console import Console
+
+from vlac.compiler.planner import PIN_KEYS, PlanError
+from vlac.spec import Experiment, SpecError, read_mapping
+from vlac.spec.system import PRESETS, Cluster
+
+from . import api
+from .report import print_graph, print_plan
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Compile multimodal training experiments into planned, runnable distributed programs.")
+out = Console()
+err = Console(stderr=True)
+
+SetOpt = typer.Option(None, "--set", "-s", help="override a spec field: a.b.c=VALUE (repeatable)")
+ProfileOpt = typer.Option(None, "--profile", "-p", help="apply a named profile of the spec, e.g. tiny")
+
+
+class UsageFailure(Exception):
+    """Bad command-line input: reported like a spec error, exit 2."""
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _load(spec: Path, sets: Optional[List[str]], profile: Optional[str]) -> Experiment:
+    return api.load(spec, sets or (), profile)
+
+
+def _parse_pins(text: Optional[str]) -> dict[str, Any]:
+    pins: dict[str, Any] = {}
+    if not text:
+        return pins
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        if "=" not in item:
+            raise UsageFailure(f"--pin item {item!r} is not KEY=VALUE; e.g. --pin tp=2,pp=1")
+        key, value = (s.strip() for s in item.split("=", 1))
+        if key not in PIN_KEYS:
+            raise UsageFailure(f"--pin: unknown key {key!r}; valid keys: {', '.join(PIN_KEYS)}")
+        if value.lower() in ("true", "false"):
+            pins[key] = value.lower() == "true"
+        elif value.isdigit():
+            pins[key] = int(value)
+        else:
+            pins[key] = value
+    return pins
+
+
+def _cluster(exp: Experiment, value: Optional[str]) -> Cluster | None:
+    if not value:
+        return None
+    if value in PRESETS:
+        return Cluster.model_validate({"preset": value, "nodes": exp.cluster.nodes,
+                                       "gpus_per_node": exp.cluster.gpus_per_node})
+    path = Path(value)
+    if not path.is_file():
+        raise UsageFailure(f"--cluster {value!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
+    data = read_mapping(path)
+    data = data.get("cluster", data)
+    from pydantic import ValidationError
+
+    from vlac.spec.errors import from_validation_error
+    try:
+        return Cluster.model_validate(data)
+    except ValidationError as e:
+        raise from_validation_error(e, Cluster, data, str(path)) from None
+
+
+def _run(fn) -> None:
+    """Turn every expected failure into a message and exit code 2."""
+    try:
+        fn()
+    except SpecError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    except (PlanError, UsageFailure, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+
+
+@app.command()
+def validate(spec: Path = typer.Argument(..., help="spec file (.yaml/.toml/.json/.py)"),
+             set_: Optional[List[str]] = SetOpt, profile: Optional[str] = ProfileOpt) -> None:
+    """Check a spec and say what it describes."""
+    def go():
+        exp = _load(spec, set_, profile)
+        layout = exp.vocab_layout()
+        out.print(f"[green]ok[/] {exp.name}: {len(exp.modalities)} modalities, {exp.backbone.layers} layers, "
+                  f"vocabulary {layout.size} (padded {layout.padded}), {exp.tokens_per_sample()} tokens per sample, "
+                  f"{exp.cluster.world_size} GPUs", highlight=False)
+    _run(go)
+
+
+@app.command(name="compile")
+def compile_(spec: Path = typer.Argument(..., help="spec file"),
+             json_: bool = typer.Option(False, "--json", help="print one JSON object (the plan contract)"),
+             set_: Optional[List[str]] = SetOpt, profile: Optional[str] = ProfileOpt,
+             pin: Optional[str] = typer.Option(None, help=f"fix part of the plan, e.g. tp=2,pp=1 (keys: {', '.join(PIN_KEYS)})"),
+             cluster: Optional[str] = typer.Option(None, help=f"cluster preset ({', '.join(PRESETS)}) or a cluster file"),
+             graph: bool = typer.Option(False, "--graph", help="also print the per-layer cost table")) -> None:
+    """Lower, analyse and plan a spec; print the plan and its explanation."""
+    def go():
+        exp = _load(spec, set_, profile)
+        pins = _parse_pins(pin)
+        cl = _cluster(exp, cluster)
+        g = api.lower(exp)
+        p = api.plan(exp, cluster=cl, pin=pins, graph=g)
+        if json_:
+            sys.stdout.write(json.dumps(p.to_json(), indent=2, sort_keys=True) + "\n")
+            return
+        if graph:
+            print_graph(out, g)
+        print_plan(out, p)
+    _run(go)
+
+
+@app.command()
+def emit(spec: Path = typer.Argument(..., help="spec file"),
+         out_dir: Path = typer.Option(..., "-o", "--out", help="program directory to write"),
+         set_: Optional[List[str]] = SetOpt, profile: Optional[str] = ProfileOpt,
+         pin: Optional[str] = typer.Option(None, help="fix part of the plan, e.g. tp=1,dp=2")) -> None:
+    """Plan a spec and write its runnable program directory."""
+    def go():
+        exp = _load(spec, set_, profile)
+        p = api.plan(exp, pin=_parse_pins(pin))
+        d = api.emit(exp, p, out_dir)
+        out.print(f"wrote {d} ({p.chosen.layout.short()})", highlight=False)
+    _run(go)
+
+
+@app.command()
+def submit(target: Path = typer.Argument(..., help="spec file, or a program directory from `vlac emit`"),
+           executor: str = typer.Option("local", help="local | slurm | debug"),
+           out_dir: Optional[Path] = typer.Option(None, "-o", "--out", help="where to emit when given a spec (default runs/NAME)"),
+           max_steps: Optional[int] = typer.Option(None, help="stop after this many optimiser steps"),
+           wait: bool = typer.Option(True, help="wait for the job and report its losses"),
+           set_: Optional[List[str]] = SetOpt, profile: Optional[str] = ProfileOpt) -> None:
+    """Submit a program (emitting it first when given a spec) and follow it."""
+    status = {"code": 0}
+
+    def go():
+        if executor not in api.EXECUTORS:
+            raise UsageFailure(f"unknown executor {executor!r}; choose one of: {', '.join(api.EXECUTORS)}")
+        if target.is_dir():
+            program = target
+        else:
+            exp = _load(target, set_, profile)
+            program = api.emit(exp, api.plan(exp), out_dir or Path("runs") / exp.name)
+        job = api.submit(program, executor=executor, max_steps=max_steps)
+        out.print(f"submitted {program} as job {job.job_id} ({executor})", highlight=False)
+        if not wait:
+            return
+        try:
+            results = job.results()
+        except Exception as e:  # the job failed: show submitit's report, exit 1
+            err.print(f"[bold red]job {job.job_id} failed:[/] {e}", highlight=False, soft_wrap=True)
+            status["code"] = 1
+            return
+        losses = results[0]["losses"]
+        if losses:
+            out.print(f"done: {len(losses)} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}", highlight=False)
+        else:
+            out.print("done: nothing left to train (already at the last step)")
+    _run(go)
+    if status["code"]:
+        raise typer.Exit(status["code"])
+
+
+@app.command()
+def schema(output: Optional[Path] = typer.Option(None, "-o", "--out", help="write to a file instead of stdout")) -> None:
+    """Print the JSON Schema of the spec (for editor completion)."""
+    text = json.dumps(Experiment.model_json_schema(), indent=2, sort_keys=True) + "\n"
+    if output:
+        output.write_text(text)
+    else:
+        sys.stdout.write(text)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=True)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise SystemExit(130)
+
+
+__all__ = ["app", "main"]
+if __name__ == "__main__":
+    main()
