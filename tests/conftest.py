@@ -7,4 +7,3 @@ tests run Triton's CPU interpreter rather than looking for a GPU.
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")

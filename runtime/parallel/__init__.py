@@ -1,0 +1,1 @@
+"""Applying a plan's parallel layout to a model from the outside (torchtitan style)."""
