@@ -109,8 +109,7 @@ class Fusion(SpecModel):
     gated: bool = Field(True, description="late fusion: tanh gate initialised at zero (Flamingo)")
     freeze_lm: bool = Field(False, description="late fusion: freeze the language model, train the new layers only")
     stream: Literal["shared", "dual"] = Field("shared", description="shared backbone, or dual stream (separate weights per modality group, joint attention)")
-    projector: Literal["none", "linear", "mlp", "resampler"] = Field("none", description="projector of continuous/encoded features into the backbone (LLaVA: mlp; Qwen-VL: resampler)")
-    resampler_queries: int = Field(64, ge=1, description="learned queries of a perceiver-style resampler")
+    context_modalities: list[str] | None = Field(None, description="late fusion: modalities read through cross-attention instead of sitting in the token sequence (default: every image, video and continuous modality)")
     attention_mask: Literal["causal", "bidirectional_image", "prefix_lm"] = Field("causal", description="causal; bidirectional inside each image span (Transfusion, Show-o); or prefix-LM")
 
 

@@ -97,6 +97,27 @@ class Experiment(SpecModel):
             loss = getattr(self.losses, field)
             if loss and loss.modality not in self.modalities:
                 errors.append(f"losses.{field}.modality: unknown modality {loss.modality!r}; choose from {names}")
+        if self.fusion.context_modalities is not None:
+            unknown = [m for m in self.fusion.context_modalities if m not in self.modalities]
+            if unknown:
+                errors.append(f"fusion.context_modalities: unknown {unknown}; choose from {names}")
+            if self.fusion.mode != "late":
+                errors.append("fusion.context_modalities: only late fusion reads modalities through cross-attention; "
+                              "set fusion.mode: late or remove context_modalities")
+        fm = self.losses.flow_matching
+        if fm and fm.modality in self.modalities:
+            m = self.modalities[fm.modality]
+            if m.kind != "continuous":
+                errors.append(f"losses.flow_matching.modality: {fm.modality!r} is {m.kind}; flow matching generates "
+                              f"continuous patches, so point it at a continuous modality")
+            elif m.input_dim != fm.patch_dim:
+                errors.append(f"losses.flow_matching.patch_dim: {fm.patch_dim} differs from {fm.modality}.input_dim "
+                              f"{m.input_dim}; set patch_dim: {m.input_dim}")
+        mk = self.losses.masked
+        if mk and mk.modality in self.modalities and self.modalities[mk.modality].kind not in DISCRETE_KINDS:
+            errors.append(f"losses.masked.modality: {mk.modality!r} is continuous; masked generation predicts "
+                          f"discrete tokens, choose one of {[n for n, m in self.modalities.items() if m.kind in DISCRETE_KINDS]}")
+        errors += self._precision_rules()
         c = self.losses.contrastive
         if c:
             unknown = [m for m in c.pair if m not in self.modalities]
@@ -106,6 +127,15 @@ class Experiment(SpecModel):
         if errors:
             raise ValueError("\n".join(errors))
         return self
+
+    def _precision_rules(self) -> list[str]:
+        fp8, gpu = self.precision.fp8, self.cluster.gpu
+        out = []
+        if fp8.enabled and gpu.fp8_flops <= 0:
+            out.append(f"precision.fp8.enabled: {gpu.name} has no FP8 tensor cores; disable FP8 or use an H100/H200 preset")
+        if fp8.enabled and fp8.recipe == "mxfp8" and self.cluster.preset in ("h100-sxm", "h200", "a100-80gb"):
+            out.append(f"precision.fp8.recipe: mxfp8 needs Blackwell GPUs, not {gpu.name}; use delayed, current or block")
+        return out
 
     def _parallel_rules(self) -> list[str]:
         p, bb, world = self.parallelism, self.backbone, self.cluster.world_size
@@ -119,6 +149,13 @@ class Experiment(SpecModel):
             if bb.heads % p.tp or bb.n_kv_heads % p.tp:
                 ok = [d for d in range(1, bb.n_kv_heads + 1) if bb.n_kv_heads % d == 0 and bb.heads % d == 0]
                 out.append(f"parallelism.tp: {p.tp} does not divide heads {bb.heads} and kv_heads {bb.n_kv_heads}; use tp among {ok}")
+        if isinstance(p.cp, int) and p.cp > 1 and self.train.seq_len % (2 * p.cp):
+            out.append(f"parallelism.cp: seq_len {self.train.seq_len} must be divisible by 2*cp = {2 * p.cp} "
+                       f"(load-balanced context parallelism); change seq_len or cp")
+        if isinstance(p.dp, int) and isinstance(p.microbatch_size, int) and \
+                self.train.global_batch % (p.dp * p.microbatch_size):
+            out.append(f"parallelism.microbatch_size: the global batch of {self.train.global_batch} sequences does not "
+                       f"split into dp {p.dp} x micro-batches of {p.microbatch_size}; change one of them")
         if isinstance(p.pp, int) and p.pp > bb.layers:
             out.append(f"parallelism.pp: {p.pp} exceeds backbone.layers {bb.layers}; use pp <= {bb.layers}")
         if isinstance(p.ep, int):
@@ -131,17 +168,32 @@ class Experiment(SpecModel):
         return out
 
     # ---- derived layout ----------------------------------------------------------------------
+    def context_modalities(self) -> tuple[str, ...]:
+        """Modalities that late fusion reads through cross-attention (not in the sequence)."""
+        if self.fusion.mode != "late":
+            return ()
+        if self.fusion.context_modalities is not None:
+            return tuple(self.fusion.context_modalities)
+        return tuple(n for n, m in self.modalities.items() if m.kind in ("image", "video", "continuous"))
+
+    def positions_of(self, name: str) -> int:
+        """Sequence positions modality `name` takes in one sample: its tokens (continuous:
+        after projection), plus begin/end markers around discrete non-text spans."""
+        m = self.modalities[name]
+        if m.kind == "continuous":
+            return m.positions
+        return m.tokens + (0 if m.kind == "text" else 2)
+
     def tokens_per_sample(self) -> int:
-        """Sequence positions one sample of the largest mixture component needs, with the
-        begin/end markers around each non-text span."""
+        """Sequence positions one sample of the largest mixture component needs: <bos>, each
+        in-sequence modality, <eos>."""
+        context = set(self.context_modalities())
         best = 0
         for comp in self.data.mixture:
-            n = 1  # <bos>
+            n = 2  # <bos> ... <eos>
             for m in comp.modalities:
-                spec = self.modalities.get(m)
-                if spec is None:
-                    continue
-                n += spec.tokens + (0 if spec.kind == "text" else 2)
+                if m in self.modalities and m not in context:
+                    n += self.positions_of(m)
             best = max(best, n)
         return best
 

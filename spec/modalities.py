@@ -144,9 +144,16 @@ class ContinuousProjector(SpecModel):
     signal: Literal["imu", "camera_intrinsics", "camera_extrinsics", "points3d", "vit_features", "proprio"] = Field(
         "imu", description="what the signal is")
     input_dim: int = Field(6, gt=0, description="features per input vector")
-    tokens: int = Field(16, ge=1, description="projected tokens per sample")
-    projector: Literal["linear", "mlp"] = Field("mlp", description="projection into the backbone width")
+    tokens: int = Field(16, ge=1, description="input vectors per sample (e.g. ViT patches)")
+    projector: Literal["linear", "mlp", "resampler"] = Field("mlp", description="projection into the backbone width: linear, 2-layer MLP (LLaVA), or perceiver resampler (Qwen-VL, Flamingo)")
     projector_hidden: int | None = Field(None, gt=0, description="hidden width of an MLP projector (default: backbone width)")
+    resampler_queries: int = Field(64, ge=1, description="resampler: learned queries, i.e. sequence positions the signal occupies")
+    resampler_layers: int = Field(1, ge=1, description="resampler: cross-attention layers")
+
+    @property
+    def positions(self) -> int:
+        """Sequence positions (or cross-attention keys) after projection."""
+        return self.resampler_queries if self.projector == "resampler" else self.tokens
 
     @property
     def vocab(self) -> int:
