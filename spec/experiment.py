@@ -31,7 +31,10 @@ class VocabLayout:
     size: int  # used entries
     padded: int  # rows of the embedding / output head
 
+    aliases: tuple[tuple[str, str], ...] = ()  # (modality, modality whose range it shares)
+
     def range_of(self, modality: str) -> VocabRange:
+        modality = dict(self.aliases).get(modality, modality)
         for r in self.ranges:
             if r.modality == modality:
                 return r
@@ -97,6 +100,18 @@ class Experiment(SpecModel):
             loss = getattr(self.losses, field)
             if loss and loss.modality not in self.modalities:
                 errors.append(f"losses.{field}.modality: unknown modality {loss.modality!r}; choose from {names}")
+        for name, m in self.modalities.items():
+            other = getattr(m, "shares_vocab_with", None)
+            if other is None:
+                continue
+            target = self.modalities.get(other)
+            texts = [n for n, x in self.modalities.items() if x.kind == "text" and n != name and not getattr(x, "shares_vocab_with", None)]
+            if target is None or target.kind != "text" or target.shares_vocab_with:
+                errors.append(f"modalities.{name}.shares_vocab_with: {other!r} is not a text modality with its own "
+                              f"vocabulary; choose from {texts}")
+            elif (target.tokenizer, target.vocab_size) != (m.tokenizer, m.vocab_size):
+                errors.append(f"modalities.{name}.shares_vocab_with: {name} ({m.tokenizer}, {m.vocab_size}) and {other} "
+                              f"({target.tokenizer}, {target.vocab_size}) must use the same tokenizer and vocab_size")
         if self.fusion.context_modalities is not None:
             unknown = [m for m in self.fusion.context_modalities if m not in self.modalities]
             if unknown:
@@ -172,6 +187,18 @@ class Experiment(SpecModel):
         """Modalities that late fusion reads through cross-attention (not in the sequence)."""
         if self.fusion.mode != "late":
             return ()
+        for name, m in self.modalities.items():
+            other = getattr(m, "shares_vocab_with", None)
+            if other is None:
+                continue
+            target = self.modalities.get(other)
+            texts = [n for n, x in self.modalities.items() if x.kind == "text" and n != name and not getattr(x, "shares_vocab_with", None)]
+            if target is None or target.kind != "text" or target.shares_vocab_with:
+                errors.append(f"modalities.{name}.shares_vocab_with: {other!r} is not a text modality with its own "
+                              f"vocabulary; choose from {texts}")
+            elif (target.tokenizer, target.vocab_size) != (m.tokenizer, m.vocab_size):
+                errors.append(f"modalities.{name}.shares_vocab_with: {name} ({m.tokenizer}, {m.vocab_size}) and {other} "
+                              f"({target.tokenizer}, {target.vocab_size}) must use the same tokenizer and vocab_size")
         if self.fusion.context_modalities is not None:
             return tuple(self.fusion.context_modalities)
         return tuple(n for n, m in self.modalities.items() if m.kind in ("image", "video", "continuous"))
@@ -201,10 +228,12 @@ class Experiment(SpecModel):
         return ", ".join(f"{n}: {m.tokens}" for n, m in self.modalities.items())
 
     def vocab_layout(self) -> VocabLayout:
-        ranges, offset = [], len(self.vocab.special_tokens)
+        ranges, aliases, offset = [], [], len(self.vocab.special_tokens)
         for name, m in self.modalities.items():
-            if m.kind in DISCRETE_KINDS:
+            if m.kind == "text" and m.shares_vocab_with:
+                aliases.append((name, m.shares_vocab_with))
+            elif m.kind in DISCRETE_KINDS:
                 ranges.append(VocabRange(name, offset, m.vocab))
                 offset += m.vocab
         mult = self.vocab.pad_to_multiple
-        return VocabLayout(self.vocab.special_tokens, tuple(ranges), offset, mult * -(-offset // mult))
+        return VocabLayout(self.vocab.special_tokens, tuple(ranges), offset, mult * -(-offset // mult), tuple(aliases))

@@ -20,6 +20,7 @@ class TextTokenizer(SpecModel):
     tokenizer: Literal["byte", "bpe"] = Field("bpe", description="byte-level (vocab 256) or BPE trained on the project's text")
     vocab_size: int = Field(32000, gt=0, description="text vocabulary size (tokens)")
     tokens: int = Field(256, ge=1, description="text tokens per sample in the sequence budget")
+    shares_vocab_with: str | None = Field(None, description="another text modality whose tokenizer and vocabulary range this one uses (e.g. answer shares question's)")
 
     @model_validator(mode="after")
     def _byte_vocab(self):
