@@ -16,7 +16,7 @@ from .base import SpecModel
 
 
 class TextTokenizer(SpecModel):
-    kind: Literal["text"] = "text"
+    kind: Literal["text"] = Field("text", description="modality kind (the tag that selects this tokenizer)")
     tokenizer: Literal["byte", "bpe"] = Field("bpe", description="byte-level (vocab 256) or BPE trained on the project's text")
     vocab_size: int = Field(32000, gt=0, description="text vocabulary size (tokens)")
     tokens: int = Field(256, ge=1, description="text tokens per sample in the sequence budget")
@@ -34,7 +34,7 @@ class TextTokenizer(SpecModel):
 
 
 class ImageVQ(SpecModel):
-    kind: Literal["image"] = "image"
+    kind: Literal["image"] = Field("image", description="modality kind (the tag that selects this tokenizer)")
     image_size: int = Field(256, gt=0, description="square image side (pixels)")
     channels: int = Field(3, gt=0, description="input channels")
     patch_size: int = Field(16, gt=0, description="pixels per VQ code along each side")
@@ -77,7 +77,7 @@ class VideoEncoder(SpecModel):
 
 
 class VideoVQ(ImageVQ):
-    kind: Literal["video"] = "video"  # type: ignore[assignment]
+    kind: Literal["video"] = Field("video", description="modality kind (the tag that selects this tokenizer)")  # type: ignore[assignment]
     cameras: int = Field(1, ge=1, description="synchronised cameras")
     frames: int = Field(8, ge=1, description="frames per clip per camera")
     fps: float = Field(4.0, gt=0, description="frame rate of the clip (frames per second)")
@@ -100,7 +100,7 @@ class VideoVQ(ImageVQ):
 
 
 class AudioCodec(SpecModel):
-    kind: Literal["audio"] = "audio"
+    kind: Literal["audio"] = Field("audio", description="modality kind (the tag that selects this tokenizer)")
     codebooks: int = Field(4, ge=1, description="residual codebooks per frame")
     codebook_size: int = Field(1024, gt=1, description="codes per codebook")
     frame_rate_hz: float = Field(12.5, gt=0, description="codec frames per second")
@@ -118,7 +118,7 @@ class AudioCodec(SpecModel):
 class ActionBins(SpecModel):
     """RT-2 style: each action dimension is discretised into `bins` uniform bins over [low, high]."""
 
-    kind: Literal["action"] = "action"
+    kind: Literal["action"] = Field("action", description="modality kind (the tag that selects this tokenizer)")
     dims: int = Field(7, ge=1, description="action dimensions")
     bins: int = Field(256, ge=2, description="bins per dimension (shared vocabulary across dimensions)")
     horizon: int = Field(1, ge=1, description="future steps predicted per sample")
@@ -141,7 +141,7 @@ class ActionBins(SpecModel):
 
 
 class ContinuousProjector(SpecModel):
-    kind: Literal["continuous"] = "continuous"
+    kind: Literal["continuous"] = Field("continuous", description="modality kind (the tag that selects this tokenizer)")
     signal: Literal["imu", "camera_intrinsics", "camera_extrinsics", "points3d", "vit_features", "proprio"] = Field(
         "imu", description="what the signal is")
     input_dim: int = Field(6, gt=0, description="features per input vector")
