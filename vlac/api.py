@@ -9,6 +9,7 @@ from vlac.compiler.graph import Graph
 from vlac.compiler.lower import lower as _lower
 from vlac.compiler.plan import Plan
 from vlac.compiler.planner import plan as _plan
+from vlac.runtime.kernels import KERNELS
 from vlac.spec import Experiment
 from vlac.spec import load as _load
 from vlac.spec.system import Cluster
@@ -33,7 +34,11 @@ def plan(exp: Experiment, cluster: Cluster | None = None, pin: Mapping[str, Any]
          graph: Graph | None = None) -> Plan:
     """Choose the parallel layout, micro-batching, recompute and FP8 use for a cluster
     (`graph`: an already lowered graph of `exp`, to skip lowering again)."""
-    return _plan(exp, cluster=cluster, pin=dict(pin or {}), graph=graph)
+    p = _plan(exp, cluster=cluster, pin=dict(pin or {}), graph=graph)
+    # The program runs on the cluster's GPUs, where torch's CUDA builds ship Triton: record the
+    # Triton kernels the runtime will select there (vlac.runtime.kernels picks them on CUDA).
+    p.kernels = {name: "triton" for name in KERNELS}
+    return p
 
 
 def emit(exp: Experiment, plan: Plan, out_dir: str | Path) -> Path:
