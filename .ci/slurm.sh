@@ -87,7 +87,15 @@ cmd_install() {
 }
 
 # ---------------------------------------------------------------------------------------- helpers
-pid_alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+# pid_alive PID: running and not a zombie (in some sandboxes nobody reaps orphaned zombies, and
+# `kill -0` succeeds on a zombie).
+pid_alive() {
+    [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null || return 1
+    local stat
+    stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+    stat="${stat##*) }"
+    [ "${stat%% *}" != "Z" ]
+}
 
 # pidfile_pid FILE: the pid in FILE when that process is alive, else nothing.
 pidfile_pid() {
@@ -97,9 +105,29 @@ pidfile_pid() {
     if pid_alive "$pid"; then echo "$pid"; fi
 }
 
+# env_has PID VAR=VALUE: the process environment has exactly that entry.
+env_has() {
+    { tr '\0' '\n' <"/proc/$1/environ"; } 2>/dev/null | grep -qxF "$2"
+}
+
 # has_marker PID: the process environment carries VLAC_SLURM_STATE=$STATE.
-has_marker() {
-    tr '\0' '\n' <"/proc/$1/environ" 2>/dev/null | grep -qxF "VLAC_SLURM_STATE=$STATE"
+has_marker() { env_has "$1" "VLAC_SLURM_STATE=$STATE"; }
+
+# is_our_job_process PID: a process of a job of this cluster (the job environment holds
+# SLURM_JOB_ID and our SLURM_CONF).
+is_our_job_process() {
+    env_has "$1" "SLURM_CONF=$CONF" \
+        && { tr '\0' '\n' <"/proc/$1/environ"; } 2>/dev/null | grep -q '^SLURM_JOB_ID='
+}
+
+# has_fd_under PID DIR/: the process has a file under DIR open.
+has_fd_under() {
+    local fd target
+    for fd in "/proc/$1/fd/"*; do
+        target="$(readlink "$fd" 2>/dev/null)" || continue
+        case "$target" in "$2"*) return 0 ;; esac
+    done
+    return 1
 }
 
 port_busy() {
@@ -137,6 +165,16 @@ daemon_env() {  # run "$@" with the marker and our config in the environment, st
     env VLAC_SLURM_STATE="$STATE" SLURM_CONF="$CONF" "$@" </dev/null >>"$logf" 2>&1
 }
 
+# daemon_bg LOG CMD...: like daemon_env, in the background. The redirections apply to the
+# backgrounded subshell itself, which then execs CMD: no bash lingers holding the caller's stdout
+# (a pipe when Python captures our output: it would never see EOF).
+daemon_bg() {
+    local logf=$1
+    shift
+    (exec env VLAC_SLURM_STATE="$STATE" SLURM_CONF="$CONF" "$@") </dev/null >>"$logf" 2>&1 &
+}
+
+# shellcheck disable=SC2120  # called with arguments through wait_until
 mysql_cli() { mariadb --no-defaults --protocol=socket --socket="$MYSQL_SOCK" -uroot "$@"; }
 
 # ---------------------------------------------------------------------------------------- configs
@@ -155,7 +193,6 @@ SlurmdUser=root
 SlurmctldPort=$CTLD_PORT
 SlurmdPort=$SLURMD_PORT
 AuthType=auth/munge
-CredType=cred/munge
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/spool
 SlurmctldPidFile=$STATE/slurmctld.pid
@@ -164,14 +201,17 @@ SlurmctldLogFile=$STATE/log/slurmctld.log
 SlurmdLogFile=$STATE/log/slurmd.log
 SlurmctldDebug=info
 SlurmdDebug=info
+MailProg=/bin/true
 # No cgroups in containers/CI runners: plain process tracking, no task binding.
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
-SwitchType=switch/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
+# Schedule every 1-2 s instead of 30/60 s: a job whose BeginTime passes (a requeued job) would
+# otherwise wait for the next pass.
+SchedulerParameters=sched_interval=2,bf_interval=1
 # The node advertises $cpus CPUs whatever the hardware ($ncpu): config_overrides makes slurmd
 # accept the mismatch, so multi-task jobs fit on small runners (oversubscription).
 SlurmdParameters=config_overrides
@@ -218,7 +258,6 @@ start_mariadb() {
         log "mariadb already running (pid $(pidfile_pid "$STATE/mariadb.pid"))"
         return 0
     fi
-    port_busy "$MYSQL_PORT" && die "port $MYSQL_PORT is in use (set VLAC_SLURM_MYSQL_PORT)"
     if [ ! -d "$STATE/mysql/mysql" ]; then
         log "initialising MariaDB datadir $STATE/mysql"
         mkdir -p "$STATE/mysql"
@@ -227,14 +266,16 @@ start_mariadb() {
             || { cat "$STATE/log/mariadb-install.log" >&2; die "mariadb-install-db failed"; }
     fi
     log "starting mariadbd on 127.0.0.1:$MYSQL_PORT"
-    # mariadbd does not fork: background it; its pid file is what `stop` uses.
-    daemon_env "$STATE/log/mariadb.out" setsid mariadbd --no-defaults --user=root \
+    # mariadbd does not fork: background it (in its own session, so a Ctrl-C on the caller's
+    # terminal does not reach it); its pid file is what `stop` uses.
+    daemon_bg "$STATE/log/mariadb.out" setsid mariadbd --no-defaults --user=root \
         --datadir="$STATE/mysql" --socket="$MYSQL_SOCK" --pid-file="$STATE/mariadb.pid" \
         --bind-address=127.0.0.1 --port="$MYSQL_PORT" --log-error="$STATE/log/mariadb.log" \
         --innodb-log-file-size=16M --innodb-buffer-pool-size=128M --innodb-lock-wait-timeout=900 \
-        --skip-name-resolve &
+        --skip-name-resolve
     wait_until "$START_TIMEOUT" "mariadb to answer" mysql_cli -e "SELECT 1" \
         || { tail -20 "$STATE/log/mariadb.log" >&2 || true; die "mariadb did not start"; }
+    # shellcheck disable=SC2119
     mysql_cli <<EOF
 CREATE DATABASE IF NOT EXISTS $DB_NAME;
 CREATE USER IF NOT EXISTS '$DB_USER'@'127.0.0.1' IDENTIFIED BY '$DB_PASS';
@@ -283,7 +324,6 @@ sacctmgr_works() { SLURM_CONF="$CONF" sacctmgr -n -P show cluster format=cluster
 
 start_slurmdbd() {
     if [ -z "$(pidfile_pid "$STATE/slurmdbd.pid")" ]; then
-        port_busy "$DBD_PORT" && die "port $DBD_PORT is in use (set VLAC_SLURM_DBD_PORT)"
         log "starting slurmdbd on 127.0.0.1:$DBD_PORT"
         daemon_env "$STATE/log/slurmdbd.out" slurmdbd \
             || { tail -20 "$STATE/log/slurmdbd.log" >&2 || true; die "slurmdbd failed to start"; }
@@ -296,14 +336,14 @@ start_slurmdbd() {
     # the moment slurmctld comes up. No AccountingStorageEnforce, so no account is required; add
     # one anyway (and root in it) so `sacctmgr`/`--account` based tests have something to use.
     if ! sacctmgr_works | grep -qx "$CLUSTER"; then
-        SLURM_CONF="$CONF" sacctmgr -i add cluster "$CLUSTER" >&2
+        SLURM_CONF="$CONF" sacctmgr -i add cluster "$CLUSTER" >>"$STATE/log/sacctmgr.out"
     fi
     if [ -z "$(SLURM_CONF="$CONF" sacctmgr -n -P show account vlac format=account 2>/dev/null)" ]; then
         SLURM_CONF="$CONF" sacctmgr -i add account vlac cluster="$CLUSTER" \
-            description="vlac CI" organization=vlac >&2
+            description="vlac CI" organization=vlac >>"$STATE/log/sacctmgr.out"
     fi
     if [ -z "$(SLURM_CONF="$CONF" sacctmgr -n -P show assoc user=root account=vlac format=user 2>/dev/null)" ]; then
-        SLURM_CONF="$CONF" sacctmgr -i add user root account=vlac cluster="$CLUSTER" >&2
+        SLURM_CONF="$CONF" sacctmgr -i add user root account=vlac cluster="$CLUSTER" >>"$STATE/log/sacctmgr.out"
     fi
 }
 
@@ -315,7 +355,6 @@ node_idle() {
 
 start_slurm() {
     if [ -z "$(pidfile_pid "$STATE/slurmctld.pid")" ]; then
-        port_busy "$CTLD_PORT" && die "port $CTLD_PORT is in use (set VLAC_SLURM_CTLD_PORT)"
         log "starting slurmctld on 127.0.0.1:$CTLD_PORT"
         daemon_env "$STATE/log/slurmctld.out" slurmctld -f "$CONF" \
             || { tail -20 "$STATE/log/slurmctld.log" >&2 || true; die "slurmctld failed to start"; }
@@ -325,7 +364,6 @@ start_slurm() {
     wait_until "$START_TIMEOUT" "slurmctld to answer" env SLURM_CONF="$CONF" scontrol ping \
         || { tail -20 "$STATE/log/slurmctld.log" >&2 || true; die "slurmctld does not answer"; }
     if [ -z "$(pidfile_pid "$STATE/slurmd.pid")" ]; then
-        port_busy "$SLURMD_PORT" && die "port $SLURMD_PORT is in use (set VLAC_SLURM_SLURMD_PORT)"
         log "starting slurmd on 127.0.0.1:$SLURMD_PORT"
         daemon_env "$STATE/log/slurmd.out" slurmd -f "$CONF" -N "$(hostname -s)" \
             || { tail -20 "$STATE/log/slurmd.log" >&2 || true; die "slurmd failed to start"; }
@@ -339,6 +377,18 @@ start_slurm() {
     fi
 }
 
+# Fail before starting anything when a port we need is taken by something else.
+check_ports() {
+    local spec name port var
+    for spec in mariadb:$MYSQL_PORT:MYSQL slurmdbd:$DBD_PORT:DBD slurmctld:$CTLD_PORT:CTLD \
+            slurmd:$SLURMD_PORT:SLURMD; do
+        IFS=: read -r name port var <<<"$spec"
+        if [ -z "$(pidfile_pid "$STATE/$name.pid")" ] && port_busy "$port"; then
+            die "port $port ($name) is in use by another process; set VLAC_SLURM_${var}_PORT"
+        fi
+    done
+}
+
 cmd_start() {
     set_state "$1"
     [ "$(id -u)" -eq 0 ] || die "start must run as root (SlurmUser=root, munged as user munge)"
@@ -347,8 +397,9 @@ cmd_start() {
     done
     local t0
     t0=$(date +%s)
+    check_ports
     START_OK=0
-    # On failure, stop what this call started, so that no daemon outlives a failed start.
+    # On failure, stop the cluster of STATE_DIR, so that no daemon outlives a failed start.
     trap 'if [ "$START_OK" -eq 0 ]; then log "start failed; logs in $STATE/log; stopping"; cmd_stop "$STATE" || true; fi' EXIT
     write_configs
     start_mariadb
@@ -362,34 +413,56 @@ cmd_start() {
 }
 
 # ---------------------------------------------------------------------------------------- stop
-# kill_pid NAME PID: TERM, wait up to 20 s, then KILL.
-kill_pid() {
-    local name=$1 pid=$2 i
-    pid_alive "$pid" || return 0
-    log "stopping $name (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 40); do
-        pid_alive "$pid" || return 0
-        sleep 0.5
+# kill_pids "NAME PID"...: SIGTERM to all at once, wait up to $KILL_GRACE_S (20) s for all, then
+# SIGKILL.
+kill_pids() {
+    local item name pid left grace=${KILL_GRACE_S:-20}
+    for item in "$@"; do
+        name=${item% *}; pid=${item##* }
+        if pid_alive "$pid"; then
+            log "stopping $name (pid $pid)"
+            kill -TERM "$pid" 2>/dev/null || true
+        fi
     done
-    log "$name (pid $pid) ignored SIGTERM; sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
+    for _ in $(seq 1 $(( grace * 5 ))); do
+        left=0
+        for item in "$@"; do pid_alive "${item##* }" && left=1; done
+        [ "$left" -eq 0 ] && return 0
+        sleep 0.2
+    done
+    for item in "$@"; do
+        name=${item% *}; pid=${item##* }
+        if pid_alive "$pid"; then
+            log "$name (pid $pid) ignored SIGTERM for ${grace}s; sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    done
 }
 
-# stop_pidfile NAME FILE COMM: kill the pid in FILE if it is alive and still the process we
-# started (its name is COMM and, except for munged whose environment runuser keeps, it carries the
-# marker) -- a stale pid file must not kill an unrelated process that reused the pid.
-stop_pidfile() {
+# ours NAME FILE COMM: "NAME PID" for the pid in FILE if it is alive and still the process we
+# started (its name is COMM and it carries the marker) -- a stale pid file must not lead to
+# killing an unrelated process that reused the pid. Removes FILE.
+ours() {
     local name=$1 file=$2 comm=$3 pid
     pid="$(pidfile_pid "$file")"
-    if [ -n "$pid" ]; then
-        if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$comm" ] && has_marker "$pid"; then
-            kill_pid "$name" "$pid"
-        else
-            log "pid $pid in $file is not our $name; leaving it alone"
-        fi
-    fi
     rm -f "$file"
+    [ -n "$pid" ] || return 0
+    if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$comm" ] && has_marker "$pid"; then
+        echo "$name $pid"
+    else
+        log "pid $pid in $file is not our $name; leaving it alone"
+    fi
+}
+
+# stop_group NAME:FILE:COMM...: stop these daemons together.
+stop_group() {
+    local spec name file comm entry entries=()
+    for spec in "$@"; do
+        IFS=: read -r name file comm <<<"$spec"
+        entry="$(ours "$name" "$file" "$comm")"
+        [ -z "$entry" ] || entries+=("$entry")
+    done
+    [ "${#entries[@]}" -eq 0 ] || kill_pids "${entries[@]}"
 }
 
 no_jobs_left() { [ -z "$(SLURM_CONF="$CONF" squeue -h -o %i 2>/dev/null)" ]; }
@@ -400,25 +473,38 @@ cmd_stop() {
     if [ -n "$(pidfile_pid "$STATE/slurmctld.pid")" ] && [ -f "$CONF" ]; then
         if [ -n "$(SLURM_CONF="$CONF" squeue -h -o %i 2>/dev/null)" ]; then
             log "cancelling remaining jobs"
-            SLURM_CONF="$CONF" squeue -h -o %i | xargs -r env SLURM_CONF="$CONF" scancel --full || true
+            SLURM_CONF="$CONF" squeue -h -o %i | xargs -r env SLURM_CONF="$CONF" scancel || true
             wait_until 20 "jobs to finish" no_jobs_left || true
         fi
     fi
-    stop_pidfile slurmd "$STATE/slurmd.pid" slurmd
-    stop_pidfile slurmctld "$STATE/slurmctld.pid" slurmctld
-    stop_pidfile slurmdbd "$STATE/slurmdbd.pid" slurmdbd
-    stop_pidfile mariadbd "$STATE/mariadb.pid" mariadbd
-    stop_pidfile munged "$STATE/munged.pid" munged
-    # Stragglers: anything else started with our marker (slurmstepd of a killed job, a daemon whose
-    # pid file went missing).
-    local p pids=()
+    # In dependency order, each group at once: slurmctld still talks to slurmdbd (through munge)
+    # while it shuts down, slurmdbd to mariadb.
+    stop_group "slurmd:$STATE/slurmd.pid:slurmd" "slurmctld:$STATE/slurmctld.pid:slurmctld"
+    stop_group "slurmdbd:$STATE/slurmdbd.pid:slurmdbd"
+    stop_group "mariadbd:$STATE/mariadb.pid:mariadbd" "munged:$STATE/munged.pid:munged"
+    # Stragglers, when jobs could not be cancelled (slurmctld gone) or a pid file went missing:
+    # first the processes of this cluster's jobs, then our slurmstepd (slurmd scrubs its
+    # environment, but it keeps this cluster's slurmd.log open) and anything carrying our marker.
+    # Never the callers of this script (they may have SLURM_CONF=$CONF too).
+    local p ancestors=" " jobs=() daemons=()
+    p=$$
+    while [ -n "$p" ] && [ "$p" -gt 1 ]; do
+        ancestors+="$p "
+        p="$(awk '{print $4}' "/proc/$p/stat" 2>/dev/null || true)"
+    done
     for p in /proc/[0-9]*; do
         p="${p#/proc/}"
-        [ "$p" != "$$" ] && has_marker "$p" && pids+=("$p")
+        case "$ancestors" in *" $p "*) continue ;; esac
+        if is_our_job_process "$p"; then
+            jobs+=("$(cat "/proc/$p/comm" 2>/dev/null || echo '?') $p")
+        elif has_marker "$p" || { [ "$(cat "/proc/$p/comm" 2>/dev/null)" = slurmstepd ] \
+                && has_fd_under "$p" "$STATE/"; }; then
+            daemons+=("$(cat "/proc/$p/comm" 2>/dev/null || echo '?') $p")
+        fi
     done
-    for p in "${pids[@]}"; do
-        kill_pid "$(cat "/proc/$p/comm" 2>/dev/null || echo '?')" "$p"
-    done
+    # Short grace: submitit's job processes ignore SIGTERM, slurmstepd does too.
+    [ "${#jobs[@]}" -eq 0 ] || KILL_GRACE_S=3 kill_pids "${jobs[@]}"
+    [ "${#daemons[@]}" -eq 0 ] || KILL_GRACE_S=3 kill_pids "${daemons[@]}"
     log "stopped (state kept in $STATE)"
 }
 
