@@ -13,7 +13,6 @@ Every wait is bounded, so a broken cluster fails in well under 3 minutes instead
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -161,23 +160,24 @@ class StepCounter(submitit.helpers.Checkpointable):
         wd = Path(workdir)
         restart = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         counter = wd / "step"
-        first = int(counter.read_text()) if counter.exists() else 0
+        log = wd / "steps.log"
+        # steps.log is the single source of truth: one short appended line per step is the
+        # commit point, so a kill at any instant (requeue ends with SIGKILL, which cannot be
+        # blocked) never separates "step done" from "step recorded"; `step` only mirrors it for
+        # the test to watch.
+        lines = log.read_text().split() if log.exists() else []
+        first = int(lines[-1]) if lines else 0
         with open(wd / "starts.log", "a") as f:
             f.write(f"{restart} {first}\n")
         step = first
         while step < total_steps:
             time.sleep(period_s)
-            # Keep the preemption signal (submitit's handler exits the process) out of the
-            # counter/log update, so that the two files always agree.
-            preempt = {signal.Signals["SIG" + SlurmJobEnvironment.USR_SIG]}
-            signal.pthread_sigmask(signal.SIG_BLOCK, preempt)
             step += 1
+            with open(log, "a") as f:
+                f.write(f"{restart} {step}\n")
             tmp = wd / "step.tmp"
             tmp.write_text(str(step))
             os.replace(tmp, counter)
-            with open(wd / "steps.log", "a") as f:
-                f.write(f"{restart} {step}\n")
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, preempt)
         return {"restart_count": restart, "resumed_from": first, "final_step": step}
 
 
