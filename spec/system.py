@@ -107,7 +107,7 @@ class Cluster(SpecModel):
         preset = data.get("preset", "h100-sxm")
         # an unknown preset is reported by the Literal check with the valid choices; fill from the
         # default meanwhile so that error is not buried under "gpu missing" noise
-        base = _PRESETS.get(preset, _PRESETS["h100-sxm"])
+        base = _PRESETS.get(preset, _PRESETS["h100-sxm"]) if isinstance(preset, str) else _PRESETS["h100-sxm"]
         out = dict(data)
         for section in ("gpu", "network"):
             given = out.get(section) or {}
