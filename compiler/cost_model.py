@@ -1,252 +1,348 @@
-"""Memory and step time of one parallel layout, from the cost profile and the hardware.
+"""Memory and step time of many layouts at once, from the cost profile and the hardware.
 
-Overlap assumptions (calibration choices, stated here so they can be argued with):
-- tensor-parallel collectives are exposed (no TP comm overlap, Megatron's default);
-- expert all-to-alls are exposed (dispatch and combine sit between the router and the experts);
-- context-parallel KV exchange hides behind attention compute, only the excess is exposed;
-- data-parallel gradient reduction overlaps with the backward pass of the last micro-batch
-  (bucketed), ZeRO-3 parameter gathers overlap with each micro-batch's compute, and the
-  ZeRO-1/2 parameter all-gather after the optimizer step overlaps with the first forward;
-- the optimizer step is memory bound: ~30 bytes read/written per locally owned parameter.
+Layouts arrive as the columns of a `Space`; rows sharing a pipeline shape (pp, v) are costed
+together as [rows, pipeline ranks, recompute policies] arrays. Each pipeline rank takes the
+cheapest recompute policy that fits its memory (time grows and memory shrinks from none to
+selective to full, so that choice is optimal per rank and the step time, which follows the
+slowest rank, is optimal too).
+
+Overlap and scheduling assumptions (calibration choices; `benchmarks/fidelity.py` checks them
+against published runs with one set of figures for all):
+- Tensor-parallel collectives: TP_EXPOSED of their time is exposed. Megatron overlaps the
+  sequence-parallel re-gather in backward with the input-gradient GEMM, and NeMo's production
+  recipes pipeline the remaining all-gathers/reduce-scatters with their GEMMs (userbuffers,
+  `tp_comm_overlap`); the first chunk of each gather and the last of each scatter stay exposed.
+- Expert all-to-alls: EP_EXPOSED of their time is exposed: dispatch and combine sit between the
+  router and the experts, and Megatron's 1F1B all-to-all overlap hides part of it behind the
+  other micro-batch's compute.
+- Context-parallel K/V exchange overlaps with the attention of the previous ring step; only the
+  excess over attention time is exposed.
+- Data parallelism: gradient reduction overlaps with the backward of the last micro-batch
+  (bucketed, Megatron `overlap_grad_reduce`); ZeRO-1/2 parameter all-gathers after the optimizer
+  step overlap with the first forward (`overlap_param_gather`); ZeRO-2 reduce-scatters every
+  micro-batch (gradients are sharded as they are produced) behind its backward; ZeRO-3 gathers
+  parameters before each micro-batch's forward and backward and reduce-scatters after, behind
+  that micro-batch's compute.
+- Pipeline: bubble (p-1)*t for 1F1B and GPipe, (p-1)*t/v interleaved (Narayanan et al. 2021),
+  and (p-1)*(t - 2*t_W) for zero-bubble ZB-H1 (Qi et al. 2023), t_W the weight-gradient time;
+  with unequal ranks, the sum over the ranks other than the slowest of their t (or t - 2*t_W),
+  which `schedule_sim` reproduces pass by pass (exactly for balanced ranks, as an upper bound
+  otherwise);
+  activations in flight per rank: p - rank (1F1B, ZB-H1), Megatron's interleaved warm-up
+  ((p-rank-1)*2 + (v-1)*p + 1 chunks), m (GPipe). Stage-to-stage sends: one per micro-batch on
+  the critical path (interleaved sends are overlapped, `overlap_p2p_comm`).
+- Optimizer: memory bound, ~30 bytes read and written per locally owned parameter (Adam: FP32
+  master, m, v read and written, the BF16 gradient read, the BF16 weight written, the norm).
+- Memory per GPU: BF16 weights (2 B) and gradients (2 B), FP32 master and Adam moments (12 B),
+  sharded by ZeRO level; FP8 weight copies (plain and transposed, 2 B) for FP8 GEMMs; saved
+  activations times micro-batches in flight; a working set of one decoder layer's activations
+  (the layer in backward, or being recomputed); communication buffers (two DP gradient buckets
+  of up to 40M elements, double-buffered TP gathers, all-to-all send/receive buffers); ZeRO-3
+  prefetch of the next layer's parameters.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+
+import numpy as np
 
 from .graph import RECOMPUTE
 from .hardware import Hardware
-from .plan import Estimate, Layout
 from .profile import CostProfile
+from .search_space import SCHEDULE_CODES, Space
 
-DP_OVERLAP = 1.0  # fraction of the last micro-batch's backward that gradient reduction can hide behind
-ZERO3_OVERLAP = 0.8
+# Exposed shares of TP and EP communication. Neither is published directly: 0.35 keeps the
+# exposed TP time of the cited TP4/TP8 runs at 2-9 % of their step (NVIDIA's TP-overlap notes
+# report most of the gathers hidden); 0.75 reproduces the one cited cross-node EP run (Qwen3,
+# EP32) to 0.1 %. Moving TP_EXPOSED by 0.1 moves the TP cases by at most 2 %; EP_EXPOSED by
+# 0.1 moves the Qwen3 case by 5-6 % (its all-to-alls are half of its step).
+TP_EXPOSED = 0.35
+EP_EXPOSED = 0.75
+# NCCL kernels run on SMs (one per channel, 8-32 channels of 132 SMs): communication hidden
+# behind compute still slows that compute down. Charged as this fraction of the hidden time.
+OVERLAP_SLOWDOWN = 0.1
 OPTIMIZER_BYTES_PER_PARAM = 30.0
-BYTES_PER_PARAM = {"weights": 2.0, "gradients": 2.0, "optimizer": 12.0}  # bf16 w/g, fp32 master + Adam m, v
+BYTES_PER_PARAM = {"weights": 2.0, "gradients": 2.0, "optimizer": 12.0, "fp8_cache": 2.0}
+DP_BUCKET_ELEMENTS = 40e6  # Megatron's default gradient bucket; two in flight, BF16, at most the local gradient
+
+TIME_KEYS = ("compute", "elementwise", "recompute", "tp_comm", "ep_comm", "cp_comm", "pp_bubble", "pp_p2p",
+             "dp_comm", "optimizer")
+MEMORY_KEYS = ("weights", "gradients", "optimizer", "fp8_cache", "activations", "working", "comm_buffers")
+INTERLEAVED, GPIPE, ZERO_BUBBLE = (SCHEDULE_CODES.index(s) for s in ("interleaved_1f1b", "gpipe", "zero_bubble"))
+
+
+@dataclass
+class Evaluation:
+    """Per-row results. `fits` marks rows with a recompute choice that fits every rank;
+    `timed` the rows whose step time was computed (time columns are NaN elsewhere)."""
+
+    space: Space
+    peak: np.ndarray
+    fits: np.ndarray
+    timed: np.ndarray
+    step: np.ndarray
+    policy: np.ndarray  # [rows, max pp] policy index per rank, -1 past the last rank
+    time: dict[str, np.ndarray]
+    memory: dict[str, np.ndarray]  # components on the rank with the peak
+    # with `detail`: per pipeline rank, one micro-batch's forward, backward (with recompute) and
+    # weight-gradient seconds, and the memory components ([rows, max pp] / [rows, max pp, parts])
+    rank_time: dict[str, np.ndarray] | None = None
+    rank_memory: np.ndarray | None = None
 
 
 class CostModel:
-    def __init__(self, profile: CostProfile, hw: Hardware, seq_len: int, hidden: int, top_k: int,
-                 kv_bytes_per_token: float, global_batch_tokens: int, dtype_bytes: int):
+    def __init__(self, profile: CostProfile, hw: Hardware, global_batch_tokens: int):
         self.p, self.hw = profile, hw
-        self.seq_len, self.hidden, self.top_k = seq_len, hidden, top_k
-        self.kv_bytes_per_token = kv_bytes_per_token
         self.global_batch_tokens = global_batch_tokens
-        self.act_bytes = dtype_bytes
-        self.model_flops_per_token = profile.g.flops_per_token
-        self._split_cache: dict[tuple[int, int], list[list[tuple]]] = {}
+        prof = profile.profiles
+        self.params_dense = np.array([q.params_dense for q in prof])
+        self.params_expert = np.array([q.params_expert for q in prof])
+        self.params_fp8 = np.array([q.params_fp8 for q in prof])
+        # [K, 3 policies] saved bytes per sequence: TP-sharded, SP-split, whole
+        self.saved_sh, self.saved_sp, self.saved_whole = (
+            np.array([[q.saved[pol][part] for pol in RECOMPUTE] for q in prof]) for part in range(3))
+        self.is_block = np.array([q.kind == "block" for q in prof])
+        self.max_block_params = max((q.params_dense + q.params_expert for q in prof if q.kind == "block"), default=0.0)
+        self._compositions: dict[tuple[int, int], tuple[list[list[int]], np.ndarray]] = {}
 
-    # ---- stage split --------------------------------------------------------------------------
-    def chunks(self, pp: int, v: int) -> list[list[tuple]]:
-        """Contiguous layer chunks (pp*v of them) balanced on forward+backward FLOPs; the
-        embedding rides with the first chunk and the head+loss with the last."""
+    # ---- pipeline shape ---------------------------------------------------------------------------
+    def composition(self, pp: int, v: int) -> tuple[list[list[int]], np.ndarray]:
+        """The chunks (layer positions) of a (pp, v) split and how many layers of each key each
+        pipeline rank holds ([pp, keys]); chunk c runs on rank c % pp."""
         key = (pp, v)
-        if key not in self._split_cache:
-            self._split_cache[key] = [[self.p.layer_keys[i] for i in c] for c in self.split_indices(pp * v)]
-        return self._split_cache[key]
+        if key not in self._compositions:
+            chunks = self.p.stage_chunks(pp * v, interleaved=v > 1)
+            counts = np.zeros((pp, self.p.n_keys))
+            for c, chunk in enumerate(chunks):
+                for pos in chunk:
+                    counts[c % pp, self.p.sequence[pos]] += 1
+            self._compositions[key] = (chunks, counts)
+        return self._compositions[key]
 
-    def split_indices(self, n_chunks: int) -> list[list[int]]:
-        costs = []
-        for key in self.p.layer_keys:
-            nodes = self.p.groups[key]
-            costs.append(sum(n.flops_fwd + n.flops_bwd + n.flops_overcompute for n in nodes))
-        n = len(costs)
-        # linear partition minimising the heaviest chunk (n is the layer count: small)
-        prefix = [0.0]
-        for c in costs:
-            prefix.append(prefix[-1] + c)
-        inf = float("inf")
-        best = [[inf] * (n + 1) for _ in range(n_chunks + 1)]
-        cut = [[0] * (n + 1) for _ in range(n_chunks + 1)]
-        best[0][0] = 0.0
-        for k in range(1, n_chunks + 1):
-            for j in range(k, n + 1):
-                for i in range(k - 1, j):
-                    w = max(best[k - 1][i], prefix[j] - prefix[i])
-                    if w < best[k][j]:
-                        best[k][j], cut[k][j] = w, i
-        bounds, j = [], n
-        for k in range(n_chunks, 0, -1):
-            i = cut[k][j]
-            bounds.append(list(range(i, j)))
-            j = i
-        return bounds[::-1]
+    # ---- evaluation -------------------------------------------------------------------------------
+    def evaluate(self, space: Space, allowed=(0, 1, 2), forced: np.ndarray | None = None,
+                 time_all: bool = False, detail: bool = False) -> Evaluation:
+        """Cost every row. `allowed`: recompute policy indices the search may use; `forced`
+        ([rows, pp] policy indices) fixes them per rank instead. Rows that do not fit under any
+        allowed choice are pruned before their step time is computed unless `time_all`.
+        `detail` also fills the memory and time breakdowns (else they stay NaN)."""
+        c = space.cols
+        n = len(space)
+        pmax = int(c["pp"].max()) if n else 1
+        ev = Evaluation(space, np.full(n, np.inf), np.zeros(n, bool), np.zeros(n, bool), np.full(n, np.nan),
+                        np.full((n, pmax), -1, np.int64), {k: np.full(n, np.nan) for k in TIME_KEYS},
+                        {k: np.full(n, np.nan) for k in MEMORY_KEYS})
+        if detail:
+            ev.rank_time = {k: np.full((n, pmax), np.nan) for k in ("fwd", "bwd", "wgrad")}
+            ev.rank_memory = np.full((n, pmax, len(MEMORY_KEYS)), np.nan)
+        if n == 0:
+            return ev
+        combos = np.stack([c["tp"], c["sp"], c["cp"], c["mb"], c["ep"], c["etp"]], axis=1).astype(np.int64)
+        key = np.zeros(n, np.int64)
+        for j in range(combos.shape[1]):  # mixed-radix code: a 1-D unique is far faster than a row-wise one
+            key = key * (int(combos[:, j].max()) + 1) + combos[:, j]
+        _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+        uniq = combos[first]
+        inv = inv.reshape(-1)
+        lt = self.p.times(uniq[:, 0], uniq[:, 1].astype(bool), uniq[:, 2], uniq[:, 3], uniq[:, 4], uniq[:, 5])
+        per_key = self._per_key(lt, uniq)
+        group_keys = c["pp"] * 1000 + c["v"]
+        allowed_mask = np.zeros(3, bool)
+        allowed_mask[list(allowed)] = True
+        for gk in np.unique(group_keys):
+            idx = np.nonzero(group_keys == gk)[0]
+            pp, v = int(gk // 1000), int(gk % 1000)
+            f = None if forced is None else forced[idx, :pp]
+            self._evaluate_group(ev, idx, inv[idx], per_key, pp, v, allowed_mask, f, time_all, detail)
+        return ev
 
-    # ---- per-rank aggregates (memoised: layouts differ in few of these keys) ------------------
-    def _ranks(self, pp: int, v: int) -> list[list[tuple]]:
-        chunks = self.chunks(pp, v)
-        return [[k for c in chunks[r::pp] for k in c] for r in range(pp)]
-
-    @lru_cache(maxsize=None)
-    def _static(self, pp: int, v: int) -> tuple[RankStatic, ...]:
-        out = []
-        for keys in self._ranks(pp, v):
-            p = self.p
-            saved = {pol: 0.0 for pol in RECOMPUTE}
-            sharded = {pol: 0.0 for pol in RECOMPUTE}
-            head = 0.0
-            for k in keys:
-                if k[0] == "head":
-                    head += p.saved[k]["none"]
-                    continue
-                for pol in RECOMPUTE:
-                    use = pol if k[0] == "block" else "none"
-                    saved[pol] += p.saved[k][use]
-                    sharded[pol] += p.saved_sharded[k][use]
-            out.append(RankStatic(
-                dense=sum(p.params[k] - p.params_expert[k] for k in keys),
-                expert=sum(p.params_expert[k] for k in keys),
-                fp8=sum(p.fp8_params[k] for k in keys),
-                saved=saved, saved_sharded=sharded, head_saved=head,
-                blocks=sum(1 for k in keys if k[0] == "block"),
-                moe_blocks=sum(1 for k in keys if k[0] == "block" and p.is_moe[k])))
-        return tuple(out)
-
-    @lru_cache(maxsize=None)
-    def _dynamic(self, pp: int, v: int, tp: int, cp: int, mb: int, fp8: bool) -> tuple[RankDynamic, ...]:
-        out = []
-        for keys in self._ranks(pp, v):
-            compute = block_fwd = attn = 0.0
-            for k in keys:
-                t = self.p.times(k, tp, cp, mb, fp8)
-                compute += t.fwd + t.bwd
-                if k[0] == "block":
-                    block_fwd += t.fwd
-                    attn += sum(self.hw.attention_seconds((n.flops_fwd + n.flops_bwd) * mb / (tp * cp))
-                                for n in self.p.groups[k] if n.kind == "attention")
-            out.append(RankDynamic(compute, block_fwd, attn))
-        return tuple(out)
-
-    # ---- one layout -------------------------------------------------------------------------------
-    def estimate(self, lay: Layout) -> Estimate:
-        statics = self._static(lay.pp, lay.virtual_stages)
-        memory = max((self._memory(lay, r, st) for r, st in enumerate(statics)), key=lambda m: m["total"])
-        time = self._time(lay, statics)
-        step = sum(time.values())
-        flops = self.model_flops_per_token * self.global_batch_tokens
-        peak = self.hw.cluster.gpu.bf16_flops
-        return Estimate(lay, memory, time, step, memory["total"], memory["total"] <= self.hw.usable_memory,
-                        flops, lay.world, peak, self.global_batch_tokens)
-
-    def memory_only(self, lay: Layout) -> float:
-        statics = self._static(lay.pp, lay.virtual_stages)
-        return max(self._memory(lay, r, st)["total"] for r, st in enumerate(statics))
-
-    def _memory(self, lay: Layout, rank: int, st: RankStatic) -> dict[str, float]:
-        dense, expert = st.dense / lay.tp, st.expert / lay.ep
-        d_dense = lay.dp * lay.cp
-        d_expert = max(1, d_dense // lay.ep)
-        w, g, o = BYTES_PER_PARAM["weights"], BYTES_PER_PARAM["gradients"], BYTES_PER_PARAM["optimizer"]
-        zd = (d_dense if lay.zero >= 3 else 1, d_dense if lay.zero >= 2 else 1, d_dense if lay.zero >= 1 else 1)
-        ze = (d_expert if lay.zero >= 3 else 1, d_expert if lay.zero >= 2 else 1, d_expert if lay.zero >= 1 else 1)
-        mem = {
-            "weights": dense * w / zd[0] + expert * w / ze[0],
-            "gradients": dense * g / zd[1] + expert * g / ze[1],
-            "optimizer": dense * o / zd[2] + expert * o / ze[2],
-            "fp8_cache": st.fp8 / lay.tp if lay.fp8 else 0.0,
+    def _per_key(self, lt: dict[str, np.ndarray], uniq: np.ndarray) -> dict[str, np.ndarray]:
+        """Per unique (tp, sp, cp, mb, ep, etp) and key: the parts of a micro-batch's time and
+        the activation bytes saved per micro-batch under each policy ([U, K] or [U, K, 3])."""
+        tp, sp, cp, mb = (uniq[:, i].astype(float)[:, None] for i in range(4))
+        block = self.is_block[None, :]
+        cp_exposed = _hide(lt["cp"], lt["attn_fwd"] + lt["attn_bwd"])
+        tp_x = TP_EXPOSED + OVERLAP_SLOWDOWN * (1 - TP_EXPOSED)  # exposed share, hidden share's slowdown
+        ep_x = EP_EXPOSED + OVERLAP_SLOWDOWN * (1 - EP_EXPOSED)
+        fwd_comm = tp_x * lt["tp_fwd"] + ep_x * lt["ep_fwd"] + cp_exposed / 3
+        fwd = lt["gemm_fwd"] + lt["attn_fwd"] + lt["mem_fwd"]
+        recompute = np.stack([np.zeros_like(fwd), np.where(block, lt["mem_fwd"], 0.0),
+                              np.where(block, fwd + fwd_comm, 0.0)], axis=-1)
+        sp_div = np.where(sp.astype(bool), tp, 1.0)
+        seqs = mb / cp
+        act = (self.saved_sh[None] / tp[..., None] + self.saved_sp[None] / sp_div[..., None]
+               + self.saved_whole[None]) * seqs[..., None]
+        return {
+            "compute": lt["gemm_fwd"] + lt["gemm_bwd"] + lt["attn_fwd"] + lt["attn_bwd"],
+            "elementwise": lt["mem_fwd"] + lt["mem_bwd"],
+            "fwd": fwd + fwd_comm,
+            "bwd": lt["gemm_bwd"] + lt["attn_bwd"] + lt["mem_bwd"],
+            "wgrad": lt["gemm_wgrad"],
+            "tp_comm": tp_x * (lt["tp_fwd"] + lt["tp_bwd"]),
+            "ep_comm": ep_x * (lt["ep_fwd"] + lt["ep_bwd"]),
+            "cp_comm": cp_exposed,
+            "recompute": recompute,
+            "act": act,
         }
-        pol = lay.recompute
-        sharded = st.saved_sharded[pol]
-        rest = st.saved[pol] - sharded
-        per_micro = sharded / lay.tp + rest / (lay.tp if lay.sequence_parallel else 1)
-        per_micro *= lay.microbatch_size / lay.cp
-        head = st.head_saved / lay.tp * lay.microbatch_size / lay.cp  # vocab-parallel logits, one in flight
-        mem["activations"] = per_micro * self._in_flight(lay, rank) + head
-        mem["total"] = sum(mem.values())
-        return mem
+
+    def _evaluate_group(self, ev: Evaluation, idx, u, pk, pp, v, allowed_mask, forced, time_all, detail) -> None:
+        hw, c = self.hw, ev.space.cols
+        _, counts = self.composition(pp, v)  # [pp, K]
+        # what depends only on the (tp, sp, cp, mb, ep, etp) combination: once per combination
+        ug, u = np.unique(u, return_inverse=True)
+        act_u = np.einsum("nkq,pk->npq", pk["act"][ug], counts)  # [combos, pp, 3] per micro-batch
+        present = (counts > 0) & self.is_block[None, :]
+        working_u = np.max(np.where(present[None], pk["act"][ug][:, None, :, 0], 0.0), axis=2)  # [combos, pp]
+
+        col = {k: c[k][idx].astype(float)[:, None] for k in ("dp", "tp", "cp", "ep", "etp", "mb", "m")}
+        zero = c["zero"][idx][:, None]
+        gathered = (~c["raf"][idx])[:, None]  # zero3 without reshard: weights gathered at the peak
+        sched = c["sched"][idx]
+        tp, cp, ep, etp, dp, m = col["tp"], col["cp"], col["ep"], col["etp"], col["dp"], col["m"]
+        d_dense = dp * cp
+        d_expert = d_dense * tp / (ep * etp)
+
+        # ---- memory [rows, ranks, policies] -----------------------------------------------------
+        dense = counts @ self.params_dense  # [pp]
+        expert = counts @ self.params_expert
+        fp8 = counts @ self.params_fp8 if self.p.fp8 else np.zeros(pp)
+        dense_l = dense[None, :] / tp  # [rows, pp]
+        expert_l = expert[None, :] / (ep * etp)
+        B = BYTES_PER_PARAM
+        shard = lambda level: (np.where(zero >= level, d_dense, 1.0), np.where(zero >= level, d_expert, 1.0))  # noqa: E731
+        w3, g2, o1 = shard(3), shard(2), shard(1)
+        mem = {
+            "weights": B["weights"] * np.where(gathered, dense_l + expert_l, dense_l / w3[0] + expert_l / w3[1]),
+            "gradients": B["gradients"] * (dense_l / g2[0] + expert_l / g2[1]),
+            "optimizer": B["optimizer"] * (dense_l / o1[0] + expert_l / o1[1]),
+            "fp8_cache": B["fp8_cache"] * fp8[None, :] / tp / np.where(gathered, 1.0, w3[0]),
+        }
+        in_flight = self._in_flight(sched, m, pp, v)  # [rows, pp]
+        working = working_u[u]
+        a2a_bytes = col["mb"] / cp / tp * self.p.seq_len * self.p.top_k * self.p.hidden * self.p.act_bytes
+        act_msg = col["mb"] / cp * self.p.seq_len * self.p.hidden * self.p.act_bytes
+        buckets = 2 * np.minimum(DP_BUCKET_ELEMENTS, dense_l + expert_l) * B["gradients"]  # [rows, pp]
+        buffers = (np.where(d_dense > 1, buckets, 0.0) + np.where(tp > 1, 2 * act_msg, 0.0)
+                   + np.where(ep > 1, 2 * a2a_bytes * etp, 0.0)
+                   + np.where(zero >= 3, 2 * self.max_block_params / tp * B["weights"], 0.0))
+        static = mem["weights"] + mem["gradients"] + mem["optimizer"] + mem["fp8_cache"] + working + buffers
+        act_held = act_u[u] * in_flight[:, :, None]
+        total = static[:, :, None] + act_held  # [rows, pp, 3]
+        usable = hw.usable_memory
+        if forced is not None:
+            pol = forced.astype(np.int64)
+            ok = np.take_along_axis(total, pol[:, :, None], 2)[:, :, 0] <= usable
+        else:
+            fits = (total <= usable) & allowed_mask[None, None, :]
+            ok = fits.any(axis=2)
+            last_allowed = int(np.nonzero(allowed_mask)[0].max())
+            pol = np.where(ok, fits.argmax(axis=2), last_allowed)
+        row_fits = ok.all(axis=1)
+        chosen_total = np.take_along_axis(total, pol[:, :, None], 2)[:, :, 0]
+        peak_rank = chosen_total.argmax(axis=1)
+        rows = np.arange(len(idx))
+        ev.peak[idx] = chosen_total[rows, peak_rank]
+        ev.fits[idx] = row_fits
+        ev.policy[idx, :pp] = pol
+        if detail:
+            pick = lambda a: a[rows, peak_rank]  # noqa: E731
+            for k in ("weights", "gradients", "optimizer", "fp8_cache"):
+                ev.memory[k][idx] = pick(np.broadcast_to(mem[k], chosen_total.shape))
+            ev.memory["activations"][idx] = pick(np.take_along_axis(act_held, pol[:, :, None], 2)[:, :, 0])
+            ev.memory["working"][idx] = pick(working)
+            ev.memory["comm_buffers"][idx] = pick(buffers)
+            per_rank = [mem[k] for k in ("weights", "gradients", "optimizer", "fp8_cache")] + [
+                np.take_along_axis(act_held, pol[:, :, None], 2)[:, :, 0], working, np.broadcast_to(buffers, working.shape)]
+            ev.rank_memory[idx, :pp] = np.stack([np.broadcast_to(a, working.shape) for a in per_rank], axis=-1)
+
+        # ---- time (rows that fit, or all when asked) ---------------------------------------------
+        keep = np.ones(len(idx), bool) if time_all else row_fits
+        if not keep.any():
+            return
+        sel = np.nonzero(keep)[0]
+        u, pol, idx = u[sel], pol[sel], idx[sel]
+        col = {k: a[sel] for k, a in col.items()}
+        tp, cp, ep, etp, dp, m = col["tp"], col["cp"], col["ep"], col["etp"], col["dp"], col["m"]
+        d_dense, d_expert, zero, sched = d_dense[sel], d_expert[sel], zero[sel], sched[sel]
+        raf = c["raf"][idx]
+        parts = ("compute", "elementwise", "tp_comm", "ep_comm", "cp_comm")
+        rank_u = {k: pk[k][ug] @ counts.T for k in parts + ("fwd", "bwd", "wgrad")}  # [combos, pp]
+        base_u = sum(rank_u[k] for k in parts)
+        rc_u = np.einsum("nkq,pk->npq", pk["recompute"][ug], counts)
+        rc = np.take_along_axis(rc_u[u], pol[:, :, None], 2)[:, :, 0]
+        t_rank = base_u[u] + rc
+        crit = t_rank.argmax(axis=1)
+        rows = np.arange(len(sel))
+        t_max = t_rank[rows, crit]
+        at = lambda name: rank_u[name][u, crit]  # noqa: E731  the critical rank's share
+        mm = m[:, 0]
+        if pp > 1:
+            # fill and drain: every other rank's micro-batch lies once on the critical path
+            # ((p-1)*t when the ranks are equal); zero-bubble hides two weight-gradient passes of each
+            others = t_rank.sum(axis=1) - t_max
+            wgrad = rank_u["wgrad"][u]
+            others_zb = np.maximum(0.0, t_rank - 2 * wgrad).sum(axis=1) - np.maximum(0.0, t_max - 2 * wgrad[rows, crit])
+            bubble = np.where(sched == ZERO_BUBBLE, others_zb, np.where(sched == INTERLEAVED, others / v, others))
+            p2p_bytes = (col["mb"] / cp * self.p.seq_len * self.p.hidden * self.p.act_bytes
+                         / np.where(c["sp"][idx][:, None], tp, 1.0))[:, 0]
+            across = (tp * cp * dp)[:, 0] >= hw.node_size
+            p2p = 2 * hw.p2p(p2p_bytes, across) * (mm + pp - 1)
+        else:
+            bubble = np.zeros(len(sel))
+            p2p = np.zeros(len(sel))
+        rc_crit = rc[rows, crit]
+        dp_exposed, optimizer = self._data_parallel(dense, expert, col, d_dense, d_expert, zero, raf, at("fwd"),
+                                                    at("bwd") + rc_crit)
+        ev.step[idx] = mm * t_max + bubble + p2p + dp_exposed + optimizer
+        ev.timed[idx] = True
+        if detail:
+            t = ev.time
+            for k in parts:
+                t[k][idx] = mm * at(k)
+            t["recompute"][idx] = mm * rc_crit
+            t["pp_bubble"][idx] = bubble
+            t["pp_p2p"][idx] = p2p
+            t["dp_comm"][idx] = dp_exposed
+            t["optimizer"][idx] = optimizer
+            fwd = rank_u["fwd"][u]
+            ev.rank_time["fwd"][idx, :pp] = fwd
+            ev.rank_time["bwd"][idx, :pp] = t_rank - fwd  # the rest of the micro-batch: backward, recompute, comm
+            ev.rank_time["wgrad"][idx, :pp] = rank_u["wgrad"][u]
 
     @staticmethod
-    def _in_flight(lay: Layout, rank: int) -> float:
-        """Micro-batches whose activations a pipeline rank holds at its peak."""
-        m, p, v = lay.num_microbatches, lay.pp, lay.virtual_stages
-        if p == 1:
-            return 1.0
-        if lay.schedule == "gpipe":
-            return float(m)
-        if lay.schedule == "interleaved_1f1b" and v > 1:
-            warmup = min(m * v, (p - rank - 1) * 2 + (v - 1) * p + 1)
-            return warmup / v
-        return float(min(m, p - rank))
+    def _in_flight(sched: np.ndarray, m: np.ndarray, pp: int, v: int) -> np.ndarray:
+        """Micro-batches' worth of a rank's activations held at its peak ([rows, pp])."""
+        r = np.arange(pp, dtype=float)[None, :]
+        mm = m  # [rows, 1]
+        if pp == 1:
+            return np.ones((len(sched), 1))
+        one_f_one_b = np.minimum(mm, pp - r)
+        warm = np.minimum(mm * v, (pp - r - 1) * 2 + (v - 1) * pp + 1) / v
+        s = sched[:, None]
+        return np.where(s == GPIPE, mm, np.where(s == INTERLEAVED, warm, one_f_one_b))
 
-    def _time(self, lay: Layout, statics: tuple[RankStatic, ...]) -> dict[str, float]:
+    def _data_parallel(self, dense, expert, col, d_dense, d_expert, zero, raf, t_fwd, t_bwd):
         hw = self.hw
-        tokens_local = lay.microbatch_size * self.seq_len / lay.cp
-        act_msg = tokens_local * self.hidden * self.act_bytes
-        # per decoder layer and micro-batch: Megatron TP(+SP) runs 2 gathers + 2 reduce-scatters
-        # forward and the same backward (= 4 all-reduces of the activation)
-        tp_layer = 4 * hw.all_reduce(act_msg, lay.tp)
-        a2a = tokens_local / (lay.tp if lay.sequence_parallel else 1) * self.top_k * self.hidden * self.act_bytes
-        ep_layer = 4 * hw.all_to_all(a2a, lay.ep, stride=lay.tp) if lay.ep > 1 else 0.0
-        kv = tokens_local * self.kv_bytes_per_token / lay.tp
-        ring = 3 * (lay.cp - 1) * hw.p2p(kv, across_nodes=lay.tp * lay.cp > hw.node_size) if lay.cp > 1 else 0.0
-        dyn = self._dynamic(lay.pp, lay.virtual_stages, lay.tp, lay.cp, lay.microbatch_size, lay.fp8)
-        worst, worst_sum = None, -1.0
-        for st, d in zip(statics, dyn):
-            row = (d.compute, d.block_fwd if lay.recompute == "full" else 0.0, tp_layer * st.blocks,
-                   ep_layer * st.moe_blocks, max(0.0, ring * st.blocks - d.attention))
-            if sum(row) > worst_sum:
-                worst, worst_sum = row, sum(row)
-        per_micro = worst_sum
-        m = lay.num_microbatches
-        if lay.pp > 1:
-            bubble_units = (lay.pp - 1) / (lay.virtual_stages if lay.schedule == "interleaved_1f1b" else 1)
-            across = lay.tp * lay.cp * lay.dp >= hw.node_size
-            p2p = 2 * hw.p2p(act_msg / (lay.tp if lay.sequence_parallel else 1), across_nodes=across)
-        else:
-            bubble_units, p2p = 0.0, 0.0
-        out = {
-            "compute": worst[0] * m,
-            "recompute": worst[1] * m,
-            "tp_comm": worst[2] * m,
-            "ep_comm": worst[3] * m,
-            "cp_comm": worst[4] * m,
-            "pp_bubble": per_micro * bubble_units,
-            "pp_p2p": p2p * (m + bubble_units),
-        }
-        out["dp_comm"], out["optimizer"] = self._dp_and_optimizer(lay, statics, per_micro, worst[0])
-        return out
-
-    def _dp_and_optimizer(self, lay: Layout, statics: tuple[RankStatic, ...], per_micro: float, compute: float):
-        hw = self.hw
-        worst_dense = max(st.dense for st in statics) / lay.tp
-        worst_expert = max(st.expert for st in statics) / lay.ep
-        d_dense = lay.dp * lay.cp
-        d_expert = max(1, d_dense // lay.ep)
-        grad = BYTES_PER_PARAM["gradients"]
-        if lay.zero == 0:
-            reduce = hw.all_reduce(worst_dense * grad, d_dense, lay.tp) + hw.all_reduce(worst_expert * grad, d_expert, lay.tp * lay.ep)
-        else:
-            reduce = hw.reduce_scatter(worst_dense * grad, d_dense, lay.tp) + hw.reduce_scatter(worst_expert * grad, d_expert, lay.tp * lay.ep)
-        bwd_last = compute / 2  # backward is about two thirds of compute; half is a conservative window
-        exposed = max(0.0, reduce - DP_OVERLAP * bwd_last)
-        gather = hw.all_gather(worst_dense * BYTES_PER_PARAM["weights"], d_dense, lay.tp) + \
-            hw.all_gather(worst_expert * BYTES_PER_PARAM["weights"], d_expert, lay.tp * lay.ep)
-        if lay.zero >= 3:
-            exposed += lay.num_microbatches * max(0.0, 2 * gather - ZERO3_OVERLAP * per_micro)
-        elif lay.zero >= 1:
-            exposed += max(0.0, gather - per_micro)
-        owned = worst_dense / (d_dense if lay.zero >= 1 else 1) + worst_expert / (d_expert if lay.zero >= 1 else 1)
+        tp, ep, etp, m = col["tp"][:, 0], col["ep"][:, 0], col["etp"][:, 0], col["m"][:, 0]
+        d_dense, d_expert, zero = d_dense[:, 0], d_expert[:, 0], zero[:, 0]
+        g_dense = dense.max() / tp * BYTES_PER_PARAM["gradients"]
+        g_expert = expert.max() / (ep * etp) * BYTES_PER_PARAM["gradients"]
+        rs = hw.reduce_scatter(g_dense, d_dense, tp) + hw.reduce_scatter(g_expert, d_expert, ep * etp)
+        ar = hw.all_reduce(g_dense, d_dense, tp) + hw.all_reduce(g_expert, d_expert, ep * etp)
+        ag = rs  # same sizes: BF16 weights gathered as BF16 gradients were scattered
+        exposed = np.select(
+            [zero == 0, zero == 1, zero == 2, ~raf],
+            [_hide(ar, t_bwd), _hide(rs, t_bwd) + _hide(ag, t_fwd), m * _hide(rs, t_bwd) + _hide(ag, t_fwd),
+             m * (_hide(ag, t_fwd) + _hide(rs, t_bwd))],
+            m * (_hide(ag, t_fwd) + _hide(ag + rs, t_bwd)))
+        owned = dense.max() / tp / np.where(zero >= 1, d_dense, 1.0) + \
+            expert.max() / (ep * etp) / np.where(zero >= 1, d_expert, 1.0)
         return exposed, hw.memory_seconds(owned * OPTIMIZER_BYTES_PER_PARAM)
 
 
-@dataclass(frozen=True)
-class RankStatic:
-    """What a pipeline rank holds, independent of tp/cp/micro-batch: parameters and the
-    activation bytes its layers save per sequence under each recompute policy."""
-
-    dense: float
-    expert: float
-    fp8: float
-    saved: dict[str, float]
-    saved_sharded: dict[str, float]
-    head_saved: float
-    blocks: int
-    moe_blocks: int
-
-
-@dataclass(frozen=True)
-class RankDynamic:
-    compute: float  # forward + backward seconds per micro-batch
-    block_fwd: float  # forward seconds of its decoder blocks (what full recompute repeats)
-    attention: float  # attention seconds (what context-parallel KV exchange hides behind)
+def _hide(comm, window):
+    """Communication overlapped with `window` seconds of compute: the excess is exposed, and
+    the hidden part still slows the compute by OVERLAP_SLOWDOWN of its duration."""
+    hidden = np.minimum(comm, window)
+    return comm - hidden + OVERLAP_SLOWDOWN * hidden

@@ -1,33 +1,68 @@
-"""The cluster as the cost model sees it: peak rates, achievable efficiencies, collectives.
+"""The cluster as the cost model sees it: achievable rates of kernels and collectives.
 
-Calibration choices (stated, so they can be argued with):
-- GEMM efficiency: large BF16 GEMMs on H100 SXM reach ~70-80 % of the 989 TFLOP/s peak in
-  cuBLAS; small ones fall off. We model eff = GEMM_EFF_MAX * size / (size + GEMM_HALF_SIZE) with
-  size = M*N*K, which matches that plateau and the fall-off of narrow GEMMs.
-- FP8 GEMMs reach a lower fraction of their doubled peak (scaling and casts around them).
-- Fused attention (FlashAttention-2/3, cuDNN) runs at ~55-60 % of BF16 peak on H100.
-- Collectives: bus bandwidth from the preset (NCCL all-reduce ~370 GB/s inside a node; one NIC
-  at ~95 % of line rate between nodes) plus a fixed latency per collective.
+Every function takes numpy arrays (or scalars) so the planner can cost thousands of layouts in
+one call. The calibration choices below are global: one set of figures for every model and
+cluster, checked against published runs by `benchmarks/fidelity.py` (never fitted per case).
+
+Compute
+- GEMMs follow a roofline: time = max(FLOPs / (peak * GEMM_EFF), operand bytes / (HBM * HBM_EFF))
+  plus a fixed KERNEL_OVERHEAD_S per launch (tail effect and launch gap). GEMM_EFF is the
+  sustained rate of a large GEMM inside a training step: cuBLAS reaches ~750 TFLOP/s BF16 and
+  ~1,300-1,450 FP8 on an isolated 8192^3 GEMM, but a 700 W H100 running a whole training step
+  holds lower clocks, and FP8 GEMMs lose a further share to scaling and FP32 promotion. The two
+  values (0.70 of 989 = 692 TFLOP/s BF16, 0.55 of 1979 = 1,088 TFLOP/s FP8, an FP8 GEMM speedup
+  of 1.57) are the calibration of `benchmarks/fidelity.py`: one pair for all eight cited runs
+  (worst error 12 %, mean 4 %), not fitted per run.
+- The roofline makes narrow GEMMs (small per-expert token counts, small widths) memory bound by
+  themselves: that is the "efficiency by size" fall-off, derived rather than fitted.
+- Fused attention (FlashAttention-2/3, cuDNN SDPA) on H100 reaches ~450-550 TFLOP/s forward and
+  ~400-450 backward for head_dim 128 (Dao 2023; Shah et al. 2024, FlashAttention-3 paper
+  Fig. 5/6, BF16): ATTENTION_EFF applies to the FLOPs as the graph counts them.
+- Element-wise and normalisation kernels are memory bound: bytes / (HBM * HBM_EFF); streaming
+  kernels reach ~85-90 % of HBM bandwidth (STREAM-like copy on H100: ~2.9-3.0 of 3.35 TB/s).
+
+Communication (NCCL; time = latency + bytes / bus bandwidth, the alpha-beta model, which gives
+the measured ramp of bus bandwidth with message size: at 1 MB the 20 us latency dominates,
+at 256 MB the link rate does)
+- Inside a node: the preset's measured NCCL all-reduce bus bandwidth (~370 GB/s on 8 x H100,
+  ring; published-runs.md "Interconnect measurements"); all-gather and reduce-scatter reach
+  about the same bus bandwidth; all-to-all and point-to-point ~80 % of the NVLink rate.
+- Between nodes: each GPU owns one 400 Gb/s NIC (8 per DGX/HGX H100 node) at ~95 % of line rate
+  (46-49 GB/s measured). A group with several members per node splits the inter-node phase
+  over their NICs (NCCL's hierarchical/ring algorithms do), but all-to-all does not aggregate
+  NICs: expert-parallel traffic runs at single-NIC speed per GPU (DESIGN.md).
+- Latency: `network.collective_latency_s` inside a node; across nodes it grows with the tree
+  depth, latency * (1 + log2(nodes)) (NCCL switches to tree algorithms at scale).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from vlac.spec.system import Cluster
 
-GEMM_EFF_MAX = 0.80
-GEMM_HALF_SIZE = 2.0**30  # M*N*K at which a GEMM reaches half of the plateau
-FP8_EFF_RATIO = 0.80  # FP8 GEMM efficiency relative to the BF16 efficiency of the same shape
-ATTENTION_EFF = 0.55
-MEMORY_HEADROOM_BYTES = 3e9  # CUDA context, NCCL buffers, allocator fragmentation
-MEMORY_USABLE_FRACTION = 0.95
+GEMM_EFF_BF16 = 0.70  # of the dense BF16 peak, large GEMMs, sustained in a training step
+GEMM_EFF_FP8 = 0.55  # of the dense FP8 peak, large GEMMs (delayed or current per-tensor scaling)
+ATTENTION_EFF = 0.50  # fused attention, of the BF16 peak, on the FLOPs the graph counts
+HBM_EFF = 0.85  # streaming kernels and GEMM operand traffic
+KERNEL_OVERHEAD_S = 3e-6  # per GEMM launch: tail wave and launch gap
+A2A_NVLINK_FRACTION = 0.8  # all-to-all / p2p inside a node, of the per-direction NVLink rate
+
+# Memory: what a process cannot give to the model. The CUDA context and cuBLAS/cuDNN workspaces
+# take ~1 GB, NCCL's channel buffers ~1-2 GB on 8-NIC nodes; the caching allocator loses ~5 % to
+# fragmentation on long runs (PyTorch memory-snapshot experience, Megatron's recommendation to
+# keep ~5 % free). Usable = memory * (1 - fragmentation) - fixed reserve.
+MEMORY_FRAGMENTATION = 0.05
+MEMORY_RESERVED_BYTES = 3e9
 
 
 @dataclass(frozen=True)
 class Hardware:
     cluster: Cluster
 
+    # ---- sizes ----------------------------------------------------------------------------
     @property
     def gpus(self) -> int:
         return self.cluster.world_size
@@ -38,66 +73,91 @@ class Hardware:
 
     @property
     def usable_memory(self) -> float:
-        return self.cluster.gpu.memory * MEMORY_USABLE_FRACTION - MEMORY_HEADROOM_BYTES
+        return self.cluster.gpu.memory * (1 - MEMORY_FRAGMENTATION) - MEMORY_RESERVED_BYTES
 
-    def gemm_seconds(self, flops: float, size: float, fp8: bool) -> float:
-        if flops <= 0:
-            return 0.0
-        eff = GEMM_EFF_MAX * size / (size + GEMM_HALF_SIZE)
-        if fp8 and self.cluster.gpu.fp8_flops > 0:
-            return flops / (self.cluster.gpu.fp8_flops * eff * FP8_EFF_RATIO)
-        return flops / (self.cluster.gpu.bf16_flops * eff)
+    @property
+    def has_fp8(self) -> bool:
+        return self.cluster.gpu.fp8_flops > 0
 
-    def attention_seconds(self, flops: float) -> float:
-        return flops / (self.cluster.gpu.bf16_flops * ATTENTION_EFF)
+    # ---- compute ----------------------------------------------------------------------------
+    def gemm_seconds(self, flops, m, n, k, fp8, groups=1, bytes_per_elem=2.0):
+        """Roofline time of `groups` GEMMs of shape (m, n, k) doing `flops` FLOPs in total
+        (`flops` may exceed 2mnk*groups when several launches share a shape)."""
+        gpu = self.cluster.gpu
+        fp8 = np.asarray(fp8, dtype=bool) & self.has_fp8
+        rate = np.where(fp8, gpu.fp8_flops * GEMM_EFF_FP8, gpu.bf16_flops * GEMM_EFF_BF16)
+        elem = np.where(fp8, 1.0, bytes_per_elem)
+        # operands are read once and the output written once (in the output dtype, BF16)
+        traffic = groups * (elem * (m * k + k * n) + 2.0 * m * n)
+        t = np.maximum(flops / rate, traffic / (gpu.memory_bandwidth * HBM_EFF)) + KERNEL_OVERHEAD_S
+        return np.where(np.asarray(flops) > 0, t, 0.0)
 
-    def memory_seconds(self, nbytes: float) -> float:
-        return nbytes / self.cluster.gpu.memory_bandwidth
+    def attention_seconds(self, flops):
+        return np.asarray(flops) / (self.cluster.gpu.bf16_flops * ATTENTION_EFF)
 
-    # ---- collectives ------------------------------------------------------------------------
-    def link_bandwidth(self, group: int, stride: int) -> float:
-        """Per-GPU bus bandwidth of a group of `group` ranks spaced `stride` apart in the
-        rank order (tp innermost): inside one node it is NVLink, else one NIC per GPU."""
-        if group <= 1:
-            return float("inf")
-        if group * stride <= self.node_size:
-            return self.cluster.network.nvlink_allreduce_busbw
+    def memory_seconds(self, nbytes):
+        return np.asarray(nbytes) / (self.cluster.gpu.memory_bandwidth * HBM_EFF)
+
+    # ---- communication ----------------------------------------------------------------------
+    def _latency(self, group, stride):
+        lat = self.cluster.network.collective_latency_s
+        nodes = np.maximum(1.0, np.asarray(group) * stride / self.node_size)
+        return np.where(nodes > 1, lat * (1 + np.log2(nodes)), lat)
+
+    def _members_per_node(self, group, stride):
+        return np.clip(self.node_size // np.maximum(1, stride), 1, group)
+
+    def _nic(self) -> float:
         net = self.cluster.network
-        nics_per_gpu = max(1, net.nics_per_node // self.node_size) if net.nics_per_node else 0
-        if nics_per_gpu == 0:
-            raise ValueError("cluster.network.nics_per_node is 0: a multi-node group has no path between nodes")
-        return net.nic_bandwidth * net.nic_efficiency * nics_per_gpu
+        nics_per_gpu = net.nics_per_node / self.node_size
+        if nics_per_gpu <= 0:
+            raise ValueError("cluster.network.nics_per_node: 0 NICs, so a multi-node group has no path between "
+                             "nodes; set nics_per_node >= 1 or use a single node")
+        return net.nic_bandwidth * net.nic_efficiency * min(1.0, nics_per_gpu)
 
-    def all_reduce(self, nbytes: float, group: int, stride: int = 1) -> float:
-        if group <= 1 or nbytes <= 0:
-            return 0.0
-        bw = self.link_bandwidth(group, stride)
-        return 2 * (group - 1) / group * nbytes / bw + self.cluster.network.collective_latency_s
+    def _ring_seconds(self, nbytes, group, stride, passes):
+        """`passes` = 1 for all-gather / reduce-scatter (`nbytes` = the full, gathered size),
+        2 for all-reduce. Inside a node: NVLink bus bandwidth; across nodes: an intra-node
+        phase on NVLink and an inter-node phase over the NICs of the members in each node."""
+        group = np.asarray(group, dtype=float)
+        stride = np.asarray(stride, dtype=float)
+        nbytes = np.asarray(nbytes, dtype=float)
+        nvl = self.cluster.network.nvlink_allreduce_busbw
+        inside = group * stride <= self.node_size
+        per_node = self._members_per_node(group, stride)
+        nodes = np.maximum(1.0, group / per_node)
+        intra = passes * (per_node - 1) / per_node * nbytes / nvl
+        inter = passes * (nodes - 1) / nodes * nbytes / per_node / self._nic() if self.gpus > self.node_size else 0.0
+        t_in = passes * (group - 1) / np.maximum(group, 1) * nbytes / nvl
+        t = np.where(inside, t_in, intra + inter) + self._latency(group, stride)
+        return np.where((group > 1) & (nbytes > 0), t, 0.0)
 
-    def all_gather(self, nbytes: float, group: int, stride: int = 1) -> float:
+    def all_reduce(self, nbytes, group, stride=1):
+        return self._ring_seconds(nbytes, group, stride, 2)
+
+    def all_gather(self, nbytes, group, stride=1):
         """`nbytes` is the gathered (full) size; reduce-scatter costs the same."""
-        if group <= 1 or nbytes <= 0:
-            return 0.0
-        bw = self.link_bandwidth(group, stride)
-        return (group - 1) / group * nbytes / bw + self.cluster.network.collective_latency_s
+        return self._ring_seconds(nbytes, group, stride, 1)
 
     reduce_scatter = all_gather
 
-    def all_to_all(self, nbytes: float, group: int, stride: int = 1) -> float:
-        """`nbytes` each rank sends in total. Across nodes NCCL all-to-all runs near one NIC's
-        speed per GPU, whatever the NIC count (it does not aggregate NICs)."""
-        if group <= 1 or nbytes <= 0:
-            return 0.0
-        if group * stride <= self.node_size:
-            bw = self.cluster.gpu.nvlink_bandwidth * 0.8
-        else:
-            net = self.cluster.network
-            bw = net.nic_bandwidth * net.nic_efficiency
-        return (group - 1) / group * nbytes / bw + self.cluster.network.collective_latency_s
+    def all_to_all(self, nbytes, group, stride=1):
+        """`nbytes` each rank sends in total (its own share included). Peers in the node are
+        reached over NVLink, the others through this GPU's single NIC, concurrently."""
+        group = np.asarray(group, dtype=float)
+        nbytes = np.asarray(nbytes, dtype=float)
+        per_node = self._members_per_node(group, stride)
+        a2a_nvl = self.cluster.gpu.nvlink_bandwidth * A2A_NVLINK_FRACTION
+        on = (per_node - 1) / np.maximum(group, 1) * nbytes / a2a_nvl
+        off = (group - per_node) / np.maximum(group, 1) * nbytes
+        off_t = off / self._nic() if self.gpus > self.node_size else 0.0
+        t = np.maximum(on, off_t) + self._latency(group, stride)
+        return np.where((group > 1) & (nbytes > 0), t, 0.0)
 
-    def p2p(self, nbytes: float, across_nodes: bool) -> float:
-        if nbytes <= 0:
-            return 0.0
+    def p2p(self, nbytes, across_nodes):
         net = self.cluster.network
-        bw = net.nic_bandwidth * net.nic_efficiency if across_nodes else self.cluster.gpu.nvlink_bandwidth * 0.8
-        return nbytes / bw + net.collective_latency_s
+        nbytes = np.asarray(nbytes, dtype=float)
+        bw_in = self.cluster.gpu.nvlink_bandwidth * A2A_NVLINK_FRACTION
+        bw_out = self._nic() if self.gpus > self.node_size else bw_in
+        t = nbytes / np.where(across_nodes, bw_out, bw_in) + net.collective_latency_s
+        return np.where(nbytes > 0, t, 0.0)

@@ -1,235 +1,241 @@
-"""Lowering: Experiment -> Graph, an FX graph on the meta device with a cost record per node."""
+"""Lowering: Experiment -> Graph, an FX graph on the meta device with a cost record per node.
+
+The model is built by the runtime (`build_model(exp, "meta")`, see meta_build), wrapped in its
+training objective and traced with each block (a module held in an nn.ModuleList: decoder layers,
+encoder and resampler layers) as a leaf. Running the top-level graph on meta tensors analyses a
+block the first time a (signature, input shapes) pair is called: trace it, run it, cost its
+nodes. Every later call with the same pair is answered from that analysis without running
+anything, so lowering time does not grow with depth beyond tracing the top-level graph.
+"""
 
 from __future__ import annotations
 
+import copy
 import time
-from dataclasses import replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
-import torch.nn.functional as F
+from torch.utils._pytree import tree_map
 
 from vlac.runtime.batch import example_batch
-from vlac.runtime.losses import Objective
-from vlac.runtime.model import Block, build_model
+from vlac.runtime.recompute import iter_blocks
 from vlac.spec import Experiment
 
-from .graph import RECOMPUTE, Graph, NodeCost
-from .node_costs import (NORM_TYPES, CostInterpreter, attention_flops, gemm_flops, is_attention, is_gemm,
-                         multiple_of_16)
-from .tracing import block_signature, trace
+from .annotate import Site, node_cost
+from .graph import Graph, NodeCost
+from .meta_build import build_on_meta
+from .node_costs import CostInterpreter, storage_key, unique_bytes
+from .tracing import Signatures, call_values, concrete_arguments, trace
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-FLASH_BWD_FACTOR = 2.5  # dQ, dK, dV, dP GEMMs (2x forward) plus the recomputed QK^T (0.5x)
+EDGE_LAYER_REASON = "first/last decoder layer kept in BF16 (precision.fp8.keep_first_last_bf16)"
 
 
 def lower(exp: Experiment, micro_batch: int = 1, seq_len: int | None = None, dtype: str | None = None) -> Graph:
     """Trace the experiment's model + objective on meta and cost every node for one
     micro-batch of `micro_batch` sequences of `seq_len` tokens in `dtype` (default: the spec's)."""
     t0 = time.perf_counter()
-    dt = DTYPES[dtype or exp.precision.dtype]
+    name = dtype or exp.precision.dtype
+    if name not in DTYPES:
+        raise ValueError(f"dtype: lowering supports {', '.join(DTYPES)}, not {name!r}; pass dtype= one of them")
+    dt = DTYPES[name]
     s = seq_len or exp.train.seq_len
-    model = build_model(exp, "meta").to(dt)
-    objective = Objective(model, exp).to("meta")
-    top = trace(objective, blocks_as_leaves=True)
+    model, objective = build_on_meta(exp, dt)
+    lowering = _Lowering(exp, micro_batch * s, decoder=[id(b) for b in model.layers])
+    top = trace(objective)
     batch = example_batch(exp, micro_batch, s, device="meta", dtype=dt)
+    nodes = lowering.top_level(top, objective, batch)
 
-    interp = CostInterpreter(top, skip_saving=(Block,))
-    with torch.enable_grad():
-        interp.run(batch)
-    block_nodes = [n for n in top.graph.nodes if n.op == "call_module" and isinstance(top.get_submodule(n.target), Block)]
-    first = block_nodes[0] if block_nodes else None
-    n_layers = len(block_nodes)
-    seen_params: set[int] = set()
-
-    nodes: list[NodeCost] = []
-    before = True
-    for n in top.graph.nodes:
-        if n in block_nodes:
-            before = False
-            continue
-        if n.op in ("output",) or n is first:
-            continue
-        cost = _node_cost(n, top, interp, exp, layer=-1 if before else n_layers, seen=seen_params,
-                          tokens=micro_batch * s, in_block=False)
-        if cost is not None:
-            nodes.append(cost)
-
-    blocks: dict[str, fx.GraphModule] = {}
-    block_costs: dict[str, list[NodeCost]] = {}
-    block_of_layer: list[str] = []
-    for bn in block_nodes:
-        block = top.get_submodule(bn.target)
-        sig = block_signature(block)
-        block_of_layer.append(sig)
-        if sig in blocks:
-            continue
-        gm = trace(block, blocks_as_leaves=False)
-        sub = CostInterpreter(gm)
-        x, mask = _block_inputs(interp, bn)
-        with torch.enable_grad():
-            sub.run(x, mask)
-        blocks[sig] = gm
-        costs = []
-        for n in gm.graph.nodes:
-            c = _node_cost(n, gm, sub, exp, layer=0, seen=set(), tokens=micro_batch * s, in_block=True,
-                           moe_block=block.is_moe)
-            if c is not None:
-                costs.append(c)
-        block_costs[sig] = costs
-
-    fp8 = exp.precision.fp8
-    for i, sig in enumerate(block_of_layer):
-        edge = fp8.keep_first_last_bf16 and i in (0, n_layers - 1)
-        for c in block_costs[sig]:
-            eligible, reason = c.fp8_eligible, c.fp8_reason
-            if eligible and edge:
-                eligible, reason = False, "first/last decoder layer kept in BF16 (precision.fp8.keep_first_last_bf16)"
-            nodes.append(_with(c, name=f"layers.{i}.{c.name}", module=f"layers.{i}.{c.module}".rstrip("."),
-                               layer=i, fp8_eligible=eligible, fp8_reason=reason))
-
-    params_total = sum(p.numel() for p in model.parameters())
-    params_expert = sum(p.numel() for name, p in model.named_parameters() if ".experts." in name)
+    params_total = sum(n.params for n in nodes)
+    params_expert = sum(n.params_expert for n in nodes)
     active_frac = exp.moe.top_k / exp.moe.experts if exp.moe else 1.0
-    g = Graph(exp.name, top, blocks, block_of_layer, nodes, micro_batch, s, torch.finfo(dt).bits // 8,
-              params_total, params_expert, int(round(params_total - params_expert * (1 - active_frac))))
+    g = Graph(exp.name, top, lowering.graphs, lowering.block_of_layer, nodes, micro_batch, s,
+              torch.finfo(dt).bits // 8, params_total, params_expert,
+              int(round(params_total - params_expert * (1 - active_frac))),
+              boundary_bytes=lowering.boundary_bytes, block_paths=lowering.block_paths)
     g.lower_seconds = time.perf_counter() - t0
     return g
 
 
-def _block_inputs(interp: CostInterpreter, node: fx.Node) -> tuple[Any, Any]:
-    args = interp.call_args[node.name]
-    x = args[0]
-    mask = args[1] if len(args) > 1 else None
-    return x.detach().requires_grad_(True), mask
+@dataclass
+class _Analysis:
+    """One analysed block call: its graph, its node costs (names and paths relative to the
+    block, layer 0), the meta outputs it produced, and its placeholders in call order."""
+
+    label: str
+    gm: fx.GraphModule
+    costs: list[NodeCost]
+    outputs: Any
+    placeholders: list[str]
 
 
-def _module_path(n: fx.Node) -> str:
-    if n.op == "call_module":
-        return str(n.target)
-    if n.op == "get_attr":
-        return str(n.target).rsplit(".", 1)[0]
-    stack = n.meta.get("nn_module_stack") or {}
-    return list(stack.values())[-1][0] if stack else ""
+@dataclass
+class _Call:
+    analysis: _Analysis
+    arg_keys: list[int | None]  # storage of each placeholder's value at this call
 
 
-def _kind(n: fx.Node, module: nn.Module | None, path: str) -> str:
-    if n.op == "placeholder":
-        return "input"
-    if isinstance(module, nn.Embedding):
-        return "embedding"
-    if isinstance(module, NORM_TYPES):
-        return "norm"
-    if "router" in path.split(".") and n.op == "call_function" and n.target is F.linear:
-        return "router"
-    if is_attention(n):
-        return "attention"
-    if is_gemm(n, module):
-        return "gemm"
-    if n.op == "call_function" and n.target is F.cross_entropy:
-        return "loss"
-    if n.op == "get_attr":
-        return "other"
-    return "elementwise"
+class _Lowering:
+    def __init__(self, exp: Experiment, tokens: int, decoder: list[int]):
+        self.exp, self.tokens = exp, tokens
+        self.vocab = exp.vocab_layout().padded
+        self.decoder = {block_id: i for i, block_id in enumerate(decoder)}
+        self.signatures = Signatures()
+        self.analysed: dict[tuple, _Analysis] = {}
+        self.graphs: dict[str, fx.GraphModule] = {}
+        self.block_of_layer: list[str] = [""] * len(decoder)
+        self.boundary_bytes = 0.0
+        self.external: frozenset[int] = frozenset()
+        self.block_paths: dict[str, list[str]] = {}
+
+    # ---- running graphs ----------------------------------------------------------------------
+    def _run(self, gm: fx.GraphModule, root: nn.Module, args: list[Any]) -> tuple[CostInterpreter, dict[str, _Call]]:
+        calls: dict[str, _Call] = {}
+
+        def on_block(node: fx.Node, module: nn.Module, a: tuple, kw: dict) -> Any:
+            values = call_values(module, a, kw)
+            analysis, out = self._block(node, module, a, kw, values)
+            calls[node.name] = _Call(analysis, [storage_key(v) if isinstance(v, torch.Tensor) else None for v in values])
+            if id(module) in self.decoder and not self.boundary_bytes and isinstance(values[0], torch.Tensor):
+                self.boundary_bytes = unique_bytes([values[0]])
+            return out
+
+        interp = CostInterpreter(gm, frozenset(id(m) for _, m in iter_blocks(root)), on_block, self.external)
+        with torch.enable_grad():
+            interp.run(*args)
+        return interp, calls
+
+    def _block(self, node: fx.Node, module: nn.Module, args: tuple, kwargs: dict, values: list[Any]) -> tuple[_Analysis, Any]:
+        decoder = id(module) in self.decoder
+        label = self.signatures.label(module)
+        key = (label, decoder, tuple(_describe(v) for v in values))
+        analysis = self.analysed.get(key)
+        if analysis is not None:
+            return analysis, tree_map(_fresh_like, analysis.outputs)
+        try:
+            gm = trace(module, concrete_arguments(module, args, kwargs) or None)
+        except Exception as e:  # name the block: the tracer's own message rarely does
+            raise RuntimeError(f"lowering: tracing the block {node.target} ({type(module).__name__}) failed: {e}") from e
+        inputs = [v.detach().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor) and v.is_floating_point()
+                  else v for v in values]
+        interp, calls = self._run(gm, module, inputs)
+        site = Site(self.exp, self.tokens, self.vocab, in_block=True, decoder=decoder)
+        stop, after_kernel = _recompute_stop(gm, interp)
+        costs: list[NodeCost] = []
+        seen_params: set[int] = set()
+        held: set[int] = set()
+        for i, n in enumerate(gm.graph.nodes):
+            if n.name in calls:  # a block inside this block: its inputs are recomputed with it
+                records = _expand(calls[n.name], str(n.target), 0, held, nested=True)
+            else:
+                c = node_cost(n, gm, interp, site, seen_params)
+                records = [] if c is None else [c]
+            rerun = i < stop or (i == stop and after_kernel)
+            costs += records if rerun else [_relabel(c, recomputed=False) for c in records]
+        placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+        out = _graph_output(gm, interp)
+        analysis = _Analysis(label, gm, costs, out, placeholders)
+        self.analysed[key] = analysis
+        self.graphs.setdefault(label, gm)
+        return analysis, out
+
+    # ---- the top level -----------------------------------------------------------------------
+    def top_level(self, top: fx.GraphModule, objective: nn.Module, batch: dict) -> list[NodeCost]:
+        self.external = frozenset(storage_key(t) for t in [*objective.parameters(), *objective.buffers(), *batch.values()])
+        interp, calls = self._run(top, objective, [batch])
+        n_layers = len(self.decoder)
+        before = Site(self.exp, self.tokens, self.vocab)
+        after = Site(self.exp, self.tokens, self.vocab, after_decoder=True)
+        keep_edges = self.exp.precision.fp8.keep_first_last_bf16
+        nodes: list[NodeCost] = []
+        seen_params: set[int] = set()
+        held: set[int] = set()
+        layer = -1  # a node between decoder layers i-1 and i runs with (and is tagged as) layer i
+        for n in top.graph.nodes:
+            call = calls.get(n.name)
+            if call is None:
+                c = node_cost(n, top, interp, after if layer >= n_layers else before, seen_params)
+                if c is not None:
+                    nodes.append(_relabel(c, layer=layer))
+                continue
+            self.block_paths.setdefault(call.analysis.label, []).append(str(n.target))
+            module = top.get_submodule(str(n.target))
+            index = self.decoder.get(id(module))
+            if index is None:
+                nodes += _expand(call, str(n.target), layer, held)
+                continue
+            self.block_of_layer[index] = call.analysis.label
+            edge = keep_edges and index in (0, n_layers - 1)
+            nodes += _expand(call, str(n.target), index, held, bf16_edge=edge)
+            layer = index + 1
+        return nodes
 
 
-def _node_cost(n: fx.Node, gm: fx.GraphModule, interp: CostInterpreter, exp: Experiment, layer: int,
-               seen: set[int], tokens: int, in_block: bool, moe_block: bool = False) -> NodeCost | None:
-    if n.op == "output":
-        return None
-    module = gm.get_submodule(n.target) if n.op == "call_module" else None
-    path = _module_path(n)
-    parts = path.split(".")
-    kind = _kind(n, module, path)
-    ins, out = interp.inputs.get(n.name, []), interp.outputs.get(n.name)
-
-    params = _params_of(n, gm, module, seen)
-    expert = "experts" in parts
-    p_dense = p_expert = p_embed = 0
-    if isinstance(module, nn.Embedding) or (module is not None and parts[-1] == "head"):
-        p_embed = params
-    elif expert:
-        p_expert = params
-    else:
-        p_dense = params
-
-    flops = bwd = over = 0.0
-    mnk = None
-    if kind in ("gemm", "router"):
-        flops, mnk = gemm_flops(n, module, ins, out)
-        weights = list(module.parameters()) if module is not None else []
-        grads = sum(t.requires_grad for t in ins[:2]) if module is None else \
-            int(ins[0].requires_grad) + int(any(w.requires_grad for w in weights))
-        bwd = flops * grads
-    elif kind == "attention":
-        flops = attention_flops(n, ins)
-        bwd = flops * FLASH_BWD_FACTOR if ins[0].requires_grad else 0.0
-    if expert and flops and exp.moe is not None:
-        capacity_slots = ins[0].shape[0] * ins[0].shape[1]  # [E, C, d]
-        active = min(1.0, tokens * exp.moe.top_k / capacity_slots)
-        over = (flops + bwd) * (1 - active)
-        flops, bwd = flops * active, bwd * active
-
-    saved_none = interp.saved.get(n.name, 0.0)
-    keep_selective = kind in ("gemm", "attention", "router", "input")
-    if in_block:
-        full = _bytes(out) if kind == "input" and n.target == "x" else 0.0
-        saved = {"none": saved_none, "selective": saved_none if keep_selective else 0.0, "full": full}
-    else:
-        saved = {p: saved_none for p in RECOMPUTE}
-
-    sharded_attn = parts[0] == "attn" and path != "attn.wo"
-    dense_mlp = parts[0] == "mlp" and not moe_block
-    sharded_mlp = (dense_mlp or "shared" in parts) and parts[-1] != "w2"
-    tp_split = kind == "attention" or (kind == "gemm" and not expert and (parts[0] in ("attn", "mlp") or parts[-1] == "head"))
-    eligible, reason = _fp8_policy(kind, parts, mnk, in_block)
-    return NodeCost(
-        name=n.name, kind=kind, module=path, layer=layer, params_dense=p_dense, params_expert=p_expert,
-        params_embedding=p_embed, flops_fwd=flops, flops_bwd=bwd, flops_overcompute=over, saved=saved,
-        tp_split=tp_split, act_tp_sharded=in_block and (sharded_attn or sharded_mlp), expert=expert,
-        gemm_mnk=mnk, fp8_eligible=eligible, fp8_reason=reason)
+def _expand(call: _Call, prefix: str, layer: int, held: set[int], nested: bool = False,
+            bf16_edge: bool = False) -> list[NodeCost]:
+    """The costs of one block call: the analysis's records under this call's path and layer.
+    An input whose storage an earlier call already holds (a mask shared by every layer) is
+    charged once; a nested block's inputs are not kept by the enclosing checkpoint."""
+    a = call.analysis
+    position = {name: i for i, name in enumerate(a.placeholders)}
+    out = []
+    for c in a.costs:
+        changes: dict[str, Any] = {"name": f"{prefix}.{c.name}", "module": f"{prefix}.{c.module}".rstrip("."),
+                                   "layer": layer}
+        if c.kind == "input" and c.name in position:
+            key = call.arg_keys[position[c.name]]
+            if key is not None and key in held:
+                changes["saved"] = {p: 0.0 for p in c.saved}
+            elif nested:
+                changes["saved"] = {"none": c.saved["none"], "selective": 0.0, "full": 0.0}
+            if key is not None:
+                held.add(key)
+        if bf16_edge and c.fp8_eligible:
+            changes["fp8_eligible"] = False
+            changes["fp8_reason"] = EDGE_LAYER_REASON
+        out.append(_relabel(c, **changes))
+    return out
 
 
-def _params_of(n: fx.Node, gm: fx.GraphModule, module: nn.Module | None, seen: set[int]) -> int:
-    tensors: list[torch.Tensor] = []
-    if module is not None and not isinstance(module, Block):
-        tensors = list(module.parameters())
-    elif n.op == "get_attr":
-        obj = gm
-        for part in str(n.target).split("."):
-            obj = getattr(obj, part)
-        if isinstance(obj, nn.Parameter):
-            tensors = [obj]
-    total = 0
-    for t in tensors:
-        if id(t) not in seen:
-            seen.add(id(t))
-            total += t.numel()
-    return total
+def _recompute_stop(gm: fx.GraphModule, interp: CostInterpreter) -> tuple[int, bool]:
+    """Where full recompute of this block stops: the index of the node that packed the block's
+    last saved tensor, and whether it packed an output (its kernel then reruns; an op packs its
+    inputs before its kernel). Nodes after it are not recomputed (checkpoint's early stop)."""
+    if interp.last_pack is None:
+        return -1, False
+    last, after_kernel = interp.last_pack
+    index = next(i for i, n in enumerate(gm.graph.nodes) if n.name == last)
+    return index, after_kernel
 
 
-def _bytes(x: Any) -> float:
-    return float(x.numel() * x.element_size()) if isinstance(x, torch.Tensor) else 0.0
+def _relabel(c: NodeCost, **changes: Any) -> NodeCost:
+    # dataclasses.replace re-runs __init__; a shallow copy is ~5x faster over thousands of records
+    new = copy.copy(c)
+    for k, v in changes.items():
+        object.__setattr__(new, k, v)
+    return new
 
 
-def _fp8_policy(kind: str, parts: list[str], mnk, in_block: bool) -> tuple[bool, str]:
-    if kind == "router":
-        return False, "MoE router kept in FP32 (routing decisions are precision-sensitive)"
-    if kind == "attention":
-        return False, "attention (softmax) kept in BF16"
-    if kind != "gemm":
-        return False, ""
-    if not in_block:
-        if parts[-1] == "head":
-            return False, "output head kept in BF16 (logit precision)"
-        return False, "input projector kept in BF16 (raw-signal inputs, tiny GEMM)"
-    m, n_, k = mnk
-    if not multiple_of_16(n_, k):
-        return False, f"GEMM dims N={n_}, K={k} are not multiples of 16"
-    return True, "eligible: decoder GEMM with dims multiple of 16"
+def _graph_output(gm: fx.GraphModule, interp: CostInterpreter) -> Any:
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    return tree_map(lambda a: interp.outputs[a.name] if isinstance(a, fx.Node) else a, out_node.args[0],
+                    is_leaf=lambda a: isinstance(a, fx.Node))
 
 
-def _with(c: NodeCost, **changes) -> NodeCost:
-    return replace(c, **changes)
+def _describe(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return ("tensor", tuple(v.shape), v.dtype, v.requires_grad)
+    return ("value", repr(v))
+
+
+def _fresh_like(v: Any) -> Any:
+    if not isinstance(v, torch.Tensor):
+        return v
+    t = torch.empty_like(v, device="meta")
+    return t.requires_grad_(v.requires_grad) if v.is_floating_point() else t
+
+
+__all__ = ["DTYPES", "EDGE_LAYER_REASON", "lower"]

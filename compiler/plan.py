@@ -23,16 +23,27 @@ class Layout:
     num_microbatches: int
     schedule: str
     virtual_stages: int
-    recompute: str
+    recompute: str  # the most memory-saving policy of any stage (what a uniform runtime applies)
     fp8: bool
+    etp: int = 1  # expert tensor parallelism (Megatron's expert_tensor_parallel_size)
+    stage_recompute: tuple[str, ...] = ()  # recompute policy per pipeline rank (empty: `recompute` everywhere)
+    reshard_after_forward: bool = True  # ZeRO-3 only: FSDP frees gathered weights after forward
 
     @property
     def world(self) -> int:
         return self.dp * self.tp * self.pp * self.cp
 
+    @property
+    def recompute_per_stage(self) -> tuple[str, ...]:
+        return self.stage_recompute or (self.recompute,) * self.pp
+
     def short(self) -> str:
         s = f"dp{self.dp} tp{self.tp}{'+sp' if self.sequence_parallel else ''} pp{self.pp} cp{self.cp} ep{self.ep}"
-        s += f" zero{self.zero} mb{self.microbatch_size}x{self.num_microbatches} {self.recompute}"
+        if self.etp > 1:
+            s += f" etp{self.etp}"
+        rc = self.recompute_per_stage
+        rc_text = rc[0] if len(set(rc)) == 1 else "/".join(r[0] for r in rc)  # n/s/f per stage
+        s += f" zero{self.zero}{'' if self.reshard_after_forward else '-keep'} mb{self.microbatch_size}x{self.num_microbatches} {rc_text}"
         if self.pp > 1:
             s += f" {self.schedule}" + (f"(v{self.virtual_stages})" if self.virtual_stages > 1 else "")
         return s + (" fp8" if self.fp8 else "")
@@ -52,6 +63,9 @@ class Estimate:
     world: int
     peak_flops: float
     global_batch_tokens: int
+    # per pipeline rank: seconds of one micro-batch (fwd, bwd incl. recompute and exposed
+    # communication, wgrad = the weight-gradient share of bwd) and memory components in bytes
+    stages: tuple[dict[str, Any], ...] = ()
 
     @property
     def tokens_per_s(self) -> float:
@@ -84,6 +98,8 @@ class Plan:
     pins: dict[str, Any] = field(default_factory=dict)
     advice: list[str] = field(default_factory=list)
     plan_seconds: float = 0.0
+    search: dict[str, Any] = field(default_factory=dict)  # legal count, pruning reasons, timings
+    pin_notes: list[str] = field(default_factory=list)  # why pins could not be honoured as asked
 
     @property
     def feasible(self) -> bool:
@@ -96,7 +112,14 @@ class Plan:
         return est
 
     def to_json(self) -> dict[str, Any]:
-        """The `vlac compile --json` contract: keys may be added, never renamed."""
+        """The `vlac compile --json` contract: keys may be added, never renamed.
+
+        Added by the planner issue: plan.expert_tensor_parallel, plan.recompute_per_stage (the
+        policy of each pipeline rank; plan.recompute is the most memory-saving of them, what a
+        runtime that applies one policy everywhere must use to fit), plan.reshard_after_forward
+        (ZeRO-3 only), predicted.stages (per rank: one micro-batch's fwd/bwd/wgrad seconds and
+        memory parts), predicted.placement, cluster.memory_headroom_gb, search.{legal, candidates, pruned_dominated,
+        pruned_over_memory}, fp8.off_reason / bf16_step_time_s, pin_notes."""
         est = self.chosen
         lay = est.layout
         step = est.step_time_s
@@ -112,6 +135,8 @@ class Plan:
                 "schedule": lay.schedule if lay.pp > 1 else "none", "virtual_stages": lay.virtual_stages,
                 "recompute": lay.recompute, "sequence_parallel": lay.sequence_parallel,
                 "fp8": lay.fp8, "mesh_order": list(MESH_ORDER), "stage_split": self.stage_split,
+                "expert_tensor_parallel": lay.etp, "recompute_per_stage": list(lay.recompute_per_stage),
+                "reshard_after_forward": lay.reshard_after_forward,
             },
             "predicted": {
                 "step_time_s": step, "tokens_per_s": est.tokens_per_s, "mfu": est.mfu,
@@ -119,14 +144,17 @@ class Plan:
                 "memory_gb": {k: v / 1e9 for k, v in est.memory.items()},
                 "time_s": dict(est.time),
                 "training_days": days, "gpu_hours": days * 24 * est.world, "total_steps": self.total_steps,
+                "stages": [dict(s) for s in est.stages],
+                "placement": placement(lay, self.cluster["gpus_per_node"]),
             },
             "fp8": self.fp8,
             "alternatives": [_alt(a) for a in self.alternatives],
             "rejected": self.rejected,
-            "search": {"evaluated": self.evaluated, "pruned": self.pruned},
+            "search": {"evaluated": self.evaluated, "pruned": self.pruned, **self.search},
             "kernels": self.kernels,
             "pins": self.pins,
             "advice": self.advice,
+            "pin_notes": self.pin_notes,
         }
         return out
 
@@ -134,3 +162,21 @@ class Plan:
 def _alt(e: Estimate) -> dict[str, Any]:
     return {"layout": asdict(e.layout), "summary": e.layout.short(), "step_time_s": e.step_time_s,
             "tokens_per_s": e.tokens_per_s, "mfu": e.mfu, "peak_memory_gb": e.peak_memory / 1e9, "fits": e.fits}
+
+
+def placement(lay: Layout, gpus_per_node: int) -> dict[str, str]:
+    """Where each parallel group runs, from the mesh order (tp innermost, pp outermost; experts
+    fold etp innermost, then ep, over the tp*cp*dp ranks of a stage)."""
+    groups = {"tp": (lay.tp, 1), "cp": (lay.cp, lay.tp), "dp": (lay.dp, lay.tp * lay.cp),
+              "pp": (lay.pp, lay.tp * lay.cp * lay.dp), "ep": (lay.ep, lay.etp)}
+    out = {}
+    for name, (size, stride) in groups.items():
+        if size <= 1:
+            continue
+        span = size * stride
+        if span <= gpus_per_node:
+            out[name] = f"{size} GPUs inside one node (NVLink)"
+        else:
+            per_node = max(1, gpus_per_node // stride)
+            out[name] = f"{size} GPUs across {size // min(size, per_node)} nodes ({min(size, per_node)} per node, InfiniBand)"
+    return out

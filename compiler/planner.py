@@ -1,237 +1,320 @@
-"""The planner: enumerate every legal layout, cost it, pick the fastest that fits, explain."""
+"""The planner: enumerate every legal layout, cost them all at once, pick the fastest that fits,
+and explain the choice (alternatives, rejected families with numbers, advice when nothing fits)."""
 
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from typing import Any
+
+import numpy as np
 
 from vlac.spec import Experiment
 from vlac.spec.system import Cluster
 
-from .cost_model import CostModel
-from .fp8 import fp8_decisions
-from .graph import Graph
+from .cost_model import MEMORY_KEYS, TIME_KEYS, CostModel, Evaluation
+from .fp8 import fp8_plan, fp8_support
+from .graph import RECOMPUTE, Graph
 from .hardware import Hardware
 from .lower import lower
-from .plan import RECOMPUTE_POLICIES, SCHEDULES, Estimate, Layout, Plan
+from .plan import Estimate, Layout, Plan
 from .profile import CostProfile
+from .search_space import SCHEDULE_CODES, Limits, Space, enumerate_space
 
-MICROBATCH_SIZES = (1, 2, 4, 8, 16, 32)
 PIN_KEYS = ("dp", "tp", "pp", "ep", "cp", "zero", "sequence_parallel", "microbatch_size", "schedule",
-            "virtual_stages", "recompute")
+            "virtual_stages", "recompute", "etp", "reshard_after_forward")
 TOP_ALTERNATIVES = 5
+ADVICE_NODE_FACTORS = (2, 4, 8, 16, 32, 64)
 
 
 class PlanError(ValueError):
     """Bad pins or a cluster the experiment cannot use at all."""
 
 
+class Search:
+    """One experiment on one cluster: its profile, cost model and search space, reusable for
+    several pin sets (the advice re-plans with relaxed pins or a larger cluster)."""
+
+    def __init__(self, exp: Experiment, cluster: Cluster, g: Graph, fp8: bool | None = None):
+        self.exp, self.cluster, self.g = exp, cluster, g
+        self.hw = Hardware(cluster)
+        use, self.fp8_note = fp8_support(exp, cluster)
+        self.fp8 = use if fp8 is None else fp8
+        self.model = CostModel(build_profile(exp, g, self.hw, self.fp8), self.hw, exp.train.global_batch_tokens)
+        self.lim = Limits.of(exp, cluster, g.n_layers)
+        self.flops_per_step = g.flops_per_token * exp.train.global_batch_tokens  # what MFU counts
+
+    def run(self, pins: dict[str, Any]) -> tuple[Space, Evaluation]:
+        space = enumerate_space(self.lim, pins)
+        allowed = tuple(i for i, pol in enumerate(RECOMPUTE) if pins.get("recompute", pol) == pol)
+        return space, self.model.evaluate(space, allowed)
+
+    def estimates(self, ev: Evaluation, rows: list[int]) -> dict[int, Estimate]:
+        """Full breakdowns of some rows (their recompute choice kept), in one evaluation."""
+        rows = sorted(set(rows))
+        sub = ev.space.take(np.array(rows))
+        det = self.model.evaluate(sub, forced=ev.policy[rows], time_all=True, detail=True)
+        return {i: self._estimate(det, j) for j, i in enumerate(rows)}
+
+    def _estimate(self, ev: Evaluation, i: int) -> Estimate:
+        memory = {k: float(ev.memory[k][i]) for k in MEMORY_KEYS}
+        memory["total"] = float(ev.peak[i])
+        t = {k: float(ev.time[k][i]) for k in TIME_KEYS}
+        exp = self.exp
+        pp = int(ev.space.cols["pp"][i])
+        stages = tuple({"rank": r, **{k: float(ev.rank_time[k][i, r]) for k in ("fwd", "bwd", "wgrad")},
+                        "memory": {k: float(ev.rank_memory[i, r, j]) for j, k in enumerate(MEMORY_KEYS)}}
+                       for r in range(pp)) if ev.rank_time is not None else ()
+        return Estimate(_layout(self, ev, i), memory, t, float(ev.step[i]), float(ev.peak[i]), bool(ev.fits[i]),
+                        self.flops_per_step, self.cluster.world_size, self.cluster.gpu.bf16_flops,
+                        exp.train.global_batch_tokens,
+                        stages)
+
+
+def build_profile(exp: Experiment, g: Graph, hw: Hardware, fp8: bool) -> CostProfile:
+    bb, moe = exp.backbone, exp.moe
+    return CostProfile(g, hw, hidden=bb.hidden, heads=bb.heads, kv_heads=bb.n_kv_heads, head_dim=bb.d_head,
+                       top_k=moe.top_k if moe else 0, experts=moe.experts if moe else 1, fp8=fp8,
+                       fp8_recipe=exp.precision.fp8.recipe, causal=exp.fusion.attention_mask == "causal")
+
+
 def plan(exp: Experiment, cluster: Cluster | None = None, pin: dict[str, Any] | None = None,
-         graph: Graph | None = None) -> Plan:
+         graph: Graph | None = None, advise: bool = True) -> Plan:
     t0 = time.perf_counter()
     cluster = cluster or exp.cluster
     pins = {**exp.parallelism.pinned(), **(pin or {})}
-    unknown = sorted(set(pins) - set(PIN_KEYS))
-    if unknown:
-        raise PlanError(f"unknown pin(s) {unknown}; valid pins: {', '.join(PIN_KEYS)}")
+    _check_pin_values(pins)
     g = graph or lower(exp, micro_batch=1)
-    hw = Hardware(cluster)
-    bb = exp.backbone
-    kv_bytes = 2 * bb.n_kv_heads * bb.d_head * g.dtype_bytes
-    model = CostModel(CostProfile(g, hw), hw, g.seq_len, bb.hidden, exp.moe.top_k if exp.moe else 0, kv_bytes,
-                      exp.train.global_batch_tokens, g.dtype_bytes)
+    search = Search(exp, cluster, g)
+    _check_pins_legal(search.lim, pins)
+    space, ev = search.run(pins)
+    if len(space) == 0:
+        raise PlanError(_no_layout_reason(search.lim, pins))
 
-    evaluated = pruned = 0
-    feasible: list[Estimate] = []
-    closest: Estimate | None = None
-    families: dict[str, dict[str, Any]] = {}
-    for variants in _layouts(exp, cluster, g, pins):
-        # variants differ only in recompute, ordered none -> selective -> full: time only grows
-        # and memory only shrinks along them, so the first that fits dominates the rest
-        for i, lay in enumerate(variants):
-            fam = f"tp{lay.tp} pp{lay.pp} cp{lay.cp} ep{lay.ep}"
-            mem = model.memory_only(lay)
-            if mem > hw.usable_memory:
-                pruned += 1
-                _note(families, fam, mem - hw.usable_memory, None)
-                if closest is None or mem < closest.peak_memory:
-                    closest = model.estimate(lay)
-                continue
-            evaluated += 1
-            est = model.estimate(lay)
-            feasible.append(est)
-            _note(families, fam, 0.0, est)
-            pruned += len(variants) - i - 1
-            break
-
-    feasible.sort(key=_rank_key)
-    best = feasible[0] if feasible else None
-    if best is None and closest is None:
-        raise PlanError(_no_layout_reason(exp, cluster, pins))
-    chosen = best or closest
-    assert chosen is not None
-    split_idx = model.split_indices(chosen.layout.pp * chosen.layout.virtual_stages)
-    layer_ids = model.p.layers  # -1 = embeddings, n_layers = head + loss
-    fp8 = fp8_decisions(exp, g, chosen.layout, lambda lay: model.estimate(lay))
+    best_i = _best(ev)
+    families = _families(ev)
+    if best_i is None:  # nothing fits: the layout closest to fitting, timed as it stands
+        chosen_i = int(np.lexsort((np.arange(len(space)), ev.peak))[0])
+    else:
+        chosen_i = best_i
+    fam_best = _family_key(space, best_i) if best_i is not None else None
+    others = [i for f, i, ok in families if ok and f != fam_best][:TOP_ALTERNATIVES]
+    est = search.estimates(ev, [chosen_i] + [i for _, i, _ in families])
+    chosen = est[chosen_i]
+    chunks, _ = search.model.composition(chosen.layout.pp, chosen.layout.virtual_stages)
+    layer_ids = search.model.p.layers
+    fp8 = fp8_plan(exp, g, chosen.layout, search.fp8_note,
+                   _bf16_step(exp, g, cluster, chosen.layout) if chosen.layout.fp8 else None, chosen.step_time_s)
     p = Plan(
         experiment=exp.name,
         cluster={"preset": cluster.preset, "gpu": cluster.gpu.name, "nodes": cluster.nodes,
                  "gpus_per_node": cluster.gpus_per_node, "gpus": cluster.world_size,
-                 "usable_memory_gb": hw.usable_memory / 1e9},
+                 "usable_memory_gb": search.hw.usable_memory / 1e9,
+                 "memory_headroom_gb": (cluster.gpu.memory - search.hw.usable_memory) / 1e9},
         model={"params_total": g.params_total, "params_active": g.params_active, "params_expert": g.params_expert,
-               "flops_per_token": g.flops_per_token, "layers": g.n_layers, "seq_len": g.seq_len},
-        best=best, closest=None if best else closest,
-        alternatives=_alternatives(feasible, best),
-        rejected=_rejections(families, best, hw.usable_memory),
-        stage_split=[[layer_ids[i] for i in chunk] for chunk in split_idx],
-        fp8=fp8, evaluated=evaluated, pruned=pruned, total_steps=exp.train.total_steps,
-        pins=pins, advice=[] if best else _advice(exp, closest, hw.usable_memory),
+               "flops_per_token": g.flops_per_token,
+               "layers": g.n_layers, "seq_len": g.seq_len},
+        best=chosen if best_i is not None else None, closest=None if best_i is not None else chosen,
+        alternatives=[est[i] for i in others],
+        rejected=_rejections(search, est, families, fam_best, chosen if best_i is not None else None),
+        stage_split=[[layer_ids[i] for i in chunk] for chunk in chunks],
+        fp8=fp8, evaluated=int(ev.timed.sum()), pruned=int(space.legal - ev.timed.sum()), total_steps=exp.train.total_steps,
+        pins=pins,
+        search={"legal": space.legal, "candidates": len(space),
+                "pruned_dominated": space.dominated,
+                "pruned_over_memory": int((~ev.fits).sum()),
+                "recompute": "chosen per pipeline stage: the cheapest policy that fits that stage"},
     )
+    if best_i is None and advise:
+        p.advice = _advice(exp, cluster, g, pins, chosen, search.hw.usable_memory)
+    elif pins and advise:
+        p.pin_notes = _pin_cost(search, pins, chosen)
     p.plan_seconds = time.perf_counter() - t0
     return p
 
 
-def _rank_key(e: Estimate):
-    lay = e.layout
-    # fastest first; ties broken toward less memory, then a fixed order of the degrees
-    return (round(e.step_time_s, 9), round(e.peak_memory, -3), lay.tp, lay.pp, lay.cp, lay.ep, lay.zero,
-            lay.microbatch_size, lay.recompute, lay.schedule, lay.virtual_stages, not lay.sequence_parallel)
+# ---- results -> Estimate ---------------------------------------------------------------------------
+def _layout(search: Search, ev: Evaluation, i: int) -> Layout:
+    c = ev.space.cols
+    pp = int(c["pp"][i])
+    pol = tuple(RECOMPUTE[int(x)] for x in ev.policy[i, :pp])
+    worst = max(pol, key=RECOMPUTE.index)
+    sched = SCHEDULE_CODES[int(c["sched"][i])]
+    return Layout(dp=int(c["dp"][i]), tp=int(c["tp"][i]), pp=pp, cp=int(c["cp"][i]), ep=int(c["ep"][i]),
+                  zero=int(c["zero"][i]), sequence_parallel=bool(c["sp"][i]), microbatch_size=int(c["mb"][i]),
+                  num_microbatches=int(c["m"][i]), schedule=sched, virtual_stages=int(c["v"][i]), recompute=worst,
+                  fp8=search.fp8, etp=int(c["etp"][i]), stage_recompute=pol if len(set(pol)) > 1 else (),
+                  reshard_after_forward=bool(c["raf"][i]))
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+def _best(ev: Evaluation) -> int | None:
+    """The fastest fitting row; ties toward less memory, then a fixed order of the columns."""
+    idx = np.nonzero(ev.fits & ev.timed)[0]
+    if not len(idx):
+        return None
+    idx = idx[ev.step[idx] == ev.step[idx].min()]
+    idx = idx[ev.peak[idx] == ev.peak[idx].min()]
+    c = ev.space.cols
+    keys = [~c["raf"][idx], ~c["sp"][idx], c["v"][idx], c["sched"][idx], c["mb"][idx], c["zero"][idx],
+            c["etp"][idx], c["ep"][idx], c["cp"][idx], c["pp"][idx], c["tp"][idx]]
+    return int(idx[np.lexsort(keys)][0])
 
 
-def _layouts(exp: Experiment, cluster: Cluster, g: Graph, pins: dict[str, Any]) -> Iterator[list[Layout]]:
-    world, node = cluster.world_size, cluster.gpus_per_node
-    bb, par = exp.backbone, exp.parallelism
-    seqs = exp.train.global_batch
-    experts = exp.moe.experts if exp.moe else 1
-    vocab = exp.vocab_layout().padded
-    fp8 = exp.precision.fp8.enabled and cluster.gpu.fp8_flops > 0
-
-    def allowed(name: str, values) -> list:
-        return [v for v in values if name not in pins or pins[name] == v]
-
-    tps = allowed("tp", [t for t in _divisors(node) if bb.heads % t == 0 and bb.n_kv_heads % t == 0
-                         and vocab % t == 0 and t <= (par.max_tp or node)])
-    cps = allowed("cp", [c for c in _divisors(world) if c == 1 or (g.seq_len % (2 * c) == 0 and c <= 16)])
-    pps = allowed("pp", [p for p in _divisors(world) if p <= min(g.n_layers, par.max_pp or g.n_layers)])
-    for tp in tps:
-        for cp in cps:
-            for pp in pps:
-                if world % (tp * cp * pp):
-                    continue
-                dp = world // (tp * cp * pp)
-                if "dp" in pins and pins["dp"] != dp:
-                    continue
-                eps = allowed("ep", [e for e in _divisors(experts) if (dp * cp) % e == 0] if exp.moe else [1])
-                # ZeRO-1 costs what ZeRO-2 costs with more memory, and TP without SP what TP with
-                # SP costs with more memory: both are dominated unless pinned
-                zeros = allowed("zero", [0, 2, 3] if dp * cp > 1 else [0]) if "zero" not in pins else [pins["zero"]]
-                sps = allowed("sequence_parallel", [True] if tp > 1 else [False]) if "sequence_parallel" not in pins \
-                    else [pins["sequence_parallel"]]
-                rcs = allowed("recompute", RECOMPUTE_POLICIES)
-                for mb in allowed("microbatch_size", MICROBATCH_SIZES):
-                    if seqs % (dp * mb):
-                        continue
-                    m = seqs // (dp * mb)
-                    for sched, v in _schedules(pp, m, g.n_layers, pins):
-                        for ep in eps:
-                            for zero in zeros:
-                                for sp in sps:
-                                    yield [Layout(dp, tp, pp, cp, ep, zero, sp, mb, m, sched, v, rc, fp8) for rc in rcs]
+def _bf16_step(exp: Experiment, g: Graph, cluster: Cluster, lay: Layout) -> float:
+    """Step time of the same layout (same recompute per stage) without FP8."""
+    bf16 = Search(exp, cluster, g, fp8=False)
+    row = {"dp": lay.dp, "tp": lay.tp, "sp": lay.sequence_parallel, "cp": lay.cp, "pp": lay.pp, "ep": lay.ep,
+           "etp": lay.etp, "zero": lay.zero, "raf": lay.reshard_after_forward, "mb": lay.microbatch_size,
+           "m": lay.num_microbatches,
+           "sched": SCHEDULE_CODES.index(lay.schedule), "v": lay.virtual_stages}
+    cols = {k: np.array([v], dtype=bool if k in ("sp", "raf") else np.int64) for k, v in row.items()}
+    forced = np.array([[RECOMPUTE.index(r) for r in lay.recompute_per_stage]])
+    ev = bf16.model.evaluate(Space(cols, 1), forced=forced, time_all=True)
+    return float(ev.step[0])
 
 
-def _schedules(pp: int, m: int, layers: int, pins: dict[str, Any]):
-    want = pins.get("schedule")
-    vs = pins.get("virtual_stages")
-    if pp == 1:
-        if want in (None, "1f1b") and vs in (None, 1):
-            yield "1f1b", 1
-        return
-    if m < pp:
-        return  # 1F1B needs at least as many micro-batches as stages
-    for sched in SCHEDULES:
-        if want not in (None, sched):
-            continue
-        if sched == "interleaved_1f1b":
-            if m % pp:
-                continue
-            for v in (2, 3, 4, 6, 8):
-                if layers % (pp * v) == 0 and vs in (None, v):
-                    yield sched, v
-        elif sched == "zero_bubble":
-            continue  # needs split backward (weight-gradient deferral) the runtime does not implement yet
-        elif vs in (None, 1):
-            yield sched, 1
+# ---- explanation ----------------------------------------------------------------------------------
+def _family_key(space: Space, i: int) -> tuple:
+    c = space.cols
+    return tuple(int(c[k][i]) for k in ("tp", "pp", "cp", "ep", "etp"))
 
 
-def _note(fams: dict[str, dict[str, Any]], fam: str, over: float, est: Estimate | None) -> None:
-    f = fams.setdefault(fam, {"over": float("inf"), "best": None})
-    if est is None:
-        f["over"] = min(f["over"], over)
-    elif f["best"] is None or _rank_key(est) < _rank_key(f["best"]):
-        f["best"] = est
+def _family_name(f: tuple) -> str:
+    tp, pp, cp, ep, etp = f
+    return f"tp{tp} pp{pp} cp{cp} ep{ep}" + (f" etp{etp}" if etp > 1 else "")
 
 
-def _alternatives(feasible: list[Estimate], best: Estimate | None) -> list[Estimate]:
-    """The best layout of each other family (degrees), so alternatives differ in kind."""
-    seen, out = set(), []
-    for e in feasible:
-        lay = e.layout
-        fam = (lay.tp, lay.pp, lay.cp, lay.ep)
-        if best is not None and fam == (best.layout.tp, best.layout.pp, best.layout.cp, best.layout.ep):
-            continue
-        if fam in seen:
-            continue
-        seen.add(fam)
-        out.append(e)
-        if len(out) == TOP_ALTERNATIVES:
-            break
-    return out
+def _families(ev: Evaluation) -> list[tuple[tuple, int, bool]]:
+    """(family, its representative row, fits) for every degree family, most relevant first: the
+    families with a fitting layout by step time, then the others by how far over memory."""
+    c = ev.space.cols
+    fam = np.stack([c[k] for k in ("tp", "pp", "cp", "ep", "etp")], axis=1)
+    code = np.zeros(len(fam), np.int64)
+    for j in range(fam.shape[1]):
+        code = code * (int(fam[:, j].max()) + 1) + fam[:, j]
+    ok = ev.fits & ev.timed
+    order = np.lexsort((np.arange(len(fam)), ev.peak, np.where(ok, ev.step, np.inf), code))
+    first = np.ones(len(order), bool)
+    first[1:] = code[order][1:] != code[order][:-1]
+    reps = order[first]
+    feas = [(tuple(int(x) for x in fam[i]), int(i), True) for i in reps if ok[i]]
+    infeas = [(tuple(int(x) for x in fam[i]), int(i), False) for i in reps if not ok[i]]
+    feas.sort(key=lambda t: (ev.step[t[1]], t[0]))
+    infeas.sort(key=lambda t: (ev.peak[t[1]], t[0]))
+    return feas + infeas
 
 
-def _rejections(fams: dict[str, dict[str, Any]], best: Estimate | None, usable: float) -> list[dict[str, Any]]:
+def _rejections(search: Search, est: dict[int, Estimate], families, fam_best,
+                best: Estimate | None) -> list[dict[str, Any]]:
+    usable = search.hw.usable_memory
     out = []
-    for fam in sorted(fams):
-        f = fams[fam]
-        if f["best"] is None:
-            out.append({"family": fam, "reason": f"over memory by {f['over'] / 1e9:.1f} GB at best "
-                                                 f"(usable {usable / 1e9:.1f} GB per GPU)"})
-        elif best is not None and f["best"] is not best:
-            e = f["best"]
-            t = e.time
-            slower = e.step_time_s / best.step_time_s - 1
-            comm = (t["tp_comm"] + t["ep_comm"] + t["cp_comm"] + t["dp_comm"] + t["pp_p2p"]) / e.step_time_s
-            out.append({"family": fam, "reason": f"{slower * 100:.1f} % slower than the chosen plan "
-                                                 f"(bubble {t['pp_bubble'] / e.step_time_s * 100:.1f} %, "
-                                                 f"exposed communication {comm * 100:.1f} %)",
-                        "step_time_s": e.step_time_s})
+    for fam, i, ok in families:
+        if fam == fam_best:
+            continue
+        e = est[i]
+        name = _family_name(fam)
+        if not ok:
+            over = e.peak_memory - usable
+            m = e.memory
+            state = m["weights"] + m["gradients"] + m["optimizer"]
+            out.append({"family": name, "fits": False, "over_memory_gb": over / 1e9, "layout": e.layout.short(),
+                        "reason": f"over memory by {over / 1e9:.1f} GB at best ({e.peak_memory / 1e9:.1f} GB per GPU: "
+                                  f"model state {state / 1e9:.1f}, activations {m['activations'] / 1e9:.1f}; "
+                                  f"usable {usable / 1e9:.1f} GB)"})
+            continue
+        t, step = e.time, e.step_time_s
+        comm = t["tp_comm"] + t["ep_comm"] + t["cp_comm"] + t["dp_comm"] + t["pp_p2p"]
+        slower = step / best.step_time_s - 1 if best else 0.0
+        out.append({"family": name, "fits": True, "step_time_s": step, "slower_pct": slower * 100,
+                    "layout": e.layout.short(),
+                    "reason": f"{slower * 100:.1f} % slower than the chosen plan (bubble {t['pp_bubble'] / step * 100:.1f} %, "
+                              f"exposed communication {comm / step * 100:.1f} %, recompute {t['recompute'] / step * 100:.1f} %)"})
     return out
 
 
-def _advice(exp: Experiment, closest: Estimate | None, usable: float) -> list[str]:
-    if closest is None:
+def _pin_cost(search: Search, pins: dict[str, Any], chosen: Estimate) -> list[str]:
+    """What the pins (from the spec's parallelism section and --pin) cost against the plan the
+    planner would choose without them."""
+    space, ev = search.run({})
+    i = _best(ev)
+    if i is None:
         return []
+    free = search.estimates(ev, [i])[i]
+    if free.step_time_s >= chosen.step_time_s * (1 - 1e-9):
+        return [f"the pins {pins} cost nothing: the unconstrained optimum is as fast"]
+    return [f"the pins {pins} cost {(chosen.step_time_s / free.step_time_s - 1) * 100:.1f} % step time: without them "
+            f"the best plan is {free.layout.short()} ({free.step_time_s:.3f} s per step)"]
+
+
+def _advice(exp: Experiment, cluster: Cluster, g: Graph, pins: dict[str, Any], closest: Estimate,
+            usable: float) -> list[str]:
+    """Why nothing fits and what would: each remedy is checked by planning again."""
     lay = closest.layout
     over = (closest.peak_memory - usable) / 1e9
-    tips = [f"the closest layout ({lay.short()}) needs {closest.peak_memory / 1e9:.1f} GB per GPU, "
-            f"{over:.1f} GB over the usable {usable / 1e9:.1f} GB"]
-    if lay.recompute != "full":
-        tips.append("allow full recompute (parallelism.recompute: auto or full)")
-    if lay.microbatch_size > 1:
-        tips.append("allow a smaller micro-batch (parallelism.microbatch_size: auto or 1)")
-    if not exp.precision.fp8.enabled:
-        tips.append("enable FP8 (precision.fp8.enabled: true) to shrink activations and weights")
-    tips.append(f"add nodes (cluster.nodes: {exp.cluster.nodes * 2}) so model state shards further")
+    m = closest.memory
+    tips = [f"nothing fits: the closest layout ({lay.short()}) needs {closest.peak_memory / 1e9:.1f} GB per GPU, "
+            f"{over:.1f} GB over the usable {usable / 1e9:.1f} GB (weights {m['weights'] / 1e9:.1f}, gradients "
+            f"{m['gradients'] / 1e9:.1f}, optimizer {m['optimizer'] / 1e9:.1f}, activations {m['activations'] / 1e9:.1f} GB)"]
+
+    def fits(pins_: dict[str, Any], cl: Cluster) -> Plan | None:
+        try:
+            p = plan(exp, cluster=cl, pin=pins_, graph=g, advise=False)
+        except PlanError:
+            return None
+        return p if p.feasible else None
+
+    for key, hint in (("recompute", "allow more recompute (parallelism.recompute: auto)"),
+                      ("microbatch_size", "allow a smaller micro-batch (parallelism.microbatch_size: auto)"),
+                      ("zero", "allow deeper ZeRO sharding (parallelism.zero: auto)")):
+        if key in pins:
+            p = fits({k: v for k, v in pins.items() if k != key}, cluster)
+            if p is not None:
+                tips.append(f"{hint}: {p.best.layout.short()} then fits at {p.best.peak_memory / 1e9:.1f} GB")
+    if pins:
+        p = fits({}, cluster)
+        if p is not None:
+            tips.append(f"drop the pins {pins}: {p.best.layout.short()} fits at {p.best.peak_memory / 1e9:.1f} GB")
+    for factor in ADVICE_NODE_FACTORS:
+        bigger = cluster.model_copy(update={"nodes": cluster.nodes * factor})
+        p = fits(pins, bigger)
+        if p is not None:
+            tips.append(f"add nodes: with cluster.nodes: {bigger.nodes} ({bigger.world_size} GPUs) "
+                        f"{p.best.layout.short()} fits at {p.best.peak_memory / 1e9:.1f} GB per GPU")
+            break
+    else:
+        tips.append(f"even {cluster.nodes * ADVICE_NODE_FACTORS[-1]} nodes do not fit these pins")
     return tips
 
 
-def _no_layout_reason(exp: Experiment, cluster: Cluster, pins: dict[str, Any]) -> str:
-    return (f"no legal layout of {cluster.world_size} GPUs for this experiment with pins {pins or '{}'}: "
-            f"degrees must divide the GPU count, tp must divide heads {exp.backbone.heads} and kv_heads "
-            f"{exp.backbone.n_kv_heads} within a node of {cluster.gpus_per_node}, ep must divide the experts, and "
-            f"the global batch of {exp.train.global_batch} sequences must split into micro-batches over dp; "
-            f"relax a pin or change the cluster")
+# ---- pins -------------------------------------------------------------------------------------------
+def _check_pin_values(pins: dict[str, Any]) -> None:
+    unknown = sorted(set(pins) - set(PIN_KEYS))
+    if unknown:
+        raise PlanError(f"unknown pin(s) {unknown}; valid pins: {', '.join(PIN_KEYS)}")
+    choices = {"schedule": SCHEDULE_CODES, "recompute": RECOMPUTE, "zero": (0, 1, 2, 3),
+               "sequence_parallel": (True, False), "reshard_after_forward": (True, False)}
+    for key, value in pins.items():
+        if key in choices:
+            # bools are ints in Python: compare types too, so zero=True or tp=True is refused
+            if not any(value == c and type(value) is type(c) for c in choices[key]):
+                raise PlanError(f"pin {key}={value!r}: choose one of {', '.join(map(str, choices[key]))}")
+        elif type(value) is not int or value < 1:
+            raise PlanError(f"pin {key}={value!r}: give a positive integer")
 
+
+def _check_pins_legal(lim: Limits, pins: dict[str, Any]) -> None:
+    rules = lim.rules()
+    checks = {"tp": lim.tp_ok, "cp": lim.cp_ok, "pp": lim.pp_ok}
+    for key, ok in checks.items():
+        if key in pins and not ok(pins[key]):
+            valid = [d for d in range(1, lim.world + 1) if lim.world % d == 0 and ok(d)]
+            raise PlanError(f"no legal layout: pin {key}={pins[key]} breaks the rule \"{rules[key]}\"; "
+                            f"valid {key} values on {lim.world} GPUs: {valid}")
+    if "ep" in pins and (lim.experts % pins["ep"] or (not lim.moe and pins["ep"] != 1)):
+        raise PlanError(f"no legal layout: pin ep={pins['ep']} breaks the rule \"{rules['ep']}\"; valid ep values: "
+                        f"{[d for d in range(1, lim.experts + 1) if lim.experts % d == 0]}")
+
+
+def _no_layout_reason(lim: Limits, pins: dict[str, Any]) -> str:
+    rules = "; ".join(f"{k}: {v}" for k, v in lim.rules().items())
+    return (f"no legal layout of {lim.world} GPUs with pins {pins or '{}'}: each pin is legal alone but they do not "
+            f"combine. The rules: {rules}. Relax a pin or change the cluster.")

@@ -1,73 +1,343 @@
-"""Per-layer cost profile that the planner evaluates layouts against, memoised per
-(layer kind, tp, cp, micro-batch, fp8) so thousands of layouts cost a few dictionary lookups."""
+"""Per-layer cost profile: what one layer of each distinct kind costs, as a function of the
+tensor/context/expert-parallel degrees and the micro-batch, evaluated for many degree
+combinations at once (numpy), so thousands of layouts cost a few array operations.
+
+Layers that cost the same share one key: the embeddings, each distinct decoder block (by block
+signature and FP8 pattern: the first and last layers may stay in BF16) and the head with the
+losses. Quantities are per sequence of `graph.seq_len` tokens unless named per micro-batch.
+
+Modelling choices (stated so they can be argued with):
+- Tensor-parallel sharding: GEMMs marked `tp_split` are column-parallel (N split) unless they
+  are the second GEMM of an attention or MLP region (row-parallel, K split): Megatron's layout.
+- Expert GEMMs run as one grouped GEMM per projection over the E/ep local experts; with
+  sequence parallelism each tensor-parallel rank routes its own 1/tp of the tokens, so expert
+  FLOPs per GPU are 1/(tp*cp) of the layer's whatever the expert-tensor-parallel degree etp,
+  while the per-expert GEMM has M = slots * ep * etp / (tp * cp) rows and N (or K) / etp.
+- Memory-bound (element-wise, normalisation, MoE permutation) kernels move each byte they save
+  for backward about 4 times over a training step: written and read once in forward, read and
+  its gradient written/read in backward (counting a Megatron/TE Llama layer op by op gives
+  ~135 bytes per token per hidden unit, against 4 x ~35 saved: the same within 5 %). A third of
+  that traffic is forward, two thirds backward.
+- FP8 GEMMs cast their inputs: the activation (M*K) forward and the output gradient (M*N)
+  backward are read in BF16 and written in FP8 twice (plain and transposed for the weight
+  gradient on Hopper): FP8_CAST_BYTES per element; current scaling reads the tensor once more
+  for its amax. FP8 weights are cast once per step (TE caches them across micro-batches).
+- Fused attention saves O(s) state (q, k, v, output, fp32 log-sum-exp): the meta-device trace
+  runs SDPA's math path and records the s x s probabilities, which a GPU run never keeps.
+- Vocabulary-parallel cross entropy keeps the logits split over tensor-parallel ranks.
+- Causal attention runs the fused causal kernel, which skips the masked half. The traced graph
+  records `is_causal=False` (the mask argument is a proxy while tracing, so the runtime's
+  "no mask means causal" test cannot fire), so for a causal experiment an attention node costed
+  at the dense count is halved here; explicit masks (bidirectional image spans, prefix-LM) run
+  densely.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field, replace
+
+import numpy as np
 
 from .graph import RECOMPUTE, Graph, NodeCost
 from .hardware import Hardware
 
+MEMBOUND_PASSES = 4.0
+MEMBOUND_FWD_SHARE = 1.0 / 3.0
+FP8_CAST_BYTES = 4.0  # read 2 (BF16) + write 1 (FP8) + write 1 (transposed FP8)
+FP8_AMAX_READ_BYTES = 2.0  # current scaling: one more read of the BF16 tensor for its amax
+MEMBOUND_KINDS = ("norm", "elementwise", "loss", "embedding")
+
 
 @dataclass(frozen=True)
-class LayerTimes:
-    fwd: float
-    bwd: float
+class Gemm:
+    """One GEMM-like node, per sequence."""
+
+    flops: float  # forward FLOPs that do useful work
+    bwd_mult: float  # backward FLOPs / forward FLOPs (2: input and weight gradient)
+    over: float  # forward+backward FLOPs spent on capacity padding
+    m: int
+    n: int
+    k: int
+    groups: int  # experts in a grouped GEMM
+    tp_split: bool
+    row_parallel: bool
+    expert: bool
+    fp8_eligible: bool
+    sp_split: bool = False  # not TP-split, but runs on 1/tp of the tokens with sequence parallelism
+
+
+@dataclass
+class LayerProfile:
+    key: tuple
+    kind: str  # embed | block | head
+    moe: bool = False
+    gemms: list[Gemm] = field(default_factory=list)
+    attn_fwd: float = 0.0
+    attn_bwd: float = 0.0
+    # memory-bound HBM traffic of a step and saved bytes, in three parts by how they divide over
+    # tensor-parallel ranks: always (TP-sharded), with sequence parallelism only, never (masks)
+    mem: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    saved: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # policy -> parts
+    params_dense: float = 0.0
+    params_expert: float = 0.0
+    params_fp8: float = 0.0
+    tp_regions: int = 0  # attention / MLP / shared-expert blocks bracketed by TP collectives
+    flops: float = 0.0  # forward+backward+padding FLOPs (the pipeline split's weight)
 
 
 class CostProfile:
-    def __init__(self, graph: Graph, hw: Hardware):
+    def __init__(self, graph: Graph, hw: Hardware, *, hidden: int, heads: int, kv_heads: int, head_dim: int,
+                 top_k: int, experts: int, fp8: bool, fp8_recipe: str = "delayed", causal: bool = False):
         self.g, self.hw = graph, hw
-        self.layer_keys: list[tuple] = []
-        # group nodes by (layer kind, fp8 eligibility pattern); all layers of one key cost the same
+        self.causal = causal
+        self.q_dim = heads * head_dim
+        self.seq_len, self.hidden, self.top_k, self.experts = graph.seq_len, hidden, top_k, experts
+        self.act_bytes = graph.dtype_bytes
+        # K and V of one token (GQA: kv_heads of head_dim), exchanged by context parallelism
+        self.kv_bytes_per_token = 2 * kv_heads * head_dim * graph.dtype_bytes
+        self.kv_heads = kv_heads
+        # flash attention keeps q, k, v, out and an fp32 log-sum-exp per head and token
+        self.flash_saved_per_token = (2 * heads * head_dim + 2 * kv_heads * head_dim) * graph.dtype_bytes + 4 * heads
+        self.fp8 = bool(fp8 and hw.has_fp8)
+        # Float8BlockScaling is emulated on Hopper (DESIGN.md): its GEMMs run at the BF16 rate
+        self.fp8_gemm_rate = self.fp8 and fp8_recipe != "block"
+        self.cast_bytes = FP8_CAST_BYTES + (FP8_AMAX_READ_BYTES if fp8_recipe in ("current", "block") else 0.0)
+
         per_layer: dict[int, list[NodeCost]] = {}
         for n in graph.nodes:
             per_layer.setdefault(n.layer, []).append(n)
-        self.groups: dict[tuple, list[NodeCost]] = {}
-        for layer in sorted(per_layer):
+        self.layers = sorted(per_layer)  # -1 = embeddings, n_layers = head + losses
+        self.profiles: list[LayerProfile] = []
+        index: dict[tuple, int] = {}
+        self.sequence: list[int] = []  # profile index of every layer in order
+        for layer in self.layers:
             nodes = per_layer[layer]
-            key = self._layer_key(layer, nodes)
-            if key not in self.groups:
-                self.groups[key] = nodes
-            self.layer_keys.append(key)
-        self.layers = sorted(per_layer)
-        self.params = {k: sum(n.params for n in v) for k, v in self.groups.items()}
-        self.params_expert = {k: sum(n.params_expert for n in v) for k, v in self.groups.items()}
-        self.fp8_params = {k: sum(n.params for n in v if n.fp8_eligible) for k, v in self.groups.items()}
-        self.saved = {k: {p: sum(n.saved[p] for n in v) for p in RECOMPUTE} for k, v in self.groups.items()}
-        self.saved_sharded = {k: {p: sum(n.saved[p] for n in v if n.act_tp_sharded) for p in RECOMPUTE}
-                              for k, v in self.groups.items()}
-        self.is_moe = {k: any(n.expert for n in v) for k, v in self.groups.items()}
-        self._times = lru_cache(maxsize=None)(self._compute_times)
+            key = self._key(layer, nodes)
+            if key not in index:
+                index[key] = len(self.profiles)
+                self.profiles.append(self._profile(key, nodes))
+            self.sequence.append(index[key])
+        self.n_keys = len(self.profiles)
 
-    def _layer_key(self, layer: int, nodes: list[NodeCost]) -> tuple:
+    # ---- building -----------------------------------------------------------------------------
+    def _key(self, layer: int, nodes: list[NodeCost]) -> tuple:
         if layer < 0:
             return ("embed",)
         if layer >= self.g.n_layers:
             return ("head",)
         return ("block", self.g.block_of_layer[layer], tuple(n.fp8_eligible for n in nodes))
 
-    def times(self, key: tuple, tp: int, cp: int, mb: int, fp8: bool) -> LayerTimes:
-        return self._times(key, tp, cp, mb, fp8)
+    def _profile(self, key: tuple, nodes: list[NodeCost]) -> LayerProfile:
+        kind = key[0]
+        p = LayerProfile(key, kind, moe=any(n.expert for n in nodes))
+        saved = {pol: [0.0, 0.0, 0.0] for pol in RECOMPUTE}
+        mem = [0.0, 0.0, 0.0]
+        regions = set()
+        for n in nodes:
+            p.params_dense += n.params_dense + n.params_embedding
+            p.params_expert += n.params_expert
+            p.flops += n.flops_fwd + n.flops_bwd + n.flops_overcompute
+            if n.fp8_eligible:
+                p.params_fp8 += n.params
+            part = self._tp_part(n, kind)
+            if n.kind in ("gemm", "router") and n.gemm_mnk:
+                m, nn_, k = n.gemm_mnk
+                groups = self.experts if n.expert else 1
+                row = n.tp_split and kind == "block" and not n.act_tp_sharded
+                p.gemms.append(Gemm(n.flops_fwd, n.flops_bwd / n.flops_fwd if n.flops_fwd else 0.0,
+                                    n.flops_overcompute, m, nn_, k, groups, n.tp_split, row, n.expert, n.fp8_eligible,
+                                    bool(getattr(n, "sp_split", False))))
+                if n.tp_split and kind == "block":
+                    regions.add(".".join(n.module.split(".")[:-1]))
+            elif n.kind == "attention":
+                half = 0.5 if self._dense_causal(n) else 1.0
+                p.attn_fwd += n.flops_fwd * half
+                p.attn_bwd += n.flops_bwd * half
+                p.flops -= (n.flops_fwd + n.flops_bwd) * (1 - half)
+            elif n.kind in MEMBOUND_KINDS:
+                mem[part] += MEMBOUND_PASSES * n.saved["none"]
+            for pol in RECOMPUTE:
+                b = n.saved[pol]
+                if n.kind == "attention":
+                    b = min(b, self.flash_saved_per_token * self.seq_len * self.g.micro_batch)
+                saved[pol][part] += b
+        mb = self.g.micro_batch  # the graph was lowered for `mb` sequences: store per sequence
+        p.saved = {pol: tuple(x / mb for x in v) for pol, v in saved.items()}
+        p.mem = tuple(x / mb for x in mem)
+        p.attn_fwd /= mb
+        p.attn_bwd /= mb
+        p.flops /= mb
+        p.gemms = [replace(gm, flops=gm.flops / mb, over=gm.over / mb, m=gm.m // mb) for gm in p.gemms]
+        p.tp_regions = len(regions)
+        return p
 
-    def _compute_times(self, key: tuple, tp: int, cp: int, mb: int, fp8: bool) -> LayerTimes:
-        fwd = bwd = 0.0
-        for n in self.groups[key]:
-            if n.kind not in ("gemm", "router", "attention"):
+    @staticmethod
+    def _tp_part(n: NodeCost, kind: str) -> int:
+        """0: split over TP ranks anyway, 1: split by sequence parallelism only, 2: whole.
+        Graphs without `sp_split` marks (older lowerings) split everything but the TP-sharded
+        activations by SP, and shard the head's logits (vocabulary-parallel cross entropy)."""
+        if not hasattr(n, "sp_split"):
+            return 0 if n.act_tp_sharded or kind == "head" else 1
+        return 0 if n.act_tp_sharded else (1 if n.sp_split else 2)
+
+    def _dense_causal(self, n: NodeCost) -> bool:
+        """An attention node of a causal experiment that the graph costed densely."""
+        dense = 4.0 * self.seq_len ** 2 * self.q_dim * self.g.micro_batch
+        return self.causal and n.flops_fwd >= 0.99 * dense
+
+    # ---- per-layer times for many degree combinations ---------------------------------------
+    def times(self, tp, sp, cp, mb, ep, etp) -> dict[str, np.ndarray]:
+        """Seconds per micro-batch for every key, arrays shaped [combos, keys]:
+        gemm_fwd, gemm_bwd, gemm_wgrad, attn_fwd, attn_bwd, mem_fwd, mem_bwd, and the
+        communication a layer issues: tp_fwd/tp_bwd, ep_fwd/ep_bwd, cp (total, before overlap)."""
+        tp, cp, mb, ep, etp = (np.asarray(a, dtype=float) for a in (tp, cp, mb, ep, etp))
+        sp = np.asarray(sp, dtype=bool)
+        hw = self.hw
+        shape = (tp.shape[0], self.n_keys)
+        out = {name: np.zeros(shape) for name in ("gemm_fwd", "gemm_bwd", "gemm_wgrad", "attn_fwd", "attn_bwd",
+                                                   "mem_fwd", "mem_bwd", "tp_fwd", "tp_bwd", "ep_fwd", "ep_bwd", "cp")}
+        seqs = mb / cp  # sequences' worth of tokens per GPU before tensor parallelism
+        act_msg = seqs * self.seq_len * self.hidden * self.act_bytes  # one full activation
+        sp_div = np.where(sp, tp, 1.0)
+        for j, p in enumerate(self.profiles):
+            cast = np.zeros_like(tp)
+            for g in p.gemms:
+                if g.expert:
+                    scale = seqs / tp
+                    slots = g.m / g.groups
+                    m = slots * seqs * ep * etp / tp
+                    n = g.n if g.row_parallel else g.n / etp
+                    k = g.k / etp if g.row_parallel else g.k
+                    groups = g.groups / ep
+                elif g.tp_split:
+                    scale = seqs / tp
+                    m = g.m * seqs
+                    n = g.n / tp if not g.row_parallel else g.n
+                    k = g.k / tp if g.row_parallel else g.k
+                    groups = 1.0
+                else:  # replicated weights: sequence parallelism splits the tokens
+                    tokens_split = np.where(sp & g.sp_split, tp, 1.0)
+                    scale = seqs / tokens_split
+                    m = g.m * scale
+                    n, k, groups = g.n, g.k, 1.0
+                use8 = self.fp8 and g.fp8_eligible
+                rate8 = use8 and self.fp8_gemm_rate
+                over_f = g.over * scale / (1 + g.bwd_mult)
+                # each backward GEMM (input gradient, weight gradient) is a forward-sized GEMM
+                one = hw.gemm_seconds(g.flops * scale + over_f, m, n, k, rate8, groups)
+                out["gemm_fwd"][:, j] += one
+                out["gemm_bwd"][:, j] += one * g.bwd_mult
+                if g.bwd_mult > 1:  # the weight-gradient half, which zero-bubble schedules defer
+                    out["gemm_wgrad"][:, j] += one
+                if use8:
+                    cast += (m * k + m * n) * groups * self.cast_bytes
+            attn_split = seqs / tp
+            out["attn_fwd"][:, j] = hw.attention_seconds(p.attn_fwd * attn_split)
+            out["attn_bwd"][:, j] = hw.attention_seconds(p.attn_bwd * attn_split)
+            traffic = (p.mem[0] / tp + p.mem[1] / sp_div + p.mem[2]) * seqs
+            cast_t = hw.memory_seconds(cast)
+            out["mem_fwd"][:, j] = hw.memory_seconds(traffic * MEMBOUND_FWD_SHARE) + cast_t / 2
+            out["mem_bwd"][:, j] = hw.memory_seconds(traffic * (1 - MEMBOUND_FWD_SHARE)) + cast_t / 2
+            if p.kind != "block":
                 continue
-            split = (tp if n.tp_split else 1) * cp
-            scale = mb / split
-            if n.kind == "attention":
-                fwd += self.hw.attention_seconds(n.flops_fwd * scale)
-                bwd += self.hw.attention_seconds(n.flops_bwd * scale)
-                continue
-            m, nn_, k = n.gemm_mnk or (1, 1, 1)
-            size = m * nn_ * k * scale
-            use8 = fp8 and n.fp8_eligible
-            over = n.flops_overcompute * scale
-            total = n.flops_fwd + n.flops_bwd
-            f_share = n.flops_fwd / total if total else 0.5
-            fwd += self.hw.gemm_seconds(n.flops_fwd * scale + over * f_share, size, use8)
-            bwd += self.hw.gemm_seconds(n.flops_bwd * scale + over * (1 - f_share), size, use8)
-        return LayerTimes(fwd, bwd)
+            # tensor parallelism: per region, with SP an all-gather and a reduce-scatter forward,
+            # backward a reduce-scatter, the output-gradient all-gather and the re-gather of the
+            # input for the weight gradient (5 gather-sized units); without SP one all-reduce
+            # each way (2 units each)
+            unit = hw.all_gather(act_msg, tp)
+            regions = p.tp_regions
+            out["tp_fwd"][:, j] = regions * 2 * unit
+            out["tp_bwd"][:, j] = regions * np.where(sp, 3, 2) * unit
+            if p.moe:
+                # token dispatch and combine: one all-to-all each way, forward and backward;
+                # each rank sends its 1/(tp*cp) of the tokens top_k times
+                a2a_bytes = seqs / tp * self.seq_len * self.top_k * self.hidden * self.act_bytes
+                a2a = hw.all_to_all(a2a_bytes, ep, etp)
+                # expert tensor parallelism gathers the received tokens over etp and scatters
+                # the results back (a TP region over the expert activations)
+                etp_unit = hw.all_gather(a2a_bytes * etp, etp, 1)
+                out["ep_fwd"][:, j] = 2 * a2a + 2 * etp_unit
+                out["ep_bwd"][:, j] = 2 * a2a + 3 * etp_unit
+            if p.attn_fwd > 0:
+                # ring attention: cp-1 K/V chunk exchanges forward, K/V and their gradients
+                # backward; heads split over TP ranks (K/V replicated when tp > kv_heads)
+                chunk = seqs * self.seq_len * self.kv_bytes_per_token / np.minimum(tp, self.kv_heads)
+                across = tp * cp > hw.node_size
+                out["cp"][:, j] = np.where(cp > 1, 3 * (cp - 1) * hw.p2p(chunk, across), 0.0)
+        return out
+
+    # ---- pipeline stage split -------------------------------------------------------------------
+    def stage_chunks(self, n_chunks: int, interleaved: bool = False) -> list[list[int]]:
+        """Contiguous chunks of layer positions (indices into `self.layers`), balanced on the
+        layers' FLOPs (forward, backward and padding); the embeddings ride with the first
+        decoder layer and the head with the last, and every chunk holds a decoder layer.
+        One chunk per rank: the heaviest chunk is minimised. Interleaved (chunk c on rank
+        c % pp): what a rank sums over its chunks matters, so chunks are cut where the running
+        total is nearest to equal shares."""
+        weights = [self.profiles[k].flops for k in self.sequence]
+        blocks = [i for i, layer in enumerate(self.layers) if 0 <= layer < self.g.n_layers]
+        if n_chunks > len(blocks):
+            raise ValueError(f"{n_chunks} pipeline chunks for {len(blocks)} decoder layers")
+        before = [i for i in range(len(weights)) if i < blocks[0]]
+        after = [i for i in range(len(weights)) if i > blocks[-1]]
+        w = [weights[i] for i in blocks]
+        w[0] += sum(weights[i] for i in before)
+        w[-1] += sum(weights[i] for i in after)
+        bounds = (equal_share_partition if interleaved else balanced_partition)(w, n_chunks)
+        chunks = [[blocks[i] for i in range(a, b)] for a, b in bounds]
+        chunks[0] = before + chunks[0]
+        chunks[-1] = chunks[-1] + after
+        return chunks
+
+
+def balanced_partition(weights: list[float], parts: int) -> list[tuple[int, int]]:
+    """Split `weights` into `parts` non-empty contiguous runs minimising the heaviest run
+    (bisection on the bottleneck with a greedy check, which is exact for this problem), then
+    cut greedily at that bottleneck. Returns [start, end) index pairs."""
+    lo, hi = max(weights), sum(weights)
+
+    def runs_needed(limit: float) -> int:
+        count, acc = 1, 0.0
+        for x in weights:
+            if acc + x > limit and acc > 0:
+                count, acc = count + 1, 0.0
+            acc += x
+        return count
+
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if runs_needed(mid) <= parts:
+            hi = mid
+        else:
+            lo = mid
+        if hi - lo <= 1e-9 * hi:
+            break
+    out, start, acc, n = [], 0, 0.0, len(weights)
+    for i, x in enumerate(weights):
+        left_parts = parts - len(out)
+        # cut when the run would exceed the bottleneck, or when the remaining items are exactly
+        # enough to give every remaining run one
+        must = n - i == left_parts - 1
+        if i > start and (acc + x > hi or must) and left_parts > 1:
+            out.append((start, i))
+            start, acc = i, 0.0
+        acc += x
+    out.append((start, n))
+    return out
+
+
+def equal_share_partition(weights: list[float], parts: int) -> list[tuple[int, int]]:
+    """Cut `weights` into `parts` non-empty contiguous runs where the running total is nearest
+    to k/parts of the whole. Returns [start, end) index pairs."""
+    prefix = np.concatenate([[0.0], np.cumsum(weights)])
+    n, total = len(weights), prefix[-1]
+    cuts, prev = [], 0
+    for k in range(1, parts):
+        lo, hi = prev + 1, n - (parts - k)  # leave at least one item per remaining run
+        j = int(np.clip(np.searchsorted(prefix, total * k / parts), lo, hi))
+        if j > lo and abs(prefix[j - 1] - total * k / parts) <= abs(prefix[j] - total * k / parts):
+            j -= 1
+        cuts.append(j)
+        prev = j
+    edges = [0] + cuts + [n]
+    return list(zip(edges[:-1], edges[1:]))

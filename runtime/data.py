@@ -1,131 +1,211 @@
 """Samples and batches in the unified token layout.
 
-Every sample is one mixture component's modalities in order, each discrete span wrapped in its
-begin/end markers, continuous signals occupying reserved positions. Samples are a pure function
-of (seed, sample index), so any split of a global batch over data-parallel ranks and
-micro-batches sees exactly the same data: the basis of the single-process equivalence checks.
+Every sample is one mixture component's modalities in order: <bos>, text tokens as they are,
+each discrete non-text span wrapped in its begin/end markers, continuous signals on reserved
+placeholder positions, <eos>; late-fusion context modalities go beside the sequence (see
+vlac.runtime.batch). Samples are a pure function of (seed, split, sample index), so any split of
+a global batch over data-parallel ranks and micro-batches sees exactly the same data: the basis
+of the single-process equivalence checks.
 
-The `synthetic` generator makes learnable structure without downloads: a latent class per
-sample decides the caption, the image/video/audio codes (with noise), the action bins and the
-continuous signals, so cross-modal prediction is possible and loss goes down.
+Where the content comes from is the component's `generator` (vlac.runtime.datasets); the
+tokenizers of vlac.runtime.tokenizers turn it into tokens: text by byte or BPE, images by a VQ
+tokenizer fitted (once per process, deterministically) on the mixture's images, actions by
+binning, images for `vit_features` modalities by a frozen random patch encoder.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from vlac.spec import Experiment
 
+from .batch import POSE_DIM, batch_keys, example_batch, is_media, needs_video_inputs, sequence_positions
+from .datasets import Episode, make_generator
+from .features import image_codes, patch_features
+from .tokenizers import ActionTokenizer, text_tokenizer
+
 IGNORE = -100
-CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-VERBS = ("push", "pick", "lift", "turn", "slide", "stack", "pour", "open", "wipe", "drop")
 NOISE = 0.1
 
 
-@dataclass(frozen=True)
+@dataclass
 class Sample:
     tokens: np.ndarray  # [S] int64
     modality: np.ndarray  # [S] modality index of each position (-1: special or padding)
-    span: np.ndarray  # [S] id of the discrete non-text span a position is in (0: none)
+    predictable: np.ndarray  # [S] bool: a discrete token a model can be asked to predict
+    span: np.ndarray  # [S] id of the non-text span a position is in (0: none)
     prefix: np.ndarray  # [S] 1 on prompt positions (every modality but the last)
-    continuous: dict[str, tuple[np.ndarray, np.ndarray]]  # name -> (features [n, d], positions [n])
-    present: dict[str, bool]
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # per-modality batch entries
+    episode: Episode | None = None
+    answer_start: int = -1  # sequence position of the first answer token of the last text span
 
 
 class SyntheticData:
-    def __init__(self, exp: Experiment):
+    """The data of an experiment's mixture (the historical name: the synthetic generator is one
+    of several). `split` selects training or held-out episodes of the real-data generators."""
+
+    def __init__(self, exp: Experiment, split: str = "train"):
         self.exp = exp
+        self.split = split
         self.layout = exp.vocab_layout()
         self.names = list(exp.modalities)
         self.seq_len = exp.train.seq_len
         weights = np.array([c.weight for c in exp.data.mixture], dtype=np.float64)
         self.cum = np.cumsum(weights / weights.sum())
         self.mask_prompt = bool(exp.losses.ar and exp.losses.ar.mask_prompt)
-        self.continuous = [n for n, m in exp.modalities.items() if m.kind == "continuous"]
+        self.generators = {c.generator: make_generator(c.generator, exp.data.seed) for c in exp.data.mixture}
+        corpus = tuple(sorted({t for g in self.generators.values() for t in g.corpus()}))
+        self.text = {n: text_tokenizer(m, corpus) for n, m in exp.modalities.items() if m.kind == "text"}
+        self.keys = batch_keys(exp)
+        self.shapes = _extra_shapes(exp)
 
     # ---- one sample ----------------------------------------------------------------------
     def sample(self, index: int) -> Sample:
-        rng = np.random.default_rng([self.exp.data.seed, index])
-        comp = self.exp.data.mixture[int(np.searchsorted(self.cum, rng.random(), side="right").clip(max=len(self.cum) - 1))]
-        label = int(rng.integers(10))
+        rng = np.random.default_rng([self.exp.data.seed, index, int(self.split == "eval")])
+        u = rng.random()
+        comp = self.exp.data.mixture[int(np.searchsorted(self.cum, u, side="right").clip(max=len(self.cum) - 1))]
+        ep = self.generators[comp.generator].episode(rng, self.split)
         L = self.layout
-        toks, mods, spans, prefix = [L.special("<bos>")], [-1], [0], [1]
-        cont: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        toks, mods, pred, spans, prefix = [L.special("<bos>")], [-1], [False], [0], [1]
+        extras: dict[str, np.ndarray] = {}
+        texts = [n for n in comp.modalities if self.exp.modalities[n].kind == "text"]
+        answer_start = -1
         last = len(comp.modalities) - 1
         span_id = 0
-        for pos_in_comp, name in enumerate(comp.modalities):
+        for order, name in enumerate(comp.modalities):
             m = self.exp.modalities[name]
             mi = self.names.index(name)
-            is_prompt = int(pos_in_comp != last)
-            if m.kind == "continuous":
-                start = len(toks)
-                feats = rng.normal(label / 10.0, NOISE, size=(m.tokens, m.input_dim)).astype(np.float32)
-                cont[name] = (feats, np.arange(start, start + m.tokens))
-                toks += [L.special("<pad>")] * m.tokens
-                mods += [-1] * m.tokens
-                spans += [0] * m.tokens
-                prefix += [is_prompt] * m.tokens
+            is_prompt = int(order != last)
+            if is_media(self.exp, name):
+                self._media(name, m, ep, rng, extras)
                 continue
-            body = self._discrete(name, m, label, rng)
             if m.kind == "text":
-                toks += body
-                mods += [mi] * len(body)
-                spans += [0] * len(body)
-                prefix += [is_prompt] * len(body)
+                ids, answer_at = self._text(name, m, ep, texts)
+                if order == last or name == texts[-1]:
+                    answer_start = len(toks) + answer_at if answer_at >= 0 else -1
+                real = [i >= 0 for i in ids]
+                toks += [L.range_of(name).offset + i if i >= 0 else L.special("<pad>") for i in ids]
+                mods += [mi if r else -1 for r in real]
+                pred += real
+                spans += [0] * len(ids)
+                prefix += [is_prompt] * len(ids)
                 continue
+            if m.kind == "continuous":
+                n = sequence_positions(self.exp, name)
+                start = len(toks)
+                extras[f"{name}.features"] = self._continuous(m, ep, rng)
+                extras[f"{name}.index"] = np.arange(start, start + n)
+                span_id += 1
+                toks += [L.special("<pad>")] * n
+                mods += [mi] * n
+                pred += [False] * n
+                spans += [span_id] * n
+                prefix += [is_prompt] * n
+                continue
+            body = self._discrete(name, m, ep, rng)
             span_id += 1
             open_, close = ("<boa>", "<eoa>") if m.kind == "action" else ("<boi>", "<eoi>")
-            toks += [L.special(open_)] + body + [L.special(close)]
+            if needs_video_inputs(self.exp, name):
+                extras[f"{name}.index"] = np.arange(len(toks) + 1, len(toks) + 1 + len(body))
+                extras[f"{name}.pose"] = self._pose(m, ep, rng)
+            toks += [L.special(open_)] + [L.range_of(name).offset + int(c) for c in body] + [L.special(close)]
             mods += [mi] * (len(body) + 2)
+            pred += [True] * (len(body) + 2)
             spans += [0] + [span_id] * len(body) + [0]
             prefix += [is_prompt] * (len(body) + 2)
         toks.append(L.special("<eos>"))
         mods.append(-1)
+        pred.append(True)
         spans.append(0)
         prefix.append(0)
         pad = self.seq_len - len(toks)
         if pad < 0:
-            raise ValueError(f"a {comp.name} sample needs {len(toks)} positions but train.seq_len is {self.seq_len}")
+            raise ValueError(f"a {comp.name} sample needs {len(toks)} positions but train.seq_len is {self.seq_len}; "
+                             f"raise train.seq_len to {len(toks)}")
         toks += [L.special("<pad>")] * pad
         mods += [-1] * pad
+        pred += [False] * pad
         spans += [0] * pad
         prefix += [0] * pad
-        present = {n: n in cont for n in self.continuous}
-        return Sample(np.array(toks), np.array(mods), np.array(spans), np.array(prefix), cont, present)
+        return Sample(np.array(toks), np.array(mods), np.array(pred), np.array(spans), np.array(prefix),
+                      extras, ep, answer_start)
 
-    def _discrete(self, name: str, m, label: int, rng: np.random.Generator) -> list[int]:
-        r = self.layout.range_of(name)
-        if m.kind == "text":
-            caption = f"{VERBS[label]} the {CLASS_NAMES[label]} "
-            text = (caption * (m.tokens // len(caption) + 1))[: m.tokens]
-            if m.tokenizer == "byte":
-                return [r.offset + b for b in text.encode()]
-            return [r.offset + (hash_word(w) % r.size) for w in (text.split() * m.tokens)[: m.tokens]]
+    def _text(self, name, m, ep: Episode, texts: list[str]) -> tuple[list[int], int]:
+        """Token ids within the modality's range (-1 = padding) and where the answer starts
+        (-1: no answer in this span). One text modality carries "prompt answer"; with several,
+        the first carries the prompt and the last the answer."""
+        tok = self.text[name]
+        if len(texts) == 1:
+            head = f"{ep.prompt} " if ep.prompt else ""
+            body = head + ep.answer
+            ids, answer_at = tok.encode(body), len(tok.encode(head)) if ep.answer else -1
+        elif name == texts[0]:
+            ids, answer_at = tok.encode(ep.prompt), -1
+        elif name == texts[-1]:
+            ids, answer_at = tok.encode(ep.answer), 0
+        else:
+            ids, answer_at = [], -1
+        if not ids:  # nothing of this episode fits a second text slot: the synthetic caption
+            ids = tok.encode(ep.answer or f"class {ep.label}")
+        if ep.image is None and ep.actions is None and len(ids) < m.tokens and len(texts) == 1 and not ep.prompt:
+            ids = (ids + tok.encode(" ")) * (m.tokens // (len(ids) + 1) + 1)  # synthetic: repeat the caption
+        ids = [min(i, m.vocab_size - 1) for i in ids[: m.tokens]]
+        answer_at = answer_at if 0 <= answer_at < len(ids) else -1
+        return ids + [-1] * (m.tokens - len(ids)), answer_at
+
+    def _discrete(self, name, m, ep: Episode, rng) -> list[int]:
+        size = self.layout.range_of(name).size
         if m.kind == "action":
-            return [r.offset + (label * (d + 2) + h * 3) % m.bins for h in range(m.horizon) for d in range(m.dims)]
-        n = m.tokens
-        codes = (label * 7 + np.arange(n) * 3) % r.size
-        noisy = rng.random(n) < NOISE
-        codes = np.where(noisy, rng.integers(r.size, size=n), codes)
-        return [r.offset + int(c) for c in codes]
+            if ep.actions is not None:
+                need = m.dims * m.horizon
+                acts = np.resize(ep.actions.reshape(-1), need) if ep.actions.size < need else ep.actions.reshape(-1)[:need]
+                return ActionTokenizer(m).encode(acts).tolist()
+            return [(ep.label * (d + 2) + h * 3) % m.bins for h in range(m.horizon) for d in range(m.dims)]
+        if m.kind == "image" and ep.image is not None:
+            return image_codes(self.exp, name, self.generators, ep.image).tolist()
+        return _label_codes(ep.label, m.tokens, size, rng)
+
+    def _continuous(self, m, ep: Episode, rng) -> np.ndarray:
+        if m.signal == "vit_features" and ep.image is not None:
+            return patch_features(ep.image, m.tokens, m.input_dim)
+        if m.signal == "proprio" and ep.state is not None:
+            return np.resize(ep.state, (m.tokens, m.input_dim)).astype(np.float32)
+        return rng.normal(ep.label / 10.0, NOISE, size=(m.tokens, m.input_dim)).astype(np.float32)
+
+    def _pose(self, m, ep: Episode, rng) -> np.ndarray:
+        """Camera extrinsics [cameras, 12]: cameras on a circle around the scene, with jitter."""
+        out = np.zeros((m.cameras, POSE_DIM), np.float32)
+        for c in range(m.cameras):
+            yaw = 2 * np.pi * c / m.cameras + rng.normal(0, 0.05)
+            rot = np.array([[np.cos(yaw), -np.sin(yaw), 0], [np.sin(yaw), np.cos(yaw), 0], [0, 0, 1]])
+            out[c] = np.concatenate([rot, [[np.cos(yaw)], [np.sin(yaw)], [1.0]]], axis=1).reshape(-1)
+        return out
+
+    def _media(self, name, m, ep: Episode, rng, extras) -> None:
+        if m.kind == "continuous":
+            extras[f"{name}.features"] = self._continuous(m, ep, rng)
+        else:
+            extras[f"{name}.tokens"] = self.layout.range_of(name).offset + np.array(self._discrete(name, m, ep, rng))
+            if m.kind == "video":
+                extras[f"{name}.pose"] = self._pose(m, ep, rng)
 
     # ---- batches ---------------------------------------------------------------------------
     def targets(self, s: Sample) -> tuple[np.ndarray, np.ndarray]:
         """Next-token targets and their modality; no loss on padding, continuous placeholders,
-        the <bos> prediction, or (with prompt masking) on prompt modalities."""
+        the <bos> prediction, or (with prompt masking) on prompt modalities. <eos> is charged to
+        the modality it ends."""
         nxt = np.append(s.tokens[1:], self.layout.special("<pad>"))
-        nxt_mod = np.append(s.modality[1:], -1)
-        nxt_prefix = np.append(s.prefix[1:], 0)
-        valid = nxt_mod >= 0
-        eos = nxt == self.layout.special("<eos>")
-        valid |= eos
+        valid = np.append(s.predictable[1:], False)
         if self.mask_prompt:
-            valid &= nxt_prefix == 0
-        # <eos> is charged to the modality it ends
-        mod = np.where(nxt_mod >= 0, nxt_mod, np.maximum(s.modality, 0))
+            valid &= np.append(s.prefix[1:], 0) == 0
+        owner = np.maximum.accumulate(np.where(s.modality >= 0, np.arange(len(s.modality)), 0))
+        current = np.where(owner > 0, s.modality[owner], -1)
+        nxt_mod = np.append(s.modality[1:], -1)
+        mod = np.where(nxt_mod >= 0, nxt_mod, current)
+        valid &= mod >= 0
         return np.where(valid, nxt, IGNORE), np.where(valid, mod, -1)
 
     def global_loss_tokens(self, step: int) -> int:
@@ -136,34 +216,50 @@ class SyntheticData:
                     dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
         """Samples step*global_batch + first .. + first+size-1 as one batch."""
         base = step * self.exp.train.global_batch + first
-        samples = [self.sample(base + i) for i in range(size)]
+        return self.collate([self.sample(base + i) for i in range(size)], loss_norm, device, dtype)
+
+    def collate(self, samples: list[Sample], loss_norm: float, device, dtype=torch.float32) -> dict[str, torch.Tensor]:
         tg = [self.targets(s) for s in samples]
         batch = {
-            "tokens": torch.from_numpy(np.stack([s.tokens for s in samples])),
-            "targets": torch.from_numpy(np.stack([t[0] for t in tg])),
-            "target_modality": torch.from_numpy(np.stack([t[1] for t in tg])),
-            "span": torch.from_numpy(np.stack([s.span for s in samples])),
-            "prefix": torch.from_numpy(np.stack([s.prefix for s in samples])),
+            "tokens": _stack([s.tokens for s in samples]),
+            "targets": _stack([t[0] for t in tg]),
+            "target_modality": _stack([t[1] for t in tg]),
+            "span": _stack([s.span for s in samples]),
+            "prefix": _stack([s.prefix for s in samples]),
+            "modality": _stack([s.modality for s in samples]),
             "loss_norm": torch.tensor(float(loss_norm)),
         }
-        for name in self.continuous:
-            m = self.exp.modalities[name]
-            feats = np.zeros((size, m.tokens, m.input_dim), np.float32)
-            index = np.zeros((size, m.tokens), np.int64)
-            present = np.zeros((size, m.tokens), np.float32)
+        for key, (shape, kind) in self.shapes.items():
+            if key in batch:
+                continue
+            name, fld = key.rsplit(".", 1)
+            arr = np.zeros((len(samples), *shape), np.int64 if kind == "long" else np.float32)
             for i, s in enumerate(samples):
-                if name in s.continuous:
-                    feats[i], index[i] = s.continuous[name]
-                    present[i] = 1.0
-            batch[f"{name}.features"] = torch.from_numpy(feats).to(dtype)
-            batch[f"{name}.index"] = torch.from_numpy(index)
-            batch[f"{name}.present"] = torch.from_numpy(present).to(dtype)
+                if fld == "present":
+                    arr[i] = float(any(k.startswith(name + ".") for k in s.extras))
+                elif fld == "flow_time":
+                    arr[i] = 1.0
+                elif key in s.extras:
+                    arr[i] = s.extras[key]
+            t = torch.from_numpy(arr)
+            batch[key] = t if kind == "long" else t.to(dtype)
         return {k: v.to(device) for k, v in batch.items()}
 
 
-def hash_word(word: str) -> int:
-    """A stable hash (Python's str hash is salted per process)."""
-    h = 2166136261
-    for b in word.encode():
-        h = ((h ^ b) * 16777619) & 0xFFFFFFFF
-    return h
+def _stack(arrays) -> torch.Tensor:
+    return torch.from_numpy(np.stack(arrays))
+
+
+def _extra_shapes(exp: Experiment) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Per-sample shape and kind of every per-modality batch entry."""
+    out = {}
+    for k, v in example_batch(exp, 1, device="meta").items():
+        if "." in k:
+            out[k] = (tuple(v.shape[1:]), "long" if v.dtype == torch.long else "float")
+    return out
+
+
+def _label_codes(label: int, n: int, size: int, rng) -> list[int]:
+    codes = (label * 7 + np.arange(n) * 3) % size
+    noisy = rng.random(n) < NOISE
+    return [int(c) for c in np.where(noisy, rng.integers(size, size=n), codes)]

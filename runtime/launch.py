@@ -1,17 +1,52 @@
 """The submitit side of a program: one callable per job that every task runs.
 
-`TrainJob` is Checkpointable: on preemption or time-out submitit calls `checkpoint`, which
-requeues the same callable; the program resumes from its last distributed checkpoint.
+`TrainJob` is Checkpointable. On preemption or time-out Slurm (or the local executor) sends the
+tasks submitit's signal (USR2). Instead of letting submitit requeue at once, in the middle of a
+step and of its collectives, the job turns the signal into a request: the training loop finishes
+the step, all ranks agree to stop, write a checkpoint, and only then submitit's own handler runs
+on rank 0 (TrainJob.checkpoint resubmits the same callable, `scontrol requeue` or the local
+controller restarts the job), which resumes from that checkpoint.
 """
 
 from __future__ import annotations
 
 import os
 import runpy
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
 import submitit
+
+SIGNAL_LEAD_S = 120  # Slurm sends the preemption signal this long before the time limit
+
+
+class Preemption:
+    """Holds submitit's handler of the preemption signal and records that the signal came."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.handler = None
+
+    def install(self) -> "Preemption":
+        sig = submitit.JobEnvironment._usr_sig()
+        self.handler = signal.getsignal(sig)  # submitit's SignalHandler.checkpoint_and_try_requeue
+        signal.signal(sig, self._record)
+        return self
+
+    def _record(self, signum: int, frame) -> None:
+        self.signum = signum
+
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def requeue(self) -> None:
+        """After the checkpoint: submitit requeues (rank 0 does not return); the other ranks exit
+        without a result, the requeued job will write it."""
+        if callable(self.handler):
+            self.handler(self.signum, None)
+        sys.exit(0)
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -19,11 +54,23 @@ class TrainJob(submitit.helpers.Checkpointable):
         self.program_dir = str(Path(program_dir).resolve())
         self.max_steps = max_steps
         self.out_dir = str(out_dir) if out_dir else None
+        self.steps_done = 0
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """The job to requeue: the same program, with what is left of `max_steps`."""
+        left = None if self.max_steps is None else max(0, self.max_steps - self.steps_done)
+        return submitit.helpers.DelayedSubmission(TrainJob(self.program_dir, left, self.out_dir))
 
     def __call__(self) -> Any:
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         os.environ.setdefault("OMP_NUM_THREADS", "1")
+        preemption = Preemption().install()
         main = runpy.run_path(str(Path(self.program_dir) / "train.py"))["main"]
-        return main(max_steps=self.max_steps, out_dir=Path(self.out_dir) if self.out_dir else None)
+        result = main(max_steps=self.max_steps, out_dir=Path(self.out_dir) if self.out_dir else None,
+                      stop_requested=preemption.requested)
+        if result.get("preempted"):
+            self.steps_done = len(result["losses"])
+            preemption.requeue()
+        return result

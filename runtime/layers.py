@@ -1,28 +1,38 @@
 """Decoder building blocks: norms, rotary positions, GQA attention, dense MLPs.
 
 Written to be traced by torch.fx: no Python branch depends on tensor values, only on config.
+RMSNorm and RoPE go through `vlac.runtime.kernels` with backend "auto" (Triton kernels on CUDA,
+the PyTorch references elsewhere). The kernel entry points inspect their inputs in Python (device,
+shape checks), so they are registered with `torch.fx.wrap`: each call is one `call_function`
+node whose output has the input's shape, and meta/fake propagation runs the reference.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
 from vlac.spec.architecture import Backbone
 
+from .kernels import apply_rope, rms_norm
+
+torch.fx.wrap("rms_norm")
+torch.fx.wrap("apply_rope")
+
 
 class RMSNorm(nn.Module):
+    """y = x * rsqrt(mean(x^2) + eps) * weight, statistics in fp32 whatever the compute dtype
+    (bf16 mean-of-squares loses too much); output in x's dtype."""
+
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # statistics in fp32 whatever the compute dtype: bf16 mean-of-squares loses too much
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 def make_norm(cfg: Backbone, dim: int) -> nn.Module:
@@ -38,35 +48,35 @@ class Rotary(nn.Module):
     def __init__(self, head_dim: int, max_len: int, theta: float):
         super().__init__()
         inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-        t = torch.arange(max_len, dtype=torch.float32)
-        freqs = torch.outer(t, inv)
+        freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv)
         emb = torch.cat([freqs, freqs], dim=-1)
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # q, k: [B, H, S, D]
-        s = q.shape[-2]
-        cos = torch.narrow(self.cos, 0, 0, s).to(q.dtype)
-        sin = torch.narrow(self.sin, 0, 0, s).to(q.dtype)
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([-x2, x1], dim=-1)
+    def forward(self, q: torch.Tensor, k: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """q, k: [B, S, heads, D]; positions start .. start+S-1 (start > 0 when decoding with a
+        KV cache)."""
+        s = q.size(1)
+        # narrow, not slicing: the buffer is a real tensor and s a Proxy under symbolic tracing
+        cos = torch.narrow(self.cos, 0, start, s).to(q.dtype)
+        sin = torch.narrow(self.sin, 0, start, s).to(q.dtype)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
 
 class Attention(nn.Module):
-    """Grouped-query self-attention through scaled_dot_product_attention.
+    """Grouped-query attention through scaled_dot_product_attention.
 
-    `mask` is None for plain causal attention (lets SDPA pick its fused causal kernel) or a
-    boolean [B, 1, S, S] tensor (True = may attend) for image-bidirectional and prefix-LM masks.
+    `mask` is None for the default pattern (causal, or full when `causal=False`), which lets SDPA
+    pick a fused kernel, or a boolean [B, 1, Sq, Sk] tensor (True = may attend) for image-
+    bidirectional, prefix-LM and segment-memory masks. While `kv_cache` holds a `LayerCache`
+    (set by vlac.runtime.generate.decoding, None otherwise, so traced graphs never see it) the
+    new keys/values are appended to it and queries attend to the whole cache.
     """
 
-    def __init__(self, cfg: Backbone):
+    def __init__(self, cfg: Backbone, causal: bool = True):
         super().__init__()
         self.n_heads, self.n_kv, self.d_head = cfg.heads, cfg.n_kv_heads, cfg.d_head
+        self.causal = causal
         d = cfg.hidden
         self.wq = nn.Linear(d, self.n_heads * self.d_head, bias=cfg.bias)
         self.wk = nn.Linear(d, self.n_kv * self.d_head, bias=cfg.bias)
@@ -76,32 +86,65 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(self.d_head, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
         self.rotary = Rotary(self.d_head, cfg.context_length, cfg.rope_theta) if cfg.positions == "rope" else None
         self.dropout = cfg.dropout
+        self.kv_cache = None
+
+    @property
+    def start(self) -> int:
+        """Position of the first new token: the cached length while decoding, else 0."""
+        return self.kv_cache.length if self.kv_cache is not None else 0
+
+    def project(self, x: torch.Tensor, start: int = 0):
+        """q [B,S,Hq,D], k and v [B,S,Hkv,D], normed and rotated. -1 instead of the head count:
+        tensor parallelism shards the projections, and the local head count then follows from
+        the local weight instead of the global config."""
+        b, s = x.size(0), x.size(1)
+        q = self.q_norm(self.wq(x).view(b, s, -1, self.d_head))
+        k = self.k_norm(self.wk(x).view(b, s, -1, self.d_head))
+        v = self.wv(x).view(b, s, -1, self.d_head)
+        if self.rotary is not None:
+            q, k = self.rotary(q, k, start)
+        return q, k, v
+
+    def attend(self, q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
+        """SDPA over [B,S,H,D] inputs; returns [B, S, Hq*D] before the output projection."""
+        b, s = q.size(0), q.size(1)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        cache = self.kv_cache
+        if cache is not None:
+            k, v = cache.append(k, v)
+            if mask is None and s > 1:  # causal over the new block, full over the cached past
+                mask = cache.causal_mask(s, q.device)
+        p = self.dropout if self.training else 0.0
+        causal = self.causal and mask is None and cache is None
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal,
+                                           enable_gqa=self.n_kv != self.n_heads)
+        return y.transpose(1, 2).reshape(b, s, -1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        b, s = x.size(0), x.size(1)
-        # -1 instead of the head count: tensor parallelism shards the projections, and the local
-        # head count then follows from the local weight instead of the global config
-        q = self.q_norm(self.wq(x).view(b, s, -1, self.d_head)).transpose(1, 2)
-        k = self.k_norm(self.wk(x).view(b, s, -1, self.d_head)).transpose(1, 2)
-        v = self.wv(x).view(b, s, -1, self.d_head).transpose(1, 2)
-        if self.rotary is not None:
-            q, k = self.rotary(q, k)
-        p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
-                                           is_causal=mask is None, enable_gqa=self.n_kv != self.n_heads)
-        return self.wo(y.transpose(1, 2).reshape(b, s, -1))
+        q, k, v = self.project(x, self.start)
+        return self.wo(self.attend(q, k, v, mask))
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: Backbone, hidden: int | None = None):
+    """SwiGLU (w2(silu(w1 x) * w3 x)) or GELU (w2(gelu(w1 x))) feed-forward."""
+
+    def __init__(self, cfg: Backbone, hidden: int | None = None, dropout: float | None = None):
         super().__init__()
         d, f = cfg.hidden, hidden or cfg.d_ffn
         self.swiglu = cfg.mlp == "swiglu"
         self.w1 = nn.Linear(d, f, bias=cfg.bias)
         self.w3 = nn.Linear(d, f, bias=cfg.bias) if self.swiglu else None
         self.w2 = nn.Linear(f, d, bias=cfg.bias)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout if dropout is None else dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.silu(self.w1(x)) * self.w3(x) if self.swiglu else F.gelu(self.w1(x), approximate="tanh")
         return self.drop(self.w2(h))
+
+
+def sub_backbone(cfg: Backbone, width: int, ffn: int | None = None, positions: str = "none") -> Backbone:
+    """A Backbone config for an auxiliary transformer (encoders, resampler, cross-attention) of
+    another width: heads of the backbone's head width where it divides, else one head."""
+    d_head = cfg.d_head if width % cfg.d_head == 0 else width
+    return cfg.model_copy(update={"hidden": width, "heads": width // d_head, "kv_heads": None, "head_dim": d_head,
+                                  "ffn_hidden": ffn or 4 * width, "positions": positions})

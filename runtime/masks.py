@@ -1,35 +1,55 @@
-"""Attention masks as tensor ops (traceable): causal, bidirectional inside image spans, prefix-LM.
+"""Attention masks as tensor ops (traceable): causal, bidirectional inside image spans, prefix-LM,
+and the segment-recurrence window of `vlac.runtime.memory`.
 
 None means plain causal, which lets scaled_dot_product_attention use its fused causal path.
-Returned masks are boolean [B, 1, S, S], True where attention is allowed.
+Returned masks are boolean [B, 1, S, S], True where attention is allowed. Sizes come from
+tensors (`ones_like(...).cumsum`), never from Python ints, so symbolic tracing records them.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .memory import segment_window
+
 MASK_KINDS = ("causal", "bidirectional_image", "prefix_lm")
 
 
-def attention_mask(kind: str, span: torch.Tensor | None, prefix: torch.Tensor | None) -> torch.Tensor | None:
-    if kind == "causal":
-        return None
+def attention_mask(kind: str, span: torch.Tensor | None, prefix: torch.Tensor | None,
+                   segment_length: int = 0, memory_tokens: int = 0) -> torch.Tensor | None:
+    """The mask of `fusion.attention_mask` kind, intersected with the segment-memory window when
+    `segment_length` > 0 (see vlac.runtime.memory)."""
+    if kind not in MASK_KINDS:
+        raise ValueError(f"unknown attention mask {kind!r}; choose from {MASK_KINDS}")
+    base = None
     if kind == "bidirectional_image":
         if span is None:
             raise ValueError("bidirectional_image masks need batch['span'] (image-span ids, 0 outside spans)")
-        causal = _causal(span)
         same = (span.unsqueeze(2) == span.unsqueeze(1)) & (span.unsqueeze(2) > 0)
-        return (causal | same).unsqueeze(1)
-    if kind == "prefix_lm":
+        base = (causal(span) | same).unsqueeze(1)
+    elif kind == "prefix_lm":
         if prefix is None:
             raise ValueError("prefix_lm masks need batch['prefix'] (1 on prompt positions)")
-        causal = _causal(prefix)
         both = prefix.bool().unsqueeze(2) & prefix.bool().unsqueeze(1)
-        return (causal | both).unsqueeze(1)
-    raise ValueError(f"unknown attention mask {kind!r}; choose from {MASK_KINDS}")
+        base = (causal(prefix) | both).unsqueeze(1)
+    if segment_length <= 0:
+        return base
+    like = span if span is not None else prefix
+    if like is None:
+        raise ValueError("segment memory masks need batch['span'] or batch['prefix'] for the sequence length")
+    pos = positions(like[0])
+    window = segment_window(pos, pos, segment_length, memory_tokens)  # [S, S]
+    if base is None:
+        base = causal(like).unsqueeze(0).unsqueeze(0)
+    return base & window
 
 
-def _causal(like: torch.Tensor) -> torch.Tensor:
+def positions(like_row: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """0 .. S-1 (+ start) as a tensor op on a [S] tensor."""
+    return torch.ones_like(like_row, dtype=torch.long).cumsum(0) - 1 + start
+
+
+def causal(like: torch.Tensor) -> torch.Tensor:
     """[S, S] lower-triangular mask built from positions, so tracing needs no Python ints."""
-    pos = torch.ones_like(like[0]).cumsum(0)
+    pos = positions(like[0])
     return pos.unsqueeze(0) <= pos.unsqueeze(1)

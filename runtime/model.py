@@ -1,7 +1,10 @@
 """The unified model: every modality's tokens in one sequence through one decoder.
 
 Discrete modalities share one embedding table (the unified vocabulary); continuous signals are
-projected to the model width and written into their reserved positions. The compiler traces
+projected (linear, MLP or perceiver resampler) to the model width and added at their reserved
+positions; video tokens get camera-pose and timestamp embeddings or go through the asymmetric
+spatio-temporal encoder. Late fusion keeps text and actions in the sequence and lets gated
+cross-attention layers (before every k-th block) read the other modalities. The compiler traces
 exactly this module on the meta device, so the graph it costs is the model that trains.
 """
 
@@ -12,12 +15,21 @@ import torch.nn as nn
 
 from vlac.spec import Experiment
 
+from .batch import is_media, needs_video_inputs, resampler_queries
+from .encoders import Projector, SpatioTemporalEncoder, VisualPositionEmbedding
+from .fusion import GatedCrossAttentionLayer, Resampler, StreamWeights, select_stream
+from .heads import ContrastiveHead, FlowHead
 from .layers import MLP, Attention, make_norm
-from .masks import attention_mask
+from .masks import attention_mask, positions
+from .memory import segment_window
 from .moe import MoELayer
 
 
 class Block(nn.Module):
+    """Pre-norm decoder block. forward(x, mask) -> (x, aux, load, dropped); aux/load/dropped are
+    None for a dense block. A dual-stream block also holds `media` (StreamWeights) and takes
+    `stream` [B, S] (1 on tokens of the second stream)."""
+
     def __init__(self, exp: Experiment, index: int, moe: bool):
         super().__init__()
         bb = exp.backbone
@@ -27,35 +39,40 @@ class Block(nn.Module):
         self.mlp_norm = make_norm(bb, bb.hidden)
         self.is_moe = moe
         self.mlp = MoELayer(bb, exp.moe) if moe else MLP(bb)
+        self.media = StreamWeights(bb) if exp.fusion.stream == "dual" else None
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, stream: torch.Tensor | None = None):
+        if self.media is not None:
+            return self._dual(x, mask, stream)
         x = x + self.attn(self.attn_norm(x), mask)
         if self.is_moe:
             y, aux, load, dropped = self.mlp(self.mlp_norm(x))
             return x + y, aux, load, dropped
         return x + self.mlp(self.mlp_norm(x)), None, None, None
 
-
-class Projector(nn.Module):
-    """Continuous signal -> model width: linear, or a 2-layer GELU MLP (LLaVA-1.5 style)."""
-
-    def __init__(self, input_dim: int, hidden: int, kind: str, inner: int | None):
-        super().__init__()
-        if kind == "linear":
-            self.net = nn.Linear(input_dim, hidden)
-        else:
-            self.net = nn.Sequential(nn.Linear(input_dim, inner or hidden), nn.GELU(), nn.Linear(inner or hidden, hidden))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def _dual(self, x, mask, stream):
+        if stream is None:  # e.g. the compiler's per-block trace: both streams still run
+            stream = torch.zeros_like(x[..., 0])
+        m = self.media
+        per_token, per_head = stream.unsqueeze(-1), stream.unsqueeze(-1).unsqueeze(-1)
+        start = self.attn.start
+        q, k, v = self.attn.project(self.attn_norm(x), start)
+        qm, km, vm = m.attn.project(m.attn_norm(x), start)
+        y = self.attn.attend(select_stream(per_head, q, qm), select_stream(per_head, k, km),
+                             select_stream(per_head, v, vm), mask)
+        x = x + select_stream(per_token, self.attn.wo(y), m.attn.wo(y))
+        h_media = m.mlp(m.mlp_norm(x))
+        if self.is_moe:
+            y, aux, load, dropped = self.mlp(self.mlp_norm(x))
+            return x + select_stream(per_token, y, h_media), aux, load, dropped
+        return x + select_stream(per_token, self.mlp(self.mlp_norm(x)), h_media), None, None, None
 
 
 class VLAModel(nn.Module):
-    """Inputs (one dict, so the traced graph has one placeholder):
-    tokens [B,S] unified-vocabulary ids; span [B,S] image-span ids (0 outside a span, used by
-    bidirectional masks); prefix [B,S] 1 on prompt positions (prefix-LM); and per continuous
-    modality m: `m.features` [B,n,input_dim], `m.index` [B,n] sequence positions, `m.present`
-    [B,n] 1 where the sample has the signal."""
+    """Input: one batch dict (the contract of vlac.runtime.batch), so the traced graph has one
+    placeholder. Output dict: logits [B,S,V], hidden [B,S,d] (final-normed), aux_loss (MoE), and
+    with MoE expert_load [L_moe,E], dropped_fraction [L_moe], router_entropy [L_moe]; with late
+    fusion `media` [B,M,d] / `media_mask` [B,M] and, per media modality, its `pooled.<m>` [B,d]."""
 
     def __init__(self, exp: Experiment):
         super().__init__()
@@ -65,67 +82,184 @@ class VLAModel(nn.Module):
         self.vocab_padded = layout.padded
         self.embed = nn.Embedding(layout.padded, bb.hidden)
         self.pos_embed = nn.Embedding(bb.context_length, bb.hidden) if bb.positions == "learned" else None
-        self.projectors = nn.ModuleDict({
-            name: Projector(m.input_dim, bb.hidden, m.projector, m.projector_hidden)
-            for name, m in exp.modalities.items() if m.kind == "continuous"})
+        mods = exp.modalities
+        self.continuous = [n for n, m in mods.items() if m.kind == "continuous"]
+        self.projectors = nn.ModuleDict({n: _continuous_projector(exp, n) for n in self.continuous})
+        self.video = nn.ModuleDict({
+            n: SpatioTemporalEncoder(m, bb) if m.encoder is not None else VisualPositionEmbedding(m, bb.hidden)
+            for n, m in mods.items() if needs_video_inputs(exp, n) or (m.kind == "video" and is_media(exp, n))})
+        self.media_names = [n for n in mods if is_media(exp, n)]
+        fusion = exp.fusion
+        if fusion.mode == "late":
+            self.cross_layers = nn.ModuleDict({
+                str(i): GatedCrossAttentionLayer(bb, fusion.gated)
+                for i in range(0, bb.layers, fusion.cross_attention_every)})
         moe_layers = set(exp.moe.moe_layer_indices(bb.layers)) if exp.moe else set()
         self.layers = nn.ModuleList(Block(exp, i, i in moe_layers) for i in range(bb.layers))
         self.norm = make_norm(bb, bb.hidden)
         self.head = nn.Linear(bb.hidden, layout.padded, bias=False)
         if bb.tied_embeddings:
             self.head.weight = self.embed.weight
-        self.mask_kind = exp.fusion.attention_mask
+        losses = exp.losses
+        if losses.contrastive:
+            self.contrastive = ContrastiveHead(bb.hidden, losses.contrastive)
+        self.flow_name = losses.flow_matching.modality if losses.flow_matching else None
+        if self.flow_name:  # a continuous modality with input_dim == patch_dim (checked by the spec)
+            self.flow = FlowHead(bb.hidden, losses.flow_matching)
+        self.mask_kind = fusion.attention_mask
+        self.segment = (exp.memory.segment_length, exp.memory.memory_tokens)
+        self.dual = fusion.stream == "dual"
+        # dual stream: text (and the specials, index -1) in the first stream, every other modality in the second
+        second_stream = torch.tensor([0.0 if m.kind == "text" else 1.0 for m in mods.values()] + [0.0])
+        self.register_buffer("second_stream", second_stream, persistent=False)  # index -1: specials
+        self.kv_cache = None  # a generate.KVCache while decoding (set by generate.decoding)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # ---- inputs ------------------------------------------------------------------------------
+    def embed_inputs(self, batch: dict[str, torch.Tensor], start: int = 0) -> torch.Tensor:
         tokens = batch["tokens"]
         x = self.embed(tokens)
         if self.pos_embed is not None:
-            x = x + self.pos_embed.weight[: tokens.size(1)]
-        for name, proj in self.projectors.items():
-            x = _write_continuous(x, proj(batch[f"{name}.features"]), batch[f"{name}.index"], batch[f"{name}.present"])
-        mask = attention_mask(self.mask_kind, batch.get("span"), batch.get("prefix"))
+            x = x + torch.narrow(self.pos_embed.weight, 0, start, tokens.size(1))
+        for name, enc in self.video.items():
+            if name in self.media_names:
+                continue
+            index, present, pose = batch[f"{name}.index"], batch[f"{name}.present"], batch[f"{name}.pose"]
+            if isinstance(enc, SpatioTemporalEncoder):
+                codes = x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.size(-1)))
+                x = _add_at(x, enc(codes, pose), index, present)
+            else:
+                x = _add_at(x, enc(pose).expand(x.size(0), -1, -1), index, present)
+        for name in self.continuous:
+            if name in self.media_names:
+                continue
+            out = self._project(name, batch)
+            if name == self.flow_name:
+                out = out + self.flow.embed_time(batch[f"{name}.flow_time"])
+            x = _add_at(x, out, batch[f"{name}.index"], batch[f"{name}.present"])
+        return x
+
+    def _project(self, name: str, batch) -> torch.Tensor:
+        proj = self.projectors[name]
+        feats = batch[f"{name}.features"]
+        if isinstance(proj, Resampler):
+            present = batch[f"{name}.present"][:, :1].expand(-1, feats.size(1))
+            return proj(feats, present)
+        return proj(feats)
+
+    def encode_media(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Late fusion: every media modality to [B, M_m, d] entries, concatenated."""
+        parts, masks, pooled = [], [], {}
+        for name in self.media_names:
+            present = batch[f"{name}.present"]
+            if name in self.projectors:
+                h = self._project(name, batch)
+                if isinstance(self.projectors[name], Resampler):
+                    present = present[:, :1].expand(-1, h.size(1))
+            else:
+                h = self.embed(batch[f"{name}.tokens"])
+                if name in self.video:
+                    enc = self.video[name]
+                    pose = batch[f"{name}.pose"]
+                    h = enc(h, pose) if isinstance(enc, SpatioTemporalEncoder) else h + enc(pose)
+            w = present.to(h.dtype).unsqueeze(-1)
+            pooled[name] = (h * w).sum(1) / w.sum(1).clamp_min(1.0)
+            parts.append(h)
+            masks.append(present)
+        return torch.cat(parts, 1), torch.cat(masks, 1), pooled
+
+    def attention_mask(self, batch: dict[str, torch.Tensor], cache=None) -> torch.Tensor | None:
+        seg, mem = self.segment
+        if cache is None or cache.length == 0:
+            return attention_mask(self.mask_kind, batch.get("span"), batch.get("prefix"), seg, mem)
+        if seg <= 0:
+            return None  # decoding: the new tokens see the whole cache (and each other causally)
+        tokens = batch["tokens"]
+        q_pos = positions(tokens[0], cache.length)
+        k_pos = positions(torch.cat([tokens.new_zeros(cache.length), tokens[0]]))
+        allowed = segment_window(q_pos, k_pos, seg, mem) & (k_pos.unsqueeze(0) <= q_pos.unsqueeze(1))
+        return allowed.unsqueeze(0).unsqueeze(0)
+
+    # ---- forward -----------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        cache = self.kv_cache
+        start = cache.length if cache is not None else 0
+        x = self.embed_inputs(batch, start)
+        out: dict[str, torch.Tensor] = {}
+        media = media_mask = None
+        if self.media_names:
+            if cache is not None and cache.media is not None:
+                media, media_mask = cache.media
+            else:
+                media, media_mask, pooled = self.encode_media(batch)
+                out.update({"media": media, "media_mask": media_mask})
+                out.update({f"pooled.{n}": p for n, p in pooled.items()})
+                if cache is not None:
+                    cache.media = (media, media_mask)
+        mask = self.attention_mask(batch, cache)
+        stream = self.second_stream[batch["modality"]] if self.dual else None
         aux_total = x.new_zeros((), dtype=torch.float32)
-        loads, drops = [], []
-        for block in self.layers:
-            x, aux, load, dropped = block(x, mask)
+        loads, drops, entropies = [], [], []
+        for i, block in enumerate(self.layers):
+            if media is not None and str(i) in self.cross_layers:
+                x = self.cross_layers[str(i)](x, media, media_mask)
+            x, aux, load, dropped = block(x, mask, stream)
             if block.is_moe:  # decided by the config, so the traced graph has no data-dependent branch
                 aux_total = aux_total + aux
                 loads.append(load)
                 drops.append(dropped)
-        logits = self.head(self.norm(x))
-        out = {"logits": logits, "aux_loss": aux_total}
+                entropies.append(block.mlp.router_entropy)
+        if cache is not None:
+            cache.advance(batch["tokens"].size(1))
+        h = self.norm(x)
+        out.update({"logits": self.head(h), "hidden": h, "aux_loss": aux_total})
         if loads:
             out["expert_load"] = torch.stack(loads)
             out["dropped_fraction"] = torch.stack(drops)
+            out["router_entropy"] = torch.stack(entropies)
         return out
 
 
-def _write_continuous(x, projected, index, present):
-    """Add projected vectors at their positions; absent signals add zero (static shapes)."""
-    contrib = projected * present.unsqueeze(-1).to(projected.dtype)
+def _continuous_projector(exp: Experiment, name: str) -> nn.Module:
+    m, bb = exp.modalities[name], exp.backbone
+    queries = resampler_queries(exp, name)
+    if queries:
+        return Resampler(bb, m.input_dim, queries, m.resampler_layers)
+    return Projector(m.input_dim, bb.hidden, m.projector, m.projector_hidden)
+
+
+def _add_at(x: torch.Tensor, values: torch.Tensor, index: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Add values [B,n,d] at sequence positions index [B,n]; absent entries add zero (static shapes)."""
+    contrib = values * present.unsqueeze(-1).to(values.dtype)
     idx = index.unsqueeze(-1).expand(-1, -1, x.size(-1))
     return x + torch.zeros_like(x).scatter_add(1, idx, contrib.to(x.dtype))
 
 
 def build_model(exp: Experiment, device: str | torch.device = "cpu", seed: int | None = None) -> VLAModel:
-    """The model of an experiment, on `cpu`/`cuda` (initialised) or `meta` (shapes only)."""
+    """The model of an experiment, on `cpu`/`cuda` (initialised) or `meta` (shapes only). With
+    `fusion.freeze_lm` the language model (embedding, blocks, final norm, head) is frozen."""
     device = torch.device(device)
     if device.type == "meta":
         with torch.device("meta"):
-            return VLAModel(exp)
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(exp.train.seed if seed is None else seed)
-    try:
-        with torch.device(device):
             model = VLAModel(exp)
-        init_weights(model, exp)
-    finally:
-        torch.random.set_rng_state(gen_state)
+    else:
+        gen_state = torch.random.get_rng_state()
+        torch.manual_seed(exp.train.seed if seed is None else seed)
+        try:
+            with torch.device(device):
+                model = VLAModel(exp)
+            init_weights(model, exp)
+        finally:
+            torch.random.set_rng_state(gen_state)
+    if exp.fusion.mode == "late" and exp.fusion.freeze_lm:
+        for part in (model.embed, model.pos_embed, model.layers, model.norm, model.head):
+            if part is not None:
+                part.requires_grad_(False)
     return model
 
 
 def init_weights(model: VLAModel, exp: Experiment) -> None:
-    """GPT-2 style init: N(0, 0.02), residual output projections scaled by 1/sqrt(2*layers)."""
+    """GPT-2 style init: N(0, 0.02), residual output projections scaled by 1/sqrt(2*layers);
+    routers keep their own scale, gates and temperatures their constructors' values."""
     std = 0.02
     resid_std = std / (2 * exp.backbone.layers) ** 0.5
     for name, p in model.named_parameters():

@@ -1,22 +1,34 @@
-"""Mixture of experts with static-shape, capacity-factor dispatch.
+"""Mixture of experts: fp32 router, capacity-factor dispatch with static shapes, and a dropless
+mode.
 
-Every tensor shape here follows from the input shape and the config, never from routing
-decisions, so the layer traces with torch.fx, propagates on meta tensors, counts FLOPs exactly
-(capacity over-compute included) and splits into pipeline stages. Integer arithmetic on the
-token count is written with // so that, under symbolic tracing, it is recorded in the graph.
+Capacity dispatch: every tensor shape follows from the input shape and the config, never from
+routing decisions, so the layer traces with torch.fx, propagates on meta tensors, counts FLOPs
+exactly (capacity over-compute included) and splits into pipeline stages. Integer arithmetic on
+the token count is written with // so that, under symbolic tracing, it is recorded in the graph.
+
+Dropless (`moe.capacity_factor: null`): each token copy goes to its expert, however uneven the
+load. The expert groups then have data-dependent sizes, so the dispatch is one FX leaf,
+`dropless_experts` (registered with torch.fx.wrap): inputs h [T, d], expert ids [T, k], router
+weights [T, k] and the stacked expert weights; output [T, d]. Inside it the permutation runs
+through `vlac.runtime.kernels.moe_permute` / `moe_unpermute` with backend "auto" (Triton on CUDA,
+PyTorch elsewhere) and the expert GEMMs through `torch._grouped_mm`. Its cost is
+`dropless_expert_flops`; on meta tensors it returns the known output shape without computing.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
 from vlac.spec.architecture import MoE as MoESpec, Backbone
 
+from . import kernels
 from .layers import MLP
 
 _CF_SCALE = 1000  # capacity factor as an integer ratio keeps capacity an exact integer op
+PERMUTE_ALIGN = 16  # rows per expert group padded to 16: what FP8/bf16 grouped GEMMs need
 
 
 class Router(nn.Module):
@@ -62,64 +74,128 @@ class GroupedExperts(nn.Module):
         return torch.bmm(self.drop(h), self.w2)
 
 
+def dropless_experts(h: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor, w1: torch.Tensor,
+                     w3: torch.Tensor | None, w2: torch.Tensor, dropout: float, training: bool) -> torch.Tensor:
+    """Every routed copy through its expert, no capacity limit: permute by expert (padded groups),
+    grouped GEMMs, un-permute with the router weights. An FX leaf (see the module docstring)."""
+    if h.device.type == "meta":  # known shape; the compiler costs it with dropless_expert_flops
+        return torch.empty_like(h).requires_grad_(h.requires_grad or w1.requires_grad)
+    n_experts = w1.size(0)
+    x_perm, meta, _, offsets = kernels.moe_permute(h, idx, n_experts, align=PERMUTE_ALIGN)
+    ends = offsets[1:].to(torch.int32)
+    a = _grouped_mm(x_perm, w1, ends)
+    a = F.silu(a) * _grouped_mm(x_perm, w3, ends) if w3 is not None else F.gelu(a, approximate="tanh")
+    a = F.dropout(a, dropout, training)
+    y_perm = _grouped_mm(a, w2, ends)
+    return kernels.moe_unpermute(y_perm, meta, weights.to(y_perm.dtype))
+
+
+def _grouped_mm(x: torch.Tensor, w: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """Rows ends[e-1]:ends[e] of x times w[e]. torch._grouped_mm where this build and device take
+    it (CPU; CUDA with bf16 on sm90+ and 16-byte aligned rows), else a loop over the groups (one
+    host sync)."""
+    w = w.to(x.dtype)  # under autocast the stored weights may be fp32 while x is bf16
+    if x.device.type == "cpu" or (x.dtype == torch.bfloat16 and x.size(1) % 8 == 0 and w.size(-1) % 8 == 0
+                                  and torch.cuda.get_device_capability(x.device)[0] >= 9):
+        return torch._grouped_mm(x, w, offs=ends)
+    out, start = x.new_zeros(x.size(0), w.size(-1)), 0
+    for e, end in enumerate(ends.tolist()):
+        out[start:end] = x[start:end] @ w[e]
+        start = end
+    return out
+
+
+torch.fx.wrap("dropless_experts")
+
+
+def dropless_expert_flops(tokens: int, top_k: int, hidden: int, ffn: int, swiglu: bool) -> int:
+    """Forward FLOPs of `dropless_experts` (the padding rows of each group excluded)."""
+    return 2 * tokens * top_k * hidden * ffn * (3 if swiglu else 2)
+
+
 class MoELayer(nn.Module):
+    """Routed experts (+ shared experts). forward(x) -> (y, aux, load, dropped): aux is the
+    balancing + z-loss (scalar), load the assignments per expert before dropping [E], dropped the
+    fraction of assignments that overflowed capacity. The mean router entropy of the last forward
+    is kept in the `router_entropy` buffer (a diagnostic outside the fixed return contract)."""
+
     def __init__(self, bb: Backbone, cfg: MoESpec):
         super().__init__()
         self.cfg = cfg
+        self.dropless = cfg.capacity_factor is None
         self.router = Router(bb.hidden, cfg)
         self.experts = GroupedExperts(cfg.experts, bb.hidden, cfg.expert_hidden or bb.d_ffn,
                                       bb.mlp == "swiglu", cfg.expert_dropout)
         shared_width = (cfg.expert_hidden or bb.d_ffn) * cfg.shared_experts
         self.shared = MLP(bb, shared_width) if cfg.shared_experts else None
+        self.register_buffer("router_entropy", torch.zeros(()), persistent=False)
 
     def capacity(self, tokens):
-        """Slots per expert. Dropless keeps every token by giving each expert room for all of
-        them (a token picks an expert at most once), at the price of over-compute."""
+        """Slots per expert: ceil(tokens * top_k / experts * capacity_factor)."""
         e, k = self.cfg.experts, self.cfg.top_k
-        if self.cfg.capacity_factor is None:
-            return tokens
-        cf = int(round(self.cfg.capacity_factor * _CF_SCALE))
+        cf = int(round((self.cfg.capacity_factor or 1.0) * _CF_SCALE))
         return -((-tokens * k * cf) // (e * _CF_SCALE))
 
     def forward(self, x: torch.Tensor):
         b, s, d = x.size(0), x.size(1), x.size(2)
-        e, k = self.cfg.experts, self.cfg.top_k
         h = x.reshape(-1, d)
-        tokens = b * s
-        cap = self.capacity(tokens)
         logits, probs, idx, weights = self.router(h)
-
-        # slot of each (token, choice) inside its expert, first-come first-served in token order
         flat = idx.reshape(-1)
+        load = flat.new_zeros(self.cfg.experts, dtype=torch.float32).scatter_add_(
+            0, flat, torch.ones_like(flat, dtype=torch.float32))  # assignments per expert before dropping
+        if self.dropless:
+            ex = self.experts
+            y = dropless_experts(h, idx, weights, ex.w1, ex.w3, ex.w2, ex.drop.p, self.training)
+            dropped = load.new_zeros(())
+        else:
+            y, dropped = self._capacity_dispatch(h, flat, weights)
+        if self.shared is not None:
+            y = y + self.shared(h)
+        self.router_entropy.copy_(router_entropy(probs.detach(), self.cfg.router))
+        aux = self._aux_loss(logits, probs, load)
+        return y.view(b, s, d), aux, load, dropped
+
+    def _capacity_dispatch(self, h: torch.Tensor, flat: torch.Tensor, weights: torch.Tensor):
+        """Slot of each (token, choice) inside its expert, first come first served in token order;
+        assignments past capacity go to one trash row and contribute zero."""
+        e, k, d = self.cfg.experts, self.cfg.top_k, h.size(1)
+        tokens = h.size(0)
+        cap = self.capacity(tokens)
         onehot = flat.new_zeros(flat.size(0), e).scatter_(1, flat.unsqueeze(1), 1)  # [T*k, E]
         pos = ((onehot.cumsum(0) - 1) * onehot).sum(-1)
         keep = pos < cap
-        trash = e * cap  # one extra row receives every dropped assignment
+        trash = e * cap
         slot = torch.where(keep, flat * cap + pos, torch.full_like(flat, trash))
-
         src = h.repeat_interleave(k, dim=0)
         buf = h.new_zeros(trash + 1, d).index_add(0, slot, src)
         out = self.experts(buf[:trash].view(e, cap, d))
         out = torch.cat([out.reshape(trash, d), h.new_zeros(1, d)], dim=0)[slot]
-        y = (out.view(tokens, k, d) * weights.to(x.dtype).unsqueeze(-1)).sum(1)
-        if self.shared is not None:
-            y = y + self.shared(h)
-
-        load = onehot.sum(0).float()  # assignments per expert before dropping
-        aux = self._aux_loss(logits, probs, load)
-        dropped = 1.0 - keep.float().mean()
-        return y.view(b, s, d), aux, load, dropped
+        y = (out.view(tokens, k, d) * weights.to(h.dtype).unsqueeze(-1)).sum(1)
+        return y, 1.0 - keep.float().mean()
 
     def _aux_loss(self, logits, probs, load):
+        """Switch load balancing E * sum_i f_i * P_i (f: fraction of assignments, P: mean router
+        probability; minimal, = 1, at uniform load) plus the router z-loss mean(logsumexp^2)."""
         cfg = self.cfg
         aux = logits.new_zeros(())
         if cfg.balancing == "aux_loss" and cfg.aux_loss_coef > 0:
-            f = load / load.sum()  # fraction of assignments per expert
+            f = load / load.sum()
             p = probs.mean(0)
             aux = aux + cfg.aux_loss_coef * cfg.experts * (f * p).sum()
         if cfg.z_loss_coef > 0:
             aux = aux + cfg.z_loss_coef * torch.logsumexp(logits, dim=-1).pow(2).mean()
         return aux
+
+
+def router_entropy(probs: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean per-token entropy (nats) of the router distribution: of the softmax over experts, or
+    the summed Bernoulli entropies of independent sigmoid scores. log(E) for a softmax router
+    that has not learned to prefer any expert."""
+    p = probs.clamp_min(1e-9)
+    if kind == "softmax":
+        return -(probs * p.log()).sum(-1).mean()
+    q = (1 - probs).clamp_min(1e-9)
+    return -(probs * p.log() + (1 - probs) * q.log()).sum(-1).mean()
 
 
 @torch.no_grad()

@@ -6,22 +6,25 @@ import math
 
 import torch
 import torch.nn as nn
+from torch.distributed.tensor import DTensor
 
 from vlac.spec import Experiment
 
 
 def build_optimizer(model: nn.Module, exp: Experiment) -> torch.optim.Optimizer:
     """AdamW with weight decay on matrices only (norm gains, biases and the router bias stay
-    undecayed, as in GPT-2/Megatron)."""
+    undecayed, as in GPT-2/Megatron). DTensor parameters (tensor/expert parallel, FSDP) and plain
+    ones go into separate groups: the fused multi-tensor update cannot mix them."""
     o = exp.optimizer
-    decay, no_decay = [], []
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for p in model.parameters():
         if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            groups.setdefault((p.dim() >= 2, isinstance(p, DTensor)), []).append(p)
+    param_groups = [{"params": params, "weight_decay": o.weight_decay if decay else 0.0}
+                    for (decay, _), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))]
     if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.betas[0])
-    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, foreach=True)
+        return torch.optim.SGD(param_groups, lr=o.lr, momentum=o.betas[0])
+    return torch.optim.AdamW(param_groups, lr=o.lr, betas=o.betas, eps=o.eps, foreach=True)
 
 
 def lr_factor(exp: Experiment, step: int) -> float:

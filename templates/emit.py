@@ -15,6 +15,7 @@ from typing import Any
 
 import jinja2
 
+from vlac.runtime.launch import SIGNAL_LEAD_S
 from vlac.spec import Experiment, dump
 
 TEMPLATES = ("train.py", "launch.py", "slurm.sbatch", "README.md")
@@ -62,7 +63,8 @@ def context(exp: Experiment, plan_json: dict[str, Any], version: str) -> dict[st
         "step_time_s": pred["step_time_s"], "mfu": pred["mfu"], "peak_memory_gb": pred["peak_memory_gb"],
         "default_executor": exp.launcher.kind, "partition": exp.launcher.partition,
         "account": exp.launcher.account, "qos": exp.launcher.qos, "time_limit": _slurm_time(exp.launcher.time_limit),
-        "keep_last": exp.train.keep_last,
+        "keep_last": exp.train.keep_last, "max_requeues": exp.launcher.max_requeues,
+        "signal_lead_s": SIGNAL_LEAD_S,  # what vlac.submit asks Slurm for
     }
 
 

@@ -8,6 +8,7 @@
 """
 
 from .api import EXECUTORS, emit, load, lower, plan, submit
+from .search import Search, search
 from .version import __version__
 
-__all__ = ["EXECUTORS", "__version__", "emit", "load", "lower", "plan", "submit"]
+__all__ = ["EXECUTORS", "Search", "__version__", "emit", "load", "lower", "plan", "search", "submit"]

@@ -19,7 +19,8 @@ from vlac.spec import Experiment, SpecError, read_mapping
 from vlac.spec.system import PRESETS, Cluster
 
 from . import api
-from .report import print_graph, print_plan
+from .report import plan_text, print_graph, print_plan
+from .search_cli import search_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compile multimodal training experiments into planned, runnable distributed programs.")
@@ -114,7 +115,10 @@ def compile_(spec: Path = typer.Argument(..., help="spec file"),
              set_: Optional[List[str]] = SetOpt, profile: Optional[str] = ProfileOpt,
              pin: Optional[str] = typer.Option(None, help=f"fix part of the plan, e.g. tp=2,pp=1 (keys: {', '.join(PIN_KEYS)})"),
              cluster: Optional[str] = typer.Option(None, help=f"cluster preset ({', '.join(PRESETS)}) or a cluster file"),
-             graph: bool = typer.Option(False, "--graph", help="also print the per-layer cost table")) -> None:
+             graph: bool = typer.Option(False, "--graph", help="also print the per-layer cost table"),
+             report: Optional[Path] = typer.Option(None, "--report", help="write pictures of the lowered graph "
+                                                   "(graph.html and SVGs) and of the plan (pipeline.svg, memory.svg, "
+                                                   "plan.txt) into this directory")) -> None:
     """Lower, analyse and plan a spec; print the plan and its explanation."""
     def go():
         exp = _load(spec, set_, profile)
@@ -122,6 +126,13 @@ def compile_(spec: Path = typer.Argument(..., help="spec file"),
         cl = _cluster(exp, cluster)
         g = api.lower(exp)
         p = api.plan(exp, cluster=cl, pin=pins, graph=g)
+        if report is not None:
+            from vlac.compiler.graph_report import write_graph_report
+            from vlac.compiler.plan_report import write_plan_pictures
+            paths = list(write_graph_report(g, report)) + write_plan_pictures(p, report)
+            (report / "plan.txt").write_text(plan_text(p))
+            for path in paths + [report / "plan.txt"]:
+                err.print(f"wrote {path}", highlight=False)
         if json_:
             sys.stdout.write(json.dumps(p.to_json(), indent=2, sort_keys=True) + "\n")
             return
@@ -184,6 +195,18 @@ def submit(target: Path = typer.Argument(..., help="spec file, or a program dire
 
 
 @app.command()
+def verify(spec: Path = typer.Argument(..., help="spec file"),
+           layouts: str = typer.Option("dp2,fsdp2,tp2,pp2,ep2", help="comma-separated layouts, e.g. dp2,fsdp2,tp2,pp2+v2,ep2,dp2xtp2"),
+           steps: int = typer.Option(10, help="optimiser steps per run"),
+           tolerance: float = typer.Option(1e-4, help="largest relative difference to the single process"),
+           set_: Optional[List[str]] = SetOpt, profile: Optional[str] = ProfileOpt) -> None:
+    """Run the spec (its tiny profile when large) under each layout on local CPU processes and compare with one process."""
+    from .verify import command
+
+    raise typer.Exit(command(spec, layouts, steps, tolerance, set_ or (), profile))
+
+
+@app.command()
 def schema(output: Optional[Path] = typer.Option(None, "-o", "--out", help="write to a file instead of stdout")) -> None:
     """Print the JSON Schema of the spec (for editor completion)."""
     text = json.dumps(Experiment.model_json_schema(), indent=2, sort_keys=True) + "\n"
@@ -191,6 +214,9 @@ def schema(output: Optional[Path] = typer.Option(None, "-o", "--out", help="writ
         output.write_text(text)
     else:
         sys.stdout.write(text)
+
+
+app.command(name="search")(search_command)  # `vlac search`: defined beside the search API
 
 
 def main() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 from rich.console import Console
 from rich.table import Table
 
@@ -14,6 +16,10 @@ def _si(x: float, unit: str = "") -> str:
         if abs(x) >= factor:
             return f"{x / factor:.2f} {prefix}{unit}"
     return f"{x:.3g} {unit}".strip()
+
+
+def _seconds(x: float) -> str:
+    return f"{x:.3f} s" if x >= 0.1 else f"{x * 1e3:.3g} ms"
 
 
 def print_graph(con: Console, g: Graph) -> None:
@@ -32,43 +38,75 @@ def print_plan(con: Console, p: Plan) -> None:
     j = p.to_json()
     m, pl, pr = j["model"], j["plan"], j["predicted"]
     con.print(f"[bold]{p.experiment}[/]: {_si(m['params_total'])} parameters ({_si(m['params_active'])} active), "
-              f"{_si(m['flops_per_token'], 'FLOP')} per token; {j['cluster']['gpus']} x {j['cluster']['gpu']}",
+              f"{_si(m['flops_per_token'], 'FLOP')} per token (forward + backward); {j['cluster']['gpus']} x "
+              f"{j['cluster']['gpu']} ({j['cluster']['nodes']} nodes of {j['cluster']['gpus_per_node']})",
               highlight=False)
     if not p.feasible:
-        con.print("[bold red]no layout fits in memory[/]; closest:", highlight=False)
+        con.print("[bold red]no layout fits in memory[/]; the closest layout is shown. What would make it fit:",
+                  highlight=False)
         for tip in p.advice:
             con.print(f"  - {tip}", highlight=False)
+    for note in p.pin_notes:
+        con.print(f"[yellow]pins:[/] {note}", highlight=False)
     est = p.chosen
     layout = Table(title="Plan", show_header=False)
     layout.add_row("layout", est.layout.short())
-    layout.add_row("mesh (outer -> inner)", " x ".join(f"{d}{pl[d]}" for d in pl["mesh_order"]) + f", ep{pl['ep']} folded")
+    layout.add_row("mesh (outer -> inner)", " x ".join(f"{d}{pl[d]}" for d in pl["mesh_order"])
+                   + f", experts: ep{pl['ep']} x etp{pl['expert_tensor_parallel']} folded over tp x cp x dp")
+    for group, where in pr["placement"].items():
+        layout.add_row(f"  {group} group", where)
     layout.add_row("micro-batches", f"{pl['num_microbatches']} x {pl['microbatch_size']} sequences")
-    layout.add_row("pipeline stages", "; ".join(f"{c[0]}..{c[-1]}" for c in pl["stage_split"]))
-    layout.add_row("step time", f"{pr['step_time_s']:.3f} s")
-    layout.add_row("tokens/s", f"{pr['tokens_per_s']:,.0f}")
-    layout.add_row("MFU", f"{pr['mfu'] * 100:.1f} %  ({pr['tflops_per_gpu']:.0f} TFLOP/s per GPU)")
-    layout.add_row("training", f"{pr['total_steps']:,} steps, {pr['training_days']:.2f} days, {pr['gpu_hours']:,.0f} GPU-hours")
+    if pl["pp"] > 1:
+        layout.add_row("pipeline", f"{pl['schedule']}, {pl['virtual_stages']} chunk(s) per rank; chunks "
+                       + "; ".join(f"{c[0]}..{c[-1]}" for c in pl["stage_split"]))
+    layout.add_row("recompute per stage", ", ".join(pl["recompute_per_stage"]))
+    layout.add_row("step time", _seconds(pr["step_time_s"]))
+    layout.add_row("tokens/s", f"{pr['tokens_per_s']:,.0f} ({pr['tokens_per_s'] / j['cluster']['gpus']:,.0f} per GPU)")
+    layout.add_row("MFU", f"{pr['mfu'] * 100:.1f} % of BF16 peak ({pr['tflops_per_gpu']:.0f} model TFLOP/s per GPU)")
+    layout.add_row("training", f"{pr['total_steps']:,} steps, {pr['training_days']:.2f} days, "
+                               f"{pr['gpu_hours']:,.0f} GPU-hours")
     fp8 = j["fp8"]
     if fp8["enabled"]:
         layout.add_row("FP8", f"{fp8['recipe']['name']} {fp8['recipe']['format']}, {fp8['gemm_flops_share'] * 100:.0f} % of "
-                              f"GEMM FLOPs, predicted speedup x{fp8.get('predicted_speedup', 1):.2f}")
-    layout.add_row("search", f"{p.evaluated:,} layouts costed, {p.pruned:,} pruned, {p.plan_seconds:.2f} s")
+                              f"GEMM FLOPs, predicted speedup x{fp8.get('predicted_speedup', 1):.2f} over BF16")
+    elif fp8.get("off_reason"):
+        layout.add_row("FP8", fp8["off_reason"])
+    search = j["search"]
+    layout.add_row("search", f"{search.get('legal', p.evaluated + p.pruned):,} legal layouts: {p.evaluated:,} costed, "
+                             f"{p.pruned:,} pruned ({search.get('pruned_over_memory', 0):,} over memory, "
+                             f"{sum(search.get('pruned_dominated', {}).values()):,} dominated) in {p.plan_seconds:.2f} s")
     con.print(layout)
 
-    mem = Table(title="Memory per GPU")
+    mem = Table(title=f"Memory per GPU (peak rank; usable {j['cluster']['usable_memory_gb']:.1f} GB after "
+                      f"{j['cluster'].get('memory_headroom_gb', 0):.1f} GB headroom)")
     mem.add_column("part")
     mem.add_column("GB", justify="right")
+    mem.add_column("share", justify="right")
+    total = pr["memory_gb"]["total"] or 1.0
     for k, v in pr["memory_gb"].items():
-        mem.add_row(k, f"{v:.2f}")
-    mem.add_row("usable", f"{j['cluster']['usable_memory_gb']:.2f}")
-    tim = Table(title="Step time")
+        if k != "total":
+            mem.add_row(k, f"{v:.2f}", f"{v / total * 100:.1f} %")
+    mem.add_row("total", f"{pr['memory_gb']['total']:.2f}", "")
+    tim = Table(title="Step time (critical pipeline rank)")
     tim.add_column("part")
     tim.add_column("s", justify="right")
     tim.add_column("share", justify="right")
     for k, v in pr["time_s"].items():
         tim.add_row(k, f"{v:.4f}", f"{v / pr['step_time_s'] * 100:.1f} %")
+    tim.add_row("total", f"{pr['step_time_s']:.4f}", "")
     con.print(mem)
     con.print(tim)
+    if len(pr["stages"]) > 1:
+        st = Table(title="Pipeline ranks (one micro-batch)")
+        for col in ("rank", "layers", "fwd ms", "bwd ms", "recompute", "memory GB"):
+            st.add_column(col, justify="right")
+        per_rank: dict[int, list[int]] = {}
+        for c, chunk in enumerate(pl["stage_split"]):
+            per_rank.setdefault(c % pl["pp"], []).extend(x for x in chunk if 0 <= x < m["layers"])
+        for s, rc in zip(pr["stages"], pl["recompute_per_stage"]):
+            st.add_row(str(s["rank"]), str(len(per_rank.get(s["rank"], []))), f"{s['fwd'] * 1e3:.2f}",
+                       f"{s['bwd'] * 1e3:.2f}", rc, f"{sum(s['memory'].values()) / 1e9:.1f}")
+        con.print(st)
 
     if p.alternatives:
         alt = Table(title="Alternatives (best of each other family)")
@@ -78,7 +116,7 @@ def print_plan(con: Console, p: Plan) -> None:
             alt.add_row(a["summary"], f"{a['step_time_s']:.3f}", f"{a['mfu'] * 100:.1f} %", f"{a['peak_memory_gb']:.1f}")
         con.print(alt)
     if p.rejected:
-        rej = Table(title="Rejected families")
+        rej = Table(title="Rejected families (closest first)")
         rej.add_column("family")
         rej.add_column("why")
         for r in p.rejected[:12]:
@@ -86,3 +124,10 @@ def print_plan(con: Console, p: Plan) -> None:
         if len(p.rejected) > 12:
             rej.add_row("...", f"{len(p.rejected) - 12} more in --json")
         con.print(rej)
+
+
+def plan_text(p: Plan, width: int = 140) -> str:
+    """The compile tables as plain text (for `vlac compile --report DIR`)."""
+    con = Console(record=True, width=width, file=io.StringIO(), color_system=None)
+    print_plan(con, p)
+    return con.export_text()

@@ -1,0 +1,167 @@
+"""The process layout of a plan: parallel degrees, a named DeviceMesh, and this rank's place in it.
+
+The world is laid out as (pp, dp_replicate, dp_shard, cp, tp), outermost to innermost, as the
+plan's `mesh_order` says: tensor parallelism on adjacent ranks (inside the NVLink domain), then
+context, data, and pipeline stages outermost. The plan's `dp` is either replicated (zero 0: DDP or
+HSDP with a shard group of one) or sharded (zero >= 1: FSDP2). Expert parallelism is folded out of
+the data dimension: the dp ranks split into `edp` groups of `ep` adjacent ranks; the experts are
+sharded over an `ep` group and replicated over `edp`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+MESH_DIMS = ("pp", "dp_replicate", "dp_shard", "cp", "tp")
+EXPERT_MESH_DIMS = ("pp", "edp", "ep", "cp", "tp")
+SCHEDULES = ("1f1b", "interleaved_1f1b", "gpipe")
+
+
+class LayoutError(RuntimeError):
+    """A plan this runtime cannot run as written, or one that does not match the processes."""
+
+
+@dataclass(frozen=True)
+class ParallelDims:
+    pp: int
+    dp_replicate: int
+    dp_shard: int
+    cp: int
+    tp: int
+    ep: int
+    zero: int
+    sequence_parallel: bool
+    schedule: str
+    virtual_stages: int
+    etp: int = 1
+    recompute: tuple[str, ...] = ("none",)  # per pipeline rank
+
+    @classmethod
+    def from_plan(cls, plan: dict[str, Any]) -> "ParallelDims":
+        """`plan` is plan.json (or its "plan" section)."""
+        p = plan.get("plan", plan)
+        sharded = p["zero"] >= 1
+        return cls(pp=p["pp"], dp_replicate=1 if sharded else p["dp"], dp_shard=p["dp"] if sharded else 1,
+                   cp=p["cp"], tp=p["tp"], ep=p["ep"], zero=p["zero"],
+                   sequence_parallel=bool(p["sequence_parallel"]) and p["tp"] > 1,
+                   schedule=p["schedule"], virtual_stages=p["virtual_stages"],
+                   etp=p.get("expert_tensor_parallel", 1),
+                   recompute=tuple(p.get("recompute_per_stage") or [p["recompute"]] * p["pp"]))
+
+    @property
+    def dp(self) -> int:
+        return self.dp_replicate * self.dp_shard
+
+    @property
+    def world(self) -> int:
+        return self.pp * self.dp * self.cp * self.tp
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.pp, self.dp_replicate, self.dp_shard, self.cp, self.tp)
+
+    def summary(self) -> str:
+        parts = [f"{name} {size}" for name, size in zip(MESH_DIMS, self.shape) if size > 1]
+        if self.ep > 1:
+            parts.append(f"ep {self.ep} (within dp)")
+        return " x ".join(parts) or "single process"
+
+    def check(self, world: int) -> None:
+        """Fail before any work when the processes or the plan do not fit this runtime; every
+        message names the plan field and how to fix it."""
+        if self.world != world:
+            raise LayoutError(
+                f"plan.json needs {self.world} processes (pp {self.pp} x dp {self.dp} x cp {self.cp} x tp {self.tp}) "
+                f"but {world} were started; submit with {self.world} tasks, or re-plan for {world} GPUs "
+                f"(vlac emit ... --pin dp=...,tp=...,pp=...)")
+        if self.cp > 1:
+            raise LayoutError(f"plan.cp = {self.cp}: context parallelism is not implemented by this runtime yet; "
+                              f"re-plan with --pin cp=1")
+        if self.etp > 1:
+            raise LayoutError(f"plan.expert_tensor_parallel = {self.etp}: experts run unsharded on every "
+                              f"tensor-parallel rank in this runtime; re-plan with --pin etp=1")
+        if len(self.recompute) != self.pp:
+            raise LayoutError(f"plan.recompute_per_stage lists {len(self.recompute)} policies for pp = {self.pp} "
+                              f"pipeline ranks; re-emit the program")
+        if self.ep > 1 and self.dp % self.ep:
+            raise LayoutError(f"plan.ep = {self.ep} must divide plan.dp = {self.dp}: expert parallelism is folded "
+                              f"out of the data-parallel ranks; re-plan with --pin ep=<a divisor of dp>")
+        if self.pp > 1 and self.schedule not in SCHEDULES:
+            raise LayoutError(f"plan.schedule = {self.schedule!r} is not run by this runtime; choose one of "
+                              f"{', '.join(SCHEDULES)} (--pin schedule=1f1b)")
+        if self.pp > 1 and (self.virtual_stages > 1) != (self.schedule == "interleaved_1f1b"):
+            raise LayoutError(f"plan.virtual_stages = {self.virtual_stages} with plan.schedule = {self.schedule!r}: "
+                              f"only interleaved_1f1b uses more than one stage per rank")
+
+
+@dataclass
+class Mesh:
+    """The world mesh (None for a single process) and the expert mesh (None without EP)."""
+
+    dims: ParallelDims
+    world: DeviceMesh | None
+    experts: DeviceMesh | None
+
+    def _coord(self, name: str) -> int:
+        if self.world is None:
+            return 0
+        return self.world.get_local_rank(name)
+
+    @property
+    def pp_rank(self) -> int:
+        return self._coord("pp")
+
+    @property
+    def tp_rank(self) -> int:
+        return self._coord("tp")
+
+    @property
+    def dp_rank(self) -> int:
+        """Index among the data-parallel replicas: which slice of the global batch this rank reads."""
+        return self._coord("dp_replicate") * self.dims.dp_shard + self._coord("dp_shard")
+
+    def size(self, name: str) -> int:
+        return self.dims.shape[MESH_DIMS.index(name)]
+
+    def sub(self, *names: str) -> DeviceMesh:
+        """The sub-mesh over `names` of the world mesh (multi-process runs only)."""
+        assert self.world is not None, "a single process has no device mesh"
+        return self.world[names[0]] if len(names) == 1 else self.world[names]
+
+    def group(self, name: str) -> dist.ProcessGroup | None:
+        """Process group of one world-mesh dimension, None when it has a single rank."""
+        if self.world is None or self.size(name) == 1:
+            return None
+        return self.world.get_group(name)
+
+    @property
+    def ep_mesh(self) -> DeviceMesh | None:
+        return None if self.experts is None else self.experts["ep"]
+
+    @property
+    def edp_group(self) -> dist.ProcessGroup | None:
+        """Ranks that hold the same experts (and see different data): expert gradients are summed here."""
+        if self.experts is None or self.dims.dp // self.dims.ep == 1:
+            return None
+        return self.experts.get_group("edp")
+
+
+def build_mesh(dims: ParallelDims, device_type: str) -> Mesh:
+    """Every rank calls this with the same plan (it creates process groups)."""
+    if dims.world == 1:
+        return Mesh(dims, None, None)
+    if not dist.is_initialized():
+        raise LayoutError(f"the plan needs {dims.world} processes but torch.distributed is not initialised; "
+                          f"call vlac.runtime.distributed.setup() first")
+    world = init_device_mesh(device_type, dims.shape, mesh_dim_names=MESH_DIMS)
+    experts = None
+    if dims.ep > 1:
+        # same ranks, the dp coordinate split into (edp, ep) with ep innermost (adjacent ranks)
+        ranks = torch.arange(dims.world).view(dims.pp, dims.dp // dims.ep, dims.ep, dims.cp, dims.tp)
+        experts = DeviceMesh(device_type, ranks, mesh_dim_names=EXPERT_MESH_DIMS)
+    return Mesh(dims, world, experts)

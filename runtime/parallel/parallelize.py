@@ -1,0 +1,137 @@
+"""Apply a plan to a model: one entry point, in the order that composes.
+
+    tensor/sequence parallel -> expert parallel -> FP8 -> activation recompute
+        -> pipeline stages -> data parallel (DDP, or FSDP2 per block and per stage)
+
+Every rank builds the same initialised model (same seed), so sharding it reproduces exactly the
+single-process parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from vlac.spec import Experiment
+
+from ..distributed import DistEnv
+from ..precision import Precision
+from .activation_checkpoint import apply_activation_checkpointing
+from .data_parallel import replicate_module, shard_module, uses_ddp
+from .expert_parallel import apply_expert_parallel, reduce_expert_grads, rescale_expert_grads, shard_experts_over_edp
+from .grads import clip_, grad_norm
+from .mesh import LayoutError, Mesh, ParallelDims, build_mesh
+from .pipeline import build_pipeline
+from .runner import DirectRunner
+from .stats import StepStats
+from .tensor_parallel import apply_tensor_parallel
+
+
+@dataclass
+class ParallelModel:
+    """The model as laid out on this rank.
+
+    `model` holds every parameter this rank trains under the names of the whole model (give it to
+    the optimiser and to checkpoints); `forward_backward` runs one step's micro-batches and leaves
+    the gradients ready for the optimiser."""
+
+    model: nn.Module
+    mesh: Mesh
+    runner: Any
+    precision: Precision
+    moe_rows: dict[int, int]
+    expert_params: list[nn.Parameter] = field(default_factory=list)  # EP, gradients reduced here
+    fsdp_expert_params: list[nn.Parameter] = field(default_factory=list)  # EP under FSDP over edp
+
+    @property
+    def dims(self) -> ParallelDims:
+        return self.mesh.dims
+
+    @property
+    def owns_loss(self) -> bool:
+        """One tensor-parallel rank reports the loss (all compute the same one)."""
+        return self.mesh.tp_rank == 0
+
+    def forward_backward(self, batches: list[dict[str, torch.Tensor]]) -> StepStats:
+        stats = self.runner.forward_backward(batches)
+        self.reduce_expert_grads()
+        return stats.all_reduce(self.owns_loss)
+
+    def reduce_expert_grads(self) -> None:
+        if self.expert_params:
+            reduce_expert_grads(self.expert_params, self.mesh.edp_group, self.dims.dp)
+        if self.fsdp_expert_params:
+            rescale_expert_grads(self.fsdp_expert_params, 1.0 / self.dims.ep)
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def grad_norm(self) -> float:
+        return grad_norm(self.parameters(), self.mesh.group("pp"))
+
+    def clip_(self, max_norm: float, norm: float) -> None:
+        clip_(self.parameters(), max_norm, norm)
+
+    def moe_layers(self) -> list[tuple[int, nn.Module]]:
+        """(row among all MoE layers, layer) for the MoE layers this rank holds."""
+        layers = self.model.layers
+        items = layers.items() if isinstance(layers, nn.ModuleDict) else enumerate(layers)
+        return [(self.moe_rows[int(i)], block.mlp) for i, block in items if int(i) in self.moe_rows]
+
+
+def moe_rows(model: nn.Module) -> tuple[dict[int, int], int]:
+    """Layer index -> position among the MoE layers, and the number of experts."""
+    rows, experts = {}, 0
+    for i, block in enumerate(model.layers):
+        if hasattr(block.mlp, "router") and hasattr(block.mlp, "experts"):
+            rows[i] = len(rows)
+            experts = block.mlp.router.weight.size(0)
+    return rows, experts
+
+
+def parallelize(model: nn.Module, exp: Experiment, plan: dict[str, Any], env: DistEnv,
+                fp8_backend: str = "auto") -> ParallelModel:
+    """Lay `model` (built identically on every rank) out as plan.json says."""
+    dims = ParallelDims.from_plan(plan)
+    dims.check(env.world)
+    mesh = build_mesh(dims, env.device.type)
+    precision = Precision.for_run(exp, plan, env.device, fp8_backend)
+    rows, n_experts = moe_rows(model)
+
+    if dims.tp > 1:
+        apply_tensor_parallel(model, mesh.sub("tp"), dims.sequence_parallel)
+    expert_params = apply_expert_parallel(model, mesh.ep_mesh) if dims.ep > 1 else []
+    if precision.fp8 != "none" and dims.tp > 1:
+        raise LayoutError("plan.fp8 with plan.tp > 1: the FP8 GEMMs of this runtime (torchao Float8Linear, "
+                          "TransformerEngine Linear) are not combined with DTensor tensor parallelism yet; "
+                          "re-plan with --pin tp=1 or disable precision.fp8")
+    precision.convert(model, plan)
+    # per pipeline rank (the planner may recompute more on early stages, which hold more activations)
+    apply_activation_checkpointing(model, dims.recompute[mesh.pp_rank])
+
+    fsdp_experts: list[nn.Parameter] = []
+    if expert_params and dims.zero >= 1 and mesh.edp_group is not None:
+        # sharded like the rest of the model; FSDP then reduces their gradients over edp
+        before, fsdp_experts = shard_experts_over_edp(model, mesh.experts["edp"], dims.zero >= 3)
+        expert_params = [q for q in expert_params if all(q is not b for b in before)]
+    ignored = set(expert_params)
+    if dims.pp > 1:
+        def shard(stage_module, blocks):
+            if dims.dp > 1:
+                shard_module(stage_module, blocks, mesh, ignored)
+        runner, holder = build_pipeline(exp, model, plan, mesh, rows, n_experts, precision.forward_context,
+                                        env.device, shard)
+        return ParallelModel(holder, mesh, runner, precision, rows, expert_params, fsdp_experts)
+
+    wrapped = model
+    if uses_ddp(mesh):
+        # per-modality clipping averages each modality's gradient itself (modality_clip.py)
+        if not exp.optimizer.per_modality_clip:
+            wrapped = replicate_module(model, env.device)
+    elif dims.dp > 1:
+        shard_module(model, list(model.layers), mesh, ignored)
+    runner = DirectRunner(exp, wrapped, dims.dp, list(rows.values()), n_experts, precision.forward_context, env.device)
+    return ParallelModel(model, mesh, runner, precision, rows, expert_params, fsdp_experts)

@@ -1,0 +1,112 @@
+"""Precision chosen at run time: FP8 backend selection, the TransformerEngine recipe (checked
+against a stand-in module, CI has no CUDA), the torchao conversion, and an FP8 run on CPU."""
+
+import runpy
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+import vlac
+from vlac.runtime.model import build_model
+from vlac.runtime.precision import Precision, fp8_backend, fp8_module_names, te_recipe
+from vlac.spec.system import Cluster
+
+TINY = Path(__file__).resolve().parents[3] / "examples" / "tiny_vla.yaml"
+FP8 = ["precision.fp8.enabled=true", "precision.fp8.keep_first_last_bf16=false"]
+ONE_GPU = Cluster.model_validate({"preset": "h100-sxm", "nodes": 1, "gpus_per_node": 1})
+
+
+def test_backend_follows_the_device_and_the_plan(monkeypatch):
+    monkeypatch.delenv("VLAC_FP8_BACKEND", raising=False)
+    assert fp8_backend("cuda", enabled=True, te_installed=True) == "transformer_engine"
+    assert fp8_backend("cuda", enabled=True, te_installed=False) == "torchao"
+    assert fp8_backend("cpu", enabled=True, te_installed=True) == "torchao"
+    assert fp8_backend("cuda", enabled=False) == "none"
+    assert fp8_backend("cuda", enabled=True, prefer="torchao") == "torchao"
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        fp8_backend("cpu", enabled=True, prefer="transformer_engine")
+    with pytest.raises(ValueError, match="choose one of auto, none, torchao, transformer_engine"):
+        fp8_backend("cpu", enabled=True, prefer="fp4")
+    monkeypatch.setenv("VLAC_FP8_BACKEND", "torchao")
+    assert fp8_backend("cuda", enabled=True, te_installed=True) == "torchao"
+
+
+def test_transformer_engine_is_not_imported_by_a_cpu_run():
+    exp = vlac.load(TINY, FP8)
+    plan = vlac.plan(exp, cluster=ONE_GPU, pin={"dp": 1}).to_json()
+    prec = Precision.for_run(exp, plan, torch.device("cpu"))
+    assert prec.fp8 == "torchao" and prec.dtype == "fp32"
+    with prec.forward_context():
+        pass
+    assert "transformer_engine" not in sys.modules
+
+
+class _Recipe:
+    def __init__(self, **kw):
+        self.kw = kw
+
+
+@pytest.fixture
+def fake_te(monkeypatch):
+    """A stand-in for transformer_engine.common.recipe with the classes' documented signatures."""
+    recipe = types.ModuleType("transformer_engine.common.recipe")
+    recipe.Format = types.SimpleNamespace(HYBRID="HYBRID", E4M3="E4M3")
+    for name in ("DelayedScaling", "Float8CurrentScaling", "Float8BlockScaling", "MXFP8BlockScaling"):
+        setattr(recipe, name, type(name, (_Recipe,), {}))
+    common = types.ModuleType("transformer_engine.common")
+    common.recipe = recipe
+    te = types.ModuleType("transformer_engine")
+    te.common = common
+    monkeypatch.setitem(sys.modules, "transformer_engine", te)
+    monkeypatch.setitem(sys.modules, "transformer_engine.common", common)
+    monkeypatch.setitem(sys.modules, "transformer_engine.common.recipe", recipe)
+    return recipe
+
+
+def test_plan_recipes_become_transformer_engine_recipes(fake_te):
+    r = te_recipe({"name": "DelayedScaling", "format": "HYBRID", "margin": 1, "amax_history_len": 16,
+                   "amax_compute_algo": "most_recent"})
+    assert type(r).__name__ == "DelayedScaling"
+    assert r.kw == {"margin": 1, "fp8_format": "HYBRID", "amax_history_len": 16, "amax_compute_algo": "most_recent"}
+    assert te_recipe({"name": "Float8CurrentScaling", "format": "E4M3"}).kw == {"fp8_format": "E4M3"}
+    assert te_recipe({"name": "Float8BlockScaling", "format": "HYBRID"}).kw == {"fp8_format": "E4M3"}
+    with pytest.raises(ValueError, match="TransformerEngine recipes: DelayedScaling"):
+        te_recipe({"name": "NVFP4"})
+
+
+def test_the_planned_gemms_are_the_ones_converted_on_cpu():
+    exp = vlac.load(TINY, FP8)
+    plan = vlac.plan(exp, cluster=ONE_GPU, pin={"dp": 1}).to_json()
+    model = build_model(exp)
+    names = fp8_module_names(model, plan)
+    assert "layers.0.attn.wq" in names and "layers.1.mlp.shared.w2" in names
+    assert "head" not in names and not any("router" in n for n in names)  # kept in higher precision
+    prec = Precision.for_run(exp, plan, torch.device("cpu"))
+    assert prec.convert(model, plan) == names
+    from torchao.float8.float8_linear import Float8Linear
+    converted = {n for n, m in model.named_modules() if isinstance(m, Float8Linear)}
+    assert converted == set(names)
+
+
+@pytest.mark.slow
+def test_fp8_training_on_cpu_follows_the_fp32_run(tmp_path, monkeypatch):
+    """torchao float8 (tensorwise scaling, torch._scaled_mm on CPU: slow, hence a 4-sequence
+    batch) against fp32, same data and init."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    losses = {}
+    for fp8 in (False, True):
+        exp = vlac.load(TINY, FP8[1:] + [f"precision.fp8.enabled={str(fp8).lower()}", "train.global_batch_tokens=192",
+                                         "train.steps=8", "parallelism.dp=1", "parallelism.microbatch_size=4"])
+        plan = vlac.plan(exp, cluster=ONE_GPU, pin={"dp": 1, "microbatch_size": 4})
+        assert plan.to_json()["plan"]["fp8"] is fp8
+        program = vlac.emit(exp, plan, tmp_path / f"fp8_{fp8}")
+        result = runpy.run_path(str(program / "train.py"))["main"](out_dir=tmp_path / f"run_{fp8}")
+        losses[fp8] = result["losses"]
+    ref, got = losses[False], losses[True]
+    assert got != ref  # FP8 GEMMs really ran
+    assert got[-1] < 0.9 * got[0]  # it trains
+    assert max(abs(a - b) / b for a, b in zip(got, ref)) < 0.02, (got, ref)

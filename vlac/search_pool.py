@@ -1,0 +1,125 @@
+"""Evaluating many candidates: in this process, or on a pool of processes (one per core by
+default) with a rich progress bar. Candidates that share a lowered-graph family go to the same
+worker, so each family is lowered once per worker; results come back in candidate order, so they
+do not depend on the number of workers."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any, Callable, Mapping, Sequence
+
+from vlac.compiler.graph_cache import PER_LAYER_FIELDS, PLAN_ONLY_FIELDS, GraphCache
+
+from .search_eval import Evaluator, Result
+from .search_space import Candidate, SearchError, params_key
+
+_WORKER: Evaluator | None = None
+
+
+def _init_worker(evaluator: Evaluator) -> None:
+    global _WORKER
+    import torch
+
+    torch.set_num_threads(1)  # one process per core; intra-op threads would oversubscribe
+    _WORKER = evaluator
+    _WORKER.cache = GraphCache()
+
+
+def _run_chunk(chunk: list[Candidate]) -> list[Result]:
+    assert _WORKER is not None
+    return [_WORKER.evaluate(c) for c in chunk]
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _family(params: Mapping[str, Any]) -> str:
+    """Candidates that share a lowered graph family (differing only in depth-like or plan-only
+    fields) go to the same worker, so each family is lowered once."""
+    derivable = PER_LAYER_FIELDS + PLAN_ONLY_FIELDS
+    kept = {p: v for p, v in params.items() if not any(p == f or p.startswith(f + ".") for f in derivable)}
+    return params_key(kept)
+
+
+def _chunks(cands: Sequence[Candidate], workers: int) -> list[list[Candidate]]:
+    groups: dict[str, list[Candidate]] = {}
+    for c in cands:
+        groups.setdefault(_family(c.params), []).append(c)
+    size = max(1, min(16, math.ceil(len(cands) / (4 * workers))))
+    return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
+
+
+def evaluate_all(evaluator: Evaluator, cands: Sequence[Candidate], workers: int | None = None,
+                 progress: bool | None = None, status: Callable[[Sequence[Result]], str] | None = None) -> list[Result]:
+    """Evaluate candidates, in parallel when `workers` > 1; results in candidate order."""
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise SearchError(f"workers must be at least 1, got {workers}")
+    workers = min(workers, max(1, len(cands)))
+    show = sys.stderr.isatty() if progress is None else progress
+    done: list[Result] = []
+    with _Progress(show, len(cands), status) as bar:
+        if workers == 1:
+            bar.start()
+            for c in cands:
+                done.append(evaluator.evaluate(c))
+                bar.advance(done, 1)
+        else:
+            # fork shares the parent's imported torch and any user functions; spawn re-imports
+            start = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context(start), initializer=_init_worker,
+                                     initargs=(evaluator,)) as pool:
+                futures = [pool.submit(_run_chunk, chunk) for chunk in _chunks(cands, workers)]
+                bar.start()  # after the workers are forked: the display thread must not be forked
+                try:
+                    for fut in as_completed(futures):
+                        chunk = fut.result()
+                        done.extend(chunk)
+                        bar.advance(done, len(chunk))
+                except BaseException:  # a definition error in a worker, or Ctrl-C: drop what has not started
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
+    return sorted(done, key=lambda r: r.index)
+
+
+class _Progress:
+    """A rich progress bar on stderr (or nothing)."""
+
+    def __init__(self, show: bool, total: int, status: Callable[[Sequence[Result]], str] | None):
+        self.show, self.total, self.status = show, total, status
+        self._bar = None
+        self._task = None
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def start(self) -> None:
+        if not self.show or self._bar is not None:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(TextColumn("search"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                             TextColumn("{task.description}"), console=Console(stderr=True), transient=False)
+        self._bar.start()
+        self._task = self._bar.add_task("", total=self.total)
+
+    def advance(self, done: Sequence[Result], n: int) -> None:
+        self.start()
+        if self._bar is not None:
+            self._bar.update(self._task, advance=n, description=self.status(done) if self.status else "")
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+__all__ = ["default_workers", "evaluate_all"]

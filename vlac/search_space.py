@@ -1,0 +1,273 @@
+"""The space of an architecture search: which spec fields vary, over which values.
+
+A space maps dotted spec paths to values:
+
+    moe.experts: [8, 16, 32, 64]              # a list: one of these (grid axis or uniform choice)
+    moe.top_k: {choice: [1, 2]}               # the same, spelt out
+    optimizer.lr: {range: [1.0e-4, 1.0e-3], log: true}   # random search: log-uniform float
+    backbone.layers: {range: [12, 36], step: 4}          # ints from 12 to 36 step 4 (grid or random)
+    backbone.hidden,backbone.heads: [[2048, 16], [2560, 20]]   # tied fields vary together
+    cluster.nodes: 32                         # a single value: set for every candidate
+
+Candidates are plain `{path: value}` mappings applied to the base spec before validation, so any
+field of the spec can be searched and every candidate is checked by the same rules as a spec file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import json
+import math
+import random
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+from pydantic import BaseModel
+
+from vlac.spec import Experiment
+
+
+class SearchError(ValueError):
+    """A bad search definition (space, objective, constraint, strategy): names the entry, what
+    is wrong and how to fix it. Failures of single candidates are results, never this."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point of the space: `params` maps dotted spec paths to the values it sets."""
+
+    index: int
+    params: dict[str, Any]
+
+    def key(self) -> str:
+        return params_key(self.params)
+
+    def label(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.params.items())
+
+
+def params_key(params: Mapping[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One entry of the space. Discrete axes hold `values` (tuples for tied paths); ranges hold
+    `low`, `high` and optionally `step` (a lattice) or `log` (log-uniform sampling)."""
+
+    paths: tuple[str, ...]
+    values: tuple[Any, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    integer: bool = False
+
+    @property
+    def name(self) -> str:
+        return ",".join(self.paths)
+
+    @property
+    def discrete(self) -> bool:
+        return self.values is not None or self.step is not None
+
+    def points(self) -> tuple[Any, ...]:
+        """Every value of a discrete axis, in order."""
+        if self.values is not None:
+            return self.values
+        if self.step is None:
+            raise SearchError(f"space: {self.name!r} is a continuous range; a grid needs discrete values: give a "
+                              f"list, add `step`, or use strategy random")
+        assert self.low is not None and self.high is not None
+        count = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+        pts = [self.low + i * self.step for i in range(count)]
+        return tuple(int(round(p)) for p in pts) if self.integer else tuple(pts)
+
+    def sample(self, rng: random.Random) -> Any:
+        if self.discrete:
+            pts = self.points()
+            return pts[rng.randrange(len(pts))]
+        assert self.low is not None and self.high is not None
+        if self.integer and not self.log:
+            return rng.randint(int(self.low), int(self.high))
+        if self.log:
+            x = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+        else:
+            x = rng.uniform(self.low, self.high)
+        return int(round(x)) if self.integer else x
+
+    def assign(self, value: Any) -> dict[str, Any]:
+        if len(self.paths) == 1:
+            return {self.paths[0]: value}
+        return dict(zip(self.paths, value))
+
+
+class Space:
+    def __init__(self, axes: list[Axis]):
+        if not axes:
+            raise SearchError("space: it is empty; give at least one field, e.g. moe.experts: [8, 16]")
+        self.axes = tuple(axes)
+        seen: set[str] = set()
+        for a in self.axes:
+            for p in a.paths:
+                if p in seen:
+                    raise SearchError(f"space: {p!r} appears in two entries; give each field one entry")
+                seen.add(p)
+        self.paths = tuple(p for a in self.axes for p in a.paths)
+
+    @classmethod
+    def parse(cls, mapping: Mapping[str, Any] | Space) -> Space:
+        if isinstance(mapping, Space):
+            return mapping
+        if not isinstance(mapping, Mapping):
+            raise SearchError(f"space: expected a mapping of dotted spec paths to values, got {type(mapping).__name__}")
+        return cls([_axis(str(k), v) for k, v in mapping.items()])
+
+    @property
+    def discrete(self) -> bool:
+        return all(a.discrete for a in self.axes)
+
+    @property
+    def size(self) -> int | None:
+        """Points in the grid (None when an axis is continuous)."""
+        if not self.discrete:
+            return None
+        return math.prod(len(a.points()) for a in self.axes)
+
+    def grid(self) -> Iterator[dict[str, Any]]:
+        """Every combination, the last axis varying fastest."""
+        for combo in itertools.product(*(a.points() for a in self.axes)):
+            params: dict[str, Any] = {}
+            for axis, value in zip(self.axes, combo):
+                params.update(axis.assign(value))
+            yield params
+
+    def sample(self, rng: random.Random) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        for axis in self.axes:
+            params.update(axis.assign(axis.sample(rng)))
+        return params
+
+    def check_paths(self) -> None:
+        """Every path must name a field of the spec (values are checked per candidate)."""
+        for axis in self.axes:
+            for path in axis.paths:
+                problem = spec_path_problem(path)
+                if problem:
+                    raise SearchError(f"space: {path!r}: {problem}")
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for a in self.axes:
+            if a.values is not None:
+                out[a.name] = [list(v) if isinstance(v, tuple) else v for v in a.values]
+            else:
+                out[a.name] = {k: v for k, v in (("range", [a.low, a.high]), ("step", a.step), ("log", a.log or None))
+                               if v is not None}
+        return out
+
+
+def _axis(key: str, spec: Any) -> Axis:
+    paths = tuple(p.strip() for p in key.split(","))
+    if not all(paths) or any(" " in p for p in paths):
+        raise SearchError(f"space: {key!r} is not a dotted spec path (or comma-separated paths); e.g. moe.experts")
+    tied = len(paths) > 1
+    if isinstance(spec, Mapping):
+        keys = set(spec)
+        if "choice" in spec:
+            if keys - {"choice"}:
+                raise SearchError(f"space: {key!r}: `choice` takes no other keys, got {sorted(keys - {'choice'})}")
+            spec = spec["choice"]
+        elif "range" in spec:
+            if tied:
+                raise SearchError(f"space: {key!r}: tied fields take a list of value lists, not a range")
+            return _range(key, paths, spec)
+        else:
+            raise SearchError(f"space: {key!r}: a mapping must hold `choice: [...]` or `range: [low, high]` "
+                              f"(with optional `step` or `log: true`), got keys {sorted(keys)}")
+    values = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    if not values:
+        raise SearchError(f"space: {key!r} has no values; give at least one")
+    if tied:
+        bad = [v for v in values if not isinstance(v, (list, tuple)) or len(v) != len(paths)]
+        if bad:
+            raise SearchError(f"space: {key!r} ties {len(paths)} fields, so each value must be a list of "
+                              f"{len(paths)} values; {bad[0]!r} is not")
+        values = [tuple(v) for v in values]
+    if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
+        raise SearchError(f"space: {key!r} lists a value twice; list each value once")
+    return Axis(paths, values=tuple(values))
+
+
+def _number(key: str, what: str, x: Any) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise SearchError(f"space: {key!r}: {what} must be a number, got {x!r}")
+    return x
+
+
+def _range(key: str, paths: tuple[str, ...], spec: Mapping[str, Any]) -> Axis:
+    extra = set(spec) - {"range", "step", "log"}
+    if extra:
+        raise SearchError(f"space: {key!r}: unknown range keys {sorted(extra)}; valid: range, step, log")
+    bounds = spec["range"]
+    if not isinstance(bounds, (list, tuple)) or len(bounds) != 2:
+        raise SearchError(f"space: {key!r}: range must be [low, high], got {bounds!r}")
+    low, high = (_number(key, "range bounds", b) for b in bounds)
+    if low > high:
+        raise SearchError(f"space: {key!r}: range low {low} exceeds high {high}; write [low, high]")
+    step = spec.get("step")
+    log = bool(spec.get("log", False))
+    if step is not None:
+        step = _number(key, "step", step)
+        if step <= 0:
+            raise SearchError(f"space: {key!r}: step must be positive, got {step}")
+        if log:
+            raise SearchError(f"space: {key!r}: give either step or log, not both")
+    if log and low <= 0:
+        raise SearchError(f"space: {key!r}: a log range needs low > 0, got {low}")
+    integer = all(isinstance(x, int) for x in (low, high, step if step is not None else 1))
+    return Axis(paths, low=low, high=high, step=step, log=log, integer=integer)
+
+
+# ---- checking that a dotted path names a spec field ---------------------------------------------
+def spec_path_problem(path: str, root: type[BaseModel] = Experiment) -> str:
+    """Why `path` names no field of the spec ('' when it does). Mapping-valued sections (e.g.
+    modalities.NAME) accept any key; a union accepts a field any of its members has."""
+    types_: list[Any] = [root]
+    walked: list[str] = []
+    for part in path.split("."):
+        models = [t for t in types_ if isinstance(t, type) and issubclass(t, BaseModel)]
+        maps = [t for t in types_ if typing.get_origin(t) is dict]
+        nxt: list[Any] = []
+        for m in models:
+            if part in m.model_fields:
+                nxt += _members(m.model_fields[part].annotation)
+        for d in maps:
+            nxt += _members(typing.get_args(d)[1])
+        if not nxt:
+            where = ".".join(walked) or "the spec"
+            fields = sorted({f for m in models for f in m.model_fields})
+            if not fields:
+                return f"{where} is a value, not a section; it has no field {part!r}"
+            close = difflib.get_close_matches(part, fields, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            return f"{where} has no field {part!r}; {hint}valid fields: {', '.join(fields)}"
+        types_ = nxt
+        walked.append(part)
+    return ""
+
+
+def _members(tp: Any) -> list[Any]:
+    """The concrete types a field annotation may hold (Optional, Union and Annotated unwrapped)."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _members(typing.get_args(tp)[0])
+    if origin is typing.Union or origin is types.UnionType:
+        return [m for a in typing.get_args(tp) for m in _members(a)]
+    return [tp]
+
+
+__all__ = ["Axis", "Candidate", "SearchError", "Space", "params_key", "spec_path_problem"]
