@@ -255,6 +255,7 @@ def verify(exp: Experiment, layouts: list[Layout], steps: int = 10, tolerance: f
 
 # ---- command line -------------------------------------------------------------------------------
 def print_report(con, report: Report) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title=f"vlac verify: {report.steps} steps, micro-batch {report.microbatch_size}, "
@@ -275,7 +276,7 @@ def print_report(con, report: Report) -> None:
     con.print(t)
     for run in [ref, *report.runs]:
         if run.error:
-            con.print(f"[red]{run.layout.name}:[/] {run.error}", highlight=False, soft_wrap=True)
+            con.print(f"[red]{run.layout.name}:[/] {escape(run.error)}", highlight=False, soft_wrap=True)
 
 
 def command(spec: Path, layouts: str = DEFAULT_LAYOUTS, steps: int = 10, tolerance: float = TOLERANCE,

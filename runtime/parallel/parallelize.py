@@ -20,7 +20,7 @@ from vlac.spec import Experiment
 from ..distributed import DistEnv
 from ..precision import Precision
 from .activation_checkpoint import apply_activation_checkpointing
-from .data_parallel import replicate_module, shard_module, uses_ddp
+from .data_parallel import average_grads, loss_heads, replicate_module, shard_module, uses_ddp
 from .expert_parallel import apply_expert_parallel, reduce_expert_grads, rescale_expert_grads, shard_experts_over_edp
 from .grads import clip_, grad_norm
 from .mesh import LayoutError, Mesh, ParallelDims, build_mesh
@@ -45,6 +45,7 @@ class ParallelModel:
     moe_rows: dict[int, int]
     expert_params: list[nn.Parameter] = field(default_factory=list)  # EP, gradients reduced here
     fsdp_expert_params: list[nn.Parameter] = field(default_factory=list)  # EP under FSDP over edp
+    replicated_params: list[nn.Parameter] = field(default_factory=list)  # left out of FSDP, averaged here
 
     @property
     def dims(self) -> ParallelDims:
@@ -65,6 +66,9 @@ class ParallelModel:
             reduce_expert_grads(self.expert_params, self.mesh.edp_group, self.dims.dp)
         if self.fsdp_expert_params:
             rescale_expert_grads(self.fsdp_expert_params, 1.0 / self.dims.ep)
+        if self.replicated_params:
+            average_grads(self.replicated_params, self.mesh.group("dp_shard") or self.mesh.group("dp_replicate"),
+                          self.dims.dp)
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -117,14 +121,17 @@ def parallelize(model: nn.Module, exp: Experiment, plan: dict[str, Any], env: Di
         # sharded like the rest of the model; FSDP then reduces their gradients over edp
         before, fsdp_experts = shard_experts_over_edp(model, mesh.experts["edp"], dims.zero >= 3)
         expert_params = [q for q in expert_params if all(q is not b for b in before)]
-    ignored = set(expert_params)
+    # FSDP cannot shard 0-dim parameters (e.g. a contrastive temperature): keep them replicated
+    # and average their gradients over dp here
+    scalars = [q for q in model.parameters() if q.dim() == 0] if dims.dp > 1 and not uses_ddp(mesh) else []
+    ignored = set(expert_params) | set(scalars)
     if dims.pp > 1:
         def shard(stage_module, blocks):
             if dims.dp > 1:
-                shard_module(stage_module, blocks, mesh, ignored)
+                shard_module(stage_module, blocks + loss_heads(stage_module.view), mesh, ignored)
         runner, holder = build_pipeline(exp, model, plan, mesh, rows, n_experts, precision.forward_context,
                                         env.device, shard)
-        return ParallelModel(holder, mesh, runner, precision, rows, expert_params, fsdp_experts)
+        return ParallelModel(holder, mesh, runner, precision, rows, expert_params, fsdp_experts, scalars)
 
     wrapped = model
     if uses_ddp(mesh):
@@ -132,6 +139,6 @@ def parallelize(model: nn.Module, exp: Experiment, plan: dict[str, Any], env: Di
         if not exp.optimizer.per_modality_clip:
             wrapped = replicate_module(model, env.device)
     elif dims.dp > 1:
-        shard_module(model, list(model.layers), mesh, ignored)
+        shard_module(model, list(model.layers) + loss_heads(model), mesh, ignored)
     runner = DirectRunner(exp, wrapped, dims.dp, list(rows.values()), n_experts, precision.forward_context, env.device)
-    return ParallelModel(model, mesh, runner, precision, rows, expert_params, fsdp_experts)
+    return ParallelModel(model, mesh, runner, precision, rows, expert_params, fsdp_experts, scalars)

@@ -96,3 +96,14 @@ def test_every_layout_reproduces_the_single_process_run(layouts, sets, monkeypat
         row = next(line for line in result.output.splitlines() if line.strip("│ ").startswith(name + " "))
         diffs = [float(x) for x in re.findall(r"\d\.\d\de[+-]\d\d", row)]
         assert len(diffs) == 2 and max(diffs) <= 1e-4 and "pass" in row, row
+
+
+@pytest.mark.slow
+def test_the_flagship_verifies_through_its_tiny_profile(monkeypatch):
+    """Video encoders, continuous projectors, bidirectional image masks and the contrastive head
+    under sharded data, tensor, pipeline and expert parallelism."""
+    monkeypatch.setenv("COLUMNS", "200")
+    result = CliRunner().invoke(app, ["verify", str(FLAGSHIP), "--layouts", "fsdp2,tp2,pp2,ep2", "--steps", "5"])
+    print(result.output)
+    assert result.exit_code == 0, result.output
+    assert "profile 'tiny'" in result.output
