@@ -1,4 +1,4 @@
-"""The `vlac` command line: validate, compile, emit, submit, schema.
+"""The `vlac` command line: validate, compile, emit, submit, verify, schema.
 
 Exit codes: 0 success, 2 bad spec or bad arguments (a message, never a traceback), 1 a run that
 failed.

@@ -1,12 +1,12 @@
-"""Activation recompute per the plan's `recompute` policy.
+"""Activation recompute per the plan's `recompute` policy (none | selective | full).
 
-full       every decoder block runs under torch.utils.checkpoint (non-reentrant): only its input
-           is kept, the block is recomputed in backward.
-selective  delegated to `vlac.runtime.recompute.apply_recompute(model, policy)` (the model
-           library's op-level policy: attention core and other cheap-to-recompute, large-to-store
-           ops); a runtime without that module refuses the plan instead of silently saving more.
+The policies are defined, and costed by the compiler, in the model library's
+`vlac.runtime.recompute.apply_recompute` (selective keeps GEMM and attention outputs and recomputes
+the rest of each block; full keeps only each block's input); this applies it. Should that module
+be missing, `full` falls back to torch.utils.checkpoint around each decoder block and `selective`
+is refused rather than silently saving more or less than planned.
 
-The block's forward is wrapped on the instance, so parameter names (and checkpoints) do not change.
+Blocks are wrapped on the instance, so parameter names (and checkpoints) do not change.
 """
 
 from __future__ import annotations
@@ -19,25 +19,25 @@ from torch.utils.checkpoint import checkpoint
 POLICIES = ("none", "selective", "full")
 
 
+def apply_activation_checkpointing(model: nn.Module, policy: str) -> None:
+    if policy not in POLICIES:
+        raise ValueError(f"plan.recompute = {policy!r}; choose one of {', '.join(POLICIES)}")
+    try:
+        from vlac.runtime.recompute import apply_recompute
+    except ImportError:
+        apply_recompute = None
+    if apply_recompute is not None:
+        apply_recompute(model, policy)
+    elif policy == "selective":
+        raise ValueError("plan.recompute = 'selective' needs vlac.runtime.recompute, which this installation "
+                         "lacks; re-plan with --pin recompute=full (or none)")
+    elif policy == "full":
+        for block in model.layers:
+            block.forward = _checkpointed(block.forward)
+
+
 def _checkpointed(forward):
     @functools.wraps(forward)
     def run(*args, **kwargs):
         return checkpoint(forward, *args, use_reentrant=False, **kwargs)
     return run
-
-
-def apply_activation_checkpointing(model: nn.Module, policy: str) -> None:
-    if policy not in POLICIES:
-        raise ValueError(f"plan.recompute = {policy!r}; choose one of {', '.join(POLICIES)}")
-    if policy == "none":
-        return
-    if policy == "selective":
-        try:
-            from vlac.runtime.recompute import apply_recompute
-        except ImportError:
-            raise ValueError("plan.recompute = 'selective' needs vlac.runtime.recompute, which this installation "
-                             "lacks; re-plan with --pin recompute=full (or none)") from None
-        apply_recompute(model, policy)
-        return
-    for block in model.layers:
-        block.forward = _checkpointed(block.forward)

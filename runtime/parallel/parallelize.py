@@ -58,10 +58,11 @@ class ParallelModel:
 
     def forward_backward(self, batches: list[dict[str, torch.Tensor]]) -> StepStats:
         stats = self.runner.forward_backward(batches)
-        self.reduce_expert_grads()
+        self.finish_gradients()
         return stats.all_reduce(self.owns_loss)
 
-    def reduce_expert_grads(self) -> None:
+    def finish_gradients(self) -> None:
+        """The data-parallel reductions the wrappers (DDP, FSDP) do not do."""
         if self.expert_params:
             reduce_expert_grads(self.expert_params, self.mesh.edp_group, self.dims.dp)
         if self.fsdp_expert_params:

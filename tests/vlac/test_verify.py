@@ -79,7 +79,7 @@ def test_cli_rejects_bad_input_with_exit_code_2():
     assert "'zz9' is not a degree" in result.output
 
 
-EQUIVALENCE_2_LAYERS = "dp2,fsdp2,tp2,pp2,ep2,dp2xtp2"
+EQUIVALENCE_2_LAYERS = "dp2,fsdp2,tp2,pp2,ep2,dp2xtp2,tp2+selective"
 EQUIVALENCE_4_LAYERS = "pp2+v2"
 
 
