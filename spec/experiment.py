@@ -187,18 +187,6 @@ class Experiment(SpecModel):
         """Modalities that late fusion reads through cross-attention (not in the sequence)."""
         if self.fusion.mode != "late":
             return ()
-        for name, m in self.modalities.items():
-            other = getattr(m, "shares_vocab_with", None)
-            if other is None:
-                continue
-            target = self.modalities.get(other)
-            texts = [n for n, x in self.modalities.items() if x.kind == "text" and n != name and not getattr(x, "shares_vocab_with", None)]
-            if target is None or target.kind != "text" or target.shares_vocab_with:
-                errors.append(f"modalities.{name}.shares_vocab_with: {other!r} is not a text modality with its own "
-                              f"vocabulary; choose from {texts}")
-            elif (target.tokenizer, target.vocab_size) != (m.tokenizer, m.vocab_size):
-                errors.append(f"modalities.{name}.shares_vocab_with: {name} ({m.tokenizer}, {m.vocab_size}) and {other} "
-                              f"({target.tokenizer}, {target.vocab_size}) must use the same tokenizer and vocab_size")
         if self.fusion.context_modalities is not None:
             return tuple(self.fusion.context_modalities)
         return tuple(n for n, m in self.modalities.items() if m.kind in ("image", "video", "continuous"))

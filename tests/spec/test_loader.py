@@ -112,3 +112,15 @@ def test_experiment_is_frozen():
     with pytest.raises(Exception):
         exp.name = "other"  # type: ignore[misc]
     assert isinstance(exp, Experiment)
+
+
+def test_shared_vocabulary_rules_under_late_fusion():
+    data = yaml.safe_load((ROOT / "examples" / "flamingo.yaml").read_text())
+    data["modalities"]["reply"] = {"kind": "text", "tokenizer": "bpe", "vocab_size": 100, "tokens": 2,
+                                   "shares_vocab_with": "text"}
+    with pytest.raises(SpecError) as e:
+        load(data)
+    assert "same tokenizer and vocab_size" in {i.path: i.message for i in e.value.issues}["modalities.reply.shares_vocab_with"]
+    data["modalities"]["reply"]["vocab_size"] = 32000
+    exp = load(data)
+    assert exp.vocab_layout().range_of("reply") == exp.vocab_layout().range_of("text")

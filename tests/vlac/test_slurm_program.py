@@ -8,9 +8,7 @@ Skipped when Slurm is not installed, unless VLAC_REQUIRE_SLURM=1 (CI), which mak
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,43 +16,12 @@ import pytest
 
 import vlac
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for slurm_cluster
-from slurm_cluster import LocalSlurm, LocalSlurmError, slurm_unavailable_reason  # noqa: E402
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "examples" / "tiny_vla.yaml"
 JOB_TIMEOUT_S = 240
-
-
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
-    required = os.environ.get("VLAC_REQUIRE_SLURM") == "1"
-    reason = slurm_unavailable_reason()
-    if reason is not None:
-        if required:
-            pytest.fail(f"VLAC_REQUIRE_SLURM=1 but {reason}", pytrace=False)
-        pytest.skip(reason)
-    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm-state"))
-    try:
-        cluster.start()
-    except LocalSlurmError as exc:
-        cluster.stop()
-        if required:
-            pytest.fail(f"the local Slurm cluster did not start:\n{exc}", pytrace=False)
-        pytest.skip(f"the local Slurm cluster did not start: {exc}")
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            for key in list(os.environ):
-                if key.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_")):
-                    mp.delenv(key)
-            for key, value in cluster.env.items():
-                mp.setenv(key, value)
-            mp.setenv("OMP_NUM_THREADS", "1")
-            yield cluster
-    finally:
-        cluster.stop()
 
 
 def _program(tmp: Path, name: str, steps: int) -> Path:
@@ -84,22 +51,22 @@ def _events(run: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_the_program_runs_on_two_slurm_tasks(slurm, tmp_path):
+def test_the_program_runs_on_two_slurm_tasks(slurm_cluster, tmp_path):
     prog = _program(tmp_path, "p", steps=6)
     job = vlac.submit(prog, executor="slurm", folder=tmp_path / "submitit", gpus_per_node=0, cpus_per_task=1)
-    _wait(lambda: job.done(force_check=True), JOB_TIMEOUT_S, f"job {job.job_id}", lambda: _report(job, slurm))
+    _wait(lambda: job.done(force_check=True), JOB_TIMEOUT_S, f"job {job.job_id}", lambda: _report(job, slurm_cluster))
     results = job.results()
     assert len(results) == 2 and results[0]["losses"] == results[1]["losses"]
     assert len(results[0]["losses"]) == 6 and results[0]["layout"] == "dp_replicate 2"
     assert results[0]["param_sha256"] == results[1]["param_sha256"]
 
 
-def test_a_preempted_program_is_requeued_and_resumes_from_its_checkpoint(slurm, tmp_path):
+def test_a_preempted_program_is_requeued_and_resumes_from_its_checkpoint(slurm_cluster, tmp_path):
     steps = 60
     prog = _program(tmp_path, "p", steps=steps)
     run = prog / "run"
     job = vlac.submit(prog, executor="slurm", folder=tmp_path / "submitit", gpus_per_node=0, cpus_per_task=1)
-    report = lambda: _report(job, slurm)  # noqa: E731
+    report = lambda: _report(job, slurm_cluster)  # noqa: E731
     _wait(lambda: any(e.get("step", -1) >= 3 for e in _events(run) if e["event"] == "step"), JOB_TIMEOUT_S,
           "step 4 of the first run", report)
     job._interrupt()  # submitit's preemption: SIGTERM, then USR2 to every task
