@@ -2,6 +2,6 @@
 
 from .errors import Issue, SpecError
 from .experiment import Experiment, VocabLayout
-from .loader import apply_overrides, deep_merge, dump, load, read_mapping
+from .loader import apply_overrides, deep_merge, dump, load, read_mapping, resolve_mapping
 
-__all__ = ["Experiment", "Issue", "SpecError", "VocabLayout", "apply_overrides", "deep_merge", "dump", "load", "read_mapping"]
+__all__ = ["Experiment", "Issue", "SpecError", "VocabLayout", "apply_overrides", "deep_merge", "dump", "load", "read_mapping", "resolve_mapping"]

@@ -103,9 +103,10 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
     return out
 
 
-def load(source: str | Path | Mapping[str, Any] | Experiment, overrides: Iterable[str] = (),
-         profile: str | None = None) -> Experiment:
-    """Load and validate an experiment. Raises SpecError listing every problem at once."""
+def resolve_mapping(source: str | Path | Mapping[str, Any] | Experiment, overrides: Iterable[str] = (),
+                    profile: str | None = None) -> tuple[dict[str, Any], str]:
+    """The raw mapping a spec stands for after its profile and overrides, and a name for its
+    source (for error messages); not yet validated."""
     if isinstance(source, Experiment):
         data, name = source.model_dump(mode="json"), "<experiment>"
     elif isinstance(source, Mapping):
@@ -117,7 +118,13 @@ def load(source: str | Path | Mapping[str, Any] | Experiment, overrides: Iterabl
         if profile not in profiles:
             raise SpecError([Issue("profiles", f"no profile {profile!r}; this spec defines {sorted(profiles) or 'none'}")], name)
         data = deep_merge(data, profiles[profile])
-    data = apply_overrides(data, overrides)
+    return apply_overrides(data, overrides), name
+
+
+def load(source: str | Path | Mapping[str, Any] | Experiment, overrides: Iterable[str] = (),
+         profile: str | None = None) -> Experiment:
+    """Load and validate an experiment. Raises SpecError listing every problem at once."""
+    data, name = resolve_mapping(source, overrides, profile)
     try:
         return Experiment.model_validate(data)
     except ValidationError as e:

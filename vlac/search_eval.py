@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from vlac.compiler.graph_cache import GraphCache
 from vlac.compiler.planner import PlanError
-from vlac.spec import Experiment, Issue, SpecError, apply_overrides, deep_merge, load, read_mapping
+from vlac.spec import Experiment, Issue, SpecError, load, resolve_mapping
 
 from .api import plan as _plan
 from .search_metrics import Constraint, Objective, compute_metrics
@@ -126,18 +126,11 @@ def _one_line(e: BaseException) -> str:
 
 def base_mapping(base: str | Path | Mapping[str, Any] | Experiment, profile: str | None,
                   overrides: Iterable[str]) -> tuple[dict[str, Any], str]:
+    data, source = resolve_mapping(base, overrides, profile)
     if isinstance(base, Experiment):
-        data, source = base.model_dump(mode="json"), base.name
+        source = base.name
     elif isinstance(base, Mapping):
-        data, source = copy.deepcopy(dict(base)), str(base.get("name", "<mapping>"))
-    else:
-        data, source = read_mapping(base), str(base)
-    if profile:
-        profiles = data.get("profiles") or {}
-        if profile not in profiles:
-            raise SpecError([Issue("profiles", f"no profile {profile!r}; this spec defines {sorted(profiles) or 'none'}")], source)
-        data = deep_merge(data, profiles[profile])
-    data = apply_overrides(data, overrides)
+        source = str(base.get("name", source))
     load(data)  # the base itself must be valid: a wrong base would make every candidate invalid
     return data, source
 
