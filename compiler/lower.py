@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch._dynamo  # noqa: F401  (see below)
 import torch.fx as fx
 import torch.nn as nn
 from torch.utils._pytree import tree_map
@@ -30,6 +31,9 @@ from .meta_build import build_on_meta
 from .node_costs import CostInterpreter, storage_key, unique_bytes
 from .tracing import Signatures, call_values, concrete_arguments, trace
 
+# torch imports torch._dynamo lazily, on the first meta op whose kernel is a decomposition (about a
+# second). Importing it with the compiler makes that one-time cost part of `import vlac`, so the
+# first lowering costs what every later one does.
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 EDGE_LAYER_REASON = "first/last decoder layer kept in BF16 (precision.fp8.keep_first_last_bf16)"
 
