@@ -58,7 +58,7 @@ def fp8_plan(exp: Experiment, g: Graph, layout: Layout, off_reason: str, bf16_st
         reason = n.fp8_reason or "not a GEMM eligible for FP8"
         if n.fp8_eligible and not layout.fp8:
             reason = f"eligible, but {off_reason or 'FP8 is off'}"
-        decisions.append({"node": n.name, "layer": n.layer, "kind": n.kind, "fp8": use, "reason": reason,
+        decisions.append({"node": n.name, "module": n.module, "layer": n.layer, "kind": n.kind, "fp8": use, "reason": reason,
                           "flops": n.flops_fwd + n.flops_bwd})
     total = sum(d["flops"] for d in decisions) or 1.0
     out: dict[str, Any] = {

@@ -164,8 +164,12 @@ class Graph:
 
     @property
     def flops_per_token(self) -> float:
-        """Training FLOPs per token (forward + backward, no recompute, no over-compute)."""
-        return (self.flops_fwd + self.flops_bwd) / self.tokens
+        """Model FLOPs per training token, the numerator of MFU: forward + backward of the useful
+        work, no recompute, no capacity over-compute. The fused attention backward counts as twice
+        its forward (dQ, dK, dV, dP), the MFU convention (PaLM, Megatron); the QK^T it recomputes
+        inside the kernel is recompute, so it is left to `flops_executed` and the step time."""
+        attention_recompute = sum(max(0.0, n.flops_bwd - 2 * n.flops_fwd) for n in self.nodes if n.kind == "attention")
+        return (self.flops_fwd + self.flops_bwd - attention_recompute) / self.tokens
 
     def flops_executed(self, recompute: str = "none") -> float:
         """FLOPs the hardware runs for one micro-batch: useful work, capacity over-compute and

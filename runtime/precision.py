@@ -72,10 +72,13 @@ def _names_match(node: str, module: str) -> bool:
 def fp8_module_names(model: nn.Module, plan: dict[str, Any]) -> list[str]:
     """nn.Linear modules of `model` whose GEMM the plan runs in FP8. (The grouped expert GEMMs
     the plan may also mark stay in the compute dtype: they are batched matmuls, not Linear.)"""
-    chosen = [g["node"] for g in plan.get("fp8", {}).get("gemms", []) if g.get("fp8")]
+    gemms = [g for g in plan.get("fp8", {}).get("gemms", []) if g.get("fp8")]
+    # the module path the compiler traced (under the objective's `model.`), else the FX node name
+    exact = {g["module"].removeprefix("model.") for g in gemms if g.get("module")}
+    chosen = [g["node"] for g in gemms if not g.get("module")]
     names = []
     for name, mod in model.named_modules():
-        if isinstance(mod, nn.Linear) and any(_names_match(node, name) for node in chosen):
+        if isinstance(mod, nn.Linear) and (name in exact or any(_names_match(node, name) for node in chosen)):
             if mod.in_features % FP8_ALIGN or mod.out_features % FP8_ALIGN:
                 continue  # the planner checks this too; a model change must not crash the GEMM
             names.append(name)
