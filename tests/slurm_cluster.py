@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -155,3 +156,30 @@ class LocalSlurm:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+# ---- preemption, the way Slurm does it, without the races seen here ----------------------------
+def preempt(job, timeout_s: float = 30.0, report=lambda: "") -> None:
+    """What `job._interrupt()` does (submitit's preemption: SIGTERM, then USR2 to the job's tasks),
+    minus its race: `_interrupt()` sends both back to back, Slurm delivers them asynchronously, and
+    when USR2 lands first the SIGTERM kills the `scontrol requeue` that submitit's USR2 handler is
+    running (seen here: "Command '['scontrol', 'requeue', '1']' died with SIGTERM", job FAILED).
+    So wait until submitit logged the SIGTERM before sending USR2."""
+    from submitit.slurm.slurm import SlurmJobEnvironment
+
+    subprocess.run(["scancel", "--signal=TERM", job.job_id], check=True, capture_output=True, timeout=30)
+    deadline = time.monotonic() + timeout_s
+    while "Bypassing signal SIGTERM" not in (job.stderr() or ""):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job.job_id} never logged the SIGTERM\n{report()}")
+        time.sleep(0.2)
+    subprocess.run(["scancel", f"--signal={SlurmJobEnvironment.USR_SIG}", job.job_id], check=True, capture_output=True,
+                   timeout=30)
+
+
+def release_requeued(job_id: str) -> None:
+    """Let a requeued job start in 2 s instead of 120 s. Not `StartTime=now`: slurmd refuses to
+    launch a job whose credential was revoked (at the requeue) in the same second ("Job N already
+    killed, do not launch batch job") and the job then FAILS; 2 s later is safe. The cluster
+    schedules every 1-2 s (SchedulerParameters in .ci/slurm.sh), so it starts right after."""
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now+2"], capture_output=True, timeout=30)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import vlac
+from slurm_cluster import preempt, release_requeued  # tests/ on sys.path: tests/vlac/conftest.py
 
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -69,14 +70,17 @@ def test_a_preempted_program_is_requeued_and_resumes_from_its_checkpoint(slurm_c
     report = lambda: _report(job, slurm_cluster)  # noqa: E731
     _wait(lambda: any(e.get("step", -1) >= 3 for e in _events(run) if e["event"] == "step"), JOB_TIMEOUT_S,
           "step 4 of the first run", report)
-    job._interrupt()  # submitit's preemption: SIGTERM, then USR2 to every task
+    preempt(job, 30, report)  # submitit's preemption: SIGTERM, then USR2 to every task
+    released_at = [None]
 
     def restarted() -> bool:
         if any(e["event"] == "resumed" for e in _events(run)):
             return True
         state = subprocess.run(["squeue", "-h", "-j", job.job_id, "-o", "%T"], capture_output=True, text=True).stdout
-        if state.strip() == "PENDING":  # a requeued job waits for its BeginTime; release it
-            subprocess.run(["scontrol", "update", f"JobId={job.job_id}", "StartTime=now"], capture_output=True)
+        # a requeued job waits for its BeginTime: release it (again if it did not start in 15 s)
+        if state.strip() == "PENDING" and (released_at[0] is None or time.monotonic() - released_at[0] > 15):
+            release_requeued(job.job_id)
+            released_at[0] = time.monotonic()
         return False
 
     _wait(restarted, JOB_TIMEOUT_S, "the requeued job to resume", report)

@@ -21,9 +21,8 @@ from pathlib import Path
 import cloudpickle
 import pytest
 import submitit
-from submitit.slurm.slurm import SlurmJobEnvironment
 
-from slurm_cluster import LocalSlurm  # tests/ is on sys.path (tests/vlac/conftest.py)
+from slurm_cluster import LocalSlurm, preempt, release_requeued  # tests/ on sys.path: tests/vlac/conftest.py
 
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -147,27 +146,6 @@ class StepCounter(submitit.helpers.Checkpointable):
         return {"restart_count": restart, "resumed_from": first, "final_step": step}
 
 
-def _preempt(job, report) -> None:
-    """What `job._interrupt()` does (submitit's preemption: SIGTERM, then USR2 to the job's tasks),
-    minus its race: `_interrupt()` sends both back to back, Slurm delivers them asynchronously, and
-    when USR2 lands first the SIGTERM kills the `scontrol requeue` that submitit's USR2 handler is
-    running (seen here: "Command '['scontrol', 'requeue', '1']' died with SIGTERM", job FAILED).
-    So wait until submitit logged the SIGTERM before sending USR2."""
-    _slurm("scancel", "--signal=TERM", job.job_id)
-    _wait(lambda: "Bypassing signal SIGTERM" in (job.stderr() or ""), 30,
-          f"job {job.job_id} to receive SIGTERM", report, period_s=0.2)
-    # USR2: submitit calls StepCounter.checkpoint, runs `scontrol requeue`, and the task exits.
-    _slurm("scancel", f"--signal={SlurmJobEnvironment.USR_SIG}", job.job_id)
-
-
-def _release_requeued(job_id: str) -> None:
-    """Let a requeued job start in 2 s instead of 120 s. Not `StartTime=now`: slurmd refuses to
-    launch a job whose credential was revoked (at the requeue) in the same second ("Job N already
-    killed, do not launch batch job") and the job then FAILS; 2 s later is safe. The cluster
-    schedules every 1-2 s (SchedulerParameters in .ci/slurm.sh), so it starts right after."""
-    _slurm("scontrol", "update", f"JobId={job_id}", "StartTime=now+2", check=False)
-
-
 def _executor(folder: Path, cluster: LocalSlurm, **params) -> submitit.AutoExecutor:
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
     executor.update_parameters(slurm_partition=cluster.partition, nodes=1, cpus_per_task=1, **params)
@@ -205,7 +183,7 @@ def test_checkpointable_job_is_requeued_and_resumes(slurm_cluster, tmp_path):
 
     _wait(lambda: saved_step() >= interrupt_after, JOB_TIMEOUT_S,
           f"job {job.job_id} to save {interrupt_after} steps", report)
-    _preempt(job, report)
+    preempt(job, 30, report)
 
     # A requeued job is held for the credential lifetime (120 s) by a BeginTime; release it.
     seen_states = []
@@ -224,7 +202,7 @@ def test_checkpointable_job_is_requeued_and_resumes(slurm_cluster, tmp_path):
             pytest.fail(f"job {job.job_id} left the queue instead of being requeued "
                         f"(states seen: {seen_states})\n{report()}", pytrace=False)
         if state == "PENDING" and (released_at[0] is None or time.monotonic() - released_at[0] > 15):
-            _release_requeued(job.job_id)
+            release_requeued(job.job_id)
             released_at[0] = time.monotonic()
         return False
 
