@@ -100,6 +100,7 @@ class Plan:
     plan_seconds: float = 0.0
     search: dict[str, Any] = field(default_factory=dict)  # legal count, pruning reasons, timings
     pin_notes: list[str] = field(default_factory=list)  # why pins could not be honoured as asked
+    runtime: dict[str, Any] = field(default_factory=dict)  # whether vlac's runtime runs it (planner._runtime_note)
 
     @property
     def feasible(self) -> bool:
@@ -119,7 +120,8 @@ class Plan:
         runtime that applies one policy everywhere must use to fit), plan.reshard_after_forward
         (ZeRO-3 only), predicted.stages (per rank: one micro-batch's fwd/bwd/wgrad seconds and
         memory parts), predicted.placement, cluster.memory_headroom_gb, search.{legal, candidates, pruned_dominated,
-        pruned_over_memory}, fp8.off_reason / bf16_step_time_s, pin_notes."""
+        pruned_over_memory}, fp8.off_reason / bf16_step_time_s, pin_notes; runtime.{runs, unsupported,
+        excluded_layouts, excluded_total, best_excluded} (what vlac's runtime cannot run yet)."""
         est = self.chosen
         lay = est.layout
         step = est.step_time_s
@@ -155,6 +157,7 @@ class Plan:
             "pins": self.pins,
             "advice": self.advice,
             "pin_notes": self.pin_notes,
+            "runtime": self.runtime,
         }
         return out
 

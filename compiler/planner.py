@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from vlac.runtime.parallel.support import excluded as runtime_excluded
+from vlac.runtime.parallel.support import plan_columns, unsupported
 from vlac.spec import Experiment
 from vlac.spec.system import Cluster
 
@@ -47,6 +49,23 @@ class Search:
         space = enumerate_space(self.lim, pins)
         allowed = tuple(i for i, pol in enumerate(RECOMPUTE) if pins.get("recompute", pol) == pol)
         return space, self.model.evaluate(space, allowed)
+
+    def runtime_limits(self, space: Space) -> dict[str, np.ndarray]:
+        """Limit name -> the rows vlac's runtime cannot run (vlac.runtime.parallel.support)."""
+        c = space.cols
+        cols = {**{k: c[k] for k in ("dp", "tp", "cp", "pp", "ep", "etp", "zero", "sp")},
+                "schedule": np.array(SCHEDULE_CODES)[c["sched"]], "fp8": self.fp8}
+        return runtime_excluded(self.exp, cols)
+
+    def runnable(self, space: Space) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Rows the runtime can run, and the limits that set the others aside. When the pins (or
+        the cluster) leave only layouts the runtime cannot run, the rows that break the fewest
+        limits stay: the plan is then an analysis, and says it does not run here."""
+        limits = self.runtime_limits(space)
+        broken = np.zeros(len(space), np.int64)
+        for mask in limits.values():
+            broken += mask
+        return broken == (broken.min() if len(space) else 0), limits
 
     def estimates(self, ev: Evaluation, rows: list[int]) -> dict[int, Estimate]:
         """Full breakdowns of some rows (their recompute choice kept), in one evaluation."""
@@ -90,15 +109,19 @@ def plan(exp: Experiment, cluster: Cluster | None = None, pin: dict[str, Any] | 
     if len(space) == 0:
         raise PlanError(_no_layout_reason(search.lim, pins))
 
-    best_i = _best(ev)
-    families = _families(ev)
+    runnable, limits = search.runnable(space)
+    best_i = _best(ev, runnable)
+    families = _families(ev, runnable)
     if best_i is None:  # nothing fits: the layout closest to fitting, timed as it stands
-        chosen_i = int(np.lexsort((np.arange(len(space)), ev.peak))[0])
+        rows = np.nonzero(runnable)[0]
+        chosen_i = int(rows[np.lexsort((rows, ev.peak[rows]))[0]])
     else:
         chosen_i = best_i
+    unrestricted_i = _best(ev) if limits and best_i is not None else None
     fam_best = _family_key(space, best_i) if best_i is not None else None
     others = [i for f, i, ok in families if ok and f != fam_best][:TOP_ALTERNATIVES]
-    est = search.estimates(ev, [chosen_i] + [i for _, i, _ in families])
+    est = search.estimates(ev, [chosen_i] + [i for _, i, _ in families]
+                           + ([unrestricted_i] if unrestricted_i is not None else []))
     chosen = est[chosen_i]
     chunks, _ = search.model.composition(chosen.layout.pp, chosen.layout.virtual_stages)
     layer_ids = search.model.p.layers
@@ -119,6 +142,8 @@ def plan(exp: Experiment, cluster: Cluster | None = None, pin: dict[str, Any] | 
         stage_split=[[layer_ids[i] for i in chunk] for chunk in chunks],
         fp8=fp8, evaluated=int(ev.timed.sum()), pruned=int(space.legal - ev.timed.sum()), total_steps=exp.train.total_steps,
         pins=pins,
+        runtime=_runtime_note(exp, pins, chosen, limits, runnable,
+                              est[unrestricted_i] if unrestricted_i is not None else None),
         search={"legal": space.legal, "candidates": len(space),
                 "pruned_dominated": space.dominated,
                 "pruned_over_memory": int((~ev.fits).sum()),
@@ -146,9 +171,11 @@ def _layout(search: Search, ev: Evaluation, i: int) -> Layout:
                   reshard_after_forward=bool(c["raf"][i]))
 
 
-def _best(ev: Evaluation) -> int | None:
-    """The fastest fitting row; ties toward less memory, then a fixed order of the columns."""
-    idx = np.nonzero(ev.fits & ev.timed)[0]
+def _best(ev: Evaluation, among: np.ndarray | None = None) -> int | None:
+    """The fastest fitting row (of `among`, a row mask); ties toward less memory, then a fixed
+    order of the columns."""
+    ok = ev.fits & ev.timed
+    idx = np.nonzero(ok if among is None else ok & among)[0]
     if not len(idx):
         return None
     idx = idx[ev.step[idx] == ev.step[idx].min()]
@@ -183,16 +210,18 @@ def _family_name(f: tuple) -> str:
     return f"tp{tp} pp{pp} cp{cp} ep{ep}" + (f" etp{etp}" if etp > 1 else "")
 
 
-def _families(ev: Evaluation) -> list[tuple[tuple, int, bool]]:
-    """(family, its representative row, fits) for every degree family, most relevant first: the
-    families with a fitting layout by step time, then the others by how far over memory."""
+def _families(ev: Evaluation, among: np.ndarray) -> list[tuple[tuple, int, bool]]:
+    """(family, its representative row, fits) for every degree family of the rows `among`, most
+    relevant first: the families with a fitting layout by step time, then the others by how far
+    over memory."""
     c = ev.space.cols
     fam = np.stack([c[k] for k in ("tp", "pp", "cp", "ep", "etp")], axis=1)
     code = np.zeros(len(fam), np.int64)
     for j in range(fam.shape[1]):
         code = code * (int(fam[:, j].max()) + 1) + fam[:, j]
     ok = ev.fits & ev.timed
-    order = np.lexsort((np.arange(len(fam)), ev.peak, np.where(ok, ev.step, np.inf), code))
+    rows = np.nonzero(among)[0]
+    order = rows[np.lexsort((rows, ev.peak[rows], np.where(ok[rows], ev.step[rows], np.inf), code[rows]))]
     first = np.ones(len(order), bool)
     first[1:] = code[order][1:] != code[order][:-1]
     reps = order[first]
@@ -201,6 +230,26 @@ def _families(ev: Evaluation) -> list[tuple[tuple, int, bool]]:
     feas.sort(key=lambda t: (ev.step[t[1]], t[0]))
     infeas.sort(key=lambda t: (ev.peak[t[1]], t[0]))
     return feas + infeas
+
+
+def _runtime_note(exp: Experiment, pins: dict[str, Any], chosen: Estimate, limits: dict[str, np.ndarray],
+                  runnable: np.ndarray, unrestricted: Estimate | None) -> dict[str, Any]:
+    """Whether vlac's runtime runs the chosen layout, how many layouts its limits set aside, and
+    what the best of those would have gained."""
+    lay = chosen.layout
+    cols = plan_columns({"dp": lay.dp, "tp": lay.tp, "cp": lay.cp, "pp": lay.pp, "ep": lay.ep,
+                         "expert_tensor_parallel": lay.etp, "zero": lay.zero,
+                         "sequence_parallel": lay.sequence_parallel, "schedule": lay.schedule, "fp8": lay.fp8})
+    note: dict[str, Any] = {"runs": not unsupported(exp, cols), "unsupported": unsupported(exp, cols),
+                            "excluded_layouts": {k: int(m.sum()) for k, m in limits.items()},
+                            "excluded_total": int((~runnable).sum())}
+    if not note["runs"]:
+        note["why"] = ("the pins ask for it" if pins else "every legal layout of this cluster needs it") \
+            + "; of those, the plan breaks the fewest runtime limits"
+    if unrestricted is not None and unrestricted.step_time_s < chosen.step_time_s * (1 - 1e-9):
+        note["best_excluded"] = {"layout": unrestricted.layout.short(), "step_time_s": unrestricted.step_time_s,
+                                 "faster_pct": (chosen.step_time_s / unrestricted.step_time_s - 1) * 100}
+    return note
 
 
 def _rejections(search: Search, est: dict[int, Estimate], families, fam_best,
@@ -235,7 +284,7 @@ def _pin_cost(search: Search, pins: dict[str, Any], chosen: Estimate) -> list[st
     """What the pins (from the spec's parallelism section and --pin) cost against the plan the
     planner would choose without them."""
     space, ev = search.run({})
-    i = _best(ev)
+    i = _best(ev, search.runnable(space)[0])
     if i is None:
         return []
     free = search.estimates(ev, [i])[i]

@@ -1,0 +1,86 @@
+"""The planner chooses only layouts vlac's runtime runs, says what its limits set aside and what
+that costs, and marks a pinned layout the runtime cannot run."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import vlac
+from vlac.runtime.parallel.support import LIMITS, excluded, plan_columns, unsupported
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def flagship():
+    exp = vlac.load(ROOT / "examples" / "vla_10b_moe_h100.yaml")
+    return exp, vlac.lower(exp)
+
+
+def _cols(**kw):
+    base = {"dp": 8, "tp": 1, "cp": 1, "pp": 1, "ep": 1, "etp": 1, "zero": 1, "sp": False, "schedule": "1f1b",
+            "fp8": False}
+    return {**base, **kw}
+
+
+def test_limits_give_the_same_answer_on_scalars_and_on_columns(flagship):
+    """The planner asks on numpy columns, the runtime on one plan's scalars: both must agree."""
+    exp, _ = flagship
+    layouts = [_cols(), _cols(cp=2, dp=4), _cols(tp=2, dp=4, fp8=True), _cols(ep=4, dp=2), _cols(ep=2, dp=4),
+               _cols(pp=2, dp=4, schedule="zero_bubble"), _cols(pp=2, dp=4, schedule="1f1b"), _cols(etp=2, tp=2)]
+    cols = {k: np.array([lay[k] for lay in layouts]) for k in layouts[0] if k != "fp8"}
+    cols["fp8"] = np.array([lay["fp8"] for lay in layouts])
+    masks = excluded(exp, cols)
+    for i, lay in enumerate(layouts):
+        by_scalar = bool(unsupported(exp, lay))
+        by_column = any(m[i] for m in masks.values())
+        assert by_scalar == by_column, lay
+    assert not unsupported(exp, _cols()) and not unsupported(exp, _cols(ep=2, dp=4))
+    assert any("ep must divide dp" in r for r in unsupported(exp, _cols(ep=4, dp=2)))
+
+
+def test_every_limit_has_a_fix_and_a_distinct_name():
+    names = [lim.name for lim in LIMITS]
+    assert len(names) == len(set(names))
+    assert all(lim.fix and lim.reason for lim in LIMITS)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_examples_plan_a_layout_the_runtime_runs_when_one_exists(path):
+    exp = vlac.load(path)
+    p = vlac.plan(exp)
+    rt = p.to_json()["runtime"]
+    lay = p.chosen.layout
+    cols = plan_columns(p.to_json()["plan"])
+    assert rt["runs"] == (not unsupported(exp, cols))
+    if not rt["runs"]:
+        # only when no legal layout of the cluster avoids every limit: then the fewest are broken
+        assert "every legal layout" in rt["why"], (lay.short(), rt)
+    assert rt["excluded_total"] >= 0 and all(v > 0 for v in rt["excluded_layouts"].values())
+
+
+def test_a_pinned_layout_the_runtime_cannot_run_is_planned_and_marked(flagship):
+    exp, g = flagship
+    p = vlac.plan(exp, graph=g, pin={"cp": 2, "sequence_parallel": True})
+    rt = p.to_json()["runtime"]
+    assert p.chosen.layout.cp == 2
+    if rt["runs"]:  # the runtime learned context parallelism: nothing to mark
+        return
+    assert "pins" in rt["why"] and any("context parallelism" in r and "--pin cp=1" in r for r in rt["unsupported"])
+
+
+def test_what_the_limits_cost_is_reported_from_the_same_evaluation(flagship):
+    """With TP pinned, FP8 x TP is set aside if the runtime lacks it; the plan reports the faster
+    layout it could not choose, or none when the chosen one is as fast."""
+    exp, g = flagship
+    p = vlac.plan(exp, graph=g)
+    rt = p.runtime
+    best = rt.get("best_excluded")
+    if best is not None:
+        assert best["step_time_s"] < p.best.step_time_s
+        assert best["faster_pct"] == pytest.approx((p.best.step_time_s / best["step_time_s"] - 1) * 100)
+    for alt in p.alternatives:  # alternatives are runnable too
+        assert not unsupported(exp, plan_columns({**alt.layout.__dict__, "expert_tensor_parallel": alt.layout.etp,
+                                                  "sequence_parallel": alt.layout.sequence_parallel}))
