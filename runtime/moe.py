@@ -67,11 +67,17 @@ class GroupedExperts(nn.Module):
         for w in (self.w1, self.w3, self.w2):
             if w is not None:
                 nn.init.normal_(w, std=w.shape[1] ** -0.5)
+        # None: torch.bmm in the compute dtype. A ModuleDict of per-projection FP8 GEMMs when the
+        # plan runs these GEMMs in FP8 (set from outside by vlac.runtime.fp8_experts)
+        self.fp8: nn.ModuleDict | None = None
+
+    def _gemm(self, projection: str):
+        return torch.bmm if self.fp8 is None else self.fp8[projection]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [E, C, d]
-        h = torch.bmm(x, self.w1)
-        h = F.silu(h) * torch.bmm(x, self.w3) if self.swiglu else F.gelu(h, approximate="tanh")
-        return torch.bmm(self.drop(h), self.w2)
+        h = self._gemm("w1")(x, self.w1)
+        h = F.silu(h) * self._gemm("w3")(x, self.w3) if self.swiglu else F.gelu(h, approximate="tanh")
+        return self._gemm("w2")(self.drop(h), self.w2)
 
 
 def dropless_experts(h: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor, w1: torch.Tensor,

@@ -1,0 +1,202 @@
+"""FP8 expert GEMMs: the grouped (per-expert) matmuls of an MoE layer in FP8, with per-tensor
+delayed scaling through vlac's own cast kernels.
+
+The planner marks the expert GEMMs FP8 like the dense ones (in an MoE they are most of the GEMM
+FLOPs), but TransformerEngine's `te.Linear` and torchao's `Float8Linear` replace `nn.Linear`
+modules only, and the experts are stacked weights [E, d, f] multiplied with `torch.bmm`. This
+module gives `GroupedExperts` an FP8 GEMM for each projection:
+
+  forward   x -> E4M3 and w -> E4M3 (`kernels.fp8_cast`: one fused scale-saturate-cast that also
+            returns the amax), y[e] = x8[e] @ w8[e] with `torch._scaled_mm` (output in x's dtype);
+            the FP8 copies are what backward keeps (half the bytes of bf16 activations);
+  backward  grad -> E5M2 under the HYBRID format (E4M3 under E4M3), dx[e] = g8[e] @ w8[e]^T and
+            dw[e] = x8[e]^T @ g8[e], both scaled GEMMs.
+
+Scaling (TransformerEngine's recipe semantics): `DelayedScaling` scales each operand by
+fp8_max / (amax_history reduced by `amax_compute_algo`) / 2^margin, from the amaxes the casts of
+earlier steps recorded (the first step, with an empty history, scales from the current amax);
+`Float8CurrentScaling` and the block recipes scale from the current amax (one extra reduction).
+One scale per operand tensor: all experts of a projection share it (they have the same init and
+learning rate; TransformerEngine's grouped GEMM keeps one per expert, a refinement). The amax
+histories are non-persistent buffers: a resumed run restarts them (its first step scales from the
+current amax).
+
+On CUDA the kernels dispatch to Triton; the per-expert `_scaled_mm` calls are a loop (a grouped
+scaled GEMM would batch them). Operand dims are zero-padded to multiples of 16 where they are not,
+as FP8 GEMMs need; zeros add nothing. Expert-parallel (and expert-tensor-parallel) runs hand the
+GEMMs DTensors: they run on the local shards and the output takes the placement the shards imply.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
+
+from . import kernels
+
+E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
+ALIGN = 16
+DELAYED = "DelayedScaling"
+PROJECTIONS = ("w1", "w3", "w2")
+
+
+class AmaxHistory(nn.Module):
+    """The amax history of one operand and the scale it implies."""
+
+    def __init__(self, length: int, margin: float, algo: str, delayed: bool):
+        super().__init__()
+        if algo not in ("max", "most_recent"):
+            raise ValueError(f"fp8 recipe amax_compute_algo = {algo!r}; choose one of max, most_recent")
+        self.margin, self.algo, self.delayed = margin, algo, delayed
+        self.register_buffer("history", torch.zeros(max(1, length)), persistent=False)
+
+    @torch.no_grad()
+    def scale(self, x: torch.Tensor, fp8_dtype: torch.dtype) -> torch.Tensor:
+        """fp8_max / amax / 2^margin as a 1-element fp32 tensor (no host sync)."""
+        known = self.history.max() if self.algo == "max" else self.history[0]
+        if self.delayed:
+            current = x.detach().abs().amax().float() if x.numel() else known
+            amax = torch.where(self.history.max() > 0, known, current)
+        else:
+            amax = x.detach().abs().amax().float() if x.numel() else known
+        fp8_max = torch.finfo(fp8_dtype).max
+        scale = fp8_max / (amax * 2.0 ** self.margin)
+        return torch.where(amax > 0, scale, torch.ones_like(scale)).reshape(1)
+
+    @torch.no_grad()
+    def record(self, amax: torch.Tensor) -> None:
+        self.history.copy_(torch.roll(self.history, 1))
+        self.history[0] = amax.float()
+
+
+class Fp8GroupedGemm(nn.Module):
+    """One projection's FP8 GEMM: call(x [E, M, K], w [E, K, N]) -> [E, M, N]."""
+
+    def __init__(self, recipe: dict[str, Any], backend: str = "auto"):
+        super().__init__()
+        name = recipe.get("name", DELAYED)
+        delayed = name == DELAYED
+        length = int(recipe.get("amax_history_len", 1024)) if delayed else 1
+        margin, algo = float(recipe.get("margin", 0)), recipe.get("amax_compute_algo", "max")
+        self.backward_dtype = E4M3 if recipe.get("format", "HYBRID") == "E4M3" else E5M2
+        self.backend = backend
+        self.x = AmaxHistory(length, margin, algo, delayed)
+        self.w = AmaxHistory(length, margin, algo, delayed)
+        self.grad = AmaxHistory(length, margin, algo, delayed)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, DTensor) or isinstance(w, DTensor):
+            return _on_local_shards(self, x, w)
+        return _Fp8BMM.apply(x, w, self)
+
+
+class _Fp8BMM(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, gemm: Fp8GroupedGemm) -> torch.Tensor:
+        sx, sw = gemm.x.scale(x, E4M3), gemm.w.scale(w, E4M3)
+        x8, ax = kernels.fp8_cast(x, sx, E4M3, backend=gemm.backend)
+        w8, aw = kernels.fp8_cast(w, sw, E4M3, backend=gemm.backend)
+        gemm.x.record(ax)
+        gemm.w.record(aw)
+        ctx.save_for_backward(x8, w8, sx, sw)
+        ctx.gemm, ctx.x_dtype, ctx.w_dtype = gemm, x.dtype, w.dtype
+        return scaled_bmm(x8, sx, w8, sw, x.dtype)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x8, w8, sx, sw = ctx.saved_tensors
+        gemm: Fp8GroupedGemm = ctx.gemm
+        bwd = gemm.backward_dtype
+        sg = gemm.grad.scale(g, bwd)
+        g8, ag = kernels.fp8_cast(g, sg, bwd, backend=gemm.backend)
+        gemm.grad.record(ag)
+        dx = scaled_bmm(g8, sg, w8.transpose(1, 2), sw, ctx.x_dtype) if ctx.needs_input_grad[0] else None
+        dw = scaled_bmm(x8.transpose(1, 2), sx, g8, sg, ctx.w_dtype) if ctx.needs_input_grad[1] else None
+        return dx, dw, None
+
+
+def scaled_bmm(a8: torch.Tensor, sa: torch.Tensor, b8: torch.Tensor, sb: torch.Tensor,
+               out_dtype: torch.dtype) -> torch.Tensor:
+    """(a8 / sa) @ (b8 / sb) per expert, [E, M, K] x [E, K, N] -> [E, M, N] in out_dtype, through
+    torch._scaled_mm (row-major a, column-major b, fp32 inverse scales)."""
+    e, m, k = a8.shape
+    n = b8.size(2)
+    out = torch.empty(e, m, n, dtype=out_dtype, device=a8.device)
+    if 0 in (e, m, n):
+        return out
+    if k == 0:
+        return out.zero_()
+    inv_a, inv_b = sa.reciprocal().reshape(()), sb.reciprocal().reshape(())
+    for i in range(e):
+        a = _pad2(a8[i], ALIGN, ALIGN).contiguous()
+        b = _pad2(b8[i], ALIGN, ALIGN).t().contiguous().t()  # column-major, as _scaled_mm needs
+        out[i] = torch._scaled_mm(a, b, scale_a=inv_a, scale_b=inv_b, out_dtype=out_dtype)[:m, :n]
+    return out
+
+
+def _pad2(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Zero-pad a 2-D FP8 tensor up to multiples of (rows, cols); padding works on its bytes."""
+    pr, pc = -t.size(0) % rows, -t.size(1) % cols
+    if not (pr or pc):
+        return t
+    raw = F.pad(t.view(torch.uint8), (0, pc, 0, pr))  # FP8 zero is the all-zero byte
+    return raw.view(t.dtype)
+
+
+def _on_local_shards(gemm: Fp8GroupedGemm, x, w) -> DTensor:
+    """The GEMM on this rank's shards; the output's placement follows from the operands' (batched
+    over experts: dim 0; Megatron splits: column-parallel w on dim 2, row-parallel on dim 1)."""
+    if not (isinstance(x, DTensor) and isinstance(w, DTensor)):
+        raise TypeError("FP8 expert GEMMs take both operands as DTensors or neither")
+    px, pw = x.placements, w.placements
+    if len(px) != 1 or len(pw) != 1:
+        raise NotImplementedError(f"FP8 expert GEMMs on a {len(px)}-D mesh; expected 1-D (ep or tp)")
+    rules = {(Shard(0), Shard(0)): Shard(0), (Replicate(), Shard(2)): Shard(2), (Shard(2), Shard(1)): Partial(),
+             (Replicate(), Replicate()): Replicate()}
+    out = rules.get((px[0], pw[0]))
+    if out is None:
+        raise NotImplementedError(f"FP8 expert GEMM of operands placed {px[0]} x {pw[0]}; supported: "
+                                  + ", ".join(f"{a} x {b}" for a, b in rules))
+    y = _Fp8BMM.apply(x.to_local(), w.to_local(), gemm)
+    return DTensor.from_local(y, x.device_mesh, (out,), run_check=False)
+
+
+def convert_grouped_experts(model: nn.Module, names: list[str], recipe: dict[str, Any],
+                            backend: str = "auto") -> list[str]:
+    """Give the GroupedExperts modules named in `names` FP8 GEMMs (all three projections);
+    returns the names converted. The dropless path (which multiplies the stacked weights itself)
+    is left in the compute dtype."""
+    done = []
+    for name in names:
+        experts = model.get_submodule(name)
+        if not hasattr(experts, "fp8"):
+            raise TypeError(f"{name} is a {type(experts).__name__}, not the GroupedExperts of an MoE layer")
+        projections = [p for p in PROJECTIONS if getattr(experts, p, None) is not None]
+        experts.fp8 = nn.ModuleDict({p: Fp8GroupedGemm(recipe, backend) for p in projections})
+        done.append(name)
+    return done
+
+
+def fp8_expert_names(model: nn.Module, plan: dict[str, Any]) -> list[str]:
+    """GroupedExperts modules of `model` whose GEMMs plan.json's FP8 decisions mark FP8 (all of a
+    module's GEMMs must be marked; capacity-dispatch layers only)."""
+    decisions: dict[str, list[bool]] = {}
+    for g in plan.get("fp8", {}).get("gemms", []):
+        module = g.get("module") or ""
+        if module.endswith(".experts"):
+            decisions.setdefault(module.removeprefix("model."), []).append(bool(g.get("fp8")))
+    names = []
+    for name, mod in model.named_modules():
+        marks = decisions.get(name)
+        if marks and all(marks) and hasattr(mod, "fp8") and not _in_dropless_layer(model, name):
+            names.append(name)
+    return names
+
+
+def _in_dropless_layer(model: nn.Module, name: str) -> bool:
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    return bool(getattr(parent, "dropless", False))
