@@ -74,7 +74,9 @@ class AmaxHistory(nn.Module):
 
 
 class Fp8GroupedGemm(nn.Module):
-    """One projection's FP8 GEMM: call(x [E, M, K], w [E, K, N]) -> [E, M, N]."""
+    """One projection's FP8 GEMM. call(x [E, M, K], w [E, K, N]) -> [E, M, N] (capacity
+    dispatch), or call(x [R, K], w [E, K, N], ends) -> [R, N] where rows ends[e-1]:ends[e] of x
+    belong to expert e (the dropless path's permuted, padded groups)."""
 
     def __init__(self, recipe: dict[str, Any], backend: str = "auto"):
         super().__init__()
@@ -88,23 +90,33 @@ class Fp8GroupedGemm(nn.Module):
         self.w = AmaxHistory(length, margin, algo, delayed)
         self.grad = AmaxHistory(length, margin, algo, delayed)
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, ends: torch.Tensor | None = None) -> torch.Tensor:
         if isinstance(x, DTensor) or isinstance(w, DTensor):
+            if ends is not None:
+                raise NotImplementedError("FP8 dropless experts on DTensors (expert parallelism exchanges "
+                                          "capacity slots only)")
             return _on_local_shards(self, x, w)
-        return _Fp8BMM.apply(x, w, self)
+        if ends is None:  # [E, M, K]: E equal groups of M rows
+            e, m, k = x.shape
+            y = _Fp8GroupedMM.apply(x.reshape(e * m, k), w, [m * (i + 1) for i in range(e)], self)
+            return y.view(e, m, -1)
+        return _Fp8GroupedMM.apply(x, w, [int(v) for v in ends.tolist()], self)  # one host sync
 
 
-class _Fp8BMM(torch.autograd.Function):
+class _Fp8GroupedMM(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, gemm: Fp8GroupedGemm) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, ends: list[int], gemm: Fp8GroupedGemm) -> torch.Tensor:
         sx, sw = gemm.x.scale(x, E4M3), gemm.w.scale(w, E4M3)
         x8, ax = kernels.fp8_cast(x, sx, E4M3, backend=gemm.backend)
         w8, aw = kernels.fp8_cast(w, sw, E4M3, backend=gemm.backend)
         gemm.x.record(ax)
         gemm.w.record(aw)
         ctx.save_for_backward(x8, w8, sx, sw)
-        ctx.gemm, ctx.x_dtype, ctx.w_dtype = gemm, x.dtype, w.dtype
-        return scaled_bmm(x8, sx, w8, sw, x.dtype)
+        ctx.gemm, ctx.ends, ctx.x_dtype, ctx.w_dtype = gemm, ends, x.dtype, w.dtype
+        out = x.new_zeros(x.size(0), w.size(2))
+        for e, (lo, hi) in enumerate(_groups(ends)):
+            out[lo:hi] = scaled_mm(x8[lo:hi], sx, w8[e], sw, x.dtype)
+        return out
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
@@ -112,30 +124,36 @@ class _Fp8BMM(torch.autograd.Function):
         gemm: Fp8GroupedGemm = ctx.gemm
         bwd = gemm.backward_dtype
         sg = gemm.grad.scale(g, bwd)
-        g8, ag = kernels.fp8_cast(g, sg, bwd, backend=gemm.backend)
+        g8, ag = kernels.fp8_cast(g.contiguous(), sg, bwd, backend=gemm.backend)
         gemm.grad.record(ag)
-        dx = scaled_bmm(g8, sg, w8.transpose(1, 2), sw, ctx.x_dtype) if ctx.needs_input_grad[0] else None
-        dw = scaled_bmm(x8.transpose(1, 2), sx, g8, sg, ctx.w_dtype) if ctx.needs_input_grad[1] else None
-        return dx, dw, None
+        want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        dx = g.new_zeros(x8.shape, dtype=ctx.x_dtype) if want_x else None
+        dw = g.new_zeros(w8.shape, dtype=ctx.w_dtype) if want_w else None
+        for e, (lo, hi) in enumerate(_groups(ctx.ends)):
+            if want_x:
+                dx[lo:hi] = scaled_mm(g8[lo:hi], sg, w8[e].t(), sw, ctx.x_dtype)
+            if want_w:
+                dw[e] = scaled_mm(x8[lo:hi].t(), sx, g8[lo:hi], sg, ctx.w_dtype)
+        return dx, dw, None, None
 
 
-def scaled_bmm(a8: torch.Tensor, sa: torch.Tensor, b8: torch.Tensor, sb: torch.Tensor,
-               out_dtype: torch.dtype) -> torch.Tensor:
-    """(a8 / sa) @ (b8 / sb) per expert, [E, M, K] x [E, K, N] -> [E, M, N] in out_dtype, through
-    torch._scaled_mm (row-major a, column-major b, fp32 inverse scales)."""
-    e, m, k = a8.shape
-    n = b8.size(2)
-    out = torch.empty(e, m, n, dtype=out_dtype, device=a8.device)
-    if 0 in (e, m, n):
-        return out
-    if k == 0:
-        return out.zero_()
-    inv_a, inv_b = sa.reciprocal().reshape(()), sb.reciprocal().reshape(())
-    for i in range(e):
-        a = _pad2(a8[i], ALIGN, ALIGN).contiguous()
-        b = _pad2(b8[i], ALIGN, ALIGN).t().contiguous().t()  # column-major, as _scaled_mm needs
-        out[i] = torch._scaled_mm(a, b, scale_a=inv_a, scale_b=inv_b, out_dtype=out_dtype)[:m, :n]
-    return out
+def _groups(ends: list[int]) -> list[tuple[int, int]]:
+    return list(zip([0] + ends[:-1], ends))
+
+
+def scaled_mm(a8: torch.Tensor, sa: torch.Tensor, b8: torch.Tensor, sb: torch.Tensor,
+              out_dtype: torch.dtype) -> torch.Tensor:
+    """(a8 / sa) @ (b8 / sb), [M, K] x [K, N] -> [M, N] in out_dtype, through torch._scaled_mm
+    (row-major a, column-major b, fp32 inverse scales)."""
+    m, k = a8.shape
+    n = b8.size(1)
+    if 0 in (m, n, k):
+        return torch.zeros(m, n, dtype=out_dtype, device=a8.device)
+    a = _pad2(a8, ALIGN, ALIGN).contiguous()
+    b = _pad2(b8, ALIGN, ALIGN).t().contiguous().t()  # column-major, as _scaled_mm needs
+    out = torch._scaled_mm(a, b, scale_a=sa.reciprocal().reshape(()), scale_b=sb.reciprocal().reshape(()),
+                           out_dtype=out_dtype)
+    return out[:m, :n]
 
 
 def _pad2(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
@@ -161,15 +179,14 @@ def _on_local_shards(gemm: Fp8GroupedGemm, x, w) -> DTensor:
     if out is None:
         raise NotImplementedError(f"FP8 expert GEMM of operands placed {px[0]} x {pw[0]}; supported: "
                                   + ", ".join(f"{a} x {b}" for a, b in rules))
-    y = _Fp8BMM.apply(x.to_local(), w.to_local(), gemm)
+    y = gemm(x.to_local(), w.to_local())
     return DTensor.from_local(y, x.device_mesh, (out,), run_check=False)
 
 
 def convert_grouped_experts(model: nn.Module, names: list[str], recipe: dict[str, Any],
                             backend: str = "auto") -> list[str]:
-    """Give the GroupedExperts modules named in `names` FP8 GEMMs (all three projections);
-    returns the names converted. The dropless path (which multiplies the stacked weights itself)
-    is left in the compute dtype."""
+    """Give the GroupedExperts modules named in `names` FP8 GEMMs (all projections; the capacity
+    and the dropless dispatch both use them); returns the names converted."""
     done = []
     for name in names:
         experts = model.get_submodule(name)
@@ -182,21 +199,19 @@ def convert_grouped_experts(model: nn.Module, names: list[str], recipe: dict[str
 
 
 def fp8_expert_names(model: nn.Module, plan: dict[str, Any]) -> list[str]:
-    """GroupedExperts modules of `model` whose GEMMs plan.json's FP8 decisions mark FP8 (all of a
-    module's GEMMs must be marked; capacity-dispatch layers only)."""
+    """GroupedExperts modules of `model` whose GEMMs plan.json's FP8 decisions mark FP8, every one
+    of them. The compiler traces capacity dispatch as three bmm nodes under `...mlp.experts` and
+    the dropless dispatch as one `dropless_experts` leaf under `...mlp`."""
     decisions: dict[str, list[bool]] = {}
     for g in plan.get("fp8", {}).get("gemms", []):
-        module = g.get("module") or ""
+        module = (g.get("module") or "").removeprefix("model.")
         if module.endswith(".experts"):
-            decisions.setdefault(module.removeprefix("model."), []).append(bool(g.get("fp8")))
+            decisions.setdefault(module, []).append(bool(g.get("fp8")))
+        elif g.get("node", "").endswith("dropless_experts"):
+            decisions.setdefault(module + ".experts", []).append(bool(g.get("fp8")))
     names = []
     for name, mod in model.named_modules():
         marks = decisions.get(name)
-        if marks and all(marks) and hasattr(mod, "fp8") and not _in_dropless_layer(model, name):
+        if marks and all(marks) and hasattr(mod, "fp8"):
             names.append(name)
     return names
-
-
-def _in_dropless_layer(model: nn.Module, name: str) -> bool:
-    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-    return bool(getattr(parent, "dropless", False))

@@ -81,18 +81,21 @@ class GroupedExperts(nn.Module):
 
 
 def dropless_experts(h: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor, w1: torch.Tensor,
-                     w3: torch.Tensor | None, w2: torch.Tensor, dropout: float, training: bool) -> torch.Tensor:
+                     w3: torch.Tensor | None, w2: torch.Tensor, dropout: float, training: bool,
+                     fp8: nn.ModuleDict | None = None) -> torch.Tensor:
     """Every routed copy through its expert, no capacity limit: permute by expert (padded groups),
-    grouped GEMMs, un-permute with the router weights. An FX leaf (see the module docstring)."""
+    grouped GEMMs (`fp8`: the experts' FP8 GEMMs, see GroupedExperts), un-permute with the router
+    weights. An FX leaf (see the module docstring)."""
     if h.device.type == "meta":  # known shape; the compiler costs it with dropless_expert_flops
         return torch.empty_like(h).requires_grad_(h.requires_grad or w1.requires_grad)
     n_experts = w1.size(0)
     x_perm, meta, _, offsets = kernels.moe_permute(h, idx, n_experts, align=PERMUTE_ALIGN)
     ends = offsets[1:].to(torch.int32)
-    a = _grouped_mm(x_perm, w1, ends)
-    a = F.silu(a) * _grouped_mm(x_perm, w3, ends) if w3 is not None else F.gelu(a, approximate="tanh")
+    gemm = (lambda _: _grouped_mm) if fp8 is None else fp8.__getitem__
+    a = gemm("w1")(x_perm, w1, ends)
+    a = F.silu(a) * gemm("w3")(x_perm, w3, ends) if w3 is not None else F.gelu(a, approximate="tanh")
     a = F.dropout(a, dropout, training)
-    y_perm = _grouped_mm(a, w2, ends)
+    y_perm = gemm("w2")(a, w2, ends)
     return kernels.moe_unpermute(y_perm, meta, weights.to(y_perm.dtype))
 
 
@@ -151,7 +154,8 @@ class MoELayer(nn.Module):
             0, flat, torch.ones_like(flat, dtype=torch.float32))  # assignments per expert before dropping
         if self.dropless:
             ex = self.experts
-            y = dropless_experts(h, idx, weights, ex.w1, ex.w3, ex.w2, ex.drop.p, self.training)
+            fp8 = {} if ex.fp8 is None else {"fp8": ex.fp8}  # traced graphs keep the plain signature
+            y = dropless_experts(h, idx, weights, ex.w1, ex.w3, ex.w2, ex.drop.p, self.training, **fp8)
             dropped = load.new_zeros(())
         else:
             y, dropped = self._capacity_dispatch(h, flat, weights)

@@ -9,7 +9,7 @@ import torch
 
 import vlac
 from vlac.runtime.fp8_experts import (E4M3, E5M2, AmaxHistory, Fp8GroupedGemm, convert_grouped_experts,
-                                      fp8_expert_names, scaled_bmm)
+                                      fp8_expert_names, scaled_mm)
 from vlac.runtime.losses import Objective
 from vlac.runtime.data import SyntheticData
 from vlac.runtime.model import build_model
@@ -26,17 +26,37 @@ def _rel(a, b):
     return float((a - b).norm() / b.norm())
 
 
-@pytest.mark.parametrize("shape", [(3, 16, 32, 48), (2, 5, 24, 7), (1, 1, 1, 1), (2, 0, 16, 16)])
-def test_scaled_bmm_equals_the_dequantised_product(shape):
-    e, m, k, n = shape
+@pytest.mark.parametrize("shape", [(16, 32, 48), (5, 24, 7), (1, 1, 1), (0, 16, 16), (16, 0, 8)])
+def test_scaled_mm_equals_the_dequantised_product(shape):
+    m, k, n = shape
     g = torch.Generator().manual_seed(0)
-    a8 = (torch.randn(e, m, k, generator=g) * 3).to(E4M3)
-    b8 = (torch.randn(e, k, n, generator=g) * 3).to(E5M2)
+    a8 = (torch.randn(m, k, generator=g) * 3).to(E4M3)
+    b8 = (torch.randn(k, n, generator=g) * 3).to(E5M2)
     sa, sb = torch.tensor([2.0]), torch.tensor([0.5])
-    got = scaled_bmm(a8, sa, b8, sb, torch.float32)
-    want = torch.bmm(a8.float() / 2.0, b8.float() / 0.5)
-    assert got.shape == (e, m, n)
+    got = scaled_mm(a8, sa, b8, sb, torch.float32)
+    want = (a8.float() / 2.0) @ (b8.float() / 0.5)
+    assert got.shape == (m, n)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_ragged_groups_equal_batched_groups_and_empty_groups_get_zero_gradient():
+    """The dropless path's groups (rows ends[e-1]:ends[e]; an expert may get none) against the
+    capacity path's equal groups, forward and backward."""
+    torch.manual_seed(0)
+    w = torch.randn(3, 32, 16, requires_grad=True)
+    x = torch.randn(3, 16, 32, requires_grad=True)
+    batched = Fp8GroupedGemm(DELAYED)(x, w)
+    x2 = x.detach().reshape(48, 32).clone().requires_grad_()
+    w2 = w.detach().clone().requires_grad_()
+    ragged = Fp8GroupedGemm(DELAYED)(x2, w2, torch.tensor([16, 32, 48]))
+    assert torch.equal(batched.reshape(48, 16), ragged)
+    batched.sum().backward()
+    ragged.sum().backward()
+    assert torch.equal(x.grad.reshape(48, 32), x2.grad) and torch.equal(w.grad, w2.grad)
+    w3 = w.detach().clone().requires_grad_()
+    y = Fp8GroupedGemm(DELAYED)(x2.detach(), w3, torch.tensor([16, 16, 48]))  # expert 1 gets no rows
+    y.sum().backward()
+    assert torch.count_nonzero(w3.grad[1]) == 0 and torch.count_nonzero(w3.grad[2]) > 0
 
 
 def test_fp8_gemm_tracks_fp32_forward_and_backward():
@@ -104,13 +124,14 @@ def test_the_plans_decisions_name_the_expert_modules():
         if g.get("module") == "model.layers.0.mlp.experts":
             g["fp8"] = False
     assert fp8_expert_names(model, plan) == ["layers.1.mlp.experts"]
-    dropless = build_model(_tiny(["moe.capacity_factor=null"]))
-    assert fp8_expert_names(dropless, vlac.plan(_tiny(["moe.capacity_factor=null"]), cluster=ONE_GPU,
-                                                pin={"dp": 1}).to_json()) == []
+    dropless = _tiny(["moe.capacity_factor=null"])
+    plan = vlac.plan(dropless, cluster=ONE_GPU, pin={"dp": 1}).to_json()
+    assert fp8_expert_names(build_model(dropless), plan) == ["layers.0.mlp.experts", "layers.1.mlp.experts"]
 
 
-def test_converted_experts_keep_the_traced_graph_and_train_like_fp32():
-    exp = _tiny()
+@pytest.mark.parametrize("dispatch", [[], ["moe.capacity_factor=null"]], ids=["capacity", "dropless"])
+def test_converted_experts_train_like_fp32(dispatch):
+    exp = _tiny(dispatch)
     data = SyntheticData(exp)
     losses = {}
     for fp8 in (False, True):
