@@ -21,6 +21,7 @@ from pathlib import Path
 import torch.fx as fx
 
 from .graph import KINDS, RECOMPUTE, Graph, LayerCost, NodeCost
+from .number_format import si
 
 KIND_COLOURS = {
     "gemm": "#4e79a7", "attention": "#f28e2b", "router": "#b07aa1", "norm": "#59a14f", "elementwise": "#bab0ac",
@@ -53,13 +54,6 @@ def write_graph_report(graph: Graph, out_dir: str | Path) -> list[Path]:
 
 
 # ---- number formatting -----------------------------------------------------------------------
-
-def _si(x: float, unit: str = "") -> str:
-    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= factor:
-            return f"{x / factor:.2f} {prefix}{unit}"
-    return f"{x:.0f} {unit}".strip()
-
 
 def _bytes(x: float) -> str:
     for factor, prefix in ((2 ** 40, "TiB"), (2 ** 30, "GiB"), (2 ** 20, "MiB"), (2 ** 10, "KiB")):
@@ -109,13 +103,13 @@ def layers_picture(g: Graph) -> str:
                 continue
             w = f / flops_max * bar_w
             parts.append(f'<rect x="{x:.2f}" y="{y + 2}" width="{w:.2f}" height="{row_h - 6}" fill="{KIND_COLOURS[kind]}">'
-                         f'<title>{_e(lc.label)}: {kind} {_si(f, "FLOP")}</title></rect>')
+                         f'<title>{_e(lc.label)}: {kind} {si(f, "FLOP")}</title></rect>')
             x += w
         if lc.flops_overcompute > 0:
             w = lc.flops_overcompute / flops_max * bar_w
             parts.append(f'<rect x="{x:.2f}" y="{y + 2}" width="{w:.2f}" height="{row_h - 6}" fill="url(#hatch)" '
                          f'stroke="#999" stroke-width="0.5"><title>{_e(lc.label)}: capacity over-compute '
-                         f'{_si(lc.flops_overcompute, "FLOP")}</title></rect>')
+                         f'{si(lc.flops_overcompute, "FLOP")}</title></rect>')
             x += w
         if lc.flops_fp8 > 0:
             w = lc.flops_fp8 / flops_max * bar_w
@@ -123,7 +117,7 @@ def layers_picture(g: Graph) -> str:
                          f'<title>{_e(lc.label)}: FP8-eligible {lc.fp8_share * 100:.0f} %</title></rect>')
         total = lc.flops_fwd + lc.flops_bwd
         if total:
-            parts.append(f'<text x="{x + 4:.2f}" y="{y + 12}" fill="#555">{_si(total, "FLOP")}</text>')
+            parts.append(f'<text x="{x + 4:.2f}" y="{y + 12}" fill="#555">{si(total, "FLOP")}</text>')
         for j, policy in enumerate(RECOMPUTE):
             w = lc.saved[policy] / saved_max * bar_w
             parts.append(f'<rect x="{x_saved}" y="{y + 2 + j * 4}" width="{w:.2f}" height="4" fill="{POLICY_COLOURS[policy]}">'
@@ -235,9 +229,9 @@ def _box(n: fx.Node, rec: NodeCost | None, x: float, y: float) -> str:
             detail.append(f"module: {rec.module}")
         total = rec.flops_fwd + rec.flops_bwd
         if total:
-            summary.append(_si(total, "FLOP"))
-            detail.append(f"FLOPs fwd {_si(rec.flops_fwd)}, bwd {_si(rec.flops_bwd)}"
-                          + (f", capacity over-compute {_si(rec.flops_overcompute)}" if rec.flops_overcompute else "")
+            summary.append(si(total, "FLOP"))
+            detail.append(f"FLOPs fwd {si(rec.flops_fwd)}, bwd {si(rec.flops_bwd)}"
+                          + (f", capacity over-compute {si(rec.flops_overcompute)}" if rec.flops_overcompute else "")
                           + (" (causal)" if rec.causal else ""))
         if kind == "input":
             summary.append(f"kept {_bytes(rec.saved['full'])}")
@@ -288,8 +282,8 @@ def _table(g: Graph) -> str:
         else:
             name = lc.label
         total = lc.flops_fwd + lc.flops_bwd
-        cells = (name, _si(lc.params), _si(total, "FLOP"), _si(lc.flops_overcompute, "FLOP"),
-                 _si(lc.flops_recompute["full"], "FLOP"), _bytes(lc.saved["none"]), _bytes(lc.saved["selective"]),
+        cells = (name, si(lc.params), si(total, "FLOP"), si(lc.flops_overcompute, "FLOP"),
+                 si(lc.flops_recompute["full"], "FLOP"), _bytes(lc.saved["none"]), _bytes(lc.saved["selective"]),
                  _bytes(lc.saved["full"]), f"{lc.fp8_share * 100:.0f} %" if total else "-")
         out.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
     out.append("</tbody></table>")
@@ -302,9 +296,9 @@ def _summary(g: Graph) -> str:
         counts[sig] += 1
     rows = [
         ("micro-batch", f"{g.micro_batch} x {g.seq_len} tokens, {g.dtype_bytes}-byte activations"),
-        ("parameters", f"{_si(g.params_total)} total, {_si(g.params_expert)} in experts, {_si(g.params_active)} active per token"),
-        ("FLOPs per token", f"{_si(g.flops_per_token, 'FLOP')} (forward + backward, useful work)"),
-        ("capacity over-compute", _si(g.flops_overcompute, "FLOP") + " per micro-batch"),
+        ("parameters", f"{si(g.params_total)} total, {si(g.params_expert)} in experts, {si(g.params_active)} active per token"),
+        ("FLOPs per token", f"{si(g.flops_per_token, 'FLOP')} (forward + backward, useful work)"),
+        ("capacity over-compute", si(g.flops_overcompute, "FLOP") + " per micro-batch"),
         ("decoder layers", ", ".join(f"{n} x {sig}" for sig, n in sorted(counts.items())) or "none"),
         ("analysed blocks", ", ".join(f"{sig} ({len(g.block_paths.get(sig, []))} calls)" for sig in sorted(g.blocks))),
     ] + [(f"saved for backward ({p})", _bytes(g.saved_bytes(p)) + " per micro-batch") for p in RECOMPUTE]

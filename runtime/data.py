@@ -209,6 +209,9 @@ class SyntheticData:
         return np.where(valid, nxt, IGNORE), np.where(valid, mod, -1)
 
     def global_loss_tokens(self, step: int) -> int:
+        """Target tokens of the whole global batch of `step`, built here sample by sample: for a
+        single process that trains on the whole batch at once (tests, references). The trainer
+        counts only its own micro-batches (`loss_tokens`) and sums over the replicas instead."""
         g = self.exp.train.global_batch
         return sum(int((self.targets(self.sample(step * g + i))[0] != IGNORE).sum()) for i in range(g))
 
@@ -244,6 +247,12 @@ class SyntheticData:
             t = torch.from_numpy(arr)
             batch[key] = t if kind == "long" else t.to(dtype)
         return {k: v.to(device) for k, v in batch.items()}
+
+
+def loss_tokens(batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """Target tokens (positions with a loss) in `batches`: an int64 scalar on their device, so
+    the count can be summed over ranks without a trip to the host."""
+    return torch.stack([(b["targets"] != IGNORE).sum() for b in batches]).sum()
 
 
 def _stack(arrays) -> torch.Tensor:

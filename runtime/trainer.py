@@ -15,13 +15,15 @@ import torch
 from vlac.spec import Experiment
 
 from .checkpoint import Checkpointer
-from .data import SyntheticData
+from .data import SyntheticData, loss_tokens
 from .diagnostics import moe_metrics
 from .distributed import DistEnv, all_reduce_sum, param_digest
 from .metrics import MetricsWriter, Progress
 from .moe import update_balancing_bias
 from .parallel import ParallelModel
+from .parallel.mesh import Mesh
 from .parallel.modality_clip import ModalityClipper
+from .parallel.stats import sum_over_replicas
 
 
 @dataclass
@@ -42,6 +44,22 @@ class StepMetrics:
     router_entropy: list[float] = field(default_factory=list)
     step_time_s: float = 0.0  # forward, backward and optimiser (tokens_per_s is over this)
     data_time_s: float = 0.0  # building the micro-batches (synchronous here, prefetched in production loaders)
+
+
+def rank_micro_batches(data: SyntheticData, step: int, plan: dict[str, Any], mesh: Mesh,
+                       device: torch.device) -> list[dict[str, torch.Tensor]]:
+    """This rank's micro-batches of `step`: micro-batch `micro` holds samples (micro x dp + dp_rank)
+    x mb .. + mb - 1 of the global batch, so every layout with the same micro-batch size sees the
+    same micro-batches. Their `loss_norm` is the global batch's count of target tokens: this
+    rank's own count summed over the data-parallel replicas (collective over dp), so no rank
+    builds a sample outside its share."""
+    mb, m, dp = plan["microbatch_size"], plan["num_microbatches"], plan["dp"]
+    # loss_norm 1.0 is a placeholder until the global count is known, below
+    batches = [data.micro_batch(step, (micro * dp + mesh.dp_rank) * mb, mb, 1.0, device) for micro in range(m)]
+    norm = sum_over_replicas(loss_tokens(batches), mesh).float()
+    for batch in batches:
+        batch["loss_norm"] = norm
+    return batches
 
 
 class Trainer:
@@ -79,13 +97,7 @@ class Trainer:
 
     # ---- one optimiser step -------------------------------------------------------------------
     def micro_batches(self, step: int) -> list[dict[str, torch.Tensor]]:
-        """This rank's micro-batches: sample (micro x dp + dp_rank) x mb of the global batch, so
-        every layout with the same micro-batch size sees the same micro-batches."""
-        p = self.plan
-        mb, m, dp, dp_rank = p["microbatch_size"], p["num_microbatches"], p["dp"], self.model.mesh.dp_rank
-        loss_norm = self.data.global_loss_tokens(step)
-        return [self.data.micro_batch(step, (micro * dp + dp_rank) * mb, mb, loss_norm, self.env.device)
-                for micro in range(m)]
+        return rank_micro_batches(self.data, step, self.plan, self.model.mesh, self.env.device)
 
     def train_step(self) -> StepMetrics:
         t_data = time.perf_counter()

@@ -8,14 +8,14 @@ from rich.console import Console
 from rich.table import Table
 
 from vlac.compiler.graph import Graph
+from vlac.compiler.number_format import si
 from vlac.compiler.plan import Plan
 
 
 def _si(x: float, unit: str = "") -> str:
-    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= factor:
-            return f"{x / factor:.2f} {prefix}{unit}"
-    return f"{x:.3g} {unit}".strip()
+    """The compiler's SI formatting, keeping three significant digits below 1000 (a fraction
+    prints as 0.25, not 0)."""
+    return si(x, unit, small=".3g")
 
 
 def _seconds(x: float) -> str:
@@ -32,6 +32,33 @@ def print_graph(con: Console, g: Graph) -> None:
                   _si(lc.saved["selective"], "B"), _si(lc.saved["full"], "B"),
                   f"{lc.flops_fp8 / total * 100:.0f} %" if total else "-")
     con.print(t)
+
+
+def _runtime_line(runtime: dict) -> str:
+    """Whether vlac's runtime runs the plan, and what its limits set aside."""
+    if not runtime["runs"]:
+        return (f"[bold red]not run by vlac's runtime[/] ({runtime['why']}): " + "; ".join(runtime["unsupported"]))
+    out = "runs as planned"
+    if runtime["excluded_total"]:
+        out += f"; {runtime['excluded_total']:,} layouts set aside that it cannot run yet"
+        best = runtime.get("best_excluded")
+        if best:
+            out += f" (best of them {best['layout']}, {best['faster_pct']:.1f} % faster)"
+    return out
+
+
+def _kernel_costs_line(costs: dict) -> str:
+    """Where the step time's kernel costs came from: measured (which file) or assumed."""
+    by_source: dict[str, list[str]] = {}
+    for name, k in costs["kernels"].items():
+        if k["source"] in ("measured", "assumed"):
+            by_source.setdefault(k["source"], []).append(f"{name} {k['hbm_efficiency'] * 100:.0f} %")
+    parts = [f"{src} ({', '.join(names)} of HBM bandwidth)" for src, names in sorted(by_source.items())]
+    f = costs.get("file")
+    if f:
+        parts.append(f"file {f['name']}" + (f" ({f['device']})" if f.get("device") else "")
+                     + ("" if f["applied"] else f": not applied, {f['note']}"))
+    return "; ".join(parts) or "no runtime kernel in the step time"
 
 
 def print_plan(con: Console, p: Plan) -> None:
@@ -75,6 +102,11 @@ def print_plan(con: Console, p: Plan) -> None:
     layout.add_row("search", f"{search.get('legal', p.evaluated + p.pruned):,} legal layouts: {p.evaluated:,} costed, "
                              f"{p.pruned:,} pruned ({search.get('pruned_over_memory', 0):,} over memory, "
                              f"{sum(search.get('pruned_dominated', {}).values()):,} dominated) in {p.plan_seconds:.2f} s")
+    runtime = j.get("runtime") or {}
+    if runtime:
+        layout.add_row("runtime", _runtime_line(runtime))
+    if j.get("kernel_costs"):
+        layout.add_row("kernel costs", _kernel_costs_line(j["kernel_costs"]))
     con.print(layout)
 
     mem = Table(title=f"Memory per GPU (peak rank; usable {j['cluster']['usable_memory_gb']:.1f} GB after "

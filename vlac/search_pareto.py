@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
+from vlac.compiler.number_format import si as format_si
+
 WIDTH, HEIGHT = 760, 500
 LEFT, RIGHT, TOP, BOTTOM = 84, 28, 60, 64
 COLORS = {"ok": "#7f8fa6", "rejected": "#c0c0c0", "front": "#e1701a", "best": "#c0392b"}
@@ -22,10 +24,8 @@ class Point:
 
 
 def si(x: float) -> str:
-    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= factor:
-            return f"{x / factor:.3g}{prefix}"
-    return f"{x:.3g}"
+    """Compact figures for axis ticks and labels: three significant digits, no space ("12.5k")."""
+    return format_si(x, scaled=".3g", small=".3g", sep="")
 
 
 class _Scale:

@@ -9,8 +9,22 @@ the model is laid out.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 from ..distributed import all_reduce_sum
+from .mesh import Mesh
+
+REPLICA_DIMS = ("dp_replicate", "dp_shard")  # the data-parallel coordinates: which samples a rank reads
+
+
+def sum_over_replicas(t: torch.Tensor, mesh: Mesh) -> torch.Tensor:
+    """Sum `t` in place over the data-parallel replicas and return it. The other ranks of a replica
+    (tensor, context, pipeline) read the same samples: including them would count them again."""
+    for name in REPLICA_DIMS:
+        group = mesh.group(name)
+        if group is not None:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return t
 
 
 class StepStats:

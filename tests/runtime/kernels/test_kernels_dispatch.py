@@ -1,23 +1,15 @@
 """Dispatch layer: backend choice, validation, and that each public function reaches its kernel."""
 
 import importlib
-import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from vlac.runtime import kernels  # noqa: E402
-from vlac.runtime.kernels._triton import have_triton  # noqa: E402
+from vlac.runtime import kernels
+from vlac.runtime.kernels._triton import have_triton
 
 # The package attribute `moe_permute` is the public function; the module needs importlib.
 moe_module = importlib.import_module("vlac.runtime.kernels.moe_permute")
-
-needs_triton = pytest.mark.skipif(
-    not kernels.triton_available(torch.empty(0)),
-    reason="needs Triton in interpreter mode: TRITON_INTERPRET=1 before triton is imported",
-)
 
 
 def calls():
@@ -67,7 +59,6 @@ def test_forcing_triton_without_cuda_or_interpreter_is_an_error(monkeypatch):
 
 
 @pytest.mark.triton
-@needs_triton
 @pytest.mark.parametrize("name, fn", calls())
 def test_forced_triton_matches_forced_torch(name, fn):
     torch.testing.assert_close(fn("triton"), fn("torch"), rtol=1e-5, atol=1e-5)

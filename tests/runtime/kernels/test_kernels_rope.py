@@ -1,22 +1,11 @@
 """RoPE: reference against complex rotation, gradcheck, Triton (interpreter) against the reference."""
 
-import os
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from vlac.runtime.kernels import triton_available  # noqa: E402
-from vlac.runtime.kernels.rope import apply_rope_reference, apply_rope_triton  # noqa: E402
-
-needs_triton = pytest.mark.skipif(
-    not triton_available(torch.empty(0)),
-    reason="needs Triton in interpreter mode: TRITON_INTERPRET=1 before triton is imported",
-)
-FAST = settings(max_examples=25, deadline=None)
+from vlac.runtime.kernels.rope import apply_rope_reference, apply_rope_triton
 
 
 def rope_tables(seq: int, dim: int, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,8 +33,6 @@ def test_reference_gradcheck_float64():
 
 
 @pytest.mark.triton
-@needs_triton
-@FAST
 @given(
     st.integers(1, 2), st.integers(1, 5), st.integers(1, 4), st.integers(1, 10),
     st.booleans(), st.integers(0, 2**31 - 1),
@@ -68,7 +55,6 @@ def test_triton_forward_and_backward_match_reference(batch, seq, heads, half, st
 
 
 @pytest.mark.triton
-@needs_triton
 def test_triton_bf16_matches_reference():
     x = torch.randn(2, 7, 4, 16).bfloat16()
     cos, sin = rope_tables(7, 16)
