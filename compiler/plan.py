@@ -101,6 +101,7 @@ class Plan:
     search: dict[str, Any] = field(default_factory=dict)  # legal count, pruning reasons, timings
     pin_notes: list[str] = field(default_factory=list)  # why pins could not be honoured as asked
     runtime: dict[str, Any] = field(default_factory=dict)  # whether vlac's runtime runs it (planner._runtime_note)
+    kernel_costs: dict[str, Any] = field(default_factory=dict)  # per kernel: measured or assumed (compiler.kernel_costs)
 
     @property
     def feasible(self) -> bool:
@@ -121,7 +122,9 @@ class Plan:
         (ZeRO-3 only), predicted.stages (per rank: one micro-batch's fwd/bwd/wgrad seconds and
         memory parts), predicted.placement, cluster.memory_headroom_gb, search.{legal, candidates, pruned_dominated,
         pruned_over_memory}, fp8.off_reason / bf16_step_time_s, pin_notes; runtime.{runs, unsupported,
-        excluded_layouts, excluded_total, best_excluded} (what vlac's runtime cannot run yet)."""
+        excluded_layouts, excluded_total, best_excluded} (what vlac's runtime cannot run yet).
+        Added by the kernels issue: kernel_costs.{file, kernels.<name>.source} (measured, assumed or
+        not costed: where each runtime kernel's cost in the step time came from)."""
         est = self.chosen
         lay = est.layout
         step = est.step_time_s
@@ -158,6 +161,7 @@ class Plan:
             "advice": self.advice,
             "pin_notes": self.pin_notes,
             "runtime": self.runtime,
+            "kernel_costs": self.kernel_costs,
         }
         return out
 

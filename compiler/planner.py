@@ -17,6 +17,7 @@ from .cost_model import MEMORY_KEYS, TIME_KEYS, CostModel, Evaluation
 from .fp8 import fp8_plan, fp8_support
 from .graph import RECOMPUTE, Graph
 from .hardware import Hardware
+from .kernel_costs import KernelCosts, kernel_costs_for
 from .lower import lower
 from .plan import Estimate, Layout, Plan
 from .profile import CostProfile
@@ -41,7 +42,9 @@ class Search:
         self.hw = Hardware(cluster)
         use, self.fp8_note = fp8_support(exp, cluster)
         self.fp8 = use if fp8 is None else fp8
-        self.model = CostModel(build_profile(exp, g, self.hw, self.fp8), self.hw, exp.train.global_batch_tokens)
+        self.kernel_costs = kernel_costs_for(cluster)  # measured where $VLAC_KERNEL_COSTS has this GPU
+        self.model = CostModel(build_profile(exp, g, self.hw, self.fp8, self.kernel_costs), self.hw,
+                               exp.train.global_batch_tokens)
         self.lim = Limits.of(exp, cluster, g.n_layers)
         self.flops_per_step = g.flops_per_token * exp.train.global_batch_tokens  # what MFU counts
 
@@ -89,11 +92,13 @@ class Search:
                         stages)
 
 
-def build_profile(exp: Experiment, g: Graph, hw: Hardware, fp8: bool) -> CostProfile:
+def build_profile(exp: Experiment, g: Graph, hw: Hardware, fp8: bool,
+                  kernel_costs: KernelCosts | None = None) -> CostProfile:
     bb, moe = exp.backbone, exp.moe
     return CostProfile(g, hw, hidden=bb.hidden, heads=bb.heads, kv_heads=bb.n_kv_heads, head_dim=bb.d_head,
                        top_k=moe.top_k if moe else 0, experts=moe.experts if moe else 1, fp8=fp8,
-                       fp8_recipe=exp.precision.fp8.recipe, causal=exp.fusion.attention_mask == "causal")
+                       fp8_recipe=exp.precision.fp8.recipe, causal=exp.fusion.attention_mask == "causal",
+                       norm=bb.norm, kernel_costs=kernel_costs)
 
 
 def plan(exp: Experiment, cluster: Cluster | None = None, pin: dict[str, Any] | None = None,
@@ -142,6 +147,7 @@ def plan(exp: Experiment, cluster: Cluster | None = None, pin: dict[str, Any] | 
         stage_split=[[layer_ids[i] for i in chunk] for chunk in chunks],
         fp8=fp8, evaluated=int(ev.timed.sum()), pruned=int(space.legal - ev.timed.sum()), total_steps=exp.train.total_steps,
         pins=pins,
+        kernel_costs=search.kernel_costs.describe(search.model.p.runtime_kernels),
         runtime=_runtime_note(exp, pins, chosen, limits, runnable,
                               est[unrestricted_i] if unrestricted_i is not None else None),
         search={"legal": space.legal, "candidates": len(space),

@@ -40,6 +40,7 @@ import numpy as np
 
 from .graph import RECOMPUTE, Graph, NodeCost
 from .hardware import Hardware
+from .kernel_costs import KernelCosts, runtime_kernel
 
 MEMBOUND_PASSES = 4.0
 MEMBOUND_FWD_SHARE = 1.0 / 3.0
@@ -77,6 +78,8 @@ class LayerProfile:
     # memory-bound HBM traffic of a step and saved bytes, in three parts by how they divide over
     # tensor-parallel ranks: always (TP-sharded), with sequence parallelism only, never (masks)
     mem: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    # the part of `mem` that a runtime kernel moves (vlac.compiler.kernel_costs), in the same parts
+    mem_kernels: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     saved: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # policy -> parts
     params_dense: float = 0.0
     params_expert: float = 0.0
@@ -87,8 +90,12 @@ class LayerProfile:
 
 class CostProfile:
     def __init__(self, graph: Graph, hw: Hardware, *, hidden: int, heads: int, kv_heads: int, head_dim: int,
-                 top_k: int, experts: int, fp8: bool, fp8_recipe: str = "delayed", causal: bool = False):
+                 top_k: int, experts: int, fp8: bool, fp8_recipe: str = "delayed", causal: bool = False,
+                 norm: str = "rmsnorm", kernel_costs: KernelCosts | None = None):
         self.g, self.hw = graph, hw
+        self.norm = norm
+        # measured kernel rates replace the assumed HBM efficiency for the traffic of their ops
+        self.kernel_costs = kernel_costs or KernelCosts(hw.cluster.gpu.memory_bandwidth)
         self.causal = causal
         self.q_dim = heads * head_dim
         self.seq_len, self.hidden, self.top_k, self.experts = graph.seq_len, hidden, top_k, experts
@@ -132,6 +139,7 @@ class CostProfile:
         p = LayerProfile(key, kind, moe=any(n.expert for n in nodes))
         saved = {pol: [0.0, 0.0, 0.0] for pol in RECOMPUTE}
         mem = [0.0, 0.0, 0.0]
+        mem_kernels: dict[str, list[float]] = {}
         regions = set()
         for n in nodes:
             p.params_dense += n.params_dense + n.params_embedding
@@ -156,6 +164,9 @@ class CostProfile:
                 p.flops -= (n.flops_fwd + n.flops_bwd) * (1 - half)
             elif n.kind in MEMBOUND_KINDS:
                 mem[part] += MEMBOUND_PASSES * n.saved["none"]
+                kernel = runtime_kernel(n.kind, n.module, n.name, self.norm)
+                if kernel is not None:
+                    mem_kernels.setdefault(kernel, [0.0, 0.0, 0.0])[part] += MEMBOUND_PASSES * n.saved["none"]
             for pol in RECOMPUTE:
                 b = n.saved[pol]
                 if n.kind == "attention":
@@ -164,6 +175,7 @@ class CostProfile:
         mb = self.g.micro_batch  # the graph was lowered for `mb` sequences: store per sequence
         p.saved = {pol: tuple(x / mb for x in v) for pol, v in saved.items()}
         p.mem = tuple(x / mb for x in mem)
+        p.mem_kernels = {k: tuple(x / mb for x in v) for k, v in sorted(mem_kernels.items())}
         p.attn_fwd /= mb
         p.attn_bwd /= mb
         p.flops /= mb
@@ -184,6 +196,11 @@ class CostProfile:
         """An attention node of a causal experiment that the graph costed densely."""
         dense = 4.0 * self.seq_len ** 2 * self.q_dim * self.g.micro_batch
         return self.causal and n.flops_fwd >= 0.99 * dense
+
+    @property
+    def runtime_kernels(self) -> frozenset[str]:
+        """The runtime kernels (vlac.compiler.kernel_costs.COSTED) whose traffic some layer moves."""
+        return frozenset(k for p in self.profiles for k in p.mem_kernels)
 
     # ---- per-layer times for many degree combinations ---------------------------------------
     def times(self, tp, sp, cp, mb, ep, etp) -> dict[str, np.ndarray]:
@@ -238,6 +255,12 @@ class CostProfile:
             cast_t = hw.memory_seconds(cast)
             out["mem_fwd"][:, j] = hw.memory_seconds(traffic * MEMBOUND_FWD_SHARE) + cast_t / 2
             out["mem_bwd"][:, j] = hw.memory_seconds(traffic * (1 - MEMBOUND_FWD_SHARE)) + cast_t / 2
+            for kernel, parts in p.mem_kernels.items():
+                if self.kernel_costs.is_measured(kernel):  # else nothing changes, to the last bit
+                    moved = (parts[0] / tp + parts[1] / sp_div + parts[2]) * seqs
+                    extra = self.kernel_costs.seconds(kernel, moved) - hw.memory_seconds(moved)
+                    out["mem_fwd"][:, j] += extra * MEMBOUND_FWD_SHARE
+                    out["mem_bwd"][:, j] += extra * (1 - MEMBOUND_FWD_SHARE)
             if p.kind != "block":
                 continue
             # tensor parallelism: per region, with SP an all-gather and a reduce-scatter forward,

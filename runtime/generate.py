@@ -2,10 +2,22 @@
 sampled (temperature, top-k), restricted to one modality's range of the unified vocabulary.
 
 The cache is preallocated from `kv_cache` settings ([B, kv_heads, max_length, head_dim] per
-layer, in the spec's cache dtype on GPUs, fp32 on CPU; an "fp8" setting is stored as bf16 here,
-since reading an fp8 cache needs scaled attention kernels this runtime does not have). MoE layers
-route dropless while decoding: capacity is a training-time device, and a one-token step must not
-drop its own token. Late fusion encodes the media once, at the prefill, and reuses them.
+layer and per K and V). "bf16"/"fp16"/"fp32" are stored as such on GPUs and in fp32 on CPU (the
+compute dtype there). "fp8" is stored as float8_e4m3fn on every device, with one fp32 scale per
+(sequence, head, position): each cached row of head_dim values is one block of the blockwise FP8
+cast kernel (vlac.runtime.kernels.fp8_blockwise_cast, Triton on CUDA). Attention reads the cache
+dequantised to the compute dtype, one layer at a time (the runtime has no FP8 attention kernel):
+what FP8 saves is the resident cache, (head_dim + 4) / head_dim bytes per value instead of 2.
+
+Why per-row scales rather than one scale per tensor or per (layer, head): the cache is written
+one token at a time and never rewritten. A per-row scale is fixed when the row is written, needs
+no calibration pass and no requantisation when a later token has a larger amax, and one outlier
+token cannot cost every other token its precision. Its price is 4 bytes per head_dim values
+(3 % at head_dim 128), and every row's largest value lands exactly on the FP8 maximum.
+
+MoE layers route dropless while decoding: capacity is a training-time device, and a one-token
+step must not drop its own token. Late fusion encodes the media once, at the prefill, and reuses
+them.
 """
 
 from __future__ import annotations
@@ -17,30 +29,93 @@ import torch
 
 from vlac.spec import Experiment
 
+from . import kernels
+from .kernels._triton import next_power_of_2
 from .model import VLAModel
 from .moe import MoELayer
 
-CACHE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+FP8_CACHE_DTYPE = torch.float8_e4m3fn
+CACHE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp8": FP8_CACHE_DTYPE}
+
+
+class CacheTensor:
+    """Keys or values of one layer, [B, H_kv, max_length, D], stored in the dtype they are read in
+    (up to a cast)."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device):
+        self.data = torch.zeros(shape, dtype=dtype, device=device)
+
+    def write(self, start: int, x: torch.Tensor) -> None:
+        self.data[:, :, start:start + x.size(2)] = x.to(self.data.dtype)
+
+    def read(self, end: int, dtype: torch.dtype) -> torch.Tensor:
+        return self.data[:, :, :end].to(dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel() * self.data.element_size()
+
+
+class FP8CacheTensor:
+    """Keys or values of one layer in float8_e4m3fn, [B, H_kv, max_length, D], with an fp32 scale
+    per row of D values, [B, H_kv, max_length]: stored = fp8(value * scale), read = stored / scale.
+
+    The rows are cast by the blockwise FP8 kernel with one block per row (block width D rounded
+    up to a power of two, the kernel's tile extent; the padding is masked and does not change a
+    row's amax). `backend` is the kernel dispatch's ("auto" | "torch" | "triton").
+    """
+
+    def __init__(self, shape: tuple[int, ...], device: torch.device, backend: str = "auto"):
+        b, h, length, d = shape
+        self.data = torch.zeros(shape, dtype=FP8_CACHE_DTYPE, device=device)
+        self.scales = torch.ones(b, h, length, dtype=torch.float32, device=device)
+        self.block = (1, next_power_of_2(d))
+        self.backend = backend
+
+    def write(self, start: int, x: torch.Tensor) -> None:
+        b, h, s, d = x.shape
+        q, scales = kernels.fp8_blockwise_cast(x.reshape(b * h * s, d), self.block, FP8_CACHE_DTYPE,
+                                               backend=self.backend)
+        self.data[:, :, start:start + s] = q.view(b, h, s, d)
+        self.scales[:, :, start:start + s] = scales.view(b, h, s)
+
+    def read(self, end: int, dtype: torch.dtype) -> torch.Tensor:
+        # dequantise in fp32 (the scale is fp32), then to the compute dtype
+        return (self.data[:, :, :end].float() / self.scales[:, :, :end, None]).to(dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel() * self.data.element_size() + self.scales.numel() * self.scales.element_size()
 
 
 class LayerCache:
-    """Keys and values of one attention layer, [B, H_kv, max_length, D] each."""
+    """Keys and values of one attention layer (CacheTensor or FP8CacheTensor each)."""
 
-    def __init__(self, owner: "KVCache", k: torch.Tensor, v: torch.Tensor):
+    def __init__(self, owner: "KVCache", k: CacheTensor | FP8CacheTensor, v: CacheTensor | FP8CacheTensor):
         self.owner, self.k, self.v = owner, k, v
 
     @property
     def length(self) -> int:
         return self.owner.length
 
+    @property
+    def max_length(self) -> int:
+        return self.k.data.size(2)
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
+
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new block's k and v ([B, H_kv, s, D]); return all cached k and v so far, in
+        the new block's dtype."""
         start, end = self.length, self.length + k.size(2)
-        if end > self.k.size(2):
-            raise ValueError(f"KV cache overflow: {end} positions exceed kv_cache.max_length {self.k.size(2)}; "
+        if end > self.max_length:
+            raise ValueError(f"KV cache overflow: {end} positions exceed kv_cache.max_length {self.max_length}; "
                              f"raise kv_cache.max_length or generate fewer tokens")
-        self.k[:, :, start:end] = k.to(self.k.dtype)
-        self.v[:, :, start:end] = v.to(self.v.dtype)
-        return self.k[:, :, :end].to(k.dtype), self.v[:, :, :end].to(v.dtype)
+        self.k.write(start, k)
+        self.v.write(start, v)
+        return self.k.read(end, k.dtype), self.v.read(end, v.dtype)
 
     def causal_mask(self, s: int, device) -> torch.Tensor:
         """New block of s queries: all cached keys, causal inside the block. [1, 1, s, length+s]."""
@@ -58,20 +133,43 @@ class KVCache:
     def advance(self, n: int) -> None:
         self.length += n
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the cache holds (FP8 values and their scales for an FP8 cache), media excluded."""
+        return sum(layer.nbytes for layer in self.layers)
+
+
+def cache_dtype(exp: Experiment, device: torch.device) -> torch.dtype:
+    """The storage dtype of `exp.kv_cache.dtype` on `device`: FP8 everywhere; the others as
+    named on GPUs and fp32 on CPU (where the model computes in fp32)."""
+    name = exp.kv_cache.dtype
+    if name == "fp8":
+        return FP8_CACHE_DTYPE
+    return torch.float32 if device.type == "cpu" else CACHE_DTYPES[name]
+
 
 def make_cache(model: VLAModel, batch_size: int, max_length: int | None = None,
-               dtype: torch.dtype | None = None) -> KVCache:
+               dtype: torch.dtype | None = None, backend: str = "auto") -> KVCache:
+    """An empty cache for `batch_size` sequences of up to `max_length` tokens (default
+    kv_cache.max_length, else the context length). `dtype` overrides the spec's cache dtype
+    (torch.float8_e4m3fn for the FP8 cache); `backend` picks the FP8 cast kernel."""
     exp: Experiment = model.exp
     bb = exp.backbone
     length = max_length or exp.kv_cache.max_length or bb.context_length
     dev = model.embed.weight.device
-    if dtype is None:
-        dtype = torch.float32 if dev.type == "cpu" else CACHE_DTYPES.get(exp.kv_cache.dtype, torch.bfloat16)
+    dtype = dtype or cache_dtype(exp, dev)
+    if dtype not in CACHE_DTYPES.values():
+        raise ValueError(f"make_cache dtype must be one of {list(CACHE_DTYPES.values())}; got {dtype}")
+    if backend not in kernels.BACKENDS:
+        raise ValueError(f"make_cache backend must be one of {', '.join(map(repr, kernels.BACKENDS))}; got {backend!r}")
+    shape = (batch_size, bb.n_kv_heads, length, bb.d_head)
+
+    def tensor() -> CacheTensor | FP8CacheTensor:
+        return FP8CacheTensor(shape, dev, backend) if dtype == FP8_CACHE_DTYPE else CacheTensor(shape, dtype, dev)
+
     cache = KVCache()
     for _ in model.layers:
-        shape = (batch_size, bb.n_kv_heads, length, bb.d_head)
-        cache.layers.append(LayerCache(cache, torch.zeros(shape, dtype=dtype, device=dev),
-                                       torch.zeros(shape, dtype=dtype, device=dev)))
+        cache.layers.append(LayerCache(cache, tensor(), tensor()))
     return cache
 
 
