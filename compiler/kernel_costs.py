@@ -13,12 +13,12 @@ vlac.compiler.profile):
 - ``rms_norm``: normalisation nodes when the backbone norm is RMSNorm, and the QK-norms (always
   RMSNorm); LayerNorm runs torch's kernel and keeps the assumed rate;
 - ``apply_rope``: the rotary-embedding calls;
-- ``moe_permute`` / ``moe_unpermute``: not in the step time. The dropless experts node is costed
-  as its grouped GEMMs (FLOPs and operand traffic); the permutation traffic around them is not
-  charged, so a measured rate has nothing to replace;
-- ``fp8_cast`` / ``fp8_blockwise_cast``: not used by training. FP8 GEMM inputs are cast by
-  TransformerEngine / torchao, whose casts the cost model charges at the assumed rate; vlac's cast
-  kernels fill the FP8 KV cache of generation (vlac.runtime.generate).
+- ``moe_permute`` / ``moe_unpermute``: the permutation around dropless experts' grouped GEMMs
+  (tokens and padded groups, forward and backward; capacity-factor routing does not run them);
+- ``fp8_cast``: the operand casts of FP8 expert GEMMs (vlac.runtime.fp8_experts). The dense FP8
+  GEMMs are cast by TransformerEngine / torchao, at the assumed rate;
+- ``fp8_blockwise_cast``: not used by training; it fills the FP8 KV cache of generation
+  (vlac.runtime.generate).
 
 A kernel's rate comes from its own entries (``kernels == [name]``), preferring forward+backward
 timings (the cost model's traffic for these ops is a whole training step's) and, among those, the
@@ -63,16 +63,10 @@ ENV_VAR = "VLAC_KERNEL_COSTS"
 RUNTIME_IMPLEMENTATION = "triton"  # what vlac.runtime.kernels runs on CUDA (plan.kernels)
 PHASES = ("forward", "forward+backward")
 # kernels whose traffic the step time charges, and why the others have no cost to replace
-COSTED = ("rms_norm", "apply_rope")
-_MOE_NOTE = ("the MoE permutation traffic is not in the step time: dropless experts are costed as their grouped "
-             "GEMMs, and capacity-factor routing does not run this kernel")
+COSTED = ("rms_norm", "apply_rope", "moe_permute", "moe_unpermute", "fp8_cast")
 NOT_COSTED = {
-    "moe_permute": _MOE_NOTE,
-    "moe_unpermute": _MOE_NOTE,
-    "fp8_cast": "not used by training: FP8 GEMM inputs are cast by TransformerEngine/torchao (costed at the assumed "
-                "HBM efficiency); this kernel fills the FP8 KV cache of generation",
-    "fp8_blockwise_cast": "not used by training: FP8 GEMM inputs are cast by TransformerEngine/torchao (costed at the "
-                          "assumed HBM efficiency); this kernel fills the FP8 KV cache of generation",
+    "fp8_blockwise_cast": "not used by training: it fills the FP8 KV cache of generation; FP8 GEMM inputs are cast "
+                          "by TransformerEngine/torchao (dense) or fp8_cast (experts)",
 }
 QK_NORMS = ("q_norm", "k_norm")
 

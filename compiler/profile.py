@@ -157,6 +157,14 @@ class CostProfile:
                                     bool(getattr(n, "sp_split", False))))
                 if n.tp_split and kind == "block":
                     regions.add(".".join(n.module.split(".")[:-1]))
+                if n.name.endswith("dropless_experts"):
+                    # the permutation around the grouped GEMMs: each kernel moves the tokens
+                    # (rows / top_k) and the padded groups (rows) once forward, once backward
+                    rows, d = m, k
+                    moved = 2.0 * (rows / max(1, self.top_k) + rows) * d * self.act_bytes
+                    mem[part] += 2 * moved
+                    for kernel in ("moe_permute", "moe_unpermute"):
+                        mem_kernels.setdefault(kernel, [0.0, 0.0, 0.0])[part] += moved
             elif n.kind == "attention":
                 half = 0.5 if self._dense_causal(n) else 1.0
                 p.attn_fwd += n.flops_fwd * half
@@ -199,8 +207,12 @@ class CostProfile:
 
     @property
     def runtime_kernels(self) -> frozenset[str]:
-        """The runtime kernels (vlac.compiler.kernel_costs.COSTED) whose traffic some layer moves."""
-        return frozenset(k for p in self.profiles for k in p.mem_kernels)
+        """The runtime kernels (vlac.compiler.kernel_costs.COSTED) whose traffic some layer moves;
+        fp8_cast when FP8 expert GEMMs cast their operands with it (vlac.runtime.fp8_experts)."""
+        kernels = {k for p in self.profiles for k in p.mem_kernels}
+        if self.fp8 and any(g.expert and g.fp8_eligible for p in self.profiles for g in p.gemms):
+            kernels.add("fp8_cast")
+        return frozenset(kernels)
 
     # ---- per-layer times for many degree combinations ---------------------------------------
     def times(self, tp, sp, cp, mb, ep, etp) -> dict[str, np.ndarray]:
@@ -218,6 +230,7 @@ class CostProfile:
         sp_div = np.where(sp, tp, 1.0)
         for j, p in enumerate(self.profiles):
             cast = np.zeros_like(tp)
+            expert_cast = np.zeros_like(tp)  # cast by vlac's fp8_cast kernel (the experts' FP8 GEMMs)
             for g in p.gemms:
                 if g.expert:
                     scale = seqs / tp
@@ -248,6 +261,8 @@ class CostProfile:
                     out["gemm_wgrad"][:, j] += one
                 if use8:
                     cast += (m * k + m * n) * groups * self.cast_bytes
+                    if g.expert:
+                        expert_cast += (m * k + m * n) * groups * self.cast_bytes
             attn_split = seqs / tp
             out["attn_fwd"][:, j] = hw.attention_seconds(p.attn_fwd * attn_split)
             out["attn_bwd"][:, j] = hw.attention_seconds(p.attn_bwd * attn_split)
@@ -261,6 +276,10 @@ class CostProfile:
                     extra = self.kernel_costs.seconds(kernel, moved) - hw.memory_seconds(moved)
                     out["mem_fwd"][:, j] += extra * MEMBOUND_FWD_SHARE
                     out["mem_bwd"][:, j] += extra * (1 - MEMBOUND_FWD_SHARE)
+            if self.kernel_costs.is_measured("fp8_cast") and expert_cast.any():
+                extra = self.kernel_costs.seconds("fp8_cast", expert_cast) - hw.memory_seconds(expert_cast)
+                out["mem_fwd"][:, j] += extra / 2
+                out["mem_bwd"][:, j] += extra / 2
             if p.kind != "block":
                 continue
             # tensor parallelism: per region, with SP an all-gather and a reduce-scatter forward,

@@ -71,7 +71,8 @@ def test_a_results_file_becomes_an_achieved_bandwidth_per_costed_kernel(tmp_path
     described = costs.describe()
     assert described["kernels"]["rms_norm"]["source"] == "measured"
     assert described["kernels"]["rms_norm"]["hbm_efficiency"] == pytest.approx(0.5)
-    assert described["kernels"]["moe_permute"]["source"] == "not costed"
+    assert described["kernels"]["moe_permute"]["source"] == "assumed"  # its own entries are absent
+    assert described["kernels"]["fp8_blockwise_cast"]["source"] == "not costed"
     assert described["file"]["name"] == path.name and described["file"]["applied"]
     assert len(described["file"]["sha256"]) == 64 and str(tmp_path) not in json.dumps(described)
 
@@ -137,7 +138,8 @@ def test_without_a_measurement_nothing_changes_to_the_last_bit(tiny, monkeypatch
     monkeypatch.delenv(ENV_VAR, raising=False)
     first, second = plan_json(tiny, monkeypatch), plan_json(tiny, monkeypatch)
     assert json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)
-    assert {v["source"] for v in first["kernel_costs"]["kernels"].values()} == {"assumed", "not costed"}
+    assert {v["source"] for v in first["kernel_costs"]["kernels"].values()} == {"assumed", "not costed",
+                                                                                "not in this model"}
     assert first["kernel_costs"]["file"] is None
     # the layer times equal those of a profile that attributes no traffic to any kernel (the model
     # before kernel costs existed)
@@ -195,3 +197,52 @@ def test_a_directory_contributes_the_file_of_the_cluster_gpu(tiny, monkeypatch, 
     empty.mkdir()
     assert kernel_costs_for(tiny[0].cluster, empty).measured == {}
     assert isinstance(kernel_costs_for(tiny[0].cluster, empty), KernelCosts)
+
+
+def _per_kernel(kernel, efficiency):
+    return entry(f"{kernel}_fwd_bwd", [kernel], "forward+backward", 2e8, 2e8 / (efficiency * H100_BW),
+                 tokens=16384)
+
+
+@pytest.mark.parametrize("overrides, kernel", [
+    (["moe.capacity_factor=null"], "moe_permute"),
+    (["moe.capacity_factor=null"], "moe_unpermute"),
+    (["precision.fp8.enabled=true", "precision.fp8.keep_first_last_bf16=false"], "fp8_cast"),
+], ids=["dropless-permute", "dropless-unpermute", "fp8-expert-casts"])
+def test_moe_permutation_and_expert_fp8_casts_are_charged_and_re_costed(monkeypatch, tmp_path, overrides, kernel):
+    """Dropless experts move their tokens through the permutation kernels, FP8 experts cast their
+    operands with vlac's cast kernel: both are in the step time at the assumed rate, and a slower
+    measured rate makes the step longer (the layout pinned, so only the kernel's time moves)."""
+    exp = vlac.load(TINY, overrides=overrides)
+    g = vlac.lower(exp)
+    assert kernel in Search(exp, exp.cluster, g).model.p.runtime_kernels
+    pin = {"dp": 2, "microbatch_size": 8}
+
+    def plan(path=None):
+        if path is None:
+            monkeypatch.delenv(ENV_VAR, raising=False)
+        else:
+            monkeypatch.setenv(ENV_VAR, str(path))
+        return vlac.plan(exp, graph=g, pin=pin).to_json()
+
+    base = plan()
+    assert base["kernel_costs"]["kernels"][kernel]["source"] == "assumed"
+    data = results()
+    data["results"].append(_per_kernel(kernel, 0.05))
+    slow = plan(write(tmp_path / "kernels-nvidia-h100.json", data))
+    assert slow["kernel_costs"]["kernels"][kernel]["source"] == "measured"
+    assert slow["plan"] == base["plan"]
+    assert slow["predicted"]["time_s"]["elementwise"] > base["predicted"]["time_s"]["elementwise"]
+
+
+def test_dropless_permutation_traffic_counts_tokens_and_padded_rows():
+    exp = vlac.load(TINY, overrides=["moe.capacity_factor=null"])
+    g = vlac.lower(exp)
+    prof = Search(exp, exp.cluster, g).model.p
+    blocks = [p for p in prof.profiles if "moe_permute" in p.mem_kernels]
+    assert blocks
+    for p in blocks:
+        rows = next(gm.m for gm in p.gemms if gm.expert)  # the padded rows' bound, per sequence
+        moved = 2 * (rows / exp.moe.top_k + rows) * exp.backbone.hidden * g.dtype_bytes
+        assert sum(p.mem_kernels["moe_permute"]) == pytest.approx(moved)
+        assert sum(p.mem_kernels["moe_unpermute"]) == pytest.approx(moved)

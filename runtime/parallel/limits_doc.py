@@ -1,0 +1,25 @@
+"""Render the runtime's limits (support.py) as docs/runtime-limits.md:
+`python -m vlac.runtime.parallel.limits_doc > docs/runtime-limits.md`."""
+
+from __future__ import annotations
+
+from .support import LIMITS
+
+
+def render_markdown() -> str:
+    """docs/runtime-limits.md: the limits table of support.py, for users."""
+    lines = ["# What vlac's runtime runs", "",
+             "Generated from `runtime/parallel/support.py` (`python -m vlac.runtime.parallel.limits_doc >",
+             "docs/runtime-limits.md`); a test fails when this file and the table drift apart.", "",
+             "The planner costs every legal layout, but chooses only among those the runtime can apply.",
+             "`vlac compile` reports how many layouts these limits set aside and how much faster the best",
+             "of them would be; a plan pinned to one of them is marked as not runnable, and the emitted",
+             "program refuses it before building a mesh.", "",
+             "| limit | what is not run | way around |", "|---|---|---|"]
+    for lim in LIMITS:
+        lines.append(f"| `{lim.name}` | {lim.reason} | {lim.fix} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(render_markdown(), end="")
