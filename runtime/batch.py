@@ -1,8 +1,10 @@
 """The batch contract between data, model and compiler: which keys, which shapes.
 
-Always: tokens, targets, target_modality, span, prefix, modality [B, S] (int64) and loss_norm
-(scalar). `modality` is the modality index of each position (continuous placeholders included;
--1 on specials and padding); `target_modality` is that of the next token, -1 where no loss.
+Always: tokens, targets, target_modality, span, prefix, modality [B, S] (int64), sample [B]
+(int64) and loss_norm (scalar). `modality` is the modality index of each position (continuous
+placeholders included; -1 on specials and padding); `target_modality` is that of the next token,
+-1 where no loss; `sample` the global index of each sample in the run's data order, from which
+training-time corruption (masking, flow noise) is derived (vlac.runtime.noise).
 
 Per modality m (n = its tokens, P = positions it occupies in the sequence):
 - continuous in the sequence: `m.features` [B, n, input_dim], `m.index` [B, P] sequence
@@ -23,7 +25,8 @@ import torch
 
 from vlac.spec import Experiment
 
-BASE_KEYS = ("tokens", "targets", "target_modality", "span", "prefix", "modality", "loss_norm")
+BASE_KEYS = ("tokens", "targets", "target_modality", "span", "prefix", "modality", "sample", "loss_norm")
+PER_SAMPLE_KEYS = ("sample", "loss_norm")  # not [B, S]: sample is [B], loss_norm a scalar
 POSE_DIM = 12
 
 
@@ -80,7 +83,8 @@ def example_batch(exp: Experiment, micro_batch: int, seq_len: int | None = None,
     b = micro_batch
     long = dict(dtype=torch.long, device=device)
     flt = dict(dtype=dtype, device=device)
-    batch: dict[str, torch.Tensor] = {k: torch.zeros(b, s, **long) for k in BASE_KEYS if k != "loss_norm"}
+    batch: dict[str, torch.Tensor] = {k: torch.zeros(b, s, **long) for k in BASE_KEYS if k not in PER_SAMPLE_KEYS}
+    batch["sample"] = torch.arange(b, **long)
     batch["loss_norm"] = torch.ones((), dtype=torch.float32, device=device)
     for key in batch_keys(exp)[len(BASE_KEYS):]:
         name, field = key.rsplit(".", 1)

@@ -41,6 +41,7 @@ class Sample:
     extras: dict[str, np.ndarray] = field(default_factory=dict)  # per-modality batch entries
     episode: Episode | None = None
     answer_start: int = -1  # sequence position of the first answer token of the last text span
+    index: int = -1  # the sample's global index (batch["sample"]); -1 for one built outside the data order
 
 
 class SyntheticData:
@@ -131,7 +132,7 @@ class SyntheticData:
         spans += [0] * pad
         prefix += [0] * pad
         return Sample(np.array(toks), np.array(mods), np.array(pred), np.array(spans), np.array(prefix),
-                      extras, ep, answer_start)
+                      extras, ep, answer_start, index)
 
     def _text(self, name, m, ep: Episode, texts: list[str]) -> tuple[list[int], int]:
         """Token ids within the modality's range (-1 = padding) and where the answer starts
@@ -230,6 +231,7 @@ class SyntheticData:
             "span": _stack([s.span for s in samples]),
             "prefix": _stack([s.prefix for s in samples]),
             "modality": _stack([s.modality for s in samples]),
+            "sample": torch.tensor([s.index for s in samples], dtype=torch.long),
             "loss_norm": torch.tensor(float(loss_norm)),
         }
         for key, (shape, kind) in self.shapes.items():

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from vlac.spec import Experiment
 
+from . import noise
 from .batch import batch_keys, is_media
 
 
@@ -64,6 +65,7 @@ class Objective(nn.Module):
         masked = flow = None
         if losses.masked or losses.flow_matching:
             # a new dict from the contract's keys (iterating the batch would not trace)
+            self._sample_ids(batch)  # a clear error before the contract's keys are read
             inputs = {k: batch[k] for k in batch_keys(self.exp)}
         if losses.masked:
             inputs, masked = self._mask_tokens(inputs)
@@ -104,6 +106,16 @@ class Objective(nn.Module):
                 result[key] = out[key]
         return result
 
+    @staticmethod
+    def _sample_ids(batch) -> torch.Tensor:
+        """Global sample indices: the corruption of a sample is a function of (train.seed, its
+        index, position) (vlac.runtime.noise), the same in every layout and on every device."""
+        try:  # (a traced batch is a Proxy: no membership test, and indexing it never fails)
+            return batch["sample"]
+        except KeyError:
+            raise KeyError("masked / flow-matching losses need batch['sample'] (the global index of each sample, "
+                           "int64 [B]); SyntheticData.collate provides it") from None
+
     # ---- masked generation (MaskGIT / BEiT / Show-o) -----------------------------------------
     def _mask_tokens(self, batch):
         """Replace a random fraction of the masked modality's tokens by <mask>. The fraction is
@@ -112,11 +124,12 @@ class Objective(nn.Module):
         cfg = self.exp.losses.masked
         idx = self.names.index(cfg.modality)
         tokens = batch["tokens"]
+        sample, seed = self._sample_ids(batch), self.exp.train.seed
         is_mod = batch["modality"] == idx
         r = cfg.mask_ratio
         lo, hi = max(0.0, 2 * r - 1), min(1.0, 2 * r)
-        ratio = lo + (hi - lo) * torch.rand_like(tokens[:, :1], dtype=torch.float32)
-        chosen = (torch.rand_like(tokens, dtype=torch.float32) < ratio) & is_mod
+        ratio = lo + (hi - lo) * noise.uniform(seed, "mask_ratio", sample, tokens[:, :1])
+        chosen = (noise.uniform(seed, "mask_choice", sample, tokens) < ratio) & is_mod
         return {**batch, "tokens": torch.where(chosen, torch.full_like(tokens, self.mask_id), tokens)}, chosen
 
     def _masked_loss(self, logits, tokens, chosen):
@@ -132,8 +145,9 @@ class Objective(nn.Module):
         """Rectified flow: x_t = t*x1 + (1-t)*x0 with x0 ~ N(0, I), t ~ U(0, 1) per sample."""
         name = self.exp.losses.flow_matching.modality
         x1 = batch[f"{name}.features"]
-        t = torch.rand_like(x1[:, 0, 0])
-        x0 = torch.randn_like(x1)
+        sample, seed = self._sample_ids(batch), self.exp.train.seed
+        t = noise.uniform(seed, "flow_time", sample, x1[:, 0, 0]).to(x1.dtype)
+        x0 = noise.normal(seed, "flow_noise_u", "flow_noise_v", sample, x1).to(x1.dtype)
         tt = t.view(-1, 1, 1)
         noisy = {**batch, f"{name}.features": tt * x1 + (1 - tt) * x0, f"{name}.flow_time": t}
         return noisy, (x1 - x0)
