@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from vlac.runtime.parallel.support import excluded as runtime_excluded
-from vlac.runtime.parallel.support import plan_columns, unsupported
+from vlac.runtime.parallel.support import not_as_timed, plan_columns, unsupported
 from vlac.spec import Experiment
 from vlac.spec.system import Cluster
 
@@ -56,7 +56,7 @@ class Search:
     def runtime_limits(self, space: Space) -> dict[str, np.ndarray]:
         """Limit name -> the rows vlac's runtime cannot run (vlac.runtime.parallel.support)."""
         c = space.cols
-        cols = {**{k: c[k] for k in ("dp", "tp", "cp", "pp", "ep", "etp", "zero", "sp")},
+        cols = {**{k: c[k] for k in ("dp", "tp", "cp", "pp", "ep", "etp", "zero", "sp", "m")},
                 "schedule": np.array(SCHEDULE_CODES)[c["sched"]], "fp8": self.fp8}
         return runtime_excluded(self.exp, cols)
 
@@ -244,12 +244,13 @@ def _runtime_note(exp: Experiment, pins: dict[str, Any], chosen: Estimate, limit
     what the best of those would have gained."""
     lay = chosen.layout
     cols = plan_columns({"dp": lay.dp, "tp": lay.tp, "cp": lay.cp, "pp": lay.pp, "ep": lay.ep,
-                         "expert_tensor_parallel": lay.etp, "zero": lay.zero,
+                         "expert_tensor_parallel": lay.etp, "zero": lay.zero, "num_microbatches": lay.num_microbatches,
                          "sequence_parallel": lay.sequence_parallel, "schedule": lay.schedule, "fp8": lay.fp8})
     note: dict[str, Any] = {"runs": not unsupported(exp, cols), "unsupported": unsupported(exp, cols),
+                            "not_as_timed": not_as_timed(exp, cols),
                             "excluded_layouts": {k: int(m.sum()) for k, m in limits.items()},
                             "excluded_total": int((~runnable).sum())}
-    if not note["runs"]:
+    if note["unsupported"] or note["not_as_timed"]:
         note["why"] = ("the pins ask for it" if pins else "every legal layout of this cluster needs it") \
             + "; of those, the plan breaks the fewest runtime limits"
     if unrestricted is not None and unrestricted.step_time_s < chosen.step_time_s * (1 - 1e-9):

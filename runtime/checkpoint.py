@@ -8,6 +8,11 @@ their names in the whole model (pipeline stages and sharded wrappers keep them),
 are saved as pieces of the global tensor, and the optimiser state is flattened per parameter
 (`state.<name>.exp_avg`). A job can therefore resume on another number of ranks or another layout:
 DCP reads each rank's pieces out of whatever was saved.
+
+Tied embeddings (`head.weight` is `embed.weight`) have two names: one process saves the weight
+under both and its optimiser state under `embed.weight`; a pipeline saves `embed.weight` from the
+first stage and `head.weight` from the last, each with its own copy's optimiser state. A name the
+loading layout asks for and the checkpoint lacks is read from its tied name (`_tied_aliases`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ PREFIX = "step_"
 PARTIAL = ".partial"
 EXTRA = "extra.json"
 OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+TIED_NAMES = ("embed.weight", "head.weight")  # backbone.tied_embeddings: one weight, two names
 
 
 def _barrier() -> None:
@@ -72,7 +78,36 @@ class Checkpointer:
     def load(self, path: Path, model: nn.Module, optimizer: Optimizer) -> dict[str, Any]:
         model_sd, optim_sd = get_state_dict(model, optimizer, options=OPTIONS)
         state = {"model": model_sd, "optim": optim_sd}
+        aliases = _tied_aliases(state, path)
+        for part, key, saved in aliases:
+            state[part][saved] = state[part].pop(key)
         dcp.load(state, checkpoint_id=str(path))
+        for part, key, saved in aliases:
+            state[part][key] = state[part].pop(saved)
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
                        options=OPTIONS)
         return json.loads((path / EXTRA).read_text())
+
+
+def _tied_aliases(state: dict[str, dict[str, Any]], path: Path) -> list[tuple[str, str, str]]:
+    """(part, requested key, saved key) for each key the checkpoint lacks whose tied name it has."""
+    saved = set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
+    out = []
+    for part, entries in state.items():
+        for key in entries:
+            other = _tied_name(key)
+            if other and f"{part}.{key}" not in saved and f"{part}.{other}" in saved and other not in entries:
+                out.append((part, key, other))
+    return out
+
+
+def _tied_name(key: str) -> str | None:
+    """The key under the other tied name (model `head.weight`, optimiser `state.head.weight.exp_avg`,
+    `param_groups.head.weight.lr`, ...), or None when the key names neither."""
+    a, b = TIED_NAMES
+    for prefix in ("", "state.", "param_groups."):
+        for name, other in ((a, b), (b, a)):
+            head = prefix + name
+            if key == head or key.startswith(head + "."):
+                return prefix + other + key[len(head):]
+    return None

@@ -70,7 +70,9 @@ class Attention(nn.Module):
     pick a fused kernel, or a boolean [B, 1, Sq, Sk] tensor (True = may attend) for image-
     bidirectional, prefix-LM and segment-memory masks. While `kv_cache` holds a `LayerCache`
     (set by vlac.runtime.generate.decoding, None otherwise, so traced graphs never see it) the
-    new keys/values are appended to it and queries attend to the whole cache.
+    new keys/values are appended to it and queries attend to the whole cache. `kv_gather`, None
+    except under context parallelism (runtime/parallel/context_parallel.py), maps this rank's
+    keys/values [B,S,Hkv,D] to those of the whole sequence; the mask then has that many columns.
     """
 
     def __init__(self, cfg: Backbone, causal: bool = True):
@@ -87,6 +89,7 @@ class Attention(nn.Module):
         self.rotary = Rotary(self.d_head, cfg.context_length, cfg.rope_theta) if cfg.positions == "rope" else None
         self.dropout = cfg.dropout
         self.kv_cache = None
+        self.kv_gather = None
 
     @property
     def start(self) -> int:
@@ -108,6 +111,8 @@ class Attention(nn.Module):
     def attend(self, q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
         """SDPA over [B,S,H,D] inputs; returns [B, S, Hq*D] before the output projection."""
         b, s = q.size(0), q.size(1)
+        if self.kv_gather is not None:
+            k, v = self.kv_gather(k, v)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         cache = self.kv_cache
         if cache is not None:

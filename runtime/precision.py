@@ -11,6 +11,12 @@ FP8             the GEMMs the plan marks (plan.json "fp8" -> "gemms", one decisi
                 TransformerEngine's delayed scaling has no torchao counterpart (torchao scales from
                 the current amax): on CPU, delayed and current scaling both run as tensorwise
                 dynamic scaling, block and MXFP8 as rowwise scaling.
+FP8 with tensor parallelism (plan.tp > 1): torchao on every device. `te.Linear` keeps plain
+                weights and splits itself (its own tp_group / sequence_parallel arguments); it is
+                not a module DTensor's `parallelize_module` can shard, whereas a torchao
+                `Float8Linear` is an nn.Linear that the Float8 colwise/rowwise styles shard (and
+                whose tensorwise scales are then reduced over the whole DTensor, so each GEMM is
+                scaled as in one process). Conversion therefore runs before tensor parallelism.
 """
 
 from __future__ import annotations
@@ -38,9 +44,11 @@ def transformer_engine_installed() -> bool:
     return importlib.util.find_spec("transformer_engine") is not None
 
 
-def fp8_backend(device_type: str, enabled: bool, prefer: str = "auto", te_installed: bool | None = None) -> str:
+def fp8_backend(device_type: str, enabled: bool, prefer: str = "auto", te_installed: bool | None = None,
+                tp: int = 1) -> str:
     """Which FP8 implementation a run uses: none when the plan has FP8 off; on CUDA
-    TransformerEngine, or torchao when TransformerEngine is not installed; torchao elsewhere.
+    TransformerEngine, or torchao when TransformerEngine is not installed or the plan splits the
+    GEMMs with tensor parallelism (`tp` > 1, see the module docstring); torchao elsewhere.
     `prefer` (a backend name, or the VLAC_FP8_BACKEND environment variable) overrides the choice."""
     if prefer == "auto":
         prefer = os.environ.get("VLAC_FP8_BACKEND", "auto")
@@ -51,8 +59,12 @@ def fp8_backend(device_type: str, enabled: bool, prefer: str = "auto", te_instal
     if prefer != "auto":
         if prefer == "transformer_engine" and device_type != "cuda":
             raise ValueError("the transformer_engine FP8 backend needs a CUDA device; use torchao on CPU")
+        if prefer == "transformer_engine" and tp > 1:
+            raise ValueError(f"the transformer_engine FP8 backend does not compose with the DTensor tensor "
+                             f"parallelism of this runtime (plan.tp = {tp}); use the torchao backend "
+                             f"(VLAC_FP8_BACKEND=torchao, or auto) or re-plan with --pin tp=1")
         return prefer
-    if device_type != "cuda":
+    if device_type != "cuda" or tp > 1:
         return "torchao"
     installed = transformer_engine_installed() if te_installed is None else te_installed
     return "transformer_engine" if installed else "torchao"
@@ -71,7 +83,10 @@ def _names_match(node: str, module: str) -> bool:
 
 def fp8_module_names(model: nn.Module, plan: dict[str, Any]) -> list[str]:
     """nn.Linear modules of `model` whose GEMM the plan runs in FP8. (The grouped expert GEMMs
-    the plan may also mark stay in the compute dtype: they are batched matmuls, not Linear.)"""
+    the plan may also mark stay in the compute dtype: they are batched matmuls, not Linear.)
+    Under tensor parallelism either dimension of a weight may be split tp ways, and the local
+    GEMM must still be aligned: both dimensions must then be multiples of 16 * tp."""
+    align = FP8_ALIGN * plan.get("plan", {}).get("tp", 1)
     gemms = [g for g in plan.get("fp8", {}).get("gemms", []) if g.get("fp8")]
     # the module path the compiler traced (under the objective's `model.`), else the FX node name
     exact = {g["module"].removeprefix("model.") for g in gemms if g.get("module")}
@@ -79,7 +94,7 @@ def fp8_module_names(model: nn.Module, plan: dict[str, Any]) -> list[str]:
     names = []
     for name, mod in model.named_modules():
         if isinstance(mod, nn.Linear) and (name in exact or any(_names_match(node, name) for node in chosen)):
-            if mod.in_features % FP8_ALIGN or mod.out_features % FP8_ALIGN:
+            if mod.in_features % align or mod.out_features % align:
                 continue  # the planner checks this too; a model change must not crash the GEMM
             names.append(name)
     return names
@@ -98,7 +113,17 @@ class Precision:
     def for_run(cls, exp: Experiment, plan: dict[str, Any], device: torch.device, prefer_fp8: str = "auto") -> "Precision":
         enabled = bool(plan["plan"].get("fp8"))
         dtype = exp.precision.dtype if device.type == "cuda" else "fp32"
-        return cls(device, dtype, fp8_backend(device.type, enabled, prefer_fp8), dict(plan.get("fp8", {}).get("recipe", {})))
+        tp = plan["plan"].get("tp", 1)
+        backend = fp8_backend(device.type, enabled, prefer_fp8, tp=tp)
+        recipe = dict(plan.get("fp8", {}).get("recipe", {}))
+        name = recipe.get("name", "Float8CurrentScaling")
+        if backend == "torchao" and tp > 1 and TORCHAO_RECIPE.get(name) == "rowwise":
+            # a row-wise split GEMM contracts over a sharded dimension: torchao would take each
+            # row's scale from this rank's slice of it, not from the whole row
+            raise ValueError(f"plan fp8.recipe.name = {name!r} (torchao rowwise scaling) with plan.tp = {tp}: the "
+                             f"per-row FP8 scales of a row-wise split GEMM would differ from one process's; use "
+                             f"precision.fp8.recipe: current or delayed (tensorwise), or re-plan with --pin tp=1")
+        return cls(device, dtype, backend, recipe)
 
     # ---- model conversion ---------------------------------------------------------------------
     def convert(self, model: nn.Module, plan: dict[str, Any] | None = None, names: list[str] | None = None) -> list[str]:

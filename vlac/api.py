@@ -45,6 +45,10 @@ def emit(exp: Experiment, plan: Plan, out_dir: str | Path) -> Path:
     """Write the runnable program directory; byte-identical for the same inputs."""
     if not plan.feasible:
         raise ValueError("the plan does not fit in memory; emit needs a feasible plan:\n  " + "\n  ".join(plan.advice))
+    runtime = plan.runtime or {}
+    if not runtime.get("runs", True):
+        raise ValueError(f"vlac's runtime cannot run the plan {plan.chosen.layout.short()} "
+                         f"({runtime.get('why', '')}):\n  " + "\n  ".join(runtime["unsupported"]))
     return render(exp, plan.to_json(), out_dir, __version__)
 
 

@@ -38,6 +38,9 @@ def _runtime_line(runtime: dict) -> str:
     """Whether vlac's runtime runs the plan, and what its limits set aside."""
     if not runtime["runs"]:
         return (f"[bold red]not run by vlac's runtime[/] ({runtime['why']}): " + "; ".join(runtime["unsupported"]))
+    if runtime.get("not_as_timed"):
+        return (f"[yellow]runs, but slower than timed here[/] ({runtime['why']}): "
+                + "; ".join(runtime["not_as_timed"]))
     out = "runs as planned"
     if runtime["excluded_total"]:
         out += f"; {runtime['excluded_total']:,} layouts set aside that it cannot run yet"

@@ -11,9 +11,10 @@ Layouts are written as degrees joined by `x`, with options after `+`:
     dp2  fsdp2  tp2  pp2  ep2  dp2xtp2  fsdp2xpp2  pp2+v2  pp2+gpipe  tp2+nosp  fsdp2+zero2  dp2+full
 
 dpN replicated data parallel (zero 0); fsdpN sharded (zero 3; +zero1/+zero2 for the others); tpN
-tensor parallel with sequence parallelism (+nosp without); ppN pipeline (1F1B; +gpipe, +vK for the
+tensor parallel with sequence parallelism (+nosp without); ppN pipeline (1F1B; +gpipe, +zb zero bubble, +vK for the
 interleaved schedule with K stages per rank); epN expert parallel, folded out of dp (implies dpN
-when no dp is given); +full / +selective activation recompute.
+when no dp is given); +full / +selective activation recompute; +etp splits the MoE experts over tp
+(expert tensor parallelism, etp = tp).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ MICROBATCH_SIZES = (1, 2, 4, 8, 16, 32)
 TOLERANCE = 1e-4
 LARGE_PARAMS = 50_000_000  # above this, a spec with a `tiny` profile is verified through it
 DEGREE = re.compile(r"^(dp|fsdp|tp|pp|ep|cp)(\d+)$")
-OPTIONS = {"nosp", "gpipe", "full", "selective", "zero1", "zero2", "zero3"}
+OPTIONS = {"nosp", "gpipe", "zb", "full", "selective", "zero1", "zero2", "zero3", "etp"}
 
 
 class LayoutSyntaxError(ValueError):
@@ -58,6 +59,7 @@ class Layout:
     schedule: str = "1f1b"
     virtual_stages: int = 1
     recompute: str = "none"
+    etp: int = 1
 
     @property
     def world(self) -> int:
@@ -66,7 +68,7 @@ class Layout:
     def pins(self, microbatch_size: int) -> dict[str, Any]:
         return {"dp": self.dp, "tp": self.tp, "pp": self.pp, "ep": self.ep, "cp": self.cp, "zero": self.zero,
                 "sequence_parallel": self.sequence_parallel, "schedule": self.schedule,
-                "virtual_stages": self.virtual_stages, "recompute": self.recompute,
+                "virtual_stages": self.virtual_stages, "recompute": self.recompute, "etp": self.etp,
                 "microbatch_size": microbatch_size}
 
 
@@ -101,8 +103,14 @@ def parse_layout(text: str) -> Layout:
                                     f"{', '.join(sorted(OPTIONS))}, vN")
         elif opt == "nosp":
             kw["sequence_parallel"] = False
+        elif opt == "etp":
+            if kw["tp"] < 2:
+                raise LayoutSyntaxError(f"layout {name!r}: +etp splits the experts over tp; give a tpN with N > 1")
+            kw["etp"] = kw["tp"]
         elif opt == "gpipe":
             kw["schedule"] = "gpipe"
+        elif opt == "zb":
+            kw["schedule"] = "zero_bubble"
         elif opt in ("full", "selective"):
             kw["recompute"] = opt
         else:

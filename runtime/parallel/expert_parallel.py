@@ -17,6 +17,12 @@ capacity is static) keep the collective a plain all_to_all_single.
 
 Expert weights become DTensors sharded on dim 0 over the `ep` mesh (checkpoints reshard them to
 any other layout); their gradients are summed over the `edp` ranks that hold the same experts.
+
+With expert tensor parallelism (etp = tp, runtime/parallel/expert_tensor_parallel.py) the expert
+weights are also sharded along their inner width over the `tp` mesh dimension: w1/w3 [E, d, f]
+on f, w2 [E, f, d] on f. Each tp rank holds a different slice of the same experts, routes the
+same (gathered) tokens and exchanges its own all-to-all within its `ep` group; the experts'
+outputs are then partial sums over tp, summed by the MoE layer's output re-layout.
 """
 
 from __future__ import annotations
@@ -25,7 +31,11 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import DTensor, Shard, distribute_module, distribute_tensor
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module, distribute_tensor
+
+from .mesh import Mesh
+
+INNER_DIM = {"w1": 2, "w3": 2, "w2": 1}  # the inner (ffn) dimension of each stacked expert weight
 
 
 class _AllToAll(torch.autograd.Function):
@@ -60,21 +70,38 @@ def combine(out: torch.Tensor, ep: int, group: dist.ProcessGroup) -> torch.Tenso
     return _AllToAll.apply(send, group)
 
 
-def _shard_experts(name: str, module: nn.Module, mesh: DeviceMesh) -> None:
-    for pname, param in list(module.named_parameters(recurse=False)):
-        module.register_parameter(pname, nn.Parameter(distribute_tensor(param.data, mesh, [Shard(0)])))
+def expert_mesh(mesh: Mesh) -> DeviceMesh | None:
+    """The mesh the experts are sharded over: ("ep",), ("tp",) under expert tensor parallelism
+    alone, ("ep", "tp") under both; None when the experts are replicated."""
+    d = mesh.dims
+    if d.ep > 1 and d.etp > 1:
+        return mesh.experts["ep", "tp"]
+    if d.ep > 1:
+        return mesh.experts["ep"]
+    if d.etp > 1:
+        return mesh.sub("tp")
+    return None
 
 
-def apply_expert_parallel(model: nn.Module, ep_mesh: DeviceMesh) -> list[nn.Parameter]:
-    """Shard the experts of every MoE layer of `model` over `ep_mesh`; returns the expert
-    parameters (the data-parallel wrappers must leave them alone)."""
-    ep = ep_mesh.size()
-    group = ep_mesh.get_group()
+def _placements(mesh: DeviceMesh, pname: str) -> list:
+    return [Shard(0) if dim == "ep" else Shard(INNER_DIM[pname]) for dim in mesh.mesh_dim_names]
+
+
+def apply_expert_parallel(model: nn.Module, mesh: DeviceMesh) -> list[nn.Parameter]:
+    """Shard the experts of every MoE layer of `model` over `mesh` (see `expert_mesh`): over its
+    `ep` dimension by expert, over its `tp` dimension by inner width. Returns the parameters
+    sharded by expert (the data-parallel wrappers must leave them alone); experts split over tp
+    alone are DTensors like the other tensor-parallel weights, reduced by the wrappers."""
+    dims = mesh.mesh_dim_names
+    by_expert = "ep" in dims
+    ep = mesh.size(dims.index("ep")) if by_expert else 1
+    group = mesh.get_group("ep") if by_expert else None
+    layout = [Shard(0) if dim == "ep" else Replicate() for dim in dims]  # of the slots [E, C, d]
     params: list[nn.Parameter] = []
     for name, layer in model.named_modules():
         if not (hasattr(layer, "router") and hasattr(layer, "experts")):
             continue
-        if getattr(layer, "dropless", False):
+        if by_expert and getattr(layer, "dropless", False):
             raise ValueError("moe.capacity_factor: null (dropless) routes a data-dependent number of tokens per "
                              "expert; expert parallelism here exchanges capacity slots. Set a capacity factor or "
                              "re-plan with --pin ep=1")
@@ -82,15 +109,23 @@ def apply_expert_parallel(model: nn.Module, ep_mesh: DeviceMesh) -> list[nn.Para
         if n % ep:
             raise ValueError(f"moe.experts = {n} is not divisible by plan.ep = {ep}; re-plan with an ep that divides it")
 
-        def input_fn(mod, inputs, mesh):
-            local = dispatch(inputs[0], ep, group)
-            return DTensor.from_local(local, mesh, [Shard(0)], run_check=False)
+        def shard(_, module: nn.Module, dm: DeviceMesh) -> None:
+            for pname, param in list(module.named_parameters(recurse=False)):
+                module.register_parameter(pname, nn.Parameter(distribute_tensor(param.data, dm, _placements(dm, pname)),
+                                                              requires_grad=param.requires_grad))
 
-        def output_fn(mod, out, mesh):
-            return combine(out.to_local(), ep, group)
+        def input_fn(mod, inputs, dm):
+            local = dispatch(inputs[0], ep, group) if by_expert else inputs[0]
+            # replicated over tp: the split GEMMs' input gradient is summed over tp on the way back
+            return DTensor.from_local(local, dm, layout, run_check=False)
 
-        distribute_module(layer.experts, ep_mesh, _shard_experts, input_fn=input_fn, output_fn=output_fn)
-        params += list(layer.experts.parameters())
+        def output_fn(mod, out, dm):
+            local = out.to_local()  # a partial sum over tp under expert tensor parallelism
+            return combine(local, ep, group) if by_expert else local
+
+        distribute_module(layer.experts, mesh, shard, input_fn=input_fn, output_fn=output_fn)
+        if by_expert:
+            params += list(layer.experts.parameters())
     return params
 
 

@@ -15,9 +15,11 @@ def render_markdown() -> str:
              "`vlac compile` reports how many layouts these limits set aside and how much faster the best",
              "of them would be; a plan pinned to one of them is marked as not runnable, and the emitted",
              "program refuses it before building a mesh.", "",
-             "| limit | what is not run | way around |", "|---|---|---|"]
+             "A limit marked *runs* is a layout the runtime does run, but otherwise than the cost model times",
+             "it: the planner sets it aside unless pinned, and the plan says so; the others are refused.", "",
+             "| limit | what | the runtime | way around |", "|---|---|---|---|"]
     for lim in LIMITS:
-        lines.append(f"| `{lim.name}` | {lim.reason} | {lim.fix} |")
+        lines.append(f"| `{lim.name}` | {lim.reason} | {'refuses' if lim.refused else 'runs'} | {lim.fix} |")
     return "\n".join(lines) + "\n"
 
 

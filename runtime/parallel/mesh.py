@@ -19,7 +19,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 MESH_DIMS = ("pp", "dp_replicate", "dp_shard", "cp", "tp")
 EXPERT_MESH_DIMS = ("pp", "edp", "ep", "cp", "tp")
-SCHEDULES = ("1f1b", "interleaved_1f1b", "gpipe")
+SCHEDULES = ("1f1b", "interleaved_1f1b", "gpipe", "zero_bubble")
 
 
 class LayoutError(RuntimeError):
@@ -79,12 +79,13 @@ class ParallelDims:
                 f"plan.json needs {self.world} processes (pp {self.pp} x dp {self.dp} x cp {self.cp} x tp {self.tp}) "
                 f"but {world} were started; submit with {self.world} tasks, or re-plan for {world} GPUs "
                 f"(vlac emit ... --pin dp=...,tp=...,pp=...)")
-        if self.cp > 1:
-            raise LayoutError(f"plan.cp = {self.cp}: context parallelism is not implemented by this runtime yet; "
-                              f"re-plan with --pin cp=1")
-        if self.etp > 1:
-            raise LayoutError(f"plan.expert_tensor_parallel = {self.etp}: experts run unsharded on every "
-                              f"tensor-parallel rank in this runtime; re-plan with --pin etp=1")
+        if self.cp > 1 and self.pp > 1:
+            raise LayoutError(f"plan.cp = {self.cp} with plan.pp = {self.pp}: this runtime does not split sequences "
+                              f"over context-parallel ranks inside pipeline stages; re-plan with --pin pp=1 or --pin cp=1")
+        if self.etp not in (1, self.tp):
+            raise LayoutError(f"plan.expert_tensor_parallel = {self.etp} with plan.tp = {self.tp}: this runtime "
+                              f"splits experts over the whole tensor-parallel group or not at all; re-plan with "
+                              f"--pin etp=1 or etp={self.tp}")
         if len(self.recompute) != self.pp:
             raise LayoutError(f"plan.recompute_per_stage lists {len(self.recompute)} policies for pp = {self.pp} "
                               f"pipeline ranks; re-emit the program")
@@ -119,6 +120,10 @@ class Mesh:
     @property
     def tp_rank(self) -> int:
         return self._coord("tp")
+
+    @property
+    def cp_rank(self) -> int:
+        return self._coord("cp")
 
     @property
     def dp_rank(self) -> int:

@@ -1,6 +1,6 @@
 """Apply a plan to a model: one entry point, in the order that composes.
 
-    tensor/sequence parallel -> expert parallel -> FP8 -> activation recompute
+    FP8 -> tensor/sequence parallel -> context parallel -> expert parallel -> activation recompute
         -> pipeline stages -> data parallel (DDP, or FSDP2 per block and per stage)
 
 Every rank builds the same initialised model (same seed), so sharding it reproduces exactly the
@@ -20,10 +20,12 @@ from vlac.spec import Experiment
 from ..distributed import DistEnv
 from ..precision import Precision
 from .activation_checkpoint import apply_activation_checkpointing
+from .context_parallel import apply_context_parallel, average_grads_over_cp
 from .data_parallel import average_grads, loss_heads, replicate_module, shard_module, uses_ddp
-from .expert_parallel import apply_expert_parallel, reduce_expert_grads, rescale_expert_grads, shard_experts_over_edp
+from .expert_parallel import (apply_expert_parallel, expert_mesh, reduce_expert_grads, rescale_expert_grads,
+                              shard_experts_over_edp)
 from .grads import clip_, grad_norm
-from .mesh import LayoutError, Mesh, ParallelDims, build_mesh
+from .mesh import Mesh, ParallelDims, build_mesh
 from .pipeline import build_pipeline
 from .runner import DirectRunner
 from .stats import StepStats
@@ -46,6 +48,7 @@ class ParallelModel:
     expert_params: list[nn.Parameter] = field(default_factory=list)  # EP, gradients reduced here
     fsdp_expert_params: list[nn.Parameter] = field(default_factory=list)  # EP under FSDP over edp
     replicated_params: list[nn.Parameter] = field(default_factory=list)  # left out of FSDP, averaged here
+    mirrored_params: list[nn.Parameter] = field(default_factory=list)  # copies another pp rank also holds (tied)
 
     @property
     def dims(self) -> ParallelDims:
@@ -53,8 +56,8 @@ class ParallelModel:
 
     @property
     def owns_loss(self) -> bool:
-        """One tensor-parallel rank reports the loss (all compute the same one)."""
-        return self.mesh.tp_rank == 0
+        """One tensor- and context-parallel rank reports the loss (all compute the same one)."""
+        return self.mesh.tp_rank == 0 and self.mesh.cp_rank == 0
 
     def forward_backward(self, batches: list[dict[str, torch.Tensor]]) -> StepStats:
         stats = self.runner.forward_backward(batches)
@@ -70,12 +73,15 @@ class ParallelModel:
         if self.replicated_params:
             average_grads(self.replicated_params, self.mesh.group("dp_shard") or self.mesh.group("dp_replicate"),
                           self.dims.dp)
+        if self.dims.cp > 1:  # cp ranks are replicas of the parameters (context_parallel.py)
+            average_grads_over_cp(self.parameters(), self.mesh.group("cp"), self.dims.cp)
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def grad_norm(self) -> float:
-        return grad_norm(self.parameters(), self.mesh.group("pp"))
+        counted = [p for p in self.parameters() if all(p is not q for q in self.mirrored_params)]  # each weight once
+        return grad_norm(counted, self.mesh.group("pp"))
 
     def clip_(self, max_norm: float, norm: float) -> None:
         clip_(self.parameters(), max_norm, norm)
@@ -106,14 +112,13 @@ def parallelize(model: nn.Module, exp: Experiment, plan: dict[str, Any], env: Di
     precision = Precision.for_run(exp, plan, env.device, fp8_backend)
     rows, n_experts = moe_rows(model)
 
+    precision.convert(model, plan)  # before TP: the Float8 tensor-parallel styles split Float8Linear modules
     if dims.tp > 1:
-        apply_tensor_parallel(model, mesh.sub("tp"), dims.sequence_parallel)
-    expert_params = apply_expert_parallel(model, mesh.ep_mesh) if dims.ep > 1 else []
-    if precision.fp8 != "none" and dims.tp > 1:
-        raise LayoutError("plan.fp8 with plan.tp > 1: the FP8 GEMMs of this runtime (torchao Float8Linear, "
-                          "TransformerEngine Linear) are not combined with DTensor tensor parallelism yet; "
-                          "re-plan with --pin tp=1 or disable precision.fp8")
-    precision.convert(model, plan)
+        apply_tensor_parallel(model, mesh.sub("tp"), dims.sequence_parallel, expert_tp=dims.etp > 1)
+    if dims.cp > 1:
+        apply_context_parallel(model, exp, mesh.sub("cp"))
+    experts_mesh = expert_mesh(mesh)  # by expert over ep, by inner width over tp (etp)
+    expert_params = apply_expert_parallel(model, experts_mesh) if experts_mesh is not None else []
     # per pipeline rank (the planner may recompute more on early stages, which hold more activations)
     apply_activation_checkpointing(model, dims.recompute[mesh.pp_rank])
 
@@ -129,10 +134,14 @@ def parallelize(model: nn.Module, exp: Experiment, plan: dict[str, Any], env: Di
     if dims.pp > 1:
         def shard(stage_module, blocks):
             if dims.dp > 1:
-                shard_module(stage_module, blocks + loss_heads(stage_module.view), mesh, ignored)
+                # loss heads are FSDP units on the last stage only (the first holds the flow head's
+                # timestep embedding, which its forward calls directly)
+                heads = loss_heads(stage_module.view) if stage_module.last else []
+                shard_module(stage_module, blocks + heads, mesh, ignored)
         runner, holder = build_pipeline(exp, model, plan, mesh, rows, n_experts, precision.forward_context,
                                         env.device, shard)
-        return ParallelModel(holder, mesh, runner, precision, rows, expert_params, fsdp_experts, scalars)
+        return ParallelModel(holder, mesh, runner, precision, rows, expert_params, fsdp_experts, scalars,
+                             runner.mirrored_params)
 
     wrapped = model
     if uses_ddp(mesh):

@@ -12,13 +12,16 @@ pieces: `embed_inputs` on the first stage, `attention_mask` and its blocks on ev
 final norm and head on the last. Every stage receives the micro-batch fields as keyword
 arguments (masks are rebuilt per stage); only the hidden state crosses stage boundaries.
 
-The loss runs on the last stage (`Objective` on its logits and hidden state). The MoE auxiliary
-losses of each stage join the backward pass where they arise: `_AttachAux` ties them to the
-stage output (their gradient is the constant loss weight), as Megatron does.
+The loss runs on the last stage (`Objective` on its logits and hidden state, pipeline_loss.py,
+which also keeps masked-generation and flow-matching corruption equal to one process). The MoE
+auxiliary losses of each stage join the backward pass where they arise: `_AttachAux` ties them to
+the stage output (their gradient is the constant loss weight), as Megatron does. Tied embeddings
+keep a copy on the first and the last stage (pipeline_tied.py). The flow-matching head is split:
+its timestep embedding feeds the first stage's inputs, its velocity MLP reads the last stage's
+hidden state. Schedules: pipeline_schedules.py.
 
 Not pipelined here (refused with a message): late fusion (cross-attention layers read media on
-every stage), masked-generation and flow-matching losses (they corrupt the inputs of the first
-stage for a loss on the last), tied embeddings.
+every stage).
 """
 
 from __future__ import annotations
@@ -30,11 +33,16 @@ import torch.nn as nn
 
 from vlac.spec import Experiment
 
-from ..losses import Objective
+from .mesh import Mesh
+from .pipeline_loss import PipelineLoss
+from .pipeline_schedules import check_schedule, make_schedule
+from .pipeline_tied import TiedEmbeddings, is_tied
 from .stats import StepStats
 
 INPUT_SIDE = ("embed", "pos_embed", "projectors", "video")
 OUTPUT_SIDE = ("norm", "head", "contrastive")
+# modules used on both ends: their children split between the first and the last stage
+SPLIT = {"flow": (("fourier", "time_embed"), ("velocity",))}
 
 
 class SparseLayers(nn.ModuleDict):
@@ -49,11 +57,7 @@ def check_pipelinable(exp: Experiment, model: nn.Module) -> None:
     problems = []
     if exp.fusion.mode == "late":
         problems.append("fusion.mode: late (cross-attention layers read the media on every stage)")
-    if exp.losses.masked or exp.losses.flow_matching:
-        problems.append("losses.masked / losses.flow_matching (the first stage's inputs are corrupted for the last stage's loss)")
-    if getattr(model.head, "weight", None) is model.embed.weight:
-        problems.append("backbone.tied_embeddings (the first and last stages would share one weight)")
-    known = set(INPUT_SIDE + OUTPUT_SIDE + ("layers",))
+    known = set(INPUT_SIDE + OUTPUT_SIDE + tuple(SPLIT) + ("layers",))
     unknown = sorted(n for n, m in model.named_children() if n not in known and any(True for _ in m.parameters()))
     if unknown or model._parameters:
         problems.append(f"model parts {unknown or list(model._parameters)} (this runtime places {', '.join(INPUT_SIDE)} "
@@ -79,10 +83,24 @@ def model_view(model: nn.Module, layer_ids: list[int], first: bool, last: bool) 
         keep = (name not in INPUT_SIDE or first) and (name not in OUTPUT_SIDE or last)
         if name == "layers":
             child = SparseLayers({str(i): model.layers[i] for i in layer_ids})
+        elif name in SPLIT:
+            front, back = SPLIT[name]
+            child = _part_of(child, (front if first else ()) + (back if last else ()))
         elif not keep:
             child = None
         setattr(view, name, child)
     return view
+
+
+def _part_of(module: nn.Module, children: tuple[str, ...]) -> nn.Module | None:
+    """An instance of type(module) holding only `children` (shared, under their names)."""
+    if not children:
+        return None
+    part = object.__new__(type(module))
+    nn.Module.__init__(part)
+    for name, child in module.named_children():
+        setattr(part, name, child if name in children else None)
+    return part
 
 
 class _AttachAux(torch.autograd.Function):
@@ -92,7 +110,9 @@ class _AttachAux(torch.autograd.Function):
     def forward(ctx, y: torch.Tensor, aux: torch.Tensor, weight: float) -> torch.Tensor:
         ctx.weight = weight
         ctx.aux_meta = (aux.shape, aux.dtype, aux.device)
-        return y
+        # not `y` itself: autograd would make that a view of the input, and the zero-bubble
+        # schedule detaches stage outputs in place (detach shares the storage, copies nothing)
+        return y.detach()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -143,44 +163,6 @@ class StageModule(nn.Module):
         return _AttachAux.apply(x, aux, self.aux_weight)
 
 
-class _GivenOutputs(nn.Module):
-    """Lets `Objective` score logits and hidden states computed by the last stage; `contrastive`
-    is the model's head (the loss calls it through its `model`)."""
-
-    def __init__(self, view: nn.Module | None):
-        super().__init__()
-        self.__dict__["view"] = view  # not a submodule: its parameters belong to the stage
-
-    @property
-    def contrastive(self):
-        return self.view.contrastive
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits = batch["logits"]
-        return {"logits": logits, "hidden": batch["hidden"], "aux_loss": logits.new_zeros((), dtype=torch.float32)}
-
-
-class PipelineLoss:
-    """loss_fn(outputs, target) of the schedule on the last stage: outputs = (logits, hidden),
-    target packs targets, target modality and modality ([B, S, 3]). Keeps each call's loss terms
-    in `records`."""
-
-    def __init__(self, exp: Experiment, view: nn.Module | None, device: torch.device):
-        self.objective = Objective(_GivenOutputs(view), exp).to(device)
-        self.loss_norm: torch.Tensor | None = None
-        self.dp, self.m = 1, 1
-        self.records: list[dict[str, torch.Tensor]] = []
-
-    def __call__(self, outputs, target: torch.Tensor) -> torch.Tensor:
-        logits, hidden = outputs
-        out = self.objective({"logits": logits, "hidden": hidden, "targets": target[..., 0],
-                              "target_modality": target[..., 1], "modality": target[..., 2],
-                              "loss_norm": self.loss_norm})
-        self.records.append({k: v.detach() for k, v in out.items()})
-        # scaled as in runner.py: ar x dp, the other (non-MoE) auxiliary losses / m
-        return out["ar_loss"] * self.dp + out["aux_loss"] / self.m
-
-
 def stage_ids(pp_rank: int, pp: int, virtual: int) -> list[int]:
     return [pp_rank + i * pp for i in range(virtual)]
 
@@ -198,18 +180,27 @@ def split_layers(stage_split: list[list[int]], n_layers: int, n_stages: int) -> 
 
 class PipelineRunner:
     def __init__(self, exp: Experiment, schedule, stages: list[StageModule], loss: PipelineLoss, dp: int,
-                 n_moe: int, n_experts: int, device: torch.device):
+                 n_moe: int, n_experts: int, device: torch.device, tied: TiedEmbeddings | None = None):
         self.exp, self.schedule, self.stages, self.loss = exp, schedule, stages, loss
         self.dp, self.n_moe, self.n_experts, self.device = dp, n_moe, n_experts, device
+        self.tied = tied
+
+    @property
+    def mirrored_params(self) -> list[nn.Parameter]:
+        """Parameters another pipeline rank also holds (count them once in the gradient norm)."""
+        return self.tied.mirrored() if self.tied is not None else []
 
     def forward_backward(self, batches: list[dict[str, torch.Tensor]]) -> StepStats:
         m = len(batches)
         for st in self.stages:
             st.aux_weight, st.records = 1.0 / m, []
-        self.loss.dp, self.loss.m, self.loss.loss_norm, self.loss.records = self.dp, m, batches[0]["loss_norm"], []
-        fields = {k: torch.cat([b[k] for b in batches]) for k in batches[0] if batches[0][k].dim() > 0}
-        target = torch.stack([fields["targets"], fields["target_modality"], fields["modality"]], dim=-1)
+        inputs = self.loss.prepare(batches, self.dp)
+        fields = {k: torch.cat([b[k] for b in inputs]) for k in inputs[0] if inputs[0][k].dim() > 0}
+        # the loss looks each micro-batch up by its index (pipeline_loss.py)
+        target = torch.cat([torch.full((b["tokens"].size(0),), i, device=self.device) for i, b in enumerate(batches)])
         self.schedule.step(target=target, return_outputs=False, **fields)
+        if self.tied is not None:
+            self.tied.sync_grads()
         # the first step also runs each stage (and the loss) once on placeholder tensors to infer
         # the shapes sent between stages: only the last m calls are the micro-batches
         stats = StepStats(len(self.exp.modalities), self.n_moe, self.n_experts, self.device)
@@ -223,23 +214,26 @@ class PipelineRunner:
         return stats
 
 
-def build_pipeline(exp: Experiment, model: nn.Module, plan: dict, mesh, moe_rows_of: dict[int, int],
+def build_pipeline(exp: Experiment, model: nn.Module, plan: dict, mesh: Mesh, moe_rows_of: dict[int, int],
                    n_experts: int, forward_context, device: torch.device, shard) -> tuple[PipelineRunner, nn.Module]:
     """Stages of this rank, their schedule, and the view that holds all of this rank's parameters
     (for the optimiser and checkpoints). `shard(stage_module, blocks)` applies data parallelism."""
-    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
+    from torch.distributed.pipelining import PipelineStage
 
     check_pipelinable(exp, model)
     p = plan["plan"]
     pp, v = p["pp"], p["virtual_stages"]
+    check_schedule(p["schedule"], pp, v, p["num_microbatches"], p["dp"], p["zero"])  # before any collective
+    tied = is_tied(model)  # before data parallelism replaces the parameters
     n_stages = pp * v
     per_stage = split_layers(p["stage_split"], len(model.layers), n_stages)
     mine = stage_ids(mesh.pp_rank, pp, v)
-    last_view = None
+    first_view = last_view = None
     stages, modules, held = [], [], []
     for s in mine:
         first, last = s == 0, s == n_stages - 1
         view = model_view(model, per_stage[s], first, last)
+        first_view = view if first else first_view
         last_view = view if last else last_view
         rows = [moe_rows_of[i] for i in per_stage[s] if i in moe_rows_of]
         module = StageModule(view, first, last, rows, forward_context)
@@ -248,12 +242,8 @@ def build_pipeline(exp: Experiment, model: nn.Module, plan: dict, mesh, moe_rows
         held += per_stage[s]
         stages.append(PipelineStage(module, s, n_stages, device, group=mesh.group("pp")))
     loss = PipelineLoss(exp, last_view, device)
-    m = p["num_microbatches"]
-    if v > 1:
-        schedule = ScheduleInterleaved1F1B(stages, n_microbatches=m, loss_fn=loss, scale_grads=False)
-    else:
-        cls = {"1f1b": Schedule1F1B, "gpipe": ScheduleGPipe}[p["schedule"]]
-        schedule = cls(stages[0], n_microbatches=m, loss_fn=loss, scale_grads=False)
+    schedule = make_schedule(p["schedule"], stages, pp, p["num_microbatches"], loss, p["dp"], p["zero"])
+    tied = TiedEmbeddings(mesh, first_view, last_view) if tied else None
     holder = model_view(model, sorted(held), first=0 in mine, last=n_stages - 1 in mine)
-    runner = PipelineRunner(exp, schedule, modules, loss, p["dp"], len(moe_rows_of), n_experts, device)
+    runner = PipelineRunner(exp, schedule, modules, loss, p["dp"], len(moe_rows_of), n_experts, device, tied)
     return runner, holder

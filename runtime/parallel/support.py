@@ -8,7 +8,8 @@ of them would have gained); `parallelize` refuses a plan any limit excludes, wit
 before it builds a mesh. One table, so the two can never disagree.
 
 A layout is given as columns (numpy arrays over many candidate layouts, or plain scalars for one
-plan): dp, tp, cp, pp, ep, etp, zero, sp (sequence parallel), schedule (name), fp8 (bool).
+plan): dp, tp, cp, pp, ep, etp, zero, sp (sequence parallel), m (micro-batches per step),
+schedule (name), fp8 (bool).
 `excludes` must work on both, using only elementwise operators.
 """
 
@@ -31,10 +32,19 @@ class Limit:
     fix: str  # the pin or spec change that avoids it
     concerns: Callable[[Experiment], bool]
     excludes: Callable[[Columns], Any]  # True where a layout needs what the runtime lacks
+    refused: bool = True  # False: the runtime runs such a layout, but not as the cost model times it
+
+    def message(self) -> str:
+        verb = "is not run by this runtime" if self.refused else "is not how this runtime runs it"
+        return f"{self.reason} {verb}; {self.fix}"
 
 
 def _always(_: Experiment) -> bool:
     return True
+
+
+def _moe(exp: Experiment) -> bool:
+    return exp.moe is not None
 
 
 def _dropless(exp: Experiment) -> bool:
@@ -42,36 +52,47 @@ def _dropless(exp: Experiment) -> bool:
 
 
 LIMITS: tuple[Limit, ...] = (
-    Limit("context_parallel", "context parallelism (cp > 1)", "--pin cp=1",
-          _always, lambda c: c["cp"] > 1),
-    Limit("expert_tensor_parallel", "expert tensor parallelism (etp > 1)", "--pin etp=1",
-          _always, lambda c: c["etp"] > 1),
-    Limit("fp8_tensor_parallel", "FP8 GEMMs combined with tensor parallelism", "--pin tp=1, or precision.fp8: false",
-          _always, lambda c: (c["tp"] > 1) & c["fp8"]),
+    Limit("context_parallel_pipeline", "context parallelism inside pipeline stages (cp > 1 with pp > 1)",
+          "--pin cp=1 or --pin pp=1", _always, lambda c: (c["cp"] > 1) & (c["pp"] > 1)),
+    Limit("expert_tensor_parallel", "expert tensor parallelism over part of the tensor-parallel group (1 < etp < tp)",
+          "--pin etp=1 or etp=<tp>", _always, lambda c: (c["etp"] > 1) & (c["etp"] != c["tp"])),
+    Limit("expert_tensor_parallel_dropless", "expert tensor parallelism with dropless routing (moe.capacity_factor: "
+          "null)", "--pin etp=1, or set moe.capacity_factor", _dropless, lambda c: c["etp"] > 1),
+    Limit("fp8_rowwise_tensor_parallel", "FP8 with rowwise scaling (precision.fp8.recipe: block or mxfp8, torchao "
+          "under tensor parallelism) combined with tensor parallelism",
+          "precision.fp8.recipe: current or delayed, or --pin tp=1",
+          lambda e: e.precision.fp8.recipe in ("block", "mxfp8"), lambda c: (c["tp"] > 1) & c["fp8"]),
     Limit("expert_parallel_outside_dp",
           "expert parallelism folded beyond the data-parallel ranks (ep must divide dp here)",
           "--pin ep=<a divisor of dp>", _always, lambda c: (c["ep"] > 1) & (c["dp"] % c["ep"] != 0)),
-    Limit("zero_bubble", "the zero-bubble pipeline schedule", "--pin schedule=1f1b (or interleaved_1f1b)",
-          _always, lambda c: (c["pp"] > 1) & (c["schedule"] == "zero_bubble")),
+    Limit("zero_bubble_fsdp3", "the zero-bubble schedule with ZeRO-3 (FSDP reshards the parameters between a "
+          "micro-batch's input-gradient and its deferred weight-gradient pass)", "--pin zero=2, or --pin schedule=1f1b",
+          _always, lambda c: (c["pp"] > 1) & (c["schedule"] == "zero_bubble") & (c["dp"] > 1) & (c["zero"] >= 3)),
+    Limit("zero_bubble_rounds", "the zero-bubble schedule with a micro-batch count that is not a multiple of its "
+          "rounds (max(1, m // pp), torch's ScheduleInterleavedZeroBubble)", "--pin microbatch_size=... (another m)",
+          _always, lambda c: (c["pp"] > 1) & (c["schedule"] == "zero_bubble")
+          & (c["m"] % np.maximum(1, c["m"] // c["pp"]) != 0)),
     Limit("pipeline_late_fusion", "pipeline parallelism with late fusion (cross-attention reads media on every "
           "stage)", "--pin pp=1", lambda e: e.fusion.mode == "late", lambda c: c["pp"] > 1),
-    Limit("pipeline_corrupted_inputs", "pipeline parallelism with losses.masked or losses.flow_matching (the first "
-          "stage corrupts inputs the last stage's loss needs)", "--pin pp=1",
-          lambda e: bool(e.losses.masked or e.losses.flow_matching), lambda c: c["pp"] > 1),
-    Limit("pipeline_tied_embeddings", "pipeline parallelism with backbone.tied_embeddings (first and last stage "
-          "would share one weight)", "--pin pp=1", lambda e: e.backbone.tied_embeddings, lambda c: c["pp"] > 1),
-    Limit("tensor_parallel_tied_embeddings", "tensor parallelism with backbone.tied_embeddings", "--pin tp=1",
-          lambda e: e.backbone.tied_embeddings, lambda c: c["tp"] > 1),
-    Limit("tensor_parallel_late_fusion", "tensor parallelism with late fusion (cross-attention layers)",
-          "--pin tp=1", lambda e: e.fusion.mode == "late", lambda c: c["tp"] > 1),
-    Limit("tensor_parallel_dual_stream", "tensor parallelism with fusion.stream: dual", "--pin tp=1",
-          lambda e: e.fusion.stream == "dual", lambda c: c["tp"] > 1),
+    Limit("tied_embeddings_tensor_pipeline", "backbone.tied_embeddings with tensor and pipeline parallelism together "
+          "(the stages' tied-weight gradient exchange does not match the vocabulary-sharded copies)",
+          "--pin tp=1 or --pin pp=1", lambda e: e.backbone.tied_embeddings, lambda c: (c["tp"] > 1) & (c["pp"] > 1)),
+    Limit("sequence_parallel_dual_stream", "sequence parallelism with fusion.stream: dual (its per-token stream "
+          "selector acts on gathered and on sequence-sharded activations)", "--pin sequence_parallel=false",
+          lambda e: e.fusion.stream == "dual", lambda c: (c["tp"] > 1) & c["sp"]),
+    Limit("moe_replicated_over_tp", "MoE layers with tensor parallelism and etp = 1 as the cost model times them "
+          "(each rank routing its own sequence shard; this runtime runs all experts on the whole sequence on every "
+          "tensor-parallel rank)", "--pin etp=<tp> (experts split over the tensor-parallel group)", _moe,
+          lambda c: (c["tp"] > 1) & (c["etp"] == 1), refused=False),
+    Limit("moe_replicated_over_cp", "MoE layers under context parallelism as the cost model times them (each rank "
+          "routing its own tokens; this runtime runs the experts on the whole sequence on every context-parallel "
+          "rank, which keeps capacity exact)", "--pin cp=1", _moe, lambda c: c["cp"] > 1, refused=False),
     Limit("expert_parallel_dropless", "expert parallelism with dropless routing (moe.capacity_factor: null)",
           "--pin ep=1, or set moe.capacity_factor", _dropless, lambda c: c["ep"] > 1),
-    Limit("per_modality_clip", "optimizer.per_modality_clip with pipeline, expert or sharded data parallelism, or "
-          "with data and tensor parallelism together", "--pin pp=1,ep=1,zero=0 (and tp=1 or dp=1)",
+    Limit("per_modality_clip", "optimizer.per_modality_clip with pipeline, expert, context or sharded data "
+          "parallelism, or with data and tensor parallelism together", "--pin pp=1,ep=1,cp=1,zero=0 (and tp=1 or dp=1)",
           lambda e: e.optimizer.per_modality_clip,
-          lambda c: (c["pp"] > 1) | (c["ep"] > 1) | (c["zero"] > 0) | ((c["dp"] > 1) & (c["tp"] > 1))),
+          lambda c: (c["pp"] > 1) | (c["ep"] > 1) | (c["cp"] > 1) | (c["zero"] > 0) | ((c["dp"] > 1) & (c["tp"] > 1))),
 )
 
 
@@ -92,12 +113,26 @@ def excluded(exp: Experiment, cols: Columns) -> dict[str, np.ndarray]:
 
 def unsupported(exp: Experiment, layout: Columns) -> list[str]:
     """Why this runtime cannot run one layout (scalars), one sentence per limit; [] when it can."""
-    return [f"{lim.reason} is not run by this runtime; {lim.fix}"
-            for lim in limits_for(exp) if bool(lim.excludes(layout))]
+    return [lim.message() for lim in limits_for(exp) if lim.refused and bool(lim.excludes(layout))]
+
+
+def not_as_timed(exp: Experiment, layout: Columns) -> list[str]:
+    """Where this runtime runs one layout (scalars) otherwise than the cost model times it."""
+    return [lim.message() for lim in limits_for(exp) if not lim.refused and bool(lim.excludes(layout))]
+
+
+def check_runnable(exp: Experiment, plan: Mapping[str, Any]) -> None:
+    """Refuse a plan.json "plan" section this runtime cannot run, naming every reason."""
+    from .mesh import LayoutError  # (mesh imports torch.distributed; this module stays light)
+
+    reasons = unsupported(exp, plan_columns(plan))
+    if reasons:
+        raise LayoutError("this plan cannot run here: " + "; ".join(reasons) + ". Re-plan without the pins that "
+                          "force it (vlac compile shows the runtime's limits), or see docs/runtime-limits.md")
 
 
 def plan_columns(plan: Mapping[str, Any]) -> dict[str, Any]:
     """The columns of one plan.json "plan" section."""
     return {"dp": plan["dp"], "tp": plan["tp"], "cp": plan["cp"], "pp": plan["pp"], "ep": plan["ep"],
-            "etp": plan.get("expert_tensor_parallel", 1), "zero": plan["zero"],
+            "etp": plan.get("expert_tensor_parallel", 1), "zero": plan["zero"], "m": plan["num_microbatches"],
             "sp": bool(plan["sequence_parallel"]), "schedule": plan["schedule"], "fp8": bool(plan["fp8"])}

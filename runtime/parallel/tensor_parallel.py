@@ -13,14 +13,41 @@ sequence). After the final norm the hidden state is gathered again, so the loss 
 whole, and the output head gathers the vocabulary so that the loss sees full logits. Modules
 outside the decoder blocks (projectors, encoders, loss heads) stay replicated.
 
+Tied embeddings: the embedding (row-wise: a slice of the vocabulary rows) and the head (column-
+wise: a slice of the output features, i.e. again of the vocabulary rows) shard their common weight
+alike, Shard(0), so one DTensor parameter serves both and accumulates both gradients.
+
+Late fusion: each gated cross-attention layer is split like a block (queries from the residual
+stream, keys/values from the media, which stay replicated; its MLP as above). Under sequence
+parallelism the residual stream enters the sequence-parallel region at the first cross-attention
+layer, which runs before block 0, and the scalar tanh gates multiply a sequence shard: their
+gradient is a partial sum, added up over the tensor-parallel ranks by a gradient hook.
+
+Dual stream: the second stream's attention and MLP are split like the main ones. Sequence
+parallelism is refused: the block selects the stream per token both on the gathered q/k/v (whole
+sequence) and on the output projections (a sequence shard) from one `stream` input; lifting it
+needs the block to take a second, sequence-sharded selector (a change to model.Block).
+
+Frozen parameters (fusion.freeze_lm) stay frozen: SequenceParallel re-registers norm weights as new
+DTensor parameters, so requires_grad is restored afterwards.
+
+FP8: modules converted to torchao `Float8Linear` beforehand (runtime/precision.py) are split with
+torchao's Float8 colwise/rowwise styles under NCCL (FP8 all-gathers), with the plain ones on gloo.
+
 MoE layers run unsharded on every tensor-parallel rank (router, experts and shared experts
 replicated): their input is gathered to the full sequence and their output handed back as this
-rank's shard. Capacity is then computed on exactly the tokens a single process would see. Expert
-parallelism (runtime/parallel/expert_parallel.py) is how experts are split.
+rank's shard. Capacity is then computed on exactly the tokens a single process would see. With
+expert tensor parallelism (etp = tp) the experts are split along their inner width instead
+(runtime/parallel/expert_tensor_parallel.py); expert parallelism (expert_parallel.py) splits the
+set of experts.
 """
 
 from __future__ import annotations
 
+import sys
+
+import torch
+import torch.distributed as dist
 import torch.nn as nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Replicate, Shard
@@ -34,7 +61,7 @@ HEADS = 2  # the head dimension of [batch, seq, heads, d_head] (q/k norms)
 class _Relayout(ParallelStyle):
     """Re-lay the first positional input and/or the first output of a module between two
     placements on the tensor-parallel mesh. Only the first element is touched, so the module keeps
-    its own signature (masks, caches, the MoE's aux outputs pass through untouched)."""
+    its own signature (masks, media, caches, the MoE's aux outputs pass through untouched)."""
 
     def __init__(self, *, input: tuple | None = None, output: tuple | None = None, local_input: bool = False):
         self.input, self.output, self.local_input = input, output, local_input
@@ -64,62 +91,163 @@ class _Relayout(ParallelStyle):
         return post
 
 
+def _float8_collectives(module: nn.Module) -> bool:
+    """Whether `module` is a torchao Float8Linear whose activations and gradients may cross the
+    tensor-parallel collectives in FP8 (the Float8 styles cast before the all-gather). NCCL only:
+    gloo has no FP8 dtypes. Elsewhere the plain styles split the Float8Linear: its casts then run
+    on the DTensors, with the same tensorwise scales (the amax is reduced over the whole DTensor),
+    and only the collectives stay in high precision. Checked without importing torchao."""
+    f8 = sys.modules.get("torchao.float8.float8_linear")
+    if f8 is None or not isinstance(module, f8.Float8Linear):
+        return False
+    from torchao.float8.config import ScalingGranularity
+
+    # torchao's Float8 styles cast with one scale per tensor (the rowwise recipe keeps the plain ones)
+    tensorwise = module.config.cast_config_input.scaling_granularity is ScalingGranularity.TENSORWISE
+    return tensorwise and dist.is_initialized() and "nccl" in str(dist.get_backend())
+
+
+def colwise(module: nn.Module, **kw) -> ParallelStyle:
+    if _float8_collectives(module):
+        from torchao.float8.float8_tensor_parallel import Float8ColwiseParallel
+        return Float8ColwiseParallel(**kw)
+    return ColwiseParallel(**kw)
+
+
+def rowwise(module: nn.Module, **kw) -> ParallelStyle:
+    if _float8_collectives(module):
+        from torchao.float8.float8_tensor_parallel import Float8RowwiseParallel
+        return Float8RowwiseParallel(**kw)
+    return RowwiseParallel(**kw)
+
+
 def _is_moe(mlp: nn.Module) -> bool:
     return hasattr(mlp, "router") and hasattr(mlp, "experts")
 
 
-def block_plan(block: nn.Module, sequence_parallel: bool) -> dict[str, ParallelStyle]:
-    """The plan of one decoder block, keyed by module name inside the block."""
-    sp = sequence_parallel
-    plan: dict[str, ParallelStyle] = {
-        "attn.wq": ColwiseParallel(), "attn.wk": ColwiseParallel(), "attn.wv": ColwiseParallel(),
-        "attn.wo": RowwiseParallel(output_layouts=Shard(SEQ) if sp else Replicate()),
-    }
-    if not isinstance(block.attn.q_norm, nn.Identity):
+def _out(sp: bool):
+    """Where a row-wise projection leaves the residual stream: a sequence shard under SP."""
+    return Shard(SEQ) if sp else Replicate()
+
+
+def attention_plan(root: nn.Module, prefix: str, sp: bool, gather_input: bool = True) -> dict[str, ParallelStyle]:
+    """Heads split over tp: q/k/v column-wise, the output projection row-wise. With SP the module's
+    first input (the normed residual stream) is gathered, unless `gather_input` is False (the
+    caller hands the projections a gathered input itself)."""
+    attn = root.get_submodule(prefix)
+    plan: dict[str, ParallelStyle] = {f"{prefix}.{w}": colwise(getattr(attn, w)) for w in ("wq", "wk", "wv")}
+    plan[f"{prefix}.wo"] = rowwise(attn.wo, output_layouts=_out(sp))
+    if not isinstance(getattr(attn, "q_norm", nn.Identity()), nn.Identity):
         # q/k norms act per head on this rank's heads: their weight gradient is a partial sum
-        plan["attn.q_norm"] = SequenceParallel(sequence_dim=HEADS, use_local_output=True)
-        plan["attn.k_norm"] = SequenceParallel(sequence_dim=HEADS, use_local_output=True)
-    if sp:
-        plan["attn_norm"] = SequenceParallel()
-        plan["attn"] = _Relayout(input=(Shard(SEQ), Replicate()))
-        plan["mlp_norm"] = SequenceParallel()
-    mlp = block.mlp
-    if _is_moe(mlp):
-        if sp:
-            plan["mlp"] = _Relayout(input=(Shard(SEQ), Replicate()), local_input=True, output=(Replicate(), Shard(SEQ)))
-        return plan
-    plan["mlp.w1"] = ColwiseParallel()
-    if getattr(mlp, "w3", None) is not None:
-        plan["mlp.w3"] = ColwiseParallel()
-    plan["mlp.w2"] = RowwiseParallel(output_layouts=Shard(SEQ) if sp else Replicate())
-    if sp:
-        plan["mlp"] = _Relayout(input=(Shard(SEQ), Replicate()))
+        plan[f"{prefix}.q_norm"] = SequenceParallel(sequence_dim=HEADS, use_local_output=True)
+        plan[f"{prefix}.k_norm"] = SequenceParallel(sequence_dim=HEADS, use_local_output=True)
+    if sp and gather_input:
+        plan[prefix] = _Relayout(input=(Shard(SEQ), Replicate()))
     return plan
 
 
-def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool) -> None:
-    """Shard `model` (a VLAModel) in place over `tp_mesh`."""
-    problems = []
-    if model.head.weight is model.embed.weight:
-        problems.append("backbone.tied_embeddings (the embedding is split by rows, the head by columns)")
-    if getattr(model, "dual", False):
-        problems.append("fusion.stream: dual (the second stream's weights are not split)")
-    if getattr(model, "cross_layers", None) is not None:
-        problems.append("fusion.mode: late (cross-attention layers are not split)")
-    if problems:
-        raise ValueError("tensor parallelism (plan.tp > 1) does not support " + "; ".join(problems)
-                         + ". Re-plan with --pin tp=1")
+def mlp_plan(root: nn.Module, prefix: str, sp: bool) -> dict[str, ParallelStyle]:
+    """Inner width split over tp: w1/w3 column-wise, w2 row-wise."""
+    mlp = root.get_submodule(prefix)
+    plan: dict[str, ParallelStyle] = {f"{prefix}.w1": colwise(mlp.w1)}
+    if getattr(mlp, "w3", None) is not None:
+        plan[f"{prefix}.w3"] = colwise(mlp.w3)
+    plan[f"{prefix}.w2"] = rowwise(mlp.w2, output_layouts=_out(sp))
+    if sp:
+        plan[prefix] = _Relayout(input=(Shard(SEQ), Replicate()))
+    return plan
+
+
+def block_plan(block: nn.Module, sequence_parallel: bool, expert_tp: bool = False) -> dict[str, ParallelStyle]:
+    """The plan of one decoder block, keyed by module name inside the block."""
     sp = sequence_parallel
+    plan = attention_plan(block, "attn", sp)
+    if sp:
+        plan["attn_norm"] = SequenceParallel()
+        plan["mlp_norm"] = SequenceParallel()
+    if getattr(block, "media", None) is not None:  # dual stream (refused with SP by apply_tensor_parallel)
+        plan.update(attention_plan(block, "media.attn", sp))
+        plan.update(mlp_plan(block, "media.mlp", sp))
+    if not _is_moe(block.mlp):
+        plan.update(mlp_plan(block, "mlp", sp))
+    elif expert_tp:
+        from .expert_tensor_parallel import moe_plan  # (it imports this module's styles)
+        plan.update(moe_plan(block, "mlp", sp))
+    elif sp:
+        plan["mlp"] = _Relayout(input=(Shard(SEQ), Replicate()), local_input=True, output=(Replicate(), Shard(SEQ)))
+    return plan
+
+
+def cross_layer_plan(layer: nn.Module, sequence_parallel: bool) -> dict[str, ParallelStyle]:
+    """A gated cross-attention layer (late fusion): x attends to the replicated media. wk/wv take
+    the media as a replicated input; their column-wise split all-reduces the media's gradient in
+    backward, so the media encoders see the whole gradient on every rank."""
+    sp = sequence_parallel
+    plan = {**attention_plan(layer, "attn", sp), **mlp_plan(layer, "mlp", sp)}
+    if sp:
+        plan["attn_norm"] = SequenceParallel()
+        plan["mlp_norm"] = SequenceParallel()
+    return plan
+
+
+class _SumGradOver:
+    """Gradient hook: sum a parameter's gradient over a process group (a replicated parameter
+    applied to a sequence shard gets a partial gradient on each rank)."""
+
+    def __init__(self, group: dist.ProcessGroup):
+        self.group = group
+
+    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad, group=self.group)
+        return grad
+
+
+def refusals(model: nn.Module, sequence_parallel: bool) -> list[str]:
+    """What of `model` this runtime cannot split over tp, each naming the spec or plan field."""
+    problems = []
+    if getattr(model, "dual", False) and sequence_parallel:
+        problems.append("fusion.stream: dual with plan.sequence_parallel (the per-token stream selector acts on the "
+                        "gathered q/k/v and on the sequence-sharded outputs alike); re-plan with "
+                        "--pin sequence_parallel=false")
+    return problems
+
+
+def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool,
+                          expert_tp: bool = False) -> None:
+    """Shard `model` (a VLAModel) in place over `tp_mesh`. `expert_tp`: split the experts of MoE
+    layers over tp too (plan.expert_tensor_parallel = tp)."""
+    sp = sequence_parallel
+    problems = refusals(model, sp)
+    if problems:
+        raise ValueError("tensor parallelism (plan.tp > 1) does not support " + "; ".join(problems))
+    tied = model.head.weight is model.embed.weight
+    # SequenceParallel re-registers norm weights as trainable DTensors: a frozen part (fusion.freeze_lm) must stay so
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    cross = getattr(model, "cross_layers", None)
     top: dict[str, ParallelStyle] = {
         "embed": RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate()),
-        "head": ColwiseParallel(input_layouts=Replicate(), output_layouts=Replicate()),
+        "head": colwise(model.head, input_layouts=Replicate(), output_layouts=Replicate()),
     }
     if sp:
         top["norm"] = SequenceParallel()
-        # the residual stream enters the sequence-parallel region at the first block
-        top["layers.0"] = _Relayout(input=(Replicate(), Shard(SEQ)), local_input=True)
+        # the residual stream enters the sequence-parallel region at the first layer that runs:
+        # the cross-attention layer before block 0 under late fusion (when there are media)
+        entry = "cross_layers.0" if cross is not None and "0" in cross and model.media_names else "layers.0"
+        top[entry] = _Relayout(input=(Replicate(), Shard(SEQ)), local_input=True)
     parallelize_module(model, tp_mesh, top)
+    if tied:  # both are Shard(0) over the vocabulary: one parameter again
+        model.head.weight = model.embed.weight
     if sp:  # the final hidden state, gathered for the head and the loss heads
         parallelize_module(model, tp_mesh, {"norm": _Relayout(output=(Shard(SEQ), Replicate()))})
     for block in model.layers:
-        parallelize_module(block, tp_mesh, block_plan(block, sp))
+        parallelize_module(block, tp_mesh, block_plan(block, sp, expert_tp))
+    for layer in (cross.values() if cross is not None else ()):
+        parallelize_module(layer, tp_mesh, cross_layer_plan(layer, sp))
+        if sp and getattr(layer, "gated", False):
+            for gate in (layer.attn_gate, layer.mlp_gate):
+                if gate.requires_grad:
+                    gate.register_hook(_SumGradOver(tp_mesh.get_group()))
+    for name, p in model.named_parameters():
+        if name in frozen:
+            p.requires_grad_(False)

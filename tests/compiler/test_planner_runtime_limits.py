@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import vlac
-from vlac.runtime.parallel.support import LIMITS, excluded, plan_columns, unsupported
+from vlac.runtime.parallel.support import LIMITS, excluded, not_as_timed, plan_columns, unsupported
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -20,25 +20,35 @@ def flagship():
 
 
 def _cols(**kw):
-    base = {"dp": 8, "tp": 1, "cp": 1, "pp": 1, "ep": 1, "etp": 1, "zero": 1, "sp": False, "schedule": "1f1b",
-            "fp8": False}
+    base = {"dp": 8, "tp": 1, "cp": 1, "pp": 1, "ep": 1, "etp": 1, "zero": 1, "sp": False, "m": 4,
+            "schedule": "1f1b", "fp8": False}
     return {**base, **kw}
 
 
 def test_limits_give_the_same_answer_on_scalars_and_on_columns(flagship):
     """The planner asks on numpy columns, the runtime on one plan's scalars: both must agree."""
     exp, _ = flagship
-    layouts = [_cols(), _cols(cp=2, dp=4), _cols(tp=2, dp=4, fp8=True), _cols(ep=4, dp=2), _cols(ep=2, dp=4),
-               _cols(pp=2, dp=4, schedule="zero_bubble"), _cols(pp=2, dp=4, schedule="1f1b"), _cols(etp=2, tp=2)]
+    layouts = [_cols(), _cols(cp=2, dp=4), _cols(cp=2, pp=2, dp=2), _cols(tp=2, dp=4, fp8=True), _cols(ep=4, dp=2),
+               _cols(ep=2, dp=4), _cols(pp=2, dp=4, schedule="zero_bubble"), _cols(pp=2, dp=4, zero=3,
+               schedule="zero_bubble"), _cols(pp=2, dp=4, m=5, schedule="zero_bubble"),
+               _cols(pp=2, dp=4, schedule="1f1b"), _cols(etp=2, tp=2)]
     cols = {k: np.array([lay[k] for lay in layouts]) for k in layouts[0] if k != "fp8"}
     cols["fp8"] = np.array([lay["fp8"] for lay in layouts])
     masks = excluded(exp, cols)
     for i, lay in enumerate(layouts):
-        by_scalar = bool(unsupported(exp, lay))
+        by_scalar = bool(unsupported(exp, lay) or not_as_timed(exp, lay))
         by_column = any(m[i] for m in masks.values())
         assert by_scalar == by_column, lay
     assert not unsupported(exp, _cols()) and not unsupported(exp, _cols(ep=2, dp=4))
     assert any("ep must divide dp" in r for r in unsupported(exp, _cols(ep=4, dp=2)))
+    # an MoE runs under cp (and with tp but etp = 1), not as the cost model times it
+    assert not unsupported(exp, _cols(cp=2, dp=4)) and not_as_timed(exp, _cols(cp=2, dp=4))
+    dense = vlac.load(ROOT / "examples" / "dense_text_1b.yaml")
+    assert not unsupported(dense, _cols(cp=2, dp=4)) and unsupported(dense, _cols(cp=2, pp=2, dp=2))
+    assert any("--pin etp=" in r for r in not_as_timed(exp, _cols(tp=2, dp=4, etp=1)))
+    assert not unsupported(exp, _cols(pp=2, dp=4, m=4, schedule="zero_bubble"))
+    assert any("--pin zero=2" in r for r in unsupported(exp, _cols(pp=2, dp=4, zero=3, schedule="zero_bubble")))
+    assert any("rounds" in r for r in unsupported(exp, _cols(pp=2, dp=4, m=5, schedule="zero_bubble")))
 
 
 def test_every_limit_has_a_fix_and_a_distinct_name():
@@ -54,21 +64,22 @@ def test_examples_plan_a_layout_the_runtime_runs_when_one_exists(path):
     rt = p.to_json()["runtime"]
     lay = p.chosen.layout
     cols = plan_columns(p.to_json()["plan"])
-    assert rt["runs"] == (not unsupported(exp, cols))
-    if not rt["runs"]:
+    assert rt["runs"] == (not unsupported(exp, cols)) and rt["not_as_timed"] == not_as_timed(exp, cols)
+    if not rt["runs"] or rt["not_as_timed"]:
         # only when no legal layout of the cluster avoids every limit: then the fewest are broken
         assert "every legal layout" in rt["why"], (lay.short(), rt)
     assert rt["excluded_total"] >= 0 and all(v > 0 for v in rt["excluded_layouts"].values())
 
 
-def test_a_pinned_layout_the_runtime_cannot_run_is_planned_and_marked(flagship):
-    exp, g = flagship
-    p = vlac.plan(exp, graph=g, pin={"cp": 2, "sequence_parallel": True})
+def test_a_pinned_layout_the_runtime_cannot_run_is_planned_and_marked():
+    exp = vlac.load(ROOT / "examples" / "dense_text_1b.yaml")
+    g = vlac.lower(exp)
+    p = vlac.plan(exp, graph=g, pin={"cp": 2, "pp": 2})
     rt = p.to_json()["runtime"]
-    assert p.chosen.layout.cp == 2
-    if rt["runs"]:  # the runtime learned context parallelism: nothing to mark
-        return
-    assert "pins" in rt["why"] and any("context parallelism" in r and "--pin cp=1" in r for r in rt["unsupported"])
+    assert (p.chosen.layout.cp, p.chosen.layout.pp) == (2, 2)
+    assert not rt["runs"] and "pins" in rt["why"]
+    assert any("context parallelism inside pipeline stages" in r and "--pin cp=1" in r for r in rt["unsupported"])
+    assert vlac.plan(exp, graph=g, pin={"cp": 2}).runtime["runs"]
 
 
 def test_what_the_limits_cost_is_reported_from_the_same_evaluation(flagship):
@@ -82,5 +93,6 @@ def test_what_the_limits_cost_is_reported_from_the_same_evaluation(flagship):
         assert best["step_time_s"] < p.best.step_time_s
         assert best["faster_pct"] == pytest.approx((p.best.step_time_s / best["step_time_s"] - 1) * 100)
     for alt in p.alternatives:  # alternatives are runnable too
-        assert not unsupported(exp, plan_columns({**alt.layout.__dict__, "expert_tensor_parallel": alt.layout.etp,
-                                                  "sequence_parallel": alt.layout.sequence_parallel}))
+        cols = plan_columns({**alt.layout.__dict__, "expert_tensor_parallel": alt.layout.etp,
+                             "num_microbatches": alt.layout.num_microbatches})
+        assert not unsupported(exp, cols) and not not_as_timed(exp, cols)

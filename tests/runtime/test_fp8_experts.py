@@ -147,7 +147,7 @@ def test_converted_experts_train_like_fp32(dispatch):
             (out["ar_loss"] + out["aux_loss"]).backward()
             opt.step()
             opt.zero_grad()
-            run.append(float(out["ar_loss"]))
+            run.append(float(out["ar_loss"].detach()))
         losses[fp8] = run
         if fp8:
             hist = model.layers[1].mlp.experts.fp8["w2"].grad.history

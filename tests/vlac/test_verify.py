@@ -40,7 +40,7 @@ def test_layout_names(text, expect):
     ("dq2", r"'dq2' is not a degree; write dpN"),
     ("dp2xfsdp2", "repeats a dimension"),
     ("dp2+zero2", r"\+zero2 needs sharded data parallelism"),
-    ("tp2+fast", r"unknown option 'fast'; options: full, gpipe"),
+    ("tp2+fast", r"unknown option 'fast'; options: etp, full, gpipe"),
 ])
 def test_bad_layouts_say_what_is_valid(text, match):
     with pytest.raises(LayoutSyntaxError, match=match):

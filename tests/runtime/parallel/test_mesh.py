@@ -37,11 +37,11 @@ def test_process_count_mismatch_names_the_numbers_and_the_fix():
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"cp": 2, "dp": 1}, r"plan.cp = 2: context parallelism is not implemented.*--pin cp=1"),
+    ({"cp": 2, "pp": 2, "schedule": "1f1b"}, r"plan.cp = 2 with plan.pp = 2.*--pin pp=1 or --pin cp=1"),
     ({"dp": 2, "ep": 4}, r"plan.ep = 4 must divide plan.dp = 2"),
-    ({"pp": 2, "schedule": "zero_bubble"}, r"plan.schedule = 'zero_bubble'.*1f1b, interleaved_1f1b, gpipe"),
+    ({"pp": 2, "schedule": "dualpipe"}, r"plan.schedule = 'dualpipe'.*1f1b, interleaved_1f1b, gpipe, zero_bubble"),
     ({"pp": 2, "schedule": "1f1b", "virtual_stages": 2}, r"only interleaved_1f1b uses more than one stage"),
-    ({"tp": 2, "expert_tensor_parallel": 2}, r"expert_tensor_parallel = 2.*--pin etp=1"),
+    ({"tp": 4, "expert_tensor_parallel": 2}, r"expert_tensor_parallel = 2 with plan.tp = 4.*--pin etp=1 or etp=4"),
     ({"pp": 2, "schedule": "1f1b", "recompute_per_stage": ["full"]}, r"lists 1 policies for pp = 2"),
 ])
 def test_unsupported_plans_are_refused_with_the_field_and_a_fix(kw, match):
