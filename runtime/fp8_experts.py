@@ -24,7 +24,8 @@ current amax).
 On CUDA the kernels dispatch to Triton; the per-expert `_scaled_mm` calls are a loop (a grouped
 scaled GEMM would batch them). Operand dims are zero-padded to multiples of 16 where they are not,
 as FP8 GEMMs need; zeros add nothing. Expert-parallel (and expert-tensor-parallel) runs hand the
-GEMMs DTensors: they run on the local shards and the output takes the placement the shards imply.
+GEMMs DTensors: they run on the local shards, the output takes the placement the shards imply, and
+each operand's amax is reduced (max) over the mesh, so every rank scales as one process would.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
@@ -54,23 +56,38 @@ class AmaxHistory(nn.Module):
         self.margin, self.algo, self.delayed = margin, algo, delayed
         self.register_buffer("history", torch.zeros(max(1, length)), persistent=False)
 
+    @property
+    def _history(self) -> torch.Tensor:
+        # distribute_module (expert parallelism) replicates buffers as DTensors: use this rank's copy
+        h = self.history
+        return h.to_local() if isinstance(h, DTensor) else h
+
     @torch.no_grad()
-    def scale(self, x: torch.Tensor, fp8_dtype: torch.dtype) -> torch.Tensor:
-        """fp8_max / amax / 2^margin as a 1-element fp32 tensor (no host sync)."""
-        known = self.history.max() if self.algo == "max" else self.history[0]
-        if self.delayed:
-            current = x.detach().abs().amax().float() if x.numel() else known
-            amax = torch.where(self.history.max() > 0, known, current)
-        else:
-            amax = x.detach().abs().amax().float() if x.numel() else known
+    def scale(self, x: torch.Tensor, fp8_dtype: torch.dtype, group=None) -> torch.Tensor:
+        """fp8_max / amax / 2^margin as a 1-element fp32 tensor (no host sync). `group`: the ranks
+        that hold shards of one logical operand (their amaxes are reduced, so every rank scales as
+        one process would)."""
+        history = self._history
+        known = history.max() if self.algo == "max" else history[0]
+        current = _global_amax(x.detach().abs().amax().float() if x.numel() else torch.zeros_like(known), group)
+        amax = torch.where(history.max() > 0, known, current) if self.delayed else current
         fp8_max = torch.finfo(fp8_dtype).max
         scale = fp8_max / (amax * 2.0 ** self.margin)
         return torch.where(amax > 0, scale, torch.ones_like(scale)).reshape(1)
 
     @torch.no_grad()
-    def record(self, amax: torch.Tensor) -> None:
-        self.history.copy_(torch.roll(self.history, 1))
-        self.history[0] = amax.float()
+    def record(self, amax: torch.Tensor, group=None) -> None:
+        amax = _global_amax(amax.float(), group)
+        history = self._history
+        history.copy_(torch.roll(history, 1))
+        history[0] = amax.float()
+
+
+def _global_amax(amax: torch.Tensor, group) -> torch.Tensor:
+    if group is not None:
+        amax = amax.clone()
+        dist.all_reduce(amax, op=dist.ReduceOp.MAX, group=group)
+    return amax
 
 
 class Fp8GroupedGemm(nn.Module):
@@ -89,6 +106,7 @@ class Fp8GroupedGemm(nn.Module):
         self.x = AmaxHistory(length, margin, algo, delayed)
         self.w = AmaxHistory(length, margin, algo, delayed)
         self.grad = AmaxHistory(length, margin, algo, delayed)
+        self.amax_group = None  # set while the operands are shards of a DTensor (see _on_local_shards)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, ends: torch.Tensor | None = None) -> torch.Tensor:
         if isinstance(x, DTensor) or isinstance(w, DTensor):
@@ -106,11 +124,12 @@ class Fp8GroupedGemm(nn.Module):
 class _Fp8GroupedMM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, ends: list[int], gemm: Fp8GroupedGemm) -> torch.Tensor:
-        sx, sw = gemm.x.scale(x, E4M3), gemm.w.scale(w, E4M3)
+        group = ctx.group = gemm.amax_group
+        sx, sw = gemm.x.scale(x, E4M3, group), gemm.w.scale(w, E4M3, group)
         x8, ax = kernels.fp8_cast(x, sx, E4M3, backend=gemm.backend)
         w8, aw = kernels.fp8_cast(w, sw, E4M3, backend=gemm.backend)
-        gemm.x.record(ax)
-        gemm.w.record(aw)
+        gemm.x.record(ax, group)
+        gemm.w.record(aw, group)
         ctx.save_for_backward(x8, w8, sx, sw)
         ctx.gemm, ctx.ends, ctx.x_dtype, ctx.w_dtype = gemm, ends, x.dtype, w.dtype
         out = x.new_zeros(x.size(0), w.size(2))
@@ -123,9 +142,9 @@ class _Fp8GroupedMM(torch.autograd.Function):
         x8, w8, sx, sw = ctx.saved_tensors
         gemm: Fp8GroupedGemm = ctx.gemm
         bwd = gemm.backward_dtype
-        sg = gemm.grad.scale(g, bwd)
+        sg = gemm.grad.scale(g, bwd, ctx.group)
         g8, ag = kernels.fp8_cast(g.contiguous(), sg, bwd, backend=gemm.backend)
-        gemm.grad.record(ag)
+        gemm.grad.record(ag, ctx.group)
         want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         dx = g.new_zeros(x8.shape, dtype=ctx.x_dtype) if want_x else None
         dw = g.new_zeros(w8.shape, dtype=ctx.w_dtype) if want_w else None
@@ -179,7 +198,11 @@ def _on_local_shards(gemm: Fp8GroupedGemm, x, w) -> DTensor:
     if out is None:
         raise NotImplementedError(f"FP8 expert GEMM of operands placed {px[0]} x {pw[0]}; supported: "
                                   + ", ".join(f"{a} x {b}" for a, b in rules))
-    y = gemm(x.to_local(), w.to_local())
+    gemm.amax_group = x.device_mesh.get_group()
+    try:
+        y = gemm(x.to_local(), w.to_local())
+    finally:
+        gemm.amax_group = None
     return DTensor.from_local(y, x.device_mesh, (out,), run_check=False)
 
 

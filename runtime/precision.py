@@ -32,6 +32,8 @@ import torch.nn as nn
 
 from vlac.spec import Experiment
 
+from .fp8_experts import convert_grouped_experts, fp8_expert_names
+
 FP8_BACKENDS = ("none", "torchao", "transformer_engine")
 TORCHAO_RECIPE = {"DelayedScaling": "tensorwise", "Float8CurrentScaling": "tensorwise",
                   "Float8BlockScaling": "rowwise", "MXFP8BlockScaling": "rowwise"}
@@ -127,16 +129,21 @@ class Precision:
 
     # ---- model conversion ---------------------------------------------------------------------
     def convert(self, model: nn.Module, plan: dict[str, Any] | None = None, names: list[str] | None = None) -> list[str]:
-        """Swap the planned GEMMs for their FP8 version; returns the converted module names."""
+        """Swap the planned GEMMs for their FP8 version; returns the converted module names: the
+        nn.Linear modules (`names`, else those plan.json marks) through the backend, and the MoE
+        expert GEMMs the plan marks through vlac's own FP8 grouped GEMM (vlac.runtime.fp8_experts;
+        neither backend converts stacked expert weights)."""
         if self.fp8 == "none":
             return []
+        experts = fp8_expert_names(model, plan) if plan is not None and names is None else []
         if names is None:
             names = fp8_module_names(model, plan or {})
         if self.fp8 == "torchao":
             self._convert_torchao(model, set(names))
         else:
             self._convert_te(model, names)
-        self.converted = list(names)
+        convert_grouped_experts(model, experts, self.recipe or {"name": "Float8CurrentScaling"})
+        self.converted = list(names) + experts
         return self.converted
 
     def _convert_torchao(self, model: nn.Module, names: set[str]) -> None:

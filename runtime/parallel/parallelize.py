@@ -29,6 +29,7 @@ from .mesh import Mesh, ParallelDims, build_mesh
 from .pipeline import build_pipeline
 from .runner import DirectRunner
 from .stats import StepStats
+from .support import check_runnable
 from .tensor_parallel import apply_tensor_parallel
 
 
@@ -106,6 +107,7 @@ def moe_rows(model: nn.Module) -> tuple[dict[int, int], int]:
 def parallelize(model: nn.Module, exp: Experiment, plan: dict[str, Any], env: DistEnv,
                 fp8_backend: str = "auto") -> ParallelModel:
     """Lay `model` (built identically on every rank) out as plan.json says."""
+    check_runnable(exp, plan.get("plan", plan))  # the limits the planner also honours (support.py)
     dims = ParallelDims.from_plan(plan)
     dims.check(env.world)
     mesh = build_mesh(dims, env.device.type)

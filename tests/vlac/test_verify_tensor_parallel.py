@@ -23,17 +23,17 @@ def test_etp_option_splits_the_experts_over_tp():
         parse_layout("dp2+etp")
 
 
-def verify_passes(monkeypatch, spec: str, layouts: str, steps: int, *args: str) -> str:
-    """Run `vlac verify`; every layout's row must pass with both differences within 1e-4."""
+def verify_passes(monkeypatch, spec: str, layouts: str, steps: int, *args: str, tolerance: float = 1e-4) -> str:
+    """Run `vlac verify`; every layout's row must pass with both differences within `tolerance`."""
     monkeypatch.setenv("COLUMNS", "200")
     result = CliRunner().invoke(app, ["verify", str(EXAMPLES / spec), "--layouts", layouts, "--steps", str(steps),
-                                      *args])
+                                      "--tolerance", str(tolerance), *args])
     print(result.output)
     assert result.exit_code == 0, result.output
     for name in layouts.split(","):
         row = next(line for line in result.output.splitlines() if line.strip("│ ").startswith(name + " "))
         diffs = [float(x) for x in re.findall(r"\d\.\d\de[+-]\d\d", row)]
-        assert len(diffs) == 2 and max(diffs) <= 1e-4 and "pass" in row, row
+        assert len(diffs) == 2 and max(diffs) <= tolerance and "pass" in row, row
     return result.output
 
 
@@ -46,13 +46,15 @@ def test_expert_tensor_parallelism_reproduces_one_process(monkeypatch):
 
 
 @pytest.mark.slow
-def test_fp8_under_tensor_parallelism_reproduces_one_fp8_process(monkeypatch):
+def test_fp8_under_tensor_and_expert_parallelism_reproduces_one_fp8_process(monkeypatch):
     """Against the single-process FP8 run (not fp32), one step: the same weights through forward
-    and backward. Over several steps FP8 layouts drift apart: an fp32 reassociation (a few ulps)
-    of a GEMM input rounds a handful of elements to the neighbouring FP8 value (in tiny_vla, 2 of
-    the 49,152 elements of block 1's attention input), each moving a row of the GEMM's output by
-    ~1 %, and Adam turns those into different updates (see test_tensor_parallel_extras.py)."""
-    verify_passes(monkeypatch, "tiny_vla.yaml", "tp2,tp2+etp", 1, *FP8)
+    and backward, the experts' grouped GEMMs in FP8 too (amaxes reduced over the shards, so every
+    rank scales as one process). An fp32 reassociation (a few ulps) of a GEMM input rounds a
+    handful of elements to the neighbouring FP8 value (in tiny_vla, 2 of the 49,152 elements of
+    block 1's attention input), each moving a row of the GEMM's output by ~1 %: the gradient norm
+    of one step then differs by up to a few 1e-4, hence 1e-3 here (over several steps Adam turns
+    such differences into different updates; see test_tensor_parallel_extras.py)."""
+    verify_passes(monkeypatch, "tiny_vla.yaml", "tp2,tp2+etp,ep2", 1, *FP8, tolerance=1e-3)
 
 
 TINY = ["--profile", "tiny"]

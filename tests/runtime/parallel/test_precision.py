@@ -85,10 +85,12 @@ def test_the_planned_gemms_are_the_ones_converted_on_cpu():
     assert "layers.0.attn.wq" in names and "layers.1.mlp.shared.w2" in names
     assert "head" not in names and not any("router" in n for n in names)  # kept in higher precision
     prec = Precision.for_run(exp, plan, torch.device("cpu"))
-    assert prec.convert(model, plan) == names
+    experts = ["layers.0.mlp.experts", "layers.1.mlp.experts"]  # vlac's FP8 grouped GEMMs
+    assert prec.convert(model, plan) == names + experts
     from torchao.float8.float8_linear import Float8Linear
     converted = {n for n, m in model.named_modules() if isinstance(m, Float8Linear)}
     assert converted == set(names)
+    assert all(model.get_submodule(n).fp8 is not None for n in experts)
 
 
 @pytest.mark.slow
