@@ -198,9 +198,12 @@ def _on_local_shards(gemm: Fp8GroupedGemm, x, w) -> DTensor:
     if out is None:
         raise NotImplementedError(f"FP8 expert GEMM of operands placed {px[0]} x {pw[0]}; supported: "
                                   + ", ".join(f"{a} x {b}" for a, b in rules))
+    # a replicated input times a column-split weight: each rank's input gradient is a partial sum
+    # (over its slice of the inner width), which the input's own (Replicate) placement would hide
+    x_grad = (Partial(),) if (px[0], pw[0]) == (Replicate(), Shard(2)) else px
     gemm.amax_group = x.device_mesh.get_group()
     try:
-        y = gemm(x.to_local(), w.to_local())
+        y = gemm(x.to_local(grad_placements=x_grad), w.to_local())
     finally:
         gemm.amax_group = None
     return DTensor.from_local(y, x.device_mesh, (out,), run_check=False)

@@ -135,11 +135,7 @@ class Precision:
         neither backend converts stacked expert weights)."""
         if self.fp8 == "none":
             return []
-        # under tensor parallelism the expert GEMMs stay in the compute dtype: with the MoE replicated
-        # over tp (etp 1) its FP8 gradients came out ~5 % off one process's, which is not yet
-        # understood (support.py marks such plans "not as timed")
-        tp = (plan or {}).get("plan", {}).get("tp", 1)
-        experts = fp8_expert_names(model, plan) if plan is not None and names is None and tp == 1 else []
+        experts = fp8_expert_names(model, plan) if plan is not None and names is None else []
         if names is None:
             names = fp8_module_names(model, plan or {})
         if self.fp8 == "torchao":

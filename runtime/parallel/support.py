@@ -87,9 +87,6 @@ LIMITS: tuple[Limit, ...] = (
     Limit("moe_replicated_over_cp", "MoE layers under context parallelism as the cost model times them (each rank "
           "routing its own tokens; this runtime runs the experts on the whole sequence on every context-parallel "
           "rank, which keeps capacity exact)", "--pin cp=1", _moe, lambda c: c["cp"] > 1, refused=False),
-    Limit("fp8_experts_tensor_parallel", "FP8 expert GEMMs under tensor parallelism as the cost model times them "
-          "(this runtime keeps the experts in the compute dtype when tp > 1)", "--pin tp=1, or precision.fp8: false",
-          _moe, lambda c: (c["tp"] > 1) & c["fp8"], refused=False),
     Limit("expert_parallel_dropless", "expert parallelism with dropless routing (moe.capacity_factor: null)",
           "--pin ep=1, or set moe.capacity_factor", _dropless, lambda c: c["ep"] > 1),
     Limit("per_modality_clip", "optimizer.per_modality_clip with pipeline, expert, context or sharded data "

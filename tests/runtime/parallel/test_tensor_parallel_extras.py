@@ -133,11 +133,14 @@ def test_fp8_gemms_split_over_tp_match_one_fp8_process(tmp_path):
     """Float8Linear under plain DTensor styles (gloo): the tensorwise scales come from the whole
     DTensor, so the forward casts equal the single process's. In backward a gradient that
     differs by float reassociation (~1e-7) can round a near-tie element to the neighbouring E5M2
-    value (2 mantissa bits: a 12-25 % step), which shows as ~1e-3 in the layers below it; a
-    wrong scale or reduction would be off by tens of percent."""
+    value (2 mantissa bits: a 12-25 % step), which shows as ~1e-3 in the layers below it. The
+    MoE experts (split over tp, etp 2) run vlac's FP8 grouped GEMMs, whose per-tensor E5M2
+    gradient scales make layer 0 more sensitive still: on one process a 1e-6 relative
+    perturbation of a weight moves layers.0.attn.wk's gradient by 1.1 %. A missing reduction (the
+    input gradient of the column-split expert GEMMs left partial, found this way) was off by 4-7 %."""
     result = run_two_ranks(tmp_path, "tiny_vla.yaml", FP8, None, sequence_parallel=True)
     assert result["fp8_gemms"] > 0
-    assert_same_grads(result, tol=1e-2)
+    assert_same_grads(result, tol=2e-2)
 
 
 def test_dual_stream_with_sequence_parallelism_is_refused_by_name():
