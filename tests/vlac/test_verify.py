@@ -1,7 +1,6 @@
 """`vlac verify`: layout syntax, the shared micro-batch, which spec is verified, and the
 equivalence of every parallel layout with one process (gloo, fp32, the tiny MoE example)."""
 
-import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,8 @@ from typer.testing import CliRunner
 import vlac
 from vlac.cli import app
 from vlac.verify import SINGLE, LayoutSyntaxError, Report, Run, microbatch_size, parse_layout, verification_spec
+
+from verify_helpers import verify_passes
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "examples" / "tiny_vla.yaml"
@@ -88,14 +89,7 @@ EQUIVALENCE_4_LAYERS = "pp2+v2"
                                            (EQUIVALENCE_4_LAYERS, ["--set", "backbone.layers=4"])])
 def test_every_layout_reproduces_the_single_process_run(layouts, sets, monkeypatch):
     """Through the CLI, 10 steps each: the table's relative differences stay within 1e-4."""
-    monkeypatch.setenv("COLUMNS", "200")
-    result = CliRunner().invoke(app, ["verify", str(TINY), "--layouts", layouts, "--steps", "10", *sets])
-    print(result.output)
-    assert result.exit_code == 0, result.output
-    for name in layouts.split(","):
-        row = next(line for line in result.output.splitlines() if line.strip("│ ").startswith(name + " "))
-        diffs = [float(x) for x in re.findall(r"\d\.\d\de[+-]\d\d", row)]
-        assert len(diffs) == 2 and max(diffs) <= 1e-4 and "pass" in row, row
+    verify_passes(TINY, layouts, 10, monkeypatch, *sets)
 
 
 @pytest.mark.slow

@@ -3,13 +3,11 @@ single-process losses and gradient norms (gloo, fp32), with the causal tiny MoE 
 prefix-LM mask with segment memory, and the flagship's bidirectional image masks, video encoders
 and contrastive head (its tiny profile)."""
 
-import re
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from vlac.cli import app
+from verify_helpers import verify_passes
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "examples" / "tiny_vla.yaml"
@@ -20,15 +18,7 @@ PREFIX_LM = ["--set", "fusion.attention_mask=prefix_lm", "--set", "memory.segmen
 
 
 def verify(spec: Path, layouts: str, steps: int, sets: list[str], monkeypatch) -> None:
-    monkeypatch.setenv("COLUMNS", "200")
-    result = CliRunner().invoke(app, ["verify", str(spec), "--layouts", layouts, "--steps", str(steps), *sets])
-    print(result.output)
-    assert result.exit_code == 0, result.output
-    for name in layouts.split(","):
-        row = next(line for line in result.output.splitlines() if line.strip("│ ").startswith(name + " "))
-        diffs = [float(x) for x in re.findall(r"\d\.\d\de[+-]\d\d", row)]
-        assert len(diffs) == 2 and max(diffs) <= 1e-4 and "pass" in row, row
-        assert re.search(r"\bcp[24]\b", row), row  # the plan really is context parallel
+    verify_passes(spec, layouts, steps, monkeypatch, *sets, plan_pattern=r"\bcp[24]\b")  # really context parallel
 
 
 @pytest.mark.slow

@@ -4,16 +4,15 @@ losses (their corruption made on the first stage, scored on the last); and a tie
 checkpoint written by a pipeline resumed on one process."""
 
 import os
-import re
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 import vlac
-from vlac.cli import app
 from vlac.spec.system import Cluster
 from vlac.verify import parse_layout
+
+from verify_helpers import verify_passes
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -23,15 +22,7 @@ pytestmark = pytest.mark.slow
 
 
 def verify(spec: Path, layouts: str, steps: int, sets: list[str], monkeypatch) -> None:
-    monkeypatch.setenv("COLUMNS", "200")
-    result = CliRunner().invoke(app, ["verify", str(spec), "--layouts", layouts, "--steps", str(steps), *sets])
-    print(result.output)
-    assert result.exit_code == 0, result.output
-    for name in layouts.split(","):
-        row = next(line for line in result.output.splitlines() if line.strip("│ ").startswith(name + " "))
-        diffs = [float(x) for x in re.findall(r"\d\.\d\de[+-]\d\d", row)]
-        assert len(diffs) == 2 and max(diffs) <= 1e-4 and "pass" in row, row
-        assert re.search(r"\bpp[24]\b", row), row
+    verify_passes(spec, layouts, steps, monkeypatch, *sets, plan_pattern=r"\bpp[24]\b")
 
 
 FOUR_LAYERS = ["--set", "backbone.layers=4"]

@@ -2,7 +2,6 @@
 parallelism (alone, with expert parallelism and FSDP), FP8 GEMMs under TP, tied embeddings, late
 fusion and the dual stream; each through the CLI against one process, within 1e-4 relative."""
 
-import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,8 @@ from typer.testing import CliRunner
 
 from vlac.cli import app
 from vlac.verify import LayoutSyntaxError, parse_layout
+
+from verify_helpers import verify_passes
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 FP8 = ["--set", "precision.fp8.enabled=true", "--set", "precision.fp8.keep_first_last_bf16=false"]
@@ -23,25 +24,11 @@ def test_etp_option_splits_the_experts_over_tp():
         parse_layout("dp2+etp")
 
 
-def verify_passes(monkeypatch, spec: str, layouts: str, steps: int, *args: str, tolerance: float = 1e-4) -> str:
-    """Run `vlac verify`; every layout's row must pass with both differences within `tolerance`."""
-    monkeypatch.setenv("COLUMNS", "200")
-    result = CliRunner().invoke(app, ["verify", str(EXAMPLES / spec), "--layouts", layouts, "--steps", str(steps),
-                                      "--tolerance", str(tolerance), *args])
-    print(result.output)
-    assert result.exit_code == 0, result.output
-    for name in layouts.split(","):
-        row = next(line for line in result.output.splitlines() if line.strip("│ ").startswith(name + " "))
-        diffs = [float(x) for x in re.findall(r"\d\.\d\de[+-]\d\d", row)]
-        assert len(diffs) == 2 and max(diffs) <= tolerance and "pass" in row, row
-    return result.output
-
-
 @pytest.mark.slow
 def test_expert_tensor_parallelism_reproduces_one_process(monkeypatch):
     """Experts split on their inner width over tp (shared experts too), alone, and with the
     experts also split by expert over ep under FSDP: 4 ranks."""
-    out = verify_passes(monkeypatch, "tiny_vla.yaml", "tp2+etp,fsdp2xtp2xep2+etp", 6)
+    out = verify_passes(EXAMPLES / "tiny_vla.yaml", "tp2+etp,fsdp2xtp2xep2+etp", 6, monkeypatch)
     assert "etp2" in out
 
 
@@ -54,7 +41,7 @@ def test_fp8_under_tensor_and_expert_parallelism_reproduces_one_fp8_process(monk
     block 1's attention input), each moving a row of the GEMM's output by ~1 %: the gradient norm
     of one step then differs by up to a few 1e-4, hence 1e-3 here (over several steps Adam turns
     such differences into different updates; see test_tensor_parallel_extras.py)."""
-    verify_passes(monkeypatch, "tiny_vla.yaml", "tp2,tp2+etp,ep2", 1, *FP8, tolerance=1e-3)
+    verify_passes(EXAMPLES / "tiny_vla.yaml", "tp2,tp2+etp,ep2", 1, monkeypatch, *FP8, tolerance=1e-3)
 
 
 TINY = ["--profile", "tiny"]
@@ -69,7 +56,7 @@ DUAL = ["--set", "moe=null", "--set", "fusion.stream=dual"]  # image and action 
     ("tiny_vla.yaml", "tp2+nosp", DUAL),  # dual stream (refused with sequence parallelism)
 ], ids=["tied", "flamingo", "coca", "dual"])
 def test_tensor_parallel_model_variants_reproduce_one_process(monkeypatch, spec, layouts, args):
-    verify_passes(monkeypatch, spec, layouts, 6, *args)
+    verify_passes(EXAMPLES / spec, layouts, 6, monkeypatch, *args)
 
 
 @pytest.mark.slow
