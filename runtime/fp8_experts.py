@@ -55,6 +55,7 @@ class AmaxHistory(nn.Module):
             raise ValueError(f"fp8 recipe amax_compute_algo = {algo!r}; choose one of max, most_recent")
         self.margin, self.algo, self.delayed = margin, algo, delayed
         self.register_buffer("history", torch.zeros(max(1, length)), persistent=False)
+        self.recorded = False  # host-side: whether any amax has been recorded (no sync to find out)
 
     @property
     def _history(self) -> torch.Tensor:
@@ -69,8 +70,13 @@ class AmaxHistory(nn.Module):
         one process would)."""
         history = self._history
         known = history.max() if self.algo == "max" else history[0]
-        current = _global_amax(x.detach().abs().amax().float() if x.numel() else torch.zeros_like(known), group)
-        amax = torch.where(history.max() > 0, known, current) if self.delayed else current
+        if self.delayed and self.recorded:
+            # the history decides: no pass over x and no collective for its current amax (an
+            # all-zero history still gives scale 1 below)
+            amax = known
+        else:
+            current = _global_amax(x.detach().abs().amax().float() if x.numel() else torch.zeros_like(known), group)
+            amax = torch.where(history.max() > 0, known, current) if self.delayed else current
         fp8_max = torch.finfo(fp8_dtype).max
         scale = fp8_max / (amax * 2.0 ** self.margin)
         return torch.where(amax > 0, scale, torch.ones_like(scale)).reshape(1)
@@ -78,6 +84,7 @@ class AmaxHistory(nn.Module):
     @torch.no_grad()
     def record(self, amax: torch.Tensor, group=None) -> None:
         amax = _global_amax(amax.float(), group)
+        self.recorded = True
         history = self._history
         history.copy_(torch.roll(history, 1))
         history[0] = amax.float()
