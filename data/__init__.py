@@ -1,0 +1,1 @@
+"""Users' datasets: sources, offline tokenization into indexed token shards, packing, the loader."""
