@@ -80,9 +80,10 @@ class Attention(nn.Module):
         self.n_heads, self.n_kv, self.d_head = cfg.heads, cfg.n_kv_heads, cfg.d_head
         self.causal = causal
         d = cfg.hidden
-        self.wq = nn.Linear(d, self.n_heads * self.d_head, bias=cfg.bias)
-        self.wk = nn.Linear(d, self.n_kv * self.d_head, bias=cfg.bias)
-        self.wv = nn.Linear(d, self.n_kv * self.d_head, bias=cfg.bias)
+        qkv_bias = cfg.bias or cfg.qkv_bias
+        self.wq = nn.Linear(d, self.n_heads * self.d_head, bias=qkv_bias)
+        self.wk = nn.Linear(d, self.n_kv * self.d_head, bias=qkv_bias)
+        self.wv = nn.Linear(d, self.n_kv * self.d_head, bias=qkv_bias)
         self.wo = nn.Linear(self.n_heads * self.d_head, d, bias=cfg.bias)
         self.q_norm = RMSNorm(self.d_head, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
         self.k_norm = RMSNorm(self.d_head, cfg.norm_eps) if cfg.qk_norm else nn.Identity()

@@ -236,7 +236,8 @@ def _add_at(x: torch.Tensor, values: torch.Tensor, index: torch.Tensor, present:
 
 def build_model(exp: Experiment, device: str | torch.device = "cpu", seed: int | None = None) -> VLAModel:
     """The model of an experiment, on `cpu`/`cuda` (initialised) or `meta` (shapes only). With
-    `fusion.freeze_lm` the language model (embedding, blocks, final norm, head) is frozen."""
+    `fusion.freeze_lm` or `backbone.freeze` the language model (embedding, blocks, final norm, head)
+    is frozen."""
     device = torch.device(device)
     if device.type == "meta":
         with torch.device("meta"):
@@ -250,7 +251,7 @@ def build_model(exp: Experiment, device: str | torch.device = "cpu", seed: int |
             init_weights(model, exp)
         finally:
             torch.random.set_rng_state(gen_state)
-    if exp.fusion.mode == "late" and exp.fusion.freeze_lm:
+    if (exp.fusion.mode == "late" and exp.fusion.freeze_lm) or exp.backbone.freeze:
         for part in (model.embed, model.pos_embed, model.layers, model.norm, model.head):
             if part is not None:
                 part.requires_grad_(False)

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from .base import SpecModel
+from .pretrained import PretrainedInit
 
 
 class Backbone(SpecModel):
@@ -29,6 +30,9 @@ class Backbone(SpecModel):
     context_length: int = Field(4096, ge=1, description="longest sequence the model supports (tokens)")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on attention and MLP outputs")
     bias: bool = Field(False, description="biases in linear layers")
+    qkv_bias: bool = Field(False, description="biases on the query, key and value projections only (Qwen2)")
+    init: PretrainedInit | None = Field(None, description="start from a Hugging Face checkpoint (null = random init); see docs/pretrained.md")
+    freeze: bool = Field(False, description="freeze the language model (embedding, blocks, final norm, head): no gradients, not in the optimiser")
 
     @model_validator(mode="after")
     def _heads(self):

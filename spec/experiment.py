@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 from .architecture import MoE, Backbone, Fusion, KVCache, Memory
 from .base import SpecModel
 from .modalities import DISCRETE_KINDS, Modality, Vocabulary
+from .pretrained import expand_from_hf, mismatches as pretrained_mismatches
 from .system import Cluster, Launcher, Parallelism, Precision
 from .training import Data, Losses, Optimizer, Train
 
@@ -63,6 +64,11 @@ class Experiment(SpecModel):
     cluster: Cluster = Field(Cluster(), description="the machines")
     launcher: Launcher = Field(Launcher(), description="where the job runs")
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict, description="named partial overrides, e.g. tiny: a CPU-sized version of this experiment")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_hf(cls, data: Any) -> Any:
+        return expand_from_hf(data)  # backbone: {from_hf: PATH} fills the fields the checkpoint fixes
 
     # ---- cross-field rules -------------------------------------------------------------------
     @model_validator(mode="after")
@@ -139,6 +145,7 @@ class Experiment(SpecModel):
             if unknown:
                 errors.append(f"losses.contrastive.pair: unknown modalities {unknown}; choose from {names}")
         errors += self._parallel_rules()
+        errors += pretrained_mismatches(self)
         if errors:
             raise ValueError("\n".join(errors))
         return self

@@ -1,0 +1,2 @@
+"""Hugging Face checkpoints in and out: load a local checkpoint into vlac's model under any
+parallel layout (load.py), export a distributed checkpoint as a Hugging Face one (export.py)."""

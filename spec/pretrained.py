@@ -1,0 +1,217 @@
+"""Starting from a Hugging Face checkpoint: `backbone.init: {hf: PATH}` checks the spec against the
+checkpoint's config.json; `backbone: {from_hf: PATH}` fills the backbone (and the MoE layout and
+the text vocabulary size) from it.
+
+Only the config is read here (no torch): the weights are read by vlac.runtime.hf. A field the
+family fixes (e.g. SwiGLU, RMSNorm, RoPE) or that the checkpoint's config gives (widths, heads,
+experts) must agree with the spec; each disagreement is one error naming the field, both values
+and the fix. Families vlac's decoder can express exactly (so logits match the reference):
+
+  llama       Llama 2/3 without rope scaling, no biases
+  qwen2       Qwen2 / Qwen2.5 (biases on the q, k, v projections: `qkv_bias`)
+  qwen3       Qwen3 (RMSNorm on queries and keys: `qk_norm`)
+  mixtral     Mixtral (every layer MoE, softmax router, top-k weights renormalised)
+  qwen3_moe   Qwen3-MoE (QK-norm; MoE layers from decoder_sparse_step / mlp_only_layers;
+              needs norm_topk_prob: true, which is how vlac's router mixes its top-k experts)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from .base import SpecModel
+
+FAMILIES = ("llama", "qwen2", "qwen3", "mixtral", "qwen3_moe")
+MOE_FAMILIES = ("mixtral", "qwen3_moe")
+CONFIG_FILE = "config.json"
+REQUIRED = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
+
+
+class PretrainedInit(SpecModel):
+    """Where the backbone's starting weights come from."""
+
+    hf: str = Field(description="folder of a local Hugging Face checkpoint (config.json + *.safetensors); "
+                                "families: " + ", ".join(FAMILIES))
+    new_row_noise: float = Field(0.01, ge=0, description="vocabulary rows the checkpoint lacks (specials, other "
+                                 "modalities, padding) start at the mean text embedding plus this many per-dimension "
+                                 "standard deviations of Gaussian noise (docs/pretrained.md)")
+
+
+class PretrainedError(ValueError):
+    """A checkpoint folder that cannot be read or a family vlac cannot express."""
+
+
+def read_config(path: str | Path, field: str = "backbone.init.hf") -> dict[str, Any]:
+    """The checkpoint's config.json, its family checked."""
+    folder = Path(path)
+    cfg_file = folder / CONFIG_FILE
+    if not cfg_file.is_file():
+        raise PretrainedError(f"{field}: no {CONFIG_FILE} in {folder}; point it at a folder written by "
+                              f"transformers' save_pretrained (config.json + *.safetensors)")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise PretrainedError(f"{field}: {cfg_file} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    family = cfg.get("model_type")
+    if family not in FAMILIES:
+        raise PretrainedError(f"{field}: model_type {family!r} in {cfg_file} is not a family vlac's decoder "
+                              f"reproduces; choose a checkpoint of {', '.join(FAMILIES)}")
+    required = REQUIRED + (("num_local_experts",) if family == "mixtral" else ()) + \
+        (("moe_intermediate_size", "num_experts_per_tok") if family == "qwen3_moe" else ())
+    missing = [k for k in required if k not in cfg]
+    if family == "qwen3_moe" and "num_experts" not in cfg and "num_local_experts" not in cfg:
+        missing.append("num_experts")
+    if missing:
+        raise PretrainedError(f"{field}: {cfg_file} lacks {', '.join(missing)}, which a {family} config has; "
+                              f"is the file complete?")
+    return cfg
+
+
+def rope_theta(cfg: dict[str, Any]) -> float:
+    """RoPE base of a config (transformers 5 nests it in rope_parameters; 4.x kept it at the top)."""
+    params = cfg.get("rope_parameters") or {}
+    return float(params.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+
+
+def unsupported(cfg: dict[str, Any]) -> list[str]:
+    """What a checkpoint uses that vlac's decoder does not compute (each one a reason to refuse)."""
+    out = []
+    scaling = (cfg.get("rope_parameters") or {}).get("rope_type") or (cfg.get("rope_scaling") or {}).get("rope_type")
+    if scaling not in (None, "default"):
+        out.append(f"rope scaling {scaling!r} (vlac's RoPE is unscaled)")
+    if cfg.get("hidden_act", "silu") != "silu":
+        out.append(f"hidden_act {cfg['hidden_act']!r} (vlac's SwiGLU uses silu)")
+    if cfg.get("use_sliding_window") or (cfg["model_type"] == "mixtral" and cfg.get("sliding_window")):
+        out.append("sliding-window attention")
+    if cfg["model_type"] == "llama" and (cfg.get("attention_bias") or cfg.get("mlp_bias")):
+        out.append("attention_bias / mlp_bias")
+    if cfg["model_type"] in ("qwen3", "qwen3_moe") and cfg.get("attention_bias"):
+        out.append("attention_bias")
+    if cfg["model_type"] == "qwen3_moe" and cfg.get("num_experts_per_tok", 1) > 1 and not cfg.get("norm_topk_prob"):
+        out.append("norm_topk_prob: false (vlac renormalises the top-k router weights)")
+    return out
+
+
+def backbone_fields(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The backbone section a checkpoint's config stands for (context_length excluded: the spec
+    may train on shorter sequences than the checkpoint supports)."""
+    family = cfg["model_type"]
+    heads = cfg["num_attention_heads"]
+    return {
+        "layers": cfg["num_hidden_layers"], "hidden": cfg["hidden_size"], "heads": heads,
+        "kv_heads": cfg.get("num_key_value_heads") or heads,
+        "head_dim": cfg.get("head_dim") or cfg["hidden_size"] // heads,
+        "ffn_hidden": cfg["intermediate_size"], "mlp": "swiglu", "norm": "rmsnorm",
+        "norm_eps": float(cfg.get("rms_norm_eps", 1e-6)), "positions": "rope", "rope_theta": rope_theta(cfg),
+        "qk_norm": family in ("qwen3", "qwen3_moe"),
+        # PretrainedConfig's default is tied; Llama-family configs always write the key
+        "tied_embeddings": bool(cfg.get("tie_word_embeddings", True)),
+        "bias": False, "qkv_bias": family == "qwen2",
+    }
+
+
+def moe_fields(cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """The moe section's structural fields a checkpoint fixes, or None for a dense family."""
+    family, layers = cfg["model_type"], cfg["num_hidden_layers"]
+    if family == "mixtral":
+        return {"layers": "all", "experts": cfg["num_local_experts"], "top_k": cfg["num_experts_per_tok"],
+                "shared_experts": 0, "expert_hidden": cfg["intermediate_size"], "router": "softmax"}
+    if family == "qwen3_moe":
+        step, dense = cfg.get("decoder_sparse_step", 1) or 1, set(cfg.get("mlp_only_layers") or [])
+        moe = [i for i in range(layers) if i not in dense and (i + 1) % step == 0]
+        # transformers 5 writes num_local_experts; 4.x wrote num_experts
+        experts = cfg.get("num_experts", cfg.get("num_local_experts"))
+        return {"layers": "all" if len(moe) == layers else moe, "experts": experts,
+                "top_k": cfg["num_experts_per_tok"], "shared_experts": 0,
+                "expert_hidden": cfg["moe_intermediate_size"], "router": "softmax"}
+    return None
+
+
+def text_modality(modalities: dict[str, Any]) -> str | None:
+    """The text modality whose vocabulary range the checkpoint's embedding rows fill."""
+    for name, m in modalities.items():
+        kind = m.get("kind") if isinstance(m, dict) else getattr(m, "kind", None)
+        shares = m.get("shares_vocab_with") if isinstance(m, dict) else getattr(m, "shares_vocab_with", None)
+        if kind == "text" and not shares:
+            return name
+    return None
+
+
+def expand_from_hf(data: Any) -> Any:
+    """`backbone: {from_hf: PATH, ...}` -> the backbone (and moe, and the text vocab_size) filled from
+    the checkpoint's config, with `init: {hf: PATH}`; fields the spec also sets are left for the
+    check (so a conflict is an error, not silently overridden). Other input passes through."""
+    if not isinstance(data, dict) or not isinstance(data.get("backbone"), dict) or "from_hf" not in data["backbone"]:
+        return data
+    data = dict(data)
+    bb = dict(data["backbone"])
+    path = str(Path(str(bb.pop("from_hf"))).expanduser().resolve())
+    cfg = read_config(path, "backbone.from_hf")
+    filled = backbone_fields(cfg)
+    filled.setdefault("context_length", cfg.get("max_position_embeddings", 4096))
+    data["backbone"] = {**filled, **bb, "init": bb.get("init") or {"hf": path}}
+    moe = moe_fields(cfg)
+    if moe is not None:
+        data["moe"] = {**moe, **(data.get("moe") or {})}
+    mods = data.get("modalities")
+    name = text_modality(mods) if isinstance(mods, dict) else None
+    if name is not None and isinstance(mods[name], dict) and "vocab_size" not in mods[name]:
+        data["modalities"] = {**mods, name: {**mods[name], "vocab_size": cfg["vocab_size"]}}
+    return data
+
+
+def mismatches(exp: Any) -> list[str]:
+    """Every way the validated experiment disagrees with its `backbone.init.hf` checkpoint."""
+    init = exp.backbone.init
+    if init is None:
+        return []
+    try:
+        cfg = read_config(init.hf)
+    except PretrainedError as e:
+        return [str(e)]
+    where = f"the checkpoint's config ({Path(init.hf) / CONFIG_FILE})"
+    out = [f"backbone.init.hf: {init.hf} uses {what}, which vlac cannot reproduce; choose another checkpoint"
+           for what in unsupported(cfg)]
+    fix = f"set it to the checkpoint's value or write backbone: {{from_hf: {init.hf}}}"
+    for field, want in backbone_fields(cfg).items():
+        have = getattr(exp.backbone, field)
+        if field == "kv_heads":
+            have = exp.backbone.n_kv_heads
+        elif field == "head_dim":
+            have = exp.backbone.d_head
+        elif field == "ffn_hidden" and moe_fields(cfg) is not None and set(exp.moe.moe_layer_indices(exp.backbone.layers) if exp.moe else ()) == set(range(exp.backbone.layers)):
+            continue  # every layer MoE (Mixtral): the dense width is never used
+        elif field == "ffn_hidden":
+            have = exp.backbone.d_ffn
+        if have != want:
+            out.append(f"backbone.{field}: {have!r} differs from {want!r} in {where}; {fix}")
+    limit = cfg.get("max_position_embeddings")
+    if limit and exp.backbone.context_length > limit:
+        out.append(f"backbone.context_length: {exp.backbone.context_length} exceeds the checkpoint's "
+                   f"max_position_embeddings {limit}; use context_length <= {limit}")
+    moe = moe_fields(cfg)
+    if moe is None and exp.moe is not None:
+        out.append(f"moe: {cfg['model_type']} is dense; remove the moe section or choose an MoE checkpoint")
+    elif moe is not None and exp.moe is None:
+        out.append(f"moe: {cfg['model_type']} is a mixture of experts; add a moe section ({fix})")
+    elif moe is not None:
+        layers = exp.backbone.layers
+        for field, want in moe.items():
+            have = getattr(exp.moe, field)
+            if field == "layers":
+                have, want = exp.moe.moe_layer_indices(layers), exp.moe.model_copy(update={"layers": want}).moe_layer_indices(layers)
+            elif field == "expert_hidden":
+                have = have or exp.backbone.d_ffn
+            if have != want:
+                out.append(f"moe.{field}: {have!r} differs from {want!r} in {where}; {fix}")
+    name = text_modality(exp.modalities)
+    if name is None:
+        out.append("modalities: a pretrained language model needs a text modality; add e.g. text: {kind: text}")
+    elif exp.modalities[name].vocab_size != cfg["vocab_size"]:
+        out.append(f"modalities.{name}.vocab_size: {exp.modalities[name].vocab_size} differs from the checkpoint's "
+                   f"vocab_size {cfg['vocab_size']}; set vocab_size: {cfg['vocab_size']} (the checkpoint's rows)")
+    return out
