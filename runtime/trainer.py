@@ -89,6 +89,9 @@ class Trainer:
                 group["lr"] = lr
             self.metrics.event({"event": "resumed", "step": self.step, "from": latest.name,
                                 "layout": self.model.dims.summary()})
+        elif self.exp.backbone.init is not None:  # a fresh run starts from the pretrained backbone
+            from .hf.load import load_pretrained
+            self.metrics.event({"event": "pretrained", **load_pretrained(self.model.model, self.exp)})
         return self.step
 
     def save(self) -> Path:

@@ -141,6 +141,12 @@ def text_modality(modalities: dict[str, Any]) -> str | None:
     return None
 
 
+def text_rows(cfg: dict[str, Any]) -> int:
+    """Rows of the checkpoint's text vocabulary: all of them, or, for a checkpoint vlac exported,
+    those before the rows vlac added (`vlac_text_vocab_size`)."""
+    return int(cfg.get("vlac_text_vocab_size", cfg["vocab_size"]))
+
+
 def expand_from_hf(data: Any) -> Any:
     """`backbone: {from_hf: PATH, ...}` -> the backbone (and moe, and the text vocab_size) filled from
     the checkpoint's config, with `init: {hf: PATH}`; fields the spec also sets are left for the
@@ -160,7 +166,7 @@ def expand_from_hf(data: Any) -> Any:
     mods = data.get("modalities")
     name = text_modality(mods) if isinstance(mods, dict) else None
     if name is not None and isinstance(mods[name], dict) and "vocab_size" not in mods[name]:
-        data["modalities"] = {**mods, name: {**mods[name], "vocab_size": cfg["vocab_size"]}}
+        data["modalities"] = {**mods, name: {**mods[name], "vocab_size": text_rows(cfg)}}
     return data
 
 
@@ -211,7 +217,8 @@ def mismatches(exp: Any) -> list[str]:
     name = text_modality(exp.modalities)
     if name is None:
         out.append("modalities: a pretrained language model needs a text modality; add e.g. text: {kind: text}")
-    elif exp.modalities[name].vocab_size != cfg["vocab_size"]:
+    elif exp.modalities[name].vocab_size != text_rows(cfg):
+        rows = text_rows(cfg)
         out.append(f"modalities.{name}.vocab_size: {exp.modalities[name].vocab_size} differs from the checkpoint's "
-                   f"vocab_size {cfg['vocab_size']}; set vocab_size: {cfg['vocab_size']} (the checkpoint's rows)")
+                   f"text vocabulary of {rows} rows; set vocab_size: {rows}")
     return out

@@ -20,6 +20,7 @@ from vlac.spec.system import PRESETS, Cluster
 
 from . import api
 from .report import plan_text, print_graph, print_plan
+from .export_cli import export_command
 from .search_cli import search_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -217,6 +218,7 @@ def schema(output: Optional[Path] = typer.Option(None, "-o", "--out", help="writ
 
 
 app.command(name="search")(search_command)  # `vlac search`: defined beside the search API
+app.command(name="export")(export_command)  # `vlac export RUN_DIR --hf OUT`: vlac/export_cli.py
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from vlac.spec.pretrained import read_config
 
 from .names import Direct, Experts, Source, Vocab, sources
 from .reader import CheckpointReader
-from .vocab import read_rows
+from .vocab import read_rows, source_rows
 
 
 def local_region(t: torch.Tensor) -> tuple[torch.Tensor, tuple[slice, ...]]:
@@ -48,11 +48,15 @@ def global_shape(reader: CheckpointReader, source: Source, exp: Experiment) -> t
     return reader.shape(source.name)
 
 
-def read_region(reader: CheckpointReader, source: Source, name: str, exp: Experiment,
+def read_region(reader: CheckpointReader, source: Source, name: str, exp: Experiment, rows_from: list[int],
                 region: tuple[slice, ...], stats: dict) -> torch.Tensor:
     """Region of vlac's tensor `name`, read from the checkpoint."""
     if isinstance(source, Vocab):
-        return read_rows(reader, source.name, name, exp, region, stats)
+        have = reader.shape(source.name)[0]
+        if max(rows_from) >= have:
+            raise ValueError(f"backbone.init.hf: {source.name} has {have} rows, fewer than the text vocabulary's "
+                             f"{max(rows_from) + 1}; check modalities.<text>.vocab_size against config.json")
+        return read_rows(reader, source.name, name, exp, rows_from, region, stats)
     if isinstance(source, Experts):
         experts, a, b = region  # vlac [E, a, b] <- Hugging Face [b, a] per expert
         return torch.stack([reader.read(source.names[e], (b, a)).t() for e in range(experts.start, experts.stop)])
@@ -71,6 +75,7 @@ def load_pretrained(model: nn.Module, exp: Experiment) -> dict[str, Any]:
     want = sources(exp, cfg["model_type"])
     state = get_model_state_dict(model)
     stats: dict = {}
+    rows_from = source_rows(exp, cfg)
     loaded = []
     for name, t in state.items():
         source = want.get(name)
@@ -81,11 +86,10 @@ def load_pretrained(model: nn.Module, exp: Experiment) -> dict[str, Any]:
             raise ValueError(f"backbone.init.hf: {name} has shape {tuple(t.shape)} in vlac's model but "
                              f"{tuple(expected)} from the checkpoint; check the backbone fields against config.json")
         local, region = local_region(t)
-        local.copy_(read_region(reader, source, name, exp, region, stats).to(local.dtype))
+        local.copy_(read_region(reader, source, name, exp, rows_from, region, stats).to(local.dtype))
         loaded.append(name)
     if not loaded:
         raise ValueError("backbone.init.hf: this rank holds no backbone parameter by the checkpoint's names; "
                          "was the model built from this experiment?")
-    layout = exp.vocab_layout()
     return {"from": init.hf, "family": cfg["model_type"], "tensors": len(loaded),
-            "new_vocab_rows": layout.padded - cfg["vocab_size"]}
+            "new_vocab_rows": sum(1 for r in rows_from if r < 0)}

@@ -53,27 +53,49 @@ def new_rows(rows: range, cols: slice, stats: tuple[torch.Tensor, torch.Tensor],
     return out[:, cols]
 
 
-def read_rows(reader: CheckpointReader, hf_name: str, vlac_name: str, exp: Experiment,
-              region: tuple[slice, slice], stats_cache: dict) -> torch.Tensor:
-    """Rows `region[0]`, columns `region[1]` of vlac's embedding/head built from the checkpoint."""
+def source_rows(exp: Experiment, cfg: dict) -> list[int]:
+    """Checkpoint row of each vlac row (-1: a new row). The text range maps to the checkpoint's
+    first rows; a checkpoint vlac exported from an experiment of the same vocabulary layout (its
+    config's `vlac_vocab_layout`) gives back every row, the added ones included."""
+    padded = exp.vocab_layout().padded
+    if cfg.get("vlac_vocab_layout") == [list(entry) for entry in exported_layout(exp)]:
+        return _inverse(export_order(exp), padded)
     offset, size = text_range(exp)
+    return [r - offset if offset <= r < offset + size else -1 for r in range(padded)]
+
+
+def _inverse(order: list[int], n: int) -> list[int]:
+    out = [-1] * n
+    for exported, vlac_row in enumerate(order):
+        out[vlac_row] = exported
+    return out
+
+
+def read_rows(reader: CheckpointReader, hf_name: str, vlac_name: str, exp: Experiment, rows_from: list[int],
+              region: tuple[slice, slice], stats_cache: dict) -> torch.Tensor:
+    """Rows `region[0]`, columns `region[1]` of vlac's embedding/head built from the checkpoint
+    (`rows_from`: see source_rows); runs of consecutive checkpoint rows are read as one slice."""
+    _, size = text_range(exp)
     rows, cols = region
-    hf_rows = reader.shape(hf_name)[0]
-    if hf_rows < size:
-        raise ValueError(f"modalities.{text_modality(exp.modalities)}.vocab_size: {size} exceeds the checkpoint's "
-                         f"{hf_rows} rows of {hf_name}; use vocab_size <= {hf_rows}")
     if hf_name not in stats_cache:
         stats_cache[hf_name] = row_stats(reader, hf_name, size)
     width = stats_cache[hf_name][0].numel()
     out = torch.empty(rows.stop - rows.start, len(range(width)[cols]), dtype=torch.float64)
-    lo, hi = max(rows.start, offset), min(rows.stop, offset + size)  # overlap with the text range
-    if lo < hi:
-        out[lo - rows.start:hi - rows.start] = reader.read(hf_name, (slice(lo - offset, hi - offset), cols)).double()
-    init = exp.backbone.init
-    for a, b in ((rows.start, min(rows.stop, offset)), (max(rows.start, offset + size), rows.stop)):
-        if a < b:
-            out[a - rows.start:b - rows.start] = new_rows(range(a, b), cols, stats_cache[hf_name], init.new_row_noise,
-                                                          exp.train.seed, STREAMS[vlac_name])
+    r = rows.start
+    while r < rows.stop:
+        end = r + 1
+        if rows_from[r] >= 0:
+            while end < rows.stop and rows_from[end] == rows_from[end - 1] + 1:
+                end += 1
+            piece = reader.read(hf_name, (slice(rows_from[r], rows_from[end - 1] + 1), cols))
+            out[r - rows.start:end - rows.start] = piece.double()
+        else:
+            while end < rows.stop and rows_from[end] < 0:
+                end += 1
+            out[r - rows.start:end - rows.start] = new_rows(range(r, end), cols, stats_cache[hf_name],
+                                                            exp.backbone.init.new_row_noise, exp.train.seed,
+                                                            STREAMS[vlac_name])
+        r = end
     return out
 
 

@@ -79,7 +79,7 @@ def test_init_checks_every_field_and_vocab(tmp_path):
             "train": {"seq_len": 16, "global_batch_tokens": 64, "total_tokens": 640}}
     with pytest.raises(SpecError) as err:
         vlac.load(spec)
-    assert "modalities.text.vocab_size: 100 differs from the checkpoint's vocab_size 96" in str(err.value)
+    assert "modalities.text.vocab_size: 100 differs from the checkpoint's text vocabulary of 96 rows" in str(err.value)
     spec["modalities"]["text"]["vocab_size"] = 96
     assert vlac.load(spec).backbone.init.hf == str(folder)
 
