@@ -45,7 +45,7 @@ def node_cost(n: fx.Node, gm: fx.GraphModule, interp: CostInterpreter, site: Sit
     module = gm.get_submodule(n.target) if n.op == "call_module" else None
     ins, out = interp.inputs.get(n.name, []), interp.outputs.get(n.name)
     out_tensors = list(tensors(out))
-    params = _params_of(n, gm, module, seen_params)
+    params, frozen = _params_of(n, gm, module, seen_params)
     if not out_tensors and not params and not interp.saved.get(n.name):
         return None
     path = module_path(n)
@@ -85,7 +85,7 @@ def node_cost(n: fx.Node, gm: fx.GraphModule, interp: CostInterpreter, site: Sit
     eligible, reason = _fp8_policy(kind, parts, mnk, site)
     return NodeCost(
         name=n.name, kind=kind, module=path, layer=0, params_dense=p_dense, params_expert=p_expert,
-        params_embedding=p_embed, flops_fwd=flops, flops_bwd=bwd, flops_overcompute=over, saved=saved,
+        params_embedding=p_embed, params_frozen=frozen, flops_fwd=flops, flops_bwd=bwd, flops_overcompute=over, saved=saved,
         tp_split=tp_split, act_tp_sharded=sharded, expert=expert, gemm_mnk=mnk, fp8_eligible=eligible,
         fp8_reason=reason, causal=causal, in_block=site.in_block, sp_split=sp_split)
 
@@ -135,7 +135,8 @@ def _gradient_gemms(n: fx.Node, module: nn.Module | None, ins: list[torch.Tensor
     return sum(int(t.requires_grad) for t in operands)
 
 
-def _params_of(n: fx.Node, gm: fx.GraphModule, module: nn.Module | None, seen: set[int]) -> int:
+def _params_of(n: fx.Node, gm: fx.GraphModule, module: nn.Module | None, seen: set[int]) -> tuple[int, int]:
+    """Parameters first used by this node, and how many of them are frozen."""
     tensors_: list[torch.Tensor] = []
     if module is not None:
         tensors_ = list(module.parameters())
@@ -145,12 +146,13 @@ def _params_of(n: fx.Node, gm: fx.GraphModule, module: nn.Module | None, seen: s
             obj = getattr(obj, part)
         if isinstance(obj, nn.Parameter):
             tensors_ = [obj]
-    total = 0
+    total = frozen = 0
     for t in tensors_:
         if id(t) not in seen:
             seen.add(id(t))
             total += t.numel()
-    return total
+            frozen += 0 if t.requires_grad else t.numel()
+    return total, frozen
 
 
 def _saved(n: fx.Node, kind: str, interp: CostInterpreter, site: Site, out_tensors: list[torch.Tensor]) -> dict[str, float]:

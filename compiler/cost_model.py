@@ -99,6 +99,9 @@ class CostModel:
         self.params_dense = np.array([q.params_dense for q in prof])
         self.params_expert = np.array([q.params_expert for q in prof])
         self.params_fp8 = np.array([q.params_fp8 for q in prof])
+        # frozen parameters (backbone.freeze, fusion.freeze_lm) hold weights but no gradients or optimizer state
+        self.trainable_dense = self.params_dense - np.array([q.params_frozen_dense for q in prof])
+        self.trainable_expert = self.params_expert - np.array([q.params_frozen_expert for q in prof])
         # [K, 3 policies] saved bytes per sequence: TP-sharded, SP-split, whole
         self.saved_sh, self.saved_sp, self.saved_whole = (
             np.array([[q.saved[pol][part] for pol in RECOMPUTE] for q in prof]) for part in range(3))
@@ -212,10 +215,11 @@ class CostModel:
         B = BYTES_PER_PARAM
         shard = lambda level: (np.where(zero >= level, d_dense, 1.0), np.where(zero >= level, d_expert, 1.0))  # noqa: E731
         w3, g2, o1 = shard(3), shard(2), shard(1)
+        train_d, train_e = (counts @ self.trainable_dense)[None, :] / tp, (counts @ self.trainable_expert)[None, :] / (ep * etp)
         mem = {
             "weights": B["weights"] * np.where(gathered, dense_l + expert_l, dense_l / w3[0] + expert_l / w3[1]),
-            "gradients": B["gradients"] * (dense_l / g2[0] + expert_l / g2[1]),
-            "optimizer": B["optimizer"] * (dense_l / o1[0] + expert_l / o1[1]),
+            "gradients": B["gradients"] * (train_d / g2[0] + train_e / g2[1]),
+            "optimizer": B["optimizer"] * (train_d / o1[0] + train_e / o1[1]),
             "fp8_cache": B["fp8_cache"] * fp8[None, :] / tp / np.where(gathered, 1.0, w3[0]),
         }
         in_flight = self._in_flight(sched, m, pp, v)  # [rows, pp]

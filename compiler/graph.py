@@ -50,6 +50,7 @@ class NodeCost:
     params_dense: int = 0
     params_expert: int = 0
     params_embedding: int = 0
+    params_frozen: int = 0  # of the above, frozen (requires_grad off): no gradient, no optimizer state
     flops_fwd: float = 0.0
     flops_bwd: float = 0.0
     flops_overcompute: float = 0.0  # forward+backward FLOPs spent on capacity padding (MoE)

@@ -83,6 +83,8 @@ class LayerProfile:
     saved: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # policy -> parts
     params_dense: float = 0.0
     params_expert: float = 0.0
+    params_frozen_dense: float = 0.0  # frozen parts of params_dense / params_expert (no gradients or optimizer state)
+    params_frozen_expert: float = 0.0
     params_fp8: float = 0.0
     tp_regions: int = 0  # attention / MLP / shared-expert blocks bracketed by TP collectives
     flops: float = 0.0  # forward+backward+padding FLOPs (the pipeline split's weight)
@@ -144,6 +146,10 @@ class CostProfile:
         for n in nodes:
             p.params_dense += n.params_dense + n.params_embedding
             p.params_expert += n.params_expert
+            if n.params_expert:
+                p.params_frozen_expert += n.params_frozen
+            else:
+                p.params_frozen_dense += n.params_frozen
             p.flops += n.flops_fwd + n.flops_bwd + n.flops_overcompute
             if n.fp8_eligible:
                 p.params_fp8 += n.params
