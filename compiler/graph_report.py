@@ -21,7 +21,7 @@ from pathlib import Path
 import torch.fx as fx
 
 from .graph import KINDS, RECOMPUTE, Graph, LayerCost, NodeCost
-from .number_format import si
+from .number_format import data_size, si
 
 KIND_COLOURS = {
     "gemm": "#4e79a7", "attention": "#f28e2b", "router": "#b07aa1", "norm": "#59a14f", "elementwise": "#bab0ac",
@@ -56,10 +56,7 @@ def write_graph_report(graph: Graph, out_dir: str | Path) -> list[Path]:
 # ---- number formatting -----------------------------------------------------------------------
 
 def _bytes(x: float) -> str:
-    for factor, prefix in ((2 ** 40, "TiB"), (2 ** 30, "GiB"), (2 ** 20, "MiB"), (2 ** 10, "KiB")):
-        if abs(x) >= factor:
-            return f"{x / factor:.2f} {prefix}"
-    return f"{x:.0f} B"
+    return data_size(x)  # decimal units, as the terminal tables (number_format.UNIT_CONVENTION)
 
 
 def _e(text: object) -> str:

@@ -19,3 +19,21 @@ def si(x: float, unit: str = "", *, scaled: str = ".2f", small: str = ".0f", sep
             return f"{x / factor:{scaled}}{sep}{prefix}{unit}"
     number = f"{x:{small}}"
     return f"{number}{sep}{unit}" if unit else number
+
+
+# One unit convention everywhere (terminal tables, SVG pictures, HTML report, emitted README):
+# decimal SI prefixes, 1 kB = 1e3 bytes, 1 GB = 1e9 bytes (never KiB/MiB/GiB).
+UNIT_CONVENTION = "GB = 10^9 bytes"
+
+
+def data_size(x: float) -> str:
+    """Bytes with a decimal prefix: 3.21 GB, 512 kB, 12 B."""
+    return si(x, "B", small=".0f")
+
+
+def duration(seconds: float) -> str:
+    """Seconds with a unit that keeps three significant digits: 1.25 s, 3.40 ms, 870 us."""
+    for factor, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "us")):
+        if abs(seconds) >= factor:
+            return f"{seconds / factor:.3g} {unit}"
+    return f"{seconds / 1e-9:.3g} ns" if seconds else "0 s"

@@ -1,12 +1,14 @@
 """Pictures of a plan as dependency-free SVG: the pipeline schedule as a timeline (one row per
 pipeline rank, simulated pass by pass) and the memory of one GPU per pipeline rank as stacked
-bars against the usable and total memory. Same plan -> byte-identical files."""
+bars against the usable and total memory. Same plan -> byte-identical files. Sizes in decimal
+units (GB = 1e9 bytes, number_format.UNIT_CONVENTION)."""
 
 from __future__ import annotations
 
 from html import escape
 from pathlib import Path
 
+from .number_format import data_size
 from .plan import Estimate, Plan
 from .schedule_sim import makespan, simulate
 
@@ -40,7 +42,10 @@ def pipeline_svg(est: Estimate, title: str = "") -> str:
     fwd = [s["fwd"] for s in stages]
     bwd = [s["bwd"] for s in stages]
     wgrad = [s["wgrad"] for s in stages]
+    # without pipelining the micro-batches simply run one after another on every GPU; simulate()
+    # still needs a schedule name, but the picture must not claim one
     schedule = lay.schedule if pp > 1 else "1f1b"
+    label = f"{schedule}, pp {pp}, {v} chunk(s) per rank" if pp > 1 else "no pipelining (pp 1): micro-batches in sequence"
     ops = simulate(schedule, pp, v, shown, fwd, bwd, wgrad)
     span = makespan(ops)
     busy = sum(op.end - op.start for op in ops)
@@ -50,7 +55,7 @@ def pipeline_svg(est: Estimate, title: str = "") -> str:
     height = top + row * pp + 60
     scale = plot_w / span if span else 1.0
     body = [_text(left, 20, title or f"Pipeline schedule: {lay.short()}", 14, weight="bold"),
-            _text(left, 38, f"{schedule}, pp {pp}, {v} chunk(s) per rank, {shown} of {m} micro-batches shown; "
+            _text(left, 38, f"{label}, {shown} of {m} micro-batches shown; "
                             f"simulated span {span * 1e3:.1f} ms, idle {bubble * 100:.1f} % of rank time")]
     for r in range(pp):
         y = top + r * row
@@ -90,7 +95,7 @@ def memory_svg(est: Estimate, usable: float, capacity: float, title: str = "") -
     top_gb = max(capacity, max(sum(s["memory"].values()) for s in stages)) / 1e9 * 1.05
     y_of = lambda gb: top + plot_h - gb / top_gb * plot_h  # noqa: E731
     body = [_text(left, 20, title or f"Memory per GPU: {est.layout.short()}", 14, weight="bold"),
-            _text(left, 38, f"peak {est.peak_memory / 1e9:.1f} GB; usable {usable / 1e9:.1f} GB of {capacity / 1e9:.0f} GB")]
+            _text(left, 38, f"peak {data_size(est.peak_memory)}; usable {data_size(usable)} of {data_size(capacity)}")]
     for gb in range(0, int(top_gb) + 1, max(10, int(top_gb) // 8 // 10 * 10 or 10)):
         y = y_of(gb)
         body.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + n * (bar_w + 8)}" y2="{y:.1f}" stroke="#e0e0e0"/>')
@@ -128,7 +133,11 @@ def write_plan_pictures(plan: Plan, out_dir: str | Path) -> list[Path]:
     est = plan.chosen
     usable = plan.cluster["usable_memory_gb"] * 1e9
     capacity = usable + plan.cluster.get("memory_headroom_gb", 0.0) * 1e9
-    files = {"pipeline.svg": pipeline_svg(est), "memory.svg": memory_svg(est, usable, capacity)}
+    titles = ("", "")
+    if not plan.feasible:  # every view of an infeasible plan says so, the pictures too
+        titles = tuple(f"{kind} {est.layout.short()} (INFEASIBLE: no layout fits in memory; closest shown)"
+                       for kind in ("Pipeline schedule:", "Memory per GPU:"))
+    files = {"pipeline.svg": pipeline_svg(est, titles[0]), "memory.svg": memory_svg(est, usable, capacity, titles[1])}
     paths = []
     for name, text in files.items():
         path = out / name

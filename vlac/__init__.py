@@ -5,10 +5,54 @@
     plan = vlac.plan(exp)              # parallel layout, memory, step time, FP8
     prog = vlac.emit(exp, plan, "out") # train.py, launch.py, experiment.yaml, plan.json
     job = vlac.submit(prog, executor="local")
+
+The names are imported on first use: `import vlac` (and the `vlac` command's start-up) does not
+import torch; `vlac.plan` and the others bring in what they need when called.
 """
 
-from .api import EXECUTORS, emit, load, lower, plan, submit
-from .search import Search, search
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import Any
+
 from .version import __version__
 
-__all__ = ["EXECUTORS", "Search", "__version__", "emit", "load", "lower", "plan", "search", "submit"]
+# public name -> module that defines it
+_LAZY = {"EXECUTORS": ".api", "emit": ".api", "load": ".api", "lower": ".api", "plan": ".api", "submit": ".api",
+         "follow": ".follow", "Search": ".search", "search": ".search"}
+
+
+class _SearchPackage(types.ModuleType):
+    """vlac.search is a subpackage and also the function `vlac.search(spec, space, ...)`: the
+    package module, once imported, is callable as its `search` function."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.search(*args, **kwargs)
+
+
+class _Vlac(types.ModuleType):
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "search" and isinstance(value, types.ModuleType):  # the import system binds the subpackage
+            value.__class__ = _SearchPackage
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Vlac
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'vlac' has no attribute {name!r}")
+    module = importlib.import_module(_LAZY[name], __name__)
+    value = module if name == "search" else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = ["EXECUTORS", "Search", "__version__", "emit", "follow", "load", "lower", "plan", "search", "submit"]

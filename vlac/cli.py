@@ -1,7 +1,11 @@
 """The `vlac` command line: validate, compile, emit, submit, verify, schema.
 
-Exit codes: 0 success, 2 bad spec or bad arguments (a message, never a traceback), 1 a run that
-failed.
+Exit codes: 0 success; 1 a run that failed (or an internal error); 2 bad spec or bad arguments (a
+message, never a traceback); 3 no layout fits in memory (`vlac compile` still prints the closest
+plan, marked infeasible in the table, in --json and in --report).
+
+Start-up stays under a second: nothing here imports torch at module level (the compiler, the
+runtime and the search are imported inside the commands that use them).
 """
 
 from __future__ import annotations
@@ -13,20 +17,35 @@ from typing import Any, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from vlac.compiler.planner import PIN_KEYS, PlanError
 from vlac.spec import Experiment, SpecError, read_mapping
+from vlac.spec import load as load_spec
 from vlac.spec.system import PRESETS, Cluster
 
-from . import api
+from .cli_lazy import LazyGroup
 from .report import plan_text, print_graph, print_plan
-from .export_cli import export_command
-from .search_cli import search_command
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+EXIT_INFEASIBLE = 3  # `vlac compile`: no layout fits in memory
+# vlac.compiler.planner.PIN_KEYS, written out so that the help text needs no torch import
+# (tests/vlac/test_cli_startup.py checks they agree)
+PIN_KEYS = ("dp", "tp", "pp", "ep", "cp", "zero", "sequence_parallel", "microbatch_size", "schedule",
+            "virtual_stages", "recompute", "etp", "reshard_after_forward")
+
+app = typer.Typer(cls=LazyGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compile multimodal training experiments into planned, runnable distributed programs.")
-out = Console()
-err = Console(stderr=True)
+
+
+def _console(stderr: bool = False, **kwargs: Any) -> Console:
+    """A console that wraps at the terminal's width on a terminal and never when piped or
+    redirected (a table in a file or a pipe keeps its rows whole)."""
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else 10_000
+    return Console(stderr=stderr, width=width, **kwargs)
+
+
+out = _console()
+err = _console(stderr=True, highlight=False, soft_wrap=True)  # error text is printed as written, never re-wrapped
 
 SetOpt = typer.Option(None, "--set", "-s", help="override a spec field: a.b.c=VALUE (repeatable)")
 ProfileOpt = typer.Option(None, "--profile", "-p", help="apply a named profile of the spec, e.g. tiny")
@@ -36,13 +55,15 @@ class UsageFailure(Exception):
     """Bad command-line input: reported like a spec error, exit 2."""
 
 
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
-    raise typer.Exit(2)
+def _fail(message: str, code: int = 2) -> None:
+    # messages quote user input (keys, values, paths, a job's output): escape it, or a "[/x]" in
+    # it would be read as rich markup and crash the report of the error
+    err.print(f"[bold red]error:[/] {escape(message)}")
+    raise typer.Exit(code)
 
 
 def _load(spec: Path, sets: Optional[List[str]], profile: Optional[str]) -> Experiment:
-    return api.load(spec, sets or (), profile)
+    return load_spec(spec, sets or (), profile)
 
 
 def _parse_pins(text: Optional[str]) -> dict[str, Any]:
@@ -90,11 +111,23 @@ def _run(fn) -> None:
     """Turn every expected failure into a message and exit code 2."""
     try:
         fn()
-    except SpecError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2)
-    except (PlanError, UsageFailure, ValueError, FileNotFoundError) as e:
+    except (SpecError, UsageFailure, ValueError, FileNotFoundError) as e:  # PlanError is a ValueError
         _fail(str(e))
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except RecursionError:
+        _fail("the input nests too deeply to process; simplify the spec", 2)
+    except Exception as e:  # a bug in vlac: say so in one message instead of a traceback
+        where = _last_frame(e)
+        _fail(f"internal error {type(e).__name__}: {e} (at {where}); this is a bug in vlac, please report it "
+              f"with the spec and command", 1)
+
+
+def _last_frame(e: BaseException) -> str:
+    import traceback
+
+    frames = traceback.extract_tb(e.__traceback__)
+    return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
 
 
 @app.command()
@@ -120,20 +153,25 @@ def compile_(spec: Path = typer.Argument(..., help="spec file"),
              report: Optional[Path] = typer.Option(None, "--report", help="write pictures of the lowered graph "
                                                    "(graph.html and SVGs) and of the plan (pipeline.svg, memory.svg, "
                                                    "plan.txt) into this directory")) -> None:
-    """Lower, analyse and plan a spec; print the plan and its explanation."""
+    """Lower, analyse and plan a spec; print the plan and its explanation (exit 3 when no layout fits)."""
+    status = {"feasible": True}
+
     def go():
         exp = _load(spec, set_, profile)
         pins = _parse_pins(pin)
         cl = _cluster(exp, cluster)
+        from . import api
+
         g = api.lower(exp)
         p = api.plan(exp, cluster=cl, pin=pins, graph=g)
+        status["feasible"] = p.feasible
         if report is not None:
             from vlac.compiler.graph_report import write_graph_report
             from vlac.compiler.plan_report import write_plan_pictures
             paths = list(write_graph_report(g, report)) + write_plan_pictures(p, report)
             (report / "plan.txt").write_text(plan_text(p))
             for path in paths + [report / "plan.txt"]:
-                err.print(f"wrote {path}", highlight=False)
+                err.print(f"wrote {path}", markup=False)
         if json_:
             sys.stdout.write(json.dumps(p.to_json(), indent=2, sort_keys=True) + "\n")
             return
@@ -141,6 +179,8 @@ def compile_(spec: Path = typer.Argument(..., help="spec file"),
             print_graph(out, g)
         print_plan(out, p)
     _run(go)
+    if not status["feasible"]:
+        raise typer.Exit(EXIT_INFEASIBLE)
 
 
 @app.command()
@@ -151,6 +191,8 @@ def emit(spec: Path = typer.Argument(..., help="spec file"),
     """Plan a spec and write its runnable program directory."""
     def go():
         exp = _load(spec, set_, profile)
+        from . import api
+
         p = api.plan(exp, pin=_parse_pins(pin))
         d = api.emit(exp, p, out_dir)
         out.print(f"wrote {d} ({p.chosen.layout.short()})", highlight=False)
@@ -168,6 +210,8 @@ def submit(target: Path = typer.Argument(..., help="spec file, or a program dire
     status = {"code": 0}
 
     def go():
+        from . import api
+
         if executor not in api.EXECUTORS:
             raise UsageFailure(f"unknown executor {executor!r}; choose one of: {', '.join(api.EXECUTORS)}")
         if target.is_dir():
@@ -182,7 +226,7 @@ def submit(target: Path = typer.Argument(..., help="spec file, or a program dire
         try:
             results = job.results()
         except Exception as e:  # the job failed: show submitit's report, exit 1
-            err.print(f"[bold red]job {job.job_id} failed:[/] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]job {escape(str(job.job_id))} failed:[/] {escape(str(e))}")
             status["code"] = 1
             return
         losses = results[0]["losses"]
@@ -217,8 +261,8 @@ def schema(output: Optional[Path] = typer.Option(None, "-o", "--out", help="writ
         sys.stdout.write(text)
 
 
-app.command(name="search")(search_command)  # `vlac search`: defined beside the search API
-app.command(name="export")(export_command)  # `vlac export RUN_DIR --hf OUT`: vlac/export_cli.py
+# `vlac search` (vlac/search_cli.py) and `vlac export RUN_DIR --hf OUT` (vlac/export_cli.py) are
+# registered lazily: vlac/cli_lazy.py imports them when they run
 
 
 def main() -> None:

@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
-from vlac.compiler.graph import Graph
-from vlac.compiler.number_format import si
+from vlac.compiler.number_format import UNIT_CONVENTION, data_size, duration, si
 from vlac.compiler.plan import Plan
+
+if TYPE_CHECKING:  # vlac.compiler.graph imports torch; the CLI starts without it
+    from vlac.compiler.graph import Graph
 
 
 def _si(x: float, unit: str = "") -> str:
     """The compiler's SI formatting, keeping three significant digits below 1000 (a fraction
     prints as 0.25, not 0)."""
     return si(x, unit, small=".3g")
-
-
-def _seconds(x: float) -> str:
-    return f"{x:.3f} s" if x >= 0.1 else f"{x * 1e3:.3g} ms"
 
 
 def print_graph(con: Console, g: Graph) -> None:
@@ -79,7 +78,8 @@ def print_plan(con: Console, p: Plan) -> None:
     for note in p.pin_notes:
         con.print(f"[yellow]pins:[/] {note}", highlight=False)
     est = p.chosen
-    layout = Table(title="Plan", show_header=False)
+    layout = Table(title="Plan" if p.feasible else "Plan: INFEASIBLE (closest layout; it does not fit in memory)",
+                   show_header=False)
     layout.add_row("layout", est.layout.short())
     layout.add_row("mesh (outer -> inner)", " x ".join(f"{d}{pl[d]}" for d in pl["mesh_order"])
                    + f", experts: ep{pl['ep']} x etp{pl['expert_tensor_parallel']} folded over tp x cp x dp")
@@ -90,7 +90,7 @@ def print_plan(con: Console, p: Plan) -> None:
         layout.add_row("pipeline", f"{pl['schedule']}, {pl['virtual_stages']} chunk(s) per rank; chunks "
                        + "; ".join(f"{c[0]}..{c[-1]}" for c in pl["stage_split"]))
     layout.add_row("recompute per stage", ", ".join(pl["recompute_per_stage"]))
-    layout.add_row("step time", _seconds(pr["step_time_s"]))
+    layout.add_row("step time", duration(pr["step_time_s"]))
     layout.add_row("tokens/s", f"{pr['tokens_per_s']:,.0f} ({pr['tokens_per_s'] / j['cluster']['gpus']:,.0f} per GPU)")
     layout.add_row("MFU", f"{pr['mfu'] * 100:.1f} % of BF16 peak ({pr['tflops_per_gpu']:.0f} model TFLOP/s per GPU)")
     layout.add_row("training", f"{pr['total_steps']:,} steps, {pr['training_days']:.2f} days, "
@@ -106,7 +106,9 @@ def print_plan(con: Console, p: Plan) -> None:
                              f"{p.pruned:,} pruned ({search.get('pruned_over_memory', 0):,} over memory, "
                              f"{sum(search.get('pruned_dominated', {}).values()):,} dominated) in {p.plan_seconds:.2f} s")
     runtime = j.get("runtime") or {}
-    if runtime:
+    if not p.feasible:
+        layout.add_row("runtime", "[bold red]nothing to run[/]: no layout fits in memory (see above)")
+    elif runtime:
         layout.add_row("runtime", _runtime_line(runtime))
     if j.get("kernel_costs"):
         layout.add_row("kernel costs", _kernel_costs_line(j["kernel_costs"]))
@@ -115,40 +117,41 @@ def print_plan(con: Console, p: Plan) -> None:
     mem = Table(title=f"Memory per GPU (peak rank; usable {j['cluster']['usable_memory_gb']:.1f} GB after "
                       f"{j['cluster'].get('memory_headroom_gb', 0):.1f} GB headroom)")
     mem.add_column("part")
-    mem.add_column("GB", justify="right")
+    mem.add_column(f"size ({UNIT_CONVENTION})", justify="right")
     mem.add_column("share", justify="right")
     total = pr["memory_gb"]["total"] or 1.0
     for k, v in pr["memory_gb"].items():
         if k != "total":
-            mem.add_row(k, f"{v:.2f}", f"{v / total * 100:.1f} %")
-    mem.add_row("total", f"{pr['memory_gb']['total']:.2f}", "")
+            mem.add_row(k, data_size(v * 1e9), f"{v / total * 100:.1f} %")
+    mem.add_row("total", data_size(pr["memory_gb"]["total"] * 1e9), "")
     tim = Table(title="Step time (critical pipeline rank)")
     tim.add_column("part")
-    tim.add_column("s", justify="right")
+    tim.add_column("time", justify="right")
     tim.add_column("share", justify="right")
     for k, v in pr["time_s"].items():
-        tim.add_row(k, f"{v:.4f}", f"{v / pr['step_time_s'] * 100:.1f} %")
-    tim.add_row("total", f"{pr['step_time_s']:.4f}", "")
+        tim.add_row(k, duration(v), f"{v / pr['step_time_s'] * 100:.1f} %")
+    tim.add_row("total", duration(pr["step_time_s"]), "")
     con.print(mem)
     con.print(tim)
     if len(pr["stages"]) > 1:
         st = Table(title="Pipeline ranks (one micro-batch)")
-        for col in ("rank", "layers", "fwd ms", "bwd ms", "recompute", "memory GB"):
+        for col in ("rank", "layers", "fwd", "bwd", "recompute", "memory"):
             st.add_column(col, justify="right")
         per_rank: dict[int, list[int]] = {}
         for c, chunk in enumerate(pl["stage_split"]):
             per_rank.setdefault(c % pl["pp"], []).extend(x for x in chunk if 0 <= x < m["layers"])
         for s, rc in zip(pr["stages"], pl["recompute_per_stage"]):
-            st.add_row(str(s["rank"]), str(len(per_rank.get(s["rank"], []))), f"{s['fwd'] * 1e3:.2f}",
-                       f"{s['bwd'] * 1e3:.2f}", rc, f"{sum(s['memory'].values()) / 1e9:.1f}")
+            st.add_row(str(s["rank"]), str(len(per_rank.get(s["rank"], []))), duration(s["fwd"]),
+                       duration(s["bwd"]), rc, data_size(sum(s["memory"].values())))
         con.print(st)
 
     if p.alternatives:
         alt = Table(title="Alternatives (best of each other family)")
-        for col in ("layout", "step s", "MFU", "peak GB"):
+        for col in ("layout", "step time", "MFU", "peak memory"):
             alt.add_column(col)
         for a in j["alternatives"]:
-            alt.add_row(a["summary"], f"{a['step_time_s']:.3f}", f"{a['mfu'] * 100:.1f} %", f"{a['peak_memory_gb']:.1f}")
+            alt.add_row(a["summary"], duration(a["step_time_s"]), f"{a['mfu'] * 100:.1f} %",
+                        data_size(a["peak_memory_gb"] * 1e9))
         con.print(alt)
     if p.rejected:
         rej = Table(title="Rejected families (closest first)")
@@ -161,8 +164,8 @@ def print_plan(con: Console, p: Plan) -> None:
         con.print(rej)
 
 
-def plan_text(p: Plan, width: int = 140) -> str:
-    """The compile tables as plain text (for `vlac compile --report DIR`)."""
+def plan_text(p: Plan, width: int = 10_000) -> str:
+    """The compile tables as plain text (for `vlac compile --report DIR`), never wrapped."""
     con = Console(record=True, width=width, file=io.StringIO(), color_system=None)
     print_plan(con, p)
     return con.export_text()

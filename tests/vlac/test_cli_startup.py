@@ -1,0 +1,40 @@
+"""`vlac --help` and `vlac validate` start without importing torch (the start-up time goal is in
+benchmarks/cli_startup.py); the commands registered lazily are listed and still run."""
+
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from vlac.cli import PIN_KEYS, app
+from vlac.cli_lazy import LAZY_COMMANDS, load_command
+
+runner = CliRunner()
+
+
+def test_importing_the_cli_and_vlac_does_not_import_torch():
+    code = "import sys, vlac, vlac.cli; sys.exit(1 if 'torch' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_pin_keys_written_in_the_cli_match_the_planner():
+    from vlac.compiler.planner import PIN_KEYS as planner_keys
+
+    assert PIN_KEYS == planner_keys
+
+
+def test_lazy_commands_are_listed_by_their_docstring_and_run():
+    res = runner.invoke(app, ["--help"])
+    assert res.exit_code == 0
+    for name, (_, _, short) in LAZY_COMMANDS.items():
+        assert name in res.output
+        command = load_command(name)
+        assert " ".join(command.help.split()).startswith(short), name
+    sub = runner.invoke(app, ["search", "--help"])
+    assert sub.exit_code == 0 and "--space" in sub.output
+
+
+def test_vlac_search_stays_callable_without_an_eager_import():
+    code = ("import vlac, vlac.search as s, sys; "
+            "sys.exit(0 if callable(vlac.search) and hasattr(vlac, 'Search') else 1)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
