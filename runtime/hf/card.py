@@ -20,9 +20,8 @@ def model_card(exp: Experiment, family: str, step: int | None, vlac_modules: lis
         "## Vocabulary", "",
         "The checkpoint's text tokens keep their ids (a tokenizer of the starting checkpoint still works); "
         "the rows vlac added follow them:", "",
-        "| ids | rows | what |", "|---|---|---|",
     ]
-    lines += [f"| {first}..{first + rows - 1} | {rows} | {what} |" for what, first, rows in exported_layout(exp)]
+    lines += vocab_table(exp)
     lines += ["", "## Files", ""]
     lines.append(f"- copied from the starting checkpoint: {', '.join(copied)}" if copied
                  else "- tokenizer: none (the run did not start from a checkpoint with tokenizer files)")
@@ -34,3 +33,9 @@ def model_card(exp: Experiment, family: str, step: int | None, vlac_modules: lis
                      "is the language model without them")
     lines += ["", "## Experiment", "", "```yaml", dump(exp).rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+def vocab_table(exp: Experiment) -> list[str]:
+    """The Markdown table of the exported vocabulary's ranges."""
+    return ["| ids | rows | what |", "|---|---|---|"] + [
+        f"| {first}..{first + rows - 1} | {rows} | {what} |" for what, first, rows in exported_layout(exp)]

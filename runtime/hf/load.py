@@ -56,7 +56,7 @@ def read_region(reader: CheckpointReader, source: Source, name: str, exp: Experi
         if max(rows_from) >= have:
             raise ValueError(f"backbone.init.hf: {source.name} has {have} rows, fewer than the text vocabulary's "
                              f"{max(rows_from) + 1}; check modalities.<text>.vocab_size against config.json")
-        return read_rows(reader, source.name, name, exp, rows_from, region, stats)
+        return read_rows(reader, source.name, exp, rows_from, region, stats)
     if isinstance(source, Experts):
         experts, a, b = region  # vlac [E, a, b] <- Hugging Face [b, a] per expert
         return torch.stack([reader.read(source.names[e], (b, a)).t() for e in range(experts.start, experts.stop)])

@@ -20,10 +20,12 @@ import torch
 from vlac.spec import Experiment
 from vlac.spec.pretrained import text_modality
 
+from .names import EMBED, HEAD
 from .reader import CheckpointReader
 
 CHUNK_ROWS = 4096  # rows read at a time for the text statistics (bounded memory)
-STREAMS = {"embed.weight": 1, "head.weight": 2}
+# noise stream per checkpoint tensor: a tied head is the embedding's rows (both pipeline copies alike)
+STREAMS = {EMBED: 1, HEAD: 2}
 
 
 def text_range(exp: Experiment) -> tuple[int, int]:
@@ -48,7 +50,7 @@ def new_rows(rows: range, cols: slice, stats: tuple[torch.Tensor, torch.Tensor],
     mean, std = stats
     out = torch.empty(len(rows), mean.numel(), dtype=torch.float64)
     for i, r in enumerate(rows):
-        g = torch.Generator().manual_seed((seed * 1_000_003 + stream) * 1_000_000_007 + r)
+        g = torch.Generator().manual_seed(((seed * 1_000_003 + stream) * 1_000_000_007 + r) % (1 << 63))
         out[i] = mean + noise * std * torch.randn(mean.numel(), generator=g, dtype=torch.float64)
     return out[:, cols]
 
@@ -71,7 +73,7 @@ def _inverse(order: list[int], n: int) -> list[int]:
     return out
 
 
-def read_rows(reader: CheckpointReader, hf_name: str, vlac_name: str, exp: Experiment, rows_from: list[int],
+def read_rows(reader: CheckpointReader, hf_name: str, exp: Experiment, rows_from: list[int],
               region: tuple[slice, slice], stats_cache: dict) -> torch.Tensor:
     """Rows `region[0]`, columns `region[1]` of vlac's embedding/head built from the checkpoint
     (`rows_from`: see source_rows); runs of consecutive checkpoint rows are read as one slice."""
@@ -94,7 +96,7 @@ def read_rows(reader: CheckpointReader, hf_name: str, vlac_name: str, exp: Exper
                 end += 1
             out[r - rows.start:end - rows.start] = new_rows(range(r, end), cols, stats_cache[hf_name],
                                                             exp.backbone.init.new_row_noise, exp.train.seed,
-                                                            STREAMS[vlac_name])
+                                                            STREAMS[hf_name])
         r = end
     return out
 
