@@ -7,27 +7,31 @@ A space file holds the space and, optionally, the rest of the search (command-li
       backbone.layers: [16, 24, 32]
     objective: min:training_days
     constraints: ["params_active >= 2B", "peak_memory_gb <= 70"]
-    strategy: grid          # or random, with budget
+    strategy: grid          # or random, tpe, cmaes, nsga2 (Optuna's samplers), with budget
     budget: 100
     seed: 0
     pareto: [max:params_active, max:tokens_per_s]
+    pareto_epsilon: 0.005   # front points within 0.5 % on both axes count as one
 
 A file without a `space` key is the space itself.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
 
+from vlac.search import DEFAULT_EPSILON, METRICS, STRATEGIES, Search, SearchError
+from vlac.search.picture import si
 from vlac.spec import read_mapping
 
-from .search_metrics import METRICS
-from .search_space import SearchError
-
-SPACE_FILE_KEYS = ("space", "objective", "constraints", "strategy", "budget", "seed", "pareto")
+SPACE_FILE_KEYS = ("space", "objective", "constraints", "strategy", "budget", "seed", "pareto", "pareto_epsilon")
 
 
 def read_space_file(path: Path) -> dict[str, Any]:
@@ -56,7 +60,8 @@ def search_command(
         constraint: Optional[List[str]] = typer.Option(None, "--constraint", "-c",
                                                        help="'NAME OP VALUE', e.g. 'params_active <= 3B', 'gpus <= 128', "
                                                             "'fits' (repeatable; added to the space file's)"),
-        strategy: Optional[str] = typer.Option(None, help="grid (default for discrete spaces) or random"),
+        strategy: Optional[str] = typer.Option(None, help=f"one of {', '.join(STRATEGIES)} (default grid for "
+                                                          f"discrete spaces; tpe, cmaes, nsga2 are Optuna's samplers)"),
         budget: Optional[int] = typer.Option(None, help="most candidates to evaluate (required for random)"),
         seed: Optional[int] = typer.Option(None, help="seed of random sampling (default 0)"),
         workers: Optional[int] = typer.Option(None, help="processes evaluating candidates (default: this machine's cores)"),
@@ -67,9 +72,8 @@ def search_command(
 ) -> None:
     """Search a space of experiments: validate, lower and plan each candidate, rank and filter them,
     write the results table, the Pareto picture and the best spec, and print the winner's plan."""
+    from .api import plan
     from .cli import _run, out
-    from .search import Search
-    from .search_report import print_search
 
     def go():
         cfg = read_space_file(space)
@@ -77,7 +81,8 @@ def search_command(
                    constraints=[*cfg["constraints"], *(constraint or [])],
                    strategy=strategy or cfg.get("strategy"), budget=budget if budget is not None else cfg.get("budget"),
                    seed=seed if seed is not None else cfg.get("seed", 0), profile=profile, overrides=set_ or (),
-                   pareto=tuple(cfg.get("pareto") or ("max:params_active", "max:tokens_per_s")))
+                   pareto=tuple(cfg.get("pareto") or ("max:params_active", "max:tokens_per_s")),
+                   pareto_epsilon=cfg.get("pareto_epsilon", DEFAULT_EPSILON), planner=plan)
         s.run(workers=workers, progress=progress)
         paths = s.write(out_dir)
         print_search(out, s, top)
@@ -85,4 +90,75 @@ def search_command(
     _run(go)
 
 
-__all__ = ["read_space_file", "search_command"]
+# ---- the console report: counts, the leading candidates, why others failed, the winner's plan ----
+# metric, column header, format: the figures listed for each leading candidate
+FIGURES = (("tokens_per_s", "tokens/s", si), ("params_active", "active", si), ("params_total", "total", si),
+           ("training_days", "days", lambda x: f"{x:.2f}"), ("peak_memory_gb", "peak GB", lambda x: f"{x:.1f}"))
+
+
+def print_search(con: Console, s: Search, top: int = 10) -> None:
+    counts = s.counts()
+    n = len(s.results)
+    rate = f", {n / s.seconds:.1f} candidates/s" if s.seconds > 0 else ""
+    con.print(f"[bold]search[/] from {s.source}: {n} candidates ({s.strategy}, seed {s.seed}) in {s.seconds:.1f} s{rate}; "
+              f"objective {s.objective.text()}" + (f"; constraints: {', '.join(c.text for c in s.constraints)}"
+                                                     if s.constraints else ""), highlight=False)
+    con.print("  " + ", ".join(f"{v} {k}" for k, v in counts.items() if v), highlight=False)
+
+    ranked = s.ranked()
+    if ranked:
+        params = list(dict.fromkeys(p for r in ranked[:top] for p in r.params))
+        short = dict(zip(params, _short_names(params)))
+        figures = [(name, label, fmt) for name, label, fmt in FIGURES if name != s.objective.name]
+        objective = next((label for name, label, _ in FIGURES if name == s.objective.name), s.objective.name)
+        with_layout = con.width >= 140  # the winner's plan below shows its layout; the CSV has all
+        t = Table(title=f"Best {min(top, len(ranked))} of {len(ranked)} ok candidates", box=box.SIMPLE_HEAD)
+        t.add_column("#", justify="right", no_wrap=True)
+        t.add_column("candidate", overflow="fold", ratio=1)
+        for col in (objective, *(label for _, label, _ in figures)):
+            t.add_column(col, justify="right", no_wrap=True, min_width=len(col))
+        if with_layout:
+            t.add_column("layout", overflow="fold", ratio=1)
+        for r in ranked[:top]:
+            t.add_row(str(r.index), " ".join(f"{short[k]}={v}" for k, v in r.params.items()), f"{r.objective:.4g}",
+                      *(fmt(r.metrics[name]) for name, _, fmt in figures), *([r.layout] if with_layout else []))
+        con.print(t)
+
+    failed = [r for r in s.ordered() if not r.ok]
+    if failed:
+        t = Table(title="Not ok (first of each status and reason)")
+        for col in ("status", "count", "example", "reason"):
+            t.add_column(col)
+        groups: dict[tuple[str, str], list] = {}
+        for r in failed:
+            groups.setdefault((r.status, _reason_kind(r.reason)), []).append(r)
+        for (status, _), rs in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+            first = rs[0]
+            t.add_row(status, str(len(rs)), f"#{first.index} " + ", ".join(f"{k}={v}" for k, v in first.params.items()),
+                      first.reason)
+        con.print(t)
+
+    best = s.best
+    if best is None:
+        con.print("[bold red]no candidate is ok[/]: relax a constraint or widen the space", highlight=False)
+        return
+    con.print(f"\n[bold]winner[/] #{best.index}: " + ", ".join(f"{k}={v}" for k, v in best.params.items())
+              + f"  ({s.objective.name} {best.objective:.4g})", highlight=False)
+    exp = s.experiment(best)
+    from .report import print_plan
+
+    print_plan(con, s.evaluator.planner(exp, graph=s.evaluator.cache.lower(exp)))
+
+
+def _short_names(paths: list[str]) -> list[str]:
+    """Column headers: the last part of each path where that is unambiguous."""
+    last = [p.rsplit(".", 1)[-1] for p in paths]
+    return [short if last.count(short) == 1 else path for short, path in zip(last, paths)]
+
+
+def _reason_kind(reason: str) -> str:
+    """Reasons that differ only in their numbers group together."""
+    return re.sub(r"\d[\d,.]*", "#", reason)
+
+
+__all__ = ["print_search", "read_space_file", "search_command"]

@@ -1,4 +1,4 @@
-"""vlac.search: strategies, ask/tell, constraints, recorded failures, reproducibility."""
+"""vlac.search: grid and random strategies, ask/tell, constraints, recorded failures, reproducibility."""
 
 import json
 import math
@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 
 import vlac
-import vlac.search_eval as search_eval
-import vlac.search_results as results_mod
 from vlac.compiler.planner import PlanError
-from vlac.search import Constraint, Objective, Result, Search, SearchError
-from vlac.search_metrics import CHINCHILLA
+from vlac.compiler.planner import plan as compiler_plan
+from vlac.search import CHINCHILLA, Constraint, Objective, Result, Search, SearchError
+from vlac.search import results as results_mod
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TINY = EXAMPLES / "tiny_vla.yaml"
@@ -74,7 +73,7 @@ def test_infeasible_and_errors_are_results_not_crashes(monkeypatch):
 
     def no_layout(*args, **kwargs):
         raise PlanError("no legal layout of 2 GPUs")
-    monkeypatch.setattr(search_eval, "_plan", no_layout)
+    monkeypatch.setattr(s.evaluator, "planner", no_layout)
     r = s.evaluate(s.candidate({"moe.experts": 8}))
     assert r.status == "infeasible" and "no legal layout" in r.reason
 
@@ -149,7 +148,9 @@ def test_user_functions_and_plan_paths():
     ({"objective": "params_active"}, "write min:params_active or max:params_active"),
     ({"constraints": ["params_active 3B"]}, "no operator"),
     ({"constraints": ["params_active <= lots"]}, "not a number"),
-    ({"strategy": "bayes"}, "choose one of: grid, random"),
+    ({"strategy": "bayes"}, "choose one of: grid, random, tpe, cmaes, nsga2"),
+    ({"strategy": "tpe"}, "a tpe search needs a budget"),
+    ({"pareto_epsilon": -0.1}, "non-negative relative tolerance"),
 ])
 def test_bad_definitions_say_what_to_fix(kwargs, message):
     args = {"space": {"moe.experts": [2]}, **kwargs}
@@ -167,7 +168,8 @@ def test_write_produces_a_compilable_best_spec_and_a_picture(grid, tmp_path):
     assert sorted(p.name for p in paths.values()) == sorted(results_mod.FILES)
     best = vlac.load(paths["best.yaml"])
     assert best.moe.experts == grid.best.params["moe.experts"]
-    assert json.loads(paths["best_plan.json"].read_text()) == vlac.plan(best).to_json()
+    # the search plans with the compiler's planner (the CLI passes vlac.plan, which adds the kernels)
+    assert json.loads(paths["best_plan.json"].read_text()) == compiler_plan(best).to_json()
     rows = paths["results.csv"].read_text().splitlines()
     assert len(rows) == 1 + len(grid.results) and rows[0].startswith("index,status,objective")
     svg = ET.parse(paths["pareto.svg"]).getroot()

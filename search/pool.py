@@ -14,8 +14,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from vlac.compiler.graph_cache import PER_LAYER_FIELDS, PLAN_ONLY_FIELDS, GraphCache
 
-from .search_eval import Evaluator, Result
-from .search_space import Candidate, SearchError, params_key
+from .evaluate import Evaluator, Result
+from .space import Candidate, SearchError, params_key
 
 _WORKER: Evaluator | None = None
 
@@ -58,47 +58,63 @@ def _chunks(cands: Sequence[Candidate], workers: int) -> list[list[Candidate]]:
 
 
 def evaluate_all(evaluator: Evaluator, cands: Sequence[Candidate], workers: int | None = None,
-                 progress: bool | None = None, status: Callable[[Sequence[Result]], str] | None = None) -> list[Result]:
-    """Evaluate candidates, in parallel when `workers` > 1; results in candidate order."""
+                 bar: Progress | None = None, on_result: Callable[[Result], None] | None = None) -> list[Result]:
+    """Evaluate candidates, in parallel when `workers` > 1; results in candidate order.
+    `on_result` sees each result as it comes in, then `bar` advances. The fast path (vlac.search.fast) runs in this process: it
+    evaluates thousands of candidates a second, faster than a pool starts."""
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise SearchError(f"workers must be at least 1, got {workers}")
-    workers = min(workers, max(1, len(cands)))
-    show = sys.stderr.isatty() if progress is None else progress
+    fast, slow = evaluator.split_fast(cands)
     done: list[Result] = []
-    with _Progress(show, len(cands), status) as bar:
-        if workers == 1:
+
+    def arrived(results: Sequence[Result]) -> None:
+        done.extend(results)
+        for r in results:
+            if on_result is not None:
+                on_result(r)
+        if bar is not None:
+            bar.advance(len(results))
+
+    if bar is not None:
+        bar.start()
+    for result in evaluator.evaluate_fast(fast):
+        arrived([result])
+    workers = min(workers, max(1, len(slow)))
+    if workers == 1:
+        for c in slow:
+            arrived([evaluator.evaluate(c)])
+        return sorted(done, key=lambda r: r.index)
+    # fork shares the parent's imported torch and any user functions; spawn re-imports
+    start = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    if bar is not None:
+        bar.pause()  # the display thread must not be forked
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context(start), initializer=_init_worker,
+                             initargs=(evaluator,)) as pool:
+        futures = [pool.submit(_run_chunk, chunk) for chunk in _chunks(slow, workers)]
+        if bar is not None:
             bar.start()
-            for c in cands:
-                done.append(evaluator.evaluate(c))
-                bar.advance(done, 1)
-        else:
-            # fork shares the parent's imported torch and any user functions; spawn re-imports
-            start = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context(start), initializer=_init_worker,
-                                     initargs=(evaluator,)) as pool:
-                futures = [pool.submit(_run_chunk, chunk) for chunk in _chunks(cands, workers)]
-                bar.start()  # after the workers are forked: the display thread must not be forked
-                try:
-                    for fut in as_completed(futures):
-                        chunk = fut.result()
-                        done.extend(chunk)
-                        bar.advance(done, len(chunk))
-                except BaseException:  # a definition error in a worker, or Ctrl-C: drop what has not started
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise
+        try:
+            for fut in as_completed(futures):
+                arrived(fut.result())
+        except BaseException:  # a definition error in a worker, or Ctrl-C: drop what has not started
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
     return sorted(done, key=lambda r: r.index)
 
 
-class _Progress:
-    """A rich progress bar on stderr (or nothing)."""
+class Progress:
+    """A live rich progress bar on stderr with the best result so far (`status()`), shown when
+    `show` is true, or when it is None and stderr is a terminal; otherwise nothing."""
 
-    def __init__(self, show: bool, total: int, status: Callable[[Sequence[Result]], str] | None):
-        self.show, self.total, self.status = show, total, status
+    def __init__(self, show: bool | None, total: int | None, status: Callable[[], str] | None = None):
+        self.show = sys.stderr.isatty() if show is None else show
+        self.total, self.status = total, status
         self._bar = None
         self._task = None
+        self._completed = 0
 
-    def __enter__(self) -> _Progress:
+    def __enter__(self) -> Progress:
         return self
 
     def start(self) -> None:
@@ -110,16 +126,21 @@ class _Progress:
         self._bar = Progress(TextColumn("search"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                              TextColumn("{task.description}"), console=Console(stderr=True), transient=False)
         self._bar.start()
-        self._task = self._bar.add_task("", total=self.total)
+        self._task = self._bar.add_task("", total=self.total, completed=self._completed)
 
-    def advance(self, done: Sequence[Result], n: int) -> None:
-        self.start()
-        if self._bar is not None:
-            self._bar.update(self._task, advance=n, description=self.status(done) if self.status else "")
-
-    def __exit__(self, *exc) -> None:
+    def pause(self) -> None:
         if self._bar is not None:
             self._bar.stop()
+            self._bar = None
+
+    def advance(self, n: int) -> None:
+        self._completed += n
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self._completed,
+                             description=self.status() if self.status else "")
+
+    def __exit__(self, *exc) -> None:
+        self.pause()
 
 
-__all__ = ["default_workers", "evaluate_all"]
+__all__ = ["Progress", "default_workers", "evaluate_all"]

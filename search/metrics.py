@@ -14,7 +14,7 @@ from vlac.compiler.plan import Plan
 from vlac.spec import Experiment
 from vlac.spec.units import parse_count
 
-from .search_space import SearchError, spec_path_problem
+from .space import SearchError, spec_path_problem
 
 
 @dataclass(frozen=True)
@@ -233,14 +233,30 @@ class Constraint:
 
     def violation(self, exp: Experiment, plan: Plan, j: dict[str, Any], metrics: Mapping[str, float]) -> str:
         """Why the candidate breaks this constraint ('' when it holds)."""
+        return self.check(exp, plan, j, metrics)[0]
+
+    def check(self, exp: Experiment, plan: Plan, j: dict[str, Any], metrics: Mapping[str, float]) -> tuple[str, float]:
+        """(why the candidate breaks this constraint or '', by how much): the amount is what
+        Optuna's constraints_func expects, <= 0 when the constraint holds; for an ordering it is
+        the distance past the bound relative to the bound (so constraints of different units
+        weigh alike), otherwise 0 or 1."""
         if self.fn is not None:
-            return "" if self.fn(exp, plan) else f"{self.text} is false"
+            ok = bool(self.fn(exp, plan))
+            return ("", 0.0) if ok else (f"{self.text} is false", 1.0)
         actual = lookup(self.name, exp, j, metrics)
         try:
             ok = OPS[self.op](actual, self.value)
         except TypeError:
             raise SearchError(f"constraint {self.text!r}: cannot compare {self.name} = {actual!r} with {self.value!r}") from None
-        return "" if ok else f"{self.name} = {_fmt(actual)} violates {self.text}"
+        return ("", 0.0) if ok else (f"{self.name} = {_fmt(actual)} violates {self.text}", self._amount(actual))
+
+    def _amount(self, actual: Any) -> float:
+        """How far a broken constraint is from holding (> 0)."""
+        numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (actual, self.value))
+        if not numbers or self.op in ("==", "!="):
+            return 1.0
+        past = (actual - self.value) if self.op in ("<=", "<") else (self.value - actual)
+        return max(past / max(abs(self.value), 1e-12), 1e-9)  # a strict bound met exactly is still broken
 
 
 def _value(raw: str) -> Any:

@@ -1,5 +1,5 @@
-"""Writing a search's results: a table (CSV and JSON), the Pareto picture (SVG) and the best
-candidate as a spec file for `vlac compile`, with its plan. Byte-identical for the same search:
+"""Writing a search's results: a table (CSV, JSON and Parquet), the Pareto picture (SVG) and
+the best candidate as a spec file for `vlac compile`, with its plan. Byte-identical for the same search:
 nothing that depends on timing or on the number of workers is written."""
 
 from __future__ import annotations
@@ -12,14 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 from vlac.spec import dump
 
-from .api import plan as _plan
-from .search_metrics import METRICS
-from .search_pareto import Point, pareto_svg, si
+from .metrics import METRICS
+from .space import SearchError
+from .picture import Point, pareto_svg, si
 
 if TYPE_CHECKING:
-    from .search import Result, Search
+    from .evaluate import Result
+    from .session import Search
 
-FILES = ("results.csv", "results.json", "pareto.svg", "best.yaml", "best_plan.json")
+FILES = ("results.csv", "results.json", "results.parquet", "pareto.svg", "best.yaml", "best_plan.json")
 
 
 def param_columns(results: list[Result]) -> list[str]:
@@ -40,6 +41,37 @@ def results_csv(s: Search) -> str:
                     *(_cell(r.params.get(p, "")) for p in params),
                     *(_cell(r.metrics.get(m, "")) for m in METRICS), r.layout, r.reason])
     return buf.getvalue()
+
+
+def results_parquet(s: Search, path: Path) -> None:
+    """The table of results.csv as typed Parquet columns (pyarrow): one row per candidate, the
+    searched fields (JSON text where a value is a list or mapping), every metric as float64."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise SearchError("results.parquet needs pyarrow: pip install 'vlac[data]' (or pyarrow)") from None
+    rows = s.ordered()
+    cols: dict[str, Any] = {"index": pa.array([r.index for r in rows], pa.int64()),
+                            "status": pa.array([r.status for r in rows], pa.string()),
+                            "objective": pa.array([r.objective for r in rows], pa.float64())}
+    for p in param_columns(rows):
+        values = [r.params.get(p) for r in rows]
+        plain = all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values)
+        if plain and any(isinstance(v, float) for v in values):
+            cols[p] = pa.array([None if v is None else float(v) for v in values], pa.float64())
+        elif plain:
+            cols[p] = pa.array(values, pa.int64())
+        else:
+            cols[p] = pa.array([None if v is None else (v if isinstance(v, str) else json.dumps(v)) for v in values],
+                               pa.string())
+    for m in METRICS:
+        cols[m] = pa.array([r.metrics.get(m) for r in rows], pa.float64())
+    cols["layout"] = pa.array([r.layout for r in rows], pa.string())
+    cols["reason"] = pa.array([r.reason for r in rows], pa.string())
+    table = pa.table(cols).replace_schema_metadata({"objective": s.objective.text()})
+    # no creation-time statistics that vary: the same search writes the same bytes
+    pq.write_table(table, path, compression="zstd", write_statistics=False)
 
 
 def _cell(v: Any) -> str:
@@ -84,7 +116,7 @@ def pareto_picture(s: Search) -> str:
 
 def best_spec(s: Search, best: Result) -> tuple[str, dict[str, Any]]:
     exp = s.experiment(best)
-    plan = _plan(exp, graph=s.evaluator.cache.lower(exp))
+    plan = s.evaluator.planner(exp, graph=s.evaluator.cache.lower(exp))
     fields = ", ".join(f"{k}={json.dumps(v)}" for k, v in best.params.items())
     header = (f"# The best candidate (#{best.index}) of a vlac search from {s.source}\n"
               f"# objective {s.objective.text()} = {best.objective!r}\n"
@@ -98,6 +130,7 @@ def write_results(s: Search, out: Path) -> dict[str, Path]:
     paths = {name: out / name for name in FILES}
     paths["results.csv"].write_text(results_csv(s))
     paths["results.json"].write_text(json.dumps(results_json(s), indent=2, sort_keys=True) + "\n")
+    results_parquet(s, paths["results.parquet"])
     paths["pareto.svg"].write_text(pareto_picture(s))
     best = s.best
     if best is None:
@@ -110,4 +143,4 @@ def write_results(s: Search, out: Path) -> dict[str, Path]:
     return paths
 
 
-__all__ = ["FILES", "best_spec", "pareto_picture", "results_csv", "results_json", "write_results"]
+__all__ = ["FILES", "best_spec", "pareto_picture", "results_csv", "results_json", "results_parquet", "write_results"]

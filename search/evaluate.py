@@ -10,15 +10,17 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from vlac.compiler.graph_cache import GraphCache
+from vlac.compiler.plan import Plan
 from vlac.compiler.planner import PlanError
+from vlac.compiler.planner import plan as compiler_plan
 from vlac.spec import Experiment, Issue, SpecError, load, resolve_mapping
 
-from .api import plan as _plan
-from .search_metrics import Constraint, Objective, compute_metrics
-from .search_space import Candidate, SearchError
+from .fast import FastPath, applies
+from .metrics import Constraint, Objective, compute_metrics
+from .space import Candidate, SearchError
 
 STATUSES = ("ok", "rejected", "infeasible", "invalid", "error")
 
@@ -35,6 +37,8 @@ class Result:
     objective: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     layout: str = ""
+    # per constraint, how far it is broken (<= 0: holds), as Optuna's constraints_func expects
+    violations: tuple[float, ...] = ()
     seconds: float = 0.0  # wall time of the evaluation; never written to result files
 
     @property
@@ -46,26 +50,38 @@ class Result:
                 "objective": self.objective, "layout": self.layout, "metrics": self.metrics}
 
 
+Planner = Callable[..., Plan]  # plan(exp, graph=...) -> Plan
+
+
 class Evaluator:
     """Turns a candidate into a Result. Holds the base spec (profile applied) and a GraphCache;
-    one per process."""
+    one per process. `planner` is the compiler's planner unless the caller adds to it (the CLI
+    passes vlac.plan, which also records the runtime's kernels, so best_plan.json equals
+    `vlac compile --json`)."""
 
-    def __init__(self, base: dict[str, Any], source: str, objective: Objective, constraints: Sequence[Constraint]):
+    def __init__(self, base: dict[str, Any], source: str, objective: Objective, constraints: Sequence[Constraint],
+                 planner: Planner | None = None, fast: bool = True):
         self.base, self.source = base, source
         self.objective, self.constraints = objective, tuple(constraints)
+        self.planner = planner or compiler_plan
+        # the fast path reproduces the compiler planner's choice (a planner that only adds to the
+        # plan, like vlac.plan, chooses the same); off when results need the whole plan
+        self.fast = fast and applies(objective, self.constraints)
         self.cache = GraphCache()
+        self.fast_path = FastPath(self.cache)
 
     def __getstate__(self) -> dict[str, Any]:  # spawned workers build their own cache
         state = dict(self.__dict__)
-        state["cache"] = None
+        state["cache"] = state["fast_path"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.cache = GraphCache()
+        self.fast_path = FastPath(self.cache)
 
     def experiment(self, params: Mapping[str, Any]) -> Experiment:
-        data = copy.deepcopy(self.base)
+        data = dict(self.base)  # sections on the candidate's paths are copied as they are set
         for path, value in params.items():
             _set(data, path, value)
         return load(data)
@@ -76,18 +92,48 @@ class Evaluator:
         result.seconds = time.perf_counter() - t0
         return result
 
-    def _evaluate(self, cand: Candidate) -> Result:
-        idx, params = cand.index, cand.params
+    def split_fast(self, cands: Sequence[Candidate]) -> tuple[list[Candidate], list[Candidate]]:
+        """(the candidates for the fast path, the others)."""
+        return (list(cands), []) if self.fast else ([], list(cands))
+
+    def evaluate_fast(self, cands: Sequence[Candidate]):
+        """Results of `cands` in order, through the fast path where it decides (vlac.search.fast)."""
+        for cand in cands:
+            t0 = time.perf_counter()
+            result = self._evaluate_fast(cand)
+            result.seconds = time.perf_counter() - t0
+            yield result
+
+    def _evaluate_fast(self, cand: Candidate) -> Result:
         try:
-            exp = self.experiment(params)
+            exp = self.experiment(cand.params)
         except SpecError as e:
-            return Result(idx, params, "invalid", "; ".join(str(i) for i in e.issues))
+            return Result(cand.index, cand.params, "invalid", "; ".join(str(i) for i in e.issues))
         try:
-            plan = _plan(exp, graph=self.cache.lower(exp))
+            fast = self.fast_path.plan(exp)
+        except Exception:  # whatever the fast path cannot take, the full path decides and reports
+            fast = None
+        if fast is None:
+            return self._evaluate(cand, exp)
+        return self._score(cand, exp, fast.plan)
+
+    def _evaluate(self, cand: Candidate, exp: Experiment | None = None) -> Result:
+        idx, params = cand.index, cand.params
+        if exp is None:
+            try:
+                exp = self.experiment(params)
+            except SpecError as e:
+                return Result(idx, params, "invalid", "; ".join(str(i) for i in e.issues))
+        try:
+            plan = self.planner(exp, graph=self.cache.lower(exp))
         except PlanError as e:
             return Result(idx, params, "infeasible", _one_line(e))
         except Exception as e:  # a model the runtime cannot build or trace: a result, not a crash
             return Result(idx, params, "error", f"compiling failed: {type(e).__name__}: {_one_line(e)}")
+        return self._score(cand, exp, plan)
+
+    def _score(self, cand: Candidate, exp: Experiment, plan: Plan) -> Result:
+        idx, params = cand.index, cand.params
         j = plan.to_json()
         metrics = compute_metrics(exp, j)
         layout = plan.chosen.layout.short()
@@ -96,7 +142,7 @@ class Evaluator:
             return Result(idx, params, "infeasible", reason, metrics=metrics, layout=layout)
         try:
             value = self.objective.value(exp, plan, j, metrics)
-            broken = [v for c in self.constraints if (v := c.violation(exp, plan, j, metrics))]
+            checks = [c.check(exp, plan, j, metrics) for c in self.constraints]
         except SearchError:
             raise  # the objective or a constraint names no field: a definition error, stop the search
         except Exception as e:
@@ -104,7 +150,9 @@ class Evaluator:
                           metrics=metrics, layout=layout)
         if not math.isfinite(value):
             return Result(idx, params, "error", f"objective {self.objective.name} is {value}", metrics=metrics, layout=layout)
-        return Result(idx, params, "rejected" if broken else "ok", "; ".join(broken), value, metrics, layout)
+        broken = [why for why, _ in checks if why]
+        return Result(idx, params, "rejected" if broken else "ok", "; ".join(broken), value, metrics, layout,
+                      violations=tuple(amount for _, amount in checks))
 
 
 def _set(data: dict[str, Any], path: str, value: Any) -> None:
@@ -113,9 +161,11 @@ def _set(data: dict[str, Any], path: str, value: Any) -> None:
     for i, key in enumerate(parts[:-1]):
         nxt = node.get(key)
         if nxt is None:
-            nxt = node[key] = {}
+            nxt = {}
         elif not isinstance(nxt, dict):
             raise SpecError([Issue(".".join(parts[: i + 1]), f"is a {type(nxt).__name__}, not a section; cannot set {path}")])
+        # copy the section before changing it: the base spec is shared by every candidate
+        node[key] = nxt = dict(nxt)
         node = nxt
     node[parts[-1]] = copy.deepcopy(value)
 

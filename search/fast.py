@@ -1,0 +1,132 @@
+"""The fast path: a candidate's result without lowering it and without costing every layout.
+
+Per architecture (the spec without its depth) one candidate is lowered (through the GraphCache)
+and profiled; every other depth of it is derived in closed form (vlac.search.fast_costs), and its
+plan is the planner's choice found by costing only the layouts that can win
+(vlac.search.fast_plan). The Result is the one the full path (lower, plan, read the plan JSON)
+gives: tests/search/test_fast.py compares them on sampled candidates.
+
+The fast path applies when the objective and the constraints read metrics or spec fields (a
+user function or a plan-JSON path needs the whole plan), and gives way to the full path for any
+candidate it cannot decide: nothing fits (the full plan then explains why), no runtime-runnable
+layout, or a layer role no reference of its architecture shows.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from vlac.compiler import planner as planner_mod
+from vlac.compiler.cost_model import CostModel
+from vlac.compiler.graph import RECOMPUTE
+from vlac.compiler.graph_cache import GraphCache, layer_kinds
+from vlac.compiler.plan import Estimate, Plan
+from vlac.compiler.search_space import Limits
+from vlac.spec import Experiment
+
+from .fast_costs import Architecture, Reference, model_figures
+from .fast_plan import FIRST_SHARE, LayerTimes, LayoutSpace, choose, legal_space
+from .metrics import METRICS, Constraint, Objective
+
+DEPTH_FIELDS = ("name", "description")  # with backbone.layers: what one architecture's candidates may differ in
+
+
+@dataclass
+class FastPlan:
+    """What the fast path knows of a candidate's plan: enough for every metric."""
+
+    plan: Plan  # the chosen estimate and the model totals (no alternatives, rejections or advice)
+    costed: int  # layouts costed, of `legal`
+    legal: int
+
+
+def applies(objective: Objective, constraints: Sequence[Constraint]) -> bool:
+    """Whether results need only metrics and spec fields (not the whole plan)."""
+    names = [objective.name] if objective.fn is None else None
+    if names is None or any(c.fn is not None for c in constraints):
+        return False
+    names += [c.name for c in constraints]
+    return all(n in METRICS or n.startswith("spec.") or n == "feasible" for n in names)
+
+
+class FastPath:
+    """Caches per process: architectures (references), legal layout spaces, planner set-ups."""
+
+    def __init__(self, cache: GraphCache):
+        self.cache = cache
+        self.architectures: dict[str, _Known] = {}
+        self.spaces: dict[str, LayoutSpace] = {}
+
+    def plan(self, exp: Experiment) -> FastPlan | None:
+        """The candidate's plan figures, or None where the full path must decide."""
+        key = _architecture_key(exp)
+        known = self.architectures.get(key)
+        kinds = layer_kinds(exp)
+        derived = known.arch.derive(kinds, exp.name) if known is not None else None
+        if derived is None:
+            g = self.cache.lower(exp)
+            base = planner_mod.Search(exp, exp.cluster, g)
+            ref = Reference.of(g, base.model.p, kinds)
+            if ref is None:
+                return None
+            if known is None:
+                known = self.architectures[key] = _Known(Architecture(), base, LayerTimes(base.model.p.times))
+            known.arch.references.append(ref)
+            derived = known.arch.derive(kinds, exp.name)
+            assert derived is not None
+        base = known.base
+        derived.profile.times = known.times  # per-layer times are the architecture's, whatever the depth
+        moe = exp.moe is not None
+        model = model_figures(derived, exp.moe.top_k if moe else 0, exp.moe.experts if moe else 1, moe)
+        search = copy.copy(base)  # the architecture's hardware, FP8 and kernel-cost set-up, this candidate's model
+        search.exp, search.g = exp, derived.graph
+        search.model = CostModel(derived.profile, base.hw, exp.train.global_batch_tokens)
+        search.lim = Limits.of(exp, exp.cluster, derived.graph.n_layers)
+        search.flops_per_step = model["flops_per_token"] * exp.train.global_batch_tokens
+        pins = exp.parallelism.pinned()
+        ls = self._space(search, pins)
+        # the planner's recompute choices under a recompute pin (vlac.compiler.planner.Search.run)
+        allowed = tuple(i for i, pol in enumerate(RECOMPUTE) if pins.get("recompute", pol) == pol)
+        chosen = choose(search, ls, allowed, known.times, known.ratio)
+        if chosen is None:
+            return None
+        est, costed, known.ratio = chosen
+        return FastPlan(_plan(exp, model, est), costed, len(ls.space))
+
+    def _space(self, search: planner_mod.Search, pins: dict[str, Any]) -> LayoutSpace:
+        key = repr(search.lim) + json.dumps(pins, sort_keys=True, default=str)
+        ls = self.spaces.get(key)
+        if ls is None:
+            ls = self.spaces[key] = LayoutSpace.of(legal_space(search, pins))
+        return ls
+
+
+@dataclass
+class _Known:
+    """An architecture met before: its references, its planner set-up and its layer times."""
+
+    arch: Architecture
+    base: planner_mod.Search
+    times: LayerTimes
+    ratio: float = FIRST_SHARE  # best step / lowest bound of its last candidate
+
+
+def _architecture_key(exp: Experiment) -> str:
+    data = exp.model_dump(mode="json")
+    for k in DEPTH_FIELDS:
+        data.pop(k, None)
+    data["backbone"] = {k: v for k, v in data["backbone"].items() if k != "layers"}
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _plan(exp: Experiment, model: dict[str, Any], est: Estimate) -> Plan:
+    cluster = exp.cluster
+    return Plan(experiment=exp.name, cluster={"gpus": cluster.world_size, "gpus_per_node": cluster.gpus_per_node},
+                model=model, best=est, closest=None, alternatives=[], rejected=[], stage_split=[], fp8={},
+                evaluated=0, pruned=0, total_steps=exp.train.total_steps)
+
+
+__all__ = ["FastPath", "FastPlan", "applies"]

@@ -1,0 +1,172 @@
+"""The planner's choice for a candidate, costing a few thousand layouts instead of every legal one,
+with the same result.
+
+The planner (vlac.compiler.planner) costs every legal layout (about 10^5 for the flagship on 256
+GPUs) and takes the fastest that fits and that vlac's runtime runs. Most of those layouts cannot
+win, and a cheap lower bound on each one's step time shows which:
+
+    step >= m * t_mean * (1 + (pp - 1) / m)        1F1B and GPipe
+    step >= m * t_mean * (1 + (pp - 1) / (m v))    interleaved 1F1B with v virtual stages
+    step >= m * t_mean                              zero-bubble, or no pipeline
+
+where t_mean is one micro-batch's compute, memory-bound work and exposed tensor/expert/context
+communication averaged over the pipeline ranks. This follows from the cost model
+(vlac.compiler.cost_model): a step is m times the slowest rank's micro-batch, plus the bubble
+(the other ranks' micro-batch once each; divided by v when interleaved; never negative), plus
+sends, data-parallel communication and the optimizer (never negative); the slowest rank is at
+least the mean, and recompute only adds. The bound uses the cost model's own per-layer parts.
+
+So: cost the layouts whose bound is lowest first; once some of them fit, with best step S, every
+layout that could be as fast has a bound <= S; cost exactly those and pick among them with the
+planner's own rule (ties included). The answer is the planner's, not an approximation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vlac.compiler import planner as planner_mod
+from vlac.compiler.cost_model import INTERLEAVED, ZERO_BUBBLE, CostModel
+from vlac.compiler.plan import Estimate
+from vlac.compiler.search_space import Space, enumerate_space
+
+FIRST_SHARE = 1.02  # first pass: the layouts within 2 % of the lowest bound
+GROW = 1.25  # and, while none of those fits, widen the band by this factor
+BOUND_PARTS = ("compute", "elementwise", "tp_comm", "ep_comm", "cp_comm")
+
+
+@dataclass
+class LayoutSpace:
+    """The legal layouts of one (limits, pins), with what the bound needs that does not depend on
+    the model: the distinct (tp, sp, cp, mb, ep, etp) combinations and the pipeline factor."""
+
+    space: Space
+    combos: np.ndarray  # [U, 6]
+    inverse: np.ndarray  # row -> combination
+    bubble_factor: np.ndarray  # the multiplier of t_mean in the bound, per row
+
+    @classmethod
+    def of(cls, space: Space) -> LayoutSpace:
+        c = space.cols
+        combos = np.stack([c["tp"], c["sp"], c["cp"], c["mb"], c["ep"], c["etp"]], axis=1).astype(np.int64)
+        key = np.zeros(len(space), np.int64)
+        for j in range(combos.shape[1]):  # mixed radix, as the cost model does: a 1-D unique is fast
+            key = key * (int(combos[:, j].max()) + 1) + combos[:, j] if len(space) else key
+        _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+        m, pp, v = (c[k].astype(float) for k in ("m", "pp", "v"))
+        factor = np.where(pp > 1, np.where(c["sched"] == ZERO_BUBBLE, m,
+                                           np.where(c["sched"] == INTERLEAVED, m + (pp - 1) / v, m + pp - 1)), m)
+        return cls(space, combos[first], inv.reshape(-1), factor)
+
+
+RADIX = 1 << 10  # every degree and micro-batch size is below this
+
+
+class LayerTimes:
+    """CostProfile.times of one architecture, memoised per (tp, sp, cp, mb, ep, etp): a layer's
+    times do not depend on the depth, so every candidate of the architecture shares them. Called
+    like CostProfile.times; stands in for it on a candidate's profile."""
+
+    def __init__(self, times):
+        self._times = times
+        self.keys = np.empty(0, np.int64)  # sorted
+        self.table: dict[str, np.ndarray] = {}
+        self.bound_parts: dict[int, np.ndarray] = {}  # id(LayoutSpace) -> [U, keys] per-layer bound parts
+
+    def __call__(self, tp, sp, cp, mb, ep, etp) -> dict[str, np.ndarray]:
+        cols = [np.asarray(a).astype(np.int64) for a in (tp, sp, cp, mb, ep, etp)]
+        key = np.zeros(len(cols[0]), np.int64)
+        for c in cols:
+            key = key * RADIX + c
+        new, first = np.unique(key[~np.isin(key, self.keys)], return_index=True)
+        if len(new):
+            rows = np.nonzero(~np.isin(key, self.keys))[0][first]
+            lt = self._times(*(c[rows] for c in cols[:1]), cols[1][rows].astype(bool),
+                             *(c[rows] for c in cols[2:]))
+            keys = np.concatenate([self.keys, new])
+            order = np.argsort(keys, kind="stable")
+            self.keys = keys[order]
+            self.table = {k: np.concatenate([self.table[k], v])[order] if self.table else v[order]
+                          for k, v in lt.items()}
+        at = np.searchsorted(self.keys, key)
+        return {k: v[at] for k, v in self.table.items()}
+
+    def per_layer_bound(self, model: CostModel, ls: LayoutSpace) -> np.ndarray:
+        """[U, keys]: one micro-batch's bound parts per layer of each key, per combination."""
+        parts = self.bound_parts.get(id(ls))
+        if parts is None:
+            u = ls.combos
+            pk = model._per_key(self(*u.T), u)  # the cost model's own per-layer parts of a micro-batch
+            parts = self.bound_parts[id(ls)] = sum(pk[k] for k in BOUND_PARTS)
+        return parts
+
+
+def lower_bounds(model: CostModel, ls: LayoutSpace, times: LayerTimes) -> np.ndarray:
+    """A lower bound on every row's step time (module docstring)."""
+    layers_of_key = np.bincount(model.p.sequence, minlength=model.p.n_keys)
+    total = times.per_layer_bound(model, ls) @ layers_of_key  # one micro-batch through every layer, [U]
+    return total[ls.inverse] / ls.space.cols["pp"] * ls.bubble_factor
+
+
+def choose(search: planner_mod.Search, ls: LayoutSpace, allowed: tuple[int, ...], times: LayerTimes,
+           ratio: float = FIRST_SHARE) -> tuple[Estimate, int, float] | None:
+    """The planner's chosen layout and how many layouts were costed, or None when this cannot
+    decide it (no layout fits, or none that vlac's runtime runs does: the planner then falls
+    back to the layouts breaking the fewest runtime limits, which needs every row; the caller
+    plans in full). Runtime limits are checked on the costed rows only: once one row that fits
+    breaks none, the planner's set of runnable rows is exactly the rows that break none.
+
+    `ratio`: the first band, as a multiple of the lowest bound (the best step over its bound of
+    the architecture's last candidate is a good guess: then one pass suffices). Also returns
+    this candidate's ratio."""
+    n = len(ls.space)
+    if n == 0:
+        return None
+    bound = lower_bounds(search.model, ls, times)
+    lowest = bound.min()
+    band = lowest * ratio
+    costed = 0
+    while True:
+        ev, runs = _cost(search, ls, np.nonzero(bound <= band)[0], allowed)
+        costed += len(ev.space)
+        ok = ev.fits & ev.timed & runs
+        if ok.any():
+            break
+        if len(ev.space) == n:
+            return None
+        band *= GROW
+    best_step = ev.step[ok].min()
+    if best_step > band:  # some rows that could tie or beat it were not costed: cost every one
+        ev, runs = _cost(search, ls, np.nonzero(bound <= best_step)[0], allowed)
+        costed += len(ev.space)
+    i = planner_mod._best(ev, runs)  # the planner's rule: ties toward less memory, then a fixed column order
+    if i is None:
+        return None
+    return _estimate(search, ev, i), costed, best_step / lowest
+
+
+def _estimate(search: planner_mod.Search, ev, i: int) -> Estimate:
+    """The chosen row as the planner's Estimate, without its breakdowns (the memory and time
+    parts and the per-stage figures, which cost another evaluation and no metric reads)."""
+    exp = search.exp
+    return Estimate(planner_mod._layout(search, ev, i), {}, {}, float(ev.step[i]), float(ev.peak[i]), bool(ev.fits[i]),
+                    search.flops_per_step, search.cluster.world_size, search.cluster.gpu.bf16_flops,
+                    exp.train.global_batch_tokens)
+
+
+def _cost(search: planner_mod.Search, ls: LayoutSpace, rows: np.ndarray, allowed: tuple[int, ...]):
+    sub = ls.space.take(rows)
+    broken = np.zeros(len(sub), bool)
+    for mask in search.runtime_limits(sub).values():
+        broken |= mask
+    return search.model.evaluate(sub, allowed), ~broken
+
+
+def legal_space(search: planner_mod.Search, pins: dict[str, Any]) -> Space:
+    return enumerate_space(search.lim, pins)
+
+
+__all__ = ["LayerTimes", "LayoutSpace", "choose", "legal_space", "lower_bounds"]
