@@ -14,20 +14,20 @@ from .pretrained import PretrainedInit
 class Backbone(SpecModel):
     """A Qwen-style decoder; every choice that distinguishes the classic families is a field."""
 
-    layers: int = Field(24, ge=1, description="decoder layers")
-    hidden: int = Field(2048, gt=0, description="model width d_model")
-    heads: int = Field(16, ge=1, description="attention (query) heads")
-    kv_heads: int | None = Field(None, ge=1, description="key/value heads for GQA (default: heads, i.e. MHA)")
-    head_dim: int | None = Field(None, gt=0, description="per-head width (default: hidden / heads)")
-    ffn_hidden: int | None = Field(None, gt=0, description="dense MLP inner width (default: 4*hidden for GELU, 8/3*hidden rounded to 256 for SwiGLU)")
+    layers: int = Field(24, ge=1, le=256, description="decoder layers (at most 256: twice the deepest published LLM, and planning time grows with depth)")
+    hidden: int = Field(2048, gt=0, le=2**17, description="model width d_model")
+    heads: int = Field(16, ge=1, le=1024, description="attention (query) heads")
+    kv_heads: int | None = Field(None, ge=1, le=1024, description="key/value heads for GQA (default: heads, i.e. MHA)")
+    head_dim: int | None = Field(None, gt=0, le=2**14, description="per-head width (default: hidden / heads)")
+    ffn_hidden: int | None = Field(None, gt=0, le=2**20, description="dense MLP inner width (default: 4*hidden for GELU, 8/3*hidden rounded to 256 for SwiGLU)")
     mlp: Literal["swiglu", "gelu"] = Field("swiglu", description="MLP type")
     norm: Literal["rmsnorm", "layernorm"] = Field("rmsnorm", description="normalisation layer")
-    norm_eps: float = Field(1e-6, gt=0, description="epsilon of the normalisation")
+    norm_eps: float = Field(1e-6, gt=0, le=1, description="epsilon of the normalisation")
     positions: Literal["rope", "learned", "none"] = Field("rope", description="position encoding")
-    rope_theta: float = Field(1_000_000.0, gt=0, description="RoPE base frequency")
+    rope_theta: float = Field(1_000_000.0, gt=0, le=1e15, description="RoPE base frequency")
     qk_norm: bool = Field(False, description="RMSNorm on queries and keys (Qwen3, OLMo 2)")
     tied_embeddings: bool = Field(False, description="share input embedding and output head weights")
-    context_length: int = Field(4096, ge=1, description="longest sequence the model supports (tokens)")
+    context_length: int = Field(4096, ge=1, le=2**24, description="longest sequence the model supports (tokens)")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on attention and MLP outputs")
     bias: bool = Field(False, description="biases in linear layers")
     qkv_bias: bool = Field(False, description="biases on the query, key and value projections only (Qwen2)")
@@ -67,16 +67,16 @@ class MoE(SpecModel):
     the first K dense), or an explicit list of layer indices."""
 
     layers: str | list[int] = Field("all", description='which layers are MoE: "all", "every:N", "from:K", or a list of indices')
-    experts: int = Field(8, ge=1, description="routed experts per MoE layer")
-    top_k: int = Field(2, ge=1, description="experts each token is routed to")
-    shared_experts: int = Field(0, ge=0, description="always-active shared experts (DeepSeekMoE)")
-    expert_hidden: int | None = Field(None, gt=0, description="FFN width of one expert (default: backbone ffn width)")
+    experts: int = Field(8, ge=1, le=4096, description="routed experts per MoE layer")
+    top_k: int = Field(2, ge=1, le=64, description="experts each token is routed to")
+    shared_experts: int = Field(0, ge=0, le=64, description="always-active shared experts (DeepSeekMoE)")
+    expert_hidden: int | None = Field(None, gt=0, le=2**20, description="FFN width of one expert (default: backbone ffn width)")
     router: Literal["softmax", "sigmoid"] = Field("softmax", description="router score function, computed in fp32")
     balancing: Literal["aux_loss", "aux_free", "none"] = Field("aux_loss", description="load balancing: Switch auxiliary loss, bias-based aux-loss-free (DeepSeek-V3), or none")
-    aux_loss_coef: float = Field(0.01, ge=0, description="coefficient of the Switch load-balancing loss E*sum(f_i*P_i)")
-    z_loss_coef: float = Field(0.001, ge=0, description="coefficient of the router z-loss mean(logsumexp^2)")
-    bias_update_rate: float = Field(0.001, ge=0, description="per-step bias update of aux-loss-free balancing")
-    capacity_factor: float | None = Field(1.25, gt=0, description="expert capacity = ceil(tokens*top_k/experts*factor); null = dropless")
+    aux_loss_coef: float = Field(0.01, ge=0, le=1e3, description="coefficient of the Switch load-balancing loss E*sum(f_i*P_i)")
+    z_loss_coef: float = Field(0.001, ge=0, le=1e3, description="coefficient of the router z-loss mean(logsumexp^2)")
+    bias_update_rate: float = Field(0.001, ge=0, le=1, description="per-step bias update of aux-loss-free balancing")
+    capacity_factor: float | None = Field(1.25, gt=0, le=1e3, description="expert capacity = ceil(tokens*top_k/experts*factor); null = dropless")
     expert_dropout: float = Field(0.0, ge=0, lt=1, description="dropout inside experts")
 
     @field_validator("layers")
@@ -109,7 +109,7 @@ class Fusion(SpecModel):
     """Where and how modalities meet the language backbone."""
 
     mode: Literal["early", "late"] = Field("early", description="early: all tokens in one backbone; late: gated cross-attention to encoded modalities")
-    cross_attention_every: int = Field(4, ge=1, description="late fusion: a cross-attention layer every k decoder layers")
+    cross_attention_every: int = Field(4, ge=1, le=1024, description="late fusion: a cross-attention layer every k decoder layers")
     gated: bool = Field(True, description="late fusion: tanh gate initialised at zero (Flamingo)")
     freeze_lm: bool = Field(False, description="late fusion: freeze the language model, train the new layers only")
     stream: Literal["shared", "dual"] = Field("shared", description="shared backbone, or dual stream (separate weights per modality group, joint attention)")
@@ -118,11 +118,11 @@ class Fusion(SpecModel):
 
 
 class Memory(SpecModel):
-    segment_length: int = Field(0, ge=0, description="tokens per recurrent segment (0 = no segment recurrence)")
-    memory_tokens: int = Field(0, ge=0, description="memory slots carried between segments")
+    segment_length: int = Field(0, ge=0, le=2**24, description="tokens per recurrent segment (0 = no segment recurrence)")
+    memory_tokens: int = Field(0, ge=0, le=2**20, description="memory slots carried between segments")
 
 
 class KVCache(SpecModel):
-    max_batch: int = Field(1, ge=1, description="sequences decoded at once")
-    max_length: int | None = Field(None, ge=1, description="longest cached sequence (default: context length)")
+    max_batch: int = Field(1, ge=1, le=2**20, description="sequences decoded at once")
+    max_length: int | None = Field(None, ge=1, le=2**24, description="longest cached sequence (default: context length)")
     dtype: Literal["bf16", "fp16", "fp32", "fp8"] = Field("bf16", description="cache element type")

@@ -18,6 +18,8 @@ Generated from the JSON Schema (`vlac schema`) by `python -m vlac.spec.docs`; do
 Quantities accept units: counts ("4Mi", "2T"), sizes ("80GB"), bandwidths ("400Gb/s" = bits,
 "450GB/s" = bytes), compute rates ("989TFLOPS") and durations ("4h", "02:00:00").
 Overrides on the command line: `--set backbone.layers=4`; profiles: `--profile tiny`.
+Numbers are finite (no NaN or infinity) and range-checked: the range follows the type, far beyond
+any real training run, so that no value can make validation or planning hang or overflow.
 """
 
 
@@ -46,6 +48,27 @@ def _type(prop: dict[str, Any]) -> str:
     return str(t)
 
 
+def _bounds(prop: dict[str, Any]) -> str:
+    """The range a number must lie in, e.g. " (1 to 256)", from the schema's limits (of the
+    field, or of the numeric member of a union such as `int | null`)."""
+    for p in [prop, *prop.get("anyOf", ())]:
+        low = p.get("minimum", p.get("exclusiveMinimum"))
+        high = p.get("maximum", p.get("exclusiveMaximum"))
+        if high is not None:
+            if "exclusiveMinimum" in p and p.get("type") == "integer":
+                low, p = low + 1, {k: v for k, v in p.items() if k != "exclusiveMinimum"}
+            above = "above " if "exclusiveMinimum" in p else ""
+            below = "below " if "exclusiveMaximum" in p else ""
+            return f" ({above}{_number(low)} to {below}{_number(high)})" if low is not None else f" (up to {_number(high)})"
+    return ""
+
+
+def _number(x: float) -> str:
+    if isinstance(x, int) and x >= 2**10 and x & (x - 1) == 0:
+        return f"2^{x.bit_length() - 1}"
+    return f"{x:g}" if isinstance(x, float) else f"{x:,}"
+
+
 def _default(prop: dict[str, Any], required: bool) -> str:
     if required:
         return "**required**"
@@ -63,7 +86,7 @@ def _section(name: str, model: dict[str, Any]) -> list[str]:
     required = set(model.get("required", ()))
     for field, prop in model.get("properties", {}).items():
         desc = " ".join(prop.get("description", "").split()).replace("|", "\\|")
-        lines.append(f"| `{field}` | {_type(prop)} | {_default(prop, field in required)} | {desc} |")
+        lines.append(f"| `{field}` | {_type(prop)}{_bounds(prop)} | {_default(prop, field in required)} | {desc} |")
     return lines + [""]
 
 

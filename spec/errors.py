@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import math
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass
@@ -12,13 +14,43 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 
+MAX_MESSAGE = 2000  # characters of one issue's message; longer ones are cut (inputs can be huge)
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlevel = 40, 40, 3
+
+
+def short_repr(value: Any) -> str:
+    """A bounded repr for error messages: a few items and levels of a container, the start of a
+    long string, the size of a huge integer. Never walks a whole input (an expanded YAML alias
+    bomb is exponentially large; Python refuses to print a 4,300-digit integer)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    try:
+        return _REPR.repr(value)
+    except (ValueError, RecursionError):  # e.g. a huge int inside a container
+        return f"a {type(value).__name__}"
+
+
+def dotted(parts: typing.Sequence[Any]) -> str:
+    """Field path as a user writes it: `data.mixture[0].modalities` (list indices in brackets)."""
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
 @dataclass(frozen=True)
 class Issue:
-    path: str  # dotted field path, e.g. "backbone.kv_heads" ("" = the whole spec)
+    path: str  # field path, e.g. "backbone.kv_heads" or "data.mixture[0].name" ("" = the whole spec)
     message: str
+    origin: str = ""  # what wrote the value, when it is not the spec file: e.g. "--set backbone.layers=x"
 
     def __str__(self) -> str:
-        return f"{self.path or '<spec>'}: {self.message}"
+        # an issue of the whole file (syntax, encoding, size) is named by the header's file name
+        where = f"{self.origin} ({self.path})" if self.origin and self.path else self.origin or self.path
+        message = self.message if len(self.message) <= MAX_MESSAGE else self.message[:MAX_MESSAGE] + " ..."
+        return f"{where}: {message}" if where else message
 
 
 class SpecError(ValueError):
@@ -27,10 +59,14 @@ class SpecError(ValueError):
     def __init__(self, issues: list[Issue], source: str = ""):
         self.issues = issues
         self.source = source
-        where = f" in {source}" if source else ""
-        lines = [f"{len(issues)} problem{'s' if len(issues) != 1 else ''}{where}:"]
-        lines += [f"  - {i}" for i in issues]
-        super().__init__("\n".join(lines))
+        super().__init__("\n".join([_header(issues, source)] + [f"  - {i}" for i in issues]))
+
+
+def _header(issues: list[Issue], source: str) -> str:
+    count = f"{len(issues)} problem{'s' if len(issues) != 1 else ''}"
+    if issues and all(i.origin for i in issues):  # only the command line is wrong, not the file
+        return f"{count} in the command-line overrides:"
+    return f"{count} in {source}:" if source else f"{count}:"
 
 
 def from_validation_error(err: ValidationError, root: type[BaseModel], data: Any, source: str = "") -> SpecError:
@@ -49,10 +85,10 @@ def from_validation_error(err: ValidationError, root: type[BaseModel], data: Any
 
 def _issues_for(e: dict, loc: tuple, root: type[BaseModel], data: Any) -> list[Issue]:
     parts, model_loc = _clean_path(root, loc)
-    path = ".".join(parts)
+    path = dotted(parts)
     kind, msg = e["type"], e["msg"]
     if kind == "extra_forbidden":
-        key = parts[-1]
+        key = str(parts[-1])
         valid = sorted(_fields_at(root, model_loc[:-1], data))
         close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
         hint = f"did you mean {close[0]!r}? " if close else ""
@@ -63,26 +99,27 @@ def _issues_for(e: dict, loc: tuple, root: type[BaseModel], data: Any) -> list[I
         for ln in (ln for ln in text.split("\n") if ln.strip()):
             m = re.match(r"^([A-Za-z_][\w.\[\]-]*): (.*)$", ln)
             if m:  # "field: message" names a field below the model that raised it
-                out.append(Issue(f"{path}.{m.group(1)}" if path else m.group(1), m.group(2)))
+                sub = m.group(1)
+                out.append(Issue(f"{path}{'' if sub.startswith('[') else '.'}{sub}" if path else sub, m.group(2)))
             else:
                 out.append(Issue(path, ln))
         return out
     if kind in ("literal_error", "enum"):
-        return [Issue(path, f"{e.get('input')!r} is not a valid choice; {msg.replace('Input should be', 'choose')}")]
+        return [Issue(path, f"{short_repr(e.get('input'))} is not a valid choice; {msg.replace('Input should be', 'choose')}")]
     if kind == "missing":
         return [Issue(path, "required field is missing; add it")]
     if kind == "union_tag_invalid":
         return [Issue(path, f"{msg}; set kind to one of the listed values")]
     if kind == "union_tag_not_found":
         return [Issue(path, f"{msg}; add a kind, e.g. kind: text")]
-    return [Issue(path, f"{msg} (got {e.get('input')!r})")]
+    return [Issue(path, f"{msg} (got {short_repr(e.get('input'))})")]
 
 
-def _clean_path(root: type[BaseModel], loc: tuple) -> tuple[list[str], tuple]:
+def _clean_path(root: type[BaseModel], loc: tuple) -> tuple[list[Any], tuple]:
     """Drop the labels pydantic inserts for union members (the tag of a tagged union, or
     "int" / "literal['auto']" of a plain union) so the path is what the user wrote."""
     tp: Any = root
-    parts: list[str] = []
+    parts: list[Any] = []  # field names (str) and list indices (int)
     kept: list[Any] = []
     for part in loc:
         tp = _strip_annotated(tp)
@@ -100,7 +137,8 @@ def _clean_path(root: type[BaseModel], loc: tuple) -> tuple[list[str], tuple]:
             tp = members[0] if members else Any
             tp = _strip_annotated(tp)
             origin = typing.get_origin(tp)
-        parts.append(str(part))
+        is_index = isinstance(part, int) and typing.get_origin(tp) in (list, tuple)
+        parts.append(part if is_index else str(part))
         kept.append(part)
         if isinstance(tp, type) and issubclass(tp, BaseModel):
             f = tp.model_fields.get(str(part))
@@ -136,7 +174,12 @@ def _fields_at(root: type[BaseModel], loc: tuple, data: Any) -> set[str]:
         else:
             args = typing.get_args(tp)
             tp = args[-1] if args else Any
-        node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            node = None
     tp = _unwrap(tp, node)
     return set(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else set()
 

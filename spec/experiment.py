@@ -9,11 +9,19 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from .architecture import MoE, Backbone, Fusion, KVCache, Memory
-from .base import SpecModel
+from .base import Identifier, Name, SpecModel, Text
 from .modalities import DISCRETE_KINDS, Modality, Vocabulary
 from .pretrained import expand_from_hf, mismatches as pretrained_mismatches
 from .system import Cluster, Launcher, Parallelism, Precision
 from .training import Data, Losses, Optimizer, Train
+
+
+# Upper bounds on sizes that combine fields (see Experiment._size_rules): far beyond any training
+# run (the largest public clusters hold ~1e5 GPUs, batches ~1e4 sequences, vocabularies ~1e6).
+MAX_GPUS = 2**20
+MAX_BATCH_SEQUENCES = 2**20
+MAX_VOCAB = 2**24
+MAX_HARDWARE_FIGURE = 1e20  # FLOP/s, bytes or bytes/s of one GPU or link
 
 
 @dataclass(frozen=True)
@@ -46,9 +54,9 @@ class VocabLayout:
 
 
 class Experiment(SpecModel):
-    name: str = Field(description="experiment name (used for run folders and job names)")
-    description: str = Field("", description="free text")
-    modalities: dict[str, Modality] = Field(description="tokenizers and projectors, by modality name, in sequence order")
+    name: Name = Field(description="experiment name, used for run folders and job names: letters, digits, . _ - (no '..')")
+    description: Text = Field("", description="free text")
+    modalities: dict[Identifier, Modality] = Field(description="tokenizers and projectors, by modality name (letters, digits, _), in sequence order")
     vocab: Vocabulary = Field(Vocabulary(), description="unified vocabulary settings")
     backbone: Backbone = Field(Backbone(), description="decoder backbone")
     moe: MoE | None = Field(None, description="mixture-of-experts layout (null = dense)")
@@ -81,10 +89,10 @@ class Experiment(SpecModel):
         if self.train.seq_len > bb.context_length:
             errors.append(f"train.seq_len: {self.train.seq_len} exceeds backbone.context_length {bb.context_length}; "
                           f"raise context_length or lower seq_len")
-        for comp in self.data.mixture:
+        for i, comp in enumerate(self.data.mixture):
             unknown = [m for m in comp.modalities if m not in self.modalities]
             if unknown:
-                errors.append(f"data.mixture[{comp.name}].modalities: unknown {unknown}; choose from {names}")
+                errors.append(f"data.mixture[{i}].modalities: unknown {unknown} in {comp.name!r}; choose from {names}")
         need = self.tokens_per_sample()
         if need > self.train.seq_len:
             errors.append(f"train.seq_len: {self.train.seq_len} cannot hold one sample of {need} tokens "
@@ -144,6 +152,7 @@ class Experiment(SpecModel):
             unknown = [m for m in c.pair if m not in self.modalities]
             if unknown:
                 errors.append(f"losses.contrastive.pair: unknown modalities {unknown}; choose from {names}")
+        errors += self._size_rules() + self._special_token_rules()
         errors += self._parallel_rules()
         errors += pretrained_mismatches(self)
         if errors:
@@ -158,6 +167,47 @@ class Experiment(SpecModel):
         if fp8.enabled and fp8.recipe == "mxfp8" and self.cluster.preset in ("h100-sxm", "h200", "a100-80gb"):
             out.append(f"precision.fp8.recipe: mxfp8 needs Blackwell GPUs, not {gpu.name}; use delayed, current or block")
         return out
+
+    def _size_rules(self) -> list[str]:
+        """Bounds on sizes that combine several fields (each field has its own bound too): the
+        planner enumerates divisors of the world size and simulates every micro-batch of a step,
+        and the model allocates vocabulary x width, so these stay within what can be planned."""
+        out = []
+        world, gpu, net = self.cluster.world_size, self.cluster.gpu, self.cluster.network
+        if world > MAX_GPUS:
+            out.append(f"cluster.nodes: {self.cluster.nodes} nodes x {self.cluster.gpus_per_node} GPUs = {world:,} GPUs; "
+                       f"vlac plans clusters of at most {MAX_GPUS:,} GPUs")
+        for section, figures in (("gpu", gpu), ("network", net)):
+            for field in ("bf16_flops", "memory", "memory_bandwidth", "nvlink_bandwidth", "nic_bandwidth",
+                          "nvlink_allreduce_busbw"):
+                value = getattr(figures, field, None)
+                if value is not None and not 0 < value <= MAX_HARDWARE_FIGURE:
+                    out.append(f"cluster.{section}.{field}: {value:g} must be positive (and below "
+                               f"{MAX_HARDWARE_FIGURE:g}); write e.g. the preset's {section} figures")
+        if not 0 <= gpu.fp8_flops <= MAX_HARDWARE_FIGURE:
+            out.append(f"cluster.gpu.fp8_flops: {gpu.fp8_flops:g} must be 0 (no FP8) or positive")
+        if self.train.global_batch > MAX_BATCH_SEQUENCES:
+            out.append(f"train.global_batch_tokens: {self.train.global_batch_tokens:,} tokens are "
+                       f"{self.train.global_batch:,} sequences of {self.train.seq_len} per step; at most "
+                       f"{MAX_BATCH_SEQUENCES:,} sequences are planned, so lower the batch or raise seq_len")
+        vocab = self.vocab_layout().padded
+        if vocab > MAX_VOCAB:
+            out.append(f"vocab: the unified vocabulary has {vocab:,} entries; at most {MAX_VOCAB:,} are supported, so "
+                       f"shrink a modality's vocab_size or codebook_size")
+        return out
+
+    def _special_token_rules(self) -> list[str]:
+        kinds = {m.kind for m in self.modalities.values()}
+        need = ["<pad>", "<bos>", "<eos>"]  # every sample is <bos> ... <eos>, padded with <pad>
+        if kinds & {"image", "video", "audio"}:
+            need += ["<boi>", "<eoi>"]  # marks around image, video and audio code spans
+        if "action" in kinds:
+            need += ["<boa>", "<eoa>"]  # marks around action spans
+        missing = [t for t in need if t not in self.vocab.special_tokens]
+        if missing:
+            return [f"vocab.special_tokens: missing {missing}, which the sequence layout of these modalities uses; "
+                    f"add them (or remove special_tokens to use the default list)"]
+        return []
 
     def _parallel_rules(self) -> list[str]:
         p, bb, world = self.parallelism, self.backbone, self.cluster.world_size

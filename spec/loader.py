@@ -6,16 +6,25 @@ import copy
 import json
 import runpy
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import yaml
 from pydantic import ValidationError
 
-from .errors import Issue, SpecError, from_validation_error
+from .errors import Issue, SpecError, dotted, from_validation_error, short_repr
 from .experiment import Experiment
 
 SUFFIXES = (".yaml", ".yml", ".toml", ".json", ".py")
+
+# Bounds on what a spec file can be, so reading and validating any input takes bounded time and
+# memory. Real specs are a few KB, about six levels deep and a few hundred values; the bounds
+# leave two orders of magnitude of room.
+MAX_FILE_BYTES = 1 << 20  # 1 MiB
+MAX_DEPTH = 32  # nesting of mappings and lists
+MAX_NODES = 100_000  # values after YAML aliases are expanded (an alias bomb expands exponentially)
+MAX_STRING = 10_000  # characters of one string
 
 
 def read_mapping(path: str | Path) -> dict[str, Any]:
@@ -25,31 +34,147 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise SpecError([Issue("", f"no spec file at {src}; give a path to a {'/'.join(SUFFIXES)} file")], src)
     suffix = p.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise SpecError([Issue("", f"unsupported file type {suffix!r}; use one of {', '.join(SUFFIXES)}")], src)
+    data = _from_python(p) if suffix == ".py" else _parse_text(_read_text(p), suffix, src)
+    if data is None:
+        raise SpecError([Issue("", "the file is empty; a spec is a mapping, e.g. `name: my-run` with "
+                                   "`modalities:` and `data:` sections (see examples/)")], src)
+    if not isinstance(data, dict):
+        raise SpecError([Issue("", f"the spec must be a mapping at the top level (`name: ...`, `modalities: ...`), "
+                                   f"got a {type(data).__name__}")], src)
+    check_shape(data, src)
+    return data
+
+
+def _read_text(p: Path) -> str:
+    src = str(p)
+    try:
+        with p.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise SpecError([Issue("", f"cannot read the file: {e.strerror or e}")], src) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise SpecError([Issue("", f"the file is larger than {MAX_FILE_BYTES // 1024} KiB; a spec is a few KB of "
+                                   f"settings (keep data and weights in separate files)")], src)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise SpecError([Issue("", f"the file is not UTF-8 text: byte {raw[e.start]:#04x} at line {line} "
+                                   f"(offset {e.start}); save it as UTF-8")], src) from None
+
+
+def _parse_text(text: str, suffix: str, src: str) -> Any:
     try:
         if suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(p.read_text())
-        elif suffix == ".toml":
-            data = tomllib.loads(p.read_text())
-        elif suffix == ".json":
-            data = json.loads(p.read_text())
-        elif suffix == ".py":
-            data = _from_python(p)
-        else:
-            raise SpecError([Issue("", f"unsupported file type {suffix!r}; use one of {', '.join(SUFFIXES)}")], src)
-    except SpecError:
-        raise
+            return _yaml(text, src)
+        if suffix == ".toml":
+            return tomllib.loads(text)
+        return json.loads(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
         raise SpecError([Issue("", f"cannot parse the file: {_one_line(e)}; fix the syntax there")], src) from None
-    if not isinstance(data, dict):
-        raise SpecError([Issue("", f"the spec must be a mapping at the top level, got {type(data).__name__}")], src)
-    return data
+    except RecursionError:
+        raise SpecError([Issue("", f"the file nests deeper than {MAX_DEPTH} levels; a spec is a few levels of "
+                                   f"sections")], src) from None
+    except ValueError as e:  # Python refuses integers of more than 4,300 digits
+        raise SpecError([Issue("", f"cannot read a value in the file: {_value_problem(e)}")], src) from None
+
+
+class _BoundedYamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses, before constructing any Python object, documents
+    nested deeper than MAX_DEPTH, aliases that refer to themselves, and documents whose aliases
+    expand to more than MAX_NODES values (a kilobyte "billion laughs" file)."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):  # noqa: ANN001 (PyYAML's signature)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_NODES:
+            raise yaml.composer.ComposerError(None, None, f"aliases expand to more than {MAX_NODES:,} values "
+                                                          f"(an alias bomb?); write the values out", node.start_mark)
+        return node
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """Values `node` stands for once every alias is expanded (memoised per node, so linear in
+    the file; capped just above MAX_NODES so huge counts stay cheap)."""
+    key = id(node)
+    if key in memo:
+        if memo[key] < 0:
+            raise yaml.composer.ComposerError(None, None, "an alias refers to the node that contains it",
+                                              node.start_mark)
+        return memo[key]
+    memo[key] = -1  # in progress: meeting it again means a cycle
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    else:
+        children = []
+    for child in children:
+        size = min(size + _expanded_size(child, memo), MAX_NODES + 1)
+    memo[key] = size
+    return size
+
+
+def _yaml(text: str, name: str) -> Any:
+    loader = _BoundedYamlLoader(text)
+    loader.name = name  # marks in parse errors name the file, not "<unicode string>"
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def check_shape(data: Any, source: str = "", origin: str = "") -> None:
+    """Refuse a raw spec too deep, too large or with strings too long to validate in bounded
+    time, and mappings with non-string keys. Walks at most MAX_NODES values (an input of shared
+    or cyclic references is refused, never expanded)."""
+    stack: list[tuple[Any, tuple]] = [(data, ())]
+    seen = 0
+    while stack:
+        node, parts = stack.pop()
+        seen += 1
+        where = dotted(parts)
+        if seen > MAX_NODES:
+            raise SpecError([Issue("", f"the spec holds more than {MAX_NODES:,} values; a spec is a few hundred "
+                                       f"settings", origin)], source)
+        if len(parts) > MAX_DEPTH:
+            raise SpecError([Issue(dotted(parts[:MAX_DEPTH]), f"nests deeper than {MAX_DEPTH} levels; a spec is a "
+                                                              f"few levels of sections", origin)], source)
+        if isinstance(node, str) and len(node) > MAX_STRING:
+            raise SpecError([Issue(where, f"a string of {len(node):,} characters; at most {MAX_STRING:,} are "
+                                          f"accepted", origin)], source)
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                if not isinstance(k, str):
+                    raise SpecError([Issue(where, f"key {short_repr(k)} is not a string; spec keys are names (quote "
+                                                  f"it in YAML, e.g. \"{short_repr(k)}\":)", origin)], source)
+                stack.append((v, parts + (k,)))
+        elif isinstance(node, (list, tuple)):
+            stack.extend((v, parts + (i,)) for i, v in enumerate(node))
 
 
 def _from_python(p: Path) -> dict[str, Any]:
     try:
         ns = runpy.run_path(str(p))
-    except Exception as e:  # a user's module failing to import is a spec error, not a crash
-        raise SpecError([Issue("", f"running the module failed: {type(e).__name__}: {e}")], str(p)) from None
+    except (Exception, SystemExit) as e:  # a user's module failing to import is a spec error, not a crash
+        raise SpecError([Issue("", f"running the module failed: {type(e).__name__}: {_one_line(e)[:500]}")],
+                        str(p)) from None
     if "experiment" not in ns:
         raise SpecError([Issue("", "a Python spec must define `experiment` (an Experiment or a dict)")], str(p))
     obj = ns["experiment"]
@@ -60,19 +185,42 @@ def _from_python(p: Path) -> dict[str, Any]:
     raise SpecError([Issue("experiment", f"expected an Experiment or a dict, got {type(obj).__name__}")], str(p))
 
 
+@dataclass(frozen=True)
+class Override:
+    """One `--set KEY=VALUE`: its text, its key path and how much of that path it created (the
+    keys it added are its own, so an unknown key there is the override's problem, not the file's)."""
+
+    text: str
+    parts: tuple[str, ...]
+    created_from: int  # index into parts of the first key that did not exist before
+
+    def owns(self, path: str) -> bool:
+        """Whether an issue at `path` comes from this override's value or the keys it added."""
+        key = dotted(self.parts)
+        if path == key or path.startswith(key + ".") or path.startswith(key + "["):
+            return True
+        return any(path == dotted(self.parts[: i + 1]) for i in range(self.created_from, len(self.parts)))
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`a.b.c=VALUE` -> (["a","b","c"], value). VALUE is read as YAML, so 2 is an int, true a
     bool, [1, 2] a list and "4M" stays a string for the unit parsers."""
+    origin = f"--set {_clip(text)}"
     if "=" not in text:
-        raise SpecError([Issue("", f"override {text!r} is not KEY=VALUE; write e.g. backbone.layers=4")])
+        raise SpecError([Issue("", f"{_clip(text)!r} is not KEY=VALUE; write e.g. backbone.layers=4", origin)])
     key, raw = text.split("=", 1)
     parts = [k for k in key.strip().split(".") if k]
     if not parts:
-        raise SpecError([Issue("", f"override {text!r} has an empty key; write e.g. backbone.layers=4")])
+        raise SpecError([Issue("", "the key is empty; write e.g. backbone.layers=4", origin)])
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _yaml(raw, origin) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    except RecursionError:
+        raise SpecError([Issue(dotted(parts), f"the value nests deeper than {MAX_DEPTH} levels", origin)]) from None
+    except ValueError as e:
+        raise SpecError([Issue(dotted(parts), f"cannot read the value: {_value_problem(e)}", origin)]) from None
+    check_shape(value, origin=origin)
     return parts, value
 
 
@@ -87,48 +235,88 @@ def deep_merge(base: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    return _apply_overrides(data, overrides)[0]
+
+
+def _apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> tuple[dict[str, Any], list[Override]]:
     out = copy.deepcopy(data)
+    applied: list[Override] = []
     for text in overrides:
         parts, value = parse_override(text)
-        node = out
+        node, created = out, len(parts)
         for i, k in enumerate(parts[:-1]):
             nxt = node.get(k)
             if nxt is None:
+                created = min(created, i)
                 nxt = node[k] = {}
             elif not isinstance(nxt, dict):
-                where = ".".join(parts[: i + 1])
-                raise SpecError([Issue(where, f"is a {type(nxt).__name__}, not a section; cannot set {'.'.join(parts)}")])
+                raise SpecError([Issue(".".join(parts[: i + 1]), f"is a {_type_name(nxt)}, not a section; "
+                                                                 f"cannot set {'.'.join(parts)}",
+                                       f"--set {_clip(text)}")])
             node = nxt
+        if parts[-1] not in node:
+            created = min(created, len(parts) - 1)
         node[parts[-1]] = value
-    return out
+        applied.append(Override(_clip(text), tuple(parts), created))
+    return out, applied
 
 
 def resolve_mapping(source: str | Path | Mapping[str, Any] | Experiment, overrides: Iterable[str] = (),
                     profile: str | None = None) -> tuple[dict[str, Any], str]:
     """The raw mapping a spec stands for after its profile and overrides, and a name for its
     source (for error messages); not yet validated."""
+    data, name, _ = _resolve(source, overrides, profile)
+    return data, name
+
+
+def _resolve(source: str | Path | Mapping[str, Any] | Experiment, overrides: Iterable[str],
+             profile: str | None) -> tuple[dict[str, Any], str, list[Override]]:
     if isinstance(source, Experiment):
         data, name = source.model_dump(mode="json"), "<experiment>"
     elif isinstance(source, Mapping):
-        data, name = copy.deepcopy(dict(source)), "<mapping>"
+        name = "<mapping>"
+        check_shape(source, name)  # before copying: a deep or cyclic mapping would overflow deepcopy
+        data = copy.deepcopy(dict(source))
     else:
         data, name = read_mapping(source), str(source)
     if profile:
-        profiles = data.get("profiles") or {}
-        if profile not in profiles:
-            raise SpecError([Issue("profiles", f"no profile {profile!r}; this spec defines {sorted(profiles) or 'none'}")], name)
-        data = deep_merge(data, profiles[profile])
-    return apply_overrides(data, overrides), name
+        data = deep_merge(data, _profile(data, profile, name))
+    data, applied = _apply_overrides(data, overrides)
+    return data, name, applied
+
+
+def _profile(data: dict[str, Any], profile: str, source: str) -> Mapping[str, Any]:
+    profiles = data.get("profiles") or {}
+    if not isinstance(profiles, Mapping):
+        raise SpecError([Issue("profiles", f"must map profile names to partial specs, got a {_type_name(profiles)}; "
+                                           f"write e.g. profiles: {{tiny: {{backbone: {{layers: 2}}}}}}")], source)
+    if profile not in profiles:
+        names = sorted(str(k) for k in profiles)
+        raise SpecError([Issue("profiles", f"no profile {_clip(profile)!r}; this spec defines {names or 'none'}")], source)
+    patch = profiles[profile]
+    if not isinstance(patch, Mapping):
+        raise SpecError([Issue(f"profiles.{profile}", f"must be a partial spec (a mapping such as "
+                                                      f"{{backbone: {{layers: 2}}}}), got a {_type_name(patch)}")], source)
+    return patch
 
 
 def load(source: str | Path | Mapping[str, Any] | Experiment, overrides: Iterable[str] = (),
          profile: str | None = None) -> Experiment:
-    """Load and validate an experiment. Raises SpecError listing every problem at once."""
-    data, name = resolve_mapping(source, overrides, profile)
+    """Load and validate an experiment. Raises SpecError listing every problem at once; an
+    issue caused by a `--set` override names the override."""
+    data, name, applied = _resolve(source, overrides, profile)
     try:
         return Experiment.model_validate(data)
     except ValidationError as e:
-        raise from_validation_error(e, Experiment, data, name) from None
+        err = from_validation_error(e, Experiment, data, name)
+        raise SpecError([_attribute(i, applied) for i in err.issues], name) from None
+
+
+def _attribute(issue: Issue, applied: list[Override]) -> Issue:
+    for o in reversed(applied):  # the last override of a key is the one that counts
+        if issue.path and not issue.origin and o.owns(issue.path):
+            return Issue(issue.path, issue.message, f"--set {o.text}")
+    return issue
 
 
 def dump(exp: Experiment) -> str:
@@ -136,5 +324,21 @@ def dump(exp: Experiment) -> str:
     return yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False, allow_unicode=True, width=100)
 
 
-def _one_line(e: Exception) -> str:
+def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
+
+
+def _value_problem(e: ValueError) -> str:
+    text = _one_line(e)
+    if "integer string conversion" in text:
+        return "a number has more than 4,300 digits; no spec value needs that many"
+    return text[:200]
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _type_name(value: Any) -> str:
+    return {"int": "number", "float": "number", "str": "string", "NoneType": "null"}.get(
+        type(value).__name__, type(value).__name__)

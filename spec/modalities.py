@@ -8,6 +8,7 @@ straight into the backbone width and own no vocabulary.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Annotated, Literal, Union
 
 from pydantic import Field, model_validator
@@ -18,8 +19,8 @@ from .base import SpecModel
 class TextTokenizer(SpecModel):
     kind: Literal["text"] = Field("text", description="modality kind (the tag that selects this tokenizer)")
     tokenizer: Literal["byte", "bpe"] = Field("bpe", description="byte-level (vocab 256) or BPE trained on the project's text")
-    vocab_size: int = Field(32000, gt=0, description="text vocabulary size (tokens)")
-    tokens: int = Field(256, ge=1, description="text tokens per sample in the sequence budget")
+    vocab_size: int = Field(32000, gt=0, le=2**22, description="text vocabulary size (tokens)")
+    tokens: int = Field(256, ge=1, le=2**24, description="text tokens per sample in the sequence budget")
     shares_vocab_with: str | None = Field(None, description="another text modality whose tokenizer and vocabulary range this one uses (e.g. answer shares question's)")
 
     @model_validator(mode="after")
@@ -35,14 +36,14 @@ class TextTokenizer(SpecModel):
 
 class ImageVQ(SpecModel):
     kind: Literal["image"] = Field("image", description="modality kind (the tag that selects this tokenizer)")
-    image_size: int = Field(256, gt=0, description="square image side (pixels)")
-    channels: int = Field(3, gt=0, description="input channels")
-    patch_size: int = Field(16, gt=0, description="pixels per VQ code along each side")
-    codebook_size: int = Field(8192, gt=1, description="number of VQ codes")
-    codebook_dim: int = Field(8, gt=0, description="dimension of one code vector")
-    commitment_weight: float = Field(0.25, ge=0, description="beta of the VQ commitment loss")
-    dead_code_threshold: float = Field(1.0, ge=0, description="a code used fewer times than this per epoch-window is resampled from the batch")
-    images: int = Field(1, ge=1, description="images per sample")
+    image_size: int = Field(256, gt=0, le=2**15, description="square image side (pixels)")
+    channels: int = Field(3, gt=0, le=1024, description="input channels")
+    patch_size: int = Field(16, gt=0, le=2**15, description="pixels per VQ code along each side")
+    codebook_size: int = Field(8192, gt=1, le=2**22, description="number of VQ codes")
+    codebook_dim: int = Field(8, gt=0, le=2**14, description="dimension of one code vector")
+    commitment_weight: float = Field(0.25, ge=0, le=1e3, description="beta of the VQ commitment loss")
+    dead_code_threshold: float = Field(1.0, ge=0, le=1e9, description="a code used fewer times than this per epoch-window is resampled from the batch")
+    images: int = Field(1, ge=1, le=1024, description="images per sample")
 
     @model_validator(mode="after")
     def _patch_divides(self):
@@ -63,25 +64,25 @@ class ImageVQ(SpecModel):
 
 class Embedding(SpecModel):
     kind: Literal["fourier", "learned", "none"] = Field("fourier", description="how the signal is embedded")
-    num_frequencies: int = Field(16, gt=0, description="Fourier frequencies per input dimension")
+    num_frequencies: int = Field(16, gt=0, le=1024, description="Fourier frequencies per input dimension")
 
 
 class VideoEncoder(SpecModel):
     """Asymmetric spatio-temporal encoder: a small per-frame encoder shared by every camera and
     time step, then a larger aggregator across cameras and time."""
 
-    frame_layers: int = Field(2, ge=0, description="layers of the per-frame encoder")
-    frame_hidden: int = Field(256, gt=0, description="width of the per-frame encoder")
-    aggregator_layers: int = Field(4, ge=0, description="layers of the cross-camera/cross-time aggregator")
-    aggregator_hidden: int = Field(512, gt=0, description="width of the aggregator")
+    frame_layers: int = Field(2, ge=0, le=1024, description="layers of the per-frame encoder")
+    frame_hidden: int = Field(256, gt=0, le=2**17, description="width of the per-frame encoder")
+    aggregator_layers: int = Field(4, ge=0, le=1024, description="layers of the cross-camera/cross-time aggregator")
+    aggregator_hidden: int = Field(512, gt=0, le=2**17, description="width of the aggregator")
 
 
 class VideoVQ(ImageVQ):
     kind: Literal["video"] = Field("video", description="modality kind (the tag that selects this tokenizer)")  # type: ignore[assignment]
-    cameras: int = Field(1, ge=1, description="synchronised cameras")
-    frames: int = Field(8, ge=1, description="frames per clip per camera")
-    fps: float = Field(4.0, gt=0, description="frame rate of the clip (frames per second)")
-    temporal_patch: int = Field(1, ge=1, description="frames merged into one code along time")
+    cameras: int = Field(1, ge=1, le=256, description="synchronised cameras")
+    frames: int = Field(8, ge=1, le=2**16, description="frames per clip per camera")
+    fps: float = Field(4.0, gt=0, le=1e4, description="frame rate of the clip (frames per second)")
+    temporal_patch: int = Field(1, ge=1, le=2**16, description="frames merged into one code along time")
     encoder: VideoEncoder | None = Field(None, description="asymmetric spatio-temporal encoder; none = codes embedded directly")
     pose_embedding: Embedding = Field(Embedding(kind="fourier"), description="camera-pose embedding added to every visual token")
     time_embedding: Embedding = Field(Embedding(kind="fourier"), description="timestamp embedding added to every visual token")
@@ -101,10 +102,10 @@ class VideoVQ(ImageVQ):
 
 class AudioCodec(SpecModel):
     kind: Literal["audio"] = Field("audio", description="modality kind (the tag that selects this tokenizer)")
-    codebooks: int = Field(4, ge=1, description="residual codebooks per frame")
-    codebook_size: int = Field(1024, gt=1, description="codes per codebook")
-    frame_rate_hz: float = Field(12.5, gt=0, description="codec frames per second")
-    seconds: float = Field(2.0, gt=0, description="audio seconds per sample")
+    codebooks: int = Field(4, ge=1, le=256, description="residual codebooks per frame")
+    codebook_size: int = Field(1024, gt=1, le=2**22, description="codes per codebook")
+    frame_rate_hz: float = Field(12.5, gt=0, le=1e5, description="codec frames per second")
+    seconds: float = Field(2.0, gt=0, le=86400, description="audio seconds per sample")
 
     @property
     def tokens(self) -> int:
@@ -119,9 +120,9 @@ class ActionBins(SpecModel):
     """RT-2 style: each action dimension is discretised into `bins` uniform bins over [low, high]."""
 
     kind: Literal["action"] = Field("action", description="modality kind (the tag that selects this tokenizer)")
-    dims: int = Field(7, ge=1, description="action dimensions")
-    bins: int = Field(256, ge=2, description="bins per dimension (shared vocabulary across dimensions)")
-    horizon: int = Field(1, ge=1, description="future steps predicted per sample")
+    dims: int = Field(7, ge=1, le=2**12, description="action dimensions")
+    bins: int = Field(256, ge=2, le=2**16, description="bins per dimension (shared vocabulary across dimensions)")
+    horizon: int = Field(1, ge=1, le=2**12, description="future steps predicted per sample")
     low: float = Field(-1.0, description="lower bound of the action range")
     high: float = Field(1.0, description="upper bound of the action range")
 
@@ -144,12 +145,12 @@ class ContinuousProjector(SpecModel):
     kind: Literal["continuous"] = Field("continuous", description="modality kind (the tag that selects this tokenizer)")
     signal: Literal["imu", "camera_intrinsics", "camera_extrinsics", "points3d", "vit_features", "proprio"] = Field(
         "imu", description="what the signal is")
-    input_dim: int = Field(6, gt=0, description="features per input vector")
-    tokens: int = Field(16, ge=1, description="input vectors per sample (e.g. ViT patches)")
+    input_dim: int = Field(6, gt=0, le=2**17, description="features per input vector")
+    tokens: int = Field(16, ge=1, le=2**24, description="input vectors per sample (e.g. ViT patches)")
     projector: Literal["linear", "mlp", "resampler"] = Field("mlp", description="projection into the backbone width: linear, 2-layer MLP (LLaVA), or perceiver resampler (Qwen-VL, Flamingo)")
-    projector_hidden: int | None = Field(None, gt=0, description="hidden width of an MLP projector (default: backbone width)")
-    resampler_queries: int = Field(64, ge=1, description="resampler: learned queries, i.e. sequence positions the signal occupies")
-    resampler_layers: int = Field(1, ge=1, description="resampler: cross-attention layers")
+    projector_hidden: int | None = Field(None, gt=0, le=2**17, description="hidden width of an MLP projector (default: backbone width)")
+    resampler_queries: int = Field(64, ge=1, le=2**16, description="resampler: learned queries, i.e. sequence positions the signal occupies")
+    resampler_layers: int = Field(1, ge=1, le=1024, description="resampler: cross-attention layers")
 
     @property
     def positions(self) -> int:
@@ -171,9 +172,20 @@ DISCRETE_KINDS = ("text", "image", "video", "audio", "action")
 
 class Vocabulary(SpecModel):
     special_tokens: tuple[str, ...] = Field(
-        ("<pad>", "<bos>", "<eos>", "<boi>", "<eoi>", "<boa>", "<eoa>", "<mask>"),
-        description="special tokens placed first in the unified vocabulary")
-    pad_to_multiple: int = Field(128, ge=1, description="unified vocabulary padded to this multiple (tensor parallel shards and FP8 GEMMs need multiples of 16)")
+        ("<pad>", "<bos>", "<eos>", "<boi>", "<eoi>", "<boa>", "<eoa>", "<mask>"), max_length=1024,
+        description="special tokens placed first in the unified vocabulary (<pad> <bos> <eos> always; <boi> <eoi> "
+                    "with image, video or audio; <boa> <eoa> with actions)")
+    pad_to_multiple: int = Field(128, ge=1, le=2**16, description="unified vocabulary padded to this multiple (tensor parallel shards and FP8 GEMMs need multiples of 16)")
+
+    @model_validator(mode="after")
+    def _distinct_tokens(self):
+        bad = [t for t in self.special_tokens if not t or len(t) > 64 or not t.isprintable()]
+        if bad:
+            raise ValueError(f"special_tokens: {bad[:3]} are not tokens; each is 1-64 printable characters, e.g. <bos>")
+        twice = sorted(t for t, n in Counter(self.special_tokens).items() if n > 1)
+        if twice:
+            raise ValueError(f"special_tokens: {twice} appear more than once; list each token once")
+        return self
 
 
 def _divisors(n: int, lo: int, hi: int) -> list[int]:

@@ -6,7 +6,7 @@ from typing import Any, Literal, Union
 
 from pydantic import Field, model_validator
 
-from .base import SpecModel
+from .base import SlurmWord, SpecModel
 from .units import Bandwidth, Bytes, FlopRate, Seconds
 
 Auto = Literal["auto"]
@@ -121,9 +121,9 @@ class Cluster(SpecModel):
 
 class Launcher(SpecModel):
     kind: Literal["local", "slurm"] = Field("local", description="where `vlac submit` sends the job")
-    tasks: int = Field(1, ge=1, description="local: processes to start")
-    partition: str | None = Field(None, description="Slurm partition")
-    account: str | None = Field(None, description="Slurm account")
-    qos: str | None = Field(None, description="Slurm QOS")
-    time_limit: Seconds = Field(4 * 3600, gt=0, description='Slurm time limit, e.g. "4h" or "04:00:00"')
-    max_requeues: int = Field(3, ge=0, description="requeues after preemption or time-out")
+    tasks: int = Field(1, ge=1, le=1024, description="local: processes to start")
+    partition: SlurmWord | None = Field(None, description="Slurm partition (letters, digits, _ . -; several: comma-separated)")
+    account: SlurmWord | None = Field(None, description="Slurm account (letters, digits, _ . -)")
+    qos: SlurmWord | None = Field(None, description="Slurm QOS (letters, digits, _ . -)")
+    time_limit: Seconds = Field(4 * 3600, gt=0, le=366 * 86400, description='Slurm time limit, e.g. "4h" or "04:00:00" (at most a year)')
+    max_requeues: int = Field(3, ge=0, le=1000, description="requeues after preemption or time-out")

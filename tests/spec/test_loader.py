@@ -82,7 +82,7 @@ def test_choices_are_listed():
     (["moe.layers=every:9"], "moe.layers", "selects no layer"),
     (["moe.layers=[0, 7]"], "moe.layers", "outside"),
     (["train.seq_len=128"], "train.seq_len", "context_length"),
-    (["data.mixture=[{name: x, modalities: [text, lidar]}]"], "data.mixture[x].modalities", "choose from"),
+    (["data.mixture=[{name: x, modalities: [text, lidar]}]"], "data.mixture[0].modalities", "choose from"),
     (["cluster.preset=h300"], "cluster.preset", "h100-sxm"),
 ])
 def test_cross_field_rules_name_the_field(overrides, path, needle):

@@ -1,0 +1,52 @@
+"""The CLI prints every spec problem as a message (exit 2), never a traceback, whatever the
+message quotes: rich markup in user input is printed as text, not interpreted."""
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from vlac.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = str(ROOT / "examples" / "tiny_vla.yaml")
+runner = CliRunner()
+
+
+def _fails_cleanly(args, *expected):
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    assert "Traceback" not in r.output and "internal error" not in r.output
+    for text in expected:
+        assert text in r.stderr, r.stderr
+    return r
+
+
+@pytest.mark.parametrize("override,shown", [("backbone.[/x]=1", "[/x]"), ("name=[/bold]", "[/bold]"),
+                                            ("launcher.qos=[red]x[/red]", "[red]x[/red]")])
+def test_markup_in_a_message_is_printed_not_interpreted(override, shown):
+    _fails_cleanly(["validate", TINY, "--set", override], shown)
+
+
+@pytest.mark.parametrize("name,content,says", [
+    ("bomb.yaml", "a: &a [1,2,3,4,5,6,7,8,9]\n" + "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi")), "alias"),
+    ("deep.yaml", "a: " + "[" * 3000 + "]" * 3000 + "\n", "nested deeper"),
+    ("bin.yaml", b"name: \xff\n", "not UTF-8"),
+    ("empty.yaml", "", "the file is empty"),
+])
+def test_hostile_files_fail_validate_and_compile_cleanly(tmp_path, name, content, says):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    for command in ("validate", "compile"):
+        _fails_cleanly([command, str(path)], says, str(path))
+
+
+def test_a_bad_override_names_the_override():
+    r = _fails_cleanly(["validate", TINY, "--set", "nosuch=3"], "command-line overrides", "--set nosuch=3")
+    assert TINY not in r.stderr
+
+
+def test_empty_special_tokens_fail_validate_not_compile():
+    _fails_cleanly(["validate", TINY, "--set", "vocab.special_tokens=[]"], "vocab.special_tokens")
