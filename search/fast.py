@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from vlac.compiler import planner as planner_mod
@@ -59,9 +59,19 @@ class FastPath:
         self.cache = cache
         self.architectures: dict[str, _Known] = {}
         self.spaces: dict[str, LayoutSpace] = {}
+        # candidates decided here / handed to the full path; layouts costed here / legal
+        self.stats = {"decided": 0, "full_path": 0, "costed": 0, "legal": 0}
 
     def plan(self, exp: Experiment) -> FastPlan | None:
         """The candidate's plan figures, or None where the full path must decide."""
+        out = self._plan(exp)
+        self.stats["decided" if out is not None else "full_path"] += 1
+        if out is not None:
+            self.stats["costed"] += out.costed
+            self.stats["legal"] += out.legal
+        return out
+
+    def _plan(self, exp: Experiment) -> FastPlan | None:
         key = _architecture_key(exp)
         known = self.architectures.get(key)
         kinds = layer_kinds(exp)
@@ -73,12 +83,14 @@ class FastPath:
             if ref is None:
                 return None
             if known is None:
-                known = self.architectures[key] = _Known(Architecture(), base, LayerTimes(base.model.p.times))
+                known = self.architectures[key] = _Known(Architecture(), base)
             known.arch.references.append(ref)
+            known.times.append(LayerTimes(ref.profile.times))
             derived = known.arch.derive(kinds, exp.name)
             assert derived is not None
         base = known.base
-        derived.profile.times = known.times  # per-layer times are the architecture's, whatever the depth
+        times = known.times[derived.reference]
+        derived.profile.times = times  # a layer's times are its reference's, whatever the depth
         moe = exp.moe is not None
         model = model_figures(derived, exp.moe.top_k if moe else 0, exp.moe.experts if moe else 1, moe)
         search = copy.copy(base)  # the architecture's hardware, FP8 and kernel-cost set-up, this candidate's model
@@ -90,7 +102,7 @@ class FastPath:
         ls = self._space(search, pins)
         # the planner's recompute choices under a recompute pin (vlac.compiler.planner.Search.run)
         allowed = tuple(i for i, pol in enumerate(RECOMPUTE) if pins.get("recompute", pol) == pol)
-        chosen = choose(search, ls, allowed, known.times, known.ratio)
+        chosen = choose(search, ls, allowed, times, known.ratio)
         if chosen is None:
             return None
         est, costed, known.ratio = chosen
@@ -110,7 +122,7 @@ class _Known:
 
     arch: Architecture
     base: planner_mod.Search
-    times: LayerTimes
+    times: list[LayerTimes] = field(default_factory=list)  # per reference
     ratio: float = FIRST_SHARE  # best step / lowest bound of its last candidate
 
 

@@ -109,6 +109,7 @@ class Derived:
 
     graph: Graph  # the reference's graph with the candidate's depth and totals (nodes are the reference's)
     profile: CostProfile
+    reference: int  # which of the architecture's references it comes from
 
 
 @dataclass
@@ -119,9 +120,10 @@ class Architecture:
 
     def derive(self, kinds: tuple[str, ...], name: str) -> Derived | None:
         roles = roles_of(kinds)
-        ref = next((r for r in self.references if r.covers(roles)), None)
-        if ref is None:
+        at = next((i for i, r in enumerate(self.references) if r.covers(roles)), None)
+        if at is None:
             return None
+        ref = self.references[at]
         n_layers = len(roles)
         g0, p0 = ref.graph, ref.profile
         totals = ref.totals
@@ -139,7 +141,7 @@ class Architecture:
         p.g = g
         p.layers = [-1, *range(n_layers), n_layers]
         p.sequence = [p0.sequence[0], *(ref.key_of_role[r] for r in roles), p0.sequence[-1]]
-        return Derived(g, p)
+        return Derived(g, p, at)
 
 
 def model_figures(d: Derived, top_k: int, experts: int, moe: bool) -> dict[str, Any]:

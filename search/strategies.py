@@ -12,9 +12,10 @@ evaluation pool:
 - nsga2: NSGA-II (Deb et al. 2002), multi-objective on the search's Pareto axes, constraints
   through `constraints_func`.
 
-Constraints reach Optuna as it expects: one number per constraint in the trial's user
-attribute `constraints`, <= 0 when the constraint holds (Result.violations). Candidates that are
-invalid, infeasible or errors are told as failed trials.
+Constraints reach Optuna as it expects: one number per constraint, <= 0 when the constraint
+holds (Result.violations), set with `Trial.set_constraint` (Optuna 5; earlier versions read them
+through the samplers' `constraints_func`), and kept in the trial's user attribute `constraints`.
+Candidates that are invalid, infeasible or errors are told as failed trials.
 
 A list axis is searched by its position in the list (an integer parameter), so CMA-ES and TPE see
 neighbouring values as near: list numeric values in order. Ranges map to Optuna's integer or
@@ -86,7 +87,9 @@ class OptunaSampler:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # vlac reports progress itself
         self.space, self.objectives = space, objectives
-        constraints = _constraints_of if n_constraints else None
+        # Optuna 5 reads constraints set on the trial; before it, a sampler asks constraints_func
+        self.set_constraint = hasattr(optuna.trial.Trial, "set_constraint")
+        constraints = _constraints_of if n_constraints and not self.set_constraint else None
         if name == "tpe":
             sampler = optuna.samplers.TPESampler(seed=seed, constraints_func=constraints)
         elif name == "cmaes":
@@ -137,6 +140,9 @@ class OptunaSampler:
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             return
         trial.set_user_attr(CONSTRAINTS_ATTR, list(result.violations))
+        if self.set_constraint:
+            for i, amount in enumerate(result.violations):
+                trial.set_constraint(f"c{i}", amount)
         if len(self.objectives) == 1:
             values: Any = result.objective
         else:

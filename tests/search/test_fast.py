@@ -1,0 +1,82 @@
+"""The fast path (vlac.search.fast) against the full path (lower, plan every layout, read the plan
+JSON): the same status, parameters and FLOPs exactly, step time and memory within 0.1 %, the same
+chosen layout, on randomly drawn candidates."""
+
+import random
+from pathlib import Path
+
+import pytest
+
+from vlac.compiler.planner import plan as compiler_plan
+from vlac.search import Search
+from vlac.search.metrics import compute_metrics
+from vlac.spec import SpecError
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+FLAGSHIP = EXAMPLES / "vla_10b_moe_h100.yaml"
+EXACT = ("params_total", "params_active", "flops_per_token", "layers", "gpus", "tokens")
+CLOSE = ("step_time_s", "tokens_per_s", "peak_memory_gb", "mfu", "training_days")
+
+
+def full_path(search: Search, params: dict) -> tuple[str, dict, str]:
+    """Status, metrics and layout by direct lowering and the planner over every layout."""
+    try:
+        exp = search.evaluator.experiment(params)
+    except SpecError:
+        return "invalid", {}, ""
+    p = compiler_plan(exp)  # lowers the experiment itself, no cache
+    return ("ok" if p.feasible else "infeasible"), compute_metrics(exp, p.to_json()), p.chosen.layout.short()
+
+
+def check_sample(search: Search, n: int, seed: int) -> int:
+    cands = []
+    while (c := search.ask()) is not None:
+        cands.append(c)
+    sample = random.Random(seed).sample(cands, min(n, len(cands)))
+    fast = list(search.evaluator.evaluate_fast(sample))
+    compared = 0
+    for cand, r in zip(sample, fast):
+        status, metrics, layout = full_path(search, cand.params)
+        assert (r.status == "invalid") == (status == "invalid"), cand.params
+        if status == "invalid":
+            continue
+        assert (r.status == "infeasible") == (status == "infeasible"), (cand.params, r.reason)
+        assert r.layout == layout, cand.params
+        for k in EXACT:
+            assert r.metrics[k] == metrics[k], (cand.params, k)
+        for k in CLOSE:
+            assert r.metrics[k] == pytest.approx(metrics[k], rel=1e-3), (cand.params, k)
+        compared += 1
+    return compared
+
+
+def test_fast_path_matches_the_full_path_on_the_tiny_flagship():
+    # the flagship's architecture at test size, its layout free: every depth is derived from one
+    # lowering per architecture and its plan found among the layouts that can win
+    space = {"moe.experts": [2, 4, 8], "moe.top_k": [1, 2], "backbone.layers": [1, 2, 3, 5],
+             "train.global_batch_tokens": [768, 1536]}
+    s = Search(FLAGSHIP, space, profile="tiny", objective="max:tokens_per_s")
+    assert s.evaluator.fast
+    compared = check_sample(s, 6, seed=0)
+    fast = s.evaluator.fast_path
+    assert compared >= 4 and fast.stats["decided"] == compared and fast.stats["full_path"] == 0
+    assert len(fast.architectures) < compared  # depths and batch sizes share an architecture
+    assert fast.stats["costed"] < fast.stats["legal"]
+
+
+@pytest.mark.slow
+def test_fast_path_matches_the_full_path_on_the_flagship():
+    space = {"moe.experts": [8, 16, 32, 64], "moe.top_k": [1, 2], "backbone.layers": {"range": [12, 40], "step": 2},
+             "backbone.hidden,backbone.heads": [[2048, 16], [2560, 20], [3072, 24]]}
+    s = Search(FLAGSHIP, space, strategy="random", budget=400, seed=5, objective="min:training_days")
+    assert check_sample(s, 4, seed=1) == 4
+    fast = s.evaluator.fast_path
+    assert fast.stats["decided"] == 4 and fast.stats["costed"] * 10 < fast.stats["legal"]
+
+
+def test_fast_path_steps_aside_for_user_functions_and_plan_paths():
+    assert not Search(FLAGSHIP, {"moe.experts": [2]}, profile="tiny", objective=("max", lambda e, p: 1)).evaluator.fast
+    assert not Search(FLAGSHIP, {"moe.experts": [2]}, profile="tiny",
+                      constraints=["plan.tp == 1"]).evaluator.fast
+    assert Search(FLAGSHIP, {"moe.experts": [2]}, profile="tiny",
+                  constraints=["fits", "spec.moe.top_k <= 2", "gpus <= 8"]).evaluator.fast
