@@ -2,22 +2,23 @@
 
 The model may already be parallelised: parameters are plain tensors (one process, DDP, pipeline
 stages holding their own layers) or DTensors (FSDP, tensor/expert parallel). For each parameter
-this rank holds, the loader works out which region of the global tensor its local piece is (the
-DTensor's placements give the shape and offset) and reads only that region from the checkpoint
-files, so no rank materialises a tensor that the plan shards. Names come from
+this rank holds, the loader works out which global indices its local piece holds (from the
+DTensor's placements) and reads only those from the checkpoint files, so no rank materialises a
+tensor that the plan shards. Names come from
 `get_model_state_dict`, which strips the wrappers' prefixes and keeps whole-model names on
 pipeline stages, as checkpoints do.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
 import torch.nn as nn
 from torch.distributed.checkpoint.state_dict import get_model_state_dict
-from torch.distributed.tensor import DTensor
-from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+from torch.distributed.tensor import DTensor, Shard
+from torch.distributed.tensor.placement_types import _StridedShard
 
 from vlac.spec import Experiment
 from vlac.spec.pretrained import read_config
@@ -27,16 +28,37 @@ from .reader import CheckpointReader
 from .vocab import read_rows, source_rows
 
 
-def local_region(t: torch.Tensor) -> tuple[torch.Tensor, tuple[slice, ...]]:
-    """This rank's piece of `t` and where it sits in the global tensor."""
-    if isinstance(t, DTensor):
-        shape, offset = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
-        local = t.to_local()
-        if tuple(local.shape) != tuple(shape):
-            raise RuntimeError(f"a DTensor's local shape {tuple(local.shape)} is not the {tuple(shape)} its placements "
-                               f"{t.placements} give; cannot locate its region")
-        return local, tuple(slice(o, o + n) for o, n in zip(offset, shape))
-    return t, tuple(slice(0, n) for n in t.shape)
+def local_indices(t: torch.Tensor) -> tuple[torch.Tensor, list[list[int]]]:
+    """This rank's piece of `t` and, per dimension, the global indices it holds. A DTensor's
+    placements are applied to index ranges in mesh order with DTensor's own splitting, so strided
+    shards (FSDP over tensor parallelism on the same dimension) come out right too."""
+    if not isinstance(t, DTensor):
+        return t, [list(range(n)) for n in t.shape]
+    coordinate = t.device_mesh.get_coordinate()
+    index = [torch.arange(n) for n in t.shape]
+    for mesh_dim, placement in enumerate(t.placements):
+        if not isinstance(placement, (Shard, _StridedShard)):  # Replicate, Partial: the whole dimension
+            continue
+        d = placement.dim
+        along_first = (_StridedShard(0, split_factor=placement.split_factor) if isinstance(placement, _StridedShard)
+                       else Shard(0))
+        chunks, _ = along_first._split_tensor(index[d], t.device_mesh.size(mesh_dim), with_padding=False)
+        index[d] = chunks[coordinate[mesh_dim]]
+    local = t.to_local()
+    if tuple(local.shape) != tuple(len(i) for i in index):
+        raise RuntimeError(f"a DTensor's local shape {tuple(local.shape)} is not what its placements {t.placements} "
+                           f"give; cannot locate its piece")
+    return local, [i.tolist() for i in index]
+
+
+def runs(indices: list[int]) -> list[tuple[int, slice]]:
+    """(position in `indices`, global slice) of each run of consecutive indices."""
+    out, start = [], 0
+    for k in range(1, len(indices) + 1):
+        if k == len(indices) or indices[k] != indices[k - 1] + 1:
+            out.append((start, slice(indices[start], indices[k - 1] + 1)))
+            start = k
+    return out
 
 
 def global_shape(reader: CheckpointReader, source: Source, exp: Experiment) -> tuple[int, ...]:
@@ -85,8 +107,11 @@ def load_pretrained(model: nn.Module, exp: Experiment) -> dict[str, Any]:
         if tuple(t.shape) != tuple(expected):
             raise ValueError(f"backbone.init.hf: {name} has shape {tuple(t.shape)} in vlac's model but "
                              f"{tuple(expected)} from the checkpoint; check the backbone fields against config.json")
-        local, region = local_region(t)
-        local.copy_(read_region(reader, source, name, exp, rows_from, region, stats).to(local.dtype))
+        local, index = local_indices(t)
+        for block in itertools.product(*(runs(i) for i in index)):  # one block unless a shard is strided
+            where = tuple(slice(at, at + s.stop - s.start) for at, s in block)
+            region = tuple(s for _, s in block)
+            local[where] = read_region(reader, source, name, exp, rows_from, region, stats).to(local.dtype)
         loaded.append(name)
     if not loaded:
         raise ValueError("backbone.init.hf: this rank holds no backbone parameter by the checkpoint's names; "
