@@ -5,6 +5,7 @@ non-finite loss, and a clean stop (checkpoint first) when the job is preempted."
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from .checkpoint import Checkpointer
 from .data import SyntheticData, loss_tokens
 from .diagnostics import moe_metrics
 from .distributed import DistEnv, all_reduce_sum, param_digest
-from .metrics import MetricsWriter, Progress
+from .metrics import MetricsWriter, Progress, format_summary
 from .moe import update_balancing_bias
 from .parallel import ParallelModel
 from .parallel.mesh import Mesh
@@ -44,6 +45,7 @@ class StepMetrics:
     router_entropy: list[float] = field(default_factory=list)
     step_time_s: float = 0.0  # forward, backward and optimiser (tokens_per_s is over this)
     data_time_s: float = 0.0  # building the micro-batches (synchronous here, prefetched in production loaders)
+    peak_memory_bytes: float = 0.0  # this rank's peak so far: CUDA allocator on a GPU, process RSS on CPU
 
 
 def rank_micro_batches(data: SyntheticData, step: int, plan: dict[str, Any], mesh: Mesh,
@@ -66,11 +68,13 @@ class Trainer:
     def __init__(self, exp: Experiment, plan: dict[str, Any], model: ParallelModel, optimizer: torch.optim.Optimizer,
                  scheduler, env: DistEnv, out_dir: Path):
         self.exp, self.plan, self.env = exp, plan["plan"], env
+        self.predicted = plan.get("predicted", {})  # the compiler's step time and memory, shown beside the measured
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.data = SyntheticData(exp)
         self.out_dir = Path(out_dir)
         self.ckpt = Checkpointer(self.out_dir / "checkpoints", exp.train.keep_last, env.is_main)
-        self.metrics = MetricsWriter(self.out_dir, enabled=env.is_main)
+        self.metrics = MetricsWriter(self.out_dir, enabled=env.is_main, config=plan)
+        self.eval_data = None  # the held-out split, built on the first evaluation
         self.modalities = list(exp.modalities)
         self.clipper = ModalityClipper(exp, model) if exp.optimizer.per_modality_clip else None
         self.step = 0
@@ -128,7 +132,7 @@ class Trainer:
         met = StepMetrics(self.step, ar + aux, ar, aux, grad_norm, lr, self.exp.train.global_batch_tokens / elapsed,
                           stats.modality_loss(self.modalities), stats.loads.tolist() if stats.n_moe else [],
                           float(stats.dropped), skipped, mod_norms, moe.get("load_imbalance", []),
-                          moe.get("router_entropy", []), elapsed, t0 - t_data)
+                          moe.get("router_entropy", []), elapsed, t0 - t_data, self.peak_memory())
         self.step += 1
         return met
 
@@ -141,6 +145,66 @@ class Trainer:
         flag = torch.tensor([1.0 if self.stop_requested() else 0.0], device=self.env.device)
         return bool(all_reduce_sum(flag).item() > 0)
 
+    agree_to_stop = _agree_to_stop  # collective: True on every rank when any rank was asked to stop
+
+    def peak_memory(self) -> float:
+        if self.env.device.type == "cuda":
+            return float(torch.cuda.max_memory_allocated(self.env.device))
+        import resource
+
+        return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux reports KiB
+
+    # ---- held-out evaluation, logging, the run summary --------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        """The loss on `train.eval_batches` global batches of the held-out split. It runs the same
+        forward and backward pass as training (so every layout evaluates, pipelines included) and
+        discards the gradients: parameters and optimiser state are untouched."""
+        if self.eval_data is None:
+            self.eval_data = SyntheticData(self.exp, "eval")  # real data sources: the data engineer swaps in their eval split
+        ar = aux = 0.0
+        for i in range(self.exp.train.eval_batches):
+            stats = self.model.forward_backward(
+                rank_micro_batches(self.eval_data, i, self.plan, self.model.mesh, self.env.device))
+            ar, aux = ar + float(stats.ar), aux + float(stats.aux)
+            self.optimizer.zero_grad(set_to_none=True)
+        n = self.exp.train.eval_batches
+        return {"loss": (ar + aux) / n, "ar_loss": ar / n}
+
+    def log(self, met: StepMetrics, extra: dict[str, float] | None = None) -> None:
+        self.metrics.step(met, extra)
+
+    def start(self, last: int) -> Progress:
+        """Announce the run (the record `vlac submit` follows) and return its progress display."""
+        self.metrics.event({"event": "start", "step": self.step, "total_steps": last, "world": self.env.world,
+                            "layout": self.model.dims.summary(), "predicted": self.predicted,
+                            "memory_kind": self._memory_kind()})
+        self._started = time.perf_counter()
+        return Progress(last, self.step, enabled=self.env.is_main, predicted=self.predicted)
+
+    def _memory_kind(self) -> str:
+        return "CUDA allocator peak" if self.env.device.type == "cuda" else "process RSS on CPU"
+
+    def summary(self, history: list[StepMetrics], eval_loss: float | None = None) -> dict[str, Any]:
+        """The end-of-run record: losses, throughput and step time after the first step (warm-up)
+        against the plan's prediction, peak memory, the last held-out loss."""
+        timed = history[1:] or history
+        rec: dict[str, Any] = {
+            "event": "summary", "steps": len(history), "preempted": self.preempted,
+            "wall_s": time.perf_counter() - getattr(self, "_started", time.perf_counter()),
+            "first_loss": history[0].loss if history else None, "last_loss": history[-1].loss if history else None,
+            "eval_loss": eval_loss, "memory_kind": self._memory_kind(),
+            "tokens_per_s": sum(m.tokens_per_s for m in timed) / len(timed) if timed else 0.0,
+            "step_time_s": sum(m.step_time_s for m in timed) / len(timed) if timed else 0.0,
+            "predicted_step_time_s": self.predicted.get("step_time_s"),
+            "peak_memory_bytes": max((m.peak_memory_bytes for m in history), default=0.0),
+            "predicted_peak_memory_gb": self.predicted.get("peak_memory_gb")}
+        if hasattr(self.data, "report"):  # packing efficiency, tokens per source, skipped samples
+            self.metrics.event(self.data.report())
+        self.metrics.event(rec)
+        if self.env.is_main:
+            print(format_summary(rec), file=sys.stderr, flush=True)
+        return rec
+
     # ---- the loop -------------------------------------------------------------------------------
     def fit(self, max_steps: int | None = None) -> list[StepMetrics]:
         """Train to the spec's last step (or `max_steps` more). Returns early, after a checkpoint,
@@ -149,14 +213,13 @@ class Trainer:
         stop = total if max_steps is None else min(total, self.step + max_steps)
         history: list[StepMetrics] = []
         self.preempted = False
-        progress = Progress(total, self.step, enabled=self.env.is_main)
-        with progress:
+        with self.start(stop) as progress:
             while self.step < stop:
                 met = self.train_step()
                 history.append(met)
                 log = met.step % self.exp.train.log_every == 0 or met.skipped or self.step == stop
                 if log:
-                    self.metrics.step(met)
+                    self.log(met)
                 progress.update(met, log)
                 preempted = self._agree_to_stop()
                 at_end = self.step == stop and self.checkpoint_at_end
@@ -166,6 +229,8 @@ class Trainer:
                     self.preempted = True
                     self.metrics.event({"event": "preempted", "step": self.step})
                     break
+        if hasattr(self.data, "report"):  # packing efficiency, tokens per source, skipped samples
+            self.metrics.event(self.data.report())
         self.metrics.close()
         return history
 

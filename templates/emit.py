@@ -15,7 +15,9 @@ from typing import Any
 
 import jinja2
 
+from vlac.compiler.number_format import data_size, duration
 from vlac.runtime.launch import SIGNAL_LEAD_S
+from vlac.runtime.program import fp8_gemm_ranges
 from vlac.spec import Experiment, dump
 
 TEMPLATES = ("train.py", "launch.py", "slurm.sbatch", "README.md")
@@ -25,6 +27,27 @@ def _pyrepr(value: Any) -> str:
     if not isinstance(value, (str, int, float, bool, type(None))):
         raise TypeError(f"only plain literals reach generated code, got {type(value).__name__}")
     return repr(value)
+
+
+def _pyliteral(value: Any) -> str:
+    """A dict/list/tuple of plain literals as Python source (keys and items checked like pyrepr)."""
+    def check(v: Any) -> None:
+        if isinstance(v, dict):
+            for k, x in v.items():
+                _pyrepr(k)
+                check(x)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                check(x)
+        else:
+            _pyrepr(v)
+    check(value)
+    return repr(value)
+
+
+def _mdcode(value: Any) -> str:
+    """A code span: shown as written (no backslashes), one line, no backtick to close it early."""
+    return "`" + " ".join(str(value).split()).replace("`", "'") + "`"
 
 
 def _mdtext(value: Any) -> str:
@@ -40,6 +63,10 @@ def _env() -> jinja2.Environment:
         autoescape=False,
     )
     env.filters["pyrepr"] = _pyrepr
+    env.filters["pyliteral"] = _pyliteral
+    env.filters["mdcode"] = _mdcode
+    env.filters["duration"] = duration
+    env.filters["data_size"] = data_size
     env.filters["shellquote"] = lambda v: shlex.quote(str(v))
     env.filters["mdtext"] = _mdtext
     return env
@@ -68,11 +95,50 @@ def context(exp: Experiment, plan_json: dict[str, Any], version: str) -> dict[st
     }
 
 
+def launch_shape(world: int, nodes: int, gpus_per_node: int) -> tuple[int, int]:
+    """(nodes, processes per node) that start `world` processes on the cluster: one process per
+    GPU across the spec's nodes, or all on one machine when the plan uses fewer GPUs than that."""
+    if nodes > 1 and world % nodes == 0 and world // nodes <= gpus_per_node:
+        return nodes, world // nodes
+    return 1, world
+
+
+def layout_context(exp: Experiment, plan_json: dict[str, Any]) -> dict[str, Any]:
+    """The plan's layout as the literals train.py states (only the parts this plan uses)."""
+    p = plan_json["plan"]
+    zero_what = {1: "optimiser state", 2: "optimiser state and gradients", 3: "parameters, gradients and optimiser state"}
+    return {
+        "mesh": {k: p[k] for k in p["mesh_order"]}, "tp": p["tp"], "ep": p["ep"], "pp": p["pp"], "zero": p["zero"],
+        "zero_what": zero_what.get(p["zero"], ""), "sequence_parallel": bool(p["sequence_parallel"]),
+        "experts": {"ep": p["ep"], "etp": p.get("expert_tensor_parallel", 1)},
+        "pipeline": {"schedule": p["schedule"], "virtual_stages": p["virtual_stages"],
+                     "num_microbatches": p["num_microbatches"], "microbatch_size": p["microbatch_size"]},
+        "stages": p["stage_split"], "layers": exp.backbone.layers,
+        "recompute": list(p.get("recompute_per_stage") or [p["recompute"]] * p["pp"]),
+        "fp8_gemms": fp8_gemm_ranges(plan_json) if p.get("fp8") else {},
+        "fp8_recipe": (plan_json.get("fp8", {}).get("recipe") or {}).get("name", ""),
+        "log_every": exp.train.log_every, "eval_every": exp.train.eval_every,
+        "checkpoint_every": exp.train.checkpoint_every,
+        "verify_layouts": ",".join(verify_layouts(exp)),
+    }
+
+
+def verify_layouts(exp: Experiment) -> list[str]:
+    """The two-process layouts `vlac verify` can check for this model (the README's command)."""
+    layouts = ["dp2", "tp2"]
+    if exp.backbone.layers >= 2:
+        layouts.append("pp2")
+    if exp.moe is not None:
+        layouts.append("ep2")
+    return layouts
+
+
 def render(exp: Experiment, plan_json: dict[str, Any], out_dir: str | Path, version: str) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     env = _env()
-    ctx = context(exp, plan_json, version)
+    ctx = {**context(exp, plan_json, version), **layout_context(exp, plan_json)}
+    ctx["launch_nodes"], ctx["launch_per_node"] = launch_shape(ctx["world"], ctx["nodes"], ctx["gpus_per_node"])
     files = {name: env.get_template(f"{name}.j2").render(**ctx) for name in TEMPLATES}
     files["experiment.yaml"] = dump(exp)
     files["plan.json"] = json.dumps(plan_json, indent=2, sort_keys=True) + "\n"

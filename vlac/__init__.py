@@ -24,18 +24,18 @@ _LAZY = {"EXECUTORS": ".api", "emit": ".api", "load": ".api", "lower": ".api", "
          "follow": ".follow", "Search": ".search", "search": ".search"}
 
 
-class _SearchPackage(types.ModuleType):
-    """vlac.search is a subpackage and also the function `vlac.search(spec, space, ...)`: the
-    package module, once imported, is callable as its `search` function."""
+class _CallableModule(types.ModuleType):
+    """vlac.search and vlac.follow are modules and also the functions `vlac.search(spec, space)`
+    and `vlac.follow(job, metrics)`: such a module, once imported, calls its namesake function."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.search(*args, **kwargs)
+        return getattr(self, self.__name__.rsplit(".", 1)[1])(*args, **kwargs)
 
 
 class _Vlac(types.ModuleType):
     def __setattr__(self, name: str, value: Any) -> None:
-        if name == "search" and isinstance(value, types.ModuleType):  # the import system binds the subpackage
-            value.__class__ = _SearchPackage
+        if name in ("search", "follow") and isinstance(value, types.ModuleType):  # the import system binds it
+            value.__class__ = _CallableModule
         super().__setattr__(name, value)
 
 
@@ -46,7 +46,7 @@ def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'vlac' has no attribute {name!r}")
     module = importlib.import_module(_LAZY[name], __name__)
-    value = module if name == "search" else getattr(module, name)
+    value = module if name in ("search", "follow") else getattr(module, name)
     globals()[name] = value
     return value
 

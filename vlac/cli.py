@@ -21,7 +21,6 @@ from rich.markup import escape
 
 from vlac.spec import Experiment, SpecError, read_mapping
 from vlac.spec import load as load_spec
-from vlac.spec.loader import load_cluster
 from vlac.spec.system import PRESETS, Cluster
 
 from .cli_lazy import LazyGroup
@@ -98,7 +97,14 @@ def _cluster(exp: Experiment, value: Optional[str]) -> Cluster | None:
     if not path.is_file():
         raise UsageFailure(f"--cluster {value!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
     data = read_mapping(path)
-    return load_cluster(data.get("cluster", data), str(path))
+    data = data.get("cluster", data)
+    from pydantic import ValidationError
+
+    from vlac.spec.errors import from_validation_error
+    try:
+        return Cluster.model_validate(data)
+    except ValidationError as e:
+        raise from_validation_error(e, Cluster, data, str(path)) from None
 
 
 def _run(fn) -> None:
@@ -198,7 +204,8 @@ def submit(target: Path = typer.Argument(..., help="spec file, or a program dire
            executor: str = typer.Option("local", help="local | slurm | debug"),
            out_dir: Optional[Path] = typer.Option(None, "-o", "--out", help="where to emit when given a spec (default runs/NAME)"),
            max_steps: Optional[int] = typer.Option(None, help="stop after this many optimiser steps"),
-           wait: bool = typer.Option(True, help="wait for the job and report its losses"),
+           wait: bool = typer.Option(True, help="follow the job (progress, ETA, step time and memory vs the plan) "
+                                    "until it ends and report its losses"),
            set_: Optional[List[str]] = SetOpt, profile: Optional[str] = ProfileOpt) -> None:
     """Submit a program (emitting it first when given a spec) and follow it."""
     status = {"code": 0}
@@ -213,10 +220,18 @@ def submit(target: Path = typer.Argument(..., help="spec file, or a program dire
         else:
             exp = _load(target, set_, profile)
             program = api.emit(exp, api.plan(exp), out_dir or Path("runs") / exp.name)
+        from vlac.runtime.program import RUN_DIR
+
+        from .follow import follow, size_of
+
+        metrics = Path(program) / RUN_DIR / "metrics.jsonl"
+        start_at = size_of(metrics)  # an earlier run's records are not this job's progress
         job = api.submit(program, executor=executor, max_steps=max_steps)
         out.print(f"submitted {program} as job {job.job_id} ({executor})", highlight=False)
         if not wait:
             return
+        if executor != "debug":  # the debug executor runs in this process and shows its own progress
+            follow(job, metrics, start_at)
         try:
             results = job.results()
         except Exception as e:  # the job failed: show submitit's report, exit 1

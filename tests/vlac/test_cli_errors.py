@@ -50,12 +50,3 @@ def test_a_bad_override_names_the_override():
 
 def test_empty_special_tokens_fail_validate_not_compile():
     _fails_cleanly(["validate", TINY, "--set", "vocab.special_tokens=[]"], "vocab.special_tokens")
-
-
-@pytest.mark.parametrize("cluster,field", [("cluster:\n  nodes: 1099511627776\n", "cluster.nodes"),
-                                           ("cluster:\n  gpu: {memory_bandwidth: 0}\n", "cluster.gpu.memory_bandwidth"),
-                                           ("cluster:\n  gpu: {memory: .nan}\n", "gpu.memory")])
-def test_a_cluster_file_is_bounded_like_a_spec_cluster(tmp_path, cluster, field):
-    path = tmp_path / "cluster.yaml"
-    path.write_text(cluster)
-    _fails_cleanly(["compile", TINY, "--cluster", str(path)], field, str(path))
