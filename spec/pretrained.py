@@ -182,17 +182,14 @@ def mismatches(exp: Any) -> list[str]:
     where = f"the checkpoint's config ({Path(init.hf) / CONFIG_FILE})"
     out = [f"backbone.init.hf: {init.hf} uses {what}, which vlac cannot reproduce; choose another checkpoint"
            for what in unsupported(cfg)]
-    fix = f"set it to the checkpoint's value or write backbone: {{from_hf: {init.hf}}}"
+    fix = "set it to the checkpoint's value, or leave it out and write backbone: {from_hf: PATH} to take it from there"
+    bb = exp.backbone
+    all_moe = exp.moe is not None and len(exp.moe.moe_layer_indices(bb.layers)) == bb.layers
+    derived = {"kv_heads": bb.n_kv_heads, "head_dim": bb.d_head, "ffn_hidden": bb.d_ffn}  # defaults resolved
     for field, want in backbone_fields(cfg).items():
-        have = getattr(exp.backbone, field)
-        if field == "kv_heads":
-            have = exp.backbone.n_kv_heads
-        elif field == "head_dim":
-            have = exp.backbone.d_head
-        elif field == "ffn_hidden" and moe_fields(cfg) is not None and set(exp.moe.moe_layer_indices(exp.backbone.layers) if exp.moe else ()) == set(range(exp.backbone.layers)):
+        if field == "ffn_hidden" and all_moe:
             continue  # every layer MoE (Mixtral): the dense width is never used
-        elif field == "ffn_hidden":
-            have = exp.backbone.d_ffn
+        have = derived.get(field, getattr(bb, field))
         if have != want:
             out.append(f"backbone.{field}: {have!r} differs from {want!r} in {where}; {fix}")
     limit = cfg.get("max_position_embeddings")
