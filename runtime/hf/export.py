@@ -109,12 +109,11 @@ def write_safetensors(tensors: dict[str, torch.Tensor], out: Path, max_bytes: in
 def export(exp: Experiment, step_dir: Path, out: Path, dtype: str | None = None,
            max_shard_bytes: int = 5 * 2**30) -> dict[str, Any]:
     """Write the Hugging Face checkpoint of `step_dir` into `out`; returns what was written."""
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"--dtype: {dtype!r}; choose one of {', '.join(DTYPES)}")
     family = family_of(exp)
-    cfg_dtype = None
     state = read_model_state(step_dir)
     if dtype is not None:
-        if dtype not in DTYPES:
-            raise ValueError(f"--dtype: {dtype!r}; choose one of {', '.join(DTYPES)}")
         state = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in state.items()}
     hf, rest = to_hf(state, exp, family)
     cfg_dtype = SAFETENSORS_NAMES.get(hf["model.norm.weight"].dtype, "float32")

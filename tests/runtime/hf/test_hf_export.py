@@ -114,3 +114,18 @@ def test_reimport_of_an_export_restores_the_added_rows(tmp_path):
     assert report["new_vocab_rows"] == 0
     torch.testing.assert_close(reloaded.embed.weight, model.embed.weight)
     torch.testing.assert_close(reloaded.head.weight, model.head.weight)
+
+
+def test_export_casts_on_request(tmp_path):
+    from safetensors import safe_open
+
+    from vlac.runtime.hf.export import export
+
+    exp = experiment(save_tiny("llama", tmp_path / "src"))
+    _, step_dir = save_run(exp, tmp_path)
+    with pytest.raises(ValueError, match="--dtype: 'int8'; choose one of fp32, bf16, fp16"):
+        export(exp, step_dir, tmp_path / "bad", dtype="int8")
+    export(exp, step_dir, tmp_path / "out", dtype="bf16")
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == "bfloat16"
+    with safe_open(tmp_path / "out" / "model.safetensors", "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
