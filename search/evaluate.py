@@ -92,9 +92,9 @@ class Evaluator:
         result.seconds = time.perf_counter() - t0
         return result
 
-    def split_fast(self, cands: Sequence[Candidate]) -> tuple[list[Candidate], list[Candidate]]:
-        """(the candidates for the fast path, the others)."""
-        return (list(cands), []) if self.fast else ([], list(cands))
+    def evaluate_many(self, cands: Sequence[Candidate]) -> list[Result]:
+        """Results of `cands` in order: through the fast path when it applies."""
+        return list(self.evaluate_fast(cands)) if self.fast else [self.evaluate(c) for c in cands]
 
     def evaluate_fast(self, cands: Sequence[Candidate]):
         """Results of `cands` in order, through the fast path where it decides (vlac.search.fast)."""

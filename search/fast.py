@@ -28,7 +28,7 @@ from vlac.compiler.search_space import Limits
 from vlac.spec import Experiment
 
 from .fast_costs import Architecture, Reference, model_figures
-from .fast_plan import FIRST_SHARE, LayerTimes, LayoutSpace, choose, legal_space
+from .fast_plan import FIRST_SHARE, DepthSpaces, LayerTimes, choose
 from .metrics import METRICS, Constraint, Objective
 
 DEPTH_FIELDS = ("name", "description")  # with backbone.layers: what one architecture's candidates may differ in
@@ -58,7 +58,7 @@ class FastPath:
     def __init__(self, cache: GraphCache):
         self.cache = cache
         self.architectures: dict[str, _Known] = {}
-        self.spaces: dict[str, LayoutSpace] = {}
+        self.spaces = DepthSpaces()
         # candidates decided here / handed to the full path; layouts costed here / legal
         self.stats = {"decided": 0, "full_path": 0, "costed": 0, "legal": 0}
 
@@ -99,7 +99,7 @@ class FastPath:
         search.lim = Limits.of(exp, exp.cluster, derived.graph.n_layers)
         search.flops_per_step = model["flops_per_token"] * exp.train.global_batch_tokens
         pins = exp.parallelism.pinned()
-        ls = self._space(search, pins)
+        ls = self.spaces.get(search.lim, exp.parallelism.max_pp, pins)
         # the planner's recompute choices under a recompute pin (vlac.compiler.planner.Search.run)
         allowed = tuple(i for i, pol in enumerate(RECOMPUTE) if pins.get("recompute", pol) == pol)
         chosen = choose(search, ls, allowed, times, known.ratio)
@@ -107,13 +107,6 @@ class FastPath:
             return None
         est, costed, known.ratio = chosen
         return FastPlan(_plan(exp, model, est), costed, len(ls.space))
-
-    def _space(self, search: planner_mod.Search, pins: dict[str, Any]) -> LayoutSpace:
-        key = repr(search.lim) + json.dumps(pins, sort_keys=True, default=str)
-        ls = self.spaces.get(key)
-        if ls is None:
-            ls = self.spaces[key] = LayoutSpace.of(legal_space(search, pins))
-        return ls
 
 
 @dataclass

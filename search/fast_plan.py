@@ -23,7 +23,8 @@ planner's own rule (ties included). The answer is the planner's, not an approxim
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,7 @@ import numpy as np
 from vlac.compiler import planner as planner_mod
 from vlac.compiler.cost_model import INTERLEAVED, ZERO_BUBBLE, CostModel
 from vlac.compiler.plan import Estimate
-from vlac.compiler.search_space import Space, enumerate_space
+from vlac.compiler.search_space import COLUMNS, Limits, Space, enumerate_space
 
 FIRST_SHARE = 1.02  # first pass: the layouts within 2 % of the lowest bound
 GROW = 1.25  # and, while none of those fits, widen the band by this factor
@@ -165,8 +166,69 @@ def _cost(search: planner_mod.Search, ls: LayoutSpace, rows: np.ndarray, allowed
     return search.model.evaluate(sub, allowed), ~broken
 
 
-def legal_space(search: planner_mod.Search, pins: dict[str, Any]) -> Space:
-    return enumerate_space(search.lim, pins)
+class DepthSpaces:
+    """The legal layouts of every depth of an architecture, enumerated once per power of two.
+
+    Depth enters the legal space only through two of the planner's rules (Limits.rules(): "pp <=
+    the decoder layers (and max_pp)", and interleaving's "pp*virtual_stages <= decoder layers");
+    every other rule, and the dominance pruning, is row by row. So the layouts of depth L are the
+    layouts enumerated for a depth D >= L that keep pp <= min(L, max_pp) and pp*v <= L when
+    interleaved. The first superset of each pin set is checked against the planner's own
+    enumeration at a depth it serves; if they differ (the rules changed), no superset is used."""
+
+    def __init__(self):
+        self.supersets: dict[str, Space] = {}
+        self.spaces: dict[str, LayoutSpace] = {}
+        self.checked: dict[str, bool] = {}  # pins -> whether filtered supersets equal the enumeration
+
+    def get(self, lim: Limits, user_max_pp: int | None, pins: dict[str, Any]) -> LayoutSpace:
+        pins_key = json.dumps(pins, sort_keys=True, default=str)
+        key = repr(lim) + pins_key
+        ls = self.spaces.get(key)
+        if ls is None:
+            ls = self.spaces[key] = LayoutSpace.of(self._space(lim, user_max_pp, pins, pins_key))
+        return ls
+
+    def _space(self, lim: Limits, user_max_pp: int | None, pins: dict[str, Any], pins_key: str) -> Space:
+        if self.checked.get(pins_key) is False:
+            return enumerate_space(lim, pins)
+        depth = 1 << max(0, lim.blocks - 1).bit_length()  # the next power of two
+        big = replace(lim, blocks=depth, max_pp=user_max_pp or depth)
+        key = repr(big) + pins_key
+        superset = self.supersets.get(key)
+        if superset is None:
+            superset = self.supersets[key] = enumerate_space(big, pins)
+        own = _within(superset, lim)
+        if pins_key not in self.checked:
+            exact = enumerate_space(lim, pins)
+            self.checked[pins_key] = _same_rows(own, exact)
+            return exact
+        return own
 
 
-__all__ = ["LayerTimes", "LayoutSpace", "choose", "legal_space", "lower_bounds"]
+def _within(space: Space, lim: Limits) -> Space:
+    c = space.cols
+    keep = (c["pp"] <= min(lim.blocks, lim.max_pp)) & ((c["v"] == 1) | (c["pp"] * c["v"] <= lim.blocks))
+    rows = np.nonzero(keep)[0]
+    out = space.take(rows)
+    out.legal = len(rows)  # the superset's counts are not this depth's; the fast path reads neither
+    return out
+
+
+def _same_rows(a: Space, b: Space) -> bool:
+    if len(a) != len(b):
+        return False
+    return bool(np.array_equal(_row_keys(a), _row_keys(b)))
+
+
+def _row_keys(s: Space) -> np.ndarray:
+    """Each row as one integer, sorted. Thirteen columns of 10 bits overflow 64, so this is a hash
+    (numpy's integer arithmetic wraps): the same rows give the same keys; other rows almost
+    surely do not."""
+    key = np.zeros(len(s), np.int64)
+    for k in COLUMNS:
+        key = key * 1031 + s.cols[k].astype(np.int64)
+    return np.sort(key)
+
+
+__all__ = ["DepthSpaces", "LayerTimes", "LayoutSpace", "choose", "lower_bounds"]

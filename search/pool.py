@@ -12,7 +12,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Mapping, Sequence
 
-from vlac.compiler.graph_cache import PER_LAYER_FIELDS, PLAN_ONLY_FIELDS, GraphCache
+from vlac.compiler.graph_cache import PER_LAYER_FIELDS, PLAN_ONLY_FIELDS
 
 from .evaluate import Evaluator, Result
 from .space import Candidate, SearchError, params_key
@@ -25,13 +25,12 @@ def _init_worker(evaluator: Evaluator) -> None:
     import torch
 
     torch.set_num_threads(1)  # one process per core; intra-op threads would oversubscribe
-    _WORKER = evaluator
-    _WORKER.cache = GraphCache()
+    _WORKER = evaluator  # forked: with the parent's lowered architectures; spawned: with empty caches
 
 
 def _run_chunk(chunk: list[Candidate]) -> list[Result]:
     assert _WORKER is not None
-    return [_WORKER.evaluate(c) for c in chunk]
+    return _WORKER.evaluate_many(chunk)
 
 
 def default_workers() -> int:
@@ -60,12 +59,11 @@ def _chunks(cands: Sequence[Candidate], workers: int) -> list[list[Candidate]]:
 def evaluate_all(evaluator: Evaluator, cands: Sequence[Candidate], workers: int | None = None,
                  bar: Progress | None = None, on_result: Callable[[Result], None] | None = None) -> list[Result]:
     """Evaluate candidates, in parallel when `workers` > 1; results in candidate order.
-    `on_result` sees each result as it comes in, then `bar` advances. The fast path (vlac.search.fast) runs in this process: it
-    evaluates thousands of candidates a second, faster than a pool starts."""
+    `on_result` sees each result as it comes in, then `bar` advances. Candidates of one
+    architecture go to one worker as far as the chunking allows, so each worker lowers few."""
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise SearchError(f"workers must be at least 1, got {workers}")
-    fast, slow = evaluator.split_fast(cands)
     done: list[Result] = []
 
     def arrived(results: Sequence[Result]) -> None:
@@ -76,22 +74,20 @@ def evaluate_all(evaluator: Evaluator, cands: Sequence[Candidate], workers: int 
         if bar is not None:
             bar.advance(len(results))
 
-    if bar is not None:
-        bar.start()
-    for result in evaluator.evaluate_fast(fast):
-        arrived([result])
-    workers = min(workers, max(1, len(slow)))
+    workers = min(workers, max(1, len(cands)))
     if workers == 1:
-        for c in slow:
-            arrived([evaluator.evaluate(c)])
+        if bar is not None:
+            bar.start()
+        for c in cands:
+            arrived(evaluator.evaluate_many([c]))
         return sorted(done, key=lambda r: r.index)
     # fork shares the parent's imported torch and any user functions; spawn re-imports
     start = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     if bar is not None:
-        bar.pause()  # the display thread must not be forked
+        bar.pause()  # the display thread must not be forked (workers start on the first submit)
     with ProcessPoolExecutor(workers, mp_context=mp.get_context(start), initializer=_init_worker,
                              initargs=(evaluator,)) as pool:
-        futures = [pool.submit(_run_chunk, chunk) for chunk in _chunks(slow, workers)]
+        futures = [pool.submit(_run_chunk, chunk) for chunk in _chunks(cands, workers)]
         if bar is not None:
             bar.start()
         try:

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
+import vlac
 from vlac.compiler.planner import plan as compiler_plan
+from vlac.compiler.search_space import Limits, enumerate_space
 from vlac.search import Search
+from vlac.search.fast_plan import DepthSpaces, _same_rows
 from vlac.search.metrics import compute_metrics
 from vlac.spec import SpecError
 
@@ -80,3 +83,14 @@ def test_fast_path_steps_aside_for_user_functions_and_plan_paths():
                       constraints=["plan.tp == 1"]).evaluator.fast
     assert Search(FLAGSHIP, {"moe.experts": [2]}, profile="tiny",
                   constraints=["fits", "spec.moe.top_k <= 2", "gpus <= 8"]).evaluator.fast
+
+
+def test_each_depths_layouts_equal_the_planners_enumeration():
+    exp = vlac.load(FLAGSHIP)
+    spaces = DepthSpaces()
+    for depth in (5, 24, 17, 40):  # 17 and 24 share a superset (32), 40 has its own (64)
+        lim = Limits.of(exp, exp.cluster, depth)
+        ours = spaces.get(lim, None, {}).space
+        theirs = enumerate_space(lim, {})
+        assert len(ours) == len(theirs) and _same_rows(ours, theirs), depth
+    assert spaces.checked == {"{}": True} and len(spaces.supersets) == 3
