@@ -33,7 +33,9 @@ PIN_KEYS = ("dp", "tp", "pp", "ep", "cp", "zero", "sequence_parallel", "microbat
             "virtual_stages", "recompute", "etp", "reshard_after_forward")
 
 app = typer.Typer(cls=LazyGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Compile multimodal training experiments into planned, runnable distributed programs.")
+                  help="Compile multimodal training experiments into planned, runnable distributed programs.",
+                  epilog="Exit codes: 0 ok; 1 a run failed; 2 bad spec or arguments; 3 no layout fits in memory "
+                         "(vlac compile). Sizes are decimal: GB = 10^9 bytes.")
 
 
 def _console(stderr: bool = False, **kwargs: Any) -> Console:

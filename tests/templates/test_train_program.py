@@ -49,14 +49,25 @@ def test_flagship_train_py_reads_in_one_sitting_and_shows_its_plan(flagship):
     assert "torchrun --nnodes 32 --nproc-per-node 8" in (flagship / "README.md").read_text()
 
 
-def test_layout_literals_are_what_runs(flagship):
-    plan = json.loads((flagship / "plan.json").read_text())
-    p = plan["plan"]
-    mesh = {k: p[k] for k in p["mesh_order"]}
-    same = with_layout(plan, mesh, experts={"ep": p["ep"], "etp": p["expert_tensor_parallel"]}, zero=p["zero"],
-                       recompute=p["recompute_per_stage"], fp8_gemms=fp8_gemm_ranges(plan))
-    assert same == plan  # the emitted literals reproduce plan.json exactly
-    edited = with_layout(plan, mesh, experts={"ep": p["ep"]}, zero=p["zero"], recompute=["full"],
+def layout_as_train_py_applies_it(program: Path) -> tuple[dict, dict]:
+    """(plan.json, the plan train.py's own `with_layout(...)` call makes of it)."""
+    src = (program / "train.py").read_text()
+    call = re.search(r"plan = (with_layout\(.*?\))\n", src, re.S).group(1)
+    namespace = runpy.run_path(str(program / "train.py"))  # defines the literals; runs no training
+    plan = json.loads((program / "plan.json").read_text())
+    return plan, eval(call, {**namespace, "plan": plan})
+
+
+def test_layout_literals_are_what_runs(flagship, tmp_path):
+    plan, applied = layout_as_train_py_applies_it(flagship)
+    assert applied == plan  # the emitted literals reproduce plan.json exactly
+    exp = vlac.load(TINY, ["parallelism.dp=1", "parallelism.pp=2", "parallelism.tp=2", "cluster.gpus_per_node=4"])
+    piped = vlac.emit(exp, vlac.plan(exp), tmp_path / "pp2")
+    plan, applied = layout_as_train_py_applies_it(piped)
+    assert applied == plan and plan["plan"]["pp"] == 2 and "STAGES = [" in (piped / "train.py").read_text()
+    plan = json.loads((flagship / "plan.json").read_text())  # an edit to the literals changes what runs
+    mesh = {k: plan["plan"][k] for k in plan["plan"]["mesh_order"]}
+    edited = with_layout(plan, mesh, experts={"ep": plan["plan"]["ep"]}, zero=plan["plan"]["zero"], recompute=["full"],
                          fp8_gemms={"attn.wq": "2-3"})
     assert edited["plan"]["recompute_per_stage"] == ["full"]
     on = {g["module"] for g in edited["fp8"]["gemms"] if g["fp8"]}

@@ -26,6 +26,7 @@ def test_pin_keys_written_in_the_cli_match_the_planner():
 def test_lazy_commands_are_listed_by_their_docstring_and_run():
     res = runner.invoke(app, ["--help"])
     assert res.exit_code == 0
+    assert "3 no layout fits in memory" in " ".join(res.output.split())  # the exit codes are documented
     for name, (_, _, short) in LAZY_COMMANDS.items():
         assert name in res.output
         command = load_command(name)
