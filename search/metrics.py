@@ -19,7 +19,13 @@ from .space import SearchError, spec_path_problem
 
 @dataclass(frozen=True)
 class ScalingLaw:
-    """A parametric loss law L(N, D) = E + A / N^alpha + B / D^beta (N parameters, D tokens)."""
+    """A parametric loss law L(N, D) = E + A / N^alpha + B / D^beta (N parameters, D tokens).
+
+    The `chinchilla_loss` objective is this law with Hoffmann et al.'s fit (CHINCHILLA, below:
+    "Training Compute-Optimal Large Language Models", 2022, sec. 3.3, Approach 3), N the active
+    parameters per token and D the spec's train.total_tokens; `compute_optimal_ratio` compares N
+    with the law's compute-optimal N for the same 6 N D FLOPs. `source` names the fit, and
+    results.json records it."""
 
     E: float
     A: float
