@@ -226,7 +226,7 @@ def search(base: str | Path | Mapping[str, Any] | Experiment, space: Mapping[str
     `.results`); with `out_dir`, also write its result files there.
 
     objective: a metric ("max:tokens_per_s", "min:training_days", "min:chinchilla_loss", ...; see
-    vlac.search_metrics.METRICS), "spec.PATH", a plan-JSON path, or fn(experiment, plan).
+    vlac.search.METRICS), "spec.PATH", a plan-JSON path, or fn(experiment, plan).
     constraints: "NAME OP VALUE" strings ("params_active <= 3B", "gpus <= 128", "fits") or
     fn(experiment, plan) -> bool. budget: most candidates evaluated. workers: processes (default:
     this machine's cores)."""

@@ -35,7 +35,7 @@ def test_compact_form_has_no_separator_and_three_significant_digits():
 
 def test_the_reports_format_through_it():
     from vlac.report import _si as report_si
-    from vlac.search_pareto import si as pareto_si
+    from vlac.search.picture import si as pareto_si
 
     assert report_si(12.5, "B") == "12.5 B" and report_si(2.5e9, "FLOP") == "2.50 GFLOP"
     assert pareto_si(12_500) == "12.5k" and pareto_si(0.5) == "0.5"
