@@ -13,8 +13,9 @@ from vlac.spec import SpecError
 DOC = Path(__file__).resolve().parents[3] / "docs" / "pretrained.md"
 
 
-def _block(text: str, lang: str) -> str:
-    return re.search(rf"```{lang}\n(.*?)```", text, re.S).group(1)
+def _block(text: str, lang: str, containing: str) -> str:
+    """The first `lang` code block of the guide that contains `containing`."""
+    return next(b for b in re.findall(rf"```{lang}\n(.*?)```", text, re.S) if containing in b)
 
 
 def test_worked_example(tmp_path, monkeypatch):
@@ -22,8 +23,8 @@ def test_worked_example(tmp_path, monkeypatch):
 
     text = DOC.read_text()
     monkeypatch.chdir(tmp_path)
-    exec(_block(text, "python"), {})
-    spec = yaml.safe_load(_block(text, "yaml"))
+    exec(_block(text, "python", "save_pretrained"), {})
+    spec = yaml.safe_load(_block(text, "yaml", "from_hf"))
     exp = vlac.load(spec)
     assert exp.backbone.init.hf == str((tmp_path / "qwen3-tiny").resolve())
     assert exp.backbone.qk_norm and exp.modalities["text"].vocab_size == 512

@@ -1,0 +1,119 @@
+"""CLIP and SigLIP vision towers from local Hugging Face checkpoints, as feature extractors.
+
+vlac's projector and late-fusion families (LLaVA, Qwen-VL, Flamingo) read an image as vision
+features: a continuous modality (`signal: vit_features`, `input_dim` = the tower's width) fed
+through a projector or resampler. This module computes those features with the pretrained tower
+(for data preparation or an online feature step), reproducing transformers' hidden states. It is
+a pre-norm ViT; the two families differ only in
+
+  CLIP     a class token, LayerNorm before the encoder (`pre_layrnorm`), quick-GELU MLPs, no bias
+           on the patch projection; the final LayerNorm belongs to the pooled output only
+  SigLIP   no class token, tanh-GELU MLPs, a final LayerNorm on every patch
+
+`features(pixels, layer)` returns the hidden states after encoder layer `layer` (LLaVA-1.5 uses the
+penultimate, -2, without the class token: `drop_class_token=True`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .reader import CheckpointReader
+
+FAMILIES = {"clip_vision_model": "clip", "clip": "clip", "siglip_vision_model": "siglip", "siglip": "siglip"}
+ACTIVATIONS = {"quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+               "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"), "gelu": F.gelu}
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, width: int, heads: int, ffn: int, eps: float, act: str):
+        super().__init__()
+        self.heads = heads
+        self.layer_norm1, self.layer_norm2 = nn.LayerNorm(width, eps=eps), nn.LayerNorm(width, eps=eps)
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(width, width) for _ in range(4))
+        self.fc1, self.fc2 = nn.Linear(width, ffn), nn.Linear(ffn, width)
+        self.act = ACTIVATIONS[act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        h = self.layer_norm1(x)
+        q, k, v = (proj(h).view(b, n, self.heads, -1).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        x = x + self.out_proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d))
+        return x + self.fc2(self.act(self.fc1(self.layer_norm2(x))))
+
+
+class VisionTower(nn.Module):
+    def __init__(self, cfg: dict, family: str):
+        super().__init__()
+        width, patch = cfg["hidden_size"], cfg["patch_size"]
+        eps = cfg.get("layer_norm_eps", 1e-5)
+        self.family = family
+        self.patch_embedding = nn.Conv2d(cfg.get("num_channels", 3), width, patch, stride=patch, bias=family == "siglip")
+        patches = (cfg["image_size"] // patch) ** 2
+        self.class_embedding = nn.Parameter(torch.zeros(width)) if family == "clip" else None
+        self.position_embedding = nn.Embedding(patches + (family == "clip"), width)
+        self.pre_norm = nn.LayerNorm(width, eps=eps) if family == "clip" else nn.Identity()
+        self.layers = nn.ModuleList(EncoderLayer(width, cfg["num_attention_heads"], cfg["intermediate_size"], eps,
+                                                 cfg.get("hidden_act", "quick_gelu")) for _ in range(cfg["num_hidden_layers"]))
+        self.post_norm = nn.LayerNorm(width, eps=eps)
+
+    def features(self, pixels: torch.Tensor, layer: int = -1, drop_class_token: bool = False) -> torch.Tensor:
+        """Hidden states [B, tokens, width] after encoder layer `layer` (-1: the last, with SigLIP's
+        final norm, as transformers' last_hidden_state)."""
+        x = self.patch_embedding(pixels).flatten(2).transpose(1, 2)
+        if self.class_embedding is not None:
+            x = torch.cat([self.class_embedding.expand(x.size(0), 1, -1), x], dim=1)
+        x = self.pre_norm(x + self.position_embedding.weight)
+        last = layer % len(self.layers)
+        for block in self.layers[:last + 1]:
+            x = block(x)
+        if self.family == "siglip" and last == len(self.layers) - 1:
+            x = self.post_norm(x)
+        return x[:, 1:] if drop_class_token and self.class_embedding is not None else x
+
+
+def vision_config(folder: Path) -> tuple[dict, str]:
+    cfg = json.loads((folder / "config.json").read_text())
+    family = FAMILIES.get(cfg.get("model_type"))
+    if family is None:
+        raise ValueError(f"{folder}/config.json: model_type {cfg.get('model_type')!r} is not a vision tower vlac "
+                         f"reads; choose a CLIP or SigLIP checkpoint ({', '.join(FAMILIES)})")
+    return cfg.get("vision_config", cfg), family
+
+
+def names(tower: VisionTower, prefix: str) -> dict[str, str]:
+    """vlac parameter name -> checkpoint tensor name."""
+    out = {"patch_embedding.weight": "embeddings.patch_embedding.weight",
+           "position_embedding.weight": "embeddings.position_embedding.weight",
+           "post_norm.weight": "post_layernorm.weight", "post_norm.bias": "post_layernorm.bias"}
+    if tower.family == "clip":
+        out.update({"class_embedding": "embeddings.class_embedding", "pre_norm.weight": "pre_layrnorm.weight",
+                    "pre_norm.bias": "pre_layrnorm.bias"})
+    else:
+        out["patch_embedding.bias"] = "embeddings.patch_embedding.bias"
+    inner = {"self_attn.q_proj": "q_proj", "self_attn.k_proj": "k_proj", "self_attn.v_proj": "v_proj",
+             "self_attn.out_proj": "out_proj", "mlp.fc1": "fc1", "mlp.fc2": "fc2", "layer_norm1": "layer_norm1",
+             "layer_norm2": "layer_norm2"}
+    for i in range(len(tower.layers)):
+        for hf, ours in inner.items():
+            for kind in ("weight", "bias"):
+                out[f"layers.{i}.{ours}.{kind}"] = f"encoder.layers.{i}.{hf}.{kind}"
+    return {k: prefix + v for k, v in out.items()}
+
+
+@torch.no_grad()
+def load_vision_tower(path: str | Path) -> VisionTower:
+    """The tower of a local CLIP/SigLIP checkpoint (a vision model or a whole CLIP/SigLIP model)."""
+    folder = Path(path)
+    cfg, family = vision_config(folder)
+    tower = VisionTower(cfg, family).eval()
+    reader = CheckpointReader(folder)
+    prefix = "vision_model." if "vision_model.embeddings.patch_embedding.weight" in reader else ""
+    for name, p in tower.named_parameters():
+        p.copy_(reader.read(names(tower, prefix)[name]).to(p.dtype))
+    return tower
