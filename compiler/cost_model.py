@@ -17,12 +17,16 @@ against published runs with one set of figures for all):
   other micro-batch's compute.
 - Context-parallel K/V exchange overlaps with the attention of the previous ring step; only the
   excess over attention time is exposed.
-- Data parallelism: gradient reduction overlaps with the backward of the last micro-batch
-  (bucketed, Megatron `overlap_grad_reduce`); ZeRO-1/2 parameter all-gathers after the optimizer
-  step overlap with the first forward (`overlap_param_gather`); ZeRO-2 reduce-scatters every
-  micro-batch (gradients are sharded as they are produced) behind its backward; ZeRO-3 gathers
-  parameters before each micro-batch's forward and backward and reduce-scatters after, behind
-  that micro-batch's compute.
+- Data parallelism, rank by rank (each rank hides its own traffic behind its own compute, so more
+  work on one rank never hides more than it adds): gradient reduction overlaps with the rank's
+  last backward (bucketed, Megatron `overlap_grad_reduce`; interleaved ranks reduce each chunk
+  after its last backward, so chunk 0's 1/v is exposed behind 1/v of the backward); ZeRO-1/2
+  parameter all-gathers after the optimizer step overlap with the rank's first forward
+  (`overlap_param_gather`); ZeRO-2 reduce-scatters every micro-batch behind its backward (the
+  last at the step's end); ZeRO-3 gathers parameters before each micro-batch's forward and
+  backward and reduce-scatters after, behind that micro-batch's compute on the rank: it
+  lengthens the rank's micro-batch, bubble included. The step ends when the last rank's
+  exposed tail does.
 - Pipeline: bubble (p-1)*t for 1F1B and GPipe, (p-1)*t/v interleaved (Narayanan et al. 2021),
   and (p-1)*(t - 2*t_W) for zero-bubble ZB-H1 (Qi et al. 2023), t_W the weight-gradient time;
   with unequal ranks, the sum over the ranks other than the slowest of their t (or t - 2*t_W),
@@ -275,7 +279,13 @@ class CostModel:
         base_u = sum(rank_u[k] for k in parts)
         rc_u = np.einsum("nkq,pk->npq", pk["recompute"][ug], counts)
         rc = np.take_along_axis(rc_u[u], pol[:, :, None], 2)[:, :, 0]
-        t_rank = base_u[u] + rc
+        fwd_r = rank_u["fwd"][u]
+        # data-parallel traffic, rank by rank: what every micro-batch issues (ZeRO-2/3) lengthens
+        # that rank's own micro-batch; what a step issues once is hidden behind the rank's own
+        # first forward / last backward (never behind another rank's compute)
+        dp_mb, dp_start, dp_end = self._data_parallel(dense, expert, col, d_dense, d_expert, zero, raf, v,
+                                                      fwd_r, base_u[u] + rc - fwd_r)
+        t_rank = base_u[u] + rc + dp_mb
         crit = t_rank.argmax(axis=1)
         rows = np.arange(len(sel))
         t_max = t_rank[rows, crit]
@@ -296,9 +306,9 @@ class CostModel:
             bubble = np.zeros(len(sel))
             p2p = np.zeros(len(sel))
         rc_crit = rc[rows, crit]
-        dp_exposed, optimizer = self._data_parallel(dense, expert, col, d_dense, d_expert, zero, raf, at("fwd"),
-                                                    at("bwd") + rc_crit)
-        ev.step[idx] = mm * t_max + bubble + p2p + dp_exposed + optimizer
+        dp_exposed = mm * dp_mb[rows, crit] + dp_start.max(axis=1) + dp_end.max(axis=1)
+        optimizer = self._optimizer(dense, expert, col, d_dense, d_expert, zero)
+        ev.step[idx] = mm * (t_max - dp_mb[rows, crit]) + bubble + p2p + dp_exposed + optimizer
         ev.timed[idx] = True
         if detail:
             t = ev.time
@@ -326,23 +336,43 @@ class CostModel:
         s = sched[:, None]
         return np.where(s == GPIPE, mm, np.where(s == INTERLEAVED, warm, one_f_one_b))
 
-    def _data_parallel(self, dense, expert, col, d_dense, d_expert, zero, raf, t_fwd, t_bwd):
+    def _data_parallel(self, dense, expert, col, d_dense, d_expert, zero, raf, v, t_fwd, t_bwd):
+        """Exposed data-parallel seconds per rank ([rows, pp] each): per micro-batch (ZeRO-2
+        reduce-scatters, ZeRO-3 gathers and reduce-scatters, hidden behind that micro-batch's own
+        forward/backward on the rank), at the step's start (ZeRO-1/2 parameter all-gather behind
+        the first forward) and at its end (the gradient all-reduce / reduce-scatter behind the
+        last backward). Interleaved ranks reduce each chunk's gradients after the chunk's last
+        backward: the exposed tail is chunk 0's 1/v of the traffic behind 1/v of the backward.
+        Each rank's window is its own compute, so more compute on one rank (recompute) never
+        hides more than it adds: the step is monotone in every rank's work."""
         hw = self.hw
-        tp, ep, etp, m = col["tp"][:, 0], col["ep"][:, 0], col["etp"][:, 0], col["m"][:, 0]
-        d_dense, d_expert, zero = d_dense[:, 0], d_expert[:, 0], zero[:, 0]
-        g_dense = dense.max() / tp * BYTES_PER_PARAM["gradients"]
-        g_expert = expert.max() / (ep * etp) * BYTES_PER_PARAM["gradients"]
+        tp, ep, etp = col["tp"], col["ep"], col["etp"]
+        g_dense = dense[None, :] / tp * BYTES_PER_PARAM["gradients"]  # [rows, pp]
+        g_expert = expert[None, :] / (ep * etp) * BYTES_PER_PARAM["gradients"]
         rs = hw.reduce_scatter(g_dense, d_dense, tp) + hw.reduce_scatter(g_expert, d_expert, ep * etp)
         ar = hw.all_reduce(g_dense, d_dense, tp) + hw.all_reduce(g_expert, d_expert, ep * etp)
         ag = rs  # same sizes: BF16 weights gathered as BF16 gradients were scattered
-        exposed = np.select(
-            [zero == 0, zero == 1, zero == 2, ~raf],
-            [_hide(ar, t_bwd), _hide(rs, t_bwd) + _hide(ag, t_fwd), m * _hide(rs, t_bwd) + _hide(ag, t_fwd),
-             m * (_hide(ag, t_fwd) + _hide(rs, t_bwd))],
-            m * (_hide(ag, t_fwd) + _hide(ag + rs, t_bwd)))
+        z = np.broadcast_to(zero, t_fwd.shape)
+        r = np.broadcast_to(raf[:, None], t_fwd.shape)
+        chunk = 1.0 / v
+        none = np.zeros_like(t_fwd)
+        # ZeRO-2 reduce-scatters every micro-batch's gradients behind its backward, the last one
+        # at the step's end as ZeRO-1 does (so with one micro-batch the two cost the same)
+        earlier = (col["m"] - 1) / col["m"]
+        per_mb = np.select([z == 2, (z == 3) & r, z == 3],
+                           [earlier * _hide(rs, t_bwd), _hide(ag, t_fwd) + _hide(ag + rs, t_bwd), _hide(ag, t_fwd) + _hide(rs, t_bwd)],
+                           none)
+        start = np.where((z == 1) | (z == 2), _hide(ag * chunk, t_fwd * chunk), none)
+        end = np.select([z == 0, (z == 1) | (z == 2)], [_hide(ar * chunk, t_bwd * chunk), _hide(rs * chunk, t_bwd * chunk)],
+                        none)
+        return per_mb, start, end
+
+    def _optimizer(self, dense, expert, col, d_dense, d_expert, zero):
+        tp, ep, etp = col["tp"][:, 0], col["ep"][:, 0], col["etp"][:, 0]
+        d_dense, d_expert, zero = d_dense[:, 0], d_expert[:, 0], zero[:, 0]
         owned = dense.max() / tp / np.where(zero >= 1, d_dense, 1.0) + \
             expert.max() / (ep * etp) / np.where(zero >= 1, d_expert, 1.0)
-        return exposed, hw.memory_seconds(owned * OPTIMIZER_BYTES_PER_PARAM)
+        return self.hw.memory_seconds(owned * OPTIMIZER_BYTES_PER_PARAM)
 
 
 def _hide(comm, window):

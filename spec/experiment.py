@@ -12,7 +12,7 @@ from .architecture import MoE, Backbone, Fusion, KVCache, Memory
 from .base import Identifier, Name, SpecModel, Text
 from .modalities import DISCRETE_KINDS, Modality, Vocabulary
 from .pretrained import expand_from_hf, mismatches as pretrained_mismatches
-from .system import Cluster, Launcher, Parallelism, Precision
+from .system import PRESETS, Cluster, Launcher, Parallelism, Precision
 from .training import Data, Losses, Optimizer, Train
 
 
@@ -164,7 +164,7 @@ class Experiment(SpecModel):
         out = []
         if fp8.enabled and gpu.fp8_flops <= 0:
             out.append(f"precision.fp8.enabled: {gpu.name} has no FP8 tensor cores; disable FP8 or use an H100/H200 preset")
-        if fp8.enabled and fp8.recipe == "mxfp8" and self.cluster.preset in ("h100-sxm", "h200", "a100-80gb"):
+        if fp8.enabled and fp8.recipe == "mxfp8" and self.cluster.preset in PRESETS:  # every preset predates Blackwell
             out.append(f"precision.fp8.recipe: mxfp8 needs Blackwell GPUs, not {gpu.name}; use delayed, current or block")
         return out
 

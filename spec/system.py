@@ -77,14 +77,39 @@ class Network(SpecModel):
     collective_latency_s: float = Field(20e-6, ge=0, description="fixed cost of one collective (seconds)")
 
 
+# GPU figures are the vendors' datasheet figures, dense (the datasheets print 2:4-sparse rates,
+# twice these): NVIDIA H100 Tensor Core GPU datasheet (SXM5 / PCIe / NVL columns), H200 datasheet,
+# A100 datasheet (40 GB / 80 GB SXM4), H800 product brief (NVLink 400 GB/s). NVLink bandwidth is
+# per direction (the datasheets print both directions). `nvlink_allreduce_busbw` is the measured
+# NCCL ring all-reduce bus bandwidth inside a node where one is published (8 x H100:
+# published-runs.md "Interconnect measurements"); for the others it is the same share (370/450)
+# of the per-direction link rate, stated as derived, not measured.
 _H100 = {"name": "H100-SXM", "bf16_flops": 989e12, "fp8_flops": 1979e12, "memory": 80e9,
          "memory_bandwidth": 3.35e12, "nvlink_bandwidth": 450e9}
+_RING_SHARE = 370e9 / 450e9  # measured busbw / link rate on 8 x H100 SXM
+
+
+def _node(gpu: dict[str, Any], nic: float) -> dict[str, Any]:
+    busbw = round(gpu["nvlink_bandwidth"] * _RING_SHARE / 1e9) * 1e9  # whole GB/s: figures round-trip through text
+    return {"gpu": gpu, "network": {"nic_bandwidth": nic, "nvlink_allreduce_busbw": busbw}}
+
+
+_A100_40 = {"name": "A100-40GB-SXM", "bf16_flops": 312e12, "fp8_flops": 0.0, "memory": 40e9,
+            "memory_bandwidth": 1.555e12, "nvlink_bandwidth": 300e9}
 _PRESETS: dict[str, dict[str, Any]] = {
     "h100-sxm": {"gpu": _H100, "network": {"nic_bandwidth": 50e9, "nvlink_allreduce_busbw": 370e9}},
     "h200": {"gpu": {**_H100, "name": "H200", "memory": 141e9, "memory_bandwidth": 4.8e12},
              "network": {"nic_bandwidth": 50e9, "nvlink_allreduce_busbw": 370e9}},
-    "a100-80gb": {"gpu": {"name": "A100-80GB-SXM", "bf16_flops": 312e12, "fp8_flops": 0.0, "memory": 80e9,
-                          "memory_bandwidth": 2.0e12, "nvlink_bandwidth": 300e9},
+    # H800 SXM: H100 compute and memory, NVLink cut to 400 GB/s both directions (DeepSeek-V3's GPUs)
+    "h800-sxm": _node({**_H100, "name": "H800-SXM", "nvlink_bandwidth": 200e9}, 50e9),
+    # PCIe cards: 114 SMs at 350 W, HBM2e; NVLink bridges join pairs, so the node's collectives
+    # run over PCIe Gen5 x16 (64 GB/s per direction)
+    "h100-pcie": _node({"name": "H100-PCIe", "bf16_flops": 756e12, "fp8_flops": 1513e12, "memory": 80e9,
+                        "memory_bandwidth": 2.0e12, "nvlink_bandwidth": 64e9}, 50e9),
+    "h100-nvl": _node({"name": "H100-NVL", "bf16_flops": 835e12, "fp8_flops": 1670e12, "memory": 94e9,
+                       "memory_bandwidth": 3.9e12, "nvlink_bandwidth": 64e9}, 50e9),
+    "a100-40gb": _node(_A100_40, 25e9),
+    "a100-80gb": {"gpu": {**_A100_40, "name": "A100-80GB-SXM", "memory": 80e9, "memory_bandwidth": 2.039e12},
                   "network": {"nic_bandwidth": 25e9, "nvlink_allreduce_busbw": 230e9}},
 }
 PRESETS = tuple(_PRESETS)
@@ -93,7 +118,7 @@ PRESETS = tuple(_PRESETS)
 class Cluster(SpecModel):
     """A preset fills every figure; any figure written in the spec overrides the preset's."""
 
-    preset: Literal["h100-sxm", "h200", "a100-80gb"] = Field("h100-sxm", description="hardware preset")
+    preset: Literal["h100-sxm", "h200", "h800-sxm", "h100-pcie", "h100-nvl", "a100-40gb", "a100-80gb"] = Field("h100-sxm", description="hardware preset")
     nodes: int = Field(1, ge=1, description="nodes")
     gpus_per_node: int = Field(8, ge=1, description="GPUs per node (the NVLink domain)")
     gpu: GPU = Field(description="GPU figures (default: the preset's)")
