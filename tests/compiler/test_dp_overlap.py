@@ -7,15 +7,10 @@ import numpy as np
 import pytest
 
 import vlac
+from test_cost_model import one_row as row
 from test_planner_properties import small_spec
 from vlac.compiler.planner import Search
-from vlac.compiler.search_space import COLUMNS, SCHEDULE_CODES, Space
-
-
-def row(**kw) -> Space:
-    r = dict(dp=1, tp=1, sp=False, cp=1, pp=1, ep=1, etp=1, zero=0, raf=True, mb=1, m=1, sched=0, v=1)
-    r.update(kw)
-    return Space({k: np.array([r[k]], dtype=bool if k in ("sp", "raf") else np.int64) for k in COLUMNS}, 1)
+from vlac.compiler.search_space import SCHEDULE_CODES, Space
 
 
 def step(search: Search, space: Space, policy) -> float:
