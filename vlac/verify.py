@@ -88,6 +88,9 @@ def parse_layout(text: str) -> Layout:
         if m.group(1) in degrees or (m.group(1) in ("dp", "fsdp") and {"dp", "fsdp"} & set(degrees)):
             raise LayoutSyntaxError(f"layout {name!r}: {token!r} repeats a dimension")
         degrees[m.group(1)] = int(m.group(2))
+        if degrees[m.group(1)] < 1:
+            raise LayoutSyntaxError(f"layout {name!r}: {token!r} has degree 0; a degree is a whole number >= 1 "
+                                    f"(e.g. {m.group(1)}2)")
     kw: dict[str, Any] = {"name": name}
     sharded = "fsdp" in degrees
     kw["dp"] = degrees.get("fsdp", degrees.get("dp", degrees.get("ep", 1)))
@@ -97,6 +100,8 @@ def parse_layout(text: str) -> Layout:
     kw["sequence_parallel"] = kw["tp"] > 1
     for opt in opts:
         if re.fullmatch(r"v\d+", opt):
+            if int(opt[1:]) < 1:
+                raise LayoutSyntaxError(f"layout {name!r}: +{opt} has no stages; write +vK with K >= 2")
             kw["virtual_stages"], kw["schedule"] = int(opt[1:]), "interleaved_1f1b"
         elif opt not in OPTIONS:
             raise LayoutSyntaxError(f"layout {name!r}: unknown option {opt!r}; options: "
@@ -125,6 +130,42 @@ def parse_layouts(text: str) -> list[Layout]:
     if not layouts:
         raise LayoutSyntaxError("--layouts is empty; e.g. --layouts dp2,tp2,pp2")
     return layouts
+
+
+def check_tolerance(tolerance: float) -> float:
+    """A relative tolerance is a finite number > 0 (NaN would pass every comparison)."""
+    if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance > 0):
+        raise LayoutSyntaxError(f"--tolerance {tolerance}: give a finite relative difference > 0, e.g. 1e-4")
+    return float(tolerance)
+
+
+def why_not_applicable(exp: Experiment, layout: Layout) -> list[str]:
+    """Why `layout` cannot split this model (empty when it can), checked before anything runs."""
+    b, moe, reasons = exp.backbone, exp.moe, []
+    if b.heads % layout.tp:
+        reasons.append(f"tp{layout.tp} does not divide backbone.heads = {b.heads}")
+    kv = getattr(b, "kv_heads", None) or b.heads
+    if layout.tp > 1 and kv % layout.tp and layout.tp % kv:
+        reasons.append(f"tp{layout.tp} and backbone.kv_heads = {kv}: neither divides the other")
+    if layout.pp * layout.virtual_stages > b.layers:
+        reasons.append(f"pp{layout.pp} x {layout.virtual_stages} stage(s) per rank is more stages than "
+                       f"backbone.layers = {b.layers}")
+    if layout.ep > 1 and moe is None:
+        reasons.append(f"ep{layout.ep} needs a mixture of experts; the spec has no moe section")
+    elif layout.ep > 1 and moe.experts % layout.ep:
+        reasons.append(f"ep{layout.ep} does not divide moe.experts = {moe.experts}")
+    if layout.ep > 1 and layout.dp % layout.ep:
+        reasons.append(f"ep{layout.ep} is folded out of data parallelism; dp{layout.dp} is not a multiple of it")
+    if layout.etp > 1 and moe is None:
+        reasons.append("+etp splits experts; the spec has no moe section")
+    return reasons
+
+
+def check_applicable(exp: Experiment, layouts: Iterable[Layout]) -> None:
+    problems = [f"{lay.name}: " + "; ".join(why) for lay in layouts if (why := why_not_applicable(exp, lay))]
+    if problems:
+        raise LayoutSyntaxError(f"layout(s) that cannot apply to {exp.name}:\n  " + "\n  ".join(problems)
+                                + "\nchoose degrees that divide the model (e.g. --layouts dp2,tp2)")
 
 
 def microbatch_size(exp: Experiment, layouts: Iterable[Layout]) -> int:
@@ -177,7 +218,10 @@ class Run:
 
 
 def _max_rel(a: list[float], b: list[float]) -> float:
+    """Largest relative difference; a NaN or inf on either side is a difference (inf), never a match."""
     if len(a) != len(b) or not a:
+        return math.inf
+    if not all(math.isfinite(x) for x in (*a, *b)):
         return math.inf
     return max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b))
 
@@ -226,7 +270,7 @@ class Report:
     def passed(self, run: Run) -> bool:
         if run.error or self.reference.error:
             return False
-        dl, dg = run.max_rel(self.reference)
+        dl, dg = run.max_rel(self.reference)  # inf when either side went NaN/inf
         return dl <= self.tolerance and dg <= self.tolerance
 
     @property
@@ -299,7 +343,9 @@ def command(spec: Path, layouts: str = DEFAULT_LAYOUTS, steps: int = 10, toleran
         chosen = parse_layouts(layouts)
         if steps < 1:
             raise LayoutSyntaxError(f"--steps {steps}: run at least one step")
+        tolerance = check_tolerance(tolerance)
         exp, note = verification_spec(spec, sets, profile)
+        check_applicable(exp, chosen)
         mb = microbatch_size(exp, [SINGLE, *chosen])
     except (SpecError, ValueError, FileNotFoundError) as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
