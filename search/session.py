@@ -37,8 +37,8 @@ from vlac.spec import Experiment
 
 from .evaluate import STATUSES, Evaluator, Planner, Result, base_mapping
 from .front import DEFAULT_EPSILON, pareto_front
-from .metrics import CHINCHILLA, METRICS, Constraint, Objective, ScalingLaw
-from .pool import Progress, default_workers, evaluate_all
+from .metrics import CHINCHILLA, METRICS, Constraint, Objective
+from .pool import Progress, evaluate_all
 from .space import Candidate, SearchError, Space, params_key, spec_path_problem
 from .strategies import STRATEGIES, OptunaSampler, make_strategy
 
