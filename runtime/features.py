@@ -67,6 +67,13 @@ def fitted_vq(exp: Experiment, name: str, generators: dict) -> tuple[VQTokenizer
     """The VQ tokenizer of image modality `name`, fitted on training images of the mixture's
     real-data generators (deterministic: same codes in every process)."""
     key = _vq_key(exp, name, generators)
+    if key not in _fitted and exp.modalities[name].path is not None:  # trained by `vlac tokenizer train`
+        from vlac.data.tokenizers.saved import load_vq
+
+        tok, manifest = load_vq(exp.modalities[name], name)
+        r = manifest.get("report", {})
+        _fitted[key] = tok, VQReport(r.get("steps", 0), r.get("reconstruction_mse", float("nan")), r.get("usage", 0.0),
+                                     r.get("entropy", 0.0), r.get("perplexity", 0.0), [])
     if key not in _fitted:
         spec: ImageVQ = exp.modalities[name]
         rng = np.random.default_rng([exp.data.seed, 7])

@@ -22,11 +22,14 @@ class TextTokenizer(SpecModel):
     vocab_size: int = Field(32000, gt=0, le=2**22, description="text vocabulary size (tokens)")
     tokens: int = Field(256, ge=1, le=2**24, description="text tokens per sample in the sequence budget")
     shares_vocab_with: str | None = Field(None, description="another text modality whose tokenizer and vocabulary range this one uses (e.g. answer shares question's)")
+    path: str | None = Field(None, min_length=1, description="a trained tokenizer to load instead of fitting one: a `vlac tokenizer train` folder, or a Hugging Face tokenizer.json (file or its folder)")
 
     @model_validator(mode="after")
     def _byte_vocab(self):
         if self.tokenizer == "byte" and self.vocab_size != 256:
             raise ValueError("vocab_size: a byte tokenizer has vocab_size 256; set vocab_size: 256 or tokenizer: bpe")
+        if self.tokenizer == "byte" and self.path is not None:
+            raise ValueError("path: a byte tokenizer has nothing to load; set tokenizer: bpe or remove path")
         return self
 
     @property
@@ -44,6 +47,7 @@ class ImageVQ(SpecModel):
     commitment_weight: float = Field(0.25, ge=0, le=1e3, description="beta of the VQ commitment loss")
     dead_code_threshold: float = Field(1.0, ge=0, le=1e9, description="a code used fewer times than this per epoch-window is resampled from the batch")
     images: int = Field(1, ge=1, le=1024, description="images per sample")
+    path: str | None = Field(None, min_length=1, description="a VQ tokenizer trained by `vlac tokenizer train` (its folder) to load instead of fitting one")
 
     @model_validator(mode="after")
     def _patch_divides(self):

@@ -274,6 +274,7 @@ def schema(output: Optional[Path] = typer.Option(None, "-o", "--out", help="writ
 
 # `vlac search` (vlac/search_cli.py) and `vlac export RUN_DIR --hf OUT` (vlac/export_cli.py) are
 # registered lazily: vlac/cli_lazy.py imports them when they run
+app.add_typer(__import__("vlac.tokenizer_cli", fromlist=["tokenizer_app"]).tokenizer_app, name="tokenizer")  # no torch at import
 
 
 def main() -> None:
