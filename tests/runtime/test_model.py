@@ -1,5 +1,3 @@
-import time
-
 import pytest
 import torch
 import torch.fx as fx
@@ -14,15 +12,11 @@ from runtime_helpers import EXAMPLES, ROOT, TINY, tiny_profile, train_steps
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
-def test_full_size_model_and_objective_trace_on_meta_quickly(path):
+def test_full_size_model_and_objective_trace_on_meta(path):
+    # how fast is measured by benchmarks/trace.py: no wall-clock assertions in tests
     exp = vlac.load(path)
     model = build_model(exp, "meta")
-    elapsed = []
-    for _ in range(3):  # the best of three: the machine is shared, a stall is not the tracer's cost
-        t = time.perf_counter()
-        gm = fx.symbolic_trace(Objective(model, exp))
-        elapsed.append(time.perf_counter() - t)
-    assert min(elapsed) < 1.0, f"tracing took {min(elapsed):.2f}s"
+    gm = fx.symbolic_trace(Objective(model, exp))
     assert any(n.op == "call_function" and n.target is torch.nn.functional.scaled_dot_product_attention
                for n in gm.graph.nodes)
 
