@@ -156,3 +156,13 @@ def test_reseeding_keeps_more_of_the_codebook_in_use():
     _, on = train_ema_vq(spec, images, steps=20, batch=64, reseed_every=5)
     assert off["reseeded"] == 0 < on["reseeded"]
     assert on["usage"] > off["usage"]
+
+
+def test_training_again_writes_byte_identical_folders(datasets, trained, tmp_path):
+    spec = _write(tmp_path, _spec(datasets))
+    for name, args in (("text", []), ("image", ["--steps", "30", "--batch", "32", "--reseed-every", "10"])):
+        result = CliRunner().invoke(app, ["tokenizer", "train", str(spec), "-m", name, "-o", str(tmp_path / name), *args])
+        assert result.exit_code == 0, result.output
+        first = trained[name][0]
+        for file in sorted(p.name for p in first.iterdir()):
+            assert (tmp_path / name / file).read_bytes() == (first / file).read_bytes(), file
