@@ -21,15 +21,18 @@ class _Progress:
 
     def __init__(self, steps: int):
         self.steps, self.bar = steps, None
-        if sys.stderr.isatty():
-            from rich.progress import BarColumn, Progress, TextColumn
 
-            self.bar = Progress(TextColumn("VQ"), BarColumn(), TextColumn("{task.completed}/{task.total} {task.fields[line]}"),
-                                transient=False)
-            self.task = self.bar.add_task("vq", total=steps, line="")
-            self.bar.start()
+    def _start(self) -> None:  # at the first step: reading the images comes before it
+        from rich.progress import BarColumn, Progress, TextColumn
+
+        self.bar = Progress(TextColumn("VQ"), BarColumn(), TextColumn("{task.completed}/{task.total} {task.fields[line]}"),
+                            transient=False)
+        self.task = self.bar.add_task("vq", total=self.steps, line="")
+        self.bar.start()
 
     def __call__(self, p) -> None:
+        if self.bar is None and sys.stderr.isatty():
+            self._start()
         line = (f"recon mse {p.reconstruction_mse:.4g}  usage {p.usage:.0%}  perplexity {p.perplexity:.1f}"
                 + (f"  reseeded {p.reseeded}" if p.reseeded else ""))
         if self.bar is not None:

@@ -166,3 +166,15 @@ def test_training_again_writes_byte_identical_folders(datasets, trained, tmp_pat
         first = trained[name][0]
         for file in sorted(p.name for p in first.iterdir()):
             assert (tmp_path / name / file).read_bytes() == (first / file).read_bytes(), file
+
+
+def test_vq_trains_on_the_frames_of_a_lerobot_dataset(datasets, tmp_path):
+    spec = _spec(datasets)
+    spec["data"]["mixture"] = [{"name": "robot", "weight": 1.0, "modalities": ["text", "image", "action"], "source": {
+        "kind": "lerobot", "root": datasets["robot"],
+        "fields": {"text": "task", "image": "observation.images.top", "action": "action"}}}]
+    result = CliRunner().invoke(app, ["tokenizer", "train", str(_write(tmp_path, spec)), "-m", "image",
+                                      "-o", str(tmp_path / "vq"), "--steps", "4", "--batch", "16"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "vq" / "vlac_tokenizer.json").read_text())["report"]
+    assert report["by_component"] == {"robot": 3 * 24} == {"robot": report["images"]}  # every frame of 3 episodes
