@@ -16,7 +16,7 @@ publisher's own FLOPs per token:
   (what the newer Megatron counts, and what makes the 131K-context row's MFU drop plausible);
   with non-causal counting the predictions below would read 4 % (8K) and 29 % (131K) higher.
 
-Run: python benchmarks/fidelity.py [--only NAME] [--check]   (--check exits 1 above 15 %)
+Run: python benchmarks/fidelity.py [--only NAME] [--check] [--loo]   (--check exits 1 above 15 %)
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def run(case: Case) -> dict[str, Any]:
     fpt, how = publisher_flops_per_token(case)
     pred = tokens * fpt / 1e12
     causal, full = case.model.formula(case.seq, True), case.model.formula(case.seq, False)
-    return {"case": case, "plan": p, "tokens": tokens, "pred": pred, "err": pred / case.published_tflops - 1,
+    return {"case": case, "exp": exp, "graph": g, "plan": p, "tokens": tokens, "pred": pred, "err": pred / case.published_tflops - 1,
             "fpt": fpt, "how": how, "formula_causal": causal, "formula_full": full, "lower_s": t_lower,
             "plan_s": p.plan_seconds}
 
@@ -185,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help="run the cases whose name contains this")
     ap.add_argument("--check", action="store_true", help="exit 1 when a cited case misses by more than 15 %%")
     ap.add_argument("--verbose", action="store_true", help="print each plan's time breakdown")
+    ap.add_argument("--loo", action="store_true",
+                    help="also report leave-one-out error (each cited run predicted by constants chosen without it)")
+    ap.add_argument("--write-band", action="store_true",
+                    help="with --loo: write compiler/fidelity_band.json, the error band `vlac compile` prints")
     args = ap.parse_args(argv)
     cases = [c for c in CASES if not args.only or args.only in c.name]
     rows = []
@@ -220,6 +224,22 @@ def main(argv: list[str] | None = None) -> int:
         mean = sum(abs(r["err"]) for r in cited) / len(cited)
         print(f"\ncited cases: {len(cited)}, mean |error| {mean * 100:.1f} %, worst {worst * 100:.1f} % "
               f"(target {TOLERANCE * 100:.0f} %); * = approximate, not counted")
+        if args.loo:
+            import fidelity_loo
+
+            loo = fidelity_loo.leave_one_out([(r["case"], r["exp"], r["graph"]) for r in cited])
+            print("\nleave-one-out (constants chosen on the other runs; fidelity_loo.CONSTANTS names their sources):")
+            for r in loo:
+                chosen = ", ".join(f"{k} {v:g}" for k, v in r["chosen"].items())
+                print(f"  {r['case'].name:28} in-sample {r['in_sample'] * 100:+6.1f}%  left out {r['loo'] * 100:+6.1f}%  ({chosen})")
+            print("\n".join(fidelity_loo.summary(loo)))
+            if args.write_band:
+                import json
+
+                from vlac.compiler.error_band import BAND_FILE
+
+                BAND_FILE.write_text(json.dumps(fidelity_loo.band(loo), indent=1, sort_keys=True) + "\n")
+                print(f"wrote {BAND_FILE}")
         if args.check and worst > TOLERANCE:
             return 1
     return 0
