@@ -102,3 +102,22 @@ def save_text(folder: Path, tok, name: str, report: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tok.save(str(folder / HF_FILE))
     write_manifest(folder, {"kind": "text", "modality": name, "vocab_size": tok.get_vocab_size(), "report": report})
+
+
+def trained_tokenizer_digests(exp) -> dict:
+    """{"trained": {modality: sha256 of its tokenizer files}} for the modalities with a `path`
+    (empty without any), so that `vlac prepare` re-tokenizes when a tokenizer is retrained in place."""
+    import hashlib
+
+    out = {}
+    for name, m in exp.modalities.items():
+        path = getattr(m, "path", None)
+        if path is None:
+            continue
+        p = Path(path)
+        files = sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p] if p.is_file() else []
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+        out[name] = h.hexdigest()[:16] if files else "missing"
+    return {"trained": out} if out else {}

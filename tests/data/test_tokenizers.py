@@ -178,3 +178,24 @@ def test_vq_trains_on_the_frames_of_a_lerobot_dataset(datasets, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "vq" / "vlac_tokenizer.json").read_text())["report"]
     assert report["by_component"] == {"robot": 3 * 24} == {"robot": report["images"]}  # every frame of 3 episodes
+
+
+def test_prepare_tokenizes_with_the_trained_tokenizers_and_redoes_shards_when_one_is_retrained(datasets, trained, tmp_path):
+    import shutil
+
+    from vlac.data.prepare import prepare, tokenization_digest
+    from vlac.runtime.datasets.digits import load
+
+    text_dir = tmp_path / "text"
+    shutil.copytree(trained["text"][0], text_dir)
+    spec = _spec(datasets, text={"path": str(text_dir)}, image={"path": str(trained["image"][0])})
+    spec["data"] = {**spec["data"], "prepared": str(tmp_path / "prepared"), "mixture": spec["data"]["mixture"][:1]}
+    exp = vlac.load(spec)
+    report = prepare(exp, workers=1)
+    bpe = text_tokenizer(exp.modalities["text"], (), "text")
+    captions = [f"a handwritten {int(label)}" for label in load()[1][:128]]
+    counts = report.components["digits"]["tokens_per_modality"]
+    assert counts["text"] == sum(len(bpe.encode(c)) for c in captions) < sum(len(c) for c in captions)
+    before = tokenization_digest(exp, 0)
+    (text_dir / "vlac_tokenizer.json").write_text((text_dir / "vlac_tokenizer.json").read_text() + " ")
+    assert tokenization_digest(exp, 0) != before
