@@ -7,9 +7,12 @@ spec can become code. The same inputs give byte-identical files.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import shlex
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,30 @@ from vlac.runtime.program import fp8_gemm_ranges
 from vlac.spec import Experiment, dump
 
 TEMPLATES = ("train.py", "launch.py", "slurm.sbatch", "README.md")
+
+
+class EmitError(ValueError):
+    """A program that cannot be written safely (unsafe Slurm word, path outside the folder, I/O)."""
+
+
+# A `#SBATCH` line cannot be quoted: its value ends at the newline, and Slurm reads the rest of
+# the line itself. Control characters (newline, CR, NUL, ...) would start a new line or be
+# misread, so they are refused here even when validation let them through.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_directive(value: Any, field: str) -> str:
+    """`value` as text, refused when it could leave its `#SBATCH` line (submitit writes it as is)."""
+    text = str(value)
+    if _CONTROL.search(text):
+        raise EmitError(f"{field} = {text[:40]!r}...: a Slurm directive cannot hold a newline or other control "
+                        f"character; write it on one line of printable characters")
+    return text
+
+
+def directive_word(value: Any, field: str) -> str:
+    """`value` for a `#SBATCH --x=value` line of the preview script: checked, then shell-quoted."""
+    return shlex.quote(check_directive(value, field))
 
 
 def _pyrepr(value: Any) -> str:
@@ -68,6 +95,7 @@ def _env() -> jinja2.Environment:
     env.filters["duration"] = duration
     env.filters["data_size"] = data_size
     env.filters["shellquote"] = lambda v: shlex.quote(str(v))
+    env.filters["directive"] = directive_word
     env.filters["mdtext"] = _mdtext
     return env
 
@@ -83,6 +111,8 @@ def context(exp: Experiment, plan_json: dict[str, Any], version: str) -> dict[st
     layout = (f"dp{p['dp']} tp{p['tp']} pp{p['pp']} cp{p['cp']} ep{p['ep']} zero{p['zero']} "
               f"recompute={p['recompute']}" + (" fp8" if p["fp8"] else ""))
     world = p["dp"] * p["tp"] * p["pp"] * p["cp"]
+    if exp.launcher.kind not in ("local", "slurm"):  # it is written into launch.py's docstring as is
+        raise EmitError(f"launcher.kind = {str(exp.launcher.kind)[:40]!r}: choose local or slurm")
     return {
         "vlac_version": version, "experiment_name": exp.name, "job_name": exp.name,
         "layout_summary": layout, "world": world, "nodes": c.nodes, "gpus_per_node": c.gpus_per_node,
@@ -135,13 +165,66 @@ def verify_layouts(exp: Experiment) -> list[str]:
 
 def render(exp: Experiment, plan_json: dict[str, Any], out_dir: str | Path, version: str) -> Path:
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EmitError(f"cannot create the program directory {out}: {e.strerror or e}") from None
     env = _env()
     ctx = {**context(exp, plan_json, version), **layout_context(exp, plan_json)}
     ctx["launch_nodes"], ctx["launch_per_node"] = launch_shape(ctx["world"], ctx["nodes"], ctx["gpus_per_node"])
     files = {name: env.get_template(f"{name}.j2").render(**ctx) for name in TEMPLATES}
     files["experiment.yaml"] = dump(exp)
     files["plan.json"] = json.dumps(plan_json, indent=2, sort_keys=True) + "\n"
-    for name, text in files.items():
-        (out / name).write_text(text)
+    plan_text = files.pop("plan.json")
+    for name, text in [*files.items(), ("plan.json", plan_text)]:  # plan.json last: it marks a program
+        write_atomic(confined(out, name), text)
     return out
+
+
+def confined(folder: Path, name: str) -> Path:
+    """`folder/name`, refused unless it resolves inside `folder` (no `..`, no absolute name)."""
+    root = folder.resolve()
+    path = (root / name).resolve()
+    if path.parent != root and root not in path.parents:
+        raise EmitError(f"{name!r} would be written outside the program directory {root}; "
+                        f"file names in a program are plain names")
+    return path
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` so a crash or full disk leaves the old file or the new one, never a
+    part: a temporary file in the same directory, fsynced, then renamed over `path`."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        _fsync_dir(path.parent)
+    except OSError as e:
+        why = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        raise EmitError(f"cannot write {path}: {why}; nothing was half-written there, "
+                        f"fix the folder and emit again") from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (POSIX); platforms that cannot open a directory skip it."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -54,6 +54,12 @@ def submit(program_dir: str | Path, executor: str = "local", *, folder: str | Pa
 
 def _slurm_executor(exp, world: int, folder: Path, timeout: int, gpus_per_node: int | None,
                     options: dict[str, Any]) -> submitit.AutoExecutor:
+    from vlac.templates.emit import check_directive  # submitit writes these into #SBATCH lines unquoted
+
+    for field, value in (("name", exp.name), ("launcher.partition", exp.launcher.partition),
+                         ("launcher.account", exp.launcher.account), ("launcher.qos", exp.launcher.qos)):
+        if value:
+            check_directive(value, field)
     nodes = exp.cluster.nodes
     if world % nodes:
         raise ValueError(f"the plan's {world} ranks do not split over cluster.nodes = {nodes}; re-plan for the cluster")
