@@ -13,12 +13,20 @@ Tied embeddings (`head.weight` is `embed.weight`) have two names: one process sa
 under both and its optimiser state under `embed.weight`; a pipeline saves `embed.weight` from the
 first stage and `head.weight` from the last, each with its own copy's optimiser state. A name the
 loading layout asks for and the checkpoint lacks is read from its tied name (`_tied_aliases`).
+
+Every finished checkpoint has `manifest.json` (size and sha256 of each of its files), written last
+and atomically; `latest()` verifies it, so a truncated or bit-flipped checkpoint is reported by path
+and the run resumes from the newest one that verifies, instead of failing inside pickle or resuming
+silently with other weights.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +39,56 @@ from torch.optim import Optimizer
 PREFIX = "step_"
 PARTIAL = ".partial"
 EXTRA = "extra.json"
+MANIFEST = "manifest.json"
 OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 TIED_NAMES = ("embed.weight", "head.weight")  # backbone.tied_embeddings: one weight, two names
+
+
+class CorruptCheckpoint(ValueError):
+    """A checkpoint whose files do not match its manifest (truncated, changed, missing)."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def write_manifest(folder: Path) -> None:
+    """Size and sha256 of every file in `folder`, written atomically (temp, fsync, rename)."""
+    entries = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+               for p in _files(folder)}
+    tmp = folder / (MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(json.dumps({"files": entries}, indent=1, sort_keys=True))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, folder / MANIFEST)
+
+
+def verify_manifest(folder: Path) -> None:
+    """Raise CorruptCheckpoint naming the checkpoint and the first file that does not match."""
+    try:
+        files = json.loads((folder / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CorruptCheckpoint(f"checkpoint {folder}: its manifest is missing or unreadable ({e})") from None
+    for name, want in sorted(files.items()):
+        p = folder / name
+        if not p.is_file():
+            raise CorruptCheckpoint(f"checkpoint {folder}: {name} is missing")
+        size = p.stat().st_size
+        if size != want["bytes"]:
+            raise CorruptCheckpoint(f"checkpoint {folder}: {name} has {size} bytes, the manifest says "
+                                    f"{want['bytes']} (truncated or partly written)")
+        if _sha256(p) != want["sha256"]:
+            raise CorruptCheckpoint(f"checkpoint {folder}: {name} does not match its sha256 in the manifest "
+                                    f"(changed on disk)")
 
 
 def _barrier() -> None:
@@ -53,8 +109,17 @@ class Checkpointer:
         return sorted(found)
 
     def latest(self) -> Path | None:
-        done = self.complete()
-        return done[-1] if done else None
+        """The newest checkpoint that verifies against its manifest; each newer one that does not
+        is reported (by path and file) on stderr and skipped."""
+        for path in reversed(self.complete()):
+            try:
+                verify_manifest(path)
+                return path
+            except CorruptCheckpoint as e:
+                if self.is_main:
+                    print(f"vlac: {e}; skipping it and resuming from an older checkpoint", file=sys.stderr,
+                          flush=True)
+        return None
 
     def save(self, step: int, model: nn.Module, optimizer: Optimizer, extra: dict[str, Any]) -> Path:
         final = self.folder / f"{PREFIX}{step:08d}"
@@ -68,6 +133,7 @@ class Checkpointer:
         _barrier()
         if self.is_main:
             (partial / EXTRA).write_text(json.dumps({**extra, "step": step}, sort_keys=True))
+            write_manifest(partial)  # last: it vouches for every other file
             shutil.rmtree(final, ignore_errors=True)
             partial.rename(final)
             for old in self.complete()[:-self.keep_last]:
@@ -76,6 +142,7 @@ class Checkpointer:
         return final
 
     def load(self, path: Path, model: nn.Module, optimizer: Optimizer) -> dict[str, Any]:
+        verify_manifest(path)
         model_sd, optim_sd = get_state_dict(model, optimizer, options=OPTIONS)
         state = {"model": model_sd, "optim": optim_sd}
         aliases = _tied_aliases(state, path)
