@@ -52,10 +52,34 @@ def setup(prefer_device: str = "auto") -> DistEnv:
     return DistEnv(rank, world, local_rank, device)
 
 
-def teardown() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+def teardown(barrier_timeout_s: float = 60.0) -> None:
+    """Leave the process groups before the interpreter exits, in an order that cannot deadlock.
+
+    Left to interpreter exit, gloo's groups are destroyed by garbage collection in any order, and a
+    rank can join a gloo worker thread while holding the GIL (seen after a preempt/requeue). So: a
+    barrier that gives up after `barrier_timeout_s` (a peer that already left must not hang us),
+    then every sub-group (mesh dimensions, pipeline) newest first, then the default group."""
+    if not dist.is_initialized():
+        return
+    try:
+        work = dist.barrier(async_op=True)
+        if not work.wait(timeout=datetime.timedelta(seconds=barrier_timeout_s)):
+            raise TimeoutError
+    except Exception as e:  # a missing peer: say so and tear down anyway
+        print(f"vlac: rank {dist.get_rank()}: the exit barrier did not complete in {barrier_timeout_s:.0f} s "
+              f"({type(e).__name__}: {e}); leaving the process groups without it", flush=True)
+    default = dist.group.WORLD
+    for group in reversed(_subgroups()):
+        if group is not default:
+            dist.destroy_process_group(group)
+    dist.destroy_process_group()
+
+
+def _subgroups() -> list:
+    """Process groups this rank created besides the default one, in creation order."""
+    world = getattr(dist.distributed_c10d, "_world", None)
+    names = getattr(world, "pg_names", {}) if world is not None else {}
+    return [g for g in names if g is not dist.group.WORLD]
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
