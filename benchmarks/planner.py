@@ -6,7 +6,10 @@ Cases: the flagship (examples/vla_10b_moe_h100.yaml, 256 H100), the flagship on 
 H100 with nothing pinned. Each is planned `--repeat` times; the median is compared with its
 budget (1 s for the flagship, 5 s at 16,384 GPUs) as a ratio.
 
-Run: python benchmarks/planner.py [--repeat N]
+With --limits it then ranks vlac's runtime limits by what lifting each would gain across the
+examples at 8, 256 and 16,384 GPUs (benchmarks/limit_gains.py).
+
+Run: python benchmarks/planner.py [--repeat N] [--limits]
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ def cases():
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--limits", action="store_true", help="also rank the runtime limits by what lifting each gains")
     args = ap.parse_args(argv)
     print(f"{'case':26} {'lower s':>8} {'plan s (median)':>16} {'budget s':>9} {'ratio':>6} {'legal':>9} "
           f"{'costed':>8} {'pruned':>8}  chosen")
@@ -53,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:26} {t_lower:>8.2f} {med:>16.3f} {budget:>9.1f} {med / budget:>6.2f} {p.search['legal']:>9,} "
               f"{p.evaluated:>8,} {p.pruned:>8,}  {p.chosen.layout.short()}")
     print(f"\nworst ratio of planning time to budget: {worst:.2f} (below 1 is within budget)")
+    if args.limits:
+        from limit_gains import print_ranking
+
+        print_ranking(sorted((ROOT / "examples").glob("*.yaml")))
     return 0
 
 
