@@ -53,10 +53,31 @@ class VocabLayout:
         return self.specials.index(token)
 
 
+
+def cluster_rules(cluster: Cluster) -> list[str]:
+    """Problems of a cluster's size and figures, as "field: message" lines (fields relative to
+    the cluster): the planner enumerates divisors of the world size and divides by every figure."""
+    out = []
+    world, gpu, net = cluster.world_size, cluster.gpu, cluster.network
+    if world > MAX_GPUS:
+        out.append(f"nodes: {cluster.nodes} nodes x {cluster.gpus_per_node} GPUs = {world:,} GPUs; "
+                   f"vlac plans clusters of at most {MAX_GPUS:,} GPUs")
+    for section, figures in (("gpu", gpu), ("network", net)):
+        for field in ("bf16_flops", "memory", "memory_bandwidth", "nvlink_bandwidth", "nic_bandwidth",
+                      "nvlink_allreduce_busbw"):
+            value = getattr(figures, field, None)
+            if value is not None and not 0 < value <= MAX_HARDWARE_FIGURE:
+                out.append(f"{section}.{field}: {value:g} must be positive (and below {MAX_HARDWARE_FIGURE:g}); "
+                           f"write e.g. the preset's {section} figures")
+    if not 0 <= gpu.fp8_flops <= MAX_HARDWARE_FIGURE:
+        out.append(f"gpu.fp8_flops: {gpu.fp8_flops:g} must be 0 (no FP8) or positive")
+    return out
+
+
 class Experiment(SpecModel):
     name: Name = Field(description="experiment name, used for run folders and job names: letters, digits, . _ - (no '..')")
     description: Text = Field("", description="free text")
-    modalities: dict[Identifier, Modality] = Field(description="tokenizers and projectors, by modality name (letters, digits, _), in sequence order")
+    modalities: dict[Identifier, Modality] = Field(max_length=256, description="tokenizers and projectors, by modality name (letters, digits, _), in sequence order")
     vocab: Vocabulary = Field(Vocabulary(), description="unified vocabulary settings")
     backbone: Backbone = Field(Backbone(), description="decoder backbone")
     moe: MoE | None = Field(None, description="mixture-of-experts layout (null = dense)")
@@ -172,20 +193,7 @@ class Experiment(SpecModel):
         """Bounds on sizes that combine several fields (each field has its own bound too): the
         planner enumerates divisors of the world size and simulates every micro-batch of a step,
         and the model allocates vocabulary x width, so these stay within what can be planned."""
-        out = []
-        world, gpu, net = self.cluster.world_size, self.cluster.gpu, self.cluster.network
-        if world > MAX_GPUS:
-            out.append(f"cluster.nodes: {self.cluster.nodes} nodes x {self.cluster.gpus_per_node} GPUs = {world:,} GPUs; "
-                       f"vlac plans clusters of at most {MAX_GPUS:,} GPUs")
-        for section, figures in (("gpu", gpu), ("network", net)):
-            for field in ("bf16_flops", "memory", "memory_bandwidth", "nvlink_bandwidth", "nic_bandwidth",
-                          "nvlink_allreduce_busbw"):
-                value = getattr(figures, field, None)
-                if value is not None and not 0 < value <= MAX_HARDWARE_FIGURE:
-                    out.append(f"cluster.{section}.{field}: {value:g} must be positive (and below "
-                               f"{MAX_HARDWARE_FIGURE:g}); write e.g. the preset's {section} figures")
-        if not 0 <= gpu.fp8_flops <= MAX_HARDWARE_FIGURE:
-            out.append(f"cluster.gpu.fp8_flops: {gpu.fp8_flops:g} must be 0 (no FP8) or positive")
+        out = [f"cluster.{line}" for line in cluster_rules(self.cluster)]
         if self.train.global_batch > MAX_BATCH_SEQUENCES:
             out.append(f"train.global_batch_tokens: {self.train.global_batch_tokens:,} tokens are "
                        f"{self.train.global_batch:,} sequences of {self.train.seq_len} per step; at most "

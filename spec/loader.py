@@ -14,7 +14,8 @@ import yaml
 from pydantic import ValidationError
 
 from .errors import Issue, SpecError, dotted, from_validation_error, short_repr
-from .experiment import Experiment
+from .experiment import Experiment, cluster_rules
+from .system import Cluster
 
 SUFFIXES = (".yaml", ".yml", ".toml", ".json", ".py")
 
@@ -317,6 +318,19 @@ def _attribute(issue: Issue, applied: list[Override]) -> Issue:
         if issue.path and not issue.origin and o.owns(issue.path):
             return Issue(issue.path, issue.message, f"--set {o.text}")
     return issue
+
+
+def load_cluster(data: Any, source: str) -> Cluster:
+    """Validate a cluster given on its own (`vlac compile --cluster FILE`) by the same rules as
+    one inside a spec, including the bounds on its size and figures."""
+    try:
+        cluster = Cluster.model_validate(data)
+    except ValidationError as e:
+        raise from_validation_error(e, Cluster, data, source) from None
+    problems = [line.split(": ", 1) for line in cluster_rules(cluster)]
+    if problems:
+        raise SpecError([Issue(f"cluster.{path}", message) for path, message in problems], source)
+    return cluster
 
 
 def dump(exp: Experiment) -> str:

@@ -21,6 +21,7 @@ from rich.markup import escape
 
 from vlac.spec import Experiment, SpecError, read_mapping
 from vlac.spec import load as load_spec
+from vlac.spec.loader import load_cluster
 from vlac.spec.system import PRESETS, Cluster
 
 from .cli_lazy import LazyGroup
@@ -99,14 +100,7 @@ def _cluster(exp: Experiment, value: Optional[str]) -> Cluster | None:
     if not path.is_file():
         raise UsageFailure(f"--cluster {value!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
     data = read_mapping(path)
-    data = data.get("cluster", data)
-    from pydantic import ValidationError
-
-    from vlac.spec.errors import from_validation_error
-    try:
-        return Cluster.model_validate(data)
-    except ValidationError as e:
-        raise from_validation_error(e, Cluster, data, str(path)) from None
+    return load_cluster(data.get("cluster", data), str(path))
 
 
 def _run(fn) -> None:

@@ -125,3 +125,9 @@ def test_count_parsing_is_bounded_and_refuses_non_finite_values():
         with pytest.raises(ValueError, match="finite|larger"):
             parse_count(value)
     assert parse_count(".5M") == 500_000 and parse_count("5.M") == 5_000_000
+
+
+def test_the_number_of_modalities_is_bounded():
+    data = copy.deepcopy(TINY)
+    data["modalities"] = {f"m{i}": {"kind": "continuous"} for i in range(300)}
+    assert "modalities" in _paths(_error(data))

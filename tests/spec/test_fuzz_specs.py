@@ -165,7 +165,7 @@ def fuzz(examples: int) -> settings:
                                            HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture])
 
 
-@fuzz(1500)
+@fuzz(1650)
 @given(mutated(), st.booleans())
 def test_mutated_mappings_load_or_fail_with_a_spec_error(case, tiny):
     _, data = case

@@ -50,3 +50,20 @@ def test_a_bad_override_names_the_override():
 
 def test_empty_special_tokens_fail_validate_not_compile():
     _fails_cleanly(["validate", TINY, "--set", "vocab.special_tokens=[]"], "vocab.special_tokens")
+
+
+@pytest.mark.parametrize("cluster,field", [("cluster:\n  nodes: 1099511627776\n", "cluster.nodes"),
+                                           ("cluster:\n  gpu: {memory_bandwidth: 0}\n", "cluster.gpu.memory_bandwidth"),
+                                           ("cluster:\n  gpu: {memory: .nan}\n", "gpu.memory")])
+def test_a_cluster_file_is_bounded_like_a_spec_cluster(tmp_path, cluster, field):
+    path = tmp_path / "cluster.yaml"
+    path.write_text(cluster)
+    _fails_cleanly(["compile", TINY, "--cluster", str(path)], field, str(path))
+
+
+def test_a_search_space_syntax_error_names_the_space_file(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("space:\n  moe.experts: [8, 16\n")
+    r = _fails_cleanly(["search", TINY, "--space", str(space), "-o", str(tmp_path / "out")],
+                       f"1 problem in {space}:", f'in "{space}", line 2')
+    assert "<spec>" not in r.stderr and "<unicode string>" not in r.stderr
