@@ -17,6 +17,9 @@ Per modality m (n = its tokens, P = positions it occupies in the sequence):
   `m.present` [B, n] (and `m.pose` for video); they take no sequence positions;
 - the flow-matching modality: `m.flow_time` [B], the noise level of `m.features` (1 = clean; the
   Objective draws it and noises the features).
+
+With data sources (packed real data, vlac.data): `document` [B, S], the id (1, 2, ...) of the
+document each position belongs to (0 on padding); attention stays inside a document.
 """
 
 from __future__ import annotations
@@ -72,6 +75,8 @@ def batch_keys(exp: Experiment) -> list[str]:
             keys.append(f"{name}.pose")
         if name == flow:
             keys.append(f"{name}.flow_time")
+    if any(c.source is not None for c in exp.data.mixture):
+        keys.append("document")  # packed real data: document ids of each row's positions
     return keys
 
 
@@ -87,6 +92,9 @@ def example_batch(exp: Experiment, micro_batch: int, seq_len: int | None = None,
     batch["sample"] = torch.arange(b, **long)
     batch["loss_norm"] = torch.ones((), dtype=torch.float32, device=device)
     for key in batch_keys(exp)[len(BASE_KEYS):]:
+        if key == "document":
+            batch[key] = torch.ones(b, s, **long)
+            continue
         name, field = key.rsplit(".", 1)
         m = exp.modalities[name]
         n = m.tokens

@@ -61,7 +61,7 @@ class SyntheticData:
         corpus = tuple(sorted({t for g in self.generators.values() for t in g.corpus()}))
         self.text = {n: text_tokenizer(m, corpus) for n, m in exp.modalities.items() if m.kind == "text"}
         self.keys = batch_keys(exp)
-        self.shapes = _extra_shapes(exp)
+        self.shapes = extra_shapes(exp)
 
     # ---- one sample ----------------------------------------------------------------------
     def sample(self, index: int) -> Sample:
@@ -198,16 +198,8 @@ class SyntheticData:
         """Next-token targets and their modality; no loss on padding, continuous placeholders,
         the <bos> prediction, or (with prompt masking) on prompt modalities. <eos> is charged to
         the modality it ends."""
-        nxt = np.append(s.tokens[1:], self.layout.special("<pad>"))
-        valid = np.append(s.predictable[1:], False)
-        if self.mask_prompt:
-            valid &= np.append(s.prefix[1:], 0) == 0
-        owner = np.maximum.accumulate(np.where(s.modality >= 0, np.arange(len(s.modality)), 0))
-        current = np.where(owner > 0, s.modality[owner], -1)
-        nxt_mod = np.append(s.modality[1:], -1)
-        mod = np.where(nxt_mod >= 0, nxt_mod, current)
-        valid &= mod >= 0
-        return np.where(valid, nxt, IGNORE), np.where(valid, mod, -1)
+        return next_token_targets(s.tokens, s.modality, s.predictable, s.prefix, self.layout.special("<pad>"),
+                                  self.mask_prompt)
 
     def global_loss_tokens(self, step: int) -> int:
         """Target tokens of the whole global batch of `step`, built here sample by sample: for a
@@ -251,6 +243,31 @@ class SyntheticData:
         return {k: v.to(device) for k, v in batch.items()}
 
 
+def next_token_targets(tokens: np.ndarray, modality: np.ndarray, predictable: np.ndarray, prefix: np.ndarray,
+                       pad: int, mask_prompt: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Targets and target modality of one sequence (see SyntheticData.targets); packed rows of
+    several documents too, since a document's <eos> never predicts the next one's <bos>."""
+    nxt = np.append(tokens[1:], pad)
+    valid = np.append(predictable[1:], False)
+    if mask_prompt:
+        valid &= np.append(prefix[1:], 0) == 0
+    owner = np.maximum.accumulate(np.where(modality >= 0, np.arange(len(modality)), 0))
+    current = np.where(owner > 0, modality[owner], -1)
+    nxt_mod = np.append(modality[1:], -1)
+    mod = np.where(nxt_mod >= 0, nxt_mod, current)
+    valid &= mod >= 0
+    return np.where(valid, nxt, IGNORE), np.where(valid, mod, -1)
+
+
+def make_data(exp: Experiment, split: str = "train"):
+    """The trainer's data: packed token shards (vlac.data) when the mixture has sources, else the
+    generators' samples."""
+    if any(c.source is not None for c in exp.data.mixture):
+        from vlac.data.loader import PackedData
+        return PackedData(exp)
+    return SyntheticData(exp, split)
+
+
 def loss_tokens(batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
     """Target tokens (positions with a loss) in `batches`: an int64 scalar on their device, so
     the count can be summed over ranks without a trip to the host."""
@@ -261,7 +278,7 @@ def _stack(arrays) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays))
 
 
-def _extra_shapes(exp: Experiment) -> dict[str, tuple[tuple[int, ...], str]]:
+def extra_shapes(exp: Experiment) -> dict[str, tuple[tuple[int, ...], str]]:
     """Per-sample shape and kind of every per-modality batch entry."""
     out = {}
     for k, v in example_batch(exp, 1, device="meta").items():

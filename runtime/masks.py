@@ -16,9 +16,11 @@ MASK_KINDS = ("causal", "bidirectional_image", "prefix_lm")
 
 
 def attention_mask(kind: str, span: torch.Tensor | None, prefix: torch.Tensor | None,
-                   segment_length: int = 0, memory_tokens: int = 0) -> torch.Tensor | None:
+                   segment_length: int = 0, memory_tokens: int = 0,
+                   document: torch.Tensor | None = None) -> torch.Tensor | None:
     """The mask of `fusion.attention_mask` kind, intersected with the segment-memory window when
-    `segment_length` > 0 (see vlac.runtime.memory)."""
+    `segment_length` > 0 (see vlac.runtime.memory) and, for packed sequences, with `document`
+    [B, S] (ids of the documents packed into a row): no position attends across documents."""
     if kind not in MASK_KINDS:
         raise ValueError(f"unknown attention mask {kind!r}; choose from {MASK_KINDS}")
     base = None
@@ -32,6 +34,9 @@ def attention_mask(kind: str, span: torch.Tensor | None, prefix: torch.Tensor | 
             raise ValueError("prefix_lm masks need batch['prefix'] (1 on prompt positions)")
         both = prefix.bool().unsqueeze(2) & prefix.bool().unsqueeze(1)
         base = (causal(prefix) | both).unsqueeze(1)
+    if document is not None:
+        same_doc = (document.unsqueeze(2) == document.unsqueeze(1)).unsqueeze(1)
+        base = (base if base is not None else causal(document).unsqueeze(0).unsqueeze(0)) & same_doc
     if segment_length <= 0:
         return base
     like = span if span is not None else prefix
@@ -47,6 +52,14 @@ def attention_mask(kind: str, span: torch.Tensor | None, prefix: torch.Tensor | 
 def positions(like_row: torch.Tensor, start: int = 0) -> torch.Tensor:
     """0 .. S-1 (+ start) as a tensor op on a [S] tensor."""
     return torch.ones_like(like_row, dtype=torch.long).cumsum(0) - 1 + start
+
+
+def document_positions(document: torch.Tensor) -> torch.Tensor:
+    """[B, S] positions that restart at 0 where each packed document begins. (RoPE needs none:
+    with attention kept inside documents, its scores depend only on offsets within one.)"""
+    pos = torch.ones_like(document).cumsum(1) - 1
+    starts = torch.cat([torch.ones_like(document[:, :1], dtype=torch.bool), document[:, 1:] != document[:, :-1]], 1)
+    return pos - torch.where(starts, pos, torch.zeros_like(pos)).cummax(1).values
 
 
 def causal(like: torch.Tensor) -> torch.Tensor:

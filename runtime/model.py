@@ -107,6 +107,7 @@ class VLAModel(nn.Module):
         if self.flow_name:  # a continuous modality with input_dim == patch_dim (checked by the spec)
             self.flow = FlowHead(bb.hidden, losses.flow_matching)
         self.mask_kind = fusion.attention_mask
+        self.packed = any(c.source is not None for c in exp.data.mixture)  # batches carry `document` (vlac.data)
         self.segment = (exp.memory.segment_length, exp.memory.memory_tokens)
         self.dual = fusion.stream == "dual"
         # dual stream: text (and the specials, index -1) in the first stream, every other modality in the second
@@ -170,7 +171,8 @@ class VLAModel(nn.Module):
     def attention_mask(self, batch: dict[str, torch.Tensor], cache=None) -> torch.Tensor | None:
         seg, mem = self.segment
         if cache is None or cache.length == 0:
-            return attention_mask(self.mask_kind, batch.get("span"), batch.get("prefix"), seg, mem)
+            document = batch["document"] if self.packed else None  # decided by the config: traceable
+            return attention_mask(self.mask_kind, batch.get("span"), batch.get("prefix"), seg, mem, document)
         if seg <= 0:
             return None  # decoding: the new tokens see the whole cache (and each other causally)
         tokens = batch["tokens"]

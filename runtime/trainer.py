@@ -16,7 +16,7 @@ import torch
 from vlac.spec import Experiment
 
 from .checkpoint import Checkpointer
-from .data import SyntheticData, loss_tokens
+from .data import SyntheticData, loss_tokens, make_data
 from .diagnostics import moe_metrics
 from .distributed import DistEnv, all_reduce_sum, param_digest
 from .metrics import MetricsWriter, Progress, format_summary
@@ -70,7 +70,7 @@ class Trainer:
         self.exp, self.plan, self.env = exp, plan["plan"], env
         self.predicted = plan.get("predicted", {})  # the compiler's step time and memory, shown beside the measured
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
-        self.data = SyntheticData(exp)
+        self.data = make_data(exp)  # packed token shards when the mixture has sources
         self.out_dir = Path(out_dir)
         self.ckpt = Checkpointer(self.out_dir / "checkpoints", exp.train.keep_last, env.is_main)
         self.metrics = MetricsWriter(self.out_dir, enabled=env.is_main, config=plan)
@@ -88,6 +88,8 @@ class Trainer:
         if latest is not None:
             extra = self.ckpt.load(latest, self.model.model, self.optimizer)
             self.step = int(extra["step"])
+            if hasattr(self.data, "check_state"):  # the loader continues at the checkpoint's next sequence
+                self.data.check_state(extra.get("data"), self.step)
             self.scheduler.last_epoch = self.step
             for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_lr()):
                 group["lr"] = lr
@@ -100,7 +102,8 @@ class Trainer:
 
     def save(self) -> Path:
         return self.ckpt.save(self.step, self.model.model, self.optimizer,
-                              {"experiment": self.exp.name, "layout": self.model.dims.summary()})
+                              {"experiment": self.exp.name, "layout": self.model.dims.summary(),
+                               **({"data": self.data.state(self.step)} if hasattr(self.data, "state") else {})})
 
     # ---- one optimiser step -------------------------------------------------------------------
     def micro_batches(self, step: int) -> list[dict[str, torch.Tensor]]:

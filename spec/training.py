@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from .base import Name, SpecModel
+from .data_sources import DataSourceSpec, check_source_fields
 from .units import Count
 
 
@@ -55,11 +56,19 @@ class DataSource(SpecModel):
     weight: float = Field(1.0, gt=0, le=1e12, description="sampling weight (normalised over the mixture)")
     modalities: list[str] = Field(description="modalities present in each sample, in sequence order")
     generator: Literal["synthetic", "digits", "cartpole"] = Field("synthetic", description="where samples come from: procedurally generated, scikit-learn's bundled digits with captions, or a scripted CartPole controller")
+    source: DataSourceSpec | None = Field(None, description="the user's dataset (webdataset, lerobot, table or tokens); set, it replaces `generator` (run `vlac prepare` first)")
+
+    @model_validator(mode="after")
+    def _source_maps_modalities(self):
+        check_source_fields(self.source, self.modalities)
+        return self
 
 
 class Data(SpecModel):
     mixture: list[DataSource] = Field(max_length=1024, description="data mixture components")
     seed: int = Field(0, ge=0, le=2**63 - 1, description="seed of the data order")
+    prepared: str = Field("prepared", min_length=1, description="folder of the token shards `vlac prepare` writes and training reads (one subfolder per component)")
+    on_bad_sample: Literal["error", "skip"] = Field("error", description="an unreadable shard, corrupt image, missing key or over-long sample: stop with an error naming it, or skip and count it")
 
 
 class Schedule(SpecModel):
