@@ -78,11 +78,11 @@ def test_a_results_file_becomes_an_achieved_bandwidth_per_costed_kernel(tmp_path
 
 
 BAD = [
-    (lambda d: d["results"][0]["seconds"].update(triton=-1.0), "results.0.seconds.triton", "greater than 0"),
-    (lambda d: d["results"][1].update(kernels=["rmsnorm"]), "results.1.kernels.0", "'rms_norm'"),
-    (lambda d: d["results"][1].update(phase="backward"), "results.1.phase", "'forward+backward'"),
-    (lambda d: d["results"][2].update(bytes=0), "results.2.bytes", "greater than 0"),
-    (lambda d: d["results"][2].update(secs=1), "results.2.secs", "valid keys here"),
+    (lambda d: d["results"][0]["seconds"].update(triton=-1.0), "results[0].seconds.triton", "greater than 0"),
+    (lambda d: d["results"][1].update(kernels=["rmsnorm"]), "results[1].kernels[0]", "'rms_norm'"),
+    (lambda d: d["results"][1].update(phase="backward"), "results[1].phase", "'forward+backward'"),
+    (lambda d: d["results"][2].update(bytes=0), "results[2].bytes", "greater than 0"),
+    (lambda d: d["results"][2].update(secs=1), "results[2].secs", "valid keys here"),
     (lambda d: d.pop("device"), "device", "missing"),
     (lambda d: d.update(format="vlac-kernel-costs/0"), "format", "'vlac-kernel-costs/1'"),
     (lambda d: d["results"].append(copy.deepcopy(d["results"][0])), "appears twice", "one timing per case and shape"),
