@@ -62,8 +62,8 @@ def test_unknown_key_suggests_the_right_one():
 
 
 def test_unknown_key_inside_a_tagged_union_lists_that_models_fields():
-    issues = _issues(["modalities.image.patch=4"])
-    assert "did you mean 'patch_size'" in issues["modalities.image.patch"]
+    issues = _issues(["modalities.image.patch_siz=4"])
+    assert "did you mean 'patch_size'" in issues["modalities.image.patch_siz"]
 
 
 def test_choices_are_listed():

@@ -67,13 +67,14 @@ def test_layout_literals_are_what_runs(flagship, tmp_path):
     assert applied == plan and plan["plan"]["pp"] == 2 and "STAGES = [" in (piped / "train.py").read_text()
     plan = json.loads((flagship / "plan.json").read_text())  # an edit to the literals changes what runs
     mesh = {k: plan["plan"][k] for k in plan["plan"]["mesh_order"]}
-    edited = with_layout(plan, mesh, experts={"ep": plan["plan"]["ep"]}, zero=plan["plan"]["zero"], recompute=["full"],
-                         fp8_gemms={"attn.wq": "2-3"})
-    assert edited["plan"]["recompute_per_stage"] == ["full"]
+    pp = plan["plan"]["pp"]
+    edited = with_layout(plan, mesh, experts={"ep": plan["plan"]["ep"]}, zero=plan["plan"]["zero"],
+                         recompute=["full"] * pp, fp8_gemms={"attn.wq": "2-3"})
+    assert edited["plan"]["recompute_per_stage"] == ["full"] * pp
     on = {g["module"] for g in edited["fp8"]["gemms"] if g["fp8"]}
     assert on == {"model.layers.2.attn.wq", "model.layers.3.attn.wq"}
-    with pytest.raises(ValueError, match="RECOMPUTE lists 2 policies for 1 pipeline ranks"):
-        with_layout(plan, mesh, recompute=["none", "full"])
+    with pytest.raises(ValueError, match=f"RECOMPUTE lists {pp + 1} policies for {pp} pipeline ranks"):
+        with_layout(plan, mesh, recompute=["none"] * pp + ["full"])
 
 
 def test_a_metric_added_to_the_loop_is_logged_without_touching_vlac(tmp_path):
