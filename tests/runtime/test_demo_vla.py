@@ -1,5 +1,5 @@
 """The real-data demo: trains the tiny VLA on digits and CartPole and must beat chance on held-out
-samples (a shortened run; `scripts/demo_vla.py` with its defaults reports the full numbers)."""
+samples (the default 600 steps, evaluated on 150 held-out samples)."""
 
 import importlib.util
 
@@ -27,7 +27,10 @@ def test_png_writer(tmp_path):
 
 @pytest.mark.slow
 def test_demo_beats_chance_on_held_out_samples(tmp_path):
-    r = _demo().main(["--steps", "300", "--eval-samples", "150", "--out", str(tmp_path)])
+    # the demo's default length: at 300 steps the caption and answer accuracies sit at the margin
+    # (measured 2.6x and 1.0x chance on this machine, 7.7x and 2.1x at 600), so the run decided
+    # the outcome, not the model
+    r = _demo().main(["--steps", "600", "--eval-samples", "150", "--out", str(tmp_path)])
     assert r["caption_accuracy"] > 3 * r["caption_chance"]
     assert r["answer_accuracy"] > r["answer_chance"] + 0.15
     assert r["action_accuracy"] > 5 * r["action_chance"]
