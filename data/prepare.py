@@ -55,7 +55,8 @@ def component_dir(exp, index: int) -> Path:
 def tokenization_digest(exp, index: int) -> str:
     comp = exp.data.mixture[index]
     used = {n: exp.modalities[n].model_dump(mode="json") for n in exp.modalities}
-    what = {"format": FORMAT, "modalities": used, "component": comp.model_dump(mode="json", exclude={"weight"}),
+    # the vocabulary layout follows the modalities' order, which sort_keys below would hide
+    what = {"format": FORMAT, "modalities": used, "order": list(exp.modalities), "component": comp.model_dump(mode="json", exclude={"weight"}),
             "seed": exp.data.seed, "seq_len": exp.train.seq_len, "extras": stored_extras(exp), **trained_tokenizer_digests(exp)}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -5,12 +5,15 @@ or token shards already written by `vlac prepare`.
 Every source maps the component's modalities (the keys) to where each sample keeps them (the
 values): a WebDataset extension (`jpg`, `txt`, `json.caption` for a field of the json member), a
 LeRobot feature (`observation.images.top`, `observation.state`, `action`, `task`) or a table column.
-Paths may use brace (`{000..009}`) and glob (`*`) patterns; relative ones are read from the
-folder the command runs in.
+Paths may use brace (`{000..009}`) and glob (`*`) patterns. A relative path is relative to the
+folder of the spec file that names it, not to where a command runs: the `vlac` commands anchor
+sources, `data.prepared` and the modalities' tokenizer `path`s there (`anchor_paths`) before using
+the spec, and `vlac emit` writes the anchored, absolute paths into the program it emits.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
@@ -76,3 +79,31 @@ def check_source_fields(source, modalities: list[str]) -> None:
     if extra:
         raise ValueError(f"source.fields: {extra} are not modalities of this component ({modalities}); "
                          f"remove them or add them to modalities")
+
+
+_SOURCE_PATH_FIELDS = {"webdataset": "pattern", "table": "pattern", "lerobot": "root", "tokens": "path"}
+
+
+def _anchor(path: str, base: str) -> str:
+    path = os.path.expanduser(path)
+    return path if os.path.isabs(path) else os.path.normpath(os.path.join(base, path))
+
+
+def anchor_paths(exp, base):
+    """`exp` with every relative data path (sources, data.prepared, modality tokenizer paths) made
+    absolute against `base` (the spec file's folder). Absolute paths are kept, so anchoring twice
+    changes nothing; a spec without sources or tokenizer paths comes back as it is (its emitted
+    program does not depend on where the spec lives)."""
+    base = os.path.abspath(str(base))
+    mixture = []
+    for comp in exp.data.mixture:
+        if comp.source is not None:
+            key = _SOURCE_PATH_FIELDS[comp.source.kind]
+            comp = comp.model_copy(update={"source": comp.source.model_copy(
+                update={key: _anchor(getattr(comp.source, key), base)})})
+        mixture.append(comp)
+    sourced = any(c.source is not None for c in mixture)
+    data = exp.data.model_copy(update={"mixture": mixture, "prepared": _anchor(exp.data.prepared, base)}) if sourced else exp.data
+    modalities = {n: m.model_copy(update={"path": _anchor(m.path, base)}) if getattr(m, "path", None) else m
+                  for n, m in exp.modalities.items()}
+    return exp.model_copy(update={"data": data, "modalities": modalities})

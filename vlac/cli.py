@@ -66,7 +66,9 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _load(spec: Path, sets: Optional[List[str]], profile: Optional[str]) -> Experiment:
-    return load_spec(spec, sets or (), profile)
+    from vlac.spec.data_sources import anchor_paths  # relative data paths are the spec folder's
+
+    return anchor_paths(load_spec(spec, sets or (), profile), spec.parent)
 
 
 def _parse_pins(text: Optional[str]) -> dict[str, Any]:
@@ -269,6 +271,7 @@ def schema(output: Optional[Path] = typer.Option(None, "-o", "--out", help="writ
 # `vlac search` (vlac/search_cli.py) and `vlac export RUN_DIR --hf OUT` (vlac/export_cli.py) are
 # registered lazily: vlac/cli_lazy.py imports them when they run
 app.add_typer(__import__("vlac.tokenizer_cli", fromlist=["tokenizer_app"]).tokenizer_app, name="tokenizer")  # no torch at import
+app.command("prepare")(__import__("vlac.data_cli", fromlist=["prepare_command"]).prepare_command)  # no torch at import
 
 
 def main() -> None:

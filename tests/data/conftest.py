@@ -43,6 +43,12 @@ def spec_data(datasets: dict[str, str], prepared: Path, **data) -> dict:
 
 
 @pytest.fixture(scope="session")
+def data_spec():
+    """spec_data, for test modules (conftest is not importable from them)."""
+    return spec_data
+
+
+@pytest.fixture(scope="session")
 def prepared(datasets, tmp_path_factory):
     """(experiment, prepare report) of the three sources, prepared once."""
     from vlac.data.prepare import prepare
