@@ -25,6 +25,7 @@ from vlac.runtime.data import IGNORE, extra_shapes, next_token_targets
 from .packing import ComponentPlan, MixturePlan
 from .prepare import component_dir, tokenization_digest
 from .shards import FLAG_PREDICT, FLAG_PREFIX, Shard, finished_shards, stored_extras
+from .split import SPLITS, document_hashes, held_out
 
 PREFETCH_STEPS = 2
 
@@ -34,9 +35,10 @@ class DataNotPrepared(ValueError):
 
 
 class Component:
-    """The finished shards of one mixture component and its packing plan."""
+    """The finished shards of one mixture component, the documents of one split (vlac.data.split),
+    and their packing plan."""
 
-    def __init__(self, exp, index: int):
+    def __init__(self, exp, index: int, split: str = "train"):
         comp = exp.data.mixture[index]
         folder = component_dir(exp, index)
         where = f"data.mixture[{index}] ({comp.name})"
@@ -51,19 +53,28 @@ class Component:
                                       f"(modalities, component or seed changed); run `vlac prepare SPEC` again")
         self.shards = [Shard.open(s) for s in stems]
         lengths = [s.lengths for s in self.shards]
-        self.shard_of = np.concatenate([np.full(len(x), k) for k, x in enumerate(lengths)]).astype(np.int64)
-        self.local = np.concatenate([np.arange(len(x)) for x in lengths]).astype(np.int64)
-        self.lengths = np.concatenate(lengths)
-        if not len(self.lengths):
+        if not sum(len(x) for x in lengths):
             raise DataNotPrepared(f"{where}: the shards in {folder} hold no documents (every sample was skipped?)")
-        has_extras = np.concatenate([s.masks != 0 for s in self.shards])
+        if sum(len(x) for x in lengths) < 2:
+            raise DataNotPrepared(f"{where}: the shards in {folder} hold one document, which cannot be split into "
+                                  f"training and held-out evaluation; add data to this source")
+        held = held_out(np.concatenate([document_hashes(comp.name, st, len(x)) for st, x in zip(stems, lengths)]))
+        keep = held if split == "eval" else ~held
+        self.shard_of = np.concatenate([np.full(len(x), k) for k, x in enumerate(lengths)]).astype(np.int64)[keep]
+        self.local = np.concatenate([np.arange(len(x)) for x in lengths]).astype(np.int64)[keep]
+        self.lengths = np.concatenate(lengths)[keep]
+        has_extras = np.concatenate([s.masks != 0 for s in self.shards])[keep]
         self.plan = ComponentPlan(self.lengths, has_extras, exp.train.seq_len, exp.data.seed, index)
         self.fingerprint = hashlib.sha256(self.lengths.tobytes() + "/".join(s.name for s in stems).encode()).hexdigest()[:16]
 
 
 class PackedData:
-    def __init__(self, exp):
-        self.exp = exp
+    """Packed rows of one split: "train" (what training sees) or "eval" (the held-out documents)."""
+
+    def __init__(self, exp, split: str = "train"):
+        if split not in SPLITS:
+            raise ValueError(f"split {split!r}: choose one of {list(SPLITS)}")
+        self.exp, self.split = exp, split
         self.seq_len = exp.train.seq_len
         self.layout = exp.vocab_layout()
         self.names = list(exp.modalities)
@@ -72,7 +83,7 @@ class PackedData:
         if sourceless:
             raise DataNotPrepared(f"data.mixture[{sourceless[0]}]: has a generator but no source; a mixture with sources "
                                   f"needs one in every component (tokenize generated data into tokens shards)")
-        self.components = [Component(exp, i) for i in range(len(exp.data.mixture))]
+        self.components = [Component(exp, i, split) for i in range(len(exp.data.mixture))]
         self.mixture = MixturePlan([c.weight for c in exp.data.mixture], exp.data.seed)
         self.stored = stored_extras(exp)
         self.shapes = extra_shapes(exp)
@@ -196,8 +207,20 @@ class PackedData:
         per_source: dict[str, dict[str, int]] = {}
         for (comp, mod), n in sorted(self.tokens.items()):
             per_source.setdefault(self.exp.data.mixture[comp].name, {})[mod] = n
+        skipped = self._skipped()
         return {"event": "data", "packing_efficiency": real / total if total else 0.0, "rows": self.rows,
-                "tokens_per_source": per_source, "skipped_in_prepare": self._skipped()}
+                "tokens_per_source": per_source, "skipped_in_prepare": skipped,
+                "skipped_total": sum(sum(c.values()) for c in skipped.values())}
+
+    @staticmethod
+    def report_line(report: dict) -> str:
+        """One line of a report() for the end of a run."""
+        tokens = ", ".join(f"{name} {sum(mods.values()):,}" for name, mods in report["tokens_per_source"].items())
+        skipped = "; ".join(f"{name}: {', '.join(f'{n} {why}' for why, n in c.items())}"
+                            for name, c in report["skipped_in_prepare"].items() if c)
+        return (f"data: packing efficiency {report['packing_efficiency']:.1%} over {report['rows']:,} rows "
+                f"(tokens {tokens or 'none'}); skipped samples {report['skipped_total']:,}"
+                + (f" ({skipped})" if skipped else ""))
 
     def _skipped(self) -> dict[str, dict[str, int]]:
         out = {}

@@ -264,7 +264,7 @@ def make_data(exp: Experiment, split: str = "train"):
     generators' samples."""
     if any(c.source is not None for c in exp.data.mixture):
         from vlac.data.loader import PackedData
-        return PackedData(exp)
+        return PackedData(exp, split)  # split: vlac/data/split.py
     return SyntheticData(exp, split)
 
 

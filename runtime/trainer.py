@@ -163,7 +163,7 @@ class Trainer:
         forward and backward pass as training (so every layout evaluates, pipelines included) and
         discards the gradients: parameters and optimiser state are untouched."""
         if self.eval_data is None:
-            self.eval_data = SyntheticData(self.exp, "eval")  # real data sources: the data engineer swaps in their eval split
+            self.eval_data = make_data(self.exp, "eval")  # held-out episodes, or held-out documents (vlac/data/split.py)
         ar = aux = 0.0
         for i in range(self.exp.train.eval_batches):
             stats = self.model.forward_backward(
@@ -201,12 +201,22 @@ class Trainer:
             "predicted_step_time_s": self.predicted.get("step_time_s"),
             "peak_memory_bytes": max((m.peak_memory_bytes for m in history), default=0.0),
             "predicted_peak_memory_gb": self.predicted.get("peak_memory_gb")}
-        if hasattr(self.data, "report"):  # packing efficiency, tokens per source, skipped samples
-            self.metrics.event(self.data.report())
+        self.report_data()
         self.metrics.event(rec)
         if self.env.is_main:
             print(format_summary(rec), file=sys.stderr, flush=True)
         return rec
+
+    def report_data(self) -> None:
+        """Packed data's packing efficiency, tokens per source and skipped samples: logged once per
+        run (fit() and summary() both end one), and as a line on stderr."""
+        if not hasattr(self.data, "report") or getattr(self, "_data_reported", False):
+            return
+        self._data_reported = True
+        report = {**self.data.report(), "step": self.step}
+        self.metrics.event(report)
+        if self.env.is_main:
+            print(self.data.report_line(report), file=sys.stderr, flush=True)
 
     # ---- the loop -------------------------------------------------------------------------------
     def fit(self, max_steps: int | None = None) -> list[StepMetrics]:
@@ -232,8 +242,7 @@ class Trainer:
                     self.preempted = True
                     self.metrics.event({"event": "preempted", "step": self.step})
                     break
-        if hasattr(self.data, "report"):  # packing efficiency, tokens per source, skipped samples
-            self.metrics.event(self.data.report())
+        self.report_data()
         self.metrics.close()
         return history
 

@@ -53,3 +53,36 @@ def test_no_attention_crosses_documents():
     document = torch.tensor([[1, 1, 2, 2, 2, 0]])
     mask = attention_mask("causal", None, None, document=document)[0, 0]
     assert mask[3, 2] and not mask[3, 1] and not mask[2, 0] and mask[1, 0]
+
+
+def test_held_out_documents_are_disjoint_from_training_and_every_component_has_some(prepared):
+    from vlac.data.loader import Component
+    from vlac.data.split import EVAL_FRACTION
+
+    exp, report = prepared
+    for i, comp in enumerate(exp.data.mixture):
+        train, held = Component(exp, i, "train"), Component(exp, i, "eval")
+        ids = lambda c: set(zip(c.shard_of.tolist(), c.local.tolist()))  # noqa: E731
+        assert ids(train).isdisjoint(ids(held)) and len(held.lengths) >= 1
+        assert len(ids(train) | ids(held)) == report.components[comp.name]["documents"]
+        assert len(held.lengths) <= max(1, 4 * EVAL_FRACTION * report.components[comp.name]["documents"])
+    eval_data = PackedData(exp, "eval")
+    rows = eval_data.micro_batch(0, 0, 4, 1.0, torch.device("cpu"))
+    assert int(rows["document"].max()) >= 1
+    eval_data.close()
+
+
+def test_the_split_of_a_document_depends_only_on_its_component_shard_input_and_index(tmp_path):
+    from vlac.data.split import document_hashes, held_out
+
+    stem = tmp_path / "00000"
+    stem.with_suffix(".json").write_text('{"input": [["/data/a/cc-0007.tar", 10]]}')
+    other = tmp_path / "00042"  # the same input file under another shard name (files added before it)
+    other.with_suffix(".json").write_text('{"input": [["/elsewhere/cc-0007.tar", 99]]}')
+    h = document_hashes("captions", stem, 5000)
+    assert np.array_equal(h, document_hashes("captions", other, 5000))
+    assert np.array_equal(h[:100], document_hashes("captions", stem, 100))
+    assert not np.array_equal(h, document_hashes("robot", stem, 5000))
+    assert 0.5 / 64 < held_out(h).mean() < 2 / 64
+    above = np.uint64(2**63) + np.array([5, 3, 9], np.uint64)  # none under the threshold: the smallest is held out
+    assert held_out(above).tolist() == [False, True, False]
