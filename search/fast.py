@@ -32,6 +32,9 @@ from .fast_plan import FIRST_SHARE, DepthSpaces, LayerTimes, choose
 from .metrics import METRICS, Constraint, Objective
 
 DEPTH_FIELDS = ("name", "description")  # with backbone.layers: what one architecture's candidates may differ in
+# fields that set only the plan's total_steps (vlac.spec Train.total_steps): candidates differing
+# only here share a chosen layout, which is planned once
+STEPS_FIELDS = ("total_tokens", "steps")
 
 
 @dataclass
@@ -59,6 +62,8 @@ class FastPath:
         self.cache = cache
         self.architectures: dict[str, _Known] = {}
         self.spaces = DepthSpaces()
+        # (architecture, depth) -> model figures, chosen estimate, legal layouts
+        self.chosen: dict[tuple[str, int], tuple[dict[str, Any], Estimate, int]] = {}
         # candidates decided here / handed to the full path; layouts costed here / legal
         self.stats = {"decided": 0, "full_path": 0, "costed": 0, "legal": 0}
 
@@ -73,6 +78,10 @@ class FastPath:
 
     def _plan(self, exp: Experiment) -> FastPlan | None:
         key = _architecture_key(exp)
+        seen = self.chosen.get((key, exp.backbone.layers))
+        if seen is not None:  # the same model, layouts and cluster: only the number of steps may differ
+            model, est, legal = seen
+            return FastPlan(_plan(exp, model, est), 0, legal)
         known = self.architectures.get(key)
         kinds = layer_kinds(exp)
         derived = known.arch.derive(kinds, exp.name) if known is not None else None
@@ -106,7 +115,8 @@ class FastPath:
         if chosen is None:
             return None
         est, costed, known.ratio = chosen
-        return FastPlan(_plan(exp, model, est), costed, len(ls.space))
+        self.chosen[key, exp.backbone.layers] = (model, est, len(ls))
+        return FastPlan(_plan(exp, model, est), costed, len(ls))
 
 
 @dataclass
@@ -124,6 +134,7 @@ def _architecture_key(exp: Experiment) -> str:
     for k in DEPTH_FIELDS:
         data.pop(k, None)
     data["backbone"] = {k: v for k, v in data["backbone"].items() if k != "layers"}
+    data["train"] = {k: v for k, v in data["train"].items() if k not in STEPS_FIELDS}
     return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
 
 

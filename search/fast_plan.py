@@ -24,6 +24,7 @@ planner's own rule (ties included). The answer is the planner's, not an approxim
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -41,26 +42,50 @@ BOUND_PARTS = ("compute", "elementwise", "tp_comm", "ep_comm", "cp_comm")
 
 @dataclass
 class LayoutSpace:
-    """The legal layouts of one (limits, pins), with what the bound needs that does not depend on
-    the model: the distinct (tp, sp, cp, mb, ep, etp) combinations and the pipeline factor."""
+    """The legal layouts of one (limits, pins): rows of an enumerated space (a superset shared by
+    the depths it serves), with what the bound needs that does not depend on the model: the
+    distinct (tp, sp, cp, mb, ep, etp) combinations of the enumerated space and each row's
+    combination and pipeline factor."""
 
-    space: Space
-    combos: np.ndarray  # [U, 6]
-    inverse: np.ndarray  # row -> combination
-    bubble_factor: np.ndarray  # the multiplier of t_mean in the bound, per row
+    space: Space  # the enumerated layouts; this depth's are `rows` of them
+    rows: np.ndarray
+    combos: np.ndarray  # [U, 6], of the whole enumerated space (per-combination figures are shared)
+    inverse: np.ndarray  # per row of `rows`: its combination
+    bubble_factor: np.ndarray  # per row of `rows`: the multiplier of t_mean in the bound
+    pp: np.ndarray  # per row of `rows`
+    key: str  # names the enumerated space: per-combination figures are cached under it
 
     @classmethod
-    def of(cls, space: Space) -> LayoutSpace:
+    def of(cls, space: Space, key: str) -> LayoutSpace:
         c = space.cols
         combos = np.stack([c["tp"], c["sp"], c["cp"], c["mb"], c["ep"], c["etp"]], axis=1).astype(np.int64)
-        key = np.zeros(len(space), np.int64)
+        code = np.zeros(len(space), np.int64)
         for j in range(combos.shape[1]):  # mixed radix, as the cost model does: a 1-D unique is fast
-            key = key * (int(combos[:, j].max()) + 1) + combos[:, j] if len(space) else key
-        _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+            code = code * (int(combos[:, j].max()) + 1) + combos[:, j] if len(space) else code
+        _, first, inv = np.unique(code, return_index=True, return_inverse=True)
         m, pp, v = (c[k].astype(float) for k in ("m", "pp", "v"))
         factor = np.where(pp > 1, np.where(c["sched"] == ZERO_BUBBLE, m,
                                            np.where(c["sched"] == INTERLEAVED, m + (pp - 1) / v, m + pp - 1)), m)
-        return cls(space, combos[first], inv.reshape(-1), factor)
+        return cls(space, np.arange(len(space)), combos[first], inv.reshape(-1), factor, pp, key)
+
+    def within(self, lim: Limits) -> LayoutSpace:
+        """The rows a depth of `lim.blocks` keeps (DepthSpaces)."""
+        c = self.space.cols
+        keep = np.nonzero((c["pp"] <= min(lim.blocks, lim.max_pp)) & ((c["v"] == 1) | (c["pp"] * c["v"] <= lim.blocks)))[0]
+        return LayoutSpace(self.space, keep, self.combos, self.inverse[keep], self.bubble_factor[keep], self.pp[keep],
+                           self.key)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def take(self, at: np.ndarray) -> Space:
+        """Rows `at` (positions among this depth's rows) as a Space the cost model evaluates."""
+        out = self.space.take(self.rows[at])
+        out.legal = len(self.rows)  # a superset's counts are not this depth's; the fast path reads neither
+        return out
+
+    def layouts(self) -> Space:
+        return self.take(np.arange(len(self.rows)))
 
 
 RADIX = 1 << 10  # every degree and micro-batch size is below this
@@ -75,7 +100,7 @@ class LayerTimes:
         self._times = times
         self.keys = np.empty(0, np.int64)  # sorted
         self.table: dict[str, np.ndarray] = {}
-        self.bound_parts: dict[int, np.ndarray] = {}  # id(LayoutSpace) -> [U, keys] per-layer bound parts
+        self.bound_parts: dict[str, np.ndarray] = {}  # LayoutSpace.key -> [U, keys] per-layer bound parts
 
     def __call__(self, tp, sp, cp, mb, ep, etp) -> dict[str, np.ndarray]:
         cols = [np.asarray(a).astype(np.int64) for a in (tp, sp, cp, mb, ep, etp)]
@@ -97,11 +122,11 @@ class LayerTimes:
 
     def per_layer_bound(self, model: CostModel, ls: LayoutSpace) -> np.ndarray:
         """[U, keys]: one micro-batch's bound parts per layer of each key, per combination."""
-        parts = self.bound_parts.get(id(ls))
+        parts = self.bound_parts.get(ls.key)
         if parts is None:
             u = ls.combos
             pk = model._per_key(self(*u.T), u)  # the cost model's own per-layer parts of a micro-batch
-            parts = self.bound_parts[id(ls)] = sum(pk[k] for k in BOUND_PARTS)
+            parts = self.bound_parts[ls.key] = sum(pk[k] for k in BOUND_PARTS)
         return parts
 
 
@@ -109,7 +134,7 @@ def lower_bounds(model: CostModel, ls: LayoutSpace, times: LayerTimes) -> np.nda
     """A lower bound on every row's step time (module docstring)."""
     layers_of_key = np.bincount(model.p.sequence, minlength=model.p.n_keys)
     total = times.per_layer_bound(model, ls) @ layers_of_key  # one micro-batch through every layer, [U]
-    return total[ls.inverse] / ls.space.cols["pp"] * ls.bubble_factor
+    return total[ls.inverse] / ls.pp * ls.bubble_factor
 
 
 def choose(search: planner_mod.Search, ls: LayoutSpace, allowed: tuple[int, ...], times: LayerTimes,
@@ -123,7 +148,7 @@ def choose(search: planner_mod.Search, ls: LayoutSpace, allowed: tuple[int, ...]
     `ratio`: the first band, as a multiple of the lowest bound (the best step over its bound of
     the architecture's last candidate is a good guess: then one pass suffices). Also returns
     this candidate's ratio."""
-    n = len(ls.space)
+    n = len(ls)
     if n == 0:
         return None
     bound = lower_bounds(search.model, ls, times)
@@ -159,7 +184,7 @@ def _estimate(search: planner_mod.Search, ev, i: int) -> Estimate:
 
 
 def _cost(search: planner_mod.Search, ls: LayoutSpace, rows: np.ndarray, allowed: tuple[int, ...]):
-    sub = ls.space.take(rows)
+    sub = ls.take(rows)
     broken = np.zeros(len(sub), bool)
     for mask in search.runtime_limits(sub).values():
         broken |= mask
@@ -176,43 +201,30 @@ class DepthSpaces:
     interleaved. The first superset of each pin set is checked against the planner's own
     enumeration at a depth it serves; if they differ (the rules changed), no superset is used."""
 
-    def __init__(self):
-        self.supersets: dict[str, Space] = {}
-        self.spaces: dict[str, LayoutSpace] = {}
+    def __init__(self, keep: int = 64):
+        self.supersets: OrderedDict[str, LayoutSpace] = OrderedDict()  # the most recent `keep`
+        self.keep = keep
         self.checked: dict[str, bool] = {}  # pins -> whether filtered supersets equal the enumeration
 
     def get(self, lim: Limits, user_max_pp: int | None, pins: dict[str, Any]) -> LayoutSpace:
         pins_key = json.dumps(pins, sort_keys=True, default=str)
-        key = repr(lim) + pins_key
-        ls = self.spaces.get(key)
-        if ls is None:
-            ls = self.spaces[key] = LayoutSpace.of(self._space(lim, user_max_pp, pins, pins_key))
-        return ls
-
-    def _space(self, lim: Limits, user_max_pp: int | None, pins: dict[str, Any], pins_key: str) -> Space:
         if self.checked.get(pins_key) is False:
-            return enumerate_space(lim, pins)
+            return LayoutSpace.of(enumerate_space(lim, pins), repr(lim) + pins_key)
         depth = 1 << max(0, lim.blocks - 1).bit_length()  # the next power of two
         big = replace(lim, blocks=depth, max_pp=user_max_pp or depth)
         key = repr(big) + pins_key
         superset = self.supersets.get(key)
         if superset is None:
-            superset = self.supersets[key] = enumerate_space(big, pins)
-        own = _within(superset, lim)
+            superset = self.supersets[key] = LayoutSpace.of(enumerate_space(big, pins), key)
+            while len(self.supersets) > self.keep:
+                self.supersets.popitem(last=False)
+        self.supersets.move_to_end(key)
+        own = superset.within(lim)
         if pins_key not in self.checked:
             exact = enumerate_space(lim, pins)
-            self.checked[pins_key] = _same_rows(own, exact)
-            return exact
+            self.checked[pins_key] = _same_rows(own.layouts(), exact)
+            return LayoutSpace.of(exact, repr(lim) + pins_key)
         return own
-
-
-def _within(space: Space, lim: Limits) -> Space:
-    c = space.cols
-    keep = (c["pp"] <= min(lim.blocks, lim.max_pp)) & ((c["v"] == 1) | (c["pp"] * c["v"] <= lim.blocks))
-    rows = np.nonzero(keep)[0]
-    out = space.take(rows)
-    out.legal = len(rows)  # the superset's counts are not this depth's; the fast path reads neither
-    return out
 
 
 def _same_rows(a: Space, b: Space) -> bool:

@@ -67,6 +67,15 @@ def test_fast_path_matches_the_full_path_on_the_tiny_flagship():
     assert fast.stats["costed"] < fast.stats["legal"]
 
 
+def test_token_budgets_share_one_plan_and_keep_their_own_training_days():
+    # the token budget sets only the number of steps: both candidates reuse one chosen layout,
+    # and each one's training days still match its own full plan
+    s = Search(FLAGSHIP, {"train.total_tokens": ["1B", "3B"]}, profile="tiny", objective="min:training_days")
+    assert check_sample(s, 2, seed=0) == 2
+    fast = s.evaluator.fast_path
+    assert fast.stats["decided"] == 2 and len(fast.chosen) == 1
+
+
 @pytest.mark.slow
 def test_fast_path_matches_the_full_path_on_the_flagship():
     space = {"moe.experts": [8, 16, 32, 64], "moe.top_k": [1, 2], "backbone.layers": {"range": [12, 40], "step": 2},
@@ -90,7 +99,7 @@ def test_each_depths_layouts_equal_the_planners_enumeration():
     spaces = DepthSpaces()
     for depth in (5, 24, 17, 40):  # 17 and 24 share a superset (32), 40 has its own (64)
         lim = Limits.of(exp, exp.cluster, depth)
-        ours = spaces.get(lim, None, {}).space
+        ours = spaces.get(lim, None, {}).layouts()
         theirs = enumerate_space(lim, {})
         assert len(ours) == len(theirs) and _same_rows(ours, theirs), depth
     assert spaces.checked == {"{}": True} and len(spaces.supersets) == 3
