@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from vlac.compiler import planner as planner_mod
-from vlac.compiler.cost_model import INTERLEAVED, ZERO_BUBBLE, CostModel
+from vlac.compiler.cost_model import INTERLEAVED, ZERO_BUBBLE, CostModel, Evaluation
 from vlac.compiler.plan import Estimate
 from vlac.compiler.search_space import COLUMNS, Limits, Space, enumerate_space
 
@@ -154,24 +154,50 @@ def choose(search: planner_mod.Search, ls: LayoutSpace, allowed: tuple[int, ...]
     bound = lower_bounds(search.model, ls, times)
     lowest = bound.min()
     band = lowest * ratio
-    costed = 0
+    costed = _Costed(search, ls, allowed, bound)
     while True:
-        ev, runs = _cost(search, ls, np.nonzero(bound <= band)[0], allowed)
-        costed += len(ev.space)
+        ev, runs = costed.up_to(band)
         ok = ev.fits & ev.timed & runs
         if ok.any():
             break
-        if len(ev.space) == n:
+        if costed.done.all():
             return None
         band *= GROW
     best_step = ev.step[ok].min()
     if best_step > band:  # some rows that could tie or beat it were not costed: cost every one
-        ev, runs = _cost(search, ls, np.nonzero(bound <= best_step)[0], allowed)
-        costed += len(ev.space)
+        ev, runs = costed.up_to(best_step)
     i = planner_mod._best(ev, runs)  # the planner's rule: ties toward less memory, then a fixed column order
     if i is None:
         return None
-    return _estimate(search, ev, i), costed, best_step / lowest
+    return _estimate(search, ev, i), int(costed.done.sum()), best_step / lowest
+
+
+class _Costed:
+    """The rows costed so far, each once: widening the band costs only the rows it adds."""
+
+    def __init__(self, search: planner_mod.Search, ls: LayoutSpace, allowed: tuple[int, ...], bound: np.ndarray):
+        self.search, self.ls, self.allowed, self.bound = search, ls, allowed, bound
+        self.done = np.zeros(len(ls), bool)
+        self.parts: list[tuple[np.ndarray, Evaluation, np.ndarray]] = []
+
+    def up_to(self, limit: float) -> tuple[Evaluation, np.ndarray]:
+        """Every row with a bound <= limit, costed, in row order (as one evaluation of them
+        would be), and which of them vlac's runtime runs."""
+        rows = np.nonzero((self.bound <= limit) & ~self.done)[0]
+        if len(rows):
+            self.done[rows] = True
+            self.parts.append((rows, *_cost(self.search, self.ls, rows, self.allowed)))
+        if len(self.parts) == 1:
+            return self.parts[0][1], self.parts[0][2]
+        order = np.argsort(np.concatenate([r for r, _, _ in self.parts]), kind="stable")
+        evs = [ev for _, ev, _ in self.parts]
+        pmax = max(ev.policy.shape[1] for ev in evs)
+        cat = lambda arrays: np.concatenate(arrays)[order]  # noqa: E731
+        policy = cat([np.pad(ev.policy, ((0, 0), (0, pmax - ev.policy.shape[1])), constant_values=-1) for ev in evs])
+        space = Space({k: cat([ev.space.cols[k] for ev in evs]) for k in evs[0].space.cols}, len(self.ls), {})
+        merged = Evaluation(space, cat([ev.peak for ev in evs]), cat([ev.fits for ev in evs]),
+                            cat([ev.timed for ev in evs]), cat([ev.step for ev in evs]), policy, {}, {})
+        return merged, cat([runs for _, _, runs in self.parts])
 
 
 def _estimate(search: planner_mod.Search, ev, i: int) -> Estimate:
