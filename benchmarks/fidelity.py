@@ -81,6 +81,7 @@ class Case:
     fp8: str | None = None  # TE recipe, None = BF16
     causal_convention: bool = True  # for sources that publish TFLOP/s only
     cited: bool = True  # counts toward the 15 % target
+    stack: str = "megatron-te"  # spec.stack preset of the software the run used (both sources: Megatron-style)
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -150,6 +151,7 @@ def spec(case: Case) -> dict[str, Any]:
         "precision": {"dtype": "bf16", "fp8": {"enabled": case.fp8 is not None, "recipe": case.fp8 or "delayed",
                                                 "keep_first_last_bf16": False}},
         "cluster": {"preset": "h100-sxm", "nodes": case.gpus // 8, "gpus_per_node": 8},
+        "stack": {"preset": case.stack},
     }
     if m.experts:
         out["moe"] = {"layers": "all", "experts": m.experts, "top_k": m.top_k, "expert_hidden": m.expert_ffn,

@@ -77,11 +77,11 @@ def leave_one_out(runs) -> list[dict[str, Any]]:
 
 
 def groups(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """The rows by regime: all, by source (stack), by dense/MoE, by precision."""
+    """The rows by regime: all, by software stack, by source, by dense/MoE, by precision."""
     out: dict[str, list[dict[str, Any]]] = {"all": list(rows)}
     for r in rows:
         c = r["case"]
-        for key in (f"stack: {c.source}", f"model: {'MoE' if c.model.experts else 'dense'}",
+        for key in (f"stack: {c.stack}", f"source: {c.source}", f"model: {'MoE' if c.model.experts else 'dense'}",
                     f"precision: {'FP8' if c.fp8 else 'BF16'}"):
             out.setdefault(key, []).append(r)
     return out
@@ -100,5 +100,6 @@ def summary(rows: list[dict[str, Any]]) -> list[str]:
 def band(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """What vlac.compiler.error_band reads: per regime, runs and the median / worst |error|."""
     return {"groups": {k: _stats(v) for k, v in sorted(groups(rows).items())},
-            "stacks": sorted({r["case"].source for r in rows}),
+            "stacks": sorted({r["case"].stack for r in rows}),
+            "sources": sorted({r["case"].source for r in rows}),
             "runs": sorted(r["case"].name for r in rows)}

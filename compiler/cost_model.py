@@ -7,8 +7,10 @@ selective to full, so that choice is optimal per rank and the step time, which f
 slowest rank, is optimal too).
 
 Overlap and scheduling assumptions (calibration choices; `benchmarks/fidelity.py` checks them
-against published runs with one set of figures for all):
-- Tensor-parallel collectives: TP_EXPOSED of their time is exposed. Megatron overlaps the
+against published runs with one set of figures for all). Which overlaps a run has is the
+software stack's (spec.stack, profile.stack): without an overlap its communication is exposed
+whole.
+- Tensor-parallel collectives (`tp_comm_overlap`): TP_EXPOSED of their time is exposed. Megatron overlaps the
   sequence-parallel re-gather in backward with the input-gradient GEMM, and NeMo's production
   recipes pipeline the remaining all-gathers/reduce-scatters with their GEMMs (userbuffers,
   `tp_comm_overlap`); the first chunk of each gather and the last of each scatter stay exposed.
@@ -17,7 +19,7 @@ against published runs with one set of figures for all):
   other micro-batch's compute.
 - Context-parallel K/V exchange overlaps with the attention of the previous ring step; only the
   excess over attention time is exposed.
-- Data parallelism, rank by rank (each rank hides its own traffic behind its own compute, so more
+- Data parallelism (`grad_reduce_overlap`, `param_gather_overlap`), rank by rank (each rank hides its own traffic behind its own compute, so more
   work on one rank never hides more than it adds): gradient reduction overlaps with the rank's
   last backward (bucketed, Megatron `overlap_grad_reduce`; interleaved ranks reduce each chunk
   after its last backward, so chunk 0's 1/v is exposed behind 1/v of the backward); ZeRO-1/2
@@ -33,8 +35,10 @@ against published runs with one set of figures for all):
   which `schedule_sim` reproduces pass by pass (exactly for balanced ranks, as an upper bound
   otherwise);
   activations in flight per rank: p - rank (1F1B, ZB-H1), Megatron's interleaved warm-up
-  ((p-rank-1)*2 + (v-1)*p + 1 chunks), m (GPipe). Stage-to-stage sends: one per micro-batch on
-  the critical path (interleaved sends are overlapped, `overlap_p2p_comm`).
+  ((p-rank-1)*2 + (v-1)*p + 1 chunks), m (GPipe). Stage-to-stage sends (`pp_p2p_overlap`): a
+  forward and a backward send per micro-batch on the critical path when blocking; overlapped
+  (Megatron's `overlap_p2p_comm`, sends posted while the next micro-batch computes), only the
+  p-1 fill and p-1 drain transfers stay exposed.
 - Optimizer: memory bound, ~30 bytes read and written per locally owned parameter (Adam: FP32
   master, m, v read and written, the BF16 gradient read, the BF16 weight written, the norm).
 - Memory per GPU: BF16 weights (2 B) and gradients (2 B), FP32 master and Adam moments (12 B),
@@ -170,7 +174,8 @@ class CostModel:
         tp, sp, cp, mb = (uniq[:, i].astype(float)[:, None] for i in range(4))
         block = self.is_block[None, :]
         cp_exposed = _hide(lt["cp"], lt["attn_fwd"] + lt["attn_bwd"])
-        tp_x = TP_EXPOSED + OVERLAP_SLOWDOWN * (1 - TP_EXPOSED)  # exposed share, hidden share's slowdown
+        tp_exposed = TP_EXPOSED if self.p.stack.tp_comm_overlap else 1.0
+        tp_x = tp_exposed + OVERLAP_SLOWDOWN * (1 - tp_exposed)  # exposed share, hidden share's slowdown
         ep_x = EP_EXPOSED + OVERLAP_SLOWDOWN * (1 - EP_EXPOSED)
         fwd_comm = tp_x * lt["tp_fwd"] + ep_x * lt["ep_fwd"] + cp_exposed / 3
         fwd = lt["gemm_fwd"] + lt["attn_fwd"] + lt["mem_fwd"]
@@ -301,7 +306,8 @@ class CostModel:
             p2p_bytes = (col["mb"] / cp * self.p.seq_len * self.p.hidden * self.p.act_bytes
                          / np.where(c["sp"][idx][:, None], tp, 1.0))[:, 0]
             across = (tp * cp * dp)[:, 0] >= hw.node_size
-            p2p = 2 * hw.p2p(p2p_bytes, across) * (mm + pp - 1)
+            sends = (pp - 1) if self.p.stack.pp_p2p_overlap else (mm + pp - 1)
+            p2p = 2 * hw.p2p(p2p_bytes, across) * sends
         else:
             bubble = np.zeros(len(sel))
             p2p = np.zeros(len(sel))
@@ -356,14 +362,21 @@ class CostModel:
         r = np.broadcast_to(raf[:, None], t_fwd.shape)
         chunk = 1.0 / v
         none = np.zeros_like(t_fwd)
+        # a stack that does not overlap a collective runs it after (or before) the compute
+        exposed = lambda comm, window: comm  # noqa: E731
+        hide_rs = _hide if self.p.stack.grad_reduce_overlap else exposed
+        hide_ag = _hide if self.p.stack.param_gather_overlap else exposed
+        # ZeRO-3 without resharding: the backward's re-gather and the reduce-scatter share its window
+        both = _hide(ag + rs, t_bwd) if hide_ag is hide_rs is _hide else hide_ag(ag, t_bwd) + hide_rs(rs, t_bwd)
         # ZeRO-2 reduce-scatters every micro-batch's gradients behind its backward, the last one
         # at the step's end as ZeRO-1 does (so with one micro-batch the two cost the same)
         earlier = (col["m"] - 1) / col["m"]
         per_mb = np.select([z == 2, (z == 3) & r, z == 3],
-                           [earlier * _hide(rs, t_bwd), _hide(ag, t_fwd) + _hide(ag + rs, t_bwd), _hide(ag, t_fwd) + _hide(rs, t_bwd)],
+                           [earlier * hide_rs(rs, t_bwd), hide_ag(ag, t_fwd) + both,
+                            hide_ag(ag, t_fwd) + hide_rs(rs, t_bwd)],
                            none)
-        start = np.where((z == 1) | (z == 2), _hide(ag * chunk, t_fwd * chunk), none)
-        end = np.select([z == 0, (z == 1) | (z == 2)], [_hide(ar * chunk, t_bwd * chunk), _hide(rs * chunk, t_bwd * chunk)],
+        start = np.where((z == 1) | (z == 2), hide_ag(ag * chunk, t_fwd * chunk), none)
+        end = np.select([z == 0, (z == 1) | (z == 2)], [hide_rs(ar * chunk, t_bwd * chunk), hide_rs(rs * chunk, t_bwd * chunk)],
                         none)
         return per_mb, start, end
 

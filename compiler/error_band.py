@@ -1,7 +1,7 @@
 """The expected error of a predicted step time, from the leave-one-out table that
 `benchmarks/fidelity.py --loo --write-band` writes next to this module (fidelity_band.json):
 the median and worst |error| of cited published runs predicted by constants chosen without them,
-per regime (precision, dense/MoE) and overall. docs/fidelity.md says which runs and stacks."""
+per regime (software stack, precision, dense/MoE) and overall. docs/fidelity.md says which runs and stacks."""
 
 from __future__ import annotations
 
@@ -24,14 +24,19 @@ def regime_keys(fp8: bool, moe: bool) -> tuple[str, str]:
     return ("precision: FP8" if fp8 else "precision: BF16", "model: MoE" if moe else "model: dense")
 
 
-def error_band(fp8: bool, moe: bool, bands: dict[str, Any] | None = None) -> str:
-    """One line: the wider band of the plan's precision and dense/MoE regimes, or the overall
-    band when fewer than MIN_RUNS cited runs share either."""
+def error_band(fp8: bool, moe: bool, bands: dict[str, Any] | None = None, stack: str | None = None) -> str:
+    """One line: the widest band of the plan's stack, precision and dense/MoE regimes, or the
+    overall band when fewer than MIN_RUNS cited runs share any; a stack no cited run used is
+    said so (its band is then the other stacks')."""
     bands = load_bands() if bands is None else bands
     if not bands:
         return "unknown (no leave-one-out table: run benchmarks/fidelity.py --loo --write-band)"
     groups = bands["groups"]
-    found = [(k, groups[k]) for k in regime_keys(fp8, moe) if k in groups and groups[k]["runs"] >= MIN_RUNS]
+    keys = regime_keys(fp8, moe) + ((f"stack: {stack}",) if stack else ())
+    found = [(k, groups[k]) for k in keys if k in groups and groups[k]["runs"] >= MIN_RUNS]
+    caveat = ""
+    if stack and groups.get(f"stack: {stack}", {}).get("runs", 0) < MIN_RUNS:
+        caveat = f"; fewer than {MIN_RUNS} cited runs on the {stack} stack, so its error may be larger"
     if not found:
         k, g = "all", groups["all"]
         where = f"fewer than {MIN_RUNS} cited runs share this regime; over all"
@@ -39,4 +44,4 @@ def error_band(fp8: bool, moe: bool, bands: dict[str, Any] | None = None) -> str
         k, g = max(found, key=lambda kg: (kg[1]["max"], kg[0]))
         where = k
     return (f"±{g['median'] * 100:.0f} % median, ±{g['max'] * 100:.0f} % worst (leave-one-out over {g['runs']} "
-            f"published runs from {len(bands['stacks'])} sources, {where}; docs/fidelity.md)")
+            f"published runs from {len(bands['stacks'])} stacks, {where}{caveat}; docs/fidelity.md)")

@@ -15,9 +15,8 @@ Compute
   (worst error 12 %, mean 4 %), not fitted per run.
 - The roofline makes narrow GEMMs (small per-expert token counts, small widths) memory bound by
   themselves: that is the "efficiency by size" fall-off, derived rather than fitted.
-- Fused attention (FlashAttention-2/3, cuDNN SDPA) on H100 reaches ~450-550 TFLOP/s forward and
-  ~400-450 backward for head_dim 128 (Dao 2023; Shah et al. 2024, FlashAttention-3 paper
-  Fig. 5/6, BF16): ATTENTION_EFF applies to the FLOPs as the graph counts them.
+- Fused attention runs at the rate of the stack's kernel (FlashAttention-2/3, cuDNN; spec.stack,
+  compiler/stack_costs.ATTENTION_EFF with its sources), applied to the FLOPs the graph counts.
 - Element-wise and normalisation kernels are memory bound: bytes / (HBM * HBM_EFF); streaming
   kernels reach ~85-90 % of HBM bandwidth (STREAM-like copy on H100: ~2.9-3.0 of 3.35 TB/s).
 
@@ -45,7 +44,6 @@ from vlac.spec.system import Cluster
 
 GEMM_EFF_BF16 = 0.70  # of the dense BF16 peak, large GEMMs, sustained in a training step
 GEMM_EFF_FP8 = 0.55  # of the dense FP8 peak, large GEMMs (delayed or current per-tensor scaling)
-ATTENTION_EFF = 0.50  # fused attention, of the BF16 peak, on the FLOPs the graph counts
 HBM_EFF = 0.85  # streaming kernels and GEMM operand traffic
 KERNEL_OVERHEAD_S = 3e-6  # per GEMM launch: tail wave and launch gap
 A2A_NVLINK_FRACTION = 0.8  # all-to-all / p2p inside a node, of the per-direction NVLink rate
@@ -92,8 +90,9 @@ class Hardware:
         t = np.maximum(flops / rate, traffic / (gpu.memory_bandwidth * HBM_EFF)) + KERNEL_OVERHEAD_S
         return np.where(np.asarray(flops) > 0, t, 0.0)
 
-    def attention_seconds(self, flops):
-        return np.asarray(flops) / (self.cluster.gpu.bf16_flops * ATTENTION_EFF)
+    def attention_seconds(self, flops, efficiency):
+        """Fused attention doing `flops` at `efficiency` of the BF16 peak (the stack's kernel)."""
+        return np.asarray(flops) / (self.cluster.gpu.bf16_flops * efficiency)
 
     def memory_seconds(self, nbytes):
         return np.asarray(nbytes) / (self.cluster.gpu.memory_bandwidth * HBM_EFF)

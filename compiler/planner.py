@@ -4,6 +4,7 @@ and explain the choice (alternatives, rejected families with numbers, advice whe
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -92,13 +93,19 @@ class Search:
                         stages)
 
 
+def _stack_json(exp: Experiment) -> dict[str, Any]:
+    """The software stack the plan was costed for (spec.stack, preset values filled in)."""
+    st = exp.stack.resolved()
+    return {**asdict(st), "fused": list(st.fused)}
+
+
 def build_profile(exp: Experiment, g: Graph, hw: Hardware, fp8: bool,
                   kernel_costs: KernelCosts | None = None) -> CostProfile:
     bb, moe = exp.backbone, exp.moe
     return CostProfile(g, hw, hidden=bb.hidden, heads=bb.heads, kv_heads=bb.n_kv_heads, head_dim=bb.d_head,
                        top_k=moe.top_k if moe else 0, experts=moe.experts if moe else 1, fp8=fp8,
                        fp8_recipe=exp.precision.fp8.recipe, causal=exp.fusion.attention_mask == "causal",
-                       norm=bb.norm, kernel_costs=kernel_costs)
+                       norm=bb.norm, kernel_costs=kernel_costs, stack=exp.stack.resolved())
 
 
 def plan(exp: Experiment, cluster: Cluster | None = None, pin: dict[str, Any] | None = None,
@@ -153,7 +160,8 @@ def plan(exp: Experiment, cluster: Cluster | None = None, pin: dict[str, Any] | 
         search={"legal": space.legal, "candidates": len(space),
                 "pruned_dominated": space.dominated,
                 "pruned_over_memory": int((~ev.fits).sum()),
-                "recompute": "chosen per pipeline stage: the cheapest policy that fits that stage"},
+                "recompute": "chosen per pipeline stage: the cheapest policy that fits that stage",
+                "stack": _stack_json(exp)},
     )
     if best_i is None and advise:
         p.advice = _advice(exp, cluster, g, pins, chosen, search.hw.usable_memory)

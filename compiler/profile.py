@@ -38,9 +38,13 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from vlac.spec.stack import PRESETS as STACKS
+from vlac.spec.stack import ResolvedStack
+
 from .graph import RECOMPUTE, Graph, NodeCost
 from .hardware import Hardware
 from .kernel_costs import KernelCosts, runtime_kernel
+from .stack_costs import ATTENTION_EFF, StackCosts
 
 MEMBOUND_PASSES = 4.0
 MEMBOUND_FWD_SHARE = 1.0 / 3.0
@@ -75,6 +79,7 @@ class LayerProfile:
     gemms: list[Gemm] = field(default_factory=list)
     attn_fwd: float = 0.0
     attn_bwd: float = 0.0
+    attn_score_bytes: float = 0.0  # HBM traffic of an unfused attention's score matrix (stack_costs)
     # memory-bound HBM traffic of a step and saved bytes, in three parts by how they divide over
     # tensor-parallel ranks: always (TP-sharded), with sequence parallelism only, never (masks)
     mem: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -93,8 +98,13 @@ class LayerProfile:
 class CostProfile:
     def __init__(self, graph: Graph, hw: Hardware, *, hidden: int, heads: int, kv_heads: int, head_dim: int,
                  top_k: int, experts: int, fp8: bool, fp8_recipe: str = "delayed", causal: bool = False,
-                 norm: str = "rmsnorm", kernel_costs: KernelCosts | None = None):
+                 norm: str = "rmsnorm", kernel_costs: KernelCosts | None = None,
+                 stack: ResolvedStack | None = None):
         self.g, self.hw = graph, hw
+        # the software stack (spec.stack; default: what vlac's emitted program runs)
+        self.stack = stack or STACKS["vlac"]
+        self.stack_costs = StackCosts(self.stack, act_bytes=graph.dtype_bytes, hidden=hidden, head_dim=head_dim,
+                                      heads=heads, norm=norm)
         self.norm = norm
         # measured kernel rates replace the assumed HBM efficiency for the traffic of their ops
         self.kernel_costs = kernel_costs or KernelCosts(hw.cluster.gpu.memory_bandwidth)
@@ -143,7 +153,9 @@ class CostProfile:
         mem = [0.0, 0.0, 0.0]
         mem_kernels: dict[str, list[float]] = {}
         regions = set()
+        tokens = self.seq_len * self.g.micro_batch
         for n in nodes:
+            kept = self.stack_costs.saved(n, tokens)
             p.params_dense += n.params_dense + n.params_embedding
             p.params_expert += n.params_expert
             if n.params_expert:
@@ -172,19 +184,23 @@ class CostProfile:
                     for kernel in ("moe_permute", "moe_unpermute"):
                         mem_kernels.setdefault(kernel, [0.0, 0.0, 0.0])[part] += moved
             elif n.kind == "attention":
-                half = 0.5 if self._dense_causal(n) else 1.0
+                # a fused causal kernel skips the masked half; an unfused one computes it all
+                half = 0.5 if self._dense_causal(n) and self.stack_costs.fused_attention else 1.0
+                p.attn_score_bytes += self.stack_costs.score_traffic(self.seq_len, self.seq_len) * self.g.micro_batch
                 p.attn_fwd += n.flops_fwd * half
                 p.attn_bwd += n.flops_bwd * half
                 p.flops -= (n.flops_fwd + n.flops_bwd) * (1 - half)
             elif n.kind in MEMBOUND_KINDS:
-                mem[part] += MEMBOUND_PASSES * n.saved["none"]
+                mem[part] += MEMBOUND_PASSES * kept["none"]
                 kernel = runtime_kernel(n.kind, n.module, n.name, self.norm)
                 if kernel is not None:
-                    mem_kernels.setdefault(kernel, [0.0, 0.0, 0.0])[part] += MEMBOUND_PASSES * n.saved["none"]
+                    mem_kernels.setdefault(kernel, [0.0, 0.0, 0.0])[part] += MEMBOUND_PASSES * kept["none"]
+            scores = self.stack_costs.unfused_scores(self.seq_len, self.seq_len, self.g.micro_batch) \
+                if n.kind == "attention" else None
             for pol in RECOMPUTE:
-                b = n.saved[pol]
-                if n.kind == "attention":
-                    b = min(b, self.flash_saved_per_token * self.seq_len * self.g.micro_batch)
+                b = kept[pol]
+                if scores is not None:
+                    b = min(b, self.flash_saved_per_token * tokens * self.stack_costs.dtype_scale) + scores[pol]
                 saved[pol][part] += b
         mb = self.g.micro_batch  # the graph was lowered for `mb` sequences: store per sequence
         p.saved = {pol: tuple(x / mb for x in v) for pol, v in saved.items()}
@@ -192,6 +208,7 @@ class CostProfile:
         p.mem_kernels = {k: tuple(x / mb for x in v) for k, v in sorted(mem_kernels.items())}
         p.attn_fwd /= mb
         p.attn_bwd /= mb
+        p.attn_score_bytes /= mb
         p.flops /= mb
         p.gemms = [replace(gm, flops=gm.flops / mb, over=gm.over / mb, m=gm.m // mb) for gm in p.gemms]
         p.tp_regions = len(regions)
@@ -270,8 +287,14 @@ class CostProfile:
                     if g.expert:
                         expert_cast += (m * k + m * n) * groups * self.cast_bytes
             attn_split = seqs / tp
-            out["attn_fwd"][:, j] = hw.attention_seconds(p.attn_fwd * attn_split)
-            out["attn_bwd"][:, j] = hw.attention_seconds(p.attn_bwd * attn_split)
+            if self.stack_costs.fused_attention:
+                eff = ATTENTION_EFF[self.stack.attention]
+                out["attn_fwd"][:, j] = hw.attention_seconds(p.attn_fwd * attn_split, eff)
+                out["attn_bwd"][:, j] = hw.attention_seconds(p.attn_bwd * attn_split, eff)
+            else:  # batched GEMMs over the whole score matrix, which goes through HBM
+                scores = hw.memory_seconds(p.attn_score_bytes * attn_split)
+                out["attn_fwd"][:, j] = hw.gemm_seconds(p.attn_fwd * attn_split, 1, 1, 1, False) + scores / 3
+                out["attn_bwd"][:, j] = hw.gemm_seconds(p.attn_bwd * attn_split, 1, 1, 1, False) + scores * 2 / 3
             traffic = (p.mem[0] / tp + p.mem[1] / sp_div + p.mem[2]) * seqs
             cast_t = hw.memory_seconds(cast)
             out["mem_fwd"][:, j] = hw.memory_seconds(traffic * MEMBOUND_FWD_SHARE) + cast_t / 2

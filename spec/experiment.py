@@ -12,6 +12,7 @@ from .architecture import MoE, Backbone, Fusion, KVCache, Memory
 from .base import Identifier, Name, SpecModel, Text
 from .modalities import DISCRETE_KINDS, Modality, Vocabulary
 from .pretrained import expand_from_hf, mismatches as pretrained_mismatches
+from .stack import Stack
 from .system import PRESETS, Cluster, Launcher, Parallelism, Precision
 from .training import Data, Losses, Optimizer, Train
 
@@ -90,6 +91,7 @@ class Experiment(SpecModel):
     train: Train = Field(Train(), description="batch, sequence and token budget")
     parallelism: Parallelism = Field(Parallelism(), description="parallel layout: auto or pinned")
     precision: Precision = Field(Precision(), description="compute precision and FP8")
+    stack: Stack = Field(Stack(), description="software stack whose kernels and overlaps are costed (preset + overrides)")
     cluster: Cluster = Field(Cluster(), description="the machines")
     launcher: Launcher = Field(Launcher(), description="where the job runs")
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict, description="named partial overrides, e.g. tiny: a CPU-sized version of this experiment")

@@ -92,7 +92,8 @@ def print_plan(con: Console, p: Plan) -> None:
                        + "; ".join(f"{c[0]}..{c[-1]}" for c in pl["stage_split"]))
     layout.add_row("recompute per stage", ", ".join(pl["recompute_per_stage"]))
     layout.add_row("step time", duration(pr["step_time_s"]))
-    layout.add_row("  expected error", error_band(j["fp8"]["enabled"], m["params_expert"] > 0))
+    layout.add_row("  expected error", error_band(j["fp8"]["enabled"], m["params_expert"] > 0,
+                                                     stack=j["search"].get("stack", {}).get("preset")))
     layout.add_row("tokens/s", f"{pr['tokens_per_s']:,.0f} ({pr['tokens_per_s'] / j['cluster']['gpus']:,.0f} per GPU)")
     layout.add_row("MFU", f"{pr['mfu'] * 100:.1f} % of BF16 peak ({pr['tflops_per_gpu']:.0f} model TFLOP/s per GPU)")
     layout.add_row("training", f"{pr['total_steps']:,} steps, {pr['training_days']:.2f} days, "

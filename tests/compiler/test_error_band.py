@@ -13,7 +13,7 @@ BANDS = {"stacks": ["A", "B"], "runs": ["r1", "r2", "r3", "r4", "r5", "r6"],
 
 def test_the_wider_of_the_matching_regimes_is_stated():
     line = error_band(fp8=True, moe=False, bands=BANDS)
-    assert line.startswith("±4 % median, ±12 % worst") and "model: dense" in line and "2 sources" in line
+    assert line.startswith("±4 % median, ±12 % worst") and "model: dense" in line and "2 stacks" in line
 
 
 def test_a_regime_with_too_few_runs_falls_back_to_all():
@@ -33,3 +33,11 @@ def test_the_shipped_table_is_consistent():
     assert groups["all"]["runs"] == len(bands["runs"])
     for g in groups.values():
         assert 0 <= g["median"] <= g["max"] and 1 <= g["runs"] <= groups["all"]["runs"]
+
+
+def test_the_plans_stack_is_a_regime_and_an_uncited_stack_is_said_so():
+    bands = {**BANDS, "groups": {**BANDS["groups"], "stack: megatron-te": {"runs": 5, "median": 0.06, "max": 0.3}}}
+    line = error_band(fp8=True, moe=False, bands=bands, stack="megatron-te")
+    assert line.startswith("±6 % median, ±30 % worst") and "stack: megatron-te" in line and "may be larger" not in line
+    line = error_band(fp8=True, moe=False, bands=bands, stack="vlac")
+    assert line.startswith("±4 % median") and "fewer than 3 cited runs on the vlac stack" in line

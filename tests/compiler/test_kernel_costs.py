@@ -164,7 +164,10 @@ def norm_traffic_per_step(exp, g, plan) -> float:
     MEMBOUND_PASSES x the bytes a node saves, per sequence), for the plan's layout (tp=pp=cp=1)."""
     lay = plan["plan"]
     assert (lay["tp"], lay["pp"], lay["cp"], lay["recompute"]) == (1, 1, 1, "none")
-    per_sequence = sum(MEMBOUND_PASSES * n.saved["none"] for n in g.nodes if n.kind == "norm") / g.micro_batch
+    # the bytes the stack's norm keeps (vlac's default stack: the Triton RMSNorm, spec.stack)
+    kept = Search(exp, exp.cluster, g).model.p.stack_costs
+    tokens = g.seq_len * g.micro_batch
+    per_sequence = sum(MEMBOUND_PASSES * kept.saved(n, tokens)["none"] for n in g.nodes if n.kind == "norm") / g.micro_batch
     return per_sequence * lay["microbatch_size"] * lay["num_microbatches"]
 
 

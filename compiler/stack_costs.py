@@ -1,0 +1,97 @@
+"""What the software stack (spec.stack) changes in a layer's cost: the bytes each node keeps
+for backward, and the attention kernel's rate and memory.
+
+The lowering runs the runtime's PyTorch reference ops on meta tensors (vlac.compiler.lower), so
+its saved bytes are those of eager ops: the fp32 RMSNorm keeps fp32 copies, RoPE keeps its fp32
+cos/sin rows per call, SwiGLU keeps SiLU's output, cross entropy keeps an fp32 log-softmax over
+the vocabulary. A stack that runs these as fused kernels keeps less; the rules below derive each
+reduction from what the fused kernel saves (never from a fitted factor):
+
+- norm: a fused RMSNorm (vlac's Triton kernel, TE's LayerNormLinear, Apex) keeps its input and
+  output in the activation dtype and an fp32 rstd per token: 2 * act * hidden + 4 bytes per
+  token (the eager one keeps fp32 copies besides: ~(8 + act) * hidden). Only the backbone's
+  RMSNorms (nodes of kind `norm` in the decoder and the final norm, when backbone.norm is
+  rmsnorm); nn.LayerNorm is already one kernel.
+- rope: a fused RoPE keeps nothing per layer beyond the rotated q and k (which attention keeps);
+  the eager op keeps the fp32 cos and sin rows of its call: 2 * head_dim * 4 bytes per token.
+- swiglu: a fused SwiGLU keeps its two inputs (the w1 and w3 outputs) and recomputes SiLU in
+  backward, so SiLU's output is not kept (Megatron's bias_swiglu_impl; Korthikanti et al. 2022,
+  Sec. 4, count the MLP's activation function input only).
+- cross_entropy: a fused (vocabulary-parallel) cross entropy keeps the logits' softmax in the
+  activation dtype instead of an fp32 log-softmax: act / 4 of the eager bytes.
+- activation dtype: every saved byte scales by stored / computed bytes per element.
+
+Attention kernels (FLOP rates on H100 SXM, BF16, head_dim 128, Shah et al. 2024,
+"FlashAttention-3", Fig. 5-7): FlashAttention-3 reaches ~500-660 TFLOP/s forward and ~450-550
+backward, cuDNN's fused attention about the same; FlashAttention-2 (PyTorch SDPA's flash backend)
+~330-370 forward and ~290-310 backward. As shares of the 989 TFLOP/s BF16 peak over a training
+step's forward + backward (backward holds 2.5x the forward FLOPs): flash3/cudnn 0.50,
+flash2 0.33. `unfused` attention runs QK^T and PV as batched GEMMs at the GEMM rate over the whole
+s x s matrix (causal masking does not skip work), and moves the score matrix through memory: the
+scores written and read by softmax, the probabilities written and read by PV (4 passes of
+act bytes) forward, twice that backward; it keeps the probabilities for backward (act bytes per
+score, Korthikanti et al. 2022's 2as^2b without dropout), which selective recompute drops
+(Korthikanti's selective recompute recomputes exactly this part).
+"""
+
+from __future__ import annotations
+
+from vlac.spec.stack import STORED_BYTES, ResolvedStack
+
+from .graph import RECOMPUTE, NodeCost
+
+ATTENTION_EFF = {"flash2": 0.33, "flash3": 0.50, "cudnn": 0.50}
+UNFUSED_SCORE_PASSES = 12.0  # 4 forward, 8 backward: reads and writes of the s x s matrix
+FP32_BYTES = 4.0
+
+
+class StackCosts:
+    """The stack's rules for one model: `saved(node)` gives the node's kept bytes per policy
+    under the stack, `unfused_scores(...)` the extra kept bytes of an unfused attention."""
+
+    def __init__(self, stack: ResolvedStack, *, act_bytes: int, hidden: int, head_dim: int, heads: int, norm: str):
+        self.stack, self.act_bytes, self.head_dim, self.heads, self.norm = stack, act_bytes, head_dim, heads, norm
+        self.hidden = hidden
+        stored = STORED_BYTES.get(stack.activation_dtype or "", act_bytes)
+        self.dtype_scale = stored / act_bytes
+
+    @property
+    def fused_attention(self) -> bool:
+        return self.stack.attention != "unfused"
+
+    def saved(self, n: NodeCost, tokens: int) -> dict[str, float]:
+        """The node's kept bytes per recompute policy on this stack (`tokens` in the lowered
+        micro-batch)."""
+        factor, minus = 1.0, 0.0
+        st = self.stack
+        if n.kind == "norm" and self.norm == "rmsnorm" and st.fuses("norm") and _backbone(n.module):
+            fused = (2 * self.act_bytes * self.hidden + FP32_BYTES) * tokens
+            return {pol: min(n.saved[pol], fused) * self.dtype_scale for pol in RECOMPUTE}
+        if n.kind == "elementwise" and st.fuses("rope") and n.module.endswith(".rotary") and "rope" in n.name:
+            minus = 2 * self.head_dim * FP32_BYTES * tokens
+        elif n.kind == "elementwise" and st.fuses("swiglu") and n.name.endswith("silu") and n.module.endswith(".mlp"):
+            factor = 0.0
+        elif n.kind == "loss" and st.fuses("cross_entropy") and n.name.startswith("cross_entropy"):
+            factor = self.act_bytes / FP32_BYTES
+        return {pol: max(0.0, n.saved[pol] * factor - (minus if n.saved[pol] else 0.0)) * self.dtype_scale
+                for pol in RECOMPUTE}
+
+    def unfused_scores(self, sq: int, sk: int, micro_batch: int) -> dict[str, float]:
+        """Bytes an unfused attention node keeps beyond a fused kernel's, per policy: the
+        probabilities (heads x sq x sk per sequence); selective and full recompute drop them."""
+        if self.fused_attention:
+            return {pol: 0.0 for pol in RECOMPUTE}
+        probs = self.heads * sq * sk * micro_batch * self.act_bytes * self.dtype_scale
+        return {"none": probs, "selective": 0.0, "full": 0.0}
+
+    def score_traffic(self, sq: int, sk: int) -> float:
+        """HBM bytes an unfused attention moves through its score matrix per sequence (forward
+        and backward): 0 for a fused kernel, which keeps scores on chip."""
+        return 0.0 if self.fused_attention else UNFUSED_SCORE_PASSES * self.heads * sq * sk * self.act_bytes
+
+
+def _backbone(module: str) -> bool:
+    return module.startswith("model.layers.") or module == "model.norm"
+
+
+__all__ = ["ATTENTION_EFF", "StackCosts", "UNFUSED_SCORE_PASSES"]

@@ -1,0 +1,108 @@
+"""The software stack a run trains on: the kernels and overlaps that set its time and memory.
+
+The same model and layout cost differently on Megatron-Core + TransformerEngine (fused norms,
+fused SwiGLU/RoPE/cross-entropy, cuDNN attention, TP communication overlapped with GEMMs) and on
+a plain PyTorch runtime (eager RMSNorm in fp32, unfused SwiGLU, SDPA's FlashAttention-2). A
+`stack:` section names a preset and may override any field; the cost model reads only the
+resolved values (`Stack.resolved()`).
+
+Presets (what each stack runs by default, from its own code and docs):
+- `vlac`: the program `vlac compile` emits (vlac.runtime) on CUDA: SDPA (FlashAttention-2
+  kernels on Hopper), the Triton RMSNorm and RoPE of vlac/runtime/kernels (`select_backend`
+  picks them on CUDA; the norm keeps its input and fp32 rstd, RoPE its cos/sin tables), SwiGLU
+  as eager ops, fp32 log-softmax cross entropy, plain DTensor tensor parallelism (no overlap),
+  DDP/FSDP2 bucketed gradient reduction and parameter prefetch (overlapped),
+  torch.distributed.pipelining sends (not overlapped), no torch.compile.
+- `megatron-te`: Megatron-Core with TransformerEngine as NeMo's H100 recipes run it: TE
+  cuDNN fused attention, TE LayerNormLinear (norm fused into the next GEMM), bias-SwiGLU and
+  RoPE fusions (`bias_swiglu_fusion`, `apply_rope_fusion`), `cross_entropy_loss_fusion`,
+  `tp_comm_overlap` (userbuffers), `overlap_grad_reduce`, `overlap_param_gather`,
+  `overlap_p2p_comm`.
+- `torchtitan-torchao`: torchtitan with torchao float8: SDPA (FlashAttention-2), torch.compile
+  per block (inductor fuses the norm, SwiGLU and RoPE element-wise chains), FSDP2 with
+  prefetch (overlapped reduce and gather), no async TP by default, eager cross entropy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import Field
+
+from .base import SpecModel
+
+AttentionKernel = Literal["flash2", "flash3", "cudnn", "unfused"]
+FusedOp = Literal["norm", "swiglu", "rope", "cross_entropy"]
+ActivationDtype = Literal["bf16", "fp16", "fp32"]
+FUSED_OPS: tuple[str, ...] = ("norm", "swiglu", "rope", "cross_entropy")
+STORED_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+
+@dataclass(frozen=True)
+class ResolvedStack:
+    """Every field decided (preset values with the spec's overrides)."""
+
+    preset: str
+    attention: str
+    fused: tuple[str, ...]
+    activation_dtype: str | None  # None: the compute dtype (precision.dtype)
+    tp_comm_overlap: bool
+    grad_reduce_overlap: bool
+    param_gather_overlap: bool
+    pp_p2p_overlap: bool
+    torch_compile: bool
+
+    def fuses(self, op: str) -> bool:
+        """Whether `op`'s element-wise chain runs as one kernel: named in `fused`, or generated
+        by torch.compile (inductor fuses the norm, SwiGLU and RoPE chains; not the loss)."""
+        return op in self.fused or (self.torch_compile and op in ("norm", "swiglu", "rope"))
+
+
+PRESETS: dict[str, ResolvedStack] = {
+    "vlac": ResolvedStack("vlac", "flash2", ("norm", "rope"), None, tp_comm_overlap=False, grad_reduce_overlap=True,
+                          param_gather_overlap=True, pp_p2p_overlap=False, torch_compile=False),
+    "megatron-te": ResolvedStack("megatron-te", "cudnn", FUSED_OPS, None, tp_comm_overlap=True,
+                                 grad_reduce_overlap=True, param_gather_overlap=True, pp_p2p_overlap=True,
+                                 torch_compile=False),
+    "torchtitan-torchao": ResolvedStack("torchtitan-torchao", "flash2", (), None, tp_comm_overlap=False,
+                                        grad_reduce_overlap=True, param_gather_overlap=True, pp_p2p_overlap=False,
+                                        torch_compile=True),
+}
+
+
+class Stack(SpecModel):
+    """The software stack the run trains on: a preset (vlac, the emitted program; megatron-te;
+    torchtitan-torchao) and overrides of what changes cost. The planner costs attention, saved
+    activations and communication overlap from these (docs/fidelity.md)."""
+
+    preset: Literal["vlac", "megatron-te", "torchtitan-torchao"] = Field(
+        "vlac", description="the training stack whose kernels and overlaps are costed: vlac (the emitted program, "
+                            "default), megatron-te (Megatron-Core + TransformerEngine), torchtitan-torchao")
+    attention: AttentionKernel | None = Field(
+        None, description="attention kernel: flash2, flash3, cudnn (fused, O(s) memory) or unfused (materialises "
+                          "the s x s scores); null = the preset's")
+    fused: list[FusedOp] | None = Field(
+        None, max_length=len(FUSED_OPS), description="ops run as fused kernels, among norm (a norm kernel keeping "
+                                                     "its input and per-token statistics, e.g. TE LayerNormLinear), "
+                                                     "swiglu, rope, cross_entropy; null = the preset's")
+    activation_dtype: ActivationDtype | None = Field(
+        None, description="dtype activations are stored in for backward: bf16, fp16 or fp32; null = the "
+                                                       "compute dtype (precision.dtype)")
+    tp_comm_overlap: bool | None = Field(None, description="tensor-parallel gathers/scatters overlapped with their GEMMs")
+    grad_reduce_overlap: bool | None = Field(None, description="data-parallel gradient reduction overlapped with backward")
+    param_gather_overlap: bool | None = Field(None, description="ZeRO parameter all-gather overlapped with forward")
+    pp_p2p_overlap: bool | None = Field(None, description="pipeline sends/receives overlapped with compute")
+    torch_compile: bool | None = Field(None, description="blocks compiled with torch.compile (fuses norm, SwiGLU, "
+                                                         "RoPE element-wise chains)")
+
+    def resolved(self) -> ResolvedStack:
+        base = PRESETS[self.preset]
+        pick = lambda name: getattr(base, name) if getattr(self, name) is None else getattr(self, name)  # noqa: E731
+        fused = base.fused if self.fused is None else tuple(op for op in FUSED_OPS if op in self.fused)
+        return ResolvedStack(self.preset, pick("attention"), fused, pick("activation_dtype"),
+                             *(bool(pick(f)) for f in ("tp_comm_overlap", "grad_reduce_overlap",
+                                                       "param_gather_overlap", "pp_p2p_overlap", "torch_compile")))
+
+
+__all__ = ["FUSED_OPS", "PRESETS", "STORED_BYTES", "ResolvedStack", "Stack"]

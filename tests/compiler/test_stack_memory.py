@@ -1,0 +1,138 @@
+"""Activation memory per decoder layer on each software stack (spec.stack), against Korthikanti
+et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models", Sec. 4) and
+against the CPU lowering where the stack runs the same ops; the stack's overlaps in step time."""
+
+from __future__ import annotations
+
+import pytest
+
+import vlac
+from vlac.compiler.planner import Search, plan
+from vlac.spec.errors import SpecError
+
+H, A, S, F = 256, 4, 256, 1024  # hidden, heads, sequence, MLP width (4h, as Korthikanti's GPT)
+
+
+def spec(stack: dict, **backbone) -> dict:
+    bb = {"layers": 2, "hidden": H, "heads": A, "kv_heads": A, "ffn_hidden": F, "mlp": "gelu", "norm": "layernorm",
+          "positions": "learned", "context_length": S, **backbone}
+    return {"name": "stack-memory", "modalities": {"text": {"kind": "text", "tokenizer": "bpe", "vocab_size": 1000,
+                                                            "tokens": S - 2}},
+            "backbone": bb, "fusion": {"attention_mask": "causal"},
+            "data": {"mixture": [{"name": "t", "modalities": ["text"]}]},
+            "train": {"seq_len": S, "global_batch_tokens": S * 64}, "stack": stack,
+            "cluster": {"preset": "h100-sxm", "nodes": 1, "gpus_per_node": 8}}
+
+
+@pytest.fixture(scope="module")
+def gpt():
+    """A GPT layer as Korthikanti's (MHA, LayerNorm, GELU MLP of 4h), no dropout."""
+    return vlac.lower(vlac.load(spec({})))
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return vlac.lower(vlac.load(spec({}, **LLAMA)))
+
+
+LLAMA = {"kv_heads": 2, "mlp": "swiglu", "norm": "rmsnorm", "positions": "rope"}
+
+
+def block(graph, stack: dict, kind: str = "block"):
+    """The cost profile of the graph's first layer of `kind` under `stack`."""
+    exp = vlac.load(spec(stack, **(LLAMA if any(n.module.endswith(".rotary") for n in graph.nodes) else {})))
+    search = Search(exp, exp.cluster, graph)
+    return next(p for p in search.model.p.profiles if p.kind == kind)
+
+
+def per_token(saved) -> tuple[float, float, float]:
+    """Bytes per token of a layer's (TP-sharded, SP-split, whole) parts."""
+    return tuple(x / S for x in saved)
+
+
+def test_megatron_te_layer_is_korthikanti_without_dropout(gpt):
+    # Korthikanti eq. 2 with dropout p = 0 (drop its two sbh masks): sbh (8 + 24/t) bytes in BF16,
+    # i.e. 8h per token split only by sequence parallelism, 24h split by tensor parallelism.
+    # The flash kernel adds its fp32 log-sum-exp (4 bytes per head); each LayerNorm its fp32
+    # mean and rstd (8 bytes per token).
+    sharded, sp, whole = per_token(block(gpt, {"preset": "megatron-te"}).saved["none"])
+    assert sharded == pytest.approx(24 * H + 4 * A)
+    assert sp == pytest.approx(8 * H + 2 * 8)
+    assert whole == 0
+    # with SP at t = 4 the layer keeps (32 sbh + small terms) / t: no s^2 term with flash attention
+    t = 4
+    assert (sharded + sp) / t == pytest.approx((32 * H + 4 * A + 16) / t)
+
+
+def test_unfused_attention_adds_the_score_term_and_selective_removes_it(gpt):
+    flash = block(gpt, {"preset": "megatron-te"})
+    unfused = block(gpt, {"preset": "megatron-te", "attention": "unfused"})
+    # 2as^2b: the softmax probabilities (the PV input) in BF16, per sequence of s tokens: 2as per token,
+    # split over TP ranks with the heads
+    extra = per_token(unfused.saved["none"])[0] - per_token(flash.saved["none"])[0]
+    assert extra == pytest.approx(2 * A * S)
+    assert unfused.saved["selective"] == pytest.approx(flash.saved["selective"])
+    assert unfused.saved["full"] == pytest.approx(flash.saved["full"])
+    # the unfused kernel moves the score matrix through memory; a fused one does not
+    assert unfused.attn_score_bytes > 0 == flash.attn_score_bytes
+
+
+def test_vlac_stack_without_fusions_is_the_cpu_lowering(llama):
+    # the lowering runs the runtime's reference ops: a stack with nothing fused keeps exactly
+    # what the graph's nodes save, policy by policy
+    b = block(llama, {"preset": "vlac", "fused": []})
+    for pol in ("none", "selective", "full"):
+        raw = sum(n.saved[pol] for n in llama.nodes if n.layer == 0)
+        assert sum(b.saved[pol]) == pytest.approx(raw), pol
+
+
+def test_vlac_default_fuses_norm_and_rope_as_its_triton_kernels(llama):
+    raw = sum(block(llama, {"preset": "vlac", "fused": []}).saved["none"]) / S
+    fused = sum(block(llama, {"preset": "vlac"}).saved["none"]) / S
+    head_dim = H // A
+    norms = [n.saved["none"] / S for n in llama.nodes if n.layer == 0 and n.kind == "norm"]
+    assert len(norms) == 2 and all(x > 8 * H for x in norms)  # the eager norm's fp32 copies
+    # a fused RMSNorm keeps its BF16 input and output and an fp32 rstd per token; a fused RoPE
+    # does not keep the fp32 cos and sin rows of each call (q and k)
+    assert raw - fused == pytest.approx(sum(x - (4 * H + 4) for x in norms) + 2 * 2 * head_dim * 4)
+
+
+def test_megatron_te_swiglu_and_loss_fusions(llama):
+    vlac_b = block(llama, {"preset": "vlac"})
+    te = block(llama, {"preset": "megatron-te"})
+    # a fused SwiGLU does not keep SiLU's output (F wide, BF16)
+    assert (sum(vlac_b.saved["none"]) - sum(te.saved["none"])) / S == pytest.approx(2 * F)
+    # fused cross entropy keeps the softmax in BF16 instead of an fp32 log-softmax: half
+    eager = sum(block(llama, {"preset": "vlac"}, "head").saved["none"])
+    fused = sum(block(llama, {"preset": "megatron-te"}, "head").saved["none"])
+    ce = sum(n.saved["none"] for n in llama.nodes if n.kind == "loss" and n.name.startswith("cross_entropy"))
+    assert ce > 0 and eager - fused == pytest.approx(ce / 2)
+
+
+def plan_time(graph, stack: dict, pins: dict):
+    exp = vlac.load(spec(stack))
+    return plan(exp, graph=graph, pin=pins, advise=False).chosen
+
+
+def test_overlaps_are_the_stacks(gpt):
+    pins = {"tp": 2, "dp": 4, "pp": 1, "cp": 1, "zero": 1, "microbatch_size": 1, "recompute": "none"}
+    on = plan_time(gpt, {"preset": "megatron-te"}, pins)
+    no_tp = plan_time(gpt, {"preset": "megatron-te", "tp_comm_overlap": False}, pins)
+    no_dp = plan_time(gpt, {"preset": "megatron-te", "grad_reduce_overlap": False, "param_gather_overlap": False}, pins)
+    assert no_tp.time["tp_comm"] > 2 * on.time["tp_comm"] > 0
+    assert no_dp.time["dp_comm"] > on.time["dp_comm"]
+    assert no_tp.step_time_s > on.step_time_s and no_dp.step_time_s > on.step_time_s
+    # FlashAttention-2 is slower than cuDNN/FA3 on the same FLOPs
+    fa2 = plan_time(gpt, {"preset": "megatron-te", "attention": "flash2"}, pins)
+    assert fa2.step_time_s > on.step_time_s
+
+
+@pytest.mark.parametrize("stack, field, choice", [
+    ({"preset": "megatron"}, "stack.preset", "megatron-te"),
+    ({"attention": "flash4"}, "stack.attention", "flash3"),
+    ({"fused": ["layernorm"]}, "stack.fused[0]", "cross_entropy"),
+])
+def test_bad_stack_names_the_field_and_choices(stack, field, choice):
+    with pytest.raises(SpecError) as e:
+        vlac.load(spec(stack))
+    assert field in str(e.value) and choice in str(e.value)
