@@ -17,6 +17,7 @@ from vlac.spec import Experiment
 
 from .batch import is_media, needs_video_inputs, resampler_queries
 from .encoders import Projector, SpatioTemporalEncoder, VisualPositionEmbedding
+from .freeze import freeze
 from .fusion import GatedCrossAttentionLayer, Resampler, StreamWeights, select_stream
 from .heads import ContrastiveHead, FlowHead
 from .layers import MLP, Attention, make_norm
@@ -253,10 +254,7 @@ def build_model(exp: Experiment, device: str | torch.device = "cpu", seed: int |
             init_weights(model, exp)
         finally:
             torch.random.set_rng_state(gen_state)
-    if (exp.fusion.mode == "late" and exp.fusion.freeze_lm) or exp.backbone.freeze:
-        for part in (model.embed, model.pos_embed, model.layers, model.norm, model.head):
-            if part is not None:
-                part.requires_grad_(False)
+    freeze(model, exp)  # `freeze: true` per component (runtime/freeze.py)
     return model
 
 

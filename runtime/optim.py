@@ -10,16 +10,22 @@ from torch.distributed.tensor import DTensor
 
 from vlac.spec import Experiment
 
+from .freeze import frozen_fields
+
 
 def build_optimizer(model: nn.Module, exp: Experiment) -> torch.optim.Optimizer:
     """AdamW with weight decay on matrices only (norm gains, biases and the router bias stay
-    undecayed, as in GPT-2/Megatron). DTensor parameters (tensor/expert parallel, FSDP) and plain
+    undecayed, as in GPT-2/Megatron). Frozen parameters (`freeze: true`, runtime/freeze.py) are
+    left out: no update and no optimiser state. DTensor parameters (tensor/expert parallel, FSDP) and plain
     ones go into separate groups: the fused multi-tensor update cannot mix them."""
     o = exp.optimizer
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for p in model.parameters():
         if p.requires_grad:
             groups.setdefault((p.dim() >= 2, isinstance(p, DTensor)), []).append(p)
+    if not groups:
+        raise ValueError(f"nothing to train: {', '.join(frozen_fields(exp))} freeze every parameter of the model; "
+                         f"set one of them to false (or add a trainable component, e.g. a projector)")
     param_groups = [{"params": params, "weight_decay": o.weight_decay if decay else 0.0}
                     for (decay, _), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))]
     if o.name == "sgd":

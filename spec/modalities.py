@@ -90,6 +90,7 @@ class VideoVQ(ImageVQ):
     encoder: VideoEncoder | None = Field(None, description="asymmetric spatio-temporal encoder; none = codes embedded directly")
     pose_embedding: Embedding = Field(Embedding(kind="fourier"), description="camera-pose embedding added to every visual token")
     time_embedding: Embedding = Field(Embedding(kind="fourier"), description="timestamp embedding added to every visual token")
+    freeze: bool = Field(False, description="freeze this modality's encoder and pose/time embeddings: no gradients, not in the optimiser")
 
     @model_validator(mode="after")
     def _temporal_divides(self):
@@ -155,6 +156,7 @@ class ContinuousProjector(SpecModel):
     projector_hidden: int | None = Field(None, gt=0, le=2**17, description="hidden width of an MLP projector (default: backbone width)")
     resampler_queries: int = Field(64, ge=1, le=2**16, description="resampler: learned queries, i.e. sequence positions the signal occupies")
     resampler_layers: int = Field(1, ge=1, le=1024, description="resampler: cross-attention layers")
+    freeze: bool = Field(False, description="freeze this modality's projector (or resampler): no gradients, not in the optimiser")
 
     @property
     def positions(self) -> int:
