@@ -118,8 +118,8 @@ def units(exp, index: int) -> list[Unit]:
         return lerobot_units(src, index, where)
     files = expand(src.pattern)
     if not files:
-        raise SourceError(f"{where}.pattern: no files match {src.pattern!r} (from {os.getcwd()}); "
-                          f"check the path, or use brace ({{000..009}}) and glob (*) patterns")
+        raise SourceError(f"{where}.pattern: no files match {src.pattern!r}; check the path (a relative one is read "
+                          f"from the spec file's folder), or use brace ({{000..009}}) and glob (*) patterns")
     if src.kind == "table":
         bad = [f for f in files if not f.endswith((".parquet", ".jsonl"))]
         if bad:

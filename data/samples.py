@@ -132,3 +132,44 @@ def write_text_corpus(folder: Path, rows: int = 60) -> tuple[str, str]:
     parquet = folder / "corpus.parquet"
     pq.write_table(pa.table({"text": texts}), parquet)
     return str(jsonl), str(parquet)
+
+
+# The spec of docs/data.md's worked example (tests/data/test_data_guide.py checks the guide shows
+# exactly this): image-caption WebDataset shards and a LeRobot dataset, relative to the spec.
+GUIDE_SPEC = """\
+name: my-vla
+modalities:
+  text: {kind: text, tokenizer: bpe, vocab_size: 512, tokens: 16, path: tokenizers/text}
+  image: {kind: image, image_size: 16, channels: 1, patch_size: 4, codebook_size: 64, codebook_dim: 8, path: tokenizers/image}
+  action: {kind: action, dims: 4, bins: 16, horizon: 1}
+backbone: {layers: 2, hidden: 64, heads: 4, ffn_hidden: 128, context_length: 128}
+train: {seq_len: 128, global_batch_tokens: 1024, total_tokens: 20480}
+cluster: {nodes: 1, gpus_per_node: 1}
+data:
+  mixture:
+    - name: captions
+      modalities: [image, text]
+      source: {kind: webdataset, pattern: "data/captions/*.tar", fields: {image: png, text: txt}}
+    - name: robot
+      modalities: [text, image, action]
+      source: {kind: lerobot, root: data/robot, fields: {text: task, image: observation.images.top, action: action}}
+"""
+
+
+def write_guide_example(folder: Path) -> Path:
+    """The worked example's folder: data/captions (digits with captions as WebDataset shards),
+    data/robot (CartPole episodes in LeRobot format) and spec.yaml; returns the spec's path."""
+    folder = Path(folder)
+    write_digits_webdataset(folder / "data" / "captions")
+    write_cartpole_lerobot(folder / "data" / "robot")
+    spec = folder / "spec.yaml"
+    spec.write_text(GUIDE_SPEC)
+    return spec
+
+
+if __name__ == "__main__":  # python -m vlac.data.samples DIR: the worked example of docs/data.md in DIR
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m vlac.data.samples DIR (writes DIR/data/captions, DIR/data/robot, DIR/spec.yaml)")
+    print(write_guide_example(Path(sys.argv[1])))

@@ -9,3 +9,10 @@ export OMP_NUM_THREADS=1
 .venv/bin/vlac compile examples/vla_10b_moe_h100.yaml
 .venv/bin/vlac emit examples/tiny_vla.yaml -o runs/tiny-vla
 .venv/bin/vlac submit runs/tiny-vla --executor local
+# Train on data in the formats users have (docs/data.md's worked example): digit captions as
+# WebDataset shards and CartPole episodes in LeRobot format, tokenized once into shards, then packed.
+.venv/bin/python -m vlac.data.samples runs/data-demo
+.venv/bin/vlac tokenizer train runs/data-demo/spec.yaml --modality text
+.venv/bin/vlac tokenizer train runs/data-demo/spec.yaml --modality image --steps 200
+.venv/bin/vlac prepare runs/data-demo/spec.yaml
+.venv/bin/vlac submit runs/data-demo/spec.yaml --executor local

@@ -1,6 +1,6 @@
-"""Kill and resume under dp2 (2 gloo processes, forked: no re-import of torch) trains on the same packed samples with the same
-losses as an uninterrupted run: the loader's state is in the checkpoint and sequence i of the
-packing plan is a pure function of (seed, i)."""
+"""Kill and resume under dp2 (2 gloo processes, forked: no re-import of torch) trains on the same
+packed samples with the same losses as an uninterrupted run: the loader's state is in the
+checkpoint and sequence i of the packing plan is a pure function of (seed, i)."""
 
 from __future__ import annotations
 
