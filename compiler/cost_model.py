@@ -107,7 +107,7 @@ class CostModel:
         self.params_dense = np.array([q.params_dense for q in prof])
         self.params_expert = np.array([q.params_expert for q in prof])
         self.params_fp8 = np.array([q.params_fp8 for q in prof])
-        # frozen parameters (backbone.freeze, fusion.freeze_lm) hold weights but no gradients or optimizer state
+        # frozen parameters (`freeze: true`, runtime/freeze.py) hold weights but no gradients or optimizer state
         self.trainable_dense = self.params_dense - np.array([q.params_frozen_dense for q in prof])
         self.trainable_expert = self.params_expert - np.array([q.params_frozen_expert for q in prof])
         # [K, 3 policies] saved bytes per sequence: TP-sharded, SP-split, whole
@@ -288,7 +288,8 @@ class CostModel:
         # data-parallel traffic, rank by rank: what every micro-batch issues (ZeRO-2/3) lengthens
         # that rank's own micro-batch; what a step issues once is hidden behind the rank's own
         # first forward / last backward (never behind another rank's compute)
-        dp_mb, dp_start, dp_end = self._data_parallel(dense, expert, col, d_dense, d_expert, zero, raf, v,
+        trained = (counts @ self.trainable_dense, counts @ self.trainable_expert)  # frozen: no gradient, no update
+        dp_mb, dp_start, dp_end = self._data_parallel(dense, expert, trained, col, d_dense, d_expert, zero, raf, v,
                                                       fwd_r, base_u[u] + rc - fwd_r)
         t_rank = base_u[u] + rc + dp_mb
         crit = t_rank.argmax(axis=1)
@@ -313,7 +314,7 @@ class CostModel:
             p2p = np.zeros(len(sel))
         rc_crit = rc[rows, crit]
         dp_exposed = mm * dp_mb[rows, crit] + dp_start.max(axis=1) + dp_end.max(axis=1)
-        optimizer = self._optimizer(dense, expert, col, d_dense, d_expert, zero)
+        optimizer = self._optimizer(*trained, col, d_dense, d_expert, zero)
         ev.step[idx] = mm * (t_max - dp_mb[rows, crit]) + bubble + p2p + dp_exposed + optimizer
         ev.timed[idx] = True
         if detail:
@@ -342,7 +343,7 @@ class CostModel:
         s = sched[:, None]
         return np.where(s == GPIPE, mm, np.where(s == INTERLEAVED, warm, one_f_one_b))
 
-    def _data_parallel(self, dense, expert, col, d_dense, d_expert, zero, raf, v, t_fwd, t_bwd):
+    def _data_parallel(self, dense, expert, trained, col, d_dense, d_expert, zero, raf, v, t_fwd, t_bwd):
         """Exposed data-parallel seconds per rank ([rows, pp] each): per micro-batch (ZeRO-2
         reduce-scatters, ZeRO-3 gathers and reduce-scatters, hidden behind that micro-batch's own
         forward/backward on the rank), at the step's start (ZeRO-1/2 parameter all-gather behind
@@ -350,14 +351,18 @@ class CostModel:
         last backward). Interleaved ranks reduce each chunk's gradients after the chunk's last
         backward: the exposed tail is chunk 0's 1/v of the traffic behind 1/v of the backward.
         Each rank's window is its own compute, so more compute on one rank (recompute) never
-        hides more than it adds: the step is monotone in every rank's work."""
+        hides more than it adds: the step is monotone in every rank's work. Frozen parameters
+        (`trained` excludes them) have no gradient to reduce and, under ZeRO-1/2, no update to
+        gather back; ZeRO-3 still gathers them for every forward and backward."""
         hw = self.hw
         tp, ep, etp = col["tp"], col["ep"], col["etp"]
-        g_dense = dense[None, :] / tp * BYTES_PER_PARAM["gradients"]  # [rows, pp]
-        g_expert = expert[None, :] / (ep * etp) * BYTES_PER_PARAM["gradients"]
+        b = BYTES_PER_PARAM["gradients"]  # BF16, as the weights gathered are
+        g_dense, g_expert = trained[0][None, :] / tp * b, trained[1][None, :] / (ep * etp) * b  # [rows, pp]
         rs = hw.reduce_scatter(g_dense, d_dense, tp) + hw.reduce_scatter(g_expert, d_expert, ep * etp)
         ar = hw.all_reduce(g_dense, d_dense, tp) + hw.all_reduce(g_expert, d_expert, ep * etp)
-        ag = rs  # same sizes: BF16 weights gathered as BF16 gradients were scattered
+        ag = rs  # ZeRO-1/2 gather back the updated (trainable) weights
+        ag3 = (hw.reduce_scatter(dense[None, :] / tp * b, d_dense, tp)  # ZeRO-3 gathers every weight, frozen too
+               + hw.reduce_scatter(expert[None, :] / (ep * etp) * b, d_expert, ep * etp))
         z = np.broadcast_to(zero, t_fwd.shape)
         r = np.broadcast_to(raf[:, None], t_fwd.shape)
         chunk = 1.0 / v
@@ -367,13 +372,13 @@ class CostModel:
         hide_rs = _hide if self.p.stack.grad_reduce_overlap else exposed
         hide_ag = _hide if self.p.stack.param_gather_overlap else exposed
         # ZeRO-3 without resharding: the backward's re-gather and the reduce-scatter share its window
-        both = _hide(ag + rs, t_bwd) if hide_ag is hide_rs is _hide else hide_ag(ag, t_bwd) + hide_rs(rs, t_bwd)
+        both = _hide(ag3 + rs, t_bwd) if hide_ag is hide_rs is _hide else hide_ag(ag3, t_bwd) + hide_rs(rs, t_bwd)
         # ZeRO-2 reduce-scatters every micro-batch's gradients behind its backward, the last one
         # at the step's end as ZeRO-1 does (so with one micro-batch the two cost the same)
         earlier = (col["m"] - 1) / col["m"]
         per_mb = np.select([z == 2, (z == 3) & r, z == 3],
-                           [earlier * hide_rs(rs, t_bwd), hide_ag(ag, t_fwd) + both,
-                            hide_ag(ag, t_fwd) + hide_rs(rs, t_bwd)],
+                           [earlier * hide_rs(rs, t_bwd), hide_ag(ag3, t_fwd) + both,
+                            hide_ag(ag3, t_fwd) + hide_rs(rs, t_bwd)],
                            none)
         start = np.where((z == 1) | (z == 2), hide_ag(ag * chunk, t_fwd * chunk), none)
         end = np.select([z == 0, (z == 1) | (z == 2)], [hide_rs(ar * chunk, t_bwd * chunk), hide_rs(rs * chunk, t_bwd * chunk)],

@@ -48,3 +48,44 @@ def test_plan_has_no_gradient_or_optimizer_memory_for_frozen_weights(graphs):
     assert frozen["weights"] == pytest.approx(trained["weights"])
     for part in ("gradients", "optimizer"):
         assert frozen[part] == pytest.approx(trainable * trained[part], rel=1e-9), part
+
+
+# ---- data-parallel traffic and optimiser state (issue 14, item 2) ------------------------------------
+# Overlaps off, so the data-parallel figure is the collectives' whole time, which the test computes.
+EIGHT = {"preset": "h100-sxm", "nodes": 1, "gpus_per_node": 8}
+NO_OVERLAP = ["stack.grad_reduce_overlap=false", "stack.param_gather_overlap=false"]
+
+
+def _predicted(sets: list[str], zero: int) -> dict:
+    from vlac.spec.system import Cluster
+
+    exp = vlac.load(EXAMPLE, NO_OVERLAP + sets, profile="tiny")
+    pins = {"dp": 8, "tp": 1, "pp": 1, "ep": 1, "cp": 1, "zero": zero, "microbatch_size": 1}
+    return vlac.plan(exp, cluster=Cluster.model_validate(EIGHT), pin=pins).to_json()["predicted"]
+
+
+@pytest.mark.parametrize("zero", [0, 1])
+def test_frozen_lm_is_neither_reduced_nor_gathered_nor_stepped(graphs, zero):
+    """ZeRO-0: one all-reduce of the BF16 gradients; ZeRO-1: their reduce-scatter plus the
+    all-gather of the updated weights. Frozen, only the projector's gradients and weights move."""
+    from vlac.compiler.hardware import Hardware
+    from vlac.spec.system import Cluster
+
+    hw = Hardware(Cluster.model_validate(EIGHT))
+    g = graphs[True]
+    trainable = g.params_total - sum(n.params_frozen for n in g.nodes)
+    trained, frozen = _predicted([], zero), _predicted(["backbone.freeze=true"], zero)
+
+    def traffic(params: int) -> float:
+        grads = 2.0 * params  # BF16
+        return float(hw.all_reduce(grads, 8) if zero == 0 else 2 * hw.reduce_scatter(grads, 8))
+
+    assert trained["time_s"]["dp_comm"] == pytest.approx(traffic(g.params_total), rel=1e-9)
+    assert frozen["time_s"]["dp_comm"] == pytest.approx(traffic(trainable), rel=1e-9)
+    assert frozen["time_s"]["optimizer"] == pytest.approx(trained["time_s"]["optimizer"] * trainable / g.params_total,
+                                                          rel=1e-9)
+    shard = 8 if zero >= 1 else 1  # ZeRO-1 shards the optimiser state over dp
+    for part, per_param in (("gradients", 2), ("optimizer", 12)):  # BF16 gradients; FP32 master + Adam moments
+        drop = trained["memory_gb"][part] - frozen["memory_gb"][part]
+        assert drop * 1e9 == pytest.approx(per_param * (g.params_total - trainable) / (shard if part == "optimizer" else 1),
+                                           rel=1e-9), part
