@@ -60,15 +60,18 @@ def test_prepare_cli_reports_tokens_per_source_and_modality_and_redoes_only_an_u
 
 def test_relative_source_paths_are_read_from_the_spec_folder_not_the_cwd(data_spec, datasets, tmp_path, monkeypatch):
     home = tmp_path / "project"
-    shutil.copytree(Path(datasets["digits"].split("{")[0]).parent, home / "shards")
-    spec = _one_source(data_spec, datasets, "prepared", "digits")
-    spec["data"]["mixture"][0]["source"]["pattern"] = "shards/" + Path(datasets["digits"]).name
+    (home / "text").mkdir(parents=True)
+    shutil.copy(datasets["jsonl"], home / "text" / "corpus.jsonl")
+    spec = _one_source(data_spec, datasets, "prepared", "corpus")  # text only: no VQ to fit
+    spec["data"]["mixture"][0]["source"]["pattern"] = "text/*.jsonl"
     path = _write(home, spec)
-    monkeypatch.chdir(tmp_path)  # elsewhere: neither shards/ nor prepared/ is here
+    monkeypatch.chdir(tmp_path)  # elsewhere: neither text/ nor prepared/ is here
     res = _prepare(path, "-j", "1")
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in (home / "prepared" / "digits").glob("*.bin")) == ["00000.bin", "00001.bin"]
+    assert [p.name for p in (home / "prepared" / "corpus").glob("*.bin")] == ["00000.bin"]
     assert not (tmp_path / "prepared").exists()
+    exp = vlac.load(yaml.safe_load(path.read_text()))  # the Python API keeps paths as written
+    assert exp.data.mixture[0].source.pattern == "text/*.jsonl"
 
 
 def test_prepare_errors_name_the_source_field(data_spec, datasets, tmp_path):
