@@ -41,9 +41,16 @@ before the first block (dropout in encoders and projectors) runs on the whole se
 rank and must draw alike, so the cp ranks start from cp rank 0's random state
 (`agree_on_random_state`) and then consume it identically.
 
+Pipeline parallelism: each stage runs its blocks on this rank's tokens. The first stage cuts the
+sequence at its first block as above; the hidden state it sends is this rank's chunks, and a later
+stage, whose blocks receive them, enters the same layout (`enter`, from the micro-batch's length:
+the layout depends only on (seq_len, cp, rank), so every stage cuts the sequence alike). The masks,
+the dual-stream selector and the micro-batch fields reach every stage whole and are cut per block;
+the last stage gathers after the final norm, so its loss sees the whole sequence. The pp
+point-to-point exchanges connect the same cp rank of neighbouring stages.
+
 Training only: decoding with a KV cache (runtime/generate.py) runs on one process.
-Not done (refused with a LayoutError): pipeline parallelism (stages would have to cut and gather
-the sequence at their borders) and per-modality clipping (it averages its own gradients).
+Not done (refused with a LayoutError): per-modality clipping (it averages its own gradients).
 """
 
 from __future__ import annotations
@@ -124,14 +131,15 @@ class _GatherSequence(torch.autograd.Function):
         src = x.movedim(dim, 0).contiguous()
         out = src.new_empty((dist.get_world_size(group) * src.size(0), *src.shape[1:]))
         dist.all_gather_into_tensor(out, src, group=group)
-        return out.movedim(0, dim)
+        return out.movedim(0, dim).contiguous()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         src = grad.movedim(ctx.dim, 0).contiguous()
         out = src.new_empty((src.size(0) // dist.get_world_size(ctx.group), *src.shape[1:]))
         dist.reduce_scatter_tensor(out, src, op=dist.ReduceOp.SUM, group=ctx.group)
-        return out.movedim(0, ctx.dim), None, None
+        # contiguous: a pipeline stage sends this gradient on, and point-to-point needs dense buffers
+        return out.movedim(0, ctx.dim).contiguous(), None, None
 
 
 def gather_sequence(x: torch.Tensor, dim: int, group: dist.ProcessGroup) -> torch.Tensor:
@@ -186,13 +194,18 @@ class ContextShard:
         self._mask_in: torch.Tensor | None = None
         self._mask_out: torch.Tensor | None = None
 
-    def begin(self, x: torch.Tensor) -> torch.Tensor:
-        """The residual stream [B, S, d] of the whole sequence -> this rank's tokens."""
-        key = (x.size(SEQ), x.device)
+    def enter(self, seq_len: int, device: torch.device) -> None:
+        """Start a forward over sequences of `seq_len` tokens (a later pipeline stage, whose input
+        is already this rank's tokens, enters with the micro-batch's length)."""
+        key = (seq_len, device)
         if key not in self._layouts:
-            self._layouts[key] = SequenceLayout.build(x.size(SEQ), self.cp, self.rank, x.device)
+            self._layouts[key] = SequenceLayout.build(seq_len, self.cp, self.rank, device)
         self.layout = self._layouts[key]
         self._mask_in = self._mask_out = None
+
+    def begin(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual stream [B, S, d] of the whole sequence -> this rank's tokens."""
+        self.enter(x.size(SEQ), x.device)
         return x.index_select(SEQ, self.layout.local)
 
     def shard(self, x: torch.Tensor) -> torch.Tensor:
@@ -282,4 +295,5 @@ def apply_context_parallel(model: nn.Module, exp: Experiment, cp_mesh: DeviceMes
             block.mlp.register_forward_pre_hook(lambda _, args: (shard.gather(args[0]), *args[1:]))
             block.mlp.register_forward_hook(lambda _, __, out: (shard.shard(out[0]), *out[1:]), prepend=True)
     model.norm.register_forward_hook(lambda _, __, out: shard.gather(out))
+    model.context_shard = shard  # pipeline stages after the first enter the layout themselves (pipeline.py)
     return shard

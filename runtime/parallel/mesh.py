@@ -79,9 +79,6 @@ class ParallelDims:
                 f"plan.json needs {self.world} processes (pp {self.pp} x dp {self.dp} x cp {self.cp} x tp {self.tp}) "
                 f"but {world} were started; submit with {self.world} tasks, or re-plan for {world} GPUs "
                 f"(vlac emit ... --pin dp=...,tp=...,pp=...)")
-        if self.cp > 1 and self.pp > 1:
-            raise LayoutError(f"plan.cp = {self.cp} with plan.pp = {self.pp}: this runtime does not split sequences "
-                              f"over context-parallel ranks inside pipeline stages; re-plan with --pin pp=1 or --pin cp=1")
         if self.etp not in (1, self.tp):
             raise LayoutError(f"plan.expert_tensor_parallel = {self.etp} with plan.tp = {self.tp}: this runtime "
                               f"splits experts over the whole tensor-parallel group or not at all; re-plan with "

@@ -18,7 +18,9 @@ auxiliary losses of each stage join the backward pass where they arise: `_Attach
 the stage output (their gradient is the constant loss weight), as Megatron does. Tied embeddings
 keep a copy on the first and the last stage (pipeline_tied.py). The flow-matching head is split:
 its timestep embedding feeds the first stage's inputs, its velocity MLP reads the last stage's
-hidden state. Schedules: pipeline_schedules.py.
+hidden state. Schedules: pipeline_schedules.py. Under context parallelism each stage runs its
+blocks on this cp rank's tokens: the stages after the first enter the sequence layout the first
+stage cut (context_parallel.py), and the hidden state sent between stages is that rank's share.
 
 Not pipelined here (refused with a message): late fusion (cross-attention layers read media on
 every stage).
@@ -137,6 +139,9 @@ class StageModule(nn.Module):
 
     def forward(self, hidden: torch.Tensor | None = None, **batch: torch.Tensor):
         m = self.view
+        shard = getattr(m, "context_shard", None)
+        if shard is not None and not self.first:  # the hidden state is this cp rank's tokens already
+            shard.enter(batch["tokens"].size(1), hidden.device)
         with self.forward_context():
             x = m.embed_inputs(batch) if self.first else hidden
             mask = m.attention_mask(batch)

@@ -52,8 +52,6 @@ def _dropless(exp: Experiment) -> bool:
 
 
 LIMITS: tuple[Limit, ...] = (
-    Limit("context_parallel_pipeline", "context parallelism inside pipeline stages (cp > 1 with pp > 1)",
-          "--pin cp=1 or --pin pp=1", _always, lambda c: (c["cp"] > 1) & (c["pp"] > 1)),
     Limit("expert_tensor_parallel", "expert tensor parallelism over part of the tensor-parallel group (1 < etp < tp)",
           "--pin etp=1 or etp=<tp>", _always, lambda c: (c["etp"] > 1) & (c["etp"] != c["tp"])),
     Limit("expert_tensor_parallel_dropless", "expert tensor parallelism with dropless routing (moe.capacity_factor: "

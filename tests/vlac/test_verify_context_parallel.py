@@ -1,7 +1,7 @@
 """`vlac verify` under context parallelism (plan.cp > 1): every composed layout reproduces the
-single-process losses and gradient norms (gloo, fp32), with the causal tiny MoE example, a
-prefix-LM mask with segment memory, and the flagship's bidirectional image masks, video encoders
-and contrastive head (its tiny profile)."""
+single-process losses and gradient norms (gloo, fp32), with the causal tiny MoE example (also in
+pipeline stages that each run context parallel), a prefix-LM mask with segment memory, and the
+flagship's bidirectional image masks, video encoders and contrastive head (its tiny profile)."""
 
 from pathlib import Path
 
@@ -23,7 +23,8 @@ def verify(spec: Path, layouts: str, steps: int, sets: list[str], monkeypatch) -
 
 @pytest.mark.slow
 @pytest.mark.parametrize("spec, layouts, sets", [
-    (TINY, "dp2xcp2,tp2xcp2,ep2xcp2,cp4", []),  # cp2 and fsdp2xcp2 run below
+    # cp2 and fsdp2xcp2 run below; cp2xpp2: each pipeline stage context parallel (MoE layers on both)
+    (TINY, "dp2xcp2,tp2xcp2,ep2xcp2,cp4,cp2xpp2", []),
     (TINY, "cp2+full", PREFIX_LM),
     (FLAGSHIP, "cp2,fsdp2xcp2", []),
     (ROOT / "examples" / "transfusion.yaml", "cp2", []),  # flow-matching noise drawn for the whole sequence

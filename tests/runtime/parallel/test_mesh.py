@@ -37,7 +37,6 @@ def test_process_count_mismatch_names_the_numbers_and_the_fix():
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"cp": 2, "pp": 2, "schedule": "1f1b"}, r"plan.cp = 2 with plan.pp = 2.*--pin pp=1 or --pin cp=1"),
     ({"dp": 2, "ep": 4}, r"plan.ep = 4 must divide plan.dp = 2"),
     ({"pp": 2, "schedule": "dualpipe"}, r"plan.schedule = 'dualpipe'.*1f1b, interleaved_1f1b, gpipe, zero_bubble"),
     ({"pp": 2, "schedule": "1f1b", "virtual_stages": 2}, r"only interleaved_1f1b uses more than one stage"),
