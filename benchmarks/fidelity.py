@@ -16,7 +16,8 @@ publisher's own FLOPs per token:
   (what the newer Megatron counts, and what makes the 131K-context row's MFU drop plausible);
   with non-causal counting the predictions below would read 4 % (8K) and 29 % (131K) higher.
 
-Run: python benchmarks/fidelity.py [--only NAME] [--check] [--loo]   (--check exits 1 above 15 %)
+Run: python benchmarks/fidelity.py [--only NAME] [--stack A,B] [--check] [--loo]
+(--check exits 1 when a cited run on a CHECKED_STACKS stack misses by more than 15 %)
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from typing import Any
 import vlac
 
 TOLERANCE = 0.15
+# --check holds the stacks the cost model's constants were set on to TOLERANCE; the others are
+# measured and reported (docs/fidelity.md: the llm-foundry rows are a known gap)
+CHECKED_STACKS = ("megatron-te", "meta")
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,7 @@ class Case:
     fp8: str | None = None  # TE recipe, None = BF16
     causal_convention: bool = True  # for sources that publish TFLOP/s only
     cited: bool = True  # counts toward the 15 % target
-    stack: str = "megatron-te"  # spec.stack preset of the software the run used (both sources: Megatron-style)
+    stack: str = "megatron-te"  # the software the run used (STACKS: how it is written as spec.stack)
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -100,13 +104,13 @@ NEMO = "NeMo/Megatron-Core H100 performance summary"
 CASES = (
     Case("llama3-405b-8k-8192gpu", META, LLAMA3_405B, 8192, 8192, 2048,
          {"tp": 8, "cp": 1, "pp": 16, "dp": 64, "schedule": "interleaved_1f1b", "zero": 3,
-          "reshard_after_forward": False}, 430),
+          "reshard_after_forward": False}, 430, stack="meta"),
     Case("llama3-405b-8k-16384gpu", META, LLAMA3_405B, 16384, 8192, 2048,
          {"tp": 8, "cp": 1, "pp": 16, "dp": 128, "schedule": "interleaved_1f1b", "zero": 3,
-          "reshard_after_forward": False}, 400),
+          "reshard_after_forward": False}, 400, stack="meta"),
     Case("llama3-405b-131k-16384gpu", META, LLAMA3_405B, 16384, 131072, 128,
          {"tp": 8, "cp": 16, "pp": 16, "dp": 8, "schedule": "interleaved_1f1b", "zero": 3,
-          "reshard_after_forward": False}, 380),
+          "reshard_after_forward": False}, 380, stack="meta"),
     Case("gpt3-175b-fp8-512gpu", NEMO, GPT3_175B, 512, 2048, 2048,
          {"tp": 4, "pp": 8, "cp": 1, "virtual_stages": 6, "microbatch_size": 2, "zero": 1}, 842, 782, fp8="delayed",
          notes=("GBS 2048, MBS 2 from the NeMo 24.12 H100 table (same layout)",)),
@@ -129,6 +133,48 @@ CASES = (
                 "expressible, so every layer is costed with full causal attention",
                 "GBS not published with the row: 512 assumed")),
 )
+# MosaicML llm-foundry, scripts/train/benchmarking/README.md at commit 061f2c7 ("H100 80GB BF16"
+# table): MPT models (scripts/train/yamls/pretrain/mpt-*.yaml: GELU MLP of 4 d_model, bias-free
+# LayerNorm, learned positions, which the table's parameter counts confirm, vocabulary 50,368),
+# Composer + PyTorch FSDP FULL_SHARD (ZeRO-3, resharding after forward), pure BF16, one node of
+# 8 or up to 8 nodes; activation checkpointing as the row says. tokens/s/GPU and model TFLOP/s
+# per GPU are the table's own. Left out: rows with micro-batches above the planner's 32 sequences
+# (3b and 1b at 512 tokens, 760m at 512), and the long-context rows beyond 32K.
+FOUNDRY = "llm-foundry MPT benchmarks (H100 80GB BF16, commit 061f2c7)"
+MPT = {"760m": (24, 1536, 12), "1b": (24, 2048, 16), "3b": (32, 2560, 20), "7b": (32, 4096, 32),
+       "13b": (40, 5120, 40), "30b": (48, 7168, 56), "70b": (80, 8192, 64)}
+
+
+def foundry(size: str, seq: int, gpus: int, micro: int, accum: int, checkpointing: bool, tflops: float,
+            tokens: float) -> Case:
+    layers, d, heads = MPT[size]
+    model = Model(layers=layers, hidden=d, heads=heads, kv_heads=heads, ffn=4 * d, vocab=50368, mlp="gelu",
+                  norm="layernorm", positions="learned")
+    pins = {"dp": gpus, "tp": 1, "pp": 1, "cp": 1, "ep": 1, "zero": 3, "reshard_after_forward": True,
+            "microbatch_size": micro, "recompute": "full" if checkpointing else "none"}
+    return Case(f"mpt-{size}-{seq // 1024 or 0.5}k-{gpus}gpu", FOUNDRY, model, gpus, seq, micro * accum * gpus, pins,
+                tflops, tokens, stack="llm-foundry")
+
+
+CASES += (
+    foundry("70b", 2048, 64, 8, 4, True, 421.3, 1039), foundry("70b", 2048, 32, 2, 16, True, 357.7, 882),
+    foundry("30b", 8192, 8, 1, 21, True, 296.1, 1384), foundry("30b", 4096, 8, 1, 21, True, 354.8, 1802),
+    foundry("30b", 2048, 32, 14, 3, True, 434.6, 2308), foundry("30b", 2048, 8, 3, 21, True, 377.1, 2002),
+    foundry("13b", 32768, 8, 1, 3, True, 313.5, 1976), foundry("13b", 4096, 8, 10, 3, True, 411.6, 4717),
+    foundry("13b", 2048, 64, 2, 1, False, 394.4, 4800), foundry("13b", 2048, 8, 2, 1, False, 393.7, 4792),
+    foundry("7b", 32768, 8, 2, 2, True, 306.2, 3318), foundry("7b", 8192, 8, 8, 2, True, 367.5, 6935),
+    foundry("7b", 2048, 8, 6, 1, False, 459.5, 10643), foundry("3b", 8192, 8, 3, 6, False, 398.8, 16578),
+    foundry("3b", 2048, 64, 6, 3, False, 403.8, 22525), foundry("3b", 4096, 8, 5, 6, False, 418.6, 20964),
+    foundry("1b", 16384, 8, 2, 4, False, 348.5, 19649), foundry("1b", 2048, 64, 20, 1, False, 404.2, 44402),
+    foundry("1b", 2048, 8, 14, 1, False, 413.8, 45455), foundry("760m", 4096, 8, 12, 2, False, 354.6, 55459),
+    foundry("760m", 2048, 32, 24, 1, False, 371.7, 67971),
+)
+# How each run's software is written as a spec.stack section. Meta's Llama 3 stack is its own
+# (FSDP-style sharding, TP/CP/PP with overlapped communication, Table 4 of the report); it is
+# costed with the Megatron + TE overlaps it shares. llm-foundry: FlashAttention-2 (flash_attn),
+# flash_attn's fused cross entropy, eager GELU and LayerNorm, FSDP with prefetch, no compile.
+STACKS = {"megatron-te": {"preset": "megatron-te"}, "meta": {"preset": "megatron-te"},
+          "llm-foundry": {"preset": "torchtitan-torchao", "torch_compile": False, "fused": ["cross_entropy"]}}
 NOT_EXPRESSIBLE = ("DeepSeek-V3 (NeMo, 1,024 H100, FP8): multi-head latent attention and multi-token "
                    "prediction are not expressible in the backbone spec, so the case is left out",)
 
@@ -151,7 +197,7 @@ def spec(case: Case) -> dict[str, Any]:
         "precision": {"dtype": "bf16", "fp8": {"enabled": case.fp8 is not None, "recipe": case.fp8 or "delayed",
                                                 "keep_first_last_bf16": False}},
         "cluster": {"preset": "h100-sxm", "nodes": case.gpus // 8, "gpus_per_node": 8},
-        "stack": {"preset": case.stack},
+        "stack": STACKS[case.stack],
     }
     if m.experts:
         out["moe"] = {"layers": "all", "experts": m.experts, "top_k": m.top_k, "expert_hidden": m.expert_ffn,
@@ -185,14 +231,20 @@ def run(case: Case) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", help="run the cases whose name contains this")
-    ap.add_argument("--check", action="store_true", help="exit 1 when a cited case misses by more than 15 %%")
+    ap.add_argument("--stack", help="only the runs on these stacks (comma-separated: " + ", ".join(STACKS) + ")")
+    ap.add_argument("--check", action="store_true",
+                    help="exit 1 when a cited case on " + " or ".join(CHECKED_STACKS) + " misses by more than 15 %%")
     ap.add_argument("--verbose", action="store_true", help="print each plan's time breakdown")
     ap.add_argument("--loo", action="store_true",
                     help="also report leave-one-out error (each cited run predicted by constants chosen without it)")
     ap.add_argument("--write-band", action="store_true",
                     help="with --loo: write compiler/fidelity_band.json, the error band `vlac compile` prints")
     args = ap.parse_args(argv)
-    cases = [c for c in CASES if not args.only or args.only in c.name]
+    stacks = args.stack.split(",") if args.stack else list(STACKS)
+    unknown = [s for s in stacks if s not in STACKS]
+    if unknown:
+        ap.error(f"--stack: unknown {unknown}; choose among {', '.join(STACKS)}")
+    cases = [c for c in CASES if (not args.only or args.only in c.name) and c.stack in stacks]
     rows = []
     print(f"{'case':28} {'GPUs':>6} {'layout (planner completes the rest)':54} {'tok/s/GPU':>9} {'pub':>6} "
           f"{'TFLOP/s':>7} {'pub':>5} {'error':>7}")
@@ -226,6 +278,14 @@ def main(argv: list[str] | None = None) -> int:
         mean = sum(abs(r["err"]) for r in cited) / len(cited)
         print(f"\ncited cases: {len(cited)}, mean |error| {mean * 100:.1f} %, worst {worst * 100:.1f} % "
               f"(target {TOLERANCE * 100:.0f} %); * = approximate, not counted")
+        for stack in sorted({r["case"].stack for r in cited}):
+            errs = [abs(r["err"]) for r in cited if r["case"].stack == stack]
+            print(f"  stack {stack:12} runs {len(errs):>2}, mean |error| {sum(errs) / len(errs) * 100:5.1f} %, "
+                  f"worst {max(errs) * 100:5.1f} %{'' if stack in CHECKED_STACKS else ' (reported, not checked)'}")
+        over = [r["case"].name for r in cited if not r["plan"].feasible]
+        print(f"  layouts that trained but do not fit in vlac's memory model: {', '.join(over) or 'none'}")
+        checked = [abs(r["err"]) for r in cited if r["case"].stack in CHECKED_STACKS]
+        worst = max(checked, default=0.0)
         if args.loo:
             import fidelity_loo
 
