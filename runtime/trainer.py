@@ -25,6 +25,7 @@ from .parallel import ParallelModel
 from .parallel.mesh import Mesh
 from .parallel.modality_clip import ModalityClipper
 from .parallel.stats import sum_over_replicas
+from .watchdog import HEARTBEAT_DIR, Watchdog, Watched, end_process
 
 
 @dataclass
@@ -110,6 +111,7 @@ class Trainer:
         return rank_micro_batches(self.data, step, self.plan, self.model.mesh, self.env.device)
 
     def train_step(self) -> StepMetrics:
+        self._beat(busy=True)
         t_data = time.perf_counter()
         batches = self.micro_batches(self.step)
         t0 = time.perf_counter()
@@ -137,7 +139,12 @@ class Trainer:
                           float(stats.dropped), skipped, mod_norms, moe.get("load_imbalance", []),
                           moe.get("router_entropy", []), elapsed, t0 - t_data, self.peak_memory())
         self.step += 1
+        self._beat()
         return met
+
+    def _beat(self, busy: bool = False) -> None:
+        if getattr(self, "watchdog", None) is not None:
+            self.watchdog.tick(self.step, busy)
 
     def _balance(self, loads: torch.Tensor) -> None:
         """Aux-loss-free balancing from the global expert loads, for the MoE layers this rank holds."""
@@ -146,7 +153,9 @@ class Trainer:
 
     def _agree_to_stop(self) -> bool:
         flag = torch.tensor([1.0 if self.stop_requested() else 0.0], device=self.env.device)
-        return bool(all_reduce_sum(flag).item() > 0)
+        stop = bool(all_reduce_sum(flag).item() > 0)
+        self._beat()  # evaluation and this collective completed: still progressing
+        return stop
 
     agree_to_stop = _agree_to_stop  # collective: True on every rank when any rank was asked to stop
 
@@ -182,7 +191,18 @@ class Trainer:
                             "layout": self.model.dims.summary(), "predicted": self.predicted,
                             "memory_kind": self._memory_kind()})
         self._started = time.perf_counter()
-        return Progress(last, self.step, enabled=self.env.is_main, predicted=self.predicted)
+        # a rank that makes no progress for train.stall_timeout_s is named and the job ends (exit 3)
+        self.watchdog = Watchdog(self.out_dir / HEARTBEAT_DIR, self.env.rank, self.env.world,
+                                 self.exp.train.stall_timeout_s, on_stall=self._stalled)
+        progress = Progress(last, self.step, enabled=self.env.is_main, predicted=self.predicted)
+        return Watched(progress, self.watchdog.start())
+
+    def _stalled(self, message: str) -> None:
+        """From the watchdog's thread: log the stall for `vlac submit`, then end this process."""
+        try:
+            self.metrics.event({"event": "stalled", "step": self.step, "rank": self.env.rank, "message": message})
+        finally:
+            end_process(message)
 
     def _memory_kind(self) -> str:
         return "CUDA allocator peak" if self.env.device.type == "cuda" else "process RSS on CPU"

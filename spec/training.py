@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from .base import Name, SpecModel
 from .data_sources import DataSourceSpec, check_source_fields
-from .units import Count
+from .units import Count, Seconds
 
 
 class ARLoss(SpecModel):
@@ -107,6 +107,7 @@ class Train(SpecModel):
     log_every: int = Field(10, ge=1, le=10**12, description="log metrics every N steps")
     eval_every: int = Field(0, ge=0, le=10**12, description="held-out loss every N steps (0 = once, after the last step)")
     eval_batches: int = Field(1, ge=1, le=10**6, description="global batches of the held-out split per evaluation")
+    stall_timeout_s: Seconds = Field(1800, ge=1, le=7 * 86400, description='a rank that completes no step (nor evaluation or checkpoint) for this long is named and the job ends with exit status 3 instead of hanging, e.g. "30min"')
 
     @model_validator(mode="after")
     def _batch_holds_sequence(self):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -224,12 +225,20 @@ def submit(target: Path = typer.Argument(..., help="spec file, or a program dire
 
         metrics = Path(program) / RUN_DIR / "metrics.jsonl"
         start_at = size_of(metrics)  # an earlier run's records are not this job's progress
+        submitted = time.time()
         job = api.submit(program, executor=executor, max_steps=max_steps)
         out.print(f"submitted {program} as job {job.job_id} ({executor})", highlight=False)
         if not wait:
             return
         if executor != "debug":  # the debug executor runs in this process and shows its own progress
             follow(job, metrics, start_at)
+        from vlac.runtime.watchdog import STALL_EXIT_CODE, stall_report
+
+        stalled = stall_report(Path(program) / RUN_DIR, since=submitted)  # a rank's watchdog ended the job
+        if stalled is not None and job.done():
+            err.print(f"[bold red]job {escape(str(job.job_id))} stalled:[/] {escape(stalled)}")
+            status["code"] = STALL_EXIT_CODE
+            return
         try:
             results = job.results()
         except Exception as e:  # the job failed: show submitit's report, exit 1

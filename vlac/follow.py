@@ -80,6 +80,9 @@ class Display:
         elif kind == "summary":
             self.close()
             self.line(format_summary(rec))
+        elif kind == "stalled":  # the watchdog of a rank (runtime/watchdog.py) ended the job
+            self.close()
+            self.line(str(rec.get("message", "a rank stopped making progress")))
         elif kind in ("resumed", "preempted"):
             self.line(f"{kind} at step {rec['step']}")
 

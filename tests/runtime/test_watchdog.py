@@ -91,3 +91,25 @@ def test_teardown_destroys_groups_and_survives_a_missing_peer(tmp_path, peer_lea
     assert (tmp_path / "rank0").read_text() == "False"
     if not peer_leaves:
         assert (tmp_path / "rank1").read_text() == "False"
+
+
+def test_a_rank_that_never_entered_the_step_is_behind_the_ranks_inside_it():
+    beats = {0: {"rank": 0, "step": 2, "busy": True}, 1: {"rank": 1, "step": 2, "busy": False}}
+    assert stalled_ranks(beats, 2) == ([1], 2)
+    assert "waits for rank(s) 1, which stopped at step 2" in stall_message(0, 2, 60, beats)
+    beats[1]["busy"] = True  # both inside: a hang in the step itself, nobody to single out
+    assert "rank(s) 0, 1 stopped inside step 2" in stall_message(0, 2, 60, beats)
+
+
+def test_leaving_the_watched_progress_stops_the_watchdog_and_a_stall_is_reported(tmp_path):
+    import contextlib
+
+    from vlac.runtime.watchdog import HEARTBEAT_DIR, Watched, stall_report
+
+    dog = Watchdog(tmp_path / HEARTBEAT_DIR, 0, 1, stall_s=30, poll_s=0.01, on_stall=lambda m: None)
+    with Watched(contextlib.nullcontext(), dog.start()):
+        assert dog._thread.is_alive()
+    assert not dog._thread.is_alive() and stall_report(tmp_path) is None
+    fired = _fire(tmp_path / HEARTBEAT_DIR, 0, 1, [4])
+    assert stall_report(tmp_path) == fired and "rank(s) 0 stopped at step 4" in fired
+    assert stall_report(tmp_path, since=float("inf")) is None  # an earlier job's stall
