@@ -28,11 +28,12 @@ def tiny_on_samples(folder: Path, seq_len: int):
     """The tiny VLA reading the three sample datasets (written under `folder`) at `seq_len`."""
     import vlac
     from vlac.data.samples import write_cartpole_lerobot, write_digits_webdataset, write_text_corpus
+    from vlac.spec import read_mapping
 
     jsonl, _ = write_text_corpus(folder / "text", rows=600)
     digits = write_digits_webdataset(folder / "wds", shards=8, per_shard=200)  # most of the 1,797 digits
     robot = str(write_cartpole_lerobot(folder / "robot", episodes=12, steps=48))
-    spec = vlac.spec.read_mapping(TINY)
+    spec = read_mapping(TINY)
     spec.pop("profiles", None)
     spec["backbone"]["context_length"] = seq_len
     spec["train"] = {**spec["train"], "seq_len": seq_len, "global_batch_tokens": 8 * seq_len}

@@ -91,6 +91,9 @@ def prepare_command(
         report = prepare(exp, workers=workers, on_unit=progress, start=progress.start)
     except (SourceError, BadSample) as e:
         _fail(str(e))
+    except OSError as e:  # the prepared folder: read-only, full, or a file where a folder should be
+        _fail(f"data.prepared: cannot write {e.filename or exp.data.prepared} ({e.strerror or e}); point data.prepared "
+              f"at a writable folder with room for the shards")
     finally:
         progress.close()
     console.print(report_table(report))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import vlac
+from vlac.spec import read_mapping
 from vlac.data.samples import write_cartpole_lerobot, write_digits_webdataset, write_text_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,7 +27,7 @@ def datasets(tmp_path_factory) -> dict[str, str]:
 
 def spec_data(datasets: dict[str, str], prepared: Path, **data) -> dict:
     """The tiny VLA trained on the three sources (a mapping for vlac.load)."""
-    spec = vlac.spec.read_mapping(TINY)
+    spec = read_mapping(TINY)
     spec["backbone"]["context_length"] = 2 * SEQ_LEN
     spec["train"] = {**spec["train"], "seq_len": SEQ_LEN, "global_batch_tokens": 8 * SEQ_LEN, "steps": 8,
                      "checkpoint_every": 4}

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 import vlac
 from vlac.cli import app
 from vlac.data.samples import _add, _png
+from vlac.spec import read_mapping
 from vlac.spec.data_sources import anchor_paths
 
 TINY = Path(__file__).resolve().parents[2] / "examples" / "tiny_vla.yaml"
@@ -58,7 +59,7 @@ def shards(tmp_path_factory) -> Path:
 
 
 def _spec(folder: Path, pattern: str, on_bad_sample: str) -> Path:
-    spec = vlac.spec.read_mapping(TINY)
+    spec = read_mapping(TINY)
     spec["backbone"]["context_length"] = 2 * SEQ_LEN
     spec["train"] = {**spec["train"], "seq_len": SEQ_LEN, "global_batch_tokens": 4 * SEQ_LEN, "steps": 2,
                      "checkpoint_every": 2}

@@ -96,3 +96,13 @@ def test_reordered_modalities_make_finished_shards_stale(prepared):
     spec = exp.model_dump(mode="json", exclude_none=True)
     spec["modalities"] = dict(reversed(spec["modalities"].items()))  # another vocabulary layout
     assert tokenization_digest(vlac.load(spec), 0) != tokenization_digest(exp, 0)
+
+
+def test_an_unwritable_prepared_folder_is_named(data_spec, datasets, tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the prepared folder should be")
+    spec = _one_source(data_spec, datasets, str(blocker / "prepared"), "corpus")
+    res = _prepare(_write(tmp_path, spec), "-j", "1")
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert "data.prepared: cannot write" in text and "blocker" in text and "Traceback" not in text
