@@ -4,8 +4,9 @@ Exit codes: 0 success; 1 a run that failed (or an internal error); 2 bad spec or
 message, never a traceback); 3 no layout fits in memory (`vlac compile` still prints the closest
 plan, marked infeasible in the table, in --json and in --report).
 
-Start-up stays under a second: nothing here imports torch at module level (the compiler, the
-runtime and the search are imported inside the commands that use them).
+Start-up stays under a second: nothing here imports torch, the spec's pydantic models or the
+reports at module level (each command imports what it uses), so `vlac --help` loads only typer
+and rich; tests/vlac/test_cli_startup.py checks which modules `--help` leaves unimported.
 """
 
 from __future__ import annotations
@@ -14,25 +15,26 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from vlac.spec import Experiment, SpecError, read_mapping
-from vlac.spec import load as load_spec
-from vlac.spec.loader import load_cluster
-from vlac.spec.system import PRESETS, Cluster
-
 from .cli_lazy import LazyGroup
-from .report import plan_text, print_graph, print_plan
+
+if TYPE_CHECKING:
+    from vlac.spec import Experiment
+    from vlac.spec.system import Cluster
 
 EXIT_INFEASIBLE = 3  # `vlac compile`: no layout fits in memory
 # vlac.compiler.planner.PIN_KEYS, written out so that the help text needs no torch import
 # (tests/vlac/test_cli_startup.py checks they agree)
 PIN_KEYS = ("dp", "tp", "pp", "ep", "cp", "zero", "sequence_parallel", "microbatch_size", "schedule",
             "virtual_stages", "recompute", "etp", "reshard_after_forward")
+# vlac.spec.system.PRESETS, written out for the same reason (importing the spec builds its pydantic
+# models, about half a second)
+CLUSTER_PRESETS = ("h100-sxm", "h200", "h800-sxm", "h100-pcie", "h100-nvl", "a100-40gb", "a100-80gb")
 
 app = typer.Typer(cls=LazyGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compile multimodal training experiments into planned, runnable distributed programs.",
@@ -45,7 +47,8 @@ def _console(stderr: bool = False, **kwargs: Any) -> Console:
     redirected (a table in a file or a pipe keeps its rows whole)."""
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() else 10_000
-    return Console(stderr=stderr, width=width, **kwargs)
+    # emoji=False: a name like ":rocket:" in a spec is printed as written
+    return Console(stderr=stderr, width=width, emoji=False, **kwargs)
 
 
 out = _console()
@@ -67,6 +70,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _load(spec: Path, sets: Optional[List[str]], profile: Optional[str]) -> Experiment:
+    from vlac.spec import load as load_spec
     from vlac.spec.data_sources import anchor_paths  # relative data paths are the spec folder's
 
     return anchor_paths(load_spec(spec, sets or (), profile), spec.parent)
@@ -96,18 +100,24 @@ def _parse_pins(text: Optional[str]) -> dict[str, Any]:
 def _cluster(exp: Experiment, value: Optional[str]) -> Cluster | None:
     if not value:
         return None
-    if value in PRESETS:
+    from vlac.spec import read_mapping
+    from vlac.spec.loader import load_cluster
+    from vlac.spec.system import Cluster
+
+    if value in CLUSTER_PRESETS:
         return Cluster.model_validate({"preset": value, "nodes": exp.cluster.nodes,
                                        "gpus_per_node": exp.cluster.gpus_per_node})
     path = Path(value)
     if not path.is_file():
-        raise UsageFailure(f"--cluster {value!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
+        raise UsageFailure(f"--cluster {value!r} is neither a preset ({', '.join(CLUSTER_PRESETS)}) nor a file")
     data = read_mapping(path)
     return load_cluster(data.get("cluster", data), str(path))
 
 
 def _run(fn) -> None:
     """Turn every expected failure into a message and exit code 2."""
+    from vlac.spec import SpecError
+
     try:
         fn()
     except (SpecError, UsageFailure, ValueError, FileNotFoundError) as e:  # PlanError is a ValueError
@@ -147,7 +157,7 @@ def compile_(spec: Path = typer.Argument(..., help="spec file"),
              json_: bool = typer.Option(False, "--json", help="print one JSON object (the plan contract)"),
              set_: Optional[List[str]] = SetOpt, profile: Optional[str] = ProfileOpt,
              pin: Optional[str] = typer.Option(None, help=f"fix part of the plan, e.g. tp=2,pp=1 (keys: {', '.join(PIN_KEYS)})"),
-             cluster: Optional[str] = typer.Option(None, help=f"cluster preset ({', '.join(PRESETS)}) or a cluster file"),
+             cluster: Optional[str] = typer.Option(None, help=f"cluster preset ({', '.join(CLUSTER_PRESETS)}) or a cluster file"),
              graph: bool = typer.Option(False, "--graph", help="also print the per-layer cost table"),
              report: Optional[Path] = typer.Option(None, "--report", help="write pictures of the lowered graph "
                                                    "(graph.html and SVGs) and of the plan (pipeline.svg, memory.svg, "
@@ -164,6 +174,8 @@ def compile_(spec: Path = typer.Argument(..., help="spec file"),
         g = api.lower(exp)
         p = api.plan(exp, cluster=cl, pin=pins, graph=g)
         status["feasible"] = p.feasible
+        from .report import plan_text, print_graph, print_plan
+
         if report is not None:
             from vlac.compiler.graph_report import write_graph_report
             from vlac.compiler.plan_report import write_plan_pictures
@@ -194,7 +206,7 @@ def emit(spec: Path = typer.Argument(..., help="spec file"),
 
         p = api.plan(exp, pin=_parse_pins(pin))
         d = api.emit(exp, p, out_dir)
-        out.print(f"wrote {d} ({p.chosen.layout.short()})", highlight=False)
+        out.print(f"wrote {d} ({p.chosen.layout.short()})", highlight=False, markup=False)  # a path may hold "[/x]"
     _run(go)
 
 
@@ -227,7 +239,7 @@ def submit(target: Path = typer.Argument(..., help="spec file, or a program dire
         start_at = size_of(metrics)  # an earlier run's records are not this job's progress
         submitted = time.time()
         job = api.submit(program, executor=executor, max_steps=max_steps)
-        out.print(f"submitted {program} as job {job.job_id} ({executor})", highlight=False)
+        out.print(f"submitted {program} as job {job.job_id} ({executor})", highlight=False, markup=False)
         if not wait:
             return
         if executor != "debug":  # the debug executor runs in this process and shows its own progress
@@ -270,6 +282,8 @@ def verify(spec: Path = typer.Argument(..., help="spec file"),
 @app.command()
 def schema(output: Optional[Path] = typer.Option(None, "-o", "--out", help="write to a file instead of stdout")) -> None:
     """Print the JSON Schema of the spec (for editor completion)."""
+    from vlac.spec import Experiment
+
     text = json.dumps(Experiment.model_json_schema(), indent=2, sort_keys=True) + "\n"
     if output:
         output.write_text(text)

@@ -3,6 +3,7 @@ benchmarks/cli_startup.py); the commands registered lazily are listed and still 
 
 import subprocess
 import sys
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -10,6 +11,7 @@ from vlac.cli import PIN_KEYS, app
 from vlac.cli_lazy import LAZY_COMMANDS, load_command
 
 runner = CliRunner()
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def test_importing_the_cli_and_vlac_does_not_import_torch():
@@ -39,3 +41,27 @@ def test_vlac_search_stays_callable_without_an_eager_import():
     code = ("import vlac, vlac.search as s, sys; "
             "sys.exit(0 if callable(vlac.search) and hasattr(vlac, 'Search') else 1)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_help_and_validate_leave_the_heavy_modules_unimported():
+    """`vlac --help` loads neither the spec's pydantic models nor the reports; `vlac validate`
+    loads the spec but not torch, numpy or the compiler (their import time is the start-up goal)."""
+    code = ("import sys; from vlac.cli import main; sys.argv = ['vlac'] + sys.argv[1:]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "heavy = ('torch', 'numpy', 'pydantic', 'yaml', 'vlac.spec', 'vlac.report', 'vlac.compiler')\n"
+            "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.startswith(heavy))))")
+    def loaded(*args: str) -> set[str]:
+        res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        return set(res.stdout.split("\n")[-2].split())
+    assert loaded("--help") == set()
+    after_validate = loaded("validate", str(EXAMPLES / "tiny_vla.yaml"))
+    assert "vlac.spec" in after_validate  # the check below can fail: it sees what was imported
+    assert not {m for m in after_validate if m.split(".")[0] in ("torch", "numpy") or m.startswith("vlac.compiler")}
+
+
+def test_cluster_presets_written_in_the_cli_match_the_spec():
+    from vlac.cli import CLUSTER_PRESETS
+    from vlac.spec.system import PRESETS
+
+    assert CLUSTER_PRESETS == PRESETS
