@@ -168,17 +168,17 @@ class Trainer:
 
     # ---- held-out evaluation, logging, the run summary --------------------------------------
     def evaluate(self) -> dict[str, float]:
-        """The loss on `train.eval_batches` global batches of the held-out split. It runs the same
-        forward and backward pass as training (so every layout evaluates, pipelines included) and
-        discards the gradients: parameters and optimiser state are untouched."""
+        """The loss on `train.eval_batches` global batches of the held-out split: the forward pass
+        of training under every layout (the pipeline schedule's forward-only pass included), under
+        no_grad, so no backward runs and no gradient is allocated."""
         if self.eval_data is None:
             self.eval_data = make_data(self.exp, "eval")  # held-out episodes, or held-out documents (vlac/data/split.py)
         ar = aux = 0.0
         for i in range(self.exp.train.eval_batches):
-            stats = self.model.forward_backward(
-                rank_micro_batches(self.eval_data, i, self.plan, self.model.mesh, self.env.device))
+            with torch.no_grad():
+                stats = self.model.forward(
+                    rank_micro_batches(self.eval_data, i, self.plan, self.model.mesh, self.env.device))
             ar, aux = ar + float(stats.ar), aux + float(stats.aux)
-            self.optimizer.zero_grad(set_to_none=True)
         n = self.exp.train.eval_batches
         return {"loss": (ar + aux) / n, "ar_loss": ar / n}
 

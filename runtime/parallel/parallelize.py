@@ -65,6 +65,10 @@ class ParallelModel:
         self.finish_gradients()
         return stats.all_reduce(self.owns_loss)
 
+    def forward(self, batches: list[dict[str, torch.Tensor]]) -> StepStats:
+        """The losses of one step's micro-batches without a backward (evaluation, under no_grad)."""
+        return self.runner.forward(batches).all_reduce(self.owns_loss)
+
     def finish_gradients(self) -> None:
         """The data-parallel reductions the wrappers (DDP, FSDP) do not do."""
         if self.expert_params:

@@ -196,6 +196,14 @@ class PipelineRunner:
         return self.tied.mirrored() if self.tied is not None else []
 
     def forward_backward(self, batches: list[dict[str, torch.Tensor]]) -> StepStats:
+        return self._run(batches, backward=True)
+
+    def forward(self, batches: list[dict[str, torch.Tensor]]) -> StepStats:
+        """The same losses as `forward_backward` from the schedule's forward-only pass (`eval`:
+        each stage's forward chain and the loss, no backward actions); call under torch.no_grad."""
+        return self._run(batches, backward=False)
+
+    def _run(self, batches: list[dict[str, torch.Tensor]], backward: bool) -> StepStats:
         m = len(batches)
         for st in self.stages:
             st.aux_weight, st.records = 1.0 / m, []
@@ -203,8 +211,9 @@ class PipelineRunner:
         fields = {k: torch.cat([b[k] for b in inputs]) for k in inputs[0] if inputs[0][k].dim() > 0}
         # the loss looks each micro-batch up by its index (pipeline_loss.py)
         target = torch.cat([torch.full((b["tokens"].size(0),), i, device=self.device) for i, b in enumerate(batches)])
-        self.schedule.step(target=target, return_outputs=False, **fields)
-        if self.tied is not None:
+        run = self.schedule.step if backward else self.schedule.eval
+        run(target=target, return_outputs=False, **fields)
+        if backward and self.tied is not None:
             self.tied.sync_grads()
         # the first step also runs each stage (and the loss) once on placeholder tensors to infer
         # the shapes sent between stages: only the last m calls are the micro-batches

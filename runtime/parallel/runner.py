@@ -8,6 +8,7 @@ are per-micro-batch means, weighted 1/m here and averaged over replicas by the s
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Callable, ContextManager
 
 import torch
@@ -31,13 +32,22 @@ class DirectRunner:
         self.device = device
 
     def forward_backward(self, batches: list[dict[str, torch.Tensor]]) -> StepStats:
+        return self._run(batches, backward=True)
+
+    def forward(self, batches: list[dict[str, torch.Tensor]]) -> StepStats:
+        """The same losses as `forward_backward`, without its backward (evaluation; the caller
+        runs it under torch.no_grad, so no activations are kept and no gradient is made)."""
+        return self._run(batches, backward=False)
+
+    def _run(self, batches: list[dict[str, torch.Tensor]], backward: bool) -> StepStats:
         m = len(batches)
         stats = StepStats(self.n_modalities, len(self.moe_rows), self.n_experts, self.device)
         for i, batch in enumerate(batches):
-            with no_sync(self.module, last_micro=i == m - 1):
+            with no_sync(self.module, last_micro=i == m - 1) if backward else nullcontext():
                 with self.forward_context():
                     out = self.objective(batch)
-                (out["ar_loss"] * self.dp + out["aux_loss"] / m).backward()
+                if backward:
+                    (out["ar_loss"] * self.dp + out["aux_loss"] / m).backward()
             stats.add_loss(out, 1.0 / (m * self.dp))
             stats.add_moe(out, self.moe_rows, 1.0 / (m * self.dp))
         return stats
