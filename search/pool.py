@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 from vlac.compiler.graph_cache import PER_LAYER_FIELDS, PLAN_ONLY_FIELDS
 
 from .evaluate import Evaluator, Result
+from .fast import STEPS_FIELDS
 from .space import Candidate, SearchError, params_key
 
 _WORKER: Evaluator | None = None
@@ -40,6 +41,9 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
+STEPS_PATHS = tuple(f"train.{f}" for f in STEPS_FIELDS)
+
+
 def _family(params: Mapping[str, Any]) -> str:
     """Candidates that share a lowered graph family (differing only in depth-like or plan-only
     fields) go to the same worker, so each family is lowered once."""
@@ -52,6 +56,8 @@ def _chunks(cands: Sequence[Candidate], workers: int) -> list[list[Candidate]]:
     groups: dict[str, list[Candidate]] = {}
     for c in cands:
         groups.setdefault(_family(c.params), []).append(c)
+    for g in groups.values():  # candidates differing only in the number of steps share a plan: one chunk
+        g.sort(key=lambda c: params_key({p: v for p, v in c.params.items() if p not in STEPS_PATHS}))
     size = max(1, min(16, math.ceil(len(cands) / (4 * workers))))
     return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
 

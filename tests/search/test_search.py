@@ -194,3 +194,21 @@ def test_constraint_values_read_units():
     assert Constraint.parse("params_active <= 3B").value == 3_000_000_000
     assert Constraint.parse("gpus<=128").value == 128
     assert Constraint.parse("plan.schedule != 1f1b").value == "1f1b"
+
+
+def test_chunks_keep_a_family_and_its_token_budgets_together():
+    # workers plan a candidate's layout once for every token budget: the budgets of one shape
+    # must land in one chunk, and a chunk must hold one lowered-graph family only
+    from vlac.search.pool import _chunks
+    from vlac.search.space import Candidate
+
+    cands = [Candidate(i, {"moe.experts": e, "backbone.layers": d, "train.total_tokens": t})
+             for i, (t, d, e) in enumerate((t, d, e) for t in ("1T", "2T") for d in range(8, 40) for e in (8, 16))]
+    chunks = _chunks(cands, workers=2)
+    assert sorted(c.index for ch in chunks for c in ch) == list(range(len(cands)))
+    for ch in chunks:
+        assert len({c.params["moe.experts"] for c in ch}) == 1
+    where = {c.index: n for n, ch in enumerate(chunks) for c in ch}
+    for c in cands[: len(cands) // 2]:
+        sibling = next(s for s in cands if s.params == {**c.params, "train.total_tokens": "2T"})
+        assert where[c.index] == where[sibling.index], c.params
