@@ -6,12 +6,14 @@ Limits interact (the best excluded layout may break several), so each case's gai
 limit lifted at once (the planner's best_excluded) is printed after the ranking.
 
 Run: python benchmarks/limit_gains.py [--examples a.yaml,b.yaml] [--gpus 8,256,16384]
-(benchmarks/planner.py --limits prints the same ranking after its timing table.)
+(benchmarks/planner.py --limits prints the same ranking after its timing table.) The ranking is
+also written to benchmarks/results/limit_gains.json (--out another path).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from vlac.runtime.parallel import support
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_COUNTS = (8, 256, 16384)
+RESULTS = ROOT / "benchmarks" / "results" / "limit_gains.json"
 
 
 def at_scale(path: Path, gpus: int):
@@ -72,8 +75,18 @@ def ranking(examples: list[Path], gpu_counts=GPU_COUNTS):
     return rows, joint, failed
 
 
-def print_ranking(examples: list[Path], gpu_counts=GPU_COUNTS) -> None:
+def print_ranking(examples: list[Path], gpu_counts=GPU_COUNTS, out: Path | None = RESULTS) -> None:
+    """Print the ranking and, unless `out` is None, write it there as JSON (same input, same bytes)."""
     rows, joint, failed = ranking(examples, gpu_counts)
+    if out is not None:
+        record = {"examples": [p.stem for p in examples], "gpus": list(gpu_counts),
+                  "limits": [{"limit": n, "summed_gain_pct": round(t * 100, 2), "largest_gain_pct": round(b * 100, 2),
+                              "case_of_largest": c} for n, t, b, c in rows],
+                  "every_limit_lifted": [{"case": c, "layout": b["layout"], "faster_pct": round(b["faster_pct"], 2)}
+                                         for c, b in joint],
+                  "not_planned": failed}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     print(f"\nruntime limits by what lifting each alone would gain ({len(examples)} examples x "
           f"{', '.join(f'{g:,}' for g in gpu_counts)} GPUs)")
     print(f"{'limit':36} {'summed gain %':>14} {'largest %':>10}  case of the largest")
@@ -89,9 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--examples", default="", help="comma-separated spec paths (default: every examples/*.yaml)")
     ap.add_argument("--gpus", default=",".join(map(str, GPU_COUNTS)))
+    ap.add_argument("--out", type=Path, default=RESULTS, help="where to write the ranking as JSON")
     args = ap.parse_args(argv)
     paths = [Path(p) for p in args.examples.split(",") if p] or sorted((ROOT / "examples").glob("*.yaml"))
-    print_ranking(paths, tuple(int(g) for g in args.gpus.split(",")))
+    print_ranking(paths, tuple(int(g) for g in args.gpus.split(",")), args.out)
     return 0
 
 
