@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import vlac
 from vlac.compiler import cost_model, hardware
@@ -23,6 +23,9 @@ class Constant:
     module: Any
     grid: tuple[float, ...]
     source: str
+    # the runs whose plan the constant enters (the others' errors do not depend on it, so they
+    # are not planned again for each grid value)
+    applies: Callable[[Any], bool] = lambda case: True
 
 
 CONSTANTS = (
@@ -30,11 +33,14 @@ CONSTANTS = (
              "sustained share of the BF16 peak in a training step; an isolated 8192^3 cuBLAS GEMM reaches "
              "~750 of 989 TFLOP/s (NVIDIA H100 datasheet peak; compiler/hardware.py)"),
     Constant("GEMM_EFF_FP8", hardware, (0.45, 0.55, 0.65),
-             "sustained share of the FP8 peak; isolated FP8 GEMMs reach ~1,300-1,450 of 1,979 TFLOP/s"),
+             "sustained share of the FP8 peak; isolated FP8 GEMMs reach ~1,300-1,450 of 1,979 TFLOP/s",
+             lambda case: case.fp8 is not None),
     Constant("EP_EXPOSED", cost_model, (0.50, 0.75, 1.0),
-             "exposed share of expert all-to-alls (Megatron's 1F1B all-to-all overlap hides the rest)"),
+             "exposed share of expert all-to-alls (Megatron's 1F1B all-to-all overlap hides the rest)",
+             lambda case: case.pins.get("ep", 1) > 1),
     Constant("TP_EXPOSED", cost_model, (0.20, 0.35, 0.50),
-             "exposed share of TP collectives (TE userbuffers tp_comm_overlap hides most)"),
+             "exposed share of TP collectives (TE userbuffers tp_comm_overlap hides most)",
+             lambda case: case.pins.get("tp", 1) > 1),
 )
 
 
@@ -47,6 +53,13 @@ def _errors(cases, graphs, values: dict[str, float]) -> list[float]:
     finally:
         for c in CONSTANTS:
             setattr(c.module, c.name, saved[c.name])
+
+
+def _errors_where(c: Constant, cases, graphs, base: list[float], value: float) -> list[float]:
+    """Every run's error with constant `c` at `value`: planned again where it applies."""
+    idx = [i for i, case in enumerate(cases) if c.applies(case)]
+    moved = dict(zip(idx, _errors([cases[i] for i in idx], [graphs[i] for i in idx], {c.name: value})))
+    return [moved.get(i, base[i]) for i in range(len(cases))]
 
 
 def _one(case, exp, g) -> float:
@@ -63,7 +76,7 @@ def leave_one_out(runs) -> list[dict[str, Any]]:
     cases = [c for c, _, _ in runs]
     graphs = [(exp, g) for _, exp, g in runs]
     base = _errors(cases, graphs, {})
-    table = {c.name: {v: _errors(cases, graphs, {c.name: v}) for v in c.grid} for c in CONSTANTS}
+    table = {c.name: {v: _errors_where(c, cases, graphs, base, v) for v in c.grid} for c in CONSTANTS}
     rows = []
     for i, case in enumerate(cases):
         chosen = {}

@@ -25,17 +25,20 @@ def regime_keys(fp8: bool, moe: bool) -> tuple[str, str]:
 
 
 def error_band(fp8: bool, moe: bool, bands: dict[str, Any] | None = None, stack: str | None = None) -> str:
-    """One line: the widest band of the plan's stack, precision and dense/MoE regimes, or the
-    overall band when fewer than MIN_RUNS cited runs share any; a stack no cited run used is
-    said so (its band is then the other stacks')."""
+    """One line: the band of the plan's stack when at least MIN_RUNS cited runs used it; else
+    the wider of its precision and dense/MoE regimes (saying the stack has no band of its own),
+    or the overall band when fewer than MIN_RUNS cited runs share either."""
     bands = load_bands() if bands is None else bands
     if not bands:
         return "unknown (no leave-one-out table: run benchmarks/fidelity.py --loo --write-band)"
     groups = bands["groups"]
-    keys = regime_keys(fp8, moe) + ((f"stack: {stack}",) if stack else ())
+    # a stack with enough cited runs is the closest regime (the stacks differ most: docs/fidelity.md);
+    # otherwise the wider of the precision and dense/MoE regimes, saying the stack has no band
+    own = groups.get(f"stack: {stack}", {"runs": 0}) if stack else {"runs": 0}
+    keys = (f"stack: {stack}",) if own["runs"] >= MIN_RUNS else regime_keys(fp8, moe)
     found = [(k, groups[k]) for k in keys if k in groups and groups[k]["runs"] >= MIN_RUNS]
     caveat = ""
-    if stack and groups.get(f"stack: {stack}", {}).get("runs", 0) < MIN_RUNS:
+    if stack and own["runs"] < MIN_RUNS:
         caveat = f"; fewer than {MIN_RUNS} cited runs on the {stack} stack, so its error may be larger"
     if not found:
         k, g = "all", groups["all"]
