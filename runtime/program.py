@@ -82,8 +82,11 @@ def _in_ranges(layer: int, text: str) -> bool:
 
 def with_layout(plan: dict[str, Any], mesh: dict[str, int], experts: dict[str, int] | None = None,
                 zero: int = 0, sequence_parallel: bool = False, pipeline: dict[str, Any] | None = None,
-                recompute: list[str] | None = None, fp8_gemms: dict[str, str] | None = None) -> dict[str, Any]:
-    """plan.json with the layout train.py states: what the literals there say is what runs."""
+                recompute: list[str] | None = None, fp8_gemms: dict[str, str] | None = None,
+                tp_plan: dict[str, str] | None = None) -> dict[str, Any]:
+    """plan.json with the layout train.py states: what the literals there say is what runs.
+    `tp_plan` (TP_PLAN) is checked against the model when the layout is applied
+    (runtime/parallel/tensor_parallel.py replicated_regions)."""
     out = copy.deepcopy(plan)
     p = out["plan"]
     p.update({k: int(mesh[k]) for k in ("pp", "dp", "cp", "tp")}, zero=zero, sequence_parallel=sequence_parallel)
@@ -93,6 +96,8 @@ def with_layout(plan: dict[str, Any], mesh: dict[str, int], experts: dict[str, i
     for key in ("schedule", "virtual_stages", "num_microbatches", "microbatch_size", "stage_split"):
         if key in pipeline:
             p[key] = pipeline[key]
+    if tp_plan is not None:
+        p["tp_plan"] = dict(tp_plan)
     if recompute is not None:
         if len(recompute) != p["pp"]:
             raise ValueError(f"train.py RECOMPUTE lists {len(recompute)} policies for {p['pp']} pipeline ranks")

@@ -146,11 +146,21 @@ def layout_context(exp: Experiment, plan_json: dict[str, Any]) -> dict[str, Any]
         "stages": p["stage_split"], "layers": exp.backbone.layers,
         "recompute": list(p.get("recompute_per_stage") or [p["recompute"]] * p["pp"]),
         "fp8_gemms": fp8_gemm_ranges(plan_json) if p.get("fp8") else {},
+        "tp_plan": default_tp_plan(exp, p) if p["tp"] > 1 else {},
         "fp8_recipe": (plan_json.get("fp8", {}).get("recipe") or {}).get("name", ""),
         "log_every": exp.train.log_every, "eval_every": exp.train.eval_every,
         "checkpoint_every": exp.train.checkpoint_every,
         "verify_layouts": ",".join(verify_layouts(exp)),
     }
+
+
+def default_tp_plan(exp: Experiment, p: dict[str, Any]) -> dict[str, str]:
+    """TP_PLAN: the runtime's split of the decoder layers' modules for this plan, read off the
+    model built on the meta device (no memory, no initialisation)."""
+    from vlac.runtime.model import build_model
+    from vlac.runtime.parallel.tensor_parallel import default_tp_plan as of_model
+
+    return of_model(build_model(exp, "meta"), bool(p["sequence_parallel"]), p.get("expert_tensor_parallel", 1) > 1)
 
 
 def verify_layouts(exp: Experiment) -> list[str]:

@@ -120,7 +120,8 @@ def parallelize(model: nn.Module, exp: Experiment, plan: dict[str, Any], env: Di
 
     precision.convert(model, plan)  # before TP: the Float8 tensor-parallel styles split Float8Linear modules
     if dims.tp > 1:
-        apply_tensor_parallel(model, mesh.sub("tp"), dims.sequence_parallel, expert_tp=dims.etp > 1)
+        apply_tensor_parallel(model, mesh.sub("tp"), dims.sequence_parallel, expert_tp=dims.etp > 1,
+                              tp_plan=plan.get("plan", plan).get("tp_plan"))  # train.py's TP_PLAN
     if dims.cp > 1:
         apply_context_parallel(model, exp, mesh.sub("cp"))
     experts_mesh = expert_mesh(mesh)  # by expert over ep, by inner width over tp (etp)

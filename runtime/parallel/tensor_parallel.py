@@ -1,5 +1,10 @@
 """Tensor (Megatron) and sequence parallelism with DTensor `parallelize_module`.
 
+train.py states the split of the decoder layers as TP_PLAN, module name inside a layer -> style
+("colwise", "rowwise", "sequence_parallel"), read off the plan below (`default_tp_plan`); an edit
+may keep a whole attention or MLP region unsplit ("replicate"), anything else is refused with the
+module and its choices named (`replicated_regions`).
+
 Attention and dense MLPs are split the Megatron way: wq/wk/wv and w1/w3 column-wise (each rank
 keeps a slice of the heads / of the inner width; the model reshapes with `view(b, s, -1, d_head)`,
 so the local head count follows from the local weight), wo and w2 row-wise. With sequence
@@ -158,8 +163,21 @@ def mlp_plan(root: nn.Module, prefix: str, sp: bool) -> dict[str, ParallelStyle]
     return plan
 
 
-def block_plan(block: nn.Module, sequence_parallel: bool, expert_tp: bool = False) -> dict[str, ParallelStyle]:
-    """The plan of one decoder block, keyed by module name inside the block."""
+def block_plan(block: nn.Module, sequence_parallel: bool, expert_tp: bool = False,
+               replicate: frozenset[str] = frozenset()) -> dict[str, ParallelStyle]:
+    """The plan of one decoder block, keyed by module name inside the block. `replicate`: regions
+    (REPLICABLE) that stay whole on every tensor-parallel rank instead (train.py's TP_PLAN)."""
+    plan = _megatron_block_plan(block, sequence_parallel, expert_tp)
+    for region in replicate:
+        if not any(k.startswith(region + ".") for k in plan):
+            continue  # this block has no such region (e.g. an MoE layer's mlp)
+        plan = {k: v for k, v in plan.items() if k != region and not k.startswith(region + ".")}
+        if sequence_parallel:  # the whole sequence in, this rank's shard out (as an MoE layer does)
+            plan[region] = _Relayout(input=(Shard(SEQ), Replicate()), local_input=True, output=(Replicate(), Shard(SEQ)))
+    return plan
+
+
+def _megatron_block_plan(block: nn.Module, sequence_parallel: bool, expert_tp: bool) -> dict[str, ParallelStyle]:
     sp = sequence_parallel
     plan = attention_plan(block, "attn", sp)
     if sp:
@@ -190,6 +208,67 @@ def cross_layer_plan(layer: nn.Module, sequence_parallel: bool) -> dict[str, Par
     return plan
 
 
+# ---- the plan as train.py states it: module inside a decoder layer -> style name ----------------
+
+REPLICABLE = ("attn", "mlp", "media.attn", "media.mlp")  # Megatron regions TP_PLAN may keep whole ("replicate")
+
+
+def style_name(style: ParallelStyle) -> str | None:
+    """The name TP_PLAN gives a style; None for the re-layout glue between regions (implied by
+    the styles and by SEQUENCE_PARALLEL) and for the expert-tensor-parallel styles (set by EXPERTS)."""
+    for cls, name in ((ColwiseParallel, "colwise"), (RowwiseParallel, "rowwise"), (SequenceParallel, "sequence_parallel")):
+        if isinstance(style, cls):
+            return name
+    return None
+
+
+def default_tp_plan(model: nn.Module, sequence_parallel: bool, expert_tp: bool = False) -> dict[str, str]:
+    """The split of every decoder layer's modules, by name inside a layer (the union over the
+    layers: a dense and an MoE layer contribute their own modules)."""
+    out: dict[str, str] = {}
+    for block in model.layers:
+        for name, style in _megatron_block_plan(block, sequence_parallel, expert_tp).items():
+            if style_name(style) is not None:
+                out.setdefault(name, style_name(style))
+    return out
+
+
+def _region(name: str) -> str | None:
+    region = name.rsplit(".", 1)[0] if "." in name else None
+    return region if region in REPLICABLE else None
+
+
+def replicated_regions(tp_plan: dict[str, str], default: dict[str, str]) -> frozenset[str]:
+    """The regions `tp_plan` keeps whole, after checking it against the default plan: the same
+    modules, each either its default style or (every module of an attention or MLP region
+    together) "replicate". Errors name the module and the valid choices."""
+    where = "train.py TP_PLAN"
+    unknown = sorted(set(tp_plan) - set(default))
+    if unknown:
+        raise ValueError(f"{where}: no module {unknown[0]!r} in the decoder layers of this model; the modules split over "
+                         f"tp are: {', '.join(default)}")
+    missing = [k for k in default if k not in tp_plan]
+    if missing:
+        raise ValueError(f"{where}: module {missing[0]!r} is missing; give it {default[missing[0]]!r}"
+                         + (" or 'replicate'" if _region(missing[0]) else ""))
+    regions: dict[str, set[bool]] = {}
+    for name, want in default.items():
+        got, region = tp_plan[name], _region(name)
+        choices = [want, "replicate"] if region else [want]
+        if got not in choices:
+            why = (f"(Megatron: column-wise into, row-wise out of the {region}; 'replicate' keeps the whole {region} unsplit)"
+                   if region else "(it follows SEQUENCE_PARALLEL and the modules around it)")
+            raise ValueError(f"{where}[{name!r}]: {got!r} is not valid; choices: {', '.join(map(repr, choices))} {why}")
+        if region:
+            regions.setdefault(region, set()).add(got == "replicate")
+    mixed = sorted(r for r, kinds in regions.items() if len(kinds) > 1)
+    if mixed:
+        names = [k for k in default if _region(k) == mixed[0]]
+        raise ValueError(f"{where}: the modules of {mixed[0]!r} ({', '.join(names)}) are split together: give all of them "
+                         f"their default styles, or all 'replicate'")
+    return frozenset(r for r, kinds in regions.items() if True in kinds)
+
+
 class _SumGradOver:
     """Gradient hook: sum a parameter's gradient over a process group (a replicated parameter
     applied to a sequence shard gets a partial gradient on each rank)."""
@@ -214,13 +293,16 @@ def refusals(model: nn.Module, sequence_parallel: bool) -> list[str]:
 
 
 def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool,
-                          expert_tp: bool = False) -> None:
+                          expert_tp: bool = False, tp_plan: dict[str, str] | None = None) -> None:
     """Shard `model` (a VLAModel) in place over `tp_mesh`. `expert_tp`: split the experts of MoE
-    layers over tp too (plan.expert_tensor_parallel = tp)."""
+    layers over tp too (plan.expert_tensor_parallel = tp). `tp_plan`: train.py's TP_PLAN (the
+    default plan when None)."""
     sp = sequence_parallel
     problems = refusals(model, sp)
     if problems:
         raise ValueError("tensor parallelism (plan.tp > 1) does not support " + "; ".join(problems))
+    replicate = (replicated_regions(tp_plan, default_tp_plan(model, sp, expert_tp)) if tp_plan is not None
+                 else frozenset())
     tied = model.head.weight is model.embed.weight
     # SequenceParallel re-registers norm weights as trainable DTensors: a frozen part (fusion.freeze_lm) must stay so
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
@@ -241,7 +323,7 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh, sequence_parall
     if sp:  # the final hidden state, gathered for the head and the loss heads
         parallelize_module(model, tp_mesh, {"norm": _Relayout(output=(Shard(SEQ), Replicate()))})
     for block in model.layers:
-        parallelize_module(block, tp_mesh, block_plan(block, sp, expert_tp))
+        parallelize_module(block, tp_mesh, block_plan(block, sp, expert_tp, replicate))
     for layer in (cross.values() if cross is not None else ()):
         parallelize_module(layer, tp_mesh, cross_layer_plan(layer, sp))
         if sp and getattr(layer, "gated", False):

@@ -64,6 +64,7 @@ def test_layout_literals_are_what_runs(flagship, tmp_path):
     exp = vlac.load(TINY, ["parallelism.dp=1", "parallelism.pp=2", "parallelism.tp=2", "cluster.gpus_per_node=4"])
     piped = vlac.emit(exp, vlac.plan(exp), tmp_path / "pp2")
     plan, applied = layout_as_train_py_applies_it(piped)
+    assert set(applied["plan"].pop("tp_plan").values()) <= {"colwise", "rowwise", "sequence_parallel"}  # TP_PLAN
     assert applied == plan and plan["plan"]["pp"] == 2 and "STAGES = [" in (piped / "train.py").read_text()
     plan = json.loads((flagship / "plan.json").read_text())  # an edit to the literals changes what runs
     mesh = {k: plan["plan"][k] for k in plan["plan"]["mesh_order"]}
