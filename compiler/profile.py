@@ -69,6 +69,7 @@ class Gemm:
     expert: bool
     fp8_eligible: bool
     sp_split: bool = False  # not TP-split, but runs on 1/tp of the tokens with sequence parallelism
+    moe_part: bool = False  # router, experts or shared experts of a MoE layer (see `times`)
 
 
 @dataclass
@@ -103,6 +104,9 @@ class CostProfile:
         self.g, self.hw = graph, hw
         # the software stack (spec.stack; default: what vlac's emitted program runs)
         self.stack = stack or STACKS["vlac"]
+        # vlac's runtime gathers a MoE layer's input over cp and tp (exact capacity); the other
+        # stacks route each rank's own tokens (see `times`)
+        self.moe_gathered = self.stack.preset == "vlac"
         self.stack_costs = StackCosts(self.stack, act_bytes=graph.dtype_bytes, hidden=hidden, head_dim=head_dim,
                                       heads=heads, norm=norm)
         self.norm = norm
@@ -172,7 +176,8 @@ class CostProfile:
                 row = n.tp_split and kind == "block" and not n.act_tp_sharded
                 p.gemms.append(Gemm(n.flops_fwd, n.flops_bwd / n.flops_fwd if n.flops_fwd else 0.0,
                                     n.flops_overcompute, m, nn_, k, groups, n.tp_split, row, n.expert, n.fp8_eligible,
-                                    bool(getattr(n, "sp_split", False))))
+                                    bool(getattr(n, "sp_split", False)),
+                                    p.moe and self.moe_gathered and ".mlp." in n.module))
                 if n.tp_split and kind == "block":
                     regions.add(".".join(n.module.split(".")[:-1]))
                 if n.name.endswith("dropless_experts"):
@@ -255,7 +260,24 @@ class CostProfile:
             cast = np.zeros_like(tp)
             expert_cast = np.zeros_like(tp)  # cast by vlac's fp8_cast kernel (the experts' FP8 GEMMs)
             for g in p.gemms:
-                if g.expert:
+                if g.moe_part:
+                    # vlac's runtime gathers a MoE layer's input over cp and tp, so that capacity
+                    # and drops are those of one process: every rank routes the whole micro-batch
+                    # and runs its experts (and the shared ones) on it, split only by etp
+                    # (runtime/parallel/context_parallel.py, tensor_parallel.py); costed as run.
+                    # Not charged: the activations it saves for the whole micro-batch
+                    scale = mb / np.where(g.expert | g.tp_split, etp, 1.0)
+                    if g.expert:
+                        m = g.m / g.groups * mb * ep
+                        n = g.n if g.row_parallel else g.n / etp
+                        k = g.k / etp if g.row_parallel else g.k
+                        groups = g.groups / ep
+                    else:
+                        m = g.m * mb
+                        n = g.n / etp if g.tp_split and not g.row_parallel else g.n
+                        k = g.k / etp if g.tp_split and g.row_parallel else g.k
+                        groups = 1.0
+                elif g.expert:
                     scale = seqs / tp
                     slots = g.m / g.groups
                     m = slots * seqs * ep * etp / tp
@@ -321,8 +343,12 @@ class CostProfile:
             out["tp_bwd"][:, j] = regions * np.where(sp, 3, 2) * unit
             if p.moe:
                 # token dispatch and combine: one all-to-all each way, forward and backward;
-                # each rank sends its 1/(tp*cp) of the tokens top_k times
-                a2a_bytes = seqs / tp * self.seq_len * self.top_k * self.hidden * self.act_bytes
+                # each rank sends its 1/(tp*cp) of the tokens top_k times, or under vlac's runtime
+                # the gathered micro-batch (see above; 1/etp of it)
+                routed = mb / etp if self.moe_gathered else seqs / tp
+                a2a_bytes = routed * self.seq_len * self.top_k * self.hidden * self.act_bytes
+                if self.moe_gathered:  # the cp gather of the MoE input, forward; its reduce-scatter backward
+                    out["cp"][:, j] += np.where(cp > 1, 2 * hw.all_gather(act_msg * cp, cp, tp), 0.0)
                 a2a = hw.all_to_all(a2a_bytes, ep, etp)
                 # expert tensor parallelism gathers the received tokens over etp and scatters
                 # the results back (a TP region over the expert activations)
@@ -334,7 +360,7 @@ class CostProfile:
                 # backward; heads split over TP ranks (K/V replicated when tp > kv_heads)
                 chunk = seqs * self.seq_len * self.kv_bytes_per_token / np.minimum(tp, self.kv_heads)
                 across = tp * cp > hw.node_size
-                out["cp"][:, j] = np.where(cp > 1, 3 * (cp - 1) * hw.p2p(chunk, across), 0.0)
+                out["cp"][:, j] += np.where(cp > 1, 3 * (cp - 1) * hw.p2p(chunk, across), 0.0)
         return out
 
     # ---- pipeline stage split -------------------------------------------------------------------

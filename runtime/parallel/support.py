@@ -43,8 +43,10 @@ def _always(_: Experiment) -> bool:
     return True
 
 
-def _moe(exp: Experiment) -> bool:
-    return exp.moe is not None
+def _moe_costed_per_rank(exp: Experiment) -> bool:
+    """A MoE costed as another stack runs it (each rank routing its own tokens): vlac's runtime
+    gathers the layer's input over tp and cp, which the cost model charges only for stack: vlac."""
+    return exp.moe is not None and exp.stack.preset != "vlac"
 
 
 def _dropless(exp: Experiment) -> bool:
@@ -78,13 +80,14 @@ LIMITS: tuple[Limit, ...] = (
     Limit("sequence_parallel_dual_stream", "sequence parallelism with fusion.stream: dual (its per-token stream "
           "selector acts on gathered and on sequence-sharded activations)", "--pin sequence_parallel=false",
           lambda e: e.fusion.stream == "dual", lambda c: (c["tp"] > 1) & c["sp"]),
-    Limit("moe_replicated_over_tp", "MoE layers with tensor parallelism and etp = 1 as the cost model times them "
-          "(each rank routing its own sequence shard; this runtime runs all experts on the whole sequence on every "
-          "tensor-parallel rank)", "--pin etp=<tp> (experts split over the tensor-parallel group)", _moe,
+    Limit("moe_replicated_over_tp", "MoE layers with tensor parallelism and etp = 1 as a stack other than vlac's "
+          "times them (each rank routing its own sequence shard; this runtime runs all experts on the whole "
+          "sequence on every tensor-parallel rank)", "--pin etp=<tp>, or stack.preset: vlac", _moe_costed_per_rank,
           lambda c: (c["tp"] > 1) & (c["etp"] == 1), refused=False),
-    Limit("moe_replicated_over_cp", "MoE layers under context parallelism as the cost model times them (each rank "
-          "routing its own tokens; this runtime runs the experts on the whole sequence on every context-parallel "
-          "rank, which keeps capacity exact)", "--pin cp=1", _moe, lambda c: c["cp"] > 1, refused=False),
+    Limit("moe_replicated_over_cp", "MoE layers under context parallelism as a stack other than vlac's times them "
+          "(each rank routing its own tokens; this runtime runs the experts on the whole sequence on every "
+          "context-parallel rank, which keeps capacity exact)", "--pin cp=1, or stack.preset: vlac",
+          _moe_costed_per_rank, lambda c: c["cp"] > 1, refused=False),
     Limit("expert_parallel_dropless", "expert parallelism with dropless routing (moe.capacity_factor: null)",
           "--pin ep=1, or set moe.capacity_factor", _dropless, lambda c: c["ep"] > 1),
     Limit("per_modality_clip", "optimizer.per_modality_clip with pipeline, expert, context or sharded data "

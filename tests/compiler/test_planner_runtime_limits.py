@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import vlac
+from vlac.compiler.planner import Search
 from vlac.runtime.parallel.support import LIMITS, excluded, not_as_timed, plan_columns, unsupported
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,13 +42,13 @@ def test_limits_give_the_same_answer_on_scalars_and_on_columns(flagship):
         assert by_scalar == by_column, lay
     assert not unsupported(exp, _cols()) and not unsupported(exp, _cols(ep=2, dp=4))
     assert any("ep must divide dp" in r for r in unsupported(exp, _cols(ep=4, dp=2)))
-    # an MoE runs under cp (and with tp but etp = 1), not as the cost model times it
-    assert not unsupported(exp, _cols(cp=2, dp=4)) and not_as_timed(exp, _cols(cp=2, dp=4))
+    # an MoE under cp (and with tp but etp = 1) runs as the cost model times it (test_moe_... below)
+    assert not unsupported(exp, _cols(cp=2, dp=4)) and not not_as_timed(exp, _cols(cp=2, dp=4))
+    assert not not_as_timed(exp, _cols(tp=2, dp=4, etp=1))
     dense = vlac.load(ROOT / "examples" / "dense_text_1b.yaml")
     # context parallelism composes with pipelining; tied embeddings with tp and pp together do not
     assert not unsupported(dense, _cols(cp=2, dp=4)) and not unsupported(dense, _cols(cp=2, pp=2, dp=2))
     assert any("tied" in r for r in unsupported(dense, _cols(tp=2, pp=2, dp=2)))
-    assert any("--pin etp=" in r for r in not_as_timed(exp, _cols(tp=2, dp=4, etp=1)))
     assert not unsupported(exp, _cols(pp=2, dp=4, m=4, schedule="zero_bubble"))
     assert any("--pin zero=2" in r for r in unsupported(exp, _cols(pp=2, dp=4, zero=3, schedule="zero_bubble")))
     assert any("rounds" in r for r in unsupported(exp, _cols(pp=2, dp=4, m=5, schedule="zero_bubble")))
@@ -98,3 +99,33 @@ def test_what_the_limits_cost_is_reported_from_the_same_evaluation(flagship):
         cols = plan_columns({**alt.layout.__dict__, "expert_tensor_parallel": alt.layout.etp,
                              "num_microbatches": alt.layout.num_microbatches})
         assert not unsupported(exp, cols) and not not_as_timed(exp, cols)
+
+
+def test_moe_layers_are_costed_on_the_whole_micro_batch_as_the_runtime_runs_them(flagship):
+    """The runtime gathers a MoE layer's input over cp and tp (exact capacity): the layer's MoE
+    GEMMs take as long at cp 2, and at tp 2 with etp = 1, as at one rank, while its attention
+    halves; with etp = tp the experts split over tp. Under cp the gather is charged too."""
+    exp, g = flagship
+    prof = Search(exp, exp.cluster, g).model.p
+    j = next(j for j, p in enumerate(prof.profiles) if p.moe)
+
+    def t(tp=1, cp=1, etp=1):
+        return prof.times(np.array([tp]), np.array([False]), np.array([cp]), np.array([2]), np.array([1]),
+                          np.array([etp]))
+
+    one, cp2, tp2, etp2 = t(), t(cp=2), t(tp=2), t(tp=2, etp=2)
+    assert cp2["attn_fwd"][0, j] == pytest.approx(one["attn_fwd"][0, j] / 2)
+    assert tp2["attn_fwd"][0, j] == pytest.approx(one["attn_fwd"][0, j] / 2)
+    # the block's GEMMs: its attention projections halve, its MoE (most of it) does not
+    gemm = one["gemm_fwd"][0, j]
+    assert cp2["gemm_fwd"][0, j] > 0.75 * gemm and tp2["gemm_fwd"][0, j] > 0.75 * gemm
+    assert etp2["gemm_fwd"][0, j] < 0.6 * gemm
+    prof.profiles[j].moe = False  # the ring attention's exchanges alone
+    try:
+        ring = t(cp=2)["cp"][0, j]
+    finally:
+        prof.profiles[j].moe = True
+    assert cp2["cp"][0, j] > ring > 0
+    # another stack routes each rank's own tokens: there the runtime's gather stays a limit that runs
+    te = vlac.load(ROOT / "examples" / "vla_10b_moe_h100.yaml", ["stack.preset=megatron-te"])
+    assert any("--pin cp=1" in r for r in not_as_timed(te, _cols(cp=2, dp=4)))
