@@ -21,6 +21,7 @@ from .freeze import freeze
 from .fusion import GatedCrossAttentionLayer, Resampler, StreamWeights, select_stream
 from .heads import ContrastiveHead, FlowHead
 from .layers import MLP, Attention, make_norm
+from .materialize import DeferredInit, materialize, tied_aliases, weights_on_meta
 from .masks import attention_mask, positions
 from .memory import segment_window
 from .moe import MoELayer
@@ -237,37 +238,34 @@ def _add_at(x: torch.Tensor, values: torch.Tensor, index: torch.Tensor, present:
     return x + torch.zeros_like(x).scatter_add(1, idx, contrib.to(x.dtype))
 
 
-def build_model(exp: Experiment, device: str | torch.device = "cpu", seed: int | None = None) -> VLAModel:
-    """The model of an experiment, on `cpu`/`cuda` (initialised) or `meta` (shapes only). With
-    `fusion.freeze_lm` or `backbone.freeze` the language model (embedding, blocks, final norm, head)
-    is frozen."""
+def build_model(exp: Experiment, device: str | torch.device = "cpu", seed: int | None = None,
+                deferred: bool = False) -> VLAModel:
+    """The model of an experiment: on `cpu`/`cuda`, initialised; on `meta`, shapes only. With
+    `deferred=True` its weight matrices stay on the meta device (everything else on `device`) and
+    `parallelize` allocates and initialises only this rank's pieces of them, with the values the
+    initialised model has (runtime/materialize.py): what a model too large for one device needs.
+    With `fusion.freeze_lm` or `backbone.freeze` the language model (embedding, blocks, final
+    norm, head) is frozen."""
     device = torch.device(device)
+    seed = exp.train.seed if seed is None else seed
     if device.type == "meta":
         with torch.device("meta"):
             model = VLAModel(exp)
     else:
         gen_state = torch.random.get_rng_state()
-        torch.manual_seed(exp.train.seed if seed is None else seed)
+        torch.manual_seed(seed)  # for the vectors and scalars a constructor draws
         try:
-            with torch.device(device):
+            with weights_on_meta():  # on the CPU: torch.empty of a weight then costs no memory
                 model = VLAModel(exp)
-            init_weights(model, exp)
+            for m in model.modules():
+                if isinstance(m, nn.Linear) and m.bias is not None:
+                    nn.init.zeros_(m.bias)
         finally:
             torch.random.set_rng_state(gen_state)
+        model.deferred_init = DeferredInit(seed, exp.backbone.layers, tied_aliases(model))
+        if deferred:
+            model._apply(lambda t: t if t.is_meta else t.to(device))  # vectors, scalars, buffers
+        else:
+            materialize([model], model, model.deferred_init, device)
     freeze(model, exp)  # `freeze: true` per component (runtime/freeze.py)
     return model
-
-
-def init_weights(model: VLAModel, exp: Experiment) -> None:
-    """GPT-2 style init: N(0, 0.02), residual output projections scaled by 1/sqrt(2*layers);
-    routers keep their own scale, gates and temperatures their constructors' values."""
-    std = 0.02
-    resid_std = std / (2 * exp.backbone.layers) ** 0.5
-    for name, p in model.named_parameters():
-        if p.dim() < 2 or "router" in name:
-            continue
-        is_out = name.endswith(("wo.weight", "w2.weight")) or name.endswith("experts.w2")
-        nn.init.normal_(p, mean=0.0, std=resid_std if is_out else std)
-    for m in model.modules():
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)

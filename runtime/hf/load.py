@@ -17,38 +17,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 from torch.distributed.checkpoint.state_dict import get_model_state_dict
-from torch.distributed.tensor import DTensor, Shard
-from torch.distributed.tensor.placement_types import _StridedShard
 
 from vlac.spec import Experiment
 from vlac.spec.pretrained import read_config
 
+from ..materialize import local_indices  # shared with deferred construction (also imported from here)
 from .names import Direct, Experts, Source, Vocab, sources
 from .reader import CheckpointReader
 from .vocab import read_rows, source_rows
-
-
-def local_indices(t: torch.Tensor) -> tuple[torch.Tensor, list[list[int]]]:
-    """This rank's piece of `t` and, per dimension, the global indices it holds. A DTensor's
-    placements are applied to index ranges in mesh order with DTensor's own splitting, so strided
-    shards (FSDP over tensor parallelism on the same dimension) come out right too."""
-    if not isinstance(t, DTensor):
-        return t, [list(range(n)) for n in t.shape]
-    coordinate = t.device_mesh.get_coordinate()
-    index = [torch.arange(n) for n in t.shape]
-    for mesh_dim, placement in enumerate(t.placements):
-        if not isinstance(placement, (Shard, _StridedShard)):  # Replicate, Partial: the whole dimension
-            continue
-        d = placement.dim
-        along_first = (_StridedShard(0, split_factor=placement.split_factor) if isinstance(placement, _StridedShard)
-                       else Shard(0))
-        chunks, _ = along_first._split_tensor(index[d], t.device_mesh.size(mesh_dim), with_padding=False)
-        index[d] = chunks[coordinate[mesh_dim]]
-    local = t.to_local()
-    if tuple(local.shape) != tuple(len(i) for i in index):
-        raise RuntimeError(f"a DTensor's local shape {tuple(local.shape)} is not what its placements {t.placements} "
-                           f"give; cannot locate its piece")
-    return local, [i.tolist() for i in index]
 
 
 def runs(indices: list[int]) -> list[tuple[int, slice]]:

@@ -279,7 +279,7 @@ def apply_context_parallel(model: nn.Module, exp: Experiment, cp_mesh: DeviceMes
         raise LayoutError(f"plan.cp = {cp} with a non-causal decoder attention: a None mask is read as causal "
                           f"rows here; re-plan with --pin cp=1")
     shard = ContextShard(cp_mesh.get_group(), cp, rank)
-    agree_on_random_state(shard.group, next(model.parameters()).device)
+    agree_on_random_state(shard.group, model.norm.weight.device)  # a vector: never left on meta (materialize.py)
     cross = getattr(model, "cross_layers", None)
     first = cross["0"] if cross is not None and "0" in cross else model.layers[0]
     # before tensor parallelism's own hooks: sequence parallelism then splits this rank's tokens

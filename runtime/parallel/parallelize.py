@@ -3,8 +3,11 @@
     FP8 -> tensor/sequence parallel -> context parallel -> expert parallel -> activation recompute
         -> pipeline stages -> data parallel (DDP, or FSDP2 per block and per stage)
 
-Every rank builds the same initialised model (same seed), so sharding it reproduces exactly the
-single-process parameters.
+A model built with `build_model(..., deferred=True)` arrives with its weight matrices on the meta
+device: the layout is applied to shapes, and only then does each rank allocate and initialise the
+pieces it holds (runtime/materialize.py), with the values one process has; before DDP, which
+needs whole tensors. A model built initialised (the same seed on every rank) is sharded as is and
+reproduces the single-process parameters just the same.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch.nn as nn
 from vlac.spec import Experiment
 
 from ..distributed import DistEnv
+from ..materialize import has_meta_weights, materialize
 from ..precision import Precision
 from .activation_checkpoint import apply_activation_checkpointing
 from .context_parallel import apply_context_parallel, average_grads_over_cp
@@ -50,6 +54,7 @@ class ParallelModel:
     fsdp_expert_params: list[nn.Parameter] = field(default_factory=list)  # EP under FSDP over edp
     replicated_params: list[nn.Parameter] = field(default_factory=list)  # left out of FSDP, averaged here
     mirrored_params: list[nn.Parameter] = field(default_factory=list)  # copies another pp rank also holds (tied)
+    materialized_bytes: int = 0  # weights allocated here for a deferred model (this rank's share)
 
     @property
     def dims(self) -> ParallelDims:
@@ -117,6 +122,7 @@ def parallelize(model: nn.Module, exp: Experiment, plan: dict[str, Any], env: Di
     mesh = build_mesh(dims, env.device.type)
     precision = Precision.for_run(exp, plan, env.device, fp8_backend)
     rows, n_experts = moe_rows(model)
+    deferred = getattr(model, "deferred_init", None) if has_meta_weights(model) else None
 
     precision.convert(model, plan)  # before TP: the Float8 tensor-parallel styles split Float8Linear modules
     if dims.tp > 1:
@@ -147,15 +153,19 @@ def parallelize(model: nn.Module, exp: Experiment, plan: dict[str, Any], env: Di
                 shard_module(stage_module, blocks + heads, mesh, ignored)
         runner, holder = build_pipeline(exp, model, plan, mesh, rows, n_experts, precision.forward_context,
                                         env.device, shard)
+        # the stage modules carry the FSDP state; the holder names the parameters as the whole model does
+        allocated = materialize(runner.stages, holder, deferred, env.device) if deferred else 0
         return ParallelModel(holder, mesh, runner, precision, rows, expert_params, fsdp_experts, scalars,
-                             runner.mirrored_params)
+                             runner.mirrored_params, allocated)
 
     wrapped = model
+    if dims.dp > 1 and not uses_ddp(mesh):
+        shard_module(model, list(model.layers) + loss_heads(model), mesh, ignored)
+    allocated = materialize([model], model, deferred, env.device) if deferred else 0
     if uses_ddp(mesh):
         # per-modality clipping averages each modality's gradient itself (modality_clip.py)
         if not exp.optimizer.per_modality_clip:
             wrapped = replicate_module(model, env.device)
-    elif dims.dp > 1:
-        shard_module(model, list(model.layers) + loss_heads(model), mesh, ignored)
     runner = DirectRunner(exp, wrapped, dims.dp, list(rows.values()), n_experts, precision.forward_context, env.device)
-    return ParallelModel(model, mesh, runner, precision, rows, expert_params, fsdp_experts, scalars)
+    return ParallelModel(model, mesh, runner, precision, rows, expert_params, fsdp_experts, scalars,
+                         materialized_bytes=allocated)
