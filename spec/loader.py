@@ -152,7 +152,6 @@ def check_shape(data: Any, source: str = "", origin: str = "") -> None:
     while stack:
         node, parts = stack.pop()
         seen += 1
-        where = dotted(parts)
         if seen > MAX_NODES:
             raise SpecError([Issue("", f"the spec holds more than {MAX_NODES:,} values; a spec is a few hundred "
                                        f"settings", origin)], source)
@@ -160,12 +159,12 @@ def check_shape(data: Any, source: str = "", origin: str = "") -> None:
             raise SpecError([Issue(dotted(parts[:MAX_DEPTH]), f"nests deeper than {MAX_DEPTH} levels; a spec is a "
                                                               f"few levels of sections", origin)], source)
         if isinstance(node, str) and len(node) > MAX_STRING:
-            raise SpecError([Issue(where, f"a string of {len(node):,} characters; at most {MAX_STRING:,} are "
+            raise SpecError([Issue(dotted(parts), f"a string of {len(node):,} characters; at most {MAX_STRING:,} are "
                                           f"accepted", origin)], source)
         if isinstance(node, Mapping):
             for k, v in node.items():
                 if not isinstance(k, str):
-                    raise SpecError([Issue(where, f"key {short_repr(k)} is not a string; spec keys are names (quote "
+                    raise SpecError([Issue(dotted(parts), f"key {short_repr(k)} is not a string; spec keys are names (quote "
                                                   f"it in YAML, e.g. \"{short_repr(k)}\":)", origin)], source)
                 stack.append((v, parts + (k,)))
         elif isinstance(node, (list, tuple)):
@@ -261,11 +260,11 @@ def deep_merge(base: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    return _apply_overrides(data, overrides)[0]
+    return _apply_overrides(copy.deepcopy(data), overrides)[0]
 
 
-def _apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> tuple[dict[str, Any], list[Override]]:
-    out = copy.deepcopy(data)
+def _apply_overrides(out: dict[str, Any], overrides: Iterable[str]) -> tuple[dict[str, Any], list[Override]]:
+    """Apply in place: `out` is the loader's own copy (copying it again cost as much as checking it)."""
     applied: list[Override] = []
     for text in overrides:
         parts, value = parse_override(text)
