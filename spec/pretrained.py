@@ -28,6 +28,7 @@ from .base import SpecModel
 FAMILIES = ("llama", "qwen2", "qwen3", "mixtral", "qwen3_moe")
 MOE_FAMILIES = ("mixtral", "qwen3_moe")
 CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
 REQUIRED = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
 
 
@@ -147,10 +148,22 @@ def text_rows(cfg: dict[str, Any]) -> int:
     return int(cfg.get("vlac_text_vocab_size", cfg["vocab_size"]))
 
 
+def anchor_from_hf(data: Any, base: str | Path) -> Any:
+    """`data` with a relative `backbone.from_hf` made absolute against `base` (the spec file's
+    folder), as data and tokenizer paths are; other input passes through."""
+    bb = data.get("backbone") if isinstance(data, dict) else None
+    if not isinstance(bb, dict) or not isinstance(bb.get("from_hf"), str) or Path(bb["from_hf"]).expanduser().is_absolute():
+        return data
+    return {**data, "backbone": {**bb, "from_hf": str(Path(base) / bb["from_hf"])}}
+
+
 def expand_from_hf(data: Any) -> Any:
     """`backbone: {from_hf: PATH, ...}` -> the backbone (and moe, and the text vocab_size) filled from
     the checkpoint's config, with `init: {hf: PATH}`; fields the spec also sets are left for the
-    check (so a conflict is an error, not silently overridden). Other input passes through."""
+    check (so a conflict is an error, not silently overridden). The text modality takes the
+    checkpoint's tokenizer.json (as its BPE `path`) when the folder has one and the spec names no
+    other, so text keeps the ids the pretrained embedding rows were trained on. Other input passes
+    through."""
     if not isinstance(data, dict) or not isinstance(data.get("backbone"), dict) or "from_hf" not in data["backbone"]:
         return data
     data = dict(data)
@@ -165,8 +178,12 @@ def expand_from_hf(data: Any) -> Any:
         data["moe"] = {**moe, **(data.get("moe") or {})}
     mods = data.get("modalities")
     name = text_modality(mods) if isinstance(mods, dict) else None
-    if name is not None and isinstance(mods[name], dict) and "vocab_size" not in mods[name]:
-        data["modalities"] = {**mods, name: {**mods[name], "vocab_size": text_rows(cfg)}}
+    if name is not None and isinstance(mods[name], dict):
+        text = dict(mods[name])
+        text.setdefault("vocab_size", text_rows(cfg))
+        if (Path(path) / TOKENIZER_FILE).is_file() and text.get("tokenizer", "bpe") == "bpe":
+            text.setdefault("path", path)
+        data["modalities"] = {**mods, name: text}
     return data
 
 
