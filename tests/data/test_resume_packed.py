@@ -1,4 +1,4 @@
-"""Kill and resume under dp2 (2 gloo processes, forked: no re-import of torch) trains on the same
+"""Kill and resume under dp2 (2 spawned gloo processes) trains on the same
 packed samples with the same losses as an uninterrupted run: the loader's state is in the
 checkpoint and sequence i of the packing plan is a pure function of (seed, i)."""
 
@@ -66,11 +66,11 @@ def test_kill_and_resume_under_dp2_repeats_nothing_and_skips_nothing(prepared, t
     program = vlac.emit(exp, vlac.plan(exp, pin={"dp": 2, "tp": 1, "pp": 1, "cp": 1, "ep": 1}), tmp_path / "program")
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     whole.mkdir(), broken.mkdir()
-    mp.start_processes(_rank, args=(_free_port(), str(program), str(whole), False), nprocs=2, start_method="fork")
+    mp.start_processes(_rank, args=(_free_port(), str(program), str(whole), False), nprocs=2)
     with pytest.raises(mp.ProcessExitedException):
-        mp.start_processes(_rank, args=(_free_port(), str(program), str(broken), True), nprocs=2, start_method="fork")
+        mp.start_processes(_rank, args=(_free_port(), str(program), str(broken), True), nprocs=2)
     assert not (broken / "result-0.json").exists()
-    mp.start_processes(_rank, args=(_free_port(), str(program), str(broken), False), nprocs=2, start_method="fork")  # resumes at step 2
+    mp.start_processes(_rank, args=(_free_port(), str(program), str(broken), False), nprocs=2)  # resumes at step 2
     for rank in (0, 1):
         assert _samples(broken, rank) == _samples(whole, rank)  # the same rows, step by step, on each rank
     assert _samples(whole, 0)[0] != _samples(whole, 1)[0]  # the ranks train on different halves
