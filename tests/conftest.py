@@ -10,6 +10,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 import pytest
+import torch
 
 SLOW_TIMEOUT_S = 900  # multi-process tests: the default `timeout` (pyproject.toml) is for the rest
 
@@ -19,3 +20,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
+
+
+@pytest.fixture(autouse=True)
+def _process_state_is_restored():
+    """A test that sets MASTER_ADDR, RANK, ... or torch's thread count in the pytest process itself
+    would leak it into every later test (submitit's TorchDistributedEnvironment refuses to run when
+    MASTER_ADDR is already set; one thread would slow the rest of the suite): put both back."""
+    env, threads = dict(os.environ), torch.get_num_threads()
+    yield
+    if dict(os.environ) != env:
+        os.environ.clear()
+        os.environ.update(env)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)

@@ -40,8 +40,8 @@ def _compare(rank: int, world: int, port: int, spec: str, profile: str | None, p
     from vlac.runtime.parallel import parallelize
     from vlac.runtime.trainer import rank_micro_batches
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                         world_size=world)
     try:
         exp = vlac.load(EXAMPLES / spec, [], profile)
         layout = parallelize(build_model(exp), exp, plan, DistEnv(rank, world, rank, torch.device("cpu")))
