@@ -47,13 +47,14 @@ class _ShardProgress:
 
 def report_table(report) -> "rich.table.Table":  # noqa: F821
     """Documents, tokens per modality and skipped samples of every prepared source, and the total."""
+    from rich.markup import escape
     from rich.table import Table
 
     modalities = sorted({m for c in report.components.values() for m in c["tokens_per_modality"]})
     table = Table("source", "shards", "documents", "tokens", *modalities, "skipped")
     for name, c in report.components.items():
         skipped = ", ".join(f"{n} {why}" for why, n in c["skipped"].items()) or "0"
-        table.add_row(name, str(c["shards"]), f"{c['documents']:,}", f"{c['tokens']:,}",
+        table.add_row(escape(name), str(c["shards"]), f"{c['documents']:,}", f"{c['tokens']:,}",
                       *(f"{c['tokens_per_modality'].get(m, 0):,}" for m in modalities), skipped)
     totals = report.totals()
     table.add_row("total", str(sum(c["shards"] for c in report.components.values())),
@@ -97,7 +98,8 @@ def prepare_command(
     finally:
         progress.close()
     console.print(report_table(report))
-    console.print(f"wrote {report.written} shards, {report.skipped_shards} already finished; in {exp.data.prepared}")
+    console.print(f"wrote {report.written} shards, {report.skipped_shards} already finished; in {exp.data.prepared}",
+                  markup=False)  # a path as written: "[/x]" is not markup
     skipped = {n: c["skipped"] for n, c in report.components.items() if c["skipped"]}
     for name, counts in skipped.items():
         examples = report.components[name]["skipped_examples"]

@@ -60,7 +60,7 @@ def export_command(
         result = export(exp, chosen, hf, dtype, int(max_shard_gb * 2**30))
         out.print(f"exported {chosen} as a {result['family']} checkpoint to {hf}: {', '.join(result['files'])}"
                   + (f"; copied {', '.join(result['copied'])}" if result["copied"] else ""),
-                  highlight=False)
+                  highlight=False, markup=False)  # paths as written: "[/x]" is not markup
     _run(go)
 
 

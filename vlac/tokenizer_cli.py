@@ -81,7 +81,7 @@ def train_command(
     try:
         if kind == "text":
             report = train_text(exp, modality, folder)
-            console.print(f"BPE of {report['vocab_size']} entries from {report['texts']} texts {report['by_component']}")
+            console.print(f"BPE of {report['vocab_size']} entries from {report['texts']} texts {report['by_component']}", markup=False)
         else:
             progress = _Progress(steps)
             try:
@@ -92,9 +92,10 @@ def train_command(
             console.print(f"VQ on {report['images']} images {report['by_component']}: reconstruction mse "
                           f"{report['reconstruction_mse']:.4g}, codebook usage {report['usage']:.1%}, perplexity "
                           f"{report['perplexity']:.1f} of {exp.modalities[modality].codebook_size}, "
-                          f"{report['reseeded']} codes re-seeded")
+                          f"{report['reseeded']} codes re-seeded", markup=False)
     except (SourceError, ValueError) as e:
         _fail(str(e))
     if report["skipped"]:
-        err.print(f"skipped unreadable records: {report['skipped']}")
-    console.print(f"wrote {folder}; use it with: modalities.{modality}.path: {folder}")
+        err.print(f"skipped unreadable records: {report['skipped']}", markup=False)
+    # paths and records are printed as written: a folder named "[/x]" is not rich markup
+    console.print(f"wrote {folder}; use it with: modalities.{modality}.path: {folder}", markup=False)

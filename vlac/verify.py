@@ -335,6 +335,7 @@ def command(spec: Path, layouts: str = DEFAULT_LAYOUTS, steps: int = 10, toleran
             sets: Iterable[str] = (), profile: str | None = None, workdir: Path | None = None) -> int:
     """Exit code: 0 every layout within tolerance, 1 one is not (or failed), 2 bad input."""
     from rich.console import Console
+    from rich.markup import escape
 
     from vlac.spec import SpecError
 
@@ -348,7 +349,7 @@ def command(spec: Path, layouts: str = DEFAULT_LAYOUTS, steps: int = 10, toleran
         check_applicable(exp, chosen)
         mb = microbatch_size(exp, [SINGLE, *chosen])
     except (SpecError, ValueError, FileNotFoundError) as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         return 2
     out.print(f"verifying {exp.name} ({note}): {len(chosen)} layout(s) x {steps} steps, micro-batch {mb}, "
               f"against one process", highlight=False)

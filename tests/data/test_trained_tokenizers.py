@@ -199,3 +199,11 @@ def test_prepare_tokenizes_with_the_trained_tokenizers_and_redoes_shards_when_on
     before = tokenization_digest(exp, 0)
     (text_dir / "vlac_tokenizer.json").write_text((text_dir / "vlac_tokenizer.json").read_text() + " ")
     assert tokenization_digest(exp, 0) != before
+
+
+def test_the_cli_prints_a_markup_like_output_folder_as_written(datasets, tmp_path):
+    folder = tmp_path / "[/x]bpe"  # rich would read this as a closing tag and crash the report
+    spec = _write(tmp_path, _spec(datasets))
+    result = CliRunner().invoke(app, ["tokenizer", "train", str(spec), "--modality", "text", "-o", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {folder}" in result.output.replace("\n", "")

@@ -16,3 +16,11 @@ def test_emit_prints_a_markup_like_output_path_verbatim(tmp_path):
     assert result.exit_code == 0, result.output
     assert f"wrote {out}" in result.output.replace("\n", "")
     assert (out / "train.py").is_file()
+
+
+def test_verify_prints_an_error_that_looks_like_markup_verbatim(tmp_path):
+    spec = tmp_path / "[/x]missing.yaml"  # the error names this path
+    result = CliRunner().invoke(app, ["verify", str(spec), "--layouts", "dp2"])
+    assert result.exit_code == 2, result.output
+    assert "[/x]missing.yaml" in result.output.replace("\n", "")
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
