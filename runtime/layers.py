@@ -53,14 +53,29 @@ class Rotary(nn.Module):
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, q: torch.Tensor, k: torch.Tensor, start: int = 0,
+                positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """q, k: [B, S, heads, D]; positions start .. start+S-1 (start > 0 when decoding with a
-        KV cache)."""
+        KV cache), or per token `positions` [B, S] (packed rows: each document from 0)."""
+        if positions is not None:
+            return rotate_at(q, k, self.cos, self.sin, positions)
         s = q.size(1)
         # narrow, not slicing: the buffer is a real tensor and s a Proxy under symbolic tracing
         cos = torch.narrow(self.cos, 0, start, s).to(q.dtype)
         sin = torch.narrow(self.sin, 0, start, s).to(q.dtype)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+
+def rotate_at(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+              positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE of q, k [B, S, heads, D] at per-token `positions` [B, S] (rows of the tables cos/sin
+    [max_len, D]). The batch is flattened into one sequence of B*S tokens, so the kernels' [S, D]
+    table contract (and the Triton kernel) serves rows whose positions differ."""
+    cos = F.embedding(positions, cos).flatten(0, 1).to(q.dtype)
+    sin = F.embedding(positions, sin).flatten(0, 1).to(q.dtype)
+    q_rot = apply_rope(q.flatten(0, 1).unsqueeze(0), cos, sin)
+    k_rot = apply_rope(k.flatten(0, 1).unsqueeze(0), cos, sin)
+    return q_rot.view_as(q), k_rot.view_as(k)
 
 
 class Attention(nn.Module):
@@ -97,16 +112,17 @@ class Attention(nn.Module):
         """Position of the first new token: the cached length while decoding, else 0."""
         return self.kv_cache.length if self.kv_cache is not None else 0
 
-    def project(self, x: torch.Tensor, start: int = 0):
-        """q [B,S,Hq,D], k and v [B,S,Hkv,D], normed and rotated. -1 instead of the head count:
-        tensor parallelism shards the projections, and the local head count then follows from
-        the local weight instead of the global config."""
+    def project(self, x: torch.Tensor, start: int = 0, positions: torch.Tensor | None = None):
+        """q [B,S,Hq,D], k and v [B,S,Hkv,D], normed and rotated (at `positions` [B, S] when
+        given, else start .. start+S-1). -1 instead of the head count: tensor parallelism shards
+        the projections, and the local head count then follows from the local weight instead of
+        the global config."""
         b, s = x.size(0), x.size(1)
         q = self.q_norm(self.wq(x).view(b, s, -1, self.d_head))
         k = self.k_norm(self.wk(x).view(b, s, -1, self.d_head))
         v = self.wv(x).view(b, s, -1, self.d_head)
         if self.rotary is not None:
-            q, k = self.rotary(q, k, start)
+            q, k = self.rotary(q, k, start, positions)
         return q, k, v
 
     def attend(self, q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
@@ -126,8 +142,9 @@ class Attention(nn.Module):
                                            enable_gqa=self.n_kv != self.n_heads)
         return y.transpose(1, 2).reshape(b, s, -1)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        q, k, v = self.project(x, self.start)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, v = self.project(x, self.start, positions)
         return self.wo(self.attend(q, k, v, mask))
 
 

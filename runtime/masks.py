@@ -20,7 +20,8 @@ def attention_mask(kind: str, span: torch.Tensor | None, prefix: torch.Tensor | 
                    document: torch.Tensor | None = None) -> torch.Tensor | None:
     """The mask of `fusion.attention_mask` kind, intersected with the segment-memory window when
     `segment_length` > 0 (see vlac.runtime.memory) and, for packed sequences, with `document`
-    [B, S] (ids of the documents packed into a row): no position attends across documents."""
+    [B, S] (ids of the documents packed into a row): no position attends across documents, and
+    segments count from each document's start (as its rotary positions do)."""
     if kind not in MASK_KINDS:
         raise ValueError(f"unknown attention mask {kind!r}; choose from {MASK_KINDS}")
     base = None
@@ -42,8 +43,12 @@ def attention_mask(kind: str, span: torch.Tensor | None, prefix: torch.Tensor | 
     like = span if span is not None else prefix
     if like is None:
         raise ValueError("segment memory masks need batch['span'] or batch['prefix'] for the sequence length")
-    pos = positions(like[0])
-    window = segment_window(pos, pos, segment_length, memory_tokens)  # [S, S]
+    if document is None:
+        pos = positions(like[0])
+        window = segment_window(pos, pos, segment_length, memory_tokens)  # [S, S]
+    else:
+        pos = document_positions(document)
+        window = segment_window(pos, pos, segment_length, memory_tokens).unsqueeze(1)  # [B, 1, S, S]
     if base is None:
         base = causal(like).unsqueeze(0).unsqueeze(0)
     return base & window
@@ -55,8 +60,10 @@ def positions(like_row: torch.Tensor, start: int = 0) -> torch.Tensor:
 
 
 def document_positions(document: torch.Tensor) -> torch.Tensor:
-    """[B, S] positions that restart at 0 where each packed document begins. (RoPE needs none:
-    with attention kept inside documents, its scores depend only on offsets within one.)"""
+    """[B, S] positions that restart at 0 where each packed document begins (a new id starts a
+    document; padding, id 0, counts as one more). The model rotates and embeds packed tokens at
+    these, so each document sees the positions it has alone: learned position embeddings differ
+    outright, and RoPE, relative in exact arithmetic, rounds differently far along a row."""
     pos = torch.ones_like(document).cumsum(1) - 1
     starts = torch.cat([torch.ones_like(document[:, :1], dtype=torch.bool), document[:, 1:] != document[:, :-1]], 1)
     return pos - torch.where(starts, pos, torch.zeros_like(pos)).cummax(1).values

@@ -17,9 +17,10 @@ import torch
 
 
 def segment_window(q_pos: torch.Tensor, k_pos: torch.Tensor, segment_length: int, memory_tokens: int) -> torch.Tensor:
-    """[Sq, Sk] True where key k_pos is in the query's segment or among the last `memory_tokens`
-    positions of the previous segment (causality is applied separately)."""
-    q_seg = (q_pos // segment_length).unsqueeze(1)
-    k_seg = (k_pos // segment_length).unsqueeze(0)
-    in_memory = (k_seg == q_seg - 1) & (k_pos.unsqueeze(0) >= q_seg * segment_length - memory_tokens)
+    """[..., Sq, Sk] True where key k_pos is in the query's segment or among the last `memory_tokens`
+    positions of the previous segment (causality is applied separately); positions [..., S] (one
+    sequence, or per row of a batch)."""
+    q_seg = (q_pos // segment_length).unsqueeze(-1)
+    k_seg = (k_pos // segment_length).unsqueeze(-2)
+    in_memory = (k_seg == q_seg - 1) & (k_pos.unsqueeze(-2) >= q_seg * segment_length - memory_tokens)
     return (k_seg == q_seg) | in_memory

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from vlac.spec import Experiment
 
@@ -22,7 +23,7 @@ from .fusion import GatedCrossAttentionLayer, Resampler, StreamWeights, select_s
 from .heads import ContrastiveHead, FlowHead
 from .layers import MLP, Attention, make_norm
 from .materialize import DeferredInit, materialize, tied_aliases, weights_on_meta
-from .masks import attention_mask, positions
+from .masks import attention_mask, document_positions, positions
 from .memory import segment_window
 from .moe import MoELayer
 
@@ -30,7 +31,8 @@ from .moe import MoELayer
 class Block(nn.Module):
     """Pre-norm decoder block. forward(x, mask) -> (x, aux, load, dropped); aux/load/dropped are
     None for a dense block. A dual-stream block also holds `media` (StreamWeights) and takes
-    `stream` [B, S] (1 on tokens of the second stream)."""
+    `stream` [B, S] (1 on tokens of the second stream). `positions` [B, S]: each token's rotary
+    position (packed rows, VLAModel.token_positions); None for 0..S-1."""
 
     def __init__(self, exp: Experiment, index: int, moe: bool):
         super().__init__()
@@ -43,23 +45,24 @@ class Block(nn.Module):
         self.mlp = MoELayer(bb, exp.moe) if moe else MLP(bb)
         self.media = StreamWeights(bb) if exp.fusion.stream == "dual" else None
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, stream: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, stream: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None):
         if self.media is not None:
-            return self._dual(x, mask, stream)
-        x = x + self.attn(self.attn_norm(x), mask)
+            return self._dual(x, mask, stream, positions)
+        x = x + self.attn(self.attn_norm(x), mask, positions)
         if self.is_moe:
             y, aux, load, dropped = self.mlp(self.mlp_norm(x))
             return x + y, aux, load, dropped
         return x + self.mlp(self.mlp_norm(x)), None, None, None
 
-    def _dual(self, x, mask, stream):
+    def _dual(self, x, mask, stream, positions):
         if stream is None:  # e.g. the compiler's per-block trace: both streams still run
             stream = torch.zeros_like(x[..., 0])
         m = self.media
         per_token, per_head = stream.unsqueeze(-1), stream.unsqueeze(-1).unsqueeze(-1)
         start = self.attn.start
-        q, k, v = self.attn.project(self.attn_norm(x), start)
-        qm, km, vm = m.attn.project(m.attn_norm(x), start)
+        q, k, v = self.attn.project(self.attn_norm(x), start, positions)
+        qm, km, vm = m.attn.project(m.attn_norm(x), start, positions)
         y = self.attn.attend(select_stream(per_head, q, qm), select_stream(per_head, k, km),
                              select_stream(per_head, v, vm), mask)
         x = x + select_stream(per_token, self.attn.wo(y), m.attn.wo(y))
@@ -122,7 +125,11 @@ class VLAModel(nn.Module):
         tokens = batch["tokens"]
         x = self.embed(tokens)
         if self.pos_embed is not None:
-            x = x + torch.narrow(self.pos_embed.weight, 0, start, tokens.size(1))
+            pos = self.token_positions(batch, start)
+            if pos is None:
+                x = x + torch.narrow(self.pos_embed.weight, 0, start, tokens.size(1))
+            else:
+                x = x + F.embedding(pos, self.pos_embed.weight)
         for name, enc in self.video.items():
             if name in self.media_names:
                 continue
@@ -170,6 +177,15 @@ class VLAModel(nn.Module):
             masks.append(present)
         return torch.cat(parts, 1), torch.cat(masks, 1), pooled
 
+    def token_positions(self, batch: dict[str, torch.Tensor], start: int = 0) -> torch.Tensor | None:
+        """Positions [B, S] of packed rows, restarting at 0 where each document begins, so a
+        document gets the positions (learned or rotary) it has when trained alone, as in
+        Megatron's and torchtitan's packed training. None (positions start .. start+S-1) without
+        packing, and while decoding past a prompt (start > 0: one document continues)."""
+        if self.packed and start == 0:  # decided by the config and the cache: traceable
+            return document_positions(batch["document"])
+        return None
+
     def attention_mask(self, batch: dict[str, torch.Tensor], cache=None) -> torch.Tensor | None:
         seg, mem = self.segment
         if cache is None or cache.length == 0:
@@ -200,13 +216,14 @@ class VLAModel(nn.Module):
                 if cache is not None:
                     cache.media = (media, media_mask)
         mask = self.attention_mask(batch, cache)
+        pos = self.token_positions(batch, start)
         stream = self.second_stream[batch["modality"]] if self.dual else None
         aux_total = x.new_zeros((), dtype=torch.float32)
         loads, drops, entropies = [], [], []
         for i, block in enumerate(self.layers):
             if media is not None and str(i) in self.cross_layers:
                 x = self.cross_layers[str(i)](x, media, media_mask)
-            x, aux, load, dropped = block(x, mask, stream)
+            x, aux, load, dropped = block(x, mask, stream, pos)
             if block.is_moe:  # decided by the config, so the traced graph has no data-dependent branch
                 aux_total = aux_total + aux
                 loads.append(load)

@@ -14,7 +14,9 @@ What runs where:
   the attention mask is cut to this rank's query rows and its key columns permuted to that rank
   order, so every mask kind of runtime/masks.py (causal, bidirectional image spans, prefix-LM,
   segment memory) gives exactly the single-process rows. Causal, which the model passes as None
-  for the fused kernel, becomes explicit rows. RoPE rotates each token at its global position;
+  for the fused kernel, becomes explicit rows. RoPE rotates each token at its global position,
+  or, in packed rows, at its position in its document (the model's positions of the whole row,
+  cut to this rank's tokens like the residual stream);
 - MoE layers gather their input to the whole sequence (in natural order) and keep their output
   rows: capacity, token dropping (first come, first served in sequence order), the balancing
   losses and expert loads are then exactly those of one process;
@@ -66,6 +68,7 @@ from torch.distributed.tensor import DTensor
 from vlac.spec import Experiment
 
 from ..kernels import apply_rope
+from ..layers import rotate_at
 from .mesh import LayoutError
 
 SEQ = 1  # the sequence dimension of [batch, seq, ...] activations
@@ -230,7 +233,8 @@ class ContextShard:
 
 class RotaryAtPositions(nn.Module):
     """RoPE at each local token's global position (the model's Rotary assumes contiguous positions
-    from `start`). Shares the replaced Rotary's tables."""
+    from `start`), or at the given per-token `positions` (packed rows; the block's inputs hook has
+    cut them to this rank's tokens). Shares the replaced Rotary's tables."""
 
     def __init__(self, rotary: nn.Module, shard: ContextShard):
         super().__init__()
@@ -238,7 +242,10 @@ class RotaryAtPositions(nn.Module):
         self.register_buffer("sin", rotary.sin, persistent=False)
         self.shard = shard
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, q: torch.Tensor, k: torch.Tensor, start: int = 0,
+                positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if positions is not None:
+            return rotate_at(q, k, self.cos, self.sin, positions)
         pos = self.shard.layout.local + start
         cos = self.cos.index_select(0, pos).to(q.dtype)
         sin = self.sin.index_select(0, pos).to(q.dtype)
@@ -250,17 +257,20 @@ def _is_moe(mlp: nn.Module) -> bool:
 
 
 def _block_inputs(shard: ContextShard):
-    """Block(x, mask, stream): the mask cut to this rank's rows, the dual-stream selector to its tokens."""
+    """Block(x, mask, stream, positions): the mask cut to this rank's rows, the dual-stream selector
+    and the per-token positions to its tokens."""
     def pre(_, args, kwargs):
         args = list(args)
         if len(args) > 1:
             args[1] = shard.mask_rows(args[1])
         else:
             kwargs["mask"] = shard.mask_rows(kwargs.get("mask"))
-        if len(args) > 2 and args[2] is not None:
-            args[2] = shard.shard(args[2])
-        elif kwargs.get("stream") is not None:
-            kwargs["stream"] = shard.shard(kwargs["stream"])
+        for i, name in ((2, "stream"), (3, "positions")):
+            if len(args) > i:
+                if args[i] is not None:
+                    args[i] = shard.shard(args[i])
+            elif kwargs.get(name) is not None:
+                kwargs[name] = shard.shard(kwargs[name])
         return tuple(args), kwargs
     return pre
 

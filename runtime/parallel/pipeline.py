@@ -10,7 +10,8 @@ modules of that stage, under their names in the whole model (`layers.7.attn.wq.w
 `layers.7.attn.wq.weight`, so checkpoints move between layouts). The stage runs the model's own
 pieces: `embed_inputs` on the first stage, `attention_mask` and its blocks on every stage, the
 final norm and head on the last. Every stage receives the micro-batch fields as keyword
-arguments (masks are rebuilt per stage); only the hidden state crosses stage boundaries.
+arguments (masks and packed rows' per-document positions are rebuilt per stage); only the hidden
+state crosses stage boundaries.
 
 The loss runs on the last stage (`Objective` on its logits and hidden state, pipeline_loss.py,
 which also keeps masked-generation and flow-matching corruption equal to one process). The MoE
@@ -145,11 +146,12 @@ class StageModule(nn.Module):
         with self.forward_context():
             x = m.embed_inputs(batch) if self.first else hidden
             mask = m.attention_mask(batch)
+            positions = m.token_positions(batch)  # packed rows: per document, rebuilt per stage as the mask is
             stream = m.second_stream[batch["modality"]] if getattr(m, "dual", False) else None
             aux = x.new_zeros((), dtype=torch.float32)
             loads, drops, entropy = [], [], []
             for block in m.layers:
-                x, a, load, dropped = block(x, mask) if stream is None else block(x, mask, stream)
+                x, a, load, dropped = block(x, mask, stream, positions)
                 if a is not None:
                     aux = aux + a
                     loads.append(load)
