@@ -1,5 +1,6 @@
 """Turning raw images into model inputs: VQ codes for `image` modalities (a tokenizer fitted once
-per process on the mixture's own images), and patch features for `vit_features` modalities.
+per process per set of training images, keyed by their content), and patch features for
+`vit_features` modalities.
 
 No pretrained vision encoder can be downloaded here, so `vit_features` come from a frozen random
 patch encoder: the image is average-pooled to a grid of patches (one per token), and each
@@ -11,7 +12,10 @@ projector experiment needs.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
+from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -56,38 +60,93 @@ def patch_features(image: np.ndarray, tokens: int, input_dim: int) -> np.ndarray
     return (patches - 0.25) @ _projection(SUB * SUB, input_dim) * 4.0
 
 
-def _vq_key(exp: Experiment, name: str, generators: dict) -> tuple:
-    return (exp.modalities[name].model_dump_json(), tuple(sorted(generators)), exp.data.seed)
-
-
-_fitted: dict[tuple, tuple[VQTokenizer, VQReport]] = {}
+_fitted: dict[tuple, tuple[VQTokenizer, VQReport]] = {}  # tokenizer key (_tokenizer_key) -> tokenizer
+# (config, identities of a generators dict) -> (those generators, digest of their fitting images):
+# image_codes asks per image, and gathering the fitting set to digest it again would cost a refit's
+# worth of data. The generators are kept alive so their ids cannot name other objects meanwhile.
+_fit_sets: OrderedDict[tuple, tuple[tuple, str]] = OrderedDict()
+_FIT_SETS = 16
 
 
 def fitted_vq(exp: Experiment, name: str, generators: dict) -> tuple[VQTokenizer, VQReport]:
-    """The VQ tokenizer of image modality `name`, fitted on training images of the mixture's
-    real-data generators (deterministic: same codes in every process)."""
-    key = _vq_key(exp, name, generators)
-    if key not in _fitted and exp.modalities[name].path is not None:  # trained by `vlac tokenizer train`
+    """The VQ tokenizer of image modality `name`: loaded from `modalities.<name>.path` (trained by
+    `vlac tokenizer train`), else fitted on training images of the mixture's real-data generators
+    (deterministic: same codes in every process). Cached per process under its config and the
+    content digest of the images it was fitted on (or the saved files' stamp), so another image set
+    under the same generator names gets its own tokenizer and the same images reuse theirs."""
+    return _fitted[_fit(exp, name, generators)]
+
+
+def _fit(exp: Experiment, name: str, generators: dict) -> tuple:
+    """The key of `name`'s tokenizer in _fitted, after loading or fitting it there if needed."""
+    key, images = _tokenizer_key(exp, name, generators)
+    if key in _fitted:
+        return key
+    spec: ImageVQ = exp.modalities[name]
+    if spec.path is not None:  # trained by `vlac tokenizer train`
         from vlac.data.tokenizers.saved import load_vq
 
-        tok, manifest = load_vq(exp.modalities[name], name)
+        tok, manifest = load_vq(spec, name)
         r = manifest.get("report", {})
         _fitted[key] = tok, VQReport(r.get("steps", 0), r.get("reconstruction_mse", float("nan")), r.get("usage", 0.0),
                                      r.get("entropy", 0.0), r.get("perplexity", 0.0), [])
-    if key not in _fitted:
-        spec: ImageVQ = exp.modalities[name]
-        rng = np.random.default_rng([exp.data.seed, 7])
-        raw = []
-        for g in generators.values():
-            if hasattr(g, "images"):
-                imgs = g.images("train")
-                raw += list(imgs[rng.permutation(len(imgs))[:VQ_FIT_IMAGES]])
-            elif type(g).__name__ != "SyntheticGenerator":
-                raw += [ep.image for ep in (g.episode(rng, "train") for _ in range(VQ_FIT_IMAGES // 2))
-                        if ep.image is not None]
-        images = np.stack([resize(r, spec.image_size, spec.channels) for r in raw])
-        _fitted[key] = train_vq(spec, images, steps=VQ_FIT_STEPS, seed=exp.data.seed)
-    return _fitted[key]
+        return key
+    if images is None:  # the digest was memoised but this set's fit never finished (it raised)
+        images = _fitting_images(exp, name, generators)
+    _fitted[key] = train_vq(spec, images, steps=VQ_FIT_STEPS, seed=exp.data.seed)
+    return key
+
+
+def _tokenizer_key(exp: Experiment, name: str, generators: dict) -> tuple[tuple, np.ndarray | None]:
+    """(what the tokenizer of `name` is a function of, the fitting images when they had to be
+    gathered for it, else None): the modality's config and the data seed, with the content digest
+    of the fitting images, or the size and modification time of a saved tokenizer's files."""
+    spec: ImageVQ = exp.modalities[name]
+    config = (spec.model_dump_json(), exp.data.seed)
+    if spec.path is not None:
+        return (*config, "saved", _saved_stamp(spec.path)), None
+    ident = (config, tuple((g, id(v)) for g, v in generators.items()))  # in order: the fit draws in it
+    if ident in _fit_sets:
+        _fit_sets.move_to_end(ident)
+        return (*config, "fitted", _fit_sets[ident][1]), None
+    images = _fitting_images(exp, name, generators)
+    digest = hashlib.sha256(repr((images.shape, images.dtype.str)).encode() + images.tobytes()).hexdigest()
+    _fit_sets[ident] = tuple(generators.values()), digest
+    if len(_fit_sets) > _FIT_SETS:
+        _fit_sets.popitem(last=False)
+    return (*config, "fitted", digest), images
+
+
+def _fitting_images(exp: Experiment, name: str, generators: dict) -> np.ndarray:
+    """[N, C, H, W] training images of the generators (up to VQ_FIT_IMAGES from each image set,
+    VQ_FIT_IMAGES // 2 episodes of each simulator), resized to the modality's input."""
+    spec: ImageVQ = exp.modalities[name]
+    rng = np.random.default_rng([exp.data.seed, 7])
+    raw = []
+    for g in generators.values():
+        if hasattr(g, "images"):
+            imgs = g.images("train")
+            raw += list(imgs[rng.permutation(len(imgs))[:VQ_FIT_IMAGES]])
+        elif type(g).__name__ != "SyntheticGenerator":
+            raw += [ep.image for ep in (g.episode(rng, "train") for _ in range(VQ_FIT_IMAGES // 2))
+                    if ep.image is not None]
+    if not raw:
+        raise ValueError(f"modalities.{name}: no training images to fit its VQ tokenizer on (data generators: "
+                         f"{sorted(generators) or 'none'}); add a mixture component with images, or set "
+                         f"modalities.{name}.path to a tokenizer trained by `vlac tokenizer train`")
+    return np.stack([resize(r, spec.image_size, spec.channels) for r in raw])
+
+
+def _saved_stamp(path) -> tuple:
+    """(file name, size, modification time) of each file of a saved tokenizer folder: a tokenizer
+    trained again into the same folder is loaded again. Missing files stamp as absent (load_vq
+    then names what is missing)."""
+    folder = Path(path)
+    stamps = []
+    for f in sorted(folder.iterdir()) if folder.is_dir() else ():
+        st = f.stat()
+        stamps.append((f.name, st.st_size, st.st_mtime_ns))
+    return tuple(stamps)
 
 
 _codes: dict[tuple, np.ndarray] = {}
@@ -97,10 +156,11 @@ _CODE_CACHE = 8192  # images whose codes are kept (the digits are seen again and
 def image_codes(exp: Experiment, name: str, generators: dict, image: np.ndarray) -> np.ndarray:
     """VQ codes of one image. Single-threaded: for a tiny convolution the thread pool costs far
     more than the work (and a fixed reduction order keeps every process's codes identical)."""
-    key = (_vq_key(exp, name, generators), image.tobytes())
+    tokenizer = _fit(exp, name, generators)
+    key = (tokenizer, image.tobytes())
     if key not in _codes:
         spec: ImageVQ = exp.modalities[name]
-        tok, _ = fitted_vq(exp, name, generators)
+        tok, _ = _fitted[tokenizer]
         with single_thread():
             x = torch.as_tensor(resize(image, spec.image_size, spec.channels))[None]
             codes = tok.encode(x)[0].numpy()
