@@ -161,6 +161,18 @@ def local_indices(t: torch.Tensor) -> tuple[torch.Tensor, list[list[int]]]:
     return local, [i.tolist() for i in index]
 
 
+def reinstall_grad_hooks(params: list[nn.Parameter]) -> None:
+    """Gradient hooks registered before materialising (tensor parallelism's sum over tp of a
+    gate's gradient under sequence parallelism) stay listed on the parameter, but `_apply`'s
+    swap_tensors leaves the autograd side of them with the tensor swapped out, so they would no
+    longer run: assigning a hook dict again registers it with the tensor the parameter now holds."""
+    for p in params:
+        if p._backward_hooks:
+            p._backward_hooks = p._backward_hooks
+        if p._post_accumulate_grad_hooks:
+            p._post_accumulate_grad_hooks = p._post_accumulate_grad_hooks
+
+
 def has_meta_weights(module: nn.Module) -> bool:
     return any(p.is_meta for p in module.parameters())
 
@@ -185,6 +197,7 @@ def materialize(roots: list[nn.Module], names: nn.Module, deferred: DeferredInit
     def to_device(t: torch.Tensor) -> torch.Tensor:
         return torch.empty_like(t, device=device) if t.is_meta else t.to(device)
 
+    hooked = [p for root in roots for p in root.parameters() if p._backward_hooks or p._post_accumulate_grad_hooks]
     swap = torch.__future__.get_swap_module_params_on_conversion()
     torch.__future__.set_swap_module_params_on_conversion(True)  # keeps each parameter object (ties, FSDP)
     try:
@@ -192,6 +205,7 @@ def materialize(roots: list[nn.Module], names: nn.Module, deferred: DeferredInit
             root._apply(to_device)
     finally:
         torch.__future__.set_swap_module_params_on_conversion(swap)
+    reinstall_grad_hooks(hooked)
     allocated, done = 0, set()
     for (module, attr), key in pending.items():
         p = module._parameters[attr]
