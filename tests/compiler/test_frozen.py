@@ -89,3 +89,42 @@ def test_frozen_lm_is_neither_reduced_nor_gathered_nor_stepped(graphs, zero):
         drop = trained["memory_gb"][part] - frozen["memory_gb"][part]
         assert drop * 1e9 == pytest.approx(per_param * (g.params_total - trainable) / (shard if part == "optimizer" else 1),
                                            rel=1e-9), part
+
+
+# ---- backward FLOPs, exactly (issue 14, item 5) ------------------------------------------------------
+def _linear_weights(exp, under: tuple[str, ...]) -> int:
+    """Weights of the nn.Linear layers under the given module paths (the model built on meta)."""
+    import torch.nn as nn
+
+    from vlac.runtime.model import build_model
+
+    model = build_model(exp, device="meta")
+    return sum(m.weight.numel() for name, m in model.named_modules()
+               if isinstance(m, nn.Linear) and name.split(".")[0] in under)
+
+
+def test_frozen_lm_drops_exactly_its_weight_gradient_flops(graphs):
+    """Freezing the language model removes 2 * tokens * weights of each of its matmuls (blocks and
+    head) from the backward pass and nothing else: the input gradients that carry the loss back to
+    the projector, and attention's backward, stay."""
+    trained, frozen = graphs[False], graphs[True]
+    lm_matmul_weights = _linear_weights(_exp(True), ("layers", "head"))
+    assert lm_matmul_weights > 0
+    assert trained.flops_bwd - frozen.flops_bwd == pytest.approx(2 * trained.tokens * lm_matmul_weights, rel=1e-12)
+    assert frozen.flops_fwd == trained.flops_fwd
+    attention = [sum(n.flops_bwd for n in g.nodes if n.kind == "attention") for g in (trained, frozen)]
+    assert attention[0] > 0 and attention[1] == attention[0]
+    head = [next(n for n in g.nodes if n.kind == "gemm" and n.module.endswith("head")) for g in (trained, frozen)]
+    assert head[1].flops_bwd == head[1].flops_fwd > 0  # its input gradient, on the way back to the projector
+
+
+def test_frozen_projector_with_nothing_trainable_upstream_has_no_backward():
+    """The projector is the first thing the features meet. Trained, its first matmul computes the
+    weight gradient only (the input is data) and its second both; frozen, nothing before it needs a
+    gradient, so its matmuls have no backward FLOPs at all, and everything else is unchanged."""
+    trained = vlac.lower(_exp(False))
+    frozen = vlac.lower(vlac.load(EXAMPLE, ["modalities.image.freeze=true"], profile="tiny"))
+    first, second = [n for n in trained.nodes if ".projectors." in n.module and n.kind == "gemm"]
+    assert first.flops_bwd == first.flops_fwd > 0 and second.flops_bwd == 2 * second.flops_fwd > 0
+    assert all(n.flops_bwd == 0 for n in frozen.nodes if ".projectors." in n.module)
+    assert trained.flops_bwd - frozen.flops_bwd == pytest.approx(first.flops_bwd + second.flops_bwd, rel=1e-12)
