@@ -1,4 +1,4 @@
-"""CLIP and SigLIP vision towers from local Hugging Face checkpoints, as feature extractors.
+"""CLIP and SigLIP vision towers from local Hugging Face checkpoints, and back.
 
 vlac's projector and late-fusion families (LLaVA, Qwen-VL, Flamingo) read an image as vision
 features: a continuous modality (`signal: vit_features`, `input_dim` = the tower's width) fed
@@ -11,7 +11,14 @@ a pre-norm ViT; the two families differ only in
   SigLIP   no class token, tanh-GELU MLPs, a final LayerNorm on every patch
 
 `features(pixels, layer)` returns the hidden states after encoder layer `layer` (LLaVA-1.5 uses the
-penultimate, -2, without the class token: `drop_class_token=True`).
+penultimate, -2, without the class token: `drop_class_token=True`); calling the tower returns
+transformers' (last_hidden_state, pooler_output): CLIP's normed class token, SigLIP's attention-
+pooling head (when the checkpoint has one).
+
+The tower is an ordinary trainable module (requires_grad on, gradients reach every weight;
+`requires_grad_(False)` freezes it), and `save_vision_tower` writes it back as a folder
+transformers' CLIPVisionModel / SiglipVisionModel loads: the family's config and tensor names, so
+a fine-tuned tower leaves vlac the way it came in.
 """
 
 from __future__ import annotations
@@ -23,9 +30,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from safetensors.torch import save_file
+
 from .reader import CheckpointReader
 
 FAMILIES = {"clip_vision_model": "clip", "clip": "clip", "siglip_vision_model": "siglip", "siglip": "siglip"}
+# what a saved tower is to transformers: (model_type, architecture) per family
+SAVED_AS = {"clip": ("clip_vision_model", "CLIPVisionModel"), "siglip": ("siglip_vision_model", "SiglipVisionModel")}
+DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 ACTIVATIONS = {"quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
                "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"), "gelu": F.gelu}
 
@@ -47,12 +59,37 @@ class EncoderLayer(nn.Module):
         return x + self.fc2(self.act(self.fc1(self.layer_norm2(x))))
 
 
+class AttentionPool(nn.Module):
+    """SigLIP's pooled output: one learned probe attends over the patches (one multi-head
+    attention with packed q/k/v projections), then a residual MLP on the normed result."""
+
+    def __init__(self, width: int, heads: int, ffn: int, eps: float, act: str):
+        super().__init__()
+        self.heads = heads
+        self.probe = nn.Parameter(torch.zeros(1, 1, width))
+        self.in_proj, self.out_proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.layernorm = nn.LayerNorm(width, eps=eps)
+        self.fc1, self.fc2 = nn.Linear(width, ffn), nn.Linear(ffn, width)
+        self.act = ACTIVATIONS[act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        w_q, w_kv = self.in_proj.weight.split([d, 2 * d])
+        b_q, b_kv = self.in_proj.bias.split([d, 2 * d])
+        q = F.linear(self.probe.expand(b, -1, -1), w_q, b_q).view(b, 1, self.heads, -1).transpose(1, 2)
+        k, v = (t.view(b, n, self.heads, -1).transpose(1, 2) for t in F.linear(x, w_kv, b_kv).chunk(2, dim=-1))
+        h = self.out_proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, 1, d))
+        h = h + self.fc2(self.act(self.fc1(self.layernorm(h))))
+        return h[:, 0]
+
+
 class VisionTower(nn.Module):
     def __init__(self, cfg: dict, family: str):
         super().__init__()
         width, patch = cfg["hidden_size"], cfg["patch_size"]
         eps = cfg.get("layer_norm_eps", 1e-5)
         self.family = family
+        self.config = dict(cfg)  # written back by save_vision_tower
         self.patch_embedding = nn.Conv2d(cfg.get("num_channels", 3), width, patch, stride=patch, bias=family == "siglip")
         patches = (cfg["image_size"] // patch) ** 2
         self.class_embedding = nn.Parameter(torch.zeros(width)) if family == "clip" else None
@@ -61,6 +98,16 @@ class VisionTower(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(width, cfg["num_attention_heads"], cfg["intermediate_size"], eps,
                                                  cfg.get("hidden_act", "quick_gelu")) for _ in range(cfg["num_hidden_layers"]))
         self.post_norm = nn.LayerNorm(width, eps=eps)
+        use_head = family == "siglip" and cfg.get("vision_use_head", True)
+        self.head = AttentionPool(width, cfg["num_attention_heads"], cfg["intermediate_size"], eps,
+                                  cfg.get("hidden_act", "quick_gelu")) if use_head else None
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """transformers' (last_hidden_state, pooler_output); SigLIP without a head pools to None."""
+        last = self.features(pixels)
+        if self.family == "clip":
+            return last, self.post_norm(last[:, 0])
+        return last, None if self.head is None else self.head(last)
 
     def features(self, pixels: torch.Tensor, layer: int = -1, drop_class_token: bool = False) -> torch.Tensor:
         """Hidden states [B, tokens, width] after encoder layer `layer` (-1: the last, with SigLIP's
@@ -96,6 +143,11 @@ def names(tower: VisionTower, prefix: str) -> dict[str, str]:
                     "pre_norm.bias": "pre_layrnorm.bias"})
     else:
         out["patch_embedding.bias"] = "embeddings.patch_embedding.bias"
+    if tower.head is not None:
+        out.update({f"head.{p}": f"head.{p}" for p in ("probe", "layernorm.weight", "layernorm.bias")})
+        out.update({f"head.in_proj.{kind}": f"head.attention.in_proj_{kind}" for kind in ("weight", "bias")})
+        out.update({f"head.out_proj.{kind}": f"head.attention.out_proj.{kind}" for kind in ("weight", "bias")})
+        out.update({f"head.{fc}.{kind}": f"head.mlp.{fc}.{kind}" for fc in ("fc1", "fc2") for kind in ("weight", "bias")})
     inner = {"self_attn.q_proj": "q_proj", "self_attn.k_proj": "k_proj", "self_attn.v_proj": "v_proj",
              "self_attn.out_proj": "out_proj", "mlp.fc1": "fc1", "mlp.fc2": "fc2", "layer_norm1": "layer_norm1",
              "layer_norm2": "layer_norm2"}
@@ -108,7 +160,8 @@ def names(tower: VisionTower, prefix: str) -> dict[str, str]:
 
 @torch.no_grad()
 def load_vision_tower(path: str | Path) -> VisionTower:
-    """The tower of a local CLIP/SigLIP checkpoint (a vision model or a whole CLIP/SigLIP model)."""
+    """The tower of a local CLIP/SigLIP checkpoint (a vision model or a whole CLIP/SigLIP model),
+    trainable: its parameters require gradients."""
     folder = Path(path)
     cfg, family = vision_config(folder)
     tower = VisionTower(cfg, family).eval()
@@ -117,3 +170,21 @@ def load_vision_tower(path: str | Path) -> VisionTower:
     for name, p in tower.named_parameters():
         p.copy_(reader.read(names(tower, prefix)[name]).to(p.dtype))
     return tower
+
+
+def save_vision_tower(tower: VisionTower, out: str | Path) -> list[str]:
+    """Write `tower` into folder `out` as transformers' vision model of its family (config.json and
+    model.safetensors under the family's names, in the weights' dtype); returns the files written.
+    The same tower writes the same bytes."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    model_type, architecture = SAVED_AS[tower.family]
+    tensors = {ours: p.detach() for ours, p in tower.named_parameters()}
+    dtype = DTYPE_NAMES.get(tower.post_norm.weight.dtype, "float32")
+    config = {**tower.config, "model_type": model_type, "architectures": [architecture], "dtype": dtype}
+    config.pop("torch_dtype", None)  # transformers 4.x's name of `dtype`
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    theirs = names(tower, "")
+    save_file({theirs[k]: v.contiguous().cpu() for k, v in sorted(tensors.items())}, str(folder / "model.safetensors"),
+              metadata={"format": "pt"})
+    return ["config.json", "model.safetensors"]
