@@ -26,7 +26,7 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from vlac.spec import Experiment
 
 from .card import model_card
-from .hf_config import family_of, hf_config
+from .hf_config import config_dtype, family_of, hf_config
 from .names import Direct, Experts, Vocab, sources
 from .vocab import export_order
 
@@ -34,7 +34,6 @@ COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.j
                    "tokenizer.model", "added_tokens.json", "chat_template.jinja", "generation_config.json")
 MODULES_FILE = "vlac_modules.safetensors"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-SAFETENSORS_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 MODEL_PREFIX = "model."
 TIED = ("embed.weight", "head.weight")
 
@@ -116,7 +115,7 @@ def export(exp: Experiment, step_dir: Path, out: Path, dtype: str | None = None,
     if dtype is not None:
         state = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in state.items()}
     hf, rest = to_hf(state, exp, family)
-    cfg_dtype = SAFETENSORS_NAMES.get(hf["model.norm.weight"].dtype, "float32")
+    cfg_dtype = config_dtype(hf["model.norm.weight"].dtype)
     config = hf_config(exp, cfg_dtype)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -18,6 +18,13 @@ from .vocab import exported_layout, text_range
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
                  "mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
 CARRIED = ("bos_token_id", "eos_token_id", "pad_token_id")  # token ids keep their meaning (text rows first)
+CONFIG_DTYPES = ("float32", "bfloat16", "float16")  # what transformers' config.json `dtype` names
+
+
+def config_dtype(dtype) -> str:
+    """config.json's `dtype` for saved weights of torch dtype `dtype` (float32 for any other)."""
+    name = str(dtype).removeprefix("torch.")
+    return name if name in CONFIG_DTYPES else "float32"
 
 
 def inexpressible(exp: Experiment) -> list[str]:

@@ -32,12 +32,12 @@ import torch.nn.functional as F
 
 from safetensors.torch import save_file
 
+from .hf_config import config_dtype
 from .reader import CheckpointReader
 
 FAMILIES = {"clip_vision_model": "clip", "clip": "clip", "siglip_vision_model": "siglip", "siglip": "siglip"}
 # what a saved tower is to transformers: (model_type, architecture) per family
 SAVED_AS = {"clip": ("clip_vision_model", "CLIPVisionModel"), "siglip": ("siglip_vision_model", "SiglipVisionModel")}
-DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 ACTIVATIONS = {"quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
                "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"), "gelu": F.gelu}
 
@@ -180,7 +180,7 @@ def save_vision_tower(tower: VisionTower, out: str | Path) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     model_type, architecture = SAVED_AS[tower.family]
     tensors = {ours: p.detach() for ours, p in tower.named_parameters()}
-    dtype = DTYPE_NAMES.get(tower.post_norm.weight.dtype, "float32")
+    dtype = config_dtype(tower.post_norm.weight.dtype)
     config = {**tower.config, "model_type": model_type, "architectures": [architecture], "dtype": dtype}
     config.pop("torch_dtype", None)  # transformers 4.x's name of `dtype`
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
