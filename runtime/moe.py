@@ -70,6 +70,9 @@ class GroupedExperts(nn.Module):
         # None: torch.bmm in the compute dtype. A ModuleDict of per-projection FP8 GEMMs when the
         # plan runs these GEMMs in FP8 (set from outside by vlac.runtime.fp8_experts)
         self.fp8: nn.ModuleDict | None = None
+        # None: `dropless_experts`. Under expert parallelism a function of the same signature that
+        # exchanges the routed copies (set from outside by vlac.runtime.parallel.expert_parallel)
+        self.dropless_dispatch = None
 
     def _gemm(self, projection: str):
         return torch.bmm if self.fp8 is None else self.fp8[projection]
@@ -78,6 +81,14 @@ class GroupedExperts(nn.Module):
         h = self._gemm("w1")(x, self.w1)
         h = F.silu(h) * self._gemm("w3")(x, self.w3) if self.swiglu else F.gelu(h, approximate="tanh")
         return self._gemm("w2")(self.drop(h), self.w2)
+
+    def dropless(self, h: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Every routed copy of h [T, d] through its expert (idx, weights [T, k]), no capacity. A
+        method of the experts module, so that sharded data parallelism can gather the weights
+        around it as it does around forward."""
+        fp8 = {} if self.fp8 is None else {"fp8": self.fp8}  # traced graphs keep the plain signature
+        dispatch = dropless_experts if self.dropless_dispatch is None else self.dropless_dispatch
+        return dispatch(h, idx, weights, self.w1, self.w3, self.w2, self.drop.p, self.training, **fp8)
 
 
 def dropless_experts(h: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor, w1: torch.Tensor,
@@ -153,9 +164,7 @@ class MoELayer(nn.Module):
         load = flat.new_zeros(self.cfg.experts, dtype=torch.float32).scatter_add_(
             0, flat, torch.ones_like(flat, dtype=torch.float32))  # assignments per expert before dropping
         if self.dropless:
-            ex = self.experts
-            fp8 = {} if ex.fp8 is None else {"fp8": ex.fp8}  # traced graphs keep the plain signature
-            y = dropless_experts(h, idx, weights, ex.w1, ex.w3, ex.w2, ex.drop.p, self.training, **fp8)
+            y = self.experts.dropless(h, idx, weights)
             dropped = load.new_zeros(())
         else:
             y, dropped = self._capacity_dispatch(h, flat, weights)

@@ -13,7 +13,9 @@ rank sizes alike). Expert parallelism then
 
 Every slot keeps its position, so routing, capacity, drops and the weighted combine are those of
 the single-process layer; only where each expert's GEMM runs changes. Equal split sizes (the
-capacity is static) keep the collective a plain all_to_all_single.
+capacity is static) keep the collective a plain all_to_all_single. Dropless layers (no capacity,
+so no slots) exchange their routed copies with uneven splits instead
+(runtime/parallel/expert_parallel_dropless.py).
 
 Expert weights become DTensors sharded on dim 0 over the `ep` mesh (checkpoints reshard them to
 any other layout); their gradients are summed over the `edp` ranks that hold the same experts.
@@ -33,6 +35,7 @@ import torch.nn as nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module, distribute_tensor
 
+from .expert_parallel_dropless import expert_parallel_dropless
 from .mesh import Mesh
 
 INNER_DIM = {"w1": 2, "w3": 2, "w2": 1}  # the inner (ffn) dimension of each stacked expert weight
@@ -101,13 +104,13 @@ def apply_expert_parallel(model: nn.Module, mesh: DeviceMesh) -> list[nn.Paramet
     for name, layer in model.named_modules():
         if not (hasattr(layer, "router") and hasattr(layer, "experts")):
             continue
-        if by_expert and getattr(layer, "dropless", False):
-            raise ValueError("moe.capacity_factor: null (dropless) routes a data-dependent number of tokens per "
-                             "expert; expert parallelism here exchanges capacity slots. Set a capacity factor or "
-                             "re-plan with --pin ep=1")
         n = layer.experts.w1.size(0)
         if n % ep:
             raise ValueError(f"moe.experts = {n} is not divisible by plan.ep = {ep}; re-plan with an ep that divides it")
+        dropless = by_expert and getattr(layer, "dropless", False)
+        if dropless and "tp" in dims:
+            raise ValueError("moe.capacity_factor: null (dropless) with plan.expert_tensor_parallel > 1 is not run; "
+                             "re-plan with --pin etp=1 or set moe.capacity_factor")
 
         def shard(_, module: nn.Module, dm: DeviceMesh) -> None:
             for pname, param in list(module.named_parameters(recurse=False)):
@@ -123,7 +126,11 @@ def apply_expert_parallel(model: nn.Module, mesh: DeviceMesh) -> list[nn.Paramet
             local = out.to_local()  # a partial sum over tp under expert tensor parallelism
             return combine(local, ep, group) if by_expert else local
 
-        distribute_module(layer.experts, mesh, shard, input_fn=input_fn, output_fn=output_fn)
+        if dropless:  # no slots to exchange: the layer routes its copies through the uneven exchange
+            distribute_module(layer.experts, mesh, shard)
+            layer.experts.dropless_dispatch = expert_parallel_dropless(ep, group)
+        else:
+            distribute_module(layer.experts, mesh, shard, input_fn=input_fn, output_fn=output_fn)
         if by_expert:
             params += list(layer.experts.parameters())
     return params
@@ -135,7 +142,7 @@ def shard_experts_over_edp(model: nn.Module, edp_mesh: DeviceMesh, reshard_after
     edp, i.e. divides by edp where the other parameters' mean divides by dp: `rescale_expert_grads`
     makes up the factor ep after backward (a divide factor inside FSDP needs PREMUL_SUM, which
     gloo lacks). Returns (parameters before, parameters after sharding)."""
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     before: list[nn.Parameter] = []
     after: list[nn.Parameter] = []
@@ -143,6 +150,8 @@ def shard_experts_over_edp(model: nn.Module, edp_mesh: DeviceMesh, reshard_after
         if hasattr(layer, "router") and hasattr(layer, "experts"):
             before += list(layer.experts.parameters())
             fully_shard(layer.experts, mesh=edp_mesh, reshard_after_forward=reshard_after_forward)
+            if getattr(layer, "dropless", False):  # the dropless layer calls its experts through this method
+                register_fsdp_forward_method(layer.experts, "dropless")
             after += list(layer.experts.parameters())
     return before, after
 

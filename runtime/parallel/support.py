@@ -88,8 +88,6 @@ LIMITS: tuple[Limit, ...] = (
           "(each rank routing its own tokens; this runtime runs the experts on the whole sequence on every "
           "context-parallel rank, which keeps capacity exact)", "--pin cp=1, or stack.preset: vlac",
           _moe_costed_per_rank, lambda c: c["cp"] > 1, refused=False),
-    Limit("expert_parallel_dropless", "expert parallelism with dropless routing (moe.capacity_factor: null)",
-          "--pin ep=1, or set moe.capacity_factor", _dropless, lambda c: c["ep"] > 1),
     Limit("per_modality_clip", "optimizer.per_modality_clip with pipeline, expert, context or sharded data "
           "parallelism, or with data and tensor parallelism together", "--pin pp=1,ep=1,cp=1,zero=0 (and tp=1 or dp=1)",
           lambda e: e.optimizer.per_modality_clip,

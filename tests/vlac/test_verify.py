@@ -101,3 +101,12 @@ def test_the_flagship_verifies_through_its_tiny_profile(monkeypatch):
     print(result.output)
     assert result.exit_code == 0, result.output
     assert "profile 'tiny'" in result.output
+
+
+@pytest.mark.slow
+def test_dropless_experts_under_expert_parallelism_reproduce_one_process(monkeypatch):
+    """moe.capacity_factor: null with the experts split over ep: the routed copies travel with
+    uneven all-to-alls (plain, and under ZeRO-3, which gathers the experts around their dropless
+    method)."""
+    verify_passes(TINY, "ep2,fsdp4xep2", 3, monkeypatch, "--set", "moe.capacity_factor=null",
+                  plan_pattern=r"ep2 ")
