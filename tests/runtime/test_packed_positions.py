@@ -22,12 +22,15 @@ SEQ_LEN = 48
 
 
 @functools.cache
-def packed_experiment(positions: str = "rope", stream: str = "shared", segment: int = 0):
-    """The tiny example, dense (MoE capacity depends on the whole batch, so routing could differ
-    between a packed row and a lone document), text only, trained from a table source: its
-    batches carry document ids (the source is never read here)."""
+def packed_experiment(positions: str = "rope", stream: str = "shared", segment: int = 0, dropless: bool = False):
+    """The tiny example, text only, trained from a table source: its batches carry document ids
+    (the source is never read here). Dense, or with dropless MoE: capacity-limited experts share
+    their slots among every token of a micro-batch, packed or not, so only dropless routing
+    leaves each document's outputs independent of its neighbours."""
     spec = read_mapping(TINY)
-    spec.pop("moe")
+    moe = spec.pop("moe")
+    if dropless:
+        spec["moe"] = {**moe, "capacity_factor": None}
     spec["modalities"] = {"text": spec["modalities"]["text"]}
     spec["losses"] = {"ar": {"weight": 1.0}}
     spec["backbone"]["positions"] = positions
@@ -72,10 +75,11 @@ def test_document_positions_restart_where_each_document_begins():
     assert document_positions(doc).tolist() == [[0, 1, 2, 0, 1, 0, 1], [0, 1, 2, 3, 4, 5, 6]]
 
 
-@pytest.mark.parametrize("positions, stream, segment", [("learned", "shared", 0), ("rope", "shared", 0),
-                                                       ("rope", "dual", 0), ("rope", "shared", 8)])
-def test_a_packed_row_gives_each_document_its_logits_alone(positions, stream, segment):
-    exp = packed_experiment(positions, stream, segment)
+@pytest.mark.parametrize("positions, stream, segment, dropless", [
+    ("learned", "shared", 0, False), ("rope", "shared", 0, False), ("rope", "dual", 0, False),
+    ("rope", "shared", 8, False), ("rope", "shared", 0, True)])
+def test_a_packed_row_gives_each_document_its_logits_alone(positions, stream, segment, dropless):
+    exp = packed_experiment(positions, stream, segment, dropless)
     model = build_model(exp).eval()
     with torch.no_grad():
         assert_each_document_as_alone(lambda b: model(b)["logits"], exp)
