@@ -21,6 +21,22 @@ reduction from what the fused kernel saves (never from a fitted factor):
   activation dtype instead of an fp32 log-softmax: act / 4 of the eager bytes.
 - activation dtype: every saved byte scales by stored / computed bytes per element.
 
+Eager element-wise kernels (`fused_elementwise: false` and no torch.compile): the cost model
+charges memory-bound ops MEMBOUND_PASSES (4) passes over the bytes each keeps for backward
+(compiler/profile.py), which an op-by-op count of a fused Megatron/TE layer matches. A stack that
+runs each op as its own eager PyTorch kernel moves more, counted per op of the graph (each pass
+reads or writes the op's tensor once in HBM):
+- residual add (an `add` node of the block itself, hidden x act bytes per token): forward reads
+  both operands and writes the sum (3 passes); backward, autograd sums the two gradients of the
+  residual stream that forked into the branch and the skip (torch.autograd's InputBuffer::add:
+  read 2, write 1). 6 passes; it keeps nothing, so none are counted otherwise.
+- an eager LayerNorm/RMSNorm of the backbone: forward reads x and writes y (2), backward reads x
+  and dy and writes dx (3), and a second kernel reads dy and x again for the weight (and bias)
+  gradient (PyTorch's LaunchGammaBetaBackwardCUDAKernel(dY, X, mean, rstd, ...),
+  aten/src/ATen/native/cuda/layer_norm_kernel.cu): 7 passes over hidden x act, 3 beyond the 4.
+- the MLP activation (GELU, SiLU) keeps its input: forward read + write (2), backward reads the
+  input and dy and writes dx (3): 5 passes over its kept bytes, 1 beyond the 4.
+
 Attention kernels (FLOP rates on H100 SXM, BF16, head_dim 128, Shah et al. 2024,
 "FlashAttention-3", Fig. 5-7): FlashAttention-3 reaches ~500-660 TFLOP/s forward and ~450-550
 backward, cuDNN's fused attention about the same; FlashAttention-2 (PyTorch SDPA's flash backend)
@@ -36,6 +52,8 @@ score, Korthikanti et al. 2022's 2as^2b without dropout), which selective recomp
 
 from __future__ import annotations
 
+import re
+
 from vlac.spec.stack import STORED_BYTES, ResolvedStack
 
 from .graph import RECOMPUTE, NodeCost
@@ -43,6 +61,14 @@ from .graph import RECOMPUTE, NodeCost
 ATTENTION_EFF = {"flash2": 0.33, "flash3": 0.50, "cudnn": 0.50}
 UNFUSED_SCORE_PASSES = 12.0  # 4 forward, 8 backward: reads and writes of the s x s matrix
 FP32_BYTES = 4.0
+# eager element-wise kernels: passes over the op's tensor beyond the MEMBOUND_PASSES (4) over
+# kept bytes that every stack is charged (module docstring: residual add 6 of 0 counted, eager
+# norm 7 of 4, activation 5 of 4)
+EAGER_RESIDUAL_PASSES = 6.0
+EAGER_NORM_EXTRA_PASSES = 3.0
+EAGER_ACTIVATION_EXTRA_PASSES = 1.0
+_BLOCK_ROOT = re.compile(r"model\.layers\.\d+")
+_RESIDUAL_ADD = re.compile(r"add(_\d+)?")
 
 
 class StackCosts:
@@ -76,6 +102,26 @@ class StackCosts:
         return {pol: max(0.0, n.saved[pol] * factor - (minus if n.saved[pol] else 0.0)) * self.dtype_scale
                 for pol in RECOMPUTE}
 
+    @property
+    def eager_elementwise(self) -> bool:
+        return not (self.stack.fused_elementwise or self.stack.torch_compile)
+
+    def eager_traffic(self, n: NodeCost, tokens: int) -> float:
+        """HBM bytes (forward + backward) that eager kernels move for node `n` beyond the
+        MEMBOUND_PASSES over its kept bytes that every stack is charged (module docstring);
+        0 on a stack that fuses element-wise ops. `tokens` in the lowered micro-batch."""
+        if not self.eager_elementwise:
+            return 0.0
+        tensor = self.hidden * self.act_bytes * tokens * self.dtype_scale  # one residual-stream tensor
+        last = n.name.rsplit(".", 1)[-1]
+        if n.kind == "elementwise" and _BLOCK_ROOT.fullmatch(n.module) and _RESIDUAL_ADD.fullmatch(last):
+            return EAGER_RESIDUAL_PASSES * tensor
+        if n.kind == "norm" and _backbone(n.module) and not (self.norm == "rmsnorm" and self.stack.fuses("norm")):
+            return EAGER_NORM_EXTRA_PASSES * tensor
+        if n.kind == "elementwise" and n.module.endswith(".mlp") and last in ("gelu", "silu"):
+            return EAGER_ACTIVATION_EXTRA_PASSES * n.saved["none"] * self.dtype_scale
+        return 0.0
+
     def unfused_scores(self, sq: int, sk: int, micro_batch: int) -> dict[str, float]:
         """Bytes an unfused attention node keeps beyond a fused kernel's, per policy: the
         probabilities (heads x sq x sk per sequence); selective and full recompute drop them."""
@@ -94,4 +140,5 @@ def _backbone(module: str) -> bool:
     return module.startswith("model.layers.") or module == "model.norm"
 
 
-__all__ = ["ATTENTION_EFF", "StackCosts", "UNFUSED_SCORE_PASSES"]
+__all__ = ["ATTENTION_EFF", "EAGER_ACTIVATION_EXTRA_PASSES", "EAGER_NORM_EXTRA_PASSES", "EAGER_RESIDUAL_PASSES",
+           "StackCosts", "UNFUSED_SCORE_PASSES"]

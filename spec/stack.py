@@ -12,7 +12,8 @@ Presets (what each stack runs by default, from its own code and docs):
   picks them on CUDA; the norm keeps its input and fp32 rstd, RoPE its cos/sin tables), SwiGLU
   as eager ops, fp32 log-softmax cross entropy, plain DTensor tensor parallelism (no overlap),
   DDP/FSDP2 bucketed gradient reduction and parameter prefetch (overlapped),
-  torch.distributed.pipelining sends (not overlapped), no torch.compile.
+  torch.distributed.pipelining sends (not overlapped), no torch.compile; residual adds and
+  the MLP activation as eager kernels (`fused_elementwise: false`).
 - `megatron-te`: Megatron-Core with TransformerEngine as NeMo's H100 recipes run it: TE
   cuDNN fused attention, TE LayerNormLinear (norm fused into the next GEMM), bias-SwiGLU and
   RoPE fusions (`bias_swiglu_fusion`, `apply_rope_fusion`), `cross_entropy_loss_fusion`,
@@ -52,6 +53,10 @@ class ResolvedStack:
     param_gather_overlap: bool
     pp_p2p_overlap: bool
     torch_compile: bool
+    # element-wise ops outside the named fusions (residual adds, the activation, the norm's
+    # weight gradient) run as fused or compiler-generated kernels; False: one eager kernel each,
+    # costed op by op (compiler/stack_costs.py)
+    fused_elementwise: bool = True
 
     def fuses(self, op: str) -> bool:
         """Whether `op`'s element-wise chain runs as one kernel: named in `fused`, or generated
@@ -61,7 +66,8 @@ class ResolvedStack:
 
 PRESETS: dict[str, ResolvedStack] = {
     "vlac": ResolvedStack("vlac", "flash2", ("norm", "rope"), None, tp_comm_overlap=False, grad_reduce_overlap=True,
-                          param_gather_overlap=True, pp_p2p_overlap=False, torch_compile=False),
+                          param_gather_overlap=True, pp_p2p_overlap=False, torch_compile=False,
+                          fused_elementwise=False),
     "megatron-te": ResolvedStack("megatron-te", "cudnn", FUSED_OPS, None, tp_comm_overlap=True,
                                  grad_reduce_overlap=True, param_gather_overlap=True, pp_p2p_overlap=True,
                                  torch_compile=False),
@@ -95,6 +101,10 @@ class Stack(SpecModel):
     pp_p2p_overlap: bool | None = Field(None, description="pipeline sends/receives overlapped with compute")
     torch_compile: bool | None = Field(None, description="blocks compiled with torch.compile (fuses norm, SwiGLU, "
                                                          "RoPE element-wise chains)")
+    fused_elementwise: bool | None = Field(
+        None, description="element-wise ops beyond `fused` (residual adds, the MLP activation, the norm's weight "
+                          "gradient) run fused (Megatron/TE, torch.compile); false: one eager kernel each, every "
+                          "one reading and writing its tensors in HBM; null = the preset's")
 
     def resolved(self) -> ResolvedStack:
         base = PRESETS[self.preset]
@@ -102,7 +112,8 @@ class Stack(SpecModel):
         fused = base.fused if self.fused is None else tuple(op for op in FUSED_OPS if op in self.fused)
         return ResolvedStack(self.preset, pick("attention"), fused, pick("activation_dtype"),
                              *(bool(pick(f)) for f in ("tp_comm_overlap", "grad_reduce_overlap",
-                                                       "param_gather_overlap", "pp_p2p_overlap", "torch_compile")))
+                                                       "param_gather_overlap", "pp_p2p_overlap", "torch_compile",
+                                                       "fused_elementwise")))
 
 
 __all__ = ["FUSED_OPS", "PRESETS", "STORED_BYTES", "ResolvedStack", "Stack"]

@@ -109,6 +109,23 @@ def test_megatron_te_swiglu_and_loss_fusions(llama):
     assert ce > 0 and eager - fused == pytest.approx(ce / 2)
 
 
+def test_eager_elementwise_kernels_move_more_than_fused_ones(gpt):
+    # fused_elementwise false: each residual add moves its hidden-wide BF16 tensor 6 times (3
+    # forward, 3 for autograd's sum of the two gradients at the fork), each eager LayerNorm 3
+    # passes beyond the 4 over what it keeps (its weight-gradient kernel reads dy and x again,
+    # the dx kernel writes one more), the GELU 1 pass beyond the 4 over its kept input (2F bytes)
+    fused = block(gpt, {"preset": "megatron-te"})
+    eager = block(gpt, {"preset": "megatron-te", "fused_elementwise": False})
+    per_layer = 2 * 6 * 2 * H + 2 * 3 * 2 * H + 1 * 2 * F
+    assert (sum(eager.mem) - sum(fused.mem)) / S == pytest.approx(per_layer)
+    assert eager.saved == fused.saved  # traffic, not memory
+    # torch.compile generates fused element-wise kernels whatever fused_elementwise says
+    compiled = block(gpt, {"preset": "megatron-te", "fused_elementwise": False, "torch_compile": True})
+    assert compiled.mem == pytest.approx(fused.mem)
+    # vlac's emitted program runs them eagerly: its preset is the eager one
+    assert sum(block(gpt, {"preset": "vlac"}).mem) > sum(block(gpt, {"preset": "vlac", "fused_elementwise": True}).mem)
+
+
 def plan_time(graph, stack: dict, pins: dict):
     exp = vlac.load(spec(stack))
     return plan(exp, graph=graph, pin=pins, advise=False).chosen
