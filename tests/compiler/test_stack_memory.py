@@ -64,6 +64,15 @@ def test_megatron_te_layer_is_korthikanti_without_dropout(gpt):
     assert (sharded + sp) / t == pytest.approx((32 * H + 4 * A + 16) / t)
 
 
+@pytest.mark.parametrize("attention", ["cudnn", "unfused"])
+def test_full_recompute_keeps_the_layer_input_as_korthikanti(gpt, attention):
+    # Korthikanti et al. 2022, Sec. 5: full activation recomputation stores only each layer's
+    # input, 2sbh bytes in BF16, which sequence parallelism splits over the t ranks; nothing of
+    # attention's s x s scores stays, fused kernel or not
+    sharded, sp, whole = per_token(block(gpt, {"preset": "megatron-te", "attention": attention}).saved["full"])
+    assert (sharded, sp, whole) == (0, pytest.approx(2 * H), 0)
+
+
 def test_unfused_attention_adds_the_score_term_and_selective_removes_it(gpt):
     flash = block(gpt, {"preset": "megatron-te"})
     unfused = block(gpt, {"preset": "megatron-te", "attention": "unfused"})
