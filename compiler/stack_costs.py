@@ -34,6 +34,8 @@ reads or writes the op's tensor once in HBM):
   and dy and writes dx (3), and a second kernel reads dy and x again for the weight (and bias)
   gradient (PyTorch's LaunchGammaBetaBackwardCUDAKernel(dY, X, mean, rstd, ...),
   aten/src/ATen/native/cuda/layer_norm_kernel.cu): 7 passes over hidden x act, 3 beyond the 4.
+  A fused RMSNorm is not charged them: vlac's Triton kernel (runtime/kernels/rmsnorm.py) sums
+  the weight gradient into per-program partial rows inside the dx kernel, TE's inside its own.
 - the MLP activation (GELU, SiLU) keeps its input: forward read + write (2), backward reads the
   input and dy and writes dx (3): 5 passes over its kept bytes, 1 beyond the 4.
 
