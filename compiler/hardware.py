@@ -26,8 +26,10 @@ at 256 MB the link rate does)
 - Inside a node: the preset's measured NCCL all-reduce bus bandwidth (~370 GB/s on 8 x H100,
   ring; published-runs.md "Interconnect measurements"); all-gather and reduce-scatter reach
   about the same bus bandwidth; all-to-all and point-to-point ~80 % of the NVLink rate.
-- Between nodes: each GPU owns one 400 Gb/s NIC (8 per DGX/HGX H100 node) at ~95 % of line rate
-  (46-49 GB/s measured). A group with several members per node splits the inter-node phase
+- Between nodes: the spec's `network.fabric` (InfiniBand NDR/HDR, RoCE 400/200; spec/system.FABRICS
+  with their datasheets) gives each NIC's line rate, `nics_per_node` how many GPUs share one: a
+  DGX/HGX H100 node has 8 NDR NICs, one per GPU, at ~95 % of line rate (46-49 GB/s measured);
+  with 4 per node each GPU's inter-node traffic gets half a NIC. A group with several members per node splits the inter-node phase
   over their NICs (NCCL's hierarchical/ring algorithms do), but all-to-all does not aggregate
   NICs: expert-parallel traffic runs at single-NIC speed per GPU (DESIGN.md).
 - Latency: `network.collective_latency_s` inside a node; across nodes it grows with the tree

@@ -7,7 +7,7 @@ from typing import Any, Literal, Union
 from pydantic import Field, model_validator
 
 from .base import SlurmWord, SpecModel
-from .units import Bandwidth, Bytes, FlopRate, Seconds
+from .units import Bandwidth, Bytes, FlopRate, Seconds, parse_bandwidth
 
 Auto = Literal["auto"]
 
@@ -69,7 +69,28 @@ class GPU(SpecModel):
     nvlink_bandwidth: Bandwidth = Field(description='NVLink bandwidth per direction per GPU, e.g. "450GB/s"')
 
 
+# Inter-node fabrics: line rate of one NIC per vendor datasheet. Only NDR's achievable share is
+# measured (published-runs.md "Interconnect measurements": 46-49 of 50 GB/s per NIC, hence the
+# 0.95 default of nic_efficiency); the others inherit that share, an assumption, not a measurement.
+FABRICS: dict[str, dict[str, Any]] = {
+    "ib-ndr": {"nic_bandwidth": 50e9, "source": "NVIDIA ConnectX-7 datasheet: InfiniBand NDR, 400 Gb/s per port"},
+    "ib-hdr": {"nic_bandwidth": 25e9, "source": "NVIDIA ConnectX-6 VPI datasheet: InfiniBand HDR, 200 Gb/s per port"},
+    "roce-400": {"nic_bandwidth": 50e9, "source": "NVIDIA ConnectX-7 datasheet: 400 Gb/s Ethernet (RoCE)"},
+    "roce-200": {"nic_bandwidth": 25e9, "source": "NVIDIA ConnectX-6 Dx datasheet: 200 Gb/s Ethernet (RoCE)"},
+}
+# Links inside a node, per direction per GPU (the datasheets print both directions).
+GPU_LINKS: dict[str, dict[str, Any]] = {
+    "nvlink4": {"nvlink_bandwidth": 450e9, "source": "NVIDIA H100 datasheet (SXM5): NVLink 900 GB/s"},
+    "nvlink4-h800": {"nvlink_bandwidth": 200e9, "source": "NVIDIA H800 product brief: NVLink 400 GB/s"},
+    "nvlink3": {"nvlink_bandwidth": 300e9, "source": "NVIDIA A100 datasheet (SXM4): NVLink 600 GB/s"},
+    "pcie5": {"nvlink_bandwidth": 64e9, "source": "PCI Express 5.0 x16: 32 GT/s x 16 lanes, 64 GB/s per direction"},
+    "pcie4": {"nvlink_bandwidth": 32e9, "source": "PCI Express 4.0 x16: 16 GT/s x 16 lanes, 32 GB/s per direction"},
+}
+
+
 class Network(SpecModel):
+    fabric: Literal["ib-ndr", "ib-hdr", "roce-400", "roce-200"] = Field("ib-ndr", description="inter-node fabric; fills nic_bandwidth unless that is written (ib-ndr/roce-400: 400 Gb/s per NIC, ib-hdr/roce-200: 200 Gb/s)")
+    gpu_link: Literal["nvlink4", "nvlink4-h800", "nvlink3", "pcie5", "pcie4"] = Field("nvlink4", description="link between GPUs inside a node; fills gpu.nvlink_bandwidth and nvlink_allreduce_busbw unless those are written")
     nics_per_node: int = Field(8, ge=0, description="InfiniBand NICs per node")
     nic_bandwidth: Bandwidth = Field(description='line rate of one NIC, e.g. "400Gb/s"')
     nic_efficiency: float = Field(0.95, gt=0, le=1, description="achievable fraction of NIC line rate (NDR: ~46-49 of 50 GB/s)")
@@ -89,9 +110,12 @@ _H100 = {"name": "H100-SXM", "bf16_flops": 989e12, "fp8_flops": 1979e12, "memory
 _RING_SHARE = 370e9 / 450e9  # measured busbw / link rate on 8 x H100 SXM
 
 
+def _ring_busbw(link_bandwidth: float) -> float:
+    return round(link_bandwidth * _RING_SHARE / 1e9) * 1e9  # whole GB/s: figures round-trip through text
+
+
 def _node(gpu: dict[str, Any], nic: float) -> dict[str, Any]:
-    busbw = round(gpu["nvlink_bandwidth"] * _RING_SHARE / 1e9) * 1e9  # whole GB/s: figures round-trip through text
-    return {"gpu": gpu, "network": {"nic_bandwidth": nic, "nvlink_allreduce_busbw": busbw}}
+    return {"gpu": gpu, "network": {"nic_bandwidth": nic, "nvlink_allreduce_busbw": _ring_busbw(gpu["nvlink_bandwidth"])}}
 
 
 _A100_40 = {"name": "A100-40GB-SXM", "bf16_flops": 312e12, "fp8_flops": 0.0, "memory": 40e9,
@@ -112,7 +136,40 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "a100-80gb": {"gpu": {**_A100_40, "name": "A100-80GB-SXM", "memory": 80e9, "memory_bandwidth": 2.039e12},
                   "network": {"nic_bandwidth": 25e9, "nvlink_allreduce_busbw": 230e9}},
 }
+# Each preset's links and the datasheets its figures come from (tests check every preset has both).
+PRESET_LINKS: dict[str, tuple[str, str]] = {
+    "h100-sxm": ("nvlink4", "ib-ndr"), "h200": ("nvlink4", "ib-ndr"), "h800-sxm": ("nvlink4-h800", "ib-ndr"),
+    "h100-pcie": ("pcie5", "ib-ndr"), "h100-nvl": ("pcie5", "ib-ndr"),
+    "a100-40gb": ("nvlink3", "ib-hdr"), "a100-80gb": ("nvlink3", "ib-hdr"),
+}
+PRESET_SOURCES: dict[str, str] = {
+    "h100-sxm": "NVIDIA H100 Tensor Core GPU datasheet, SXM5 column; busbw: published-runs.md Interconnect measurements",
+    "h200": "NVIDIA H200 Tensor Core GPU datasheet (141 GB HBM3e, 4.8 TB/s; H100 SXM5 compute)",
+    "h800-sxm": "NVIDIA H800 product brief (H100 SXM5 compute and memory, NVLink 400 GB/s)",
+    "h100-pcie": "NVIDIA H100 Tensor Core GPU datasheet, PCIe column",
+    "h100-nvl": "NVIDIA H100 Tensor Core GPU datasheet, H100 NVL column (94 GB, 3.9 TB/s)",
+    "a100-40gb": "NVIDIA A100 Tensor Core GPU datasheet, 40 GB SXM4 column",
+    "a100-80gb": "NVIDIA A100 Tensor Core GPU datasheet, 80 GB SXM4 column",
+}
+for _name, (_link, _fabric) in PRESET_LINKS.items():
+    _PRESETS[_name]["network"] = {**_PRESETS[_name]["network"], "gpu_link": _link, "fabric": _fabric}
 PRESETS = tuple(_PRESETS)
+
+
+def _fill_links(gpu: dict[str, Any], network: dict[str, Any], given_gpu: dict, given_network: dict) -> None:
+    """A fabric or GPU link named in the spec sets the figures it implies, except those written too."""
+    fabric = FABRICS.get(given_network.get("fabric")) if isinstance(given_network.get("fabric"), str) else None
+    if fabric and "nic_bandwidth" not in given_network:
+        network["nic_bandwidth"] = fabric["nic_bandwidth"]
+    link = GPU_LINKS.get(given_network.get("gpu_link")) if isinstance(given_network.get("gpu_link"), str) else None
+    if link:
+        if "nvlink_bandwidth" not in given_gpu:
+            gpu["nvlink_bandwidth"] = link["nvlink_bandwidth"]
+        if "nvlink_allreduce_busbw" not in given_network:
+            try:  # a written rate is still text here; a bad one is reported by its own field's check
+                network["nvlink_allreduce_busbw"] = _ring_busbw(parse_bandwidth(gpu["nvlink_bandwidth"]))
+            except (TypeError, ValueError):
+                pass
 
 
 class Cluster(SpecModel):
@@ -134,9 +191,12 @@ class Cluster(SpecModel):
         # default meanwhile so that error is not buried under "gpu missing" noise
         base = _PRESETS.get(preset, _PRESETS["h100-sxm"]) if isinstance(preset, str) else _PRESETS["h100-sxm"]
         out = dict(data)
+        given = {}
         for section in ("gpu", "network"):
-            given = out.get(section) or {}
-            out[section] = {**base[section], **given} if isinstance(given, dict) else given
+            given[section] = out.get(section) or {}
+            out[section] = {**base[section], **given[section]} if isinstance(given[section], dict) else given[section]
+        if all(isinstance(out[k], dict) and isinstance(given[k], dict) for k in ("gpu", "network")):
+            _fill_links(out["gpu"], out["network"], given["gpu"], given["network"])
         return out
 
     @property
