@@ -199,6 +199,13 @@ class Cluster(SpecModel):
             _fill_links(out["gpu"], out["network"], given["gpu"], given["network"])
         return out
 
+    @model_validator(mode="after")
+    def _nodes_are_connected(self):
+        if self.nodes > 1 and self.network.nics_per_node < 1:
+            raise ValueError(f"network.nics_per_node: 0 NICs per node leaves the {self.nodes} nodes unconnected; "
+                             f"write the node's NIC count (e.g. 4 or 8) or nodes: 1")
+        return self
+
     @property
     def world_size(self) -> int:
         return self.nodes * self.gpus_per_node

@@ -60,3 +60,10 @@ def test_every_gpu_link_cites_the_rate_it_uses(name):
     per_direction = entry["nvlink_bandwidth"] / 1e9
     assert (f"{2 * per_direction:.0f} GB/s" in entry["source"]
             or f"{per_direction:.0f} GB/s per direction" in entry["source"]), entry["source"]
+
+
+def test_several_nodes_need_a_nic():
+    with pytest.raises(SpecError) as e:
+        load_cluster({"nodes": 2, "network": {"nics_per_node": 0}}, "cluster.yaml")
+    assert "network.nics_per_node" in str(e.value)
+    assert load_cluster({"nodes": 1, "network": {"nics_per_node": 0}}, "cluster.yaml").network.nics_per_node == 0
