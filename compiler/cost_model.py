@@ -306,6 +306,9 @@ class CostModel:
             bubble = np.where(sched == ZERO_BUBBLE, others_zb, np.where(sched == INTERLEAVED, others / v, others))
             p2p_bytes = (col["mb"] / cp * self.p.seq_len * self.p.hidden * self.p.act_bytes
                          / np.where(c["sp"][idx][:, None], tp, 1.0))[:, 0]
+            # late fusion: the media entries go along, whole on every tp and cp rank (charged at
+            # every boundary; the runtime stops after the last stage that reads them)
+            p2p_bytes = p2p_bytes + (col["mb"] * self.p.media_entries * self.p.hidden * self.p.act_bytes)[:, 0]
             across = (tp * cp * dp)[:, 0] >= hw.node_size
             sends = (pp - 1) if self.p.stack.pp_p2p_overlap else (mm + pp - 1)
             p2p = 2 * hw.p2p(p2p_bytes, across) * sends

@@ -105,7 +105,16 @@ def build_profile(exp: Experiment, g: Graph, hw: Hardware, fp8: bool,
     return CostProfile(g, hw, hidden=bb.hidden, heads=bb.heads, kv_heads=bb.n_kv_heads, head_dim=bb.d_head,
                        top_k=moe.top_k if moe else 0, experts=moe.experts if moe else 1, fp8=fp8,
                        fp8_recipe=exp.precision.fp8.recipe, causal=exp.fusion.attention_mask == "causal",
-                       norm=bb.norm, kernel_costs=kernel_costs, stack=exp.stack.resolved())
+                       norm=bb.norm, kernel_costs=kernel_costs, stack=exp.stack.resolved(),
+                       media_entries=media_entries(exp))
+
+
+def media_entries(exp: Experiment) -> int:
+    """Late fusion: the media entries [M] per sequence that cross-attention reads (each media
+    modality's tokens, or its resampler's queries); 0 otherwise. Pipeline stages send them on."""
+    from vlac.runtime.batch import is_media, resampler_queries
+
+    return sum(resampler_queries(exp, n) or m.tokens for n, m in exp.modalities.items() if is_media(exp, n))
 
 
 def plan(exp: Experiment, cluster: Cluster | None = None, pin: dict[str, Any] | None = None,

@@ -101,8 +101,9 @@ class CostProfile:
     def __init__(self, graph: Graph, hw: Hardware, *, hidden: int, heads: int, kv_heads: int, head_dim: int,
                  top_k: int, experts: int, fp8: bool, fp8_recipe: str = "delayed", causal: bool = False,
                  norm: str = "rmsnorm", kernel_costs: KernelCosts | None = None,
-                 stack: ResolvedStack | None = None):
+                 stack: ResolvedStack | None = None, media_entries: int = 0):
         self.g, self.hw = graph, hw
+        self.media_entries = media_entries  # late fusion's media entries per sequence (sent between stages)
         # the software stack (spec.stack; default: what vlac's emitted program runs)
         self.stack = stack or STACKS["vlac"]
         # vlac's runtime gathers a MoE layer's input over cp and tp (exact capacity); the other

@@ -33,7 +33,8 @@ from typing import Any
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 import torch.nn as nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
+                                                     set_model_state_dict, set_state_dict)
 from torch.optim import Optimizer
 
 PREFIX = "step_"
@@ -128,7 +129,7 @@ class Checkpointer:
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
         _barrier()
-        model_sd, optim_sd = get_state_dict(model, optimizer, options=OPTIONS)
+        model_sd, optim_sd = _get_states(model, optimizer)
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(partial))
         _barrier()
         if self.is_main:
@@ -143,7 +144,7 @@ class Checkpointer:
 
     def load(self, path: Path, model: nn.Module, optimizer: Optimizer) -> dict[str, Any]:
         verify_manifest(path)
-        model_sd, optim_sd = get_state_dict(model, optimizer, options=OPTIONS)
+        model_sd, optim_sd = _get_states(model, optimizer)
         state = {"model": model_sd, "optim": optim_sd}
         aliases = _tied_aliases(state, path)
         for part, key, saved in aliases:
@@ -151,9 +152,23 @@ class Checkpointer:
         dcp.load(state, checkpoint_id=str(path))
         for part, key, saved in aliases:
             state[part][key] = state[part].pop(saved)
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
-                       options=OPTIONS)
+        if _updates_nothing(optimizer):
+            set_model_state_dict(model, state["model"], options=OPTIONS)
+        else:
+            set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                           options=OPTIONS)
         return json.loads((path / EXTRA).read_text())
+
+
+def _updates_nothing(optimizer: Optimizer) -> bool:
+    """A pipeline rank holding only frozen stages has an optimiser without parameters (optim.py)."""
+    return not any(group["params"] for group in optimizer.param_groups)
+
+
+def _get_states(model: nn.Module, optimizer: Optimizer) -> tuple[dict, dict]:
+    if _updates_nothing(optimizer):  # torch's get_state_dict refuses an empty optimiser state
+        return get_model_state_dict(model, options=OPTIONS), {}
+    return get_state_dict(model, optimizer, options=OPTIONS)
 
 
 def _tied_aliases(state: dict[str, dict[str, Any]], path: Path) -> list[tuple[str, str, str]]:

@@ -156,26 +156,44 @@ class VLAModel(nn.Module):
             return proj(feats, present)
         return proj(feats)
 
-    def encode_media(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Late fusion: every media modality to [B, M_m, d] entries, concatenated."""
-        parts, masks, pooled = [], [], {}
+    def media_masks(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Late fusion: which entries [B, M_m] of each media modality are present (a resampler's
+        queries all are when its input is), from the batch alone."""
+        masks = {}
         for name in self.media_names:
             present = batch[f"{name}.present"]
+            queries = resampler_queries(self.exp, name)
+            if queries:  # from the spec, not the module: pipeline stages without the projectors ask too
+                present = present[:, :1].expand(-1, queries)
+            masks[name] = present
+        return masks
+
+    def pool_media(self, media: torch.Tensor, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each media modality's mean over its present entries of `media` [B, M, d] ([B, d] each)."""
+        pooled, at = {}, 0
+        for name, present in masks.items():
+            h = media[:, at:at + present.size(1)]
+            w = present.to(h.dtype).unsqueeze(-1)
+            pooled[name] = (h * w).sum(1) / w.sum(1).clamp_min(1.0)
+            at += present.size(1)
+        return pooled
+
+    def encode_media(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Late fusion: every media modality to [B, M_m, d] entries, concatenated."""
+        parts = []
+        masks = self.media_masks(batch)
+        for name in self.media_names:
             if name in self.projectors:
                 h = self._project(name, batch)
-                if isinstance(self.projectors[name], Resampler):
-                    present = present[:, :1].expand(-1, h.size(1))
             else:
                 h = self.embed(batch[f"{name}.tokens"])
                 if name in self.video:
                     enc = self.video[name]
                     pose = batch[f"{name}.pose"]
                     h = enc(h, pose) if isinstance(enc, SpatioTemporalEncoder) else h + enc(pose)
-            w = present.to(h.dtype).unsqueeze(-1)
-            pooled[name] = (h * w).sum(1) / w.sum(1).clamp_min(1.0)
             parts.append(h)
-            masks.append(present)
-        return torch.cat(parts, 1), torch.cat(masks, 1), pooled
+        media = torch.cat(parts, 1)
+        return media, torch.cat(list(masks.values()), 1), self.pool_media(media, masks)
 
     def token_positions(self, batch: dict[str, torch.Tensor], start: int = 0) -> torch.Tensor | None:
         """Positions [B, S] of packed rows, restarting at 0 where each document begins, so a

@@ -13,6 +13,12 @@ from vlac.spec import Experiment
 from .freeze import frozen_fields
 
 
+def check_trainable(model: nn.Module, exp: Experiment) -> None:
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(f"nothing to train: {', '.join(frozen_fields(exp))} freeze every parameter of the model; "
+                         f"set one of them to false (or add a trainable component, e.g. a projector)")
+
+
 def build_optimizer(model: nn.Module, exp: Experiment) -> torch.optim.Optimizer:
     """AdamW with weight decay on matrices only (norm gains, biases and the router bias stay
     undecayed, as in GPT-2/Megatron). Frozen parameters (`freeze: true`, runtime/freeze.py) are
@@ -24,8 +30,11 @@ def build_optimizer(model: nn.Module, exp: Experiment) -> torch.optim.Optimizer:
         if p.requires_grad:
             groups.setdefault((p.dim() >= 2, isinstance(p, DTensor)), []).append(p)
     if not groups:
-        raise ValueError(f"nothing to train: {', '.join(frozen_fields(exp))} freeze every parameter of the model; "
-                         f"set one of them to false (or add a trainable component, e.g. a projector)")
+        if not getattr(model, "pipeline_part", False):
+            check_trainable(model, exp)
+        # a pipeline rank whose stages hold only frozen parameters (e.g. blocks of Flamingo's frozen
+        # language model; build_pipeline checked the whole model): an update of nothing
+        groups[(True, False)] = []
     param_groups = [{"params": params, "weight_decay": o.weight_decay if decay else 0.0}
                     for (decay, _), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))]
     if o.name == "sgd":

@@ -23,8 +23,12 @@ hidden state. Schedules: pipeline_schedules.py. Under context parallelism each s
 blocks on this cp rank's tokens: the stages after the first enter the sequence layout the first
 stage cut (context_parallel.py), and the hidden state sent between stages is that rank's share.
 
-Not pipelined here (refused with a message): late fusion (cross-attention layers read media on
-every stage).
+Late fusion: the first stage encodes the media (its encoders and projectors are input side)
+and sends the media entries [B, M, d] along with the hidden state to every later stage that
+reads them (a stage with cross-attention layers, or the last one when the contrastive loss pools
+them) or passes them on; each cross-attention layer lives on the stage of the block it precedes.
+The media's gradient comes back the same way, summed over the stages that read it, into the
+encoders. The media masks are rebuilt from the micro-batch on each stage.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import torch.nn as nn
 
 from vlac.spec import Experiment
 
+from ..optim import check_trainable
 from .mesh import Mesh
 from .pipeline_loss import PipelineLoss
 from .pipeline_schedules import check_schedule, make_schedule
@@ -58,9 +63,7 @@ class SparseLayers(nn.ModuleDict):
 
 def check_pipelinable(exp: Experiment, model: nn.Module) -> None:
     problems = []
-    if exp.fusion.mode == "late":
-        problems.append("fusion.mode: late (cross-attention layers read the media on every stage)")
-    known = set(INPUT_SIDE + OUTPUT_SIDE + tuple(SPLIT) + ("layers",))
+    known = set(INPUT_SIDE + OUTPUT_SIDE + tuple(SPLIT) + ("layers", "cross_layers"))
     unknown = sorted(n for n, m in model.named_children() if n not in known and any(True for _ in m.parameters()))
     if unknown or model._parameters:
         problems.append(f"model parts {unknown or list(model._parameters)} (this runtime places {', '.join(INPUT_SIDE)} "
@@ -86,6 +89,8 @@ def model_view(model: nn.Module, layer_ids: list[int], first: bool, last: bool) 
         keep = (name not in INPUT_SIDE or first) and (name not in OUTPUT_SIDE or last)
         if name == "layers":
             child = SparseLayers({str(i): model.layers[i] for i in layer_ids})
+        elif name == "cross_layers":  # each before its block, on that block's stage
+            child = nn.ModuleDict({str(i): child[str(i)] for i in layer_ids if str(i) in child})
         elif name in SPLIT:
             front, back = SPLIT[name]
             child = _part_of(child, (front if first else ()) + (back if last else ()))
@@ -123,34 +128,58 @@ class _AttachAux(torch.autograd.Function):
         return grad, torch.full(shape, ctx.weight, dtype=dtype, device=device), None
 
 
+class _PassOn(torch.autograd.Function):
+    """Returns `t` as a new output (its gradient passes straight back), so a stage can send on an
+    input it received; not `t` itself, for the reason _AttachAux gives."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        return t.detach()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad
+
+
 class StageModule(nn.Module):
     """What a PipelineStage runs: hidden state (or nothing, on the first stage) and the
     micro-batch fields in; hidden state out, or (logits, hidden) from the last stage. Keeps the
-    MoE diagnostics of each call in `records`."""
+    MoE diagnostics of each call in `records`. Late fusion: `reads_media` (cross-attention layers
+    here, or the last stage's pooled media), `sends_media` (a later stage reads them): the media
+    entries come in after the hidden state and go out after it."""
 
     def __init__(self, view: nn.Module, first: bool, last: bool, moe_rows: list[int],
-                 forward_context: Callable[[], ContextManager]):
+                 forward_context: Callable[[], ContextManager], reads_media: bool = False,
+                 sends_media: bool = False):
         super().__init__()
         self.view = view
         self.first, self.last = first, last
+        self.reads_media, self.sends_media = reads_media, sends_media
         self.moe_rows = moe_rows
         self.forward_context = forward_context
         self.aux_weight = 1.0
         self.records: list[dict[str, torch.Tensor]] = []
 
-    def forward(self, hidden: torch.Tensor | None = None, **batch: torch.Tensor):
+    def forward(self, hidden: torch.Tensor | None = None, media: torch.Tensor | None = None, **batch: torch.Tensor):
         m = self.view
         shard = getattr(m, "context_shard", None)
         if shard is not None and not self.first:  # the hidden state is this cp rank's tokens already
             shard.enter(batch["tokens"].size(1), hidden.device)
         with self.forward_context():
             x = m.embed_inputs(batch) if self.first else hidden
+            media_mask = None
+            if self.first and (self.reads_media or self.sends_media):
+                media, media_mask, _ = m.encode_media(batch)
+            elif self.reads_media:
+                media_mask = torch.cat(list(m.media_masks(batch).values()), 1)
             mask = m.attention_mask(batch)
             positions = m.token_positions(batch)  # packed rows: per document, rebuilt per stage as the mask is
             stream = m.second_stream[batch["modality"]] if getattr(m, "dual", False) else None
             aux = x.new_zeros((), dtype=torch.float32)
             loads, drops, entropy = [], [], []
-            for block in m.layers:
+            for key, block in m.layers.items():
+                if self.reads_media and key in m.cross_layers:
+                    x = m.cross_layers[key](x, media, media_mask)
                 x, a, load, dropped = block(x, mask, stream, positions)
                 if a is not None:
                     aux = aux + a
@@ -163,11 +192,24 @@ class StageModule(nn.Module):
         if loads:
             self.records.append({"aux_loss": aux.detach(), "expert_load": torch.stack(loads).detach(),
                                  "dropped_fraction": torch.stack(drops).detach(), "router_entropy": torch.stack(entropy)})
-        if not aux.requires_grad:
-            return x
-        if self.last:
-            return _AttachAux.apply(x[0], aux, self.aux_weight), x[1]
-        return _AttachAux.apply(x, aux, self.aux_weight)
+        if aux.requires_grad:
+            x = (_AttachAux.apply(x[0], aux, self.aux_weight), x[1]) if self.last else _AttachAux.apply(x, aux, self.aux_weight)
+        if self.last and self.reads_media:  # the loss pools them (pipeline_loss.py)
+            return (*x, media)
+        if self.sends_media:
+            return x, (_PassOn.apply(media) if media.requires_grad else media)
+        return x
+
+
+def media_readers(exp: Experiment, model: nn.Module, per_stage: list[list[int]]) -> list[bool]:
+    """Late fusion: whether each stage reads the media entries (holds a cross-attention layer, or
+    is the last stage and the contrastive loss pools them)."""
+    cross = getattr(model, "cross_layers", None)
+    if cross is None:
+        return [False] * len(per_stage)
+    reads = [any(str(i) in cross for i in ids) for ids in per_stage]
+    reads[-1] = reads[-1] or bool(exp.losses.contrastive)
+    return reads
 
 
 def stage_ids(pp_rank: int, pp: int, virtual: int) -> list[int]:
@@ -237,6 +279,7 @@ def build_pipeline(exp: Experiment, model: nn.Module, plan: dict, mesh: Mesh, mo
     from torch.distributed.pipelining import PipelineStage
 
     check_pipelinable(exp, model)
+    check_trainable(model, exp)  # a rank may hold only frozen stages; the whole model may not
     p = plan["plan"]
     pp, v = p["pp"], p["virtual_stages"]
     check_schedule(p["schedule"], pp, v, p["num_microbatches"], p["dp"], p["zero"])  # before any collective
@@ -244,6 +287,7 @@ def build_pipeline(exp: Experiment, model: nn.Module, plan: dict, mesh: Mesh, mo
     n_stages = pp * v
     per_stage = split_layers(p["stage_split"], len(model.layers), n_stages)
     mine = stage_ids(mesh.pp_rank, pp, v)
+    reads = media_readers(exp, model, per_stage)
     first_view = last_view = None
     stages, modules, held = [], [], []
     for s in mine:
@@ -252,7 +296,7 @@ def build_pipeline(exp: Experiment, model: nn.Module, plan: dict, mesh: Mesh, mo
         first_view = view if first else first_view
         last_view = view if last else last_view
         rows = [moe_rows_of[i] for i in per_stage[s] if i in moe_rows_of]
-        module = StageModule(view, first, last, rows, forward_context)
+        module = StageModule(view, first, last, rows, forward_context, reads[s], any(reads[s + 1:]))
         shard(module, [model.layers[i] for i in per_stage[s]])
         modules.append(module)
         held += per_stage[s]
@@ -261,5 +305,6 @@ def build_pipeline(exp: Experiment, model: nn.Module, plan: dict, mesh: Mesh, mo
     schedule = make_schedule(p["schedule"], stages, pp, p["num_microbatches"], loss, p["dp"], p["zero"])
     tied = TiedEmbeddings(mesh, first_view, last_view) if tied else None
     holder = model_view(model, sorted(held), first=0 in mine, last=n_stages - 1 in mine)
+    holder.pipeline_part = True  # build_optimizer: this rank's stages may hold no trainable parameter
     runner = PipelineRunner(exp, schedule, modules, loss, p["dp"], len(moe_rows_of), n_experts, device, tied)
     return runner, holder

@@ -81,10 +81,14 @@ class PipelineLoss:
         return [{**batch, **corrupted_inputs(self.objective, batch)} for batch in batches]
 
     def __call__(self, outputs, target: torch.Tensor) -> torch.Tensor:
-        logits, hidden = outputs
+        logits, hidden, *media = outputs  # late fusion: the media entries, pooled here as one process pools them
         i = int(target[0])
         self.given.outputs = {"logits": logits, "hidden": hidden,
                               "aux_loss": logits.new_zeros((), dtype=torch.float32)}
+        if media:
+            view = self.given.view
+            pooled = view.pool_media(media[0], view.media_masks(self.batches[i]))
+            self.given.outputs.update({f"pooled.{n}": p for n, p in pooled.items()})
         out = self.objective(self.batches[i])
         self.given.outputs = {}
         self.records.append({k: v.detach() for k, v in out.items()})

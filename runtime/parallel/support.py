@@ -72,8 +72,6 @@ LIMITS: tuple[Limit, ...] = (
           "rounds (max(1, m // pp), torch's ScheduleInterleavedZeroBubble)", "--pin microbatch_size=... (another m)",
           _always, lambda c: (c["pp"] > 1) & (c["schedule"] == "zero_bubble")
           & (c["m"] % np.maximum(1, c["m"] // c["pp"]) != 0)),
-    Limit("pipeline_late_fusion", "pipeline parallelism with late fusion (cross-attention reads media on every "
-          "stage)", "--pin pp=1", lambda e: e.fusion.mode == "late", lambda c: c["pp"] > 1),
     Limit("tied_embeddings_tensor_pipeline", "backbone.tied_embeddings with tensor and pipeline parallelism together "
           "(the stages' tied-weight gradient exchange does not match the vocabulary-sharded copies)",
           "--pin tp=1 or --pin pp=1", lambda e: e.backbone.tied_embeddings, lambda c: (c["tp"] > 1) & (c["pp"] > 1)),

@@ -37,7 +37,11 @@ TIED = ["--set", "backbone.tied_embeddings=true"]
     # counter-based (vlac.runtime.noise), so the first stage's corruption is the last stage's
     (EXAMPLES / "show_o.yaml", "pp2,dp2xpp2", []),
     (EXAMPLES / "transfusion.yaml", "pp2,fsdp2xpp2", []),
-], ids=["zero-bubble", "tied-embeddings", "masked-tokens", "flow-matching"])
+    # late fusion: the media entries travel with the hidden state; CoCa's last stage pools them for
+    # the contrastive loss; Flamingo's 4 stages leave rank 1 only frozen blocks (an empty update)
+    (EXAMPLES / "coca.yaml", "tp2xpp2", ["--profile", "tiny"]),
+    (EXAMPLES / "flamingo.yaml", "pp2+v2", ["--profile", "tiny"]),
+], ids=["zero-bubble", "tied-embeddings", "masked-tokens", "flow-matching", "late-contrastive", "late-frozen-rank"])
 def test_pipeline_layouts_reproduce_the_single_process_run(spec, layouts, sets, monkeypatch):
     verify(spec, layouts, 5 if spec == TINY else 3, sets, monkeypatch)
 

@@ -63,12 +63,13 @@ def test_running_the_stages_in_turn_gives_the_models_outputs(setup):
     torch.testing.assert_close(aux, ref["aux_loss"])
 
 
-def test_unsupported_models_are_refused_with_the_spec_field(setup):
+def test_unsupported_models_are_refused_with_the_model_part(setup):
     exp, model, _ = setup
-    late = vlac.load(TINY, ["fusion.mode=late"])
-    with pytest.raises(ValueError, match=r"fusion.mode: late.*--pin pp=1"):
-        check_pipelinable(late, build_model(late, "meta"))
+    odd = build_model(exp, "meta")
+    odd.extra = torch.nn.Linear(2, 2, device="meta")  # a part no stage is known to hold
+    with pytest.raises(ValueError, match=r"model parts \['extra'\].*--pin pp=1"):
+        check_pipelinable(exp, odd)
     check_pipelinable(exp, model)
-    for sets in (["backbone.tied_embeddings=true"], ["losses.masked.modality=image"]):
+    for sets in (["backbone.tied_embeddings=true"], ["losses.masked.modality=image"], ["fusion.mode=late"]):
         ok = vlac.load(TINY, sets)  # pipelined since (test_pipeline_extras.py)
         check_pipelinable(ok, build_model(ok, "meta"))
