@@ -89,8 +89,8 @@ GPU_LINKS: dict[str, dict[str, Any]] = {
 
 
 class Network(SpecModel):
-    fabric: Literal["ib-ndr", "ib-hdr", "roce-400", "roce-200"] = Field("ib-ndr", description="inter-node fabric; fills nic_bandwidth unless that is written (ib-ndr/roce-400: 400 Gb/s per NIC, ib-hdr/roce-200: 200 Gb/s)")
-    gpu_link: Literal["nvlink4", "nvlink4-h800", "nvlink3", "pcie5", "pcie4"] = Field("nvlink4", description="link between GPUs inside a node; fills gpu.nvlink_bandwidth and nvlink_allreduce_busbw unless those are written")
+    fabric: Literal[tuple(FABRICS)] = Field("ib-ndr", description="inter-node fabric; fills nic_bandwidth unless that is written (ib-ndr/roce-400: 400 Gb/s per NIC, ib-hdr/roce-200: 200 Gb/s)")
+    gpu_link: Literal[tuple(GPU_LINKS)] = Field("nvlink4", description="link between GPUs inside a node; fills gpu.nvlink_bandwidth and nvlink_allreduce_busbw unless those are written")
     nics_per_node: int = Field(8, ge=0, description="InfiniBand NICs per node")
     nic_bandwidth: Bandwidth = Field(description='line rate of one NIC, e.g. "400Gb/s"')
     nic_efficiency: float = Field(0.95, gt=0, le=1, description="achievable fraction of NIC line rate (NDR: ~46-49 of 50 GB/s)")

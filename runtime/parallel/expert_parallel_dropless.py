@@ -28,10 +28,10 @@ from functools import partial
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.distributed.tensor import DTensor
 
 from .. import kernels
 from ..moe import PERMUTE_ALIGN, _grouped_mm
+from .grads import local_tensor
 
 
 class _UnevenAllToAll(torch.autograd.Function):
@@ -77,16 +77,12 @@ def grouped_rows(recv: torch.Tensor, align: int) -> tuple[torch.Tensor, torch.Te
     return dest, starts[1:].to(torch.int32)
 
 
-def _local(w: torch.Tensor | None) -> torch.Tensor | None:
-    return w.to_local() if isinstance(w, DTensor) else w
-
-
 def ep_dropless_experts(h: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor, w1: torch.Tensor,
                         w3: torch.Tensor | None, w2: torch.Tensor, dropout: float, training: bool,
                         fp8=None, *, ep: int, group: dist.ProcessGroup) -> torch.Tensor:
     """`vlac.runtime.moe.dropless_experts` with the experts sharded over the `ep` ranks of `group`
     (w1/w3/w2: this rank's E/ep experts, as DTensors or local tensors)."""
-    w1, w3, w2 = _local(w1), _local(w3), _local(w2)
+    w1, w3, w2 = local_tensor(w1), local_tensor(w3), local_tensor(w2)
     n_local = w1.size(0)
     n_experts = n_local * ep
     # this rank's copies sorted by expert, i.e. by owner rank (no padding: the groups travel as is)

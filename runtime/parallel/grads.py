@@ -23,7 +23,7 @@ def grad_norm(params: list[torch.nn.Parameter], pp_group: dist.ProcessGroup | No
             continue
         key = (g.device_mesh, g.placements) if isinstance(g, DTensor) else "plain"
         groups.setdefault(key, []).append(g)
-    device = _local(params[0]).device if params else torch.device("cpu")
+    device = local_tensor(params[0]).device if params else torch.device("cpu")
     total = torch.zeros((), dtype=torch.float64, device=device)
     for grads in groups.values():
         n = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
@@ -46,5 +46,6 @@ def clip_(params: list[torch.nn.Parameter], max_norm: float, norm: float) -> Non
             p.grad.mul_(coef)
 
 
-def _local(p: torch.Tensor) -> torch.Tensor:
+def local_tensor(p: torch.Tensor | None) -> torch.Tensor | None:
+    """This rank's shard of a DTensor; any other tensor (or None) as it is."""
     return p.to_local() if isinstance(p, DTensor) else p
