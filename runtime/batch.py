@@ -9,7 +9,9 @@ training-time corruption (masking, flow noise) is derived (vlac.runtime.noise).
 Per modality m (n = its tokens, P = positions it occupies in the sequence):
 - continuous in the sequence: `m.features` [B, n, input_dim], `m.index` [B, P] sequence
   positions, `m.present` [B, P] (1 where the sample has the signal). P = resampler queries
-  when the projector is a resampler, else n;
+  when the projector is a resampler, else n. With a vision tower (`encoder`), `m.pixels`
+  [B, channels, size, size] (normalised as the tower's image processor does) replaces
+  `m.features`;
 - video in the sequence with pose/time embeddings or an encoder: `m.index`, `m.present` [B, n],
   `m.pose` [B, cameras, 12];
 - context modalities of late fusion (`Experiment.context_modalities()`): discrete ones as `m.tokens`
@@ -60,13 +62,30 @@ def needs_video_inputs(exp: Experiment, name: str) -> bool:
     return m.encoder is not None or m.pose_embedding.kind != "none" or m.time_embedding.kind != "none"
 
 
+def continuous_input(exp: Experiment, name: str) -> str:
+    """The batch key continuous modality `name` arrives under: `m.pixels` when a vision tower
+    computes its features in the run (`encoder`), else `m.features`."""
+    return f"{name}.pixels" if exp.modalities[name].encoder is not None else f"{name}.features"
+
+
+def tower_modalities(exp: Experiment) -> list[str]:
+    """The continuous modalities whose features a pretrained vision tower computes, in spec order."""
+    return [n for n, m in exp.modalities.items() if m.kind == "continuous" and m.encoder is not None]
+
+
+def pixel_shape(exp: Experiment, name: str) -> tuple[int, int, int]:
+    """[channels, size, size] of the images the vision tower of modality `name` reads."""
+    cfg, _ = exp.modalities[name].encoder.tower(f"modalities.{name}.encoder.hf")
+    return cfg.get("num_channels", 3), cfg["image_size"], cfg["image_size"]
+
+
 def batch_keys(exp: Experiment) -> list[str]:
     keys = list(BASE_KEYS)
     flow = exp.losses.flow_matching.modality if exp.losses.flow_matching else None
     for name, m in exp.modalities.items():
         media = is_media(exp, name)
         if m.kind == "continuous":
-            keys += [f"{name}.features", f"{name}.present"] + ([] if media else [f"{name}.index"])
+            keys += [continuous_input(exp, name), f"{name}.present"] + ([] if media else [f"{name}.index"])
         elif media:
             keys += [f"{name}.tokens", f"{name}.present"]
         elif needs_video_inputs(exp, name):
@@ -100,6 +119,8 @@ def example_batch(exp: Experiment, micro_batch: int, seq_len: int | None = None,
         n = m.tokens
         if field == "features":
             batch[key] = torch.zeros(b, n, m.input_dim, **flt)
+        elif field == "pixels":
+            batch[key] = torch.zeros(b, *pixel_shape(exp, name), **flt)
         elif field in ("index", "present"):
             p = n if is_media(exp, name) else sequence_positions(exp, name)
             batch[key] = torch.zeros(b, p, **long) if field == "index" else torch.ones(b, p, **flt)

@@ -10,7 +10,8 @@ of the single-process equivalence checks.
 Where the content comes from is the component's `generator` (vlac.runtime.datasets); the
 tokenizers of vlac.runtime.tokenizers turn it into tokens: text by byte or BPE, images by a VQ
 tokenizer fitted (once per process, deterministically) on the mixture's images, actions by
-binning, images for `vit_features` modalities by a frozen random patch encoder.
+binning, images for `vit_features` modalities by a frozen random patch encoder, or as normalised
+pixels when a pretrained vision tower computes the features in the run (`encoder`).
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ import torch
 
 from vlac.spec import Experiment
 
-from .batch import POSE_DIM, batch_keys, example_batch, is_media, needs_video_inputs, sequence_positions
+from .batch import (POSE_DIM, batch_keys, continuous_input, example_batch, is_media, needs_video_inputs,
+                    sequence_positions)
 from .datasets import Episode, make_generator
 from .features import image_codes, patch_features
+from .hf.pixels import tower_pixels
 from .tokenizers import ActionTokenizer, text_tokenizer
 
 IGNORE = -100
@@ -97,7 +100,7 @@ class SyntheticData:
             if m.kind == "continuous":
                 n = sequence_positions(self.exp, name)
                 start = len(toks)
-                extras[f"{name}.features"] = self._continuous(m, ep, rng)
+                extras[continuous_input(self.exp, name)] = self._continuous(name, m, ep, rng)
                 extras[f"{name}.index"] = np.arange(start, start + n)
                 span_id += 1
                 toks += [L.special("<pad>")] * n
@@ -169,7 +172,11 @@ class SyntheticData:
             return image_codes(self.exp, name, self.generators, ep.image).tolist()
         return _label_codes(ep.label, m.tokens, size, rng)
 
-    def _continuous(self, m, ep: Episode, rng) -> np.ndarray:
+    def _continuous(self, name, m, ep: Episode, rng) -> np.ndarray:
+        if m.encoder is not None:  # pixels for the vision tower ([channels, size, size], normalised)
+            if ep.image is not None:
+                return tower_pixels(ep.image, m.encoder.hf)
+            return rng.normal(ep.label / 10.0, NOISE, size=self.shapes[f"{name}.pixels"][0]).astype(np.float32)
         if m.signal == "vit_features" and ep.image is not None:
             return patch_features(ep.image, m.tokens, m.input_dim)
         if m.signal == "proprio" and ep.state is not None:
@@ -187,7 +194,7 @@ class SyntheticData:
 
     def _media(self, name, m, ep: Episode, rng, extras) -> None:
         if m.kind == "continuous":
-            extras[f"{name}.features"] = self._continuous(m, ep, rng)
+            extras[continuous_input(self.exp, name)] = self._continuous(name, m, ep, rng)
         else:
             extras[f"{name}.tokens"] = self.layout.range_of(name).offset + np.array(self._discrete(name, m, ep, rng))
             if m.kind == "video":

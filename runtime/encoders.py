@@ -34,6 +34,28 @@ class Projector(nn.Module):
         return self.net(x)
 
 
+class TowerProjector(nn.Module):
+    """Pixels -> a pretrained vision tower's hidden states at `layer` -> the projector (LLaVA: CLIP's
+    penultimate layer without the class token through a 2-layer MLP). The tower keeps all its
+    weights, so a run exports it whole, but parameters its features never reach (layers past
+    `layer`, the pooled output's norm and head) have requires_grad off: they get no gradient
+    anyway, and the optimiser, the data-parallel reducers and the compiler then skip them.
+    `forward(pixels, *rest)`: `rest` goes to the projector (a resampler's presence mask)."""
+
+    def __init__(self, tower: nn.Module, projector: nn.Module, layer: int, drop_class_token: bool):
+        super().__init__()
+        self.tower, self.projector = tower, projector
+        self.layer, self.drop_class_token = layer % len(tower.layers), drop_class_token
+        unused = [*tower.layers[self.layer + 1:], tower.head, tower.post_norm if tower.family == "clip" or
+                  self.layer < len(tower.layers) - 1 else None]
+        for module in unused:
+            if module is not None:
+                module.requires_grad_(False)
+
+    def forward(self, pixels: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.tower.features(pixels, self.layer, self.drop_class_token), *rest)
+
+
 class FourierFeatures(nn.Module):
     """x [..., n] -> [x, sin(2^j pi x), cos(2^j pi x)] for j < num_frequencies (NeRF-style)."""
 

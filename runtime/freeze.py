@@ -10,6 +10,7 @@ Components and the spec field that freezes each:
 
   backbone.freeze (or late fusion's fusion.freeze_lm)   embedding, positions, blocks, final norm, head
   modalities.<continuous>.freeze                         that modality's projector or resampler
+  modalities.<continuous>.encoder.freeze                 its pretrained vision tower (default true, as LLaVA)
   modalities.<video>.freeze                              its spatio-temporal encoder, pose/time embeddings
 
 Freezing happens when the model is built, before parallelisation, so every layout (plan dicts
@@ -22,12 +23,16 @@ import torch.nn as nn
 
 from vlac.spec import Experiment
 
+from .encoders import TowerProjector
+
 
 def frozen_fields(exp: Experiment) -> list[str]:
     """The spec fields that freeze a component, in spec order."""
     fields = ["backbone.freeze"] if exp.backbone.freeze else []
     fields += ["fusion.freeze_lm"] if exp.fusion.mode == "late" and exp.fusion.freeze_lm else []
-    return fields + [f"modalities.{n}.freeze" for n, m in exp.modalities.items() if getattr(m, "freeze", False)]
+    fields += [f"modalities.{n}.freeze" for n, m in exp.modalities.items() if getattr(m, "freeze", False)]
+    return fields + [f"modalities.{n}.encoder.freeze" for n, m in exp.modalities.items()
+                     if m.kind == "continuous" and m.encoder is not None and m.encoder.freeze]
 
 
 def frozen_components(model: nn.Module, exp: Experiment) -> dict[str, list[nn.Module]]:
@@ -36,7 +41,10 @@ def frozen_components(model: nn.Module, exp: Experiment) -> dict[str, list[nn.Mo
     for field in frozen_fields(exp):
         if field.startswith("modalities."):
             name = field.split(".")[1]
-            parts[field] = [group[name] for group in (model.projectors, model.video) if name in group]
+            found = [group[name] for group in (model.projectors, model.video) if name in group]
+            if found and isinstance(found[0], TowerProjector):  # the tower and the projector freeze apart
+                found = [found[0].tower if field.endswith(".encoder.freeze") else found[0].projector]
+            parts[field] = found
         else:  # the language model
             parts[field] = [m for m in (model.embed, model.pos_embed, model.layers, model.norm, model.head) if m is not None]
     return parts

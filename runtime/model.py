@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from vlac.spec import Experiment
 
-from .batch import is_media, needs_video_inputs, resampler_queries
-from .encoders import Projector, SpatioTemporalEncoder, VisualPositionEmbedding
+from .batch import continuous_input, is_media, needs_video_inputs, resampler_queries
+from .encoders import Projector, SpatioTemporalEncoder, TowerProjector, VisualPositionEmbedding
 from .freeze import freeze
 from .fusion import GatedCrossAttentionLayer, Resampler, StreamWeights, select_stream
 from .heads import ContrastiveHead, FlowHead
@@ -150,9 +150,9 @@ class VLAModel(nn.Module):
 
     def _project(self, name: str, batch) -> torch.Tensor:
         proj = self.projectors[name]
-        feats = batch[f"{name}.features"]
-        if isinstance(proj, Resampler):
-            present = batch[f"{name}.present"][:, :1].expand(-1, feats.size(1))
+        feats = batch[continuous_input(self.exp, name)]  # features, or pixels for a vision tower
+        if resampler_queries(self.exp, name):
+            present = batch[f"{name}.present"][:, :1].expand(-1, self.exp.modalities[name].tokens)
             return proj(feats, present)
         return proj(feats)
 
@@ -261,9 +261,13 @@ class VLAModel(nn.Module):
 def _continuous_projector(exp: Experiment, name: str) -> nn.Module:
     m, bb = exp.modalities[name], exp.backbone
     queries = resampler_queries(exp, name)
-    if queries:
-        return Resampler(bb, m.input_dim, queries, m.resampler_layers)
-    return Projector(m.input_dim, bb.hidden, m.projector, m.projector_hidden)
+    proj = Resampler(bb, m.input_dim, queries, m.resampler_layers) if queries else \
+        Projector(m.input_dim, bb.hidden, m.projector, m.projector_hidden)
+    if m.encoder is None:
+        return proj
+    from .hf.vision import VisionTower  # a pretrained CLIP/SigLIP tower in front (weights: hf/tower_load.py)
+    return TowerProjector(VisionTower(*m.encoder.tower(f"modalities.{name}.encoder.hf")), proj, m.encoder.layer,
+                          m.encoder.drop_class_token)
 
 
 def _add_at(x: torch.Tensor, values: torch.Tensor, index: torch.Tensor, present: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch
 
 from vlac.spec import Experiment
 
+from .batch import tower_modalities
 from .checkpoint import Checkpointer
 from .data import SyntheticData, loss_tokens, make_data
 from .diagnostics import moe_metrics
@@ -99,6 +100,9 @@ class Trainer:
         elif self.exp.backbone.init is not None:  # a fresh run starts from the pretrained backbone
             from .hf.load import load_pretrained
             self.metrics.event({"event": "pretrained", **load_pretrained(self.model.model, self.exp)})
+        if latest is None and tower_modalities(self.exp):  # and from its pretrained vision towers
+            from .hf.tower_load import load_vision_towers
+            self.metrics.event({"event": "pretrained_towers", **load_vision_towers(self.model.model, self.exp)})
         return self.step
 
     def save(self) -> Path:

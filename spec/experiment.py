@@ -162,6 +162,10 @@ class Experiment(SpecModel):
             if m.kind != "continuous":
                 errors.append(f"losses.flow_matching.modality: {fm.modality!r} is {m.kind}; flow matching generates "
                               f"continuous patches, so point it at a continuous modality")
+            elif m.encoder is not None:
+                errors.append(f"losses.flow_matching.modality: {fm.modality!r} is read through a vision tower "
+                              f"(modalities.{fm.modality}.encoder); flow matching generates the features themselves, "
+                              f"so remove the encoder or point flow matching at another modality")
             elif m.input_dim != fm.patch_dim:
                 errors.append(f"losses.flow_matching.patch_dim: {fm.patch_dim} differs from {fm.modality}.input_dim "
                               f"{m.input_dim}; set patch_dim: {m.input_dim}")

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from .errors import Issue, SpecError, dotted, from_validation_error, short_repr
 from .experiment import Experiment, cluster_rules
+from .modalities import anchor_encoder_paths
 from .pretrained import anchor_from_hf
 from .system import Cluster
 
@@ -360,7 +361,7 @@ def load(source: str | Path | Mapping[str, Any] | Experiment, overrides: Iterabl
     issue caused by a `--set` override names the override."""
     data, name, applied = _resolve(source, overrides, profile)
     if isinstance(source, (str, Path)):  # backbone.from_hf relative to the spec file, as data paths are
-        data = anchor_from_hf(data, Path(source).parent)
+        data = anchor_encoder_paths(anchor_from_hf(data, Path(source).parent), Path(source).parent)
     try:
         return Experiment.model_validate(data)
     except ValidationError as e:

@@ -7,9 +7,11 @@ straight into the backbone width and own no vocabulary.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
-from typing import Annotated, Literal, Union
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, model_validator
 
@@ -146,6 +148,67 @@ class ActionBins(SpecModel):
         return self.bins
 
 
+# model_type of a CLIP/SigLIP checkpoint (a vision model, or a whole image-text model) -> family
+TOWER_FAMILIES = {"clip_vision_model": "clip", "clip": "clip", "siglip_vision_model": "siglip", "siglip": "siglip"}
+
+
+class VisionEncoder(SpecModel):
+    """A pretrained CLIP/SigLIP vision tower in front of the projector (LLaVA): the batch carries
+    normalised pixels and the tower computes the features the projector reads."""
+
+    hf: str = Field(min_length=1, description="folder of a local CLIP or SigLIP checkpoint (config.json + *.safetensors; a "
+                                              "vision model or a whole CLIP/SigLIP model); see docs/pretrained.md")
+    layer: int = Field(-2, ge=-1024, le=1023, description="encoder layer whose hidden states are the features (-1 the last, "
+                                                         "-2 the penultimate as in LLaVA-1.5; 0 the first)")
+    drop_class_token: bool = Field(True, description="leave CLIP's class token out of the features (LLaVA); SigLIP has none")
+    freeze: bool = Field(True, description="keep the tower's pretrained weights (LLaVA): no gradients, not in the optimiser")
+
+    def tower(self, field: str = "encoder.hf") -> tuple[dict[str, Any], str]:
+        """(the tower's vision config, its family) from the checkpoint's config.json; ValueError
+        naming `field` when the folder is not a CLIP/SigLIP checkpoint."""
+        return tower_config(self.hf, field)
+
+    def tokens(self, cfg: dict[str, Any], family: str) -> int:
+        """Feature vectors per image: one per patch, plus CLIP's class token unless dropped."""
+        return (cfg["image_size"] // cfg["patch_size"]) ** 2 + (family == "clip" and not self.drop_class_token)
+
+
+def anchor_encoder_paths(data: Any, base: str | Path) -> Any:
+    """`data` with each relative `modalities.<m>.encoder.hf` made absolute against `base` (the spec
+    file's folder), as backbone.from_hf and data paths are; other input passes through."""
+    mods = data.get("modalities") if isinstance(data, dict) else None
+    if not isinstance(mods, dict):
+        return data
+    out = dict(mods)
+    for name, m in mods.items():
+        enc = m.get("encoder") if isinstance(m, dict) else None
+        if isinstance(enc, dict) and isinstance(enc.get("hf"), str) and not Path(enc["hf"]).expanduser().is_absolute():
+            out[name] = {**m, "encoder": {**enc, "hf": str(Path(base) / enc["hf"])}}
+    return {**data, "modalities": out}
+
+
+def tower_config(path: str | Path, field: str) -> tuple[dict[str, Any], str]:
+    cfg_file = Path(path).expanduser() / "config.json"
+    if not cfg_file.is_file():
+        raise ValueError(f"{field}: no config.json in {path}; point it at a folder written by transformers' "
+                         f"save_pretrained of a CLIP or SigLIP model")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{field}: {cfg_file} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    family = TOWER_FAMILIES.get(cfg.get("model_type")) if isinstance(cfg, dict) else None
+    if family is None:
+        kind = cfg.get("model_type") if isinstance(cfg, dict) else None
+        raise ValueError(f"{field}: model_type {kind!r} in {cfg_file} is not a vision tower vlac reads; choose a "
+                         f"CLIP or SigLIP checkpoint (model_type one of {', '.join(TOWER_FAMILIES)})")
+    vision = cfg.get("vision_config", cfg)
+    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                           "image_size", "patch_size") if k not in vision]
+    if missing:
+        raise ValueError(f"{field}: {cfg_file} lacks {', '.join(missing)} of its vision config; is the file complete?")
+    return vision, family
+
+
 class ContinuousProjector(SpecModel):
     kind: Literal["continuous"] = Field("continuous", description="modality kind (the tag that selects this tokenizer)")
     signal: Literal["imu", "camera_intrinsics", "camera_extrinsics", "points3d", "vit_features", "proprio"] = Field(
@@ -157,6 +220,37 @@ class ContinuousProjector(SpecModel):
     resampler_queries: int = Field(64, ge=1, le=2**16, description="resampler: learned queries, i.e. sequence positions the signal occupies")
     resampler_layers: int = Field(1, ge=1, le=1024, description="resampler: cross-attention layers")
     freeze: bool = Field(False, description="freeze this modality's projector (or resampler): no gradients, not in the optimiser")
+    encoder: VisionEncoder | None = Field(None, description="vit_features: a pretrained CLIP/SigLIP tower computes the features from "
+                                                            "pixels in the run (null = the batch carries the features)")
+
+    @model_validator(mode="after")
+    def _encoder_fits(self):
+        if self.encoder is None:
+            return self
+        if self.signal != "vit_features":
+            raise ValueError(f"encoder: a vision tower reads images, but signal is {self.signal!r}; "
+                             f"set signal: vit_features or remove encoder")
+        cfg, family = self.encoder.tower()
+        where = f"the tower's config ({Path(self.encoder.hf) / 'config.json'})"
+        layers = cfg["num_hidden_layers"]
+        errors = []
+        if not -layers <= self.encoder.layer < layers:
+            errors.append(f"encoder.layer: {self.encoder.layer} is not a layer of the tower's {layers}; "
+                          f"use one of {-layers}..{layers - 1} (-2, the penultimate, as LLaVA-1.5)")
+        if self.input_dim != cfg["hidden_size"]:
+            errors.append(f"input_dim: {self.input_dim} differs from hidden_size {cfg['hidden_size']} in {where}; "
+                          f"set input_dim: {cfg['hidden_size']}")
+        want = self.encoder.tokens(cfg, family)
+        if self.tokens != want:
+            patches = (cfg["image_size"] // cfg["patch_size"]) ** 2
+            why = f"{patches} patches of {cfg['patch_size']} px in {cfg['image_size']} px images"
+            why += "" if family == "siglip" else (" without the class token" if self.encoder.drop_class_token
+                                                  else " plus the class token")
+            errors.append(f"tokens: {self.tokens} differs from the {want} feature vectors the tower gives ({why}, "
+                          f"{where}); set tokens: {want}")
+        if errors:
+            raise ValueError("\n".join(errors))
+        return self
 
     @property
     def positions(self) -> int:

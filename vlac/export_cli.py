@@ -39,7 +39,8 @@ def export_command(
         max_shard_gb: float = typer.Option(5.0, help="largest safetensors file (GB); bigger models get shards + index"),
 ) -> None:
     """Write a trained run's backbone (and the rest of its modules) as a Hugging Face checkpoint,
-    with the starting checkpoint's tokenizer files and a model card."""
+    with the starting checkpoint's tokenizer files and a model card; a pretrained vision tower
+    (`modalities.<m>.encoder`) goes to OUT/vision_tower as a CLIP/SigLIP vision model."""
     from vlac.spec import load
 
     from .cli import UsageFailure, _run, out
@@ -59,7 +60,8 @@ def export_command(
             raise UsageFailure(f"--step {step}: no complete checkpoint of that step; have {[d.name for d in done]}")
         result = export(exp, chosen, hf, dtype, int(max_shard_gb * 2**30))
         out.print(f"exported {chosen} as a {result['family']} checkpoint to {hf}: {', '.join(result['files'])}"
-                  + (f"; copied {', '.join(result['copied'])}" if result["copied"] else ""),
+                  + (f"; copied {', '.join(result['copied'])}" if result["copied"] else "")
+                  + "".join(f"; {name}'s vision tower in {hf / folder}" for name, folder in result["vision_towers"].items()),
                   highlight=False, markup=False)  # paths as written: "[/x]" is not markup
     _run(go)
 

@@ -7,7 +7,9 @@ not depend on the layout: a tp2, pp2 or ep2 checkpoint of the same weights expor
 bytes as a single-process one. The backbone goes into `model.safetensors` (or shards plus an
 index) under the family's names (names.py, inverted), with vocabulary rows reordered so the text
 rows come first (vocab.py); everything else vlac trained (projectors, encoders, contrastive and
-flow heads, routers' balancing biases) goes into `vlac_modules.safetensors` under vlac's names.
+flow heads, routers' balancing biases) goes into `vlac_modules.safetensors` under vlac's names,
+except pretrained vision towers (`modalities.<m>.encoder`), each written to `vision_tower/` as the
+CLIPVisionModel / SiglipVisionModel checkpoint it came in as.
 Tokenizer files of the starting checkpoint are copied; README.md is the model card.
 """
 
@@ -25,9 +27,12 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from vlac.spec import Experiment
 
+from ..batch import tower_modalities
 from .card import model_card
 from .hf_config import config_dtype, family_of, hf_config
 from .names import Direct, Experts, Vocab, sources
+from .tower_load import tower_prefix
+from .vision import write_vision_tower
 from .vocab import export_order
 
 COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
@@ -115,11 +120,15 @@ def export(exp: Experiment, step_dir: Path, out: Path, dtype: str | None = None,
     if dtype is not None:
         state = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in state.items()}
     hf, rest = to_hf(state, exp, family)
+    rest, towers = split_towers(rest, exp)
     cfg_dtype = config_dtype(hf["model.norm.weight"].dtype)
     config = hf_config(exp, cfg_dtype)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     files = write_safetensors(hf, out, max_shard_bytes)
+    for name, (folder, tensors) in towers.items():
+        cfg, tower_family = exp.modalities[name].encoder.tower(f"modalities.{name}.encoder.hf")
+        files += [f"{folder}/{f}" for f in write_vision_tower(tensors, cfg, tower_family, out / folder)]
     if rest:
         save_file({k: v.contiguous() for k, v in sorted(rest.items())}, str(out / MODULES_FILE), metadata={"format": "pt"})
         files.append(MODULES_FILE)
@@ -131,5 +140,27 @@ def export(exp: Experiment, step_dir: Path, out: Path, dtype: str | None = None,
                 shutil.copyfile(src, out / name)
                 copied.append(name)
     step = int(step_dir.name.split("_")[-1]) if step_dir.name.split("_")[-1].isdigit() else None
-    (out / "README.md").write_text(model_card(exp, family, step, sorted(rest), copied))
-    return {"family": family, "files": files, "copied": copied, "vlac_modules": sorted(rest)}
+    folders = {name: folder for name, (folder, _) in towers.items()}
+    (out / "README.md").write_text(model_card(exp, family, step, sorted(rest), copied, towers=folders))
+    return {"family": family, "files": files, "copied": copied, "vlac_modules": sorted(rest), "vision_towers": folders}
+
+
+def tower_folder(exp: Experiment, name: str) -> str:
+    """Subfolder of the export that holds modality `name`'s vision tower: `vision_tower`, or
+    `vision_tower_<name>` when the experiment has several."""
+    return "vision_tower" if len(tower_modalities(exp)) == 1 else f"vision_tower_{name}"
+
+
+def split_towers(rest: dict[str, torch.Tensor], exp: Experiment
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[str, dict[str, torch.Tensor]]]]:
+    """(`rest` without the vision towers, modality -> (its folder, its tower's tensors under the
+    tower's own names))."""
+    towers = {}
+    for name in tower_modalities(exp):
+        prefix = tower_prefix(name)
+        tensors = {k[len(prefix):]: rest.pop(k) for k in sorted(rest) if k.startswith(prefix)}
+        if not tensors:
+            raise ValueError(f"the checkpoint lacks the vision tower of modalities.{name}.encoder; "
+                             f"was it saved by a run of this experiment?")
+        towers[name] = (tower_folder(exp, name), tensors)
+    return rest, towers

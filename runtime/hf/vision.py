@@ -32,10 +32,11 @@ import torch.nn.functional as F
 
 from safetensors.torch import save_file
 
+from vlac.spec.modalities import tower_config
+
 from .hf_config import config_dtype
 from .reader import CheckpointReader
 
-FAMILIES = {"clip_vision_model": "clip", "clip": "clip", "siglip_vision_model": "siglip", "siglip": "siglip"}
 # what a saved tower is to transformers: (model_type, architecture) per family
 SAVED_AS = {"clip": ("clip_vision_model", "CLIPVisionModel"), "siglip": ("siglip_vision_model", "SiglipVisionModel")}
 ACTIVATIONS = {"quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
@@ -98,9 +99,8 @@ class VisionTower(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(width, cfg["num_attention_heads"], cfg["intermediate_size"], eps,
                                                  cfg.get("hidden_act", "quick_gelu")) for _ in range(cfg["num_hidden_layers"]))
         self.post_norm = nn.LayerNorm(width, eps=eps)
-        use_head = family == "siglip" and cfg.get("vision_use_head", True)
         self.head = AttentionPool(width, cfg["num_attention_heads"], cfg["intermediate_size"], eps,
-                                  cfg.get("hidden_act", "quick_gelu")) if use_head else None
+                                  cfg.get("hidden_act", "quick_gelu")) if has_head(cfg, family) else None
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """transformers' (last_hidden_state, pooler_output); SigLIP without a head pools to None."""
@@ -109,10 +109,19 @@ class VisionTower(nn.Module):
             return last, self.post_norm(last[:, 0])
         return last, None if self.head is None else self.head(last)
 
+    def embed_patches(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The patch convolution as the GEMM it is ([B, patches, C*p*p] @ weight.T), so the compiler
+        costs it as one; the weight keeps the convolution's shape and name (the checkpoint's)."""
+        conv = self.patch_embedding
+        b, c, h, w = pixels.shape
+        p = conv.kernel_size[0]
+        patches = pixels.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, -1, c * p * p)
+        return F.linear(patches, conv.weight.flatten(1), conv.bias)
+
     def features(self, pixels: torch.Tensor, layer: int = -1, drop_class_token: bool = False) -> torch.Tensor:
         """Hidden states [B, tokens, width] after encoder layer `layer` (-1: the last, with SigLIP's
         final norm, as transformers' last_hidden_state)."""
-        x = self.patch_embedding(pixels).flatten(2).transpose(1, 2)
+        x = self.embed_patches(pixels)
         if self.class_embedding is not None:
             x = torch.cat([self.class_embedding.expand(x.size(0), 1, -1), x], dim=1)
         x = self.pre_norm(x + self.position_embedding.weight)
@@ -125,25 +134,26 @@ class VisionTower(nn.Module):
 
 
 def vision_config(folder: Path) -> tuple[dict, str]:
-    cfg = json.loads((folder / "config.json").read_text())
-    family = FAMILIES.get(cfg.get("model_type"))
-    if family is None:
-        raise ValueError(f"{folder}/config.json: model_type {cfg.get('model_type')!r} is not a vision tower vlac "
-                         f"reads; choose a CLIP or SigLIP checkpoint ({', '.join(FAMILIES)})")
-    return cfg.get("vision_config", cfg), family
+    """(the vision config, the family) of a CLIP/SigLIP checkpoint folder."""
+    return tower_config(folder, str(folder))
 
 
-def names(tower: VisionTower, prefix: str) -> dict[str, str]:
-    """vlac parameter name -> checkpoint tensor name."""
+def has_head(cfg: dict, family: str) -> bool:
+    """SigLIP's attention-pooling head is in the checkpoint unless its config turns it off."""
+    return family == "siglip" and cfg.get("vision_use_head", True)
+
+
+def names(cfg: dict, family: str, prefix: str = "") -> dict[str, str]:
+    """vlac parameter name -> checkpoint tensor name, for a tower of config `cfg`."""
     out = {"patch_embedding.weight": "embeddings.patch_embedding.weight",
            "position_embedding.weight": "embeddings.position_embedding.weight",
            "post_norm.weight": "post_layernorm.weight", "post_norm.bias": "post_layernorm.bias"}
-    if tower.family == "clip":
+    if family == "clip":
         out.update({"class_embedding": "embeddings.class_embedding", "pre_norm.weight": "pre_layrnorm.weight",
                     "pre_norm.bias": "pre_layrnorm.bias"})
     else:
         out["patch_embedding.bias"] = "embeddings.patch_embedding.bias"
-    if tower.head is not None:
+    if has_head(cfg, family):
         out.update({f"head.{p}": f"head.{p}" for p in ("probe", "layernorm.weight", "layernorm.bias")})
         out.update({f"head.in_proj.{kind}": f"head.attention.in_proj_{kind}" for kind in ("weight", "bias")})
         out.update({f"head.out_proj.{kind}": f"head.attention.out_proj.{kind}" for kind in ("weight", "bias")})
@@ -151,7 +161,7 @@ def names(tower: VisionTower, prefix: str) -> dict[str, str]:
     inner = {"self_attn.q_proj": "q_proj", "self_attn.k_proj": "k_proj", "self_attn.v_proj": "v_proj",
              "self_attn.out_proj": "out_proj", "mlp.fc1": "fc1", "mlp.fc2": "fc2", "layer_norm1": "layer_norm1",
              "layer_norm2": "layer_norm2"}
-    for i in range(len(tower.layers)):
+    for i in range(cfg["num_hidden_layers"]):
         for hf, ours in inner.items():
             for kind in ("weight", "bias"):
                 out[f"layers.{i}.{ours}.{kind}"] = f"encoder.layers.{i}.{hf}.{kind}"
@@ -166,25 +176,35 @@ def load_vision_tower(path: str | Path) -> VisionTower:
     cfg, family = vision_config(folder)
     tower = VisionTower(cfg, family).eval()
     reader = CheckpointReader(folder)
-    prefix = "vision_model." if "vision_model.embeddings.patch_embedding.weight" in reader else ""
+    theirs = names(cfg, family, checkpoint_prefix(reader))
     for name, p in tower.named_parameters():
-        p.copy_(reader.read(names(tower, prefix)[name]).to(p.dtype))
+        p.copy_(reader.read(theirs[name]).to(p.dtype))
     return tower
+
+
+def checkpoint_prefix(reader: CheckpointReader) -> str:
+    """Where the tower's tensors sit: a whole CLIP/SigLIP model nests them under `vision_model.`."""
+    return "vision_model." if "vision_model.embeddings.patch_embedding.weight" in reader else ""
 
 
 def save_vision_tower(tower: VisionTower, out: str | Path) -> list[str]:
     """Write `tower` into folder `out` as transformers' vision model of its family (config.json and
     model.safetensors under the family's names, in the weights' dtype); returns the files written.
     The same tower writes the same bytes."""
+    return write_vision_tower({k: p.detach() for k, p in tower.named_parameters()}, tower.config, tower.family, out)
+
+
+def write_vision_tower(tensors: dict[str, torch.Tensor], cfg: dict, family: str, out: str | Path) -> list[str]:
+    """`tensors` (a tower's, under vlac's names: a VisionTower's or read back from a run's checkpoint)
+    with the tower's config `cfg`, written as `save_vision_tower` does."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    model_type, architecture = SAVED_AS[tower.family]
-    tensors = {ours: p.detach() for ours, p in tower.named_parameters()}
-    dtype = config_dtype(tower.post_norm.weight.dtype)
-    config = {**tower.config, "model_type": model_type, "architectures": [architecture], "dtype": dtype}
+    model_type, architecture = SAVED_AS[family]
+    config = {**cfg, "model_type": model_type, "architectures": [architecture],
+              "dtype": config_dtype(tensors["post_norm.weight"].dtype)}
     config.pop("torch_dtype", None)  # transformers 4.x's name of `dtype`
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    theirs = names(tower, "")
+    theirs = names(cfg, family)
     save_file({theirs[k]: v.contiguous().cpu() for k, v in sorted(tensors.items())}, str(folder / "model.safetensors"),
               metadata={"format": "pt"})
     return ["config.json", "model.safetensors"]
