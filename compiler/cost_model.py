@@ -1,7 +1,8 @@
 """Memory and step time of many layouts at once, from the cost profile and the hardware.
 
-Layouts arrive as the columns of a `Space`; rows sharing a pipeline shape (pp, v) are costed
-together as [rows, pipeline ranks, recompute policies] arrays. Each pipeline rank takes the
+Layouts arrive as the columns of a `Space` and are costed together as [rows, pipeline ranks,
+recompute policies] arrays, every pipeline shape (pp, v) in one pass, the rank axis padded to the
+largest pp and the padding masked (vlac.compiler.cost_arrays). Each pipeline rank takes the
 cheapest recompute policy that fits its memory (time grows and memory shrinks from none to
 selective to full, so that choice is optimal per rank and the step time, which follows the
 slowest rank, is optimal too).
@@ -58,6 +59,7 @@ import numpy as np
 from .graph import RECOMPUTE
 from .hardware import Hardware
 from .profile import CostProfile
+from .cost_arrays import PipelineShapes, in_flight, key_sum, rank_sum, row_chunks
 from .search_space import SCHEDULE_CODES, Space
 
 # Exposed shares of TP and EP communication. Neither is published directly: 0.35 keeps the
@@ -158,14 +160,11 @@ class CostModel:
         inv = inv.reshape(-1)
         lt = self.p.times(uniq[:, 0], uniq[:, 1].astype(bool), uniq[:, 2], uniq[:, 3], uniq[:, 4], uniq[:, 5])
         per_key = self._per_key(lt, uniq)
-        group_keys = c["pp"] * 1000 + c["v"]
         allowed_mask = np.zeros(3, bool)
         allowed_mask[list(allowed)] = True
-        for gk in np.unique(group_keys):
-            idx = np.nonzero(group_keys == gk)[0]
-            pp, v = int(gk // 1000), int(gk % 1000)
-            f = None if forced is None else forced[idx, :pp]
-            self._evaluate_group(ev, idx, inv[idx], per_key, pp, v, allowed_mask, f, time_all, detail)
+        for rows in row_chunks(c["pp"]):  # every pipeline shape in one pass, padded to its largest pp
+            f = None if forced is None else forced[rows]
+            self._evaluate_rows(ev, rows, inv[rows], per_key, allowed_mask, f, time_all, detail)
         return ev
 
     def _per_key(self, lt: dict[str, np.ndarray], uniq: np.ndarray) -> dict[str, np.ndarray]:
@@ -179,7 +178,7 @@ class CostModel:
         ep_x = EP_EXPOSED + OVERLAP_SLOWDOWN * (1 - EP_EXPOSED)
         fwd_comm = tp_x * lt["tp_fwd"] + ep_x * lt["ep_fwd"] + cp_exposed / 3
         fwd = lt["gemm_fwd"] + lt["attn_fwd"] + lt["mem_fwd"]
-        recompute = np.stack([np.zeros_like(fwd), np.where(block, lt["mem_fwd"], 0.0),
+        recompute = np.stack([np.zeros_like(fwd), np.where(block, lt["selective_rerun"], 0.0),
                               np.where(block, fwd + fwd_comm, 0.0)], axis=-1)
         sp_div = np.where(sp.astype(bool), tp, 1.0)
         seqs = mb / cp
@@ -198,16 +197,22 @@ class CostModel:
             "act": act,
         }
 
-    def _evaluate_group(self, ev: Evaluation, idx, u, pk, pp, v, allowed_mask, forced, time_all, detail) -> None:
+    def _evaluate_rows(self, ev: Evaluation, idx, u, pk, allowed_mask, forced, time_all, detail) -> None:
+        """Cost rows `idx` (any pipeline shapes) in one pass: [rows, ranks(, policies)] arrays
+        padded to the largest pp among them, the padding masked (vlac.compiler.cost_arrays)."""
         hw, c = self.hw, ev.space.cols
-        _, counts = self.composition(pp, v)  # [pp, K]
-        # what depends only on the (tp, sp, cp, mb, ep, etp) combination: once per combination
-        ug, u = np.unique(u, return_inverse=True)
-        act_u = np.einsum("nkq,pk->npq", pk["act"][ug], counts)  # [combos, pp, 3] per micro-batch
-        present = (counts > 0) & self.is_block[None, :]
-        working_u = np.max(np.where(present[None], pk["act"][ug][:, None, :, 0], 0.0), axis=2)  # [combos, pp]
+        shapes = PipelineShapes(self, c["pp"][idx], c["v"][idx])
+        width, real, counts = shapes.width, shapes.mask, shapes.counts
+        # what depends only on the (tp, sp, cp, mb, ep, etp) combination and the pipeline shape:
+        # once per (combination, shape) pair
+        pairs, pair = np.unique(u * len(counts) + shapes.of_row, return_inverse=True)
+        pair = pair.reshape(-1)
+        pu, ps = pairs // len(counts), pairs % len(counts)
+        act_p = key_sum(pk["act"][pu], counts[ps])  # [pairs, ranks, 3] per micro-batch
+        present = (counts[ps] > 0) & self.is_block[None, None, :]
+        working_p = np.max(np.where(present, pk["act"][pu][:, None, :, 0], 0.0), axis=2)  # [pairs, ranks]
 
-        col = {k: c[k][idx].astype(float)[:, None] for k in ("dp", "tp", "cp", "ep", "etp", "mb", "m")}
+        col = {k: c[k][idx].astype(float)[:, None] for k in ("dp", "tp", "cp", "ep", "etp", "mb", "m", "pp", "v")}
         zero = c["zero"][idx][:, None]
         gathered = (~c["raf"][idx])[:, None]  # zero3 without reshard: weights gathered at the peak
         sched = c["sched"][idx]
@@ -216,48 +221,51 @@ class CostModel:
         d_expert = d_dense * tp / (ep * etp)
 
         # ---- memory [rows, ranks, policies] -----------------------------------------------------
-        dense = counts @ self.params_dense  # [pp]
-        expert = counts @ self.params_expert
-        fp8 = counts @ self.params_fp8 if self.p.fp8 else np.zeros(pp)
-        dense_l = dense[None, :] / tp  # [rows, pp]
-        expert_l = expert[None, :] / (ep * etp)
+        dense, expert = shapes.per_rank(self.params_dense), shapes.per_rank(self.params_expert)  # [rows, ranks]
+        fp8 = shapes.per_rank(self.params_fp8) if self.p.fp8 else np.zeros_like(dense)
+        trained = (shapes.per_rank(self.trainable_dense), shapes.per_rank(self.trainable_expert))  # frozen: no gradient, no update
+        dense_l = dense / tp
+        expert_l = expert / (ep * etp)
         B = BYTES_PER_PARAM
         shard = lambda level: (np.where(zero >= level, d_dense, 1.0), np.where(zero >= level, d_expert, 1.0))  # noqa: E731
         w3, g2, o1 = shard(3), shard(2), shard(1)
-        train_d, train_e = (counts @ self.trainable_dense)[None, :] / tp, (counts @ self.trainable_expert)[None, :] / (ep * etp)
+        train_d, train_e = trained[0] / tp, trained[1] / (ep * etp)
         mem = {
             "weights": B["weights"] * np.where(gathered, dense_l + expert_l, dense_l / w3[0] + expert_l / w3[1]),
             "gradients": B["gradients"] * (train_d / g2[0] + train_e / g2[1]),
             "optimizer": B["optimizer"] * (train_d / o1[0] + train_e / o1[1]),
-            "fp8_cache": B["fp8_cache"] * fp8[None, :] / tp / np.where(gathered, 1.0, w3[0]),
+            "fp8_cache": B["fp8_cache"] * fp8 / tp / np.where(gathered, 1.0, w3[0]),
         }
-        in_flight = self._in_flight(sched, m, pp, v)  # [rows, pp]
-        working = working_u[u]
+        held = in_flight(sched, m, col["pp"], col["v"], width, GPIPE, INTERLEAVED)  # [rows, ranks]
+        working = working_p[pair]
         a2a_bytes = col["mb"] / cp / tp * self.p.seq_len * self.p.top_k * self.p.hidden * self.p.act_bytes
         act_msg = col["mb"] / cp * self.p.seq_len * self.p.hidden * self.p.act_bytes
-        buckets = 2 * np.minimum(DP_BUCKET_ELEMENTS, dense_l + expert_l) * B["gradients"]  # [rows, pp]
+        buckets = 2 * np.minimum(DP_BUCKET_ELEMENTS, dense_l + expert_l) * B["gradients"]  # [rows, ranks]
         buffers = (np.where(d_dense > 1, buckets, 0.0) + np.where(tp > 1, 2 * act_msg, 0.0)
                    + np.where(ep > 1, 2 * a2a_bytes * etp, 0.0)
                    + np.where(zero >= 3, 2 * self.max_block_params / tp * B["weights"], 0.0))
         static = mem["weights"] + mem["gradients"] + mem["optimizer"] + mem["fp8_cache"] + working + buffers
-        act_held = act_u[u] * in_flight[:, :, None]
-        total = static[:, :, None] + act_held  # [rows, pp, 3]
+        act_held = act_p[pair] * held[:, :, None]
+        total = static[:, :, None] + act_held  # [rows, ranks, 3]
         usable = hw.usable_memory
         if forced is not None:
-            pol = forced.astype(np.int64)
+            pol = np.zeros(real.shape, np.int64)
+            w = min(width, forced.shape[1])
+            pol[:, :w] = forced[:, :w]
+            pol = np.where(real, pol, 0)
             ok = np.take_along_axis(total, pol[:, :, None], 2)[:, :, 0] <= usable
         else:
             fits = (total <= usable) & allowed_mask[None, None, :]
             ok = fits.any(axis=2)
             last_allowed = int(np.nonzero(allowed_mask)[0].max())
             pol = np.where(ok, fits.argmax(axis=2), last_allowed)
-        row_fits = ok.all(axis=1)
+        row_fits = (ok | ~real).all(axis=1)
         chosen_total = np.take_along_axis(total, pol[:, :, None], 2)[:, :, 0]
-        peak_rank = chosen_total.argmax(axis=1)
+        peak_rank = np.where(real, chosen_total, -np.inf).argmax(axis=1)
         rows = np.arange(len(idx))
         ev.peak[idx] = chosen_total[rows, peak_rank]
         ev.fits[idx] = row_fits
-        ev.policy[idx, :pp] = pol
+        ev.policy[idx, :width] = np.where(real, pol, -1)
         if detail:
             pick = lambda a: a[rows, peak_rank]  # noqa: E731
             for k in ("weights", "gradients", "optimizer", "fp8_cache"):
@@ -267,57 +275,56 @@ class CostModel:
             ev.memory["comm_buffers"][idx] = pick(buffers)
             per_rank = [mem[k] for k in ("weights", "gradients", "optimizer", "fp8_cache")] + [
                 np.take_along_axis(act_held, pol[:, :, None], 2)[:, :, 0], working, np.broadcast_to(buffers, working.shape)]
-            ev.rank_memory[idx, :pp] = np.stack([np.broadcast_to(a, working.shape) for a in per_rank], axis=-1)
+            stacked = np.stack([np.broadcast_to(a, working.shape) for a in per_rank], axis=-1)
+            ev.rank_memory[idx, :width] = np.where(real[:, :, None], stacked, np.nan)
 
         # ---- time (rows that fit, or all when asked) ---------------------------------------------
         keep = np.ones(len(idx), bool) if time_all else row_fits
         if not keep.any():
             return
         sel = np.nonzero(keep)[0]
-        u, pol, idx = u[sel], pol[sel], idx[sel]
+        pair, pol, idx, real = pair[sel], pol[sel], idx[sel], real[sel]
         col = {k: a[sel] for k, a in col.items()}
         tp, cp, ep, etp, dp, m = col["tp"], col["cp"], col["ep"], col["etp"], col["dp"], col["m"]
         d_dense, d_expert, zero, sched = d_dense[sel], d_expert[sel], zero[sel], sched[sel]
+        dense, expert, trained = dense[sel], expert[sel], (trained[0][sel], trained[1][sel])
         raf = c["raf"][idx]
         parts = ("compute", "elementwise", "tp_comm", "ep_comm", "cp_comm")
-        rank_u = {k: pk[k][ug] @ counts.T for k in parts + ("fwd", "bwd", "wgrad")}  # [combos, pp]
-        base_u = sum(rank_u[k] for k in parts)
-        rc_u = np.einsum("nkq,pk->npq", pk["recompute"][ug], counts)
-        rc = np.take_along_axis(rc_u[u], pol[:, :, None], 2)[:, :, 0]
-        fwd_r = rank_u["fwd"][u]
+        rank_p = {k: key_sum(pk[k][pu], counts[ps]) for k in parts + ("fwd", "bwd", "wgrad")}  # [pairs, ranks]
+        base = sum(rank_p[k] for k in parts)[pair]
+        rc_p = key_sum(pk["recompute"][pu], counts[ps])  # [pairs, ranks, 3]
+        rc = np.take_along_axis(rc_p[pair], pol[:, :, None], 2)[:, :, 0]
+        fwd_r = rank_p["fwd"][pair]
         # data-parallel traffic, rank by rank: what every micro-batch issues (ZeRO-2/3) lengthens
         # that rank's own micro-batch; what a step issues once is hidden behind the rank's own
         # first forward / last backward (never behind another rank's compute)
-        trained = (counts @ self.trainable_dense, counts @ self.trainable_expert)  # frozen: no gradient, no update
-        dp_mb, dp_start, dp_end = self._data_parallel(dense, expert, trained, col, d_dense, d_expert, zero, raf, v,
-                                                      fwd_r, base_u[u] + rc - fwd_r)
-        t_rank = base_u[u] + rc + dp_mb
-        crit = t_rank.argmax(axis=1)
+        dp_mb, dp_start, dp_end = self._data_parallel(dense, expert, trained, col, d_dense, d_expert, zero, raf,
+                                                      col["v"], fwd_r, base + rc - fwd_r)
+        t_rank = np.where(real, base + rc + dp_mb, 0.0)
+        crit = np.where(real, t_rank, -np.inf).argmax(axis=1)
         rows = np.arange(len(sel))
         t_max = t_rank[rows, crit]
-        at = lambda name: rank_u[name][u, crit]  # noqa: E731  the critical rank's share
-        mm = m[:, 0]
-        if pp > 1:
-            # fill and drain: every other rank's micro-batch lies once on the critical path
-            # ((p-1)*t when the ranks are equal); zero-bubble hides two weight-gradient passes of each
-            others = t_rank.sum(axis=1) - t_max
-            wgrad = rank_u["wgrad"][u]
-            others_zb = np.maximum(0.0, t_rank - 2 * wgrad).sum(axis=1) - np.maximum(0.0, t_max - 2 * wgrad[rows, crit])
-            bubble = np.where(sched == ZERO_BUBBLE, others_zb, np.where(sched == INTERLEAVED, others / v, others))
-            p2p_bytes = (col["mb"] / cp * self.p.seq_len * self.p.hidden * self.p.act_bytes
-                         / np.where(c["sp"][idx][:, None], tp, 1.0))[:, 0]
-            # late fusion: the media entries go along, whole on every tp and cp rank (charged at
-            # every boundary; the runtime stops after the last stage that reads them)
-            p2p_bytes = p2p_bytes + (col["mb"] * self.p.media_entries * self.p.hidden * self.p.act_bytes)[:, 0]
-            across = (tp * cp * dp)[:, 0] >= hw.node_size
-            sends = (pp - 1) if self.p.stack.pp_p2p_overlap else (mm + pp - 1)
-            p2p = 2 * hw.p2p(p2p_bytes, across) * sends
-        else:
-            bubble = np.zeros(len(sel))
-            p2p = np.zeros(len(sel))
+        at = lambda name: rank_p[name][pair, crit]  # noqa: E731  the critical rank's share
+        mm, pp, v = m[:, 0], col["pp"][:, 0], col["v"][:, 0]
+        # fill and drain: every other rank's micro-batch lies once on the critical path ((p-1)*t
+        # when the ranks are equal); zero-bubble hides two weight-gradient passes of each
+        others = rank_sum(t_rank) - t_max
+        wgrad = rank_p["wgrad"][pair]
+        others_zb = rank_sum(np.maximum(0.0, t_rank - 2 * wgrad)) - np.maximum(0.0, t_max - 2 * wgrad[rows, crit])
+        bubble = np.where(sched == ZERO_BUBBLE, others_zb, np.where(sched == INTERLEAVED, others / v, others))
+        p2p_bytes = (col["mb"] / cp * self.p.seq_len * self.p.hidden * self.p.act_bytes
+                     / np.where(c["sp"][idx][:, None], tp, 1.0))[:, 0]
+        # late fusion: the media entries go along, whole on every tp and cp rank (charged at
+        # every boundary; the runtime stops after the last stage that reads them)
+        p2p_bytes = p2p_bytes + (col["mb"] * self.p.media_entries * self.p.hidden * self.p.act_bytes)[:, 0]
+        across = (tp * cp * dp)[:, 0] >= hw.node_size
+        sends = (pp - 1) if self.p.stack.pp_p2p_overlap else (mm + pp - 1)
+        piped = pp > 1
+        bubble = np.where(piped, bubble, 0.0)
+        p2p = np.where(piped, 2 * hw.p2p(p2p_bytes, across) * sends, 0.0)
         rc_crit = rc[rows, crit]
         dp_exposed = mm * dp_mb[rows, crit] + dp_start.max(axis=1) + dp_end.max(axis=1)
-        optimizer = self._optimizer(*trained, col, d_dense, d_expert, zero)
+        optimizer = self._optimizer(trained[0].max(axis=1), trained[1].max(axis=1), col, d_dense, d_expert, zero)
         ev.step[idx] = mm * (t_max - dp_mb[rows, crit]) + bubble + p2p + dp_exposed + optimizer
         ev.timed[idx] = True
         if detail:
@@ -329,22 +336,10 @@ class CostModel:
             t["pp_p2p"][idx] = p2p
             t["dp_comm"][idx] = dp_exposed
             t["optimizer"][idx] = optimizer
-            fwd = rank_u["fwd"][u]
-            ev.rank_time["fwd"][idx, :pp] = fwd
-            ev.rank_time["bwd"][idx, :pp] = t_rank - fwd  # the rest of the micro-batch: backward, recompute, comm
-            ev.rank_time["wgrad"][idx, :pp] = rank_u["wgrad"][u]
-
-    @staticmethod
-    def _in_flight(sched: np.ndarray, m: np.ndarray, pp: int, v: int) -> np.ndarray:
-        """Micro-batches' worth of a rank's activations held at its peak ([rows, pp])."""
-        r = np.arange(pp, dtype=float)[None, :]
-        mm = m  # [rows, 1]
-        if pp == 1:
-            return np.ones((len(sched), 1))
-        one_f_one_b = np.minimum(mm, pp - r)
-        warm = np.minimum(mm * v, (pp - r - 1) * 2 + (v - 1) * pp + 1) / v
-        s = sched[:, None]
-        return np.where(s == GPIPE, mm, np.where(s == INTERLEAVED, warm, one_f_one_b))
+            masked = lambda a: np.where(real, a, np.nan)  # noqa: E731
+            ev.rank_time["fwd"][idx, :width] = masked(fwd_r)
+            ev.rank_time["bwd"][idx, :width] = masked(t_rank - fwd_r)  # the rest of the micro-batch: backward, recompute, comm
+            ev.rank_time["wgrad"][idx, :width] = masked(wgrad)
 
     def _data_parallel(self, dense, expert, trained, col, d_dense, d_expert, zero, raf, v, t_fwd, t_bwd):
         """Exposed data-parallel seconds per rank ([rows, pp] each): per micro-batch (ZeRO-2
@@ -360,12 +355,12 @@ class CostModel:
         hw = self.hw
         tp, ep, etp = col["tp"], col["ep"], col["etp"]
         b = BYTES_PER_PARAM["gradients"]  # BF16, as the weights gathered are
-        g_dense, g_expert = trained[0][None, :] / tp * b, trained[1][None, :] / (ep * etp) * b  # [rows, pp]
+        g_dense, g_expert = trained[0] / tp * b, trained[1] / (ep * etp) * b  # [rows, ranks]
         rs = hw.reduce_scatter(g_dense, d_dense, tp) + hw.reduce_scatter(g_expert, d_expert, ep * etp)
         ar = hw.all_reduce(g_dense, d_dense, tp) + hw.all_reduce(g_expert, d_expert, ep * etp)
         ag = rs  # ZeRO-1/2 gather back the updated (trainable) weights
-        ag3 = (hw.reduce_scatter(dense[None, :] / tp * b, d_dense, tp)  # ZeRO-3 gathers every weight, frozen too
-               + hw.reduce_scatter(expert[None, :] / (ep * etp) * b, d_expert, ep * etp))
+        ag3 = (hw.reduce_scatter(dense / tp * b, d_dense, tp)  # ZeRO-3 gathers every weight, frozen too
+               + hw.reduce_scatter(expert / (ep * etp) * b, d_expert, ep * etp))
         z = np.broadcast_to(zero, t_fwd.shape)
         r = np.broadcast_to(raf[:, None], t_fwd.shape)
         chunk = 1.0 / v
@@ -389,10 +384,11 @@ class CostModel:
         return per_mb, start, end
 
     def _optimizer(self, dense, expert, col, d_dense, d_expert, zero):
+        """`dense`, `expert`: per row, the trainable parameters of its largest pipeline rank."""
         tp, ep, etp = col["tp"][:, 0], col["ep"][:, 0], col["etp"][:, 0]
         d_dense, d_expert, zero = d_dense[:, 0], d_expert[:, 0], zero[:, 0]
-        owned = dense.max() / tp / np.where(zero >= 1, d_dense, 1.0) + \
-            expert.max() / (ep * etp) / np.where(zero >= 1, d_expert, 1.0)
+        owned = dense / tp / np.where(zero >= 1, d_dense, 1.0) + \
+            expert / (ep * etp) / np.where(zero >= 1, d_expert, 1.0)
         return self.hw.memory_seconds(owned * OPTIMIZER_BYTES_PER_PARAM)
 
 

@@ -14,7 +14,8 @@ from vlac.compiler.hardware import MEMORY_FRAGMENTATION, MEMORY_RESERVED_BYTES, 
 from vlac.compiler.planner import Search
 from vlac.compiler.profile import balanced_partition, equal_share_partition
 from vlac.compiler.schedule_sim import makespan, rank_order, simulate
-from vlac.compiler.search_space import COLUMNS, SCHEDULE_CODES, Space
+from vlac.compiler import cost_arrays
+from vlac.compiler.search_space import COLUMNS, SCHEDULE_CODES, Space, enumerate_space
 from vlac.spec.system import Cluster
 
 H100 = Hardware(Cluster.model_validate({"preset": "h100-sxm", "nodes": 4, "gpus_per_node": 8}))
@@ -102,6 +103,57 @@ def mid_model():
     exp = vlac.load(small_spec(layers=8, hidden=256, heads=8, kv_heads=4, ffn=512, seq=256, batch=32, experts=4,
                                nodes=2, gpus_per_node=8))
     return Search(exp, exp.cluster, vlac.lower(exp))
+
+
+def _assert_same_rows(whole, part, idx):
+    """Every figure of rows `idx` of `whole` equals row for row those of `part`, bit for bit."""
+    for name in ("peak", "fits", "timed", "step"):
+        np.testing.assert_array_equal(getattr(whole, name)[idx], getattr(part, name), err_msg=name)
+    width = part.policy.shape[1]
+    np.testing.assert_array_equal(whole.policy[idx, :width], part.policy)
+    assert (whole.policy[idx, width:] == -1).all()  # ranks past a row's pp hold no policy
+    for kind in ("time", "memory", "rank_time"):
+        for k, a in getattr(part, kind).items():
+            np.testing.assert_array_equal(getattr(whole, kind)[k][idx, ...][:, :width] if a.ndim == 2 else
+                                          getattr(whole, kind)[k][idx], a, err_msg=f"{kind}.{k}")
+    np.testing.assert_array_equal(whole.rank_memory[idx, :width], part.rank_memory)
+
+
+def test_one_pass_over_every_pipeline_shape_equals_a_pass_per_shape(monkeypatch):
+    # the cost model costs every pipeline shape (pp, v) in one pass, padding the rank axis to the
+    # largest pp: each row's figures must equal those of its own shape costed alone (one pass per
+    # shape, as before) and of several smaller passes, bit for bit, with rows that do not fit
+    spec = dict(layers=8, hidden=256, heads=8, kv_heads=4, ffn=512, seq=256, batch=32, experts=4, nodes=2)
+    exp = vlac.load(small_spec(**spec))
+    search = Search(exp, exp.cluster, vlac.lower(exp))
+    space = enumerate_space(search.lim, {})
+    peaks = search.model.evaluate(space, time_all=True).peak
+    tight = vlac.load(small_spec(**spec, usable_mb=float(np.median(peaks)) / 1e6))  # about half the layouts fit
+    model = Search(tight, tight.cluster, search.g).model
+    rng = np.random.default_rng(0)
+    sub = space.take(np.sort(rng.choice(len(space), size=min(600, len(space)), replace=False)))
+    c = sub.cols
+    shapes = np.unique(c["pp"] * 1000 + c["v"])
+    assert len(shapes) >= 6 and len(np.unique(c["pp"])) >= 4
+    for kw in ({}, {"allowed": (1, 2)}, {"time_all": True, "detail": True}):
+        whole = model.evaluate(sub, **kw)
+        assert 0 < whole.fits.sum() < len(sub)
+        forced = model.evaluate(sub, forced=whole.policy, time_all=True, detail=True)  # as the planner's estimates
+        for shape in shapes:
+            idx = np.nonzero(c["pp"] * 1000 + c["v"] == shape)[0]
+            part = model.evaluate(sub.take(idx), **kw)
+            for name in ("peak", "fits", "timed", "step", "policy"):
+                np.testing.assert_array_equal(getattr(whole, name)[idx, ...][:, :part.policy.shape[1]]
+                                              if name == "policy" else getattr(whole, name)[idx],
+                                              getattr(part, name), err_msg=name)
+            _assert_same_rows(forced, model.evaluate(sub.take(idx), forced=whole.policy[idx], time_all=True,
+                                                     detail=True), idx)
+    # several passes (a small cell budget): the same figures
+    whole = model.evaluate(sub, time_all=True, detail=True)
+    monkeypatch.setattr(cost_arrays, "CELLS", 64)
+    monkeypatch.setattr(cost_arrays, "MIN_ROWS", 8)
+    assert len(cost_arrays.row_chunks(c["pp"])) > 10
+    _assert_same_rows(whole, model.evaluate(sub, time_all=True, detail=True), np.arange(len(sub)))
 
 
 def test_recompute_trades_time_for_memory(mid_model):
