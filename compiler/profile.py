@@ -248,14 +248,17 @@ class CostProfile:
     # ---- per-layer times for many degree combinations ---------------------------------------
     def times(self, tp, sp, cp, mb, ep, etp) -> dict[str, np.ndarray]:
         """Seconds per micro-batch for every key, arrays shaped [combos, keys]:
-        gemm_fwd, gemm_bwd, gemm_wgrad, attn_fwd, attn_bwd, mem_fwd, mem_bwd, and the
-        communication a layer issues: tp_fwd/tp_bwd, ep_fwd/ep_bwd, cp (total, before overlap)."""
+        gemm_fwd, gemm_bwd, gemm_wgrad, attn_fwd, attn_bwd, mem_fwd, mem_bwd, selective_rerun (the
+        forward work the stack's selective recompute repeats: mem_fwd, or attn_fwd for
+        core_attention; stack_costs), and the communication a layer issues: tp_fwd/tp_bwd,
+        ep_fwd/ep_bwd, cp (total, before overlap)."""
         tp, cp, mb, ep, etp = (np.asarray(a, dtype=float) for a in (tp, cp, mb, ep, etp))
         sp = np.asarray(sp, dtype=bool)
         hw = self.hw
         shape = (tp.shape[0], self.n_keys)
         out = {name: np.zeros(shape) for name in ("gemm_fwd", "gemm_bwd", "gemm_wgrad", "attn_fwd", "attn_bwd",
-                                                   "mem_fwd", "mem_bwd", "tp_fwd", "tp_bwd", "ep_fwd", "ep_bwd", "cp")}
+                                                   "mem_fwd", "mem_bwd", "selective_rerun", "tp_fwd", "tp_bwd",
+                                                   "ep_fwd", "ep_bwd", "cp")}
         seqs = mb / cp  # sequences' worth of tokens per GPU before tensor parallelism
         act_msg = seqs * self.seq_len * self.hidden * self.act_bytes  # one full activation
         sp_div = np.where(sp, tp, 1.0)
@@ -334,6 +337,8 @@ class CostProfile:
                 extra = self.kernel_costs.seconds("fp8_cast", expert_cast) - hw.memory_seconds(expert_cast)
                 out["mem_fwd"][:, j] += extra / 2
                 out["mem_bwd"][:, j] += extra / 2
+            rerun = "attn_fwd" if self.stack.selective_recompute == "core_attention" else "mem_fwd"
+            out["selective_rerun"][:, j] = out[rerun][:, j]
             if p.kind != "block":
                 continue
             # tensor parallelism: per region, with SP an all-gather and a reduce-scatter forward,

@@ -50,6 +50,17 @@ scores written and read by softmax, the probabilities written and read by PV (4 
 act bytes) forward, twice that backward; it keeps the probabilities for backward (act bytes per
 score, Korthikanti et al. 2022's 2as^2b without dropout), which selective recompute drops
 (Korthikanti's selective recompute recomputes exactly this part).
+
+Selective recompute as the stack runs it (`selective_recompute`, spec/stack.py): the graph's
+`selective` figures are vlac's policy (`elementwise`: GEMM, attention and router outputs kept,
+norms and element-wise ops recomputed; vlac.runtime.recompute). Megatron-Core's
+(`core_attention`; Korthikanti et al. 2022, Sec. 4.2) recomputes only the attention core: every
+other node of the block keeps what it keeps without recompute, and the attention node keeps its
+output alone (the output projection's input; q, k and v are the QKV GEMMs' outputs, kept as the
+checkpoint's inputs), dropping a fused kernel's fp32 log-sum-exp or an unfused kernel's
+probabilities. Its recompute time is the attention forward (compiler/profile.py,
+`selective_rerun`); the context-parallel K/V exchange the rerun repeats is taken as hidden
+behind it, as in the forward.
 """
 
 from __future__ import annotations
@@ -101,8 +112,13 @@ class StackCosts:
             factor = 0.0
         elif n.kind == "loss" and st.fuses("cross_entropy") and n.name.startswith("cross_entropy"):
             factor = self.act_bytes / FP32_BYTES
-        return {pol: max(0.0, n.saved[pol] * factor - (minus if n.saved[pol] else 0.0)) * self.dtype_scale
+        kept = {pol: max(0.0, n.saved[pol] * factor - (minus if n.saved[pol] else 0.0)) * self.dtype_scale
                 for pol in RECOMPUTE}
+        if st.selective_recompute == "core_attention" and n.in_block:
+            # only the attention core is recomputed (module docstring): it keeps its output
+            out = self.heads * self.head_dim * self.act_bytes * tokens * self.dtype_scale
+            kept["selective"] = min(kept["none"], out) if n.kind == "attention" else kept["none"]
+        return kept
 
     @property
     def eager_elementwise(self) -> bool:

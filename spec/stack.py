@@ -18,10 +18,24 @@ Presets (what each stack runs by default, from its own code and docs):
   cuDNN fused attention, TE LayerNormLinear (norm fused into the next GEMM), bias-SwiGLU and
   RoPE fusions (`bias_swiglu_fusion`, `apply_rope_fusion`), `cross_entropy_loss_fusion`,
   `tp_comm_overlap` (userbuffers), `overlap_grad_reduce`, `overlap_param_gather`,
-  `overlap_p2p_comm`.
+  `overlap_p2p_comm`; selective recompute reruns the core attention only
+  (`recompute_granularity: selective`, whose default `recompute_modules` is `core_attn`).
 - `torchtitan-torchao`: torchtitan with torchao float8: SDPA (FlashAttention-2), torch.compile
   per block (inductor fuses the norm, SwiGLU and RoPE element-wise chains), FSDP2 with
-  prefetch (overlapped reduce and gather), no async TP by default, eager cross entropy.
+  prefetch (overlapped reduce and gather), no async TP by default, eager cross entropy;
+  selective recompute is its op-level policy, which keeps matmul and SDPA outputs like vlac's
+  (torchtitan also recomputes every second matmul, which is not costed).
+
+What `selective` recompute reruns (`selective_recompute`):
+- `elementwise` (vlac.runtime.recompute): inside each block the outputs of GEMMs, attention and
+  the router (and the block's input) are kept; norms and element-wise ops are recomputed in
+  backward, so they keep nothing and their forward (memory-bound) runs again.
+- `core_attention` (Megatron-Core; Korthikanti et al. 2022, "Reducing Activation Recomputation
+  in Large Transformer Models", Sec. 4.2): only the attention core (QK^T, softmax, dropout, AV)
+  is recomputed: it keeps nothing of its own but its output (the output projection's input),
+  so the s x s scores of an unfused kernel (and a fused kernel's fp32 log-sum-exp) go, every
+  other activation stays, and the attention forward runs again. Per layer the kept bytes go from
+  sbh(34 + 5as/h) to 34sbh.
 """
 
 from __future__ import annotations
@@ -36,6 +50,7 @@ from .base import SpecModel
 AttentionKernel = Literal["flash2", "flash3", "cudnn", "unfused"]
 FusedOp = Literal["norm", "swiglu", "rope", "cross_entropy"]
 ActivationDtype = Literal["bf16", "fp16", "fp32"]
+SelectiveRecompute = Literal["elementwise", "core_attention"]
 FUSED_OPS: tuple[str, ...] = ("norm", "swiglu", "rope", "cross_entropy")
 STORED_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
@@ -57,6 +72,9 @@ class ResolvedStack:
     # weight gradient) run as fused or compiler-generated kernels; False: one eager kernel each,
     # costed op by op (compiler/stack_costs.py)
     fused_elementwise: bool = True
+    # what the `selective` recompute policy reruns: elementwise (norms and element-wise ops, vlac's)
+    # or core_attention (Megatron's); see the module docstring
+    selective_recompute: str = "elementwise"
 
     def fuses(self, op: str) -> bool:
         """Whether `op`'s element-wise chain runs as one kernel: named in `fused`, or generated
@@ -70,7 +88,7 @@ PRESETS: dict[str, ResolvedStack] = {
                           fused_elementwise=False),
     "megatron-te": ResolvedStack("megatron-te", "cudnn", FUSED_OPS, None, tp_comm_overlap=True,
                                  grad_reduce_overlap=True, param_gather_overlap=True, pp_p2p_overlap=True,
-                                 torch_compile=False),
+                                 torch_compile=False, selective_recompute="core_attention"),
     "torchtitan-torchao": ResolvedStack("torchtitan-torchao", "flash2", (), None, tp_comm_overlap=False,
                                         grad_reduce_overlap=True, param_gather_overlap=True, pp_p2p_overlap=False,
                                         torch_compile=True),
@@ -105,6 +123,11 @@ class Stack(SpecModel):
         None, description="element-wise ops beyond `fused` (residual adds, the MLP activation, the norm's weight "
                           "gradient) run fused (Megatron/TE, torch.compile); false: one eager kernel each, every "
                           "one reading and writing its tensors in HBM; null = the preset's")
+    selective_recompute: SelectiveRecompute | None = Field(
+        None, description="what the selective recompute policy reruns in backward: elementwise (norms and "
+                          "element-wise ops; GEMM, attention and router outputs kept: vlac's runtime) or "
+                          "core_attention (only QK^T, softmax and AV: Megatron-Core's, Korthikanti et al. 2022 "
+                          "Sec. 4.2); null = the preset's")
 
     def resolved(self) -> ResolvedStack:
         base = PRESETS[self.preset]
@@ -113,7 +136,8 @@ class Stack(SpecModel):
         return ResolvedStack(self.preset, pick("attention"), fused, pick("activation_dtype"),
                              *(bool(pick(f)) for f in ("tp_comm_overlap", "grad_reduce_overlap",
                                                        "param_gather_overlap", "pp_p2p_overlap", "torch_compile",
-                                                       "fused_elementwise")))
+                                                       "fused_elementwise")),
+                             pick("selective_recompute"))
 
 
 __all__ = ["FUSED_OPS", "PRESETS", "STORED_BYTES", "ResolvedStack", "Stack"]

@@ -86,6 +86,54 @@ def test_unfused_attention_adds_the_score_term_and_selective_removes_it(gpt):
     assert unfused.attn_score_bytes > 0 == flash.attn_score_bytes
 
 
+def test_megatron_selective_recomputes_only_the_attention_core(gpt):
+    # Korthikanti et al. 2022, Sec. 4.2: selective recompute takes a layer from sbh(34 + 5as/h)
+    # to 34sbh, i.e. 32sbh without the two dropout masks, 24sbh of it split by TP (the LN
+    # statistics stay: 2 x 8 bytes per token). Megatron-Core recomputes the core attention only,
+    # so everything but the kernel's own state stays: the fp32 log-sum-exp goes with flash, the
+    # 2as^2b probabilities with an unfused kernel
+    for attention in ("cudnn", "unfused"):
+        b = block(gpt, {"preset": "megatron-te", "attention": attention})
+        sharded, sp, whole = per_token(b.saved["selective"])
+        assert (sharded, sp, whole) == (pytest.approx(24 * H), pytest.approx(8 * H + 2 * 8), 0), attention
+    flash = block(gpt, {"preset": "megatron-te"})
+    unfused = block(gpt, {"preset": "megatron-te", "attention": "unfused"})
+    assert per_token(flash.saved["none"])[0] - per_token(flash.saved["selective"])[0] == pytest.approx(4 * A)
+    assert per_token(unfused.saved["none"])[0] - per_token(unfused.saved["selective"])[0] == pytest.approx(2 * A * S + 4 * A)
+
+
+def test_elementwise_selective_keeps_gemm_and_attention_outputs(gpt):
+    # vlac's selective (the runtime's, and the stack override's): of Korthikanti's 24sbh split by
+    # TP it keeps Q, K (4), V (2), the attention output (2) and the GELU input (8), recomputing
+    # the GELU output (8); of the rest the layer input and the two row-parallel GEMM outputs (2
+    # each), recomputing the norms and residual adds; plus the flash log-sum-exp
+    for stack in ({"preset": "vlac"}, {"preset": "megatron-te", "selective_recompute": "elementwise"}):
+        sharded, sp, whole = per_token(block(gpt, stack).saved["selective"])
+        assert (sharded, sp, whole) == (pytest.approx(16 * H + 4 * A), pytest.approx(6 * H), 0), stack
+
+
+def rerun(graph, stack: dict) -> tuple:
+    """Per block: the seconds selective recompute reruns, attention forward, memory-bound forward."""
+    exp = vlac.load(spec(stack))
+    model = Search(exp, exp.cluster, graph).model
+    t = model.p.times([2], [True], [1], [1], [1], [1])
+    j = next(i for i, p in enumerate(model.p.profiles) if p.kind == "block")
+    return t["selective_rerun"][0, j], t["attn_fwd"][0, j], t["mem_fwd"][0, j]
+
+
+def test_selective_recompute_time_follows_the_stack(gpt):
+    core, attn, mem = rerun(gpt, {"preset": "megatron-te"})
+    assert core == attn > 0 and attn != mem
+    elementwise, attn, mem = rerun(gpt, {"preset": "megatron-te", "selective_recompute": "elementwise"})
+    assert elementwise == mem > 0
+    pins = {"tp": 2, "dp": 4, "pp": 1, "cp": 1, "zero": 1, "microbatch_size": 1, "recompute": "selective"}
+    te = plan_time(gpt, {"preset": "megatron-te"}, pins)
+    ew = plan_time(gpt, {"preset": "megatron-te", "selective_recompute": "elementwise"}, pins)
+    assert te.time["recompute"] > 0 and ew.time["recompute"] > 0 and te.time["recompute"] != ew.time["recompute"]
+    # Megatron's selective keeps nearly what no recompute keeps; vlac's keeps less
+    assert te.memory["activations"] > ew.memory["activations"]
+
+
 def test_vlac_stack_without_fusions_is_the_cpu_lowering(llama):
     # the lowering runs the runtime's reference ops: a stack with nothing fused keeps exactly
     # what the graph's nodes save, policy by policy
@@ -157,6 +205,7 @@ def test_overlaps_are_the_stacks(gpt):
     ({"preset": "megatron"}, "stack.preset", "megatron-te"),
     ({"attention": "flash4"}, "stack.attention", "flash3"),
     ({"fused": ["layernorm"]}, "stack.fused[0]", "cross_entropy"),
+    ({"selective_recompute": "attention"}, "stack.selective_recompute", "core_attention"),
 ])
 def test_bad_stack_names_the_field_and_choices(stack, field, choice):
     with pytest.raises(SpecError) as e:
