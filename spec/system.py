@@ -100,13 +100,12 @@ class Network(SpecModel):
 
 # GPU figures are the vendors' datasheet figures, dense (the datasheets print 2:4-sparse rates,
 # twice these): NVIDIA H100 Tensor Core GPU datasheet (SXM5 / PCIe / NVL columns), H200 datasheet,
-# A100 datasheet (40 GB / 80 GB SXM4), H800 product brief (NVLink 400 GB/s). NVLink bandwidth is
-# per direction (the datasheets print both directions). `nvlink_allreduce_busbw` is the measured
-# NCCL ring all-reduce bus bandwidth inside a node where one is published (8 x H100:
-# published-runs.md "Interconnect measurements"); for the others it is the same share (370/450)
-# of the per-direction link rate, stated as derived, not measured.
-_H100 = {"name": "H100-SXM", "bf16_flops": 989e12, "fp8_flops": 1979e12, "memory": 80e9,
-         "memory_bandwidth": 3.35e12, "nvlink_bandwidth": 450e9}
+# A100 datasheet (40 GB / 80 GB SXM4), H800 product brief. The links are not typed here: each
+# preset names its GPU link and fabric (PRESET_LINKS), and GPU_LINKS and FABRICS give the link
+# rate per direction, the NIC line rate and, from the link rate, `nvlink_allreduce_busbw`: the
+# measured NCCL ring all-reduce bus bandwidth of 8 x H100 SXM (published-runs.md "Interconnect
+# measurements": 370 GB/s on a 450 GB/s link) as a share of the link rate, which for the other
+# links is derived, not measured.
 _RING_SHARE = 370e9 / 450e9  # measured busbw / link rate on 8 x H100 SXM
 
 
@@ -114,27 +113,22 @@ def _ring_busbw(link_bandwidth: float) -> float:
     return round(link_bandwidth * _RING_SHARE / 1e9) * 1e9  # whole GB/s: figures round-trip through text
 
 
-def _node(gpu: dict[str, Any], nic: float) -> dict[str, Any]:
-    return {"gpu": gpu, "network": {"nic_bandwidth": nic, "nvlink_allreduce_busbw": _ring_busbw(gpu["nvlink_bandwidth"])}}
-
-
+_H100 = {"name": "H100-SXM", "bf16_flops": 989e12, "fp8_flops": 1979e12, "memory": 80e9, "memory_bandwidth": 3.35e12}
 _A100_40 = {"name": "A100-40GB-SXM", "bf16_flops": 312e12, "fp8_flops": 0.0, "memory": 40e9,
-            "memory_bandwidth": 1.555e12, "nvlink_bandwidth": 300e9}
-_PRESETS: dict[str, dict[str, Any]] = {
-    "h100-sxm": {"gpu": _H100, "network": {"nic_bandwidth": 50e9, "nvlink_allreduce_busbw": 370e9}},
-    "h200": {"gpu": {**_H100, "name": "H200", "memory": 141e9, "memory_bandwidth": 4.8e12},
-             "network": {"nic_bandwidth": 50e9, "nvlink_allreduce_busbw": 370e9}},
+            "memory_bandwidth": 1.555e12}
+_GPUS: dict[str, dict[str, Any]] = {
+    "h100-sxm": _H100,
+    "h200": {**_H100, "name": "H200", "memory": 141e9, "memory_bandwidth": 4.8e12},
     # H800 SXM: H100 compute and memory, NVLink cut to 400 GB/s both directions (DeepSeek-V3's GPUs)
-    "h800-sxm": _node({**_H100, "name": "H800-SXM", "nvlink_bandwidth": 200e9}, 50e9),
+    "h800-sxm": {**_H100, "name": "H800-SXM"},
     # PCIe cards: 114 SMs at 350 W, HBM2e; NVLink bridges join pairs, so the node's collectives
-    # run over PCIe Gen5 x16 (64 GB/s per direction)
-    "h100-pcie": _node({"name": "H100-PCIe", "bf16_flops": 756e12, "fp8_flops": 1513e12, "memory": 80e9,
-                        "memory_bandwidth": 2.0e12, "nvlink_bandwidth": 64e9}, 50e9),
-    "h100-nvl": _node({"name": "H100-NVL", "bf16_flops": 835e12, "fp8_flops": 1670e12, "memory": 94e9,
-                       "memory_bandwidth": 3.9e12, "nvlink_bandwidth": 64e9}, 50e9),
-    "a100-40gb": _node(_A100_40, 25e9),
-    "a100-80gb": {"gpu": {**_A100_40, "name": "A100-80GB-SXM", "memory": 80e9, "memory_bandwidth": 2.039e12},
-                  "network": {"nic_bandwidth": 25e9, "nvlink_allreduce_busbw": 230e9}},
+    # run over PCIe Gen5 x16
+    "h100-pcie": {"name": "H100-PCIe", "bf16_flops": 756e12, "fp8_flops": 1513e12, "memory": 80e9,
+                  "memory_bandwidth": 2.0e12},
+    "h100-nvl": {"name": "H100-NVL", "bf16_flops": 835e12, "fp8_flops": 1670e12, "memory": 94e9,
+                 "memory_bandwidth": 3.9e12},
+    "a100-40gb": _A100_40,
+    "a100-80gb": {**_A100_40, "name": "A100-80GB-SXM", "memory": 80e9, "memory_bandwidth": 2.039e12},
 }
 # Each preset's links and the datasheets its figures come from (tests check every preset has both).
 PRESET_LINKS: dict[str, tuple[str, str]] = {
@@ -151,8 +145,17 @@ PRESET_SOURCES: dict[str, str] = {
     "a100-40gb": "NVIDIA A100 Tensor Core GPU datasheet, 40 GB SXM4 column",
     "a100-80gb": "NVIDIA A100 Tensor Core GPU datasheet, 80 GB SXM4 column",
 }
-for _name, (_link, _fabric) in PRESET_LINKS.items():
-    _PRESETS[_name]["network"] = {**_PRESETS[_name]["network"], "gpu_link": _link, "fabric": _fabric}
+
+
+def _preset(gpu: dict[str, Any], link: str, fabric: str) -> dict[str, Any]:
+    """A preset's GPU and network figures, its link rates read from GPU_LINKS and FABRICS."""
+    rate = GPU_LINKS[link]["nvlink_bandwidth"]
+    return {"gpu": {**gpu, "nvlink_bandwidth": rate},
+            "network": {"gpu_link": link, "fabric": fabric, "nic_bandwidth": FABRICS[fabric]["nic_bandwidth"],
+                        "nvlink_allreduce_busbw": _ring_busbw(rate)}}
+
+
+_PRESETS: dict[str, dict[str, Any]] = {name: _preset(gpu, *PRESET_LINKS[name]) for name, gpu in _GPUS.items()}
 PRESETS = tuple(_PRESETS)
 
 
@@ -175,7 +178,7 @@ def _fill_links(gpu: dict[str, Any], network: dict[str, Any], given_gpu: dict, g
 class Cluster(SpecModel):
     """A preset fills every figure; any figure written in the spec overrides the preset's."""
 
-    preset: Literal["h100-sxm", "h200", "h800-sxm", "h100-pcie", "h100-nvl", "a100-40gb", "a100-80gb"] = Field("h100-sxm", description="hardware preset")
+    preset: Literal[PRESETS] = Field("h100-sxm", description="hardware preset")
     nodes: int = Field(1, ge=1, description="nodes")
     gpus_per_node: int = Field(8, ge=1, description="GPUs per node (the NVLink domain)")
     gpu: GPU = Field(description="GPU figures (default: the preset's)")
