@@ -64,12 +64,12 @@ def node_cost(n: fx.Node, gm: fx.GraphModule, interp: CostInterpreter, site: Sit
         p_dense = params
 
     flops = bwd = over = 0.0
-    mnk, causal = None, False
+    mnk, causal, share = None, False, 1.0
     if kind in ("gemm", "router"):
         flops, mnk = gemm_flops(n, module, ins, out)
         bwd = flops * _gradient_gemms(n, module, ins)
     elif kind == "attention":
-        flops, causal = attention_flops(n, ins)
+        flops, causal, share = attention_flops(n, ins)
         bwd = flops * FLASH_BWD_FACTOR if any(t.requires_grad for t in ins[:3]) else 0.0
     if expert and flops and site.exp.moe is not None and n.op == "call_function" and n.target is torch.bmm:
         slots = ins[0].shape[0] * ins[0].shape[1]  # [E, C, d]: every capacity slot is computed
@@ -87,7 +87,7 @@ def node_cost(n: fx.Node, gm: fx.GraphModule, interp: CostInterpreter, site: Sit
         name=n.name, kind=kind, module=path, layer=0, params_dense=p_dense, params_expert=p_expert,
         params_embedding=p_embed, params_frozen=frozen, flops_fwd=flops, flops_bwd=bwd, flops_overcompute=over, saved=saved,
         tp_split=tp_split, act_tp_sharded=sharded, expert=expert, gemm_mnk=mnk, fp8_eligible=eligible,
-        fp8_reason=reason, causal=causal, in_block=site.in_block, sp_split=sp_split)
+        fp8_reason=reason, causal=causal, score_fraction=share, in_block=site.in_block, sp_split=sp_split)
 
 
 def module_path(n: fx.Node) -> str:

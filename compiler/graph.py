@@ -62,6 +62,9 @@ class NodeCost:
     fp8_eligible: bool = False
     fp8_reason: str = ""
     causal: bool = False  # attention counted causal: flops_fwd is half the dense QK^T + PV
+    # attention: the share of the dense Sq x Sk scores flops_fwd counts (0.5 causal, less for a
+    # sliding window: node_costs.window_pairs); 1.0 for every other node
+    score_fraction: float = 1.0
     in_block: bool = False  # inside a block, so recompute policies apply to it
     sp_split: bool = False
     # full recompute reruns this node's forward: checkpoint stops recomputing a block once the

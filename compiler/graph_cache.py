@@ -49,7 +49,8 @@ PLAN_ONLY_FIELDS = (
     "train.checkpoint_every", "train.keep_last", "train.log_every",
 )
 # Fields that decide which block sits where, re-applied per layer when deriving.
-PER_LAYER_FIELDS = ("backbone.layers", "moe.layers", "precision.fp8.keep_first_last_bf16")
+PER_LAYER_FIELDS = ("backbone.layers", "moe.layers", "backbone.sliding_window_layers",
+                    "precision.fp8.keep_first_last_bf16")
 # compiler/lower.py's reason for an eligible GEMM kept out of FP8 on the first/last layer
 EDGE_LAYER_REASON = "first/last decoder layer kept in BF16 (precision.fp8.keep_first_last_bf16)"
 _LAYER_INDEX = re.compile(r"(?:(?<=\.)|^)layers\.(\d+)(?=\.|$)")
@@ -58,9 +59,12 @@ Role = tuple  # (kind of the previous layer or None, kind of this layer)
 
 
 def layer_kinds(exp: Experiment) -> tuple[str, ...]:
-    """What each decoder layer is, read from the spec the way runtime/model.py builds it."""
+    """What each decoder layer is, read from the spec the way runtime/model.py builds it: dense or
+    MoE, and "+window" for a sliding-window layer (its attention costs its window's pairs)."""
     moe = set(exp.moe.moe_layer_indices(exp.backbone.layers)) if exp.moe else set()
-    return tuple("moe" if i in moe else "dense" for i in range(exp.backbone.layers))
+    window = set(exp.backbone.window_layers())
+    return tuple(("moe" if i in moe else "dense") + ("+window" if i in window else "")
+                 for i in range(exp.backbone.layers))
 
 
 def _roles(kinds: tuple[str, ...]) -> list[Role]:

@@ -229,7 +229,9 @@ def _box(n: fx.Node, rec: NodeCost | None, x: float, y: float) -> str:
             summary.append(si(total, "FLOP"))
             detail.append(f"FLOPs fwd {si(rec.flops_fwd)}, bwd {si(rec.flops_bwd)}"
                           + (f", capacity over-compute {si(rec.flops_overcompute)}" if rec.flops_overcompute else "")
-                          + (" (causal)" if rec.causal else ""))
+                          + (" (causal)" if rec.causal else "")
+                          + (f" (sliding window: {rec.score_fraction:.1%} of the scores)"
+                             if rec.kind == "attention" and not rec.causal and rec.score_fraction < 1 else ""))
         if kind == "input":
             summary.append(f"kept {_bytes(rec.saved['full'])}")
         elif rec.saved["none"]:

@@ -5,7 +5,8 @@ and the bytes kept alive for backward under each recompute policy.
 FLOPs. CPU fused attention kernels are invisible to FlopCounterMode, so the measurement forces
 the MATH backend, which runs attention as counted matmuls: densely (a causal mask is applied
 after QK^T) with a 2x backward. The graph counts what a fused FlashAttention kernel does: causal
-attention as half of the dense product, and a 2.5x backward (it recomputes QK^T). So the
+attention as half of the dense product (a sliding window as its window's pairs), and a 2.5x
+backward (it recomputes QK^T). So the
 comparison converts the graph's attention records to the math convention (`math_backend_flops`)
 instead of loosening the tolerance; every other node is compared as predicted.
 
@@ -95,7 +96,7 @@ def math_backend_flops(node: NodeCost, policy: str = "none") -> float:
     docstring): the graph's figure, with attention converted from the fused convention."""
     if node.kind != "attention":
         return node.flops_fwd + node.flops_bwd + node.flops_overcompute + node.flops_recompute(policy)
-    dense_fwd = node.flops_fwd * (2.0 if node.causal else 1.0)
+    dense_fwd = node.flops_fwd / node.score_fraction  # causal halves, sliding windows: their pairs
     bwd = dense_fwd * MATH_BWD_FACTOR if node.flops_bwd else 0.0
     recompute = dense_fwd if node.flops_recompute(policy) else 0.0
     return dense_fwd + bwd + recompute

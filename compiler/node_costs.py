@@ -23,8 +23,10 @@ import torch.nn.functional as F
 from torch.autograd.graph import saved_tensors_hooks
 
 from vlac.runtime.layers import RMSNorm
+from vlac.runtime.masks import sliding_window_mask
 
 from .fused_ops import DROPLESS_EXPERTS, DROPLESS_FLOPS, dropless_on_meta, dropless_rows, fused_attention
+from .tracing import attention_bias
 
 GEMM_FUNCS = {torch.bmm, torch.matmul, operator.matmul, F.linear, torch.mm, torch.einsum}
 NORM_TYPES = (RMSNorm, nn.LayerNorm)
@@ -187,16 +189,49 @@ def einsum_flops(equation: str, operands: list[torch.Tensor]) -> float:
     return total
 
 
-def attention_flops(n: fx.Node, ins: list[torch.Tensor]) -> tuple[float, bool]:
-    """scaled_dot_product_attention forward FLOPs (QK^T and PV) and whether it is causal:
-    halved when causal (a fused causal kernel skips the masked half); an explicit mask is
+def attention_flops(n: fx.Node, ins: list[torch.Tensor]) -> tuple[float, bool, float]:
+    """scaled_dot_product_attention forward FLOPs (QK^T and PV), whether it is causal, and the
+    share of the dense Sq x Sk scores they count: halved when causal (a fused causal kernel skips
+    the masked half); a sliding window counts only its (query, key) pairs (`window_pairs`: a
+    window-aware kernel, FlashAttention's window_size, skips the rest); any other explicit mask is
     computed densely."""
     q, k, v = ins[0], ins[1], ins[2]
     b_h = q.numel() // (q.shape[-2] * q.shape[-1])
     sq, sk, d, dv = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
     flops = 2.0 * b_h * sq * sk * (d + dv)
+    window = sliding_window_of(n)
+    if window is not None:
+        share = window_pairs(sq, sk, *window) / (sq * sk)
+        return flops * share, False, share
     causal = bool(n.kwargs.get("is_causal", n.args[5] if len(n.args) > 5 else False))
-    return (flops / 2 if causal else flops), causal
+    return (flops / 2 if causal else flops), causal, (0.5 if causal else 1.0)
+
+
+def sliding_window_of(n: fx.Node) -> tuple[int, bool] | None:
+    """(window, causal) of an attention node whose mask comes from runtime.masks.sliding_window_mask
+    (through the bias the tracer makes explicit), causal when that layer's own mask was None;
+    None for any other attention."""
+    mask = n.kwargs.get("attn_mask", n.args[3] if len(n.args) > 3 else None)
+    if isinstance(mask, fx.Node) and mask.target is attention_bias:
+        mask = mask.args[0]
+    if not (isinstance(mask, fx.Node) and mask.op == "call_function" and mask.target is sliding_window_mask):
+        return None
+    return int(mask.args[3]), mask.args[0] is None
+
+
+def window_pairs(sq: int, sk: int, window: int, causal: bool) -> int:
+    """(query, key) pairs a sliding window of `window` keeps when the Sq queries are the last of
+    the Sk key positions: a causal query at position p sees min(p + 1, window) keys (for Sq = Sk
+    = S >= window the sum is window*S - window*(window-1)/2); under an explicit mask the band
+    reaches window - 1 positions either way, and the mask's own zeros inside it are computed."""
+    def upto(n: int) -> int:  # sum of min(p + 1, window) over p < n
+        return n * (n + 1) // 2 if n <= window else window * (window + 1) // 2 + (n - window) * window
+
+    first = sk - sq
+    if causal:
+        return upto(sk) - upto(first)
+    below = lambda n: upto(n) - n  # noqa: E731 -- sum of min(p, window - 1) over p < n
+    return below(sk) - below(first) + below(sk - first) + sq
 
 
 def is_attention(n: fx.Node) -> bool:
@@ -230,5 +265,5 @@ def multiple_of_16(*dims: int) -> bool:
 
 
 __all__ = ["CostInterpreter", "attention_flops", "ceil_div", "einsum_flops", "gemm_flops",
-           "is_attention", "is_gemm", "is_loss", "is_norm", "multiple_of_16", "storage_key", "tensors",
-           "unique_bytes"]
+           "is_attention", "is_gemm", "is_loss", "is_norm", "multiple_of_16", "sliding_window_of", "storage_key",
+           "tensors", "unique_bytes", "window_pairs"]

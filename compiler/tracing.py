@@ -120,9 +120,11 @@ def structure_key(module: nn.Module) -> Hashable:
 
 
 def block_label(module: nn.Module) -> str:
-    """A short readable name: `moe`/`dense` for decoder blocks, else the class name."""
+    """A short readable name: `moe`/`dense` for decoder blocks (`+window` for a sliding-window
+    layer, as compiler/graph_cache.py names its kinds), else the class name."""
     if hasattr(module, "is_moe"):
-        return "moe" if module.is_moe else "dense"
+        window = "+window" if getattr(getattr(module, "attn", None), "window", 0) else ""
+        return ("moe" if module.is_moe else "dense") + window
     return type(module).__name__.lower()
 
 

@@ -17,9 +17,11 @@ import torch.nn.functional as F
 from vlac.spec.architecture import Backbone
 
 from .kernels import apply_rope, rms_norm
+from .masks import sliding_window_mask
 
 torch.fx.wrap("rms_norm")
 torch.fx.wrap("apply_rope")
+torch.fx.wrap("sliding_window_mask")  # one node: the lowering reads its window (compiler/node_costs.py)
 
 
 class RMSNorm(nn.Module):
@@ -88,12 +90,17 @@ class Attention(nn.Module):
     new keys/values are appended to it and queries attend to the whole cache. `kv_gather`, None
     except under context parallelism (runtime/parallel/context_parallel.py), maps this rank's
     keys/values [B,S,Hkv,D] to those of the whole sequence; the mask then has that many columns.
+    `window` > 0 (a sliding-window layer, Backbone.window_at) restricts the mask to keys fewer
+    than `window` positions away (runtime/masks.py); SDPA then gets an explicit mask.
     """
 
-    def __init__(self, cfg: Backbone, causal: bool = True):
+    def __init__(self, cfg: Backbone, causal: bool = True, window: int = 0):
         super().__init__()
         self.n_heads, self.n_kv, self.d_head = cfg.heads, cfg.n_kv_heads, cfg.d_head
+        if window and not causal:
+            raise ValueError("a sliding window applies to causal attention (the mask None stands for causal)")
         self.causal = causal
+        self.window = window
         d = cfg.hidden
         qkv_bias = cfg.bias or cfg.qkv_bias
         self.wq = nn.Linear(d, self.n_heads * self.d_head, bias=qkv_bias)
@@ -136,6 +143,11 @@ class Attention(nn.Module):
             k, v = cache.append(k, v)
             if mask is None and s > 1:  # causal over the new block, full over the cached past
                 mask = cache.causal_mask(s, q.device)
+        if self.window:  # decided by the config: traceable
+            if self.kv_gather is not None:  # gathered keys are in rank order, not positions
+                raise NotImplementedError("sliding-window attention under context parallelism is not run by this "
+                                          "runtime; re-plan with --pin cp=1")
+            mask = sliding_window_mask(mask, q, k, self.window)
         p = self.dropout if self.training else 0.0
         causal = self.causal and mask is None and cache is None
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal,

@@ -1,5 +1,5 @@
 """Attention masks as tensor ops (traceable): causal, bidirectional inside image spans, prefix-LM,
-and the segment-recurrence window of `vlac.runtime.memory`.
+the segment-recurrence window of `vlac.runtime.memory`, and the sliding window of a layer.
 
 None means plain causal, which lets scaled_dot_product_attention use its fused causal path.
 Returned masks are boolean [B, 1, S, S], True where attention is allowed. Sizes come from
@@ -73,3 +73,22 @@ def causal(like: torch.Tensor) -> torch.Tensor:
     """[S, S] lower-triangular mask built from positions, so tracing needs no Python ints."""
     pos = positions(like[0])
     return pos.unsqueeze(0) <= pos.unsqueeze(1)
+
+
+def sliding_window_mask(mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor, window: int) -> torch.Tensor:
+    """`mask` (None = causal, or boolean [B, 1, Sq, Sk]) restricted to keys fewer than `window`
+    positions from their query, for q [B, H, Sq, D] and k [B, H, Sk, D]: the queries are the last
+    Sq of the Sk key positions (training, and decoding past a KV cache). The window bounds the
+    distance either way; the mask keeps deciding the direction, so a causal layer sees its last
+    `window` tokens (itself included, Mistral's `sliding_window`) and a bidirectional image span
+    its tokens within the window on both sides. Packed documents and segment memory compose by
+    intersection like every other mask. Called on real (or meta) tensors, never traced through:
+    vlac.runtime.layers registers it with torch.fx.wrap, so the lowering sees one node whose
+    arguments say the window and whether the layer's mask was causal (vlac.compiler.node_costs)."""
+    sq, sk = q.size(-2), k.size(-2)
+    k_pos = torch.arange(sk, device=q.device)
+    q_pos = k_pos[sk - sq:]
+    distance = q_pos.unsqueeze(1) - k_pos.unsqueeze(0)  # [Sq, Sk]
+    if mask is None:
+        return ((distance >= 0) & (distance < window)).view(1, 1, sq, sk)
+    return mask & (distance.abs() < window)

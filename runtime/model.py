@@ -39,7 +39,7 @@ class Block(nn.Module):
         bb = exp.backbone
         self.index = index
         self.attn_norm = make_norm(bb, bb.hidden)
-        self.attn = Attention(bb)
+        self.attn = Attention(bb, window=bb.window_at(index))
         self.mlp_norm = make_norm(bb, bb.hidden)
         self.is_moe = moe
         self.mlp = MoELayer(bb, exp.moe) if moe else MLP(bb)

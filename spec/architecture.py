@@ -10,6 +10,17 @@ from pydantic import Field, field_validator, model_validator
 from .base import SpecModel
 from .pretrained import PretrainedInit
 
+WINDOW_PATTERNS = ('"all"; "global_every:N" (every N-th layer, from the N-th, keeps full attention and the others '
+                   'use the window: Gemma 2 is N=2, Gemma 3 N=6); "from:K" (layers K onward, Qwen2\'s '
+                   'max_window_layers); or a list of layer indices')
+
+
+def layer_pattern(v: str | list[int], form: str, choices: str) -> str | list[int]:
+    """`v` unchanged when it is a list of indices or a string matching the regex `form`."""
+    if isinstance(v, str) and not re.fullmatch(form, v):
+        raise ValueError(f"{v!r} is not a layer pattern; use {choices}")
+    return v
+
 
 class Backbone(SpecModel):
     """A Qwen-style decoder; every choice that distinguishes the classic families is a field."""
@@ -33,6 +44,13 @@ class Backbone(SpecModel):
     qkv_bias: bool = Field(False, description="biases on the query, key and value projections only (Qwen2)")
     init: PretrainedInit | None = Field(None, description="start from a Hugging Face checkpoint (null = random init); see docs/pretrained.md")
     freeze: bool = Field(False, description="freeze the language model (embedding, blocks, final norm, head): no gradients, not in the optimiser")
+    sliding_window: int | None = Field(None, ge=1, le=2**24, description="sliding-window attention: a query sees keys fewer than this many tokens away, itself included (Mistral, Qwen2, Gemma's local layers); null = every earlier token")
+    sliding_window_layers: str | list[int] = Field("all", description=f'which layers use sliding_window: {WINDOW_PATTERNS}')
+
+    @field_validator("sliding_window_layers")
+    @classmethod
+    def _window_layers_form(cls, v):
+        return layer_pattern(v, r"all|global_every:[1-9]\d*|from:\d+", WINDOW_PATTERNS)
 
     @model_validator(mode="after")
     def _heads(self):
@@ -43,6 +61,37 @@ class Backbone(SpecModel):
         if self.head_dim is None and self.hidden % self.heads:
             raise ValueError(f"heads: hidden {self.hidden} is not divisible by heads {self.heads}; set head_dim or change heads")
         return self
+
+    @model_validator(mode="after")
+    def _window_layers(self):
+        v = self.sliding_window_layers
+        if self.sliding_window is None and v != "all":
+            raise ValueError(f"sliding_window_layers: {v!r} is set but sliding_window is null; set sliding_window "
+                             f"(tokens) or leave sliding_window_layers out")
+        if isinstance(v, list):
+            bad = sorted({i for i in v if not 0 <= i < self.layers})
+            if bad:
+                raise ValueError(f"sliding_window_layers: indices {bad} are outside the {self.layers} layers; use "
+                                 f"indices 0..{self.layers - 1}")
+        return self
+
+    def window_layers(self) -> tuple[int, ...]:
+        """Indices of the layers that attend through the sliding window (none without one)."""
+        if self.sliding_window is None:
+            return ()
+        v = self.sliding_window_layers
+        if isinstance(v, list):
+            return tuple(sorted(set(v)))
+        if v == "all":
+            return tuple(range(self.layers))
+        kind, n = v.split(":")
+        if kind == "global_every":
+            return tuple(i for i in range(self.layers) if (i + 1) % int(n))
+        return tuple(range(int(n), self.layers))
+
+    def window_at(self, layer: int) -> int:
+        """The sliding window (tokens) of decoder layer `layer`; 0 = full causal attention."""
+        return self.sliding_window if layer in self.window_layers() else 0
 
     @property
     def n_kv_heads(self) -> int:
@@ -82,9 +131,7 @@ class MoE(SpecModel):
     @field_validator("layers")
     @classmethod
     def _layers_form(cls, v):
-        if isinstance(v, str) and not re.fullmatch(r"all|every:[1-9]\d*|from:\d+", v):
-            raise ValueError(f'{v!r} is not a layer pattern; use "all", "every:N", "from:K" or a list of layer indices')
-        return v
+        return layer_pattern(v, r"all|every:[1-9]\d*|from:\d+", '"all", "every:N", "from:K" or a list of layer indices')
 
     @model_validator(mode="after")
     def _topk(self):

@@ -10,9 +10,15 @@ and the fix. Families vlac's decoder can express exactly (so logits match the re
   llama       Llama 2/3 without rope scaling, no biases
   qwen2       Qwen2 / Qwen2.5 (biases on the q, k, v projections: `qkv_bias`)
   qwen3       Qwen3 (RMSNorm on queries and keys: `qk_norm`)
+  mistral     Mistral (Llama's layout; `sliding_window` on every layer)
   mixtral     Mixtral (every layer MoE, softmax router, top-k weights renormalised)
   qwen3_moe   Qwen3-MoE (QK-norm; MoE layers from decoder_sparse_step / mlp_only_layers;
               needs norm_topk_prob: true, which is how vlac's router mixes its top-k experts)
+
+Sliding-window attention maps to `sliding_window` and `sliding_window_layers`: Mistral's and
+Mixtral's `sliding_window` on every layer; Qwen2's (and Qwen3's) `use_sliding_window` on the layers
+from `max_window_layers` on; a config that lists `layer_types` (transformers 5 writes them) on the
+layers it marks "sliding_attention".
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from pydantic import Field
 
 from .base import SpecModel
 
-FAMILIES = ("llama", "qwen2", "qwen3", "mixtral", "qwen3_moe")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3_moe")
 MOE_FAMILIES = ("mixtral", "qwen3_moe")
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -86,8 +92,6 @@ def unsupported(cfg: dict[str, Any]) -> list[str]:
         out.append(f"rope scaling {scaling!r} (vlac's RoPE is unscaled)")
     if cfg.get("hidden_act", "silu") != "silu":
         out.append(f"hidden_act {cfg['hidden_act']!r} (vlac's SwiGLU uses silu)")
-    if cfg.get("use_sliding_window") or (cfg["model_type"] == "mixtral" and cfg.get("sliding_window")):
-        out.append("sliding-window attention")
     if cfg["model_type"] == "llama" and (cfg.get("attention_bias") or cfg.get("mlp_bias")):
         out.append("attention_bias / mlp_bias")
     if cfg["model_type"] in ("qwen3", "qwen3_moe") and cfg.get("attention_bias"):
@@ -112,7 +116,34 @@ def backbone_fields(cfg: dict[str, Any]) -> dict[str, Any]:
         # PretrainedConfig's default is tied; Llama-family configs always write the key
         "tied_embeddings": bool(cfg.get("tie_word_embeddings", True)),
         "bias": False, "qkv_bias": family == "qwen2",
+        **window_fields(cfg),
     }
+
+
+def window_layers(cfg: dict[str, Any]) -> list[int]:
+    """Indices of the layers a checkpoint's config runs with sliding-window attention."""
+    layers = cfg["num_hidden_layers"]
+    if cfg.get("layer_types"):
+        return [i for i, kind in enumerate(cfg["layer_types"]) if kind == "sliding_attention"]
+    if cfg.get("use_sliding_window"):  # Qwen2/Qwen3 before transformers 5 wrote layer_types
+        return list(range(cfg.get("max_window_layers", 28), layers))
+    if cfg["model_type"] in ("mistral", "mixtral") and cfg.get("sliding_window"):
+        return list(range(layers))
+    return []
+
+
+def window_fields(cfg: dict[str, Any]) -> dict[str, Any]:
+    """backbone.sliding_window and sliding_window_layers of a checkpoint (the shortest pattern
+    that names its windowed layers)."""
+    idx, layers = window_layers(cfg), cfg["num_hidden_layers"]
+    if not idx or not cfg.get("sliding_window"):
+        return {"sliding_window": None, "sliding_window_layers": "all"}
+    pattern: str | list[int] = idx
+    if idx == list(range(layers)):
+        pattern = "all"
+    elif idx == list(range(idx[0], layers)):
+        pattern = f"from:{idx[0]}"
+    return {"sliding_window": int(cfg["sliding_window"]), "sliding_window_layers": pattern}
 
 
 def moe_fields(cfg: dict[str, Any]) -> dict[str, Any] | None:
@@ -202,10 +233,13 @@ def mismatches(exp: Any) -> list[str]:
     fix = "set it to the checkpoint's value, or leave it out and write backbone: {from_hf: PATH} to take it from there"
     bb = exp.backbone
     all_moe = exp.moe is not None and len(exp.moe.moe_layer_indices(bb.layers)) == bb.layers
-    derived = {"kv_heads": bb.n_kv_heads, "head_dim": bb.d_head, "ffn_hidden": bb.d_ffn}  # defaults resolved
+    derived = {"kv_heads": bb.n_kv_heads, "head_dim": bb.d_head, "ffn_hidden": bb.d_ffn,  # defaults resolved
+               "sliding_window_layers": list(bb.window_layers())}  # any pattern naming the same layers
     for field, want in backbone_fields(cfg).items():
         if field == "ffn_hidden" and all_moe:
             continue  # every layer MoE (Mixtral): the dense width is never used
+        if field == "sliding_window_layers":
+            want = window_layers(cfg) if cfg.get("sliding_window") else []
         have = derived.get(field, getattr(bb, field))
         if have != want:
             out.append(f"backbone.{field}: {have!r} differs from {want!r} in {where}; {fix}")
