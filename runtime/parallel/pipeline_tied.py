@@ -11,6 +11,9 @@ stage's copy is left out of it).
 Checkpoints keep both names, `embed.weight` from the first stage and `head.weight` from the last,
 as one process writes both; optimiser state exists under whichever name the saving layout
 optimised (checkpoint.py loads a missing tied name from the other).
+
+Under tensor parallelism both copies are sharded over the vocabulary (tensor_parallel.py), and each
+tensor-parallel rank sums its own rows with the other stage's rank of the same tp coordinate.
 """
 
 from __future__ import annotations
@@ -72,5 +75,10 @@ class TiedEmbeddings:
             grad = w.grad
             if grad is None:
                 grad = w.grad = torch.zeros_like(w)
+            if isinstance(grad, DTensor) and grad.placements != w.placements:
+                # a vocabulary-sharded embedding's backward leaves a replicated gradient (DTensor's
+                # embedding rule); the last stage's head gradient is sharded like its weight, so the
+                # copies are summed shard by shard (Replicate -> Shard is a local slice)
+                grad = w.grad = grad.redistribute(w.device_mesh, w.placements)
             local = grad.to_local() if isinstance(grad, DTensor) else grad
             dist.all_reduce(local, group=self.group)

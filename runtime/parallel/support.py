@@ -72,9 +72,6 @@ LIMITS: tuple[Limit, ...] = (
           "rounds (max(1, m // pp), torch's ScheduleInterleavedZeroBubble)", "--pin microbatch_size=... (another m)",
           _always, lambda c: (c["pp"] > 1) & (c["schedule"] == "zero_bubble")
           & (c["m"] % np.maximum(1, c["m"] // c["pp"]) != 0)),
-    Limit("tied_embeddings_tensor_pipeline", "backbone.tied_embeddings with tensor and pipeline parallelism together "
-          "(the stages' tied-weight gradient exchange does not match the vocabulary-sharded copies)",
-          "--pin tp=1 or --pin pp=1", lambda e: e.backbone.tied_embeddings, lambda c: (c["tp"] > 1) & (c["pp"] > 1)),
     Limit("sequence_parallel_dual_stream", "sequence parallelism with fusion.stream: dual (its per-token stream "
           "selector acts on gathered and on sequence-sharded activations)", "--pin sequence_parallel=false",
           lambda e: e.fusion.stream == "dual", lambda c: (c["tp"] > 1) & c["sp"]),

@@ -46,9 +46,9 @@ def test_limits_give_the_same_answer_on_scalars_and_on_columns(flagship):
     assert not unsupported(exp, _cols(cp=2, dp=4)) and not not_as_timed(exp, _cols(cp=2, dp=4))
     assert not not_as_timed(exp, _cols(tp=2, dp=4, etp=1))
     dense = vlac.load(ROOT / "examples" / "dense_text_1b.yaml")
-    # context parallelism composes with pipelining; tied embeddings with tp and pp together do not
+    # context parallelism composes with pipelining, tied embeddings with tp and pp together
     assert not unsupported(dense, _cols(cp=2, dp=4)) and not unsupported(dense, _cols(cp=2, pp=2, dp=2))
-    assert any("tied" in r for r in unsupported(dense, _cols(tp=2, pp=2, dp=2)))
+    assert dense.backbone.tied_embeddings and not unsupported(dense, _cols(tp=2, pp=2, dp=2))
     assert not unsupported(exp, _cols(pp=2, dp=4, m=4, schedule="zero_bubble"))
     assert any("--pin zero=2" in r for r in unsupported(exp, _cols(pp=2, dp=4, zero=3, schedule="zero_bubble")))
     assert any("rounds" in r for r in unsupported(exp, _cols(pp=2, dp=4, m=5, schedule="zero_bubble")))
@@ -77,11 +77,12 @@ def test_examples_plan_a_layout_the_runtime_runs_when_one_exists(path):
 def test_a_pinned_layout_the_runtime_cannot_run_is_planned_and_marked():
     exp = vlac.load(ROOT / "examples" / "dense_text_1b.yaml")
     g = vlac.lower(exp)
-    p = vlac.plan(exp, graph=g, pin={"tp": 2, "pp": 2})
+    p = vlac.plan(exp, graph=g, pin={"dp": 2, "pp": 2, "zero": 3, "schedule": "zero_bubble"})
     rt = p.to_json()["runtime"]
-    assert (p.chosen.layout.tp, p.chosen.layout.pp) == (2, 2)
+    assert (p.chosen.layout.pp, p.chosen.layout.zero, p.chosen.layout.schedule) == (2, 3, "zero_bubble")
     assert not rt["runs"] and "pins" in rt["why"]
-    assert any("tied_embeddings with tensor and pipeline" in r and "--pin tp=1" in r for r in rt["unsupported"])
+    assert any("zero-bubble schedule with ZeRO-3" in r and "--pin zero=2" in r for r in rt["unsupported"])
+    assert vlac.plan(exp, graph=g, pin={"tp": 2, "pp": 2}).runtime["runs"]  # tied embeddings over tp x pp run
     assert vlac.plan(exp, graph=g, pin={"cp": 2, "pp": 2}).runtime["runs"]  # cp inside pipeline stages runs
 
 
@@ -129,3 +130,4 @@ def test_moe_layers_are_costed_on_the_whole_micro_batch_as_the_runtime_runs_them
     # another stack routes each rank's own tokens: there the runtime's gather stays a limit that runs
     te = vlac.load(ROOT / "examples" / "vla_10b_moe_h100.yaml", ["stack.preset=megatron-te"])
     assert any("--pin cp=1" in r for r in not_as_timed(te, _cols(cp=2, dp=4)))
+

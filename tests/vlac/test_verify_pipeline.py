@@ -1,7 +1,7 @@
 """`vlac verify` of the pipeline features (gloo, fp32, 1e-4 relative against one process): the
-zero-bubble schedule, tied embeddings across the first and last stage, masked and flow-matching
-losses (their corruption made on the first stage, scored on the last); and a tied-embedding
-checkpoint written by a pipeline resumed on one process."""
+zero-bubble schedule, tied embeddings across the first and last stage (with tensor parallelism
+too), masked and flow-matching losses (their corruption made on the first stage, scored on the
+last); and a tied-embedding checkpoint written by a pipeline resumed on one process."""
 
 import os
 from pathlib import Path
@@ -32,7 +32,8 @@ TIED = ["--set", "backbone.tied_embeddings=true"]
 @pytest.mark.parametrize("spec, layouts, sets", [
     # pp4 makes 4 micro-batches per step: deferred weight-gradient passes really are deferred
     (TINY, "pp2+zb,pp4+zb,dp2xpp2+zb,fsdp2xpp2+zb+zero2,pp2+zb+full", FOUR_LAYERS),
-    (TINY, "pp2,pp4,fsdp2xpp2,dp2xpp2,pp2+v2,pp2+zb", FOUR_LAYERS + TIED),
+    # under tp both copies are vocabulary-sharded: each tp rank sums its rows with the other stage's
+    (TINY, "pp2,pp4,fsdp2xpp2,dp2xpp2,pp2+v2,pp2+zb,tp2xpp2", FOUR_LAYERS + TIED),
     # corrupted inputs: masked tokens (Show-o) and flow-matching noise (Transfusion) are
     # counter-based (vlac.runtime.noise), so the first stage's corruption is the last stage's
     (EXAMPLES / "show_o.yaml", "pp2,dp2xpp2", []),
