@@ -106,7 +106,7 @@ def build_profile(exp: Experiment, g: Graph, hw: Hardware, fp8: bool,
                        top_k=moe.top_k if moe else 0, experts=moe.experts if moe else 1, fp8=fp8,
                        fp8_recipe=exp.precision.fp8.recipe, causal=exp.fusion.attention_mask == "causal",
                        norm=bb.norm, kernel_costs=kernel_costs, stack=exp.stack.resolved(),
-                       media_entries=media_entries(exp))
+                       media_entries=media_entries(exp), capacity_factor=moe.capacity_factor if moe else None)
 
 
 def media_entries(exp: Experiment) -> int:

@@ -101,8 +101,12 @@ class CostProfile:
     def __init__(self, graph: Graph, hw: Hardware, *, hidden: int, heads: int, kv_heads: int, head_dim: int,
                  top_k: int, experts: int, fp8: bool, fp8_recipe: str = "delayed", causal: bool = False,
                  norm: str = "rmsnorm", kernel_costs: KernelCosts | None = None,
-                 stack: ResolvedStack | None = None, media_entries: int = 0):
+                 stack: ResolvedStack | None = None, media_entries: int = 0,
+                 capacity_factor: float | None = None):
         self.g, self.hw = graph, hw
+        # moe.capacity_factor (None: dropless): vlac's runtime exchanges every expert's capacity
+        # slots, padding included, in its capacity dispatch (see `times`)
+        self.capacity_factor = capacity_factor
         self.media_entries = media_entries  # late fusion's media entries per sequence (sent between stages)
         # the software stack (spec.stack; default: what vlac's emitted program runs)
         self.stack = stack or STACKS["vlac"]
@@ -355,6 +359,8 @@ class CostProfile:
                 # the gathered micro-batch (see above; 1/etp of it)
                 routed = mb / etp if self.moe_gathered else seqs / tp
                 a2a_bytes = routed * self.seq_len * self.top_k * self.hidden * self.act_bytes
+                if self.moe_gathered:
+                    a2a_bytes = a2a_bytes * self.capacity_slots(mb * self.seq_len)
                 if self.moe_gathered:  # the cp gather of the MoE input, forward; its reduce-scatter backward
                     out["cp"][:, j] += np.where(cp > 1, 2 * hw.all_gather(act_msg * cp, cp, tp), 0.0)
                 a2a = hw.all_to_all(a2a_bytes, ep, etp)
@@ -370,6 +376,15 @@ class CostProfile:
                 across = tp * cp > hw.node_size
                 out["cp"][:, j] += np.where(cp > 1, 3 * (cp - 1) * hw.p2p(chunk, across), 0.0)
         return out
+
+    def capacity_slots(self, tokens: np.ndarray) -> np.ndarray:
+        """Slots exchanged per routed copy by vlac's capacity dispatch: each of the E experts
+        gets C = ceil(tokens * top_k * capacity_factor / E) slots (runtime/moe.py `capacity`), all
+        sent through the all-to-all whether filled or not; 1 when dropless (only routed copies move)."""
+        if self.capacity_factor is None or self.top_k == 0:
+            return np.ones_like(tokens)
+        e, k, cf = self.experts, self.top_k, round(self.capacity_factor * 1000)  # the runtime's 1/1000 steps
+        return e * np.ceil(tokens * k * cf / (e * 1000)) / (tokens * k)
 
     # ---- pipeline stage split -------------------------------------------------------------------
     def stage_chunks(self, n_chunks: int, interleaved: bool = False) -> list[list[int]]:

@@ -131,3 +131,30 @@ def test_moe_layers_are_costed_on_the_whole_micro_batch_as_the_runtime_runs_them
     te = vlac.load(ROOT / "examples" / "vla_10b_moe_h100.yaml", ["stack.preset=megatron-te"])
     assert any("--pin cp=1" in r for r in not_as_timed(te, _cols(cp=2, dp=4)))
 
+
+def test_the_expert_all_to_all_carries_the_capacity_slots_the_runtime_sends(flagship):
+    """vlac's capacity dispatch exchanges every expert's C slots, filled or not (runtime/moe.py
+    `capacity`): the cost model's all-to-all moves E*C slots per micro-batch, not tokens*top_k;
+    dropless routing moves only the routed copies."""
+    from vlac.runtime.moe import MoELayer
+
+    exp, g = flagship
+    prof = Search(exp, exp.cluster, g).model.p
+    layer = MoELayer(exp.backbone, exp.moe)
+    e, k = exp.moe.experts, exp.moe.top_k
+    for tokens in (1, 7, 4096, 4097, 2 * prof.seq_len):
+        sent = e * int(layer.capacity(tokens))
+        assert prof.capacity_slots(np.array([float(tokens)]))[0] * tokens * k == pytest.approx(sent, rel=1e-12)
+    j = next(j for j, p in enumerate(prof.profiles) if p.moe)
+
+    def ep_fwd():
+        return prof.times(np.array([1]), np.array([False]), np.array([1]), np.array([2]), np.array([8]),
+                          np.array([1]))["ep_fwd"][0, j]
+
+    padded = ep_fwd()
+    prof.capacity_factor = None  # dropless: the same layer moves tokens * top_k copies
+    try:
+        dropless = ep_fwd()
+    finally:
+        prof.capacity_factor = exp.moe.capacity_factor
+    assert exp.moe.capacity_factor > 1 and padded > dropless * 1.1
