@@ -11,7 +11,7 @@ requires; `rules()` states each rule so errors can quote them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import product
 from typing import Any
 
@@ -85,6 +85,27 @@ class Limits:
 
     def pp_ok(self, p: int) -> bool:
         return p <= min(self.blocks, self.max_pp)
+
+    def shapeless(self) -> "Limits":
+        """These limits with every rule that reads the model's shape (heads, kv_heads, the padded
+        vocabulary, the FFN widths, the experts) made to pass: tp divides the node, so a width
+        of the node's size admits every tp; ep*etp divides tp*cp*dp and so the world, so world
+        experts admit every ep. The layouts of these limits are a superset of those of any shape
+        on the same cluster, batch and depth, and `shape_rows` picks one shape's."""
+        return replace(self, heads=self.node, kv_heads=self.node, vocab=self.node, ffn=self.node,
+                       expert_ffn=self.node, experts=self.world if self.moe else 1)
+
+    def shape_rows(self, cols: dict[str, np.ndarray]) -> np.ndarray:
+        """Which rows of a `shapeless()` space these limits' shape rules keep: tp divides heads,
+        kv_heads, the padded vocabulary and the FFN width; ep divides the experts; etp = tp
+        (> 1) needs tp to divide the experts' FFN width. Exactly the rows `enumerate_space`
+        gives these limits (tests/search/test_fast.py checks it)."""
+        tp, ep, etp = cols["tp"], cols["ep"], cols["etp"]
+        keep = np.ones(len(tp), bool)
+        for width in (self.heads, self.kv_heads, self.vocab, self.ffn):
+            keep &= width % tp == 0
+        keep &= self.experts % ep == 0
+        return keep & ((etp == 1) | (self.expert_ffn % tp == 0))
 
     def rules(self) -> dict[str, str]:
         return {

@@ -69,9 +69,10 @@ class LayoutSpace:
         return cls(space, np.arange(len(space)), combos[first], inv.reshape(-1), factor, pp, key)
 
     def within(self, lim: Limits) -> LayoutSpace:
-        """The rows a depth of `lim.blocks` keeps (DepthSpaces)."""
+        """The rows a model of `lim`'s depth and shape keeps (DepthSpaces)."""
         c = self.space.cols
-        keep = np.nonzero((c["pp"] <= min(lim.blocks, lim.max_pp)) & ((c["v"] == 1) | (c["pp"] * c["v"] <= lim.blocks)))[0]
+        depth_ok = (c["pp"] <= min(lim.blocks, lim.max_pp)) & ((c["v"] == 1) | (c["pp"] * c["v"] <= lim.blocks))
+        keep = np.nonzero(depth_ok & lim.shape_rows(c))[0]
         return LayoutSpace(self.space, keep, self.combos, self.inverse[keep], self.bubble_factor[keep], self.pp[keep],
                            self.key)
 
@@ -218,14 +219,18 @@ def _cost(search: planner_mod.Search, ls: LayoutSpace, rows: np.ndarray, allowed
 
 
 class DepthSpaces:
-    """The legal layouts of every depth of an architecture, enumerated once per power of two.
+    """The legal layouts of every depth and shape of the architectures on one cluster and batch,
+    enumerated once per power of two of the depth.
 
     Depth enters the legal space only through two of the planner's rules (Limits.rules(): "pp <=
-    the decoder layers (and max_pp)", and interleaving's "pp*virtual_stages <= decoder layers");
-    every other rule, and the dominance pruning, is row by row. So the layouts of depth L are the
-    layouts enumerated for a depth D >= L that keep pp <= min(L, max_pp) and pp*v <= L when
-    interleaved. The first superset of each pin set is checked against the planner's own
-    enumeration at a depth it serves; if they differ (the rules changed), no superset is used."""
+    the decoder layers (and max_pp)", and interleaving's "pp*virtual_stages <= decoder layers"),
+    the model's shape (heads, widths, experts) only through divisibility rules on tp, ep and etp
+    (Limits.shape_rows); every other rule, and the dominance pruning, is row by row. So the
+    layouts of depth L are the layouts enumerated for a depth D >= L with every shape rule
+    passing (Limits.shapeless) that keep pp <= min(L, max_pp), pp*v <= L when interleaved, and
+    the shape's divisibility. The first superset of each pin set is checked against the
+    planner's own enumeration at a depth and shape it serves; if they differ (the rules
+    changed), no superset is used."""
 
     def __init__(self, keep: int = 64):
         self.supersets: OrderedDict[str, LayoutSpace] = OrderedDict()  # the most recent `keep`
@@ -237,7 +242,7 @@ class DepthSpaces:
         if self.checked.get(pins_key) is False:
             return LayoutSpace.of(enumerate_space(lim, pins), repr(lim) + pins_key)
         depth = 1 << max(0, lim.blocks - 1).bit_length()  # the next power of two
-        big = replace(lim, blocks=depth, max_pp=user_max_pp or depth)
+        big = replace(lim.shapeless(), blocks=depth, max_pp=user_max_pp or depth)
         key = repr(big) + pins_key
         superset = self.supersets.get(key)
         if superset is None:

@@ -3,6 +3,7 @@ JSON): the same status, parameters and FLOPs exactly, step time and memory withi
 chosen layout, on randomly drawn candidates."""
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,24 @@ def test_each_depths_layouts_equal_the_planners_enumeration():
         theirs = enumerate_space(lim, {})
         assert len(ours) == len(theirs) and _same_rows(ours, theirs), depth
     assert spaces.checked == {"{}": True} and len(spaces.supersets) == 3
+
+
+def test_each_shapes_layouts_equal_the_planners_enumeration():
+    # heads, widths and experts enter only through divisibility rules on tp, ep and etp, checked
+    # row by row: architectures of every shape share one superset per power of two of the depth
+    exp = vlac.load(FLAGSHIP)
+    spaces = DepthSpaces()
+    base = Limits.of(exp, exp.cluster, 24)
+    shapes = [dict(heads=20, kv_heads=5), dict(heads=24, kv_heads=4, ffn=6000), dict(experts=64, expert_ffn=1500),
+              dict(experts=6, heads=12, kv_heads=12), dict(vocab=50260, experts=32), {}]
+    sizes = set()
+    for shape in shapes:
+        lim = replace(base, **shape)
+        ours = spaces.get(lim, None, {}).layouts()
+        theirs = enumerate_space(lim, {})
+        assert len(ours) == len(theirs) and _same_rows(ours, theirs), shape
+        sizes.add(len(theirs))
+    assert len(sizes) >= 4  # the shape rules bite: the shapes' layouts differ
+    assert len(spaces.supersets) == 1
+    dense = replace(base, moe=False, experts=1, expert_ffn=1, heads=20, kv_heads=20)
+    assert _same_rows(spaces.get(dense, None, {}).layouts(), enumerate_space(dense, {}))
