@@ -16,9 +16,9 @@ and the fix. Families vlac's decoder can express exactly (so logits match the re
               needs norm_topk_prob: true, which is how vlac's router mixes its top-k experts)
 
 Sliding-window attention maps to `sliding_window` and `sliding_window_layers`: Mistral's and
-Mixtral's `sliding_window` on every layer; Qwen2's (and Qwen3's) `use_sliding_window` on the layers
-from `max_window_layers` on; a config that lists `layer_types` (transformers 5 writes them) on the
-layers it marks "sliding_attention".
+Mixtral's `sliding_window` on every layer; Qwen2's and Qwen3's `use_sliding_window` on the layers
+from `max_window_layers` on, Qwen3-MoE's on every layer; a config that lists `layer_types`
+(transformers 5 writes them for Qwen2/Qwen3) on the layers it marks "sliding_attention".
 """
 
 from __future__ import annotations
@@ -125,11 +125,12 @@ def window_layers(cfg: dict[str, Any]) -> list[int]:
     layers = cfg["num_hidden_layers"]
     if cfg.get("layer_types"):
         return [i for i, kind in enumerate(cfg["layer_types"]) if kind == "sliding_attention"]
-    if cfg.get("use_sliding_window"):  # Qwen2/Qwen3 before transformers 5 wrote layer_types
-        return list(range(cfg.get("max_window_layers", 28), layers))
-    if cfg["model_type"] in ("mistral", "mixtral") and cfg.get("sliding_window"):
-        return list(range(layers))
-    return []
+    family, used = cfg["model_type"], cfg.get("use_sliding_window")
+    if family in ("qwen2", "qwen3"):  # before transformers 5 wrote layer_types
+        return list(range(cfg.get("max_window_layers", 28), layers)) if used else []
+    if family == "qwen3_moe" and not used:  # Qwen3-MoE windows every layer, or none
+        return []
+    return list(range(layers)) if cfg.get("sliding_window") else []  # Mistral, Mixtral: every layer
 
 
 def window_fields(cfg: dict[str, Any]) -> dict[str, Any]:

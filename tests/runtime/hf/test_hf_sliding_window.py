@@ -1,5 +1,5 @@
 """Sliding-window checkpoints: Mistral's window on every layer, Qwen2's from max_window_layers on,
-Mixtral's; imported into backbone.sliding_window / sliding_window_layers, vlac's logits equal
+Mixtral's and Qwen3-MoE's on every layer; imported into backbone.sliding_window / sliding_window_layers, vlac's logits equal
 transformers' (fp32, 1e-5) on a sequence longer than the window."""
 
 import pytest
@@ -14,14 +14,16 @@ CASES = {  # family, config overrides, the windowed layers vlac must read from t
     "qwen2": ({"use_sliding_window": True, "sliding_window": WINDOW, "max_window_layers": 1, "num_hidden_layers": 3},
               "from:1", (1, 2)),
     "mixtral": ({"sliding_window": WINDOW}, "all", (0, 1)),
+    "qwen3_moe": ({"use_sliding_window": True, "sliding_window": WINDOW, "max_window_layers": 1}, "all", (0, 1)),
 }
+MOE = ("mixtral", "qwen3_moe")
 
 
 def _imported(family, folder):
     from vlac.runtime.hf.load import load_pretrained
     from vlac.runtime.model import build_model
 
-    moe = {"moe": {"capacity_factor": None}} if family == "mixtral" else {}
+    moe = {"moe": {"capacity_factor": None}} if family in MOE else {}
     exp = experiment(folder, **moe)
     model = build_model(exp)
     load_pretrained(model, exp)
