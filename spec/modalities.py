@@ -183,7 +183,7 @@ def anchor_encoder_paths(data: Any, base: str | Path) -> Any:
     for name, m in mods.items():
         enc = m.get("encoder") if isinstance(m, dict) else None
         if isinstance(enc, dict) and isinstance(enc.get("hf"), str) and not Path(enc["hf"]).expanduser().is_absolute():
-            out[name] = {**m, "encoder": {**enc, "hf": str(Path(base) / enc["hf"])}}
+            out[name] = {**m, "encoder": {**enc, "hf": str((Path(base) / enc["hf"]).resolve())}}
     return {**data, "modalities": out}
 
 

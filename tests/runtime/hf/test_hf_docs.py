@@ -36,6 +36,26 @@ def test_worked_example(tmp_path, monkeypatch):
     assert quoted in str(err.value)
 
 
+def test_llava_example(tmp_path, monkeypatch):
+    """The LLaVA example's tower and spec: the encoder is read from the spec file's folder, frozen
+    with the language model (only the projector trains), and the quoted error is real."""
+    text = DOC.read_text()
+    monkeypatch.chdir(tmp_path)
+    exec(_block(text, "python", "Qwen3ForCausalLM"), {})  # the first example's checkpoint
+    exec(_block(text, "python", "CLIPVisionModel("), {})
+    spec_text = _block(text, "yaml", "name: llava-tiny")
+    (tmp_path / "llava-tiny.yaml").write_text(spec_text)
+    exp = vlac.load(tmp_path / "llava-tiny.yaml")
+    enc = exp.modalities["image"].encoder
+    assert enc.hf == str((tmp_path / "clip-tiny").resolve()) and (enc.layer, enc.freeze) == (-2, True)
+    assert exp.backbone.freeze and exp.modalities["question"].vocab_size == 512
+    (tmp_path / "llava-tiny.yaml").write_text(spec_text.replace("tokens: 16,", "tokens: 17,"))
+    with pytest.raises(SpecError) as err:
+        vlac.load(tmp_path / "llava-tiny.yaml")
+    quoted = re.search(r"```\n(modalities\.image\.tokens: .*?) \(", text).group(1)
+    assert quoted in str(err.value)
+
+
 @pytest.mark.slow
 def test_worked_example_fine_tunes_and_exports_through_the_cli(tmp_path, monkeypatch):
     """Issue 14's "done when": the guide's checkpoint and spec, its `vlac submit` (local executor, two
