@@ -2,7 +2,9 @@
 
 The family is the one the run started from (`backbone.init`), else the one that expresses the
 backbone: MoE with QK-norm -> qwen3_moe, MoE -> mixtral, QK-norm -> qwen3, q/k/v biases -> qwen2,
-else llama. What no family computes (GELU, LayerNorm, learned positions, all-linear biases, shared
+a sliding window -> mistral, else llama. A sliding window is written as each family reads it:
+Qwen2/Qwen3 per layer (`layer_types`), Mistral, Mixtral and Qwen3-MoE on every layer.
+What no family computes (GELU, LayerNorm, learned positions, all-linear biases, shared
 experts, sigmoid routers, dual-stream weights) is refused with the field to change.
 """
 
@@ -16,7 +18,8 @@ from vlac.spec.pretrained import read_config
 from .vocab import exported_layout, text_range
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
-                 "mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
+                 "mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM", "mistral": "MistralForCausalLM"}
+PER_LAYER_WINDOWS = ("qwen2", "qwen3")  # families whose config names each layer's attention (layer_types)
 CARRIED = ("bos_token_id", "eos_token_id", "pad_token_id")  # token ids keep their meaning (text rows first)
 CONFIG_DTYPES = ("float32", "bfloat16", "float16")  # what transformers' config.json `dtype` names
 
@@ -36,6 +39,10 @@ def inexpressible(exp: Experiment) -> list[str]:
             out.append(f"backbone.{field}: {value!r}; Hugging Face's Llama-style families need {want!r}")
     if exp.fusion.stream == "dual":
         out.append("fusion.stream: 'dual' keeps a second set of weights per block, which no Hugging Face decoder has")
+    family, windowed = family_of(exp), bb.window_layers()
+    if windowed and family not in PER_LAYER_WINDOWS and len(windowed) != bb.layers:
+        out.append(f"backbone.sliding_window_layers: {family} windows every layer or none; set sliding_window_layers: "
+                   f"\"all\" (or qk_norm / qkv_bias, whose Qwen families window layers one by one)")
     if moe is not None:
         if moe.shared_experts:
             out.append("moe.shared_experts: Mixtral and Qwen3-MoE have none; set shared_experts: 0")
@@ -54,7 +61,7 @@ def family_of(exp: Experiment) -> str:
     bb = exp.backbone
     if exp.moe is not None:
         return "qwen3_moe" if bb.qk_norm else "mixtral"
-    return "qwen3" if bb.qk_norm else "qwen2" if bb.qkv_bias else "llama"
+    return "qwen3" if bb.qk_norm else "qwen2" if bb.qkv_bias else "mistral" if bb.window_layers() else "llama"
 
 
 def hf_config(exp: Experiment, dtype: str) -> dict[str, Any]:
@@ -86,6 +93,7 @@ def hf_config(exp: Experiment, dtype: str) -> dict[str, Any]:
                    moe_intermediate_size=moe.expert_hidden or bb.d_ffn, norm_topk_prob=True, decoder_sparse_step=1,
                    mlp_only_layers=[i for i in range(bb.layers) if i not in moe_layers],
                    router_aux_loss_coef=moe.aux_loss_coef)
+    cfg.update(_window_config(exp, family))
     # which rows are the text tokens, and where vlac's own rows went: a re-import restores them all
     cfg["vlac_text_vocab_size"] = text_range(exp)[1]
     cfg["vlac_vocab_layout"] = [list(entry) for entry in exported_layout(exp)]
@@ -93,3 +101,19 @@ def hf_config(exp: Experiment, dtype: str) -> dict[str, Any]:
         source = read_config(bb.init.hf)
         cfg.update({k: source[k] for k in CARRIED if k in source})
     return cfg
+
+
+def _window_config(exp: Experiment, family: str) -> dict[str, Any]:
+    """The sliding-window keys of `family`'s config (spec/pretrained.window_layers reads them back)."""
+    bb = exp.backbone
+    windowed = bb.window_layers()
+    if family in PER_LAYER_WINDOWS:
+        return {"use_sliding_window": bool(windowed), "sliding_window": bb.sliding_window if windowed else None,
+                "max_window_layers": windowed[0] if windowed else bb.layers,
+                "layer_types": ["sliding_attention" if i in windowed else "full_attention" for i in range(bb.layers)]}
+    if family == "llama":
+        return {}
+    out: dict[str, Any] = {"sliding_window": bb.sliding_window if windowed else None}
+    if family == "qwen3_moe":
+        out["use_sliding_window"] = bool(windowed)
+    return out

@@ -1,9 +1,12 @@
 """Sliding-window checkpoints: Mistral's window on every layer, Qwen2's from max_window_layers on,
-Mixtral's and Qwen3-MoE's on every layer; imported into backbone.sliding_window / sliding_window_layers, vlac's logits equal
-transformers' (fp32, 1e-5) on a sequence longer than the window."""
+Mixtral's and Qwen3-MoE's on every layer; imported into backbone.sliding_window /
+sliding_window_layers and exported back, vlac's logits equal transformers' (fp32, 1e-5) on a
+sequence longer than the window."""
 
 import pytest
 import torch
+
+import vlac
 
 from hf_models import experiment, reference_logits, save_tiny, vlac_text_logits
 
@@ -59,3 +62,39 @@ def test_a_spec_that_disagrees_with_the_checkpoints_window_is_refused(tmp_path):
     assert "backbone.sliding_window_layers" in str(err.value) and "[0, 1, 2]" in str(err.value)
     # another pattern naming the same layers is the checkpoint's
     assert experiment(folder, backbone={"sliding_window_layers": [1, 2]}).backbone.window_layers() == (1, 2)
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3_moe"])
+def test_windowed_export_loads_in_transformers_with_vlac_logits_and_reimports_its_window(family, tmp_path):
+    from test_hf_export import save_run
+
+    from vlac.runtime.hf.export import export
+    from vlac.runtime.hf.vocab import export_order
+
+    overrides, pattern, layers = CASES[family]
+    exp = experiment(save_tiny(family, tmp_path / "src", **overrides),
+                     **({"moe": {"capacity_factor": None}} if family in MOE else {}))
+    model, step_dir = save_run(exp, tmp_path, perturb=True)
+    assert export(exp, step_dir, tmp_path / "out")["family"] == family
+    offset = exp.vocab_layout().range_of("text").offset
+    model.eval()
+    with torch.no_grad():
+        ours = model({"tokens": IDS + offset})["logits"][..., export_order(exp)]
+    torch.testing.assert_close(reference_logits(tmp_path / "out", IDS), ours, atol=1e-5, rtol=0)
+    again = experiment(tmp_path / "out", modalities={"text": {"kind": "text", "tokens": 14,
+                                                              "vocab_size": exp.modalities["text"].vocab_size}},
+                       **({"moe": {"capacity_factor": None}} if family in MOE else {}))
+    assert (again.backbone.sliding_window, again.backbone.window_layers()) == (WINDOW, layers)
+
+
+def test_export_refuses_windows_its_family_cannot_place():
+    from vlac.runtime.hf.hf_config import inexpressible
+
+    exp = vlac.load({"name": "w", "modalities": {"text": {"kind": "text", "vocab_size": 64, "tokens": 8}},
+                     "backbone": {"layers": 2, "hidden": 32, "heads": 4, "sliding_window": 4,
+                                  "sliding_window_layers": "global_every:2"},
+                     "data": {"mixture": [{"name": "t", "modalities": ["text"]}]}})
+    (problem,) = inexpressible(exp)
+    assert problem.startswith("backbone.sliding_window_layers: mistral windows every layer or none")
+    qwen = exp.model_copy(update={"backbone": exp.backbone.model_copy(update={"qkv_bias": True})})
+    assert inexpressible(qwen) == []
