@@ -47,11 +47,27 @@ def test_pipeline_layouts_reproduce_the_single_process_run(spec, layouts, sets, 
     verify(spec, layouts, 5 if spec == TINY else 3, sets, monkeypatch)
 
 
-def _program(tmp: Path, name: str, layout: str) -> Path:
-    exp = vlac.load(TINY, ["backbone.tied_embeddings=true", "train.checkpoint_every=5"])
+def _program(tmp: Path, name: str, layout: str, spec: Path = TINY, sets: tuple[str, ...] = (),
+             profile: str | None = None, microbatch_size: int = 4) -> Path:
+    exp = vlac.load(spec, sets, profile)
     lay = parse_layout(layout)
     cluster = Cluster.model_validate({"preset": "h100-sxm", "nodes": 1, "gpus_per_node": lay.world})
-    return vlac.emit(exp, vlac.plan(exp, cluster=cluster, pin=lay.pins(4)), tmp / name)
+    return vlac.emit(exp, vlac.plan(exp, cluster=cluster, pin=lay.pins(microbatch_size)), tmp / name)
+
+
+def _resumed_losses(tmp: Path, first_layout: str, then_layout: str, steps: int, **program) -> tuple[list, list]:
+    """Losses of 2 x `steps` steps in one process, and of `steps` under one layout followed by
+    `steps` more under the other from its checkpoint."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    alone = vlac.submit(_program(tmp, "alone", "dp1", **program), executor="local", folder=tmp / "s0",
+                        out_dir=tmp / "run0", max_steps=2 * steps).results()[0]["losses"]
+    run = tmp / "run"
+    first = vlac.submit(_program(tmp, "a", first_layout, **program), executor="local", folder=tmp / "s1",
+                        out_dir=run, max_steps=steps).results()[0]
+    second = vlac.submit(_program(tmp, "b", then_layout, **program), executor="local", folder=tmp / "s2",
+                         out_dir=run, max_steps=steps).results()[0]
+    assert second["steps"] == list(range(steps, 2 * steps))
+    return alone, first["losses"] + second["losses"]
 
 
 @pytest.mark.parametrize("first_layout, then_layout", [("pp2", "dp1"), ("dp1", "pp2")])
@@ -60,13 +76,16 @@ def test_a_tied_checkpoint_resumes_across_pipeline_layouts(tmp_path, monkeypatch
     ten steps in one process (the single-process checkpoint has the tied weight's optimiser state
     under embed.weight only; the last stage reads it for head.weight)."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    alone = vlac.submit(_program(tmp_path, "alone", "dp1"), executor="local", folder=tmp_path / "s0",
-                        out_dir=tmp_path / "run0", max_steps=10).results()[0]["losses"]
-    run = tmp_path / "run"
-    first = vlac.submit(_program(tmp_path, "a", first_layout), executor="local", folder=tmp_path / "s1",
-                        out_dir=run, max_steps=5).results()[0]
-    second = vlac.submit(_program(tmp_path, "b", then_layout), executor="local", folder=tmp_path / "s2",
-                         out_dir=run, max_steps=5).results()[0]
-    assert second["steps"] == list(range(5, 10))
-    assert first["losses"] + second["losses"] == pytest.approx(alone, rel=1e-4)
+    alone, resumed = _resumed_losses(tmp_path, first_layout, then_layout, 5,
+                                     sets=("backbone.tied_embeddings=true", "train.checkpoint_every=5"))
+    assert resumed == pytest.approx(alone, rel=1e-4)
+
+
+def test_a_pipeline_rank_holding_only_frozen_stages_resumes(tmp_path, monkeypatch):
+    """Flamingo's frozen language model under pp2 with two virtual stages leaves pipeline rank 1
+    only frozen blocks: it saves a checkpoint without optimiser state, loads it back with an empty
+    optimiser, and the resumed run's losses are one process's."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    alone, resumed = _resumed_losses(tmp_path, "pp2+v2", "pp2+v2", 3, spec=EXAMPLES / "flamingo.yaml",
+                                     sets=("train.checkpoint_every=3",), profile="tiny", microbatch_size=2)
+    assert resumed == pytest.approx(alone, rel=1e-4)
