@@ -116,6 +116,12 @@ class Experiment(SpecModel):
             unknown = [m for m in comp.modalities if m not in self.modalities]
             if unknown:
                 errors.append(f"data.mixture[{i}].modalities: unknown {unknown} in {comp.name!r}; choose from {names}")
+            towers = [m for m in comp.modalities if getattr(self.modalities.get(m), "encoder", None) is not None
+                      and self.modalities[m].kind == "continuous"]
+            if comp.source is not None and towers:
+                errors.append(f"data.mixture[{i}].source: {towers} read pixels through a vision tower "
+                              f"(modalities.<m>.encoder), which prepared shards do not hold yet (they store features); "
+                              f"use a generator for {comp.name!r}, or remove the encoder and prepare the tower's features")
         need = self.tokens_per_sample()
         if need > self.train.seq_len:
             errors.append(f"train.seq_len: {self.train.seq_len} cannot hold one sample of {need} tokens "

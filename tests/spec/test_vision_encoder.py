@@ -88,3 +88,11 @@ def test_a_relative_path_is_read_from_the_spec_files_folder(tmp_path, monkeypatc
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(_spec("tower")))
     monkeypatch.chdir(tmp_path / "tower")  # elsewhere: "tower" is not read from the working directory
     assert vlac.load(Path("..") / "exp.yaml").modalities["image"].encoder.hf == str((tmp_path / "tower").resolve())
+
+
+def test_prepared_sources_cannot_feed_a_tower_yet(clip):
+    """Prepared shards store a continuous modality as features, never pixels: refused at the source."""
+    spec = _spec(clip)
+    spec["data"]["mixture"][0]["source"] = {"kind": "webdataset", "pattern": "/data/shard-{0..9}.tar",
+                                            "fields": {"image": "png", "text": "txt"}}
+    assert any(m.startswith("data.mixture[0].source:") and "['image'] read pixels" in m for m in _messages(spec))
