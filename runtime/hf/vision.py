@@ -2,9 +2,10 @@
 
 vlac's projector and late-fusion families (LLaVA, Qwen-VL, Flamingo) read an image as vision
 features: a continuous modality (`signal: vit_features`, `input_dim` = the tower's width) fed
-through a projector or resampler. This module computes those features with the pretrained tower
-(for data preparation or an online feature step), reproducing transformers' hidden states. It is
-a pre-norm ViT; the two families differ only in
+through a projector or resampler. This module computes those features with the pretrained tower,
+reproducing transformers' hidden states: inside the model when the modality declares
+`encoder: {hf: PATH}` (runtime/encoders.TowerProjector; weights loaded by tower_load.py), or on its
+own. It is a pre-norm ViT; the two families differ only in
 
   CLIP     a class token, LayerNorm before the encoder (`pre_layrnorm`), quick-GELU MLPs, no bias
            on the patch projection; the final LayerNorm belongs to the pooled output only
