@@ -106,7 +106,16 @@ def build_profile(exp: Experiment, g: Graph, hw: Hardware, fp8: bool,
                        top_k=moe.top_k if moe else 0, experts=moe.experts if moe else 1, fp8=fp8,
                        fp8_recipe=exp.precision.fp8.recipe, causal=exp.fusion.attention_mask == "causal",
                        norm=bb.norm, kernel_costs=kernel_costs, stack=exp.stack.resolved(),
-                       media_entries=media_entries(exp), capacity_factor=moe.capacity_factor if moe else None)
+                       media_entries=media_entries(exp), expert_load=expert_load(exp),
+                       capacity_factor=moe.capacity_factor if moe else None)
+
+
+def expert_load(exp: Experiment) -> float:
+    """Routing imbalance the cost model charges (moe.load_factor): dropless routing only; with a
+    capacity every expert's GEMM is padded to capacity and the overflow dropped, which the
+    graph's over-compute already charges."""
+    moe = exp.moe
+    return moe.load_factor if moe and moe.capacity_factor is None else 1.0
 
 
 def media_entries(exp: Experiment) -> int:

@@ -101,12 +101,14 @@ class CostProfile:
     def __init__(self, graph: Graph, hw: Hardware, *, hidden: int, heads: int, kv_heads: int, head_dim: int,
                  top_k: int, experts: int, fp8: bool, fp8_recipe: str = "delayed", causal: bool = False,
                  norm: str = "rmsnorm", kernel_costs: KernelCosts | None = None,
-                 stack: ResolvedStack | None = None, media_entries: int = 0,
+                 stack: ResolvedStack | None = None, media_entries: int = 0, expert_load: float = 1.0,
                  capacity_factor: float | None = None):
         self.g, self.hw = graph, hw
         # moe.capacity_factor (None: dropless): vlac's runtime exchanges every expert's capacity
         # slots, padding included, in its capacity dispatch (see `times`)
         self.capacity_factor = capacity_factor
+        # dropless routing's imbalance: the busiest expert's tokens over the mean (spec moe.load_factor)
+        self.expert_load = expert_load
         self.media_entries = media_entries  # late fusion's media entries per sequence (sent between stages)
         # the software stack (spec.stack; default: what vlac's emitted program runs)
         self.stack = stack or STACKS["vlac"]
@@ -310,6 +312,8 @@ class CostProfile:
                 over_f = g.over * scale / (1 + g.bwd_mult)
                 # each backward GEMM (input gradient, weight gradient) is a forward-sized GEMM
                 one = hw.gemm_seconds(g.flops * scale + over_f, m, n, k, rate8, groups)
+                if g.expert:  # the rank holding the busiest expert sets the pace
+                    one = one * self.critical_rank_load(ep)
                 out["gemm_fwd"][:, j] += one
                 out["gemm_bwd"][:, j] += one * g.bwd_mult
                 if g.bwd_mult > 1:  # the weight-gradient half, which zero-bubble schedules defer
@@ -361,6 +365,7 @@ class CostProfile:
                 a2a_bytes = routed * self.seq_len * self.top_k * self.hidden * self.act_bytes
                 if self.moe_gathered:
                     a2a_bytes = a2a_bytes * self.capacity_slots(mb * self.seq_len)
+                a2a_bytes = a2a_bytes * self.critical_rank_load(ep)  # what the busiest rank receives
                 if self.moe_gathered:  # the cp gather of the MoE input, forward; its reduce-scatter backward
                     out["cp"][:, j] += np.where(cp > 1, 2 * hw.all_gather(act_msg * cp, cp, tp), 0.0)
                 a2a = hw.all_to_all(a2a_bytes, ep, etp)
@@ -376,6 +381,19 @@ class CostProfile:
                 across = tp * cp > hw.node_size
                 out["cp"][:, j] += np.where(cp > 1, 3 * (cp - 1) * hw.p2p(chunk, across), 0.0)
         return out
+
+    def critical_rank_load(self, ep) -> np.ndarray:
+        """Tokens of the expert-parallel rank holding the busiest expert over a rank's mean, under
+        dropless routing with `expert_load` (L) = the busiest expert's tokens over the mean: that
+        expert and E/ep - 1 others sharing the rest of the load evenly, so
+        [L + (E/ep - 1) (E - L) / (E - 1)] / (E/ep): 1 when one rank holds every expert (the
+        total is fixed), L when each rank holds one expert."""
+        ep = np.asarray(ep, dtype=float)
+        e, load = float(self.experts), self.expert_load
+        if load == 1.0 or e <= 1:
+            return np.ones_like(ep)
+        local = e / ep
+        return (load + (local - 1) * (e - load) / (e - 1)) / local
 
     def capacity_slots(self, tokens: np.ndarray) -> np.ndarray:
         """Slots exchanged per routed copy by vlac's capacity dispatch: each of the E experts

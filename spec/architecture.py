@@ -126,6 +126,7 @@ class MoE(SpecModel):
     z_loss_coef: float = Field(0.001, ge=0, le=1e3, description="coefficient of the router z-loss mean(logsumexp^2)")
     bias_update_rate: float = Field(0.001, ge=0, le=1, description="per-step bias update of aux-loss-free balancing")
     capacity_factor: float | None = Field(1.25, gt=0, le=1e3, description="expert capacity = ceil(tokens*top_k/experts*factor); null = dropless")
+    load_factor: float = Field(1.0, ge=1, le=4096, description="routing imbalance: the busiest expert's routed tokens over the mean (1.0 = balanced, an assumption; vlac's runtime logs the measured value as load_imbalance). Dropless routing (capacity_factor null) only: it slows the expert GEMMs and all-to-alls of the expert-parallel rank holding that expert (docs/fidelity.md)")
     expert_dropout: float = Field(0.0, ge=0, lt=1, description="dropout inside experts")
 
     @field_validator("layers")
@@ -137,6 +138,9 @@ class MoE(SpecModel):
     def _topk(self):
         if self.top_k > self.experts:
             raise ValueError(f"top_k: {self.top_k} exceeds experts {self.experts}; use top_k <= {self.experts}")
+        if self.load_factor > self.experts / self.top_k:  # an expert gets each token at most once
+            raise ValueError(f"load_factor: {self.load_factor:g} exceeds experts / top_k = {self.experts / self.top_k:g}, "
+                             f"the most one expert can get (every token); write a value from 1 to that")
         return self
 
     def moe_layer_indices(self, num_layers: int) -> tuple[int, ...]:
