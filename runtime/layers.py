@@ -91,7 +91,9 @@ class Attention(nn.Module):
     except under context parallelism (runtime/parallel/context_parallel.py), maps this rank's
     keys/values [B,S,Hkv,D] to those of the whole sequence; the mask then has that many columns.
     `window` > 0 (a sliding-window layer, Backbone.window_at) restricts the mask to keys fewer
-    than `window` positions away (runtime/masks.py); SDPA then gets an explicit mask.
+    than `window` positions away (runtime/masks.py); SDPA then gets an explicit mask. Under
+    context parallelism `token_positions` (set beside `kv_gather`) gives the sequence positions of
+    this rank's queries and of the gathered keys, which the window is measured between.
     """
 
     def __init__(self, cfg: Backbone, causal: bool = True, window: int = 0):
@@ -113,6 +115,7 @@ class Attention(nn.Module):
         self.dropout = cfg.dropout
         self.kv_cache = None
         self.kv_gather = None
+        self.token_positions = None
 
     @property
     def start(self) -> int:
@@ -144,10 +147,8 @@ class Attention(nn.Module):
             if mask is None and s > 1:  # causal over the new block, full over the cached past
                 mask = cache.causal_mask(s, q.device)
         if self.window:  # decided by the config: traceable
-            if self.kv_gather is not None:  # gathered keys are in rank order, not positions
-                raise NotImplementedError("sliding-window attention under context parallelism is not run by this "
-                                          "runtime; re-plan with --pin cp=1")
-            mask = sliding_window_mask(mask, q, k, self.window)
+            at = self.token_positions() if self.token_positions is not None else None
+            mask = sliding_window_mask(mask, q, k, self.window, at)
         p = self.dropout if self.training else 0.0
         causal = self.causal and mask is None and cache is None
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal,

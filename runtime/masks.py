@@ -75,10 +75,13 @@ def causal(like: torch.Tensor) -> torch.Tensor:
     return pos.unsqueeze(0) <= pos.unsqueeze(1)
 
 
-def sliding_window_mask(mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor, window: int) -> torch.Tensor:
+def sliding_window_mask(mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor, window: int,
+                        token_positions: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """`mask` (None = causal, or boolean [B, 1, Sq, Sk]) restricted to keys fewer than `window`
     positions from their query, for q [B, H, Sq, D] and k [B, H, Sk, D]: the queries are the last
-    Sq of the Sk key positions (training, and decoding past a KV cache). The window bounds the
+    Sq of the Sk key positions (training, and decoding past a KV cache), unless `token_positions`
+    gives the sequence positions of the queries [Sq] and of the keys [Sk] (context parallelism:
+    this rank's chunks and the gathered keys in rank order). The window bounds the
     distance either way; the mask keeps deciding the direction, so a causal layer sees its last
     `window` tokens (itself included, Mistral's `sliding_window`) and a bidirectional image span
     its tokens within the window on both sides. Packed documents and segment memory compose by
@@ -86,8 +89,11 @@ def sliding_window_mask(mask: torch.Tensor | None, q: torch.Tensor, k: torch.Ten
     vlac.runtime.layers registers it with torch.fx.wrap, so the lowering sees one node whose
     arguments say the window and whether the layer's mask was causal (vlac.compiler.node_costs)."""
     sq, sk = q.size(-2), k.size(-2)
-    k_pos = torch.arange(sk, device=q.device)
-    q_pos = k_pos[sk - sq:]
+    if token_positions is None:
+        k_pos = torch.arange(sk, device=q.device)
+        q_pos = k_pos[sk - sq:]
+    else:
+        q_pos, k_pos = token_positions
     distance = q_pos.unsqueeze(1) - k_pos.unsqueeze(0)  # [Sq, Sk]
     if mask is None:
         return ((distance >= 0) & (distance < window)).view(1, 1, sq, sk)

@@ -13,7 +13,8 @@ What runs where:
   all-gathered over the cp group (Llama-3-style all-gather context parallelism), in rank order;
   the attention mask is cut to this rank's query rows and its key columns permuted to that rank
   order, so every mask kind of runtime/masks.py (causal, bidirectional image spans, prefix-LM,
-  segment memory) gives exactly the single-process rows. Causal, which the model passes as None
+  segment memory, and a layer's sliding window, measured between global positions) gives
+  exactly the single-process rows. Causal, which the model passes as None
   for the fused kernel, becomes explicit rows. RoPE rotates each token at its global position,
   or, in packed rows, at its position in its document (the model's positions of the whole row,
   cut to this rank's tokens like the residual stream);
@@ -296,6 +297,7 @@ def apply_context_parallel(model: nn.Module, exp: Experiment, cp_mesh: DeviceMes
     first.register_forward_pre_hook(lambda _, args: (shard.begin(args[0]), *args[1:]), prepend=True)
     for attn in attns:
         attn.kv_gather = shard.gather_kv
+        attn.token_positions = lambda: (shard.layout.local, shard.layout.gathered)  # sliding windows' distances
         if attn.rotary is not None:
             attn.rotary = RotaryAtPositions(attn.rotary, shard)
     for block in model.layers:

@@ -83,9 +83,6 @@ LIMITS: tuple[Limit, ...] = (
           "(each rank routing its own tokens; this runtime runs the experts on the whole sequence on every "
           "context-parallel rank, which keeps capacity exact)", "--pin cp=1, or stack.preset: vlac",
           _moe_costed_per_rank, lambda c: c["cp"] > 1, refused=False),
-    Limit("sliding_window_context_parallel", "backbone.sliding_window under context parallelism (the window is cut "
-          "from each query's position among the keys, and the gathered keys are in cp-rank order)", "--pin cp=1",
-          lambda e: e.backbone.sliding_window is not None, lambda c: c["cp"] > 1),
     Limit("per_modality_clip", "optimizer.per_modality_clip with pipeline, expert, context or sharded data "
           "parallelism, or with data and tensor parallelism together", "--pin pp=1,ep=1,cp=1,zero=0 (and tp=1 or dp=1)",
           lambda e: e.optimizer.per_modality_clip,

@@ -1,6 +1,6 @@
 """Sliding-window attention costed by its window: the (query, key) pairs in closed form, the
 lowered graph's attention FLOPs against that form and against the running model's counted FLOPs
-and kept bytes, depth variants derived from a reference, and context parallelism set aside."""
+and kept bytes, and depth variants derived from a reference."""
 
 from pathlib import Path
 
@@ -10,7 +10,6 @@ import vlac
 from vlac.compiler.graph_cache import GraphCache
 from vlac.compiler.measure import measured_flops, measured_saved_bytes, predicted_math_flops
 from vlac.compiler.node_costs import window_pairs
-from vlac.runtime.parallel.support import unsupported
 
 ROOT = Path(__file__).resolve().parents[2]
 DENSE = ROOT / "examples" / "dense_text_1b.yaml"
@@ -69,12 +68,3 @@ def test_depth_variants_are_derived_from_one_reference_as_lowered():
         for layers in (2, 3, 5):
             cache.lower(_windowed(f"backbone.layers={layers}", f"backbone.sliding_window_layers={pattern}"))
     assert cache.stats.derived >= 4 and not cache.stats.not_derivable
-
-
-def test_context_parallelism_is_set_aside_for_windowed_models():
-    layout = {"dp": 1, "tp": 1, "cp": 2, "pp": 1, "ep": 1, "etp": 1, "zero": 0, "m": 1, "sp": False,
-              "schedule": "1f1b", "fp8": False}
-    (reason,) = [r for r in unsupported(_windowed(), layout) if "sliding_window" in r]
-    assert "--pin cp=1" in reason
-    assert not [r for r in unsupported(vlac.load(DENSE, profile="tiny"), layout) if "sliding_window" in r]
-    assert not unsupported(_windowed(), {**layout, "cp": 1})

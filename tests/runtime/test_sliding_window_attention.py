@@ -1,5 +1,6 @@
-"""Sliding-window attention in the runtime: one layer against a naive masked softmax and the window
-composed with every other mask (KV-cache decoding of a local/global model: test_generate.py)."""
+"""Sliding-window attention in the runtime: one layer against a naive masked softmax, the window
+composed with every other mask and with context parallelism's chunk layout (KV-cache decoding of a
+local/global model: test_generate.py; a cp2 run: `vlac verify --layouts cp2`)."""
 
 import math
 
@@ -66,6 +67,24 @@ def test_the_window_composes_with_each_mask_by_intersection():
     step = sliding_window_mask(None, q[:, :, :2], k[:, :, :7], WINDOW)
     assert step[0, 0].tolist() == [[False, False, False, True, True, True, False],
                                    [False, False, False, False, True, True, True]]
+
+
+@pytest.mark.parametrize("cp", [2, 4])
+def test_context_parallel_ranks_get_the_rows_of_the_whole_sequence(cp):
+    """A cp rank's queries (two chunks) against the gathered keys (rank order), measured between
+    global positions, give exactly its rows of the single-process windowed mask."""
+    from vlac.runtime.parallel.context_parallel import SequenceLayout
+
+    s = 16
+    q = k = torch.zeros(1, 1, s, 4)
+    span = torch.tensor([[0, 1, 1, 1, 1, 0, 0, 0, 2, 2, 2, 0, 0, 0, 0, 0]])
+    for base in (None, attention_mask("bidirectional_image", span, None)):
+        whole = sliding_window_mask(base, q, k, WINDOW)
+        for rank in range(cp):
+            layout = SequenceLayout.build(s, cp, rank, torch.device("cpu"))
+            rows = sliding_window_mask(layout.mask_rows(base), q[:, :, :s // cp], k, WINDOW,
+                                       (layout.local, layout.gathered))
+            assert torch.equal(rows, layout.mask_rows(whole))
 
 
 def test_a_window_on_non_causal_attention_is_refused():
