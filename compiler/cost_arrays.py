@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 CELLS = 1 << 19
 # a pass stops taking the next pp once it has this many rows and padding would add more than
 # PADDING of its real cells: few rows cost the pass's fixed overhead, many rows their cells
-MIN_ROWS = 4096
+MIN_ROWS = 512
 PADDING = 0.25
 
 

@@ -79,6 +79,8 @@ DP_BUCKET_ELEMENTS = 40e6  # Megatron's default gradient bucket; two in flight, 
 TIME_KEYS = ("compute", "elementwise", "recompute", "tp_comm", "ep_comm", "cp_comm", "pp_bubble", "pp_p2p",
              "dp_comm", "optimizer")
 MEMORY_KEYS = ("weights", "gradients", "optimizer", "fp8_cache", "activations", "working", "comm_buffers")
+# a micro-batch's parts per layer that the step sums over a rank's layers (the first five: its time)
+RANK_PARTS = ("compute", "elementwise", "tp_comm", "ep_comm", "cp_comm", "fwd", "bwd", "wgrad")
 INTERLEAVED, GPIPE, ZERO_BUBBLE = (SCHEDULE_CODES.index(s) for s in ("interleaved_1f1b", "gpipe", "zero_bubble"))
 
 
@@ -160,6 +162,9 @@ class CostModel:
         inv = inv.reshape(-1)
         lt = self.p.times(uniq[:, 0], uniq[:, 1].astype(bool), uniq[:, 2], uniq[:, 3], uniq[:, 4], uniq[:, 5])
         per_key = self._per_key(lt, uniq)
+        # every per-key figure the passes sum over a rank's layers, side by side: one sum for all
+        per_key["stacked"] = np.concatenate([per_key["act"], per_key["recompute"]]
+                                            + [per_key[k][..., None] for k in RANK_PARTS], axis=-1)
         allowed_mask = np.zeros(3, bool)
         allowed_mask[list(allowed)] = True
         for rows in row_chunks(c["pp"]):  # every pipeline shape in one pass, padded to its largest pp
@@ -208,7 +213,9 @@ class CostModel:
         pairs, pair = np.unique(u * len(counts) + shapes.of_row, return_inverse=True)
         pair = pair.reshape(-1)
         pu, ps = pairs // len(counts), pairs % len(counts)
-        act_p = key_sum(pk["act"][pu], counts[ps])  # [pairs, ranks, 3] per micro-batch
+        summed = key_sum(pk["stacked"][pu], counts[ps])  # [pairs, ranks, figures] (evaluate)
+        act_p, rc_p = summed[..., 0:3], summed[..., 3:6]  # per micro-batch, per policy
+        rank_p = {k: summed[..., 6 + i] for i, k in enumerate(RANK_PARTS)}  # [pairs, ranks]
         present = (counts[ps] > 0) & self.is_block[None, None, :]
         working_p = np.max(np.where(present, pk["act"][pu][:, None, :, 0], 0.0), axis=2)  # [pairs, ranks]
 
@@ -289,10 +296,8 @@ class CostModel:
         d_dense, d_expert, zero, sched = d_dense[sel], d_expert[sel], zero[sel], sched[sel]
         dense, expert, trained = dense[sel], expert[sel], (trained[0][sel], trained[1][sel])
         raf = c["raf"][idx]
-        parts = ("compute", "elementwise", "tp_comm", "ep_comm", "cp_comm")
-        rank_p = {k: key_sum(pk[k][pu], counts[ps]) for k in parts + ("fwd", "bwd", "wgrad")}  # [pairs, ranks]
+        parts = RANK_PARTS[:5]
         base = sum(rank_p[k] for k in parts)[pair]
-        rc_p = key_sum(pk["recompute"][pu], counts[ps])  # [pairs, ranks, 3]
         rc = np.take_along_axis(rc_p[pair], pol[:, :, None], 2)[:, :, 0]
         fwd_r = rank_p["fwd"][pair]
         # data-parallel traffic, rank by rank: what every micro-batch issues (ZeRO-2/3) lengthens
