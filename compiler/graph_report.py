@@ -317,7 +317,7 @@ p.note{font-size:13px;max-width:1000px}
 
 _NOTES = """
 <p class=note>FLOPs count GEMMs and attention for one micro-batch: causal attention as half the dense
-product, the fused attention backward as 2.5x its forward, MoE experts for the tokens routed to
+product, a sliding-window layer as the (query, key) pairs inside its window, the fused attention backward as 2.5x its forward, MoE experts for the tokens routed to
 them (capacity padding separately, as over-compute). Saved bytes are what autograd keeps between
 forward and backward. Recompute policies act on blocks: <b>selective</b> keeps the outputs of GEMMs,
 attention and the router (norms and elementwise ops are recomputed), <b>full</b> keeps only each block's
