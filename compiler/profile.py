@@ -45,7 +45,7 @@ from .graph import RECOMPUTE, Graph, NodeCost
 from .hardware import Hardware
 from .kernel_costs import KernelCosts, runtime_kernel
 from .partition import balanced_partition, equal_share_partition
-from .stack_costs import ATTENTION_EFF, StackCosts
+from .stack_costs import ATTENTION_EFF, StackCosts, fp8_gemm_inputs
 
 MEMBOUND_PASSES = 4.0
 MEMBOUND_FWD_SHARE = 1.0 / 3.0
@@ -115,8 +115,9 @@ class CostProfile:
         # vlac's runtime gathers a MoE layer's input over cp and tp (exact capacity); the other
         # stacks route each rank's own tokens (see `times`)
         self.moe_gathered = self.stack.preset == "vlac"
+        fp8_inputs = fp8_gemm_inputs(graph) if fp8 and hw.has_fp8 and self.stack.fp8_stored_inputs else frozenset()
         self.stack_costs = StackCosts(self.stack, act_bytes=graph.dtype_bytes, hidden=hidden, head_dim=head_dim,
-                                      heads=heads, norm=norm)
+                                      heads=heads, norm=norm, fp8_inputs=fp8_inputs)
         self.norm = norm
         # measured kernel rates replace the assumed HBM efficiency for the traffic of their ops
         self.kernel_costs = kernel_costs or KernelCosts(hw.cluster.gpu.memory_bandwidth)

@@ -61,6 +61,15 @@ checkpoint's inputs), dropping a fused kernel's fp32 log-sum-exp or an unfused k
 probabilities. Its recompute time is the attention forward (compiler/profile.py,
 `selective_rerun`); the context-parallel K/V exchange the rerun repeats is taken as hidden
 behind it, as in the forward.
+
+FP8 GEMM inputs (`fp8_stored_inputs`, FP8 runs only): TransformerEngine's Linear, LayerNormLinear
+and LayerNormMLP keep the FP8 copy of their input for the weight gradient (the quantised
+input, 1 byte per element), not the BF16 tensor; torchao's Float8Linear keeps the
+high-precision input and casts it again in backward. So on a stack with it, a tensor that only
+FP8-eligible GEMMs read (through views) is kept at 1 byte per element: a backbone norm's output
+(the QKV and MLP inputs), the attention output (the output projection's input), the MLP
+activation's output (the down projection's input). In Korthikanti's GPT layer the GEMM inputs
+are 14 of the 32sbh (QKV 2, projection 2, fc1 2, fc2 8): the layer keeps 25sbh in FP8.
 """
 
 from __future__ import annotations
@@ -69,7 +78,7 @@ import re
 
 from vlac.spec.stack import STORED_BYTES, ResolvedStack
 
-from .graph import RECOMPUTE, NodeCost
+from .graph import RECOMPUTE, Graph, NodeCost
 
 ATTENTION_EFF = {"flash2": 0.33, "flash3": 0.50, "cudnn": 0.50}
 UNFUSED_SCORE_PASSES = 12.0  # 4 forward, 8 backward: reads and writes of the s x s matrix
@@ -82,15 +91,20 @@ EAGER_NORM_EXTRA_PASSES = 3.0
 EAGER_ACTIVATION_EXTRA_PASSES = 1.0
 _BLOCK_ROOT = re.compile(r"model\.layers\.\d+")
 _RESIDUAL_ADD = re.compile(r"add(_\d+)?")
+# FX ops that pass a tensor on without computing (what an FP8 GEMM input may flow through)
+_VIEWS = frozenset({"view", "reshape", "transpose", "permute", "contiguous", "flatten", "unflatten"})
 
 
 class StackCosts:
     """The stack's rules for one model: `saved(node)` gives the node's kept bytes per policy
     under the stack, `unfused_scores(...)` the extra kept bytes of an unfused attention."""
 
-    def __init__(self, stack: ResolvedStack, *, act_bytes: int, hidden: int, head_dim: int, heads: int, norm: str):
+    def __init__(self, stack: ResolvedStack, *, act_bytes: int, hidden: int, head_dim: int, heads: int, norm: str,
+                 fp8_inputs: frozenset[str] = frozenset()):
         self.stack, self.act_bytes, self.head_dim, self.heads, self.norm = stack, act_bytes, head_dim, heads, norm
         self.hidden = hidden
+        # nodes whose output only FP8 GEMMs read, kept in FP8 (module docstring; fp8_gemm_inputs)
+        self.fp8_inputs = fp8_inputs
         stored = STORED_BYTES.get(stack.activation_dtype or "", act_bytes)
         self.dtype_scale = stored / act_bytes
 
@@ -118,7 +132,15 @@ class StackCosts:
             # only the attention core is recomputed (module docstring): it keeps its output
             out = self.heads * self.head_dim * self.act_bytes * tokens * self.dtype_scale
             kept["selective"] = min(kept["none"], out) if n.kind == "attention" else kept["none"]
-        return kept
+        return self._in_fp8(n, kept, tokens) if n.name in self.fp8_inputs else kept
+
+    def _in_fp8(self, n: NodeCost, kept: dict[str, float], tokens: int) -> dict[str, float]:
+        """`kept` with the node's output (a norm's is hidden wide, attention's heads x head_dim,
+        an activation keeps nothing else) at 1 byte per element instead of the stored dtype's."""
+        stored = self.act_bytes * self.dtype_scale
+        width = {"norm": self.hidden, "attention": self.heads * self.head_dim}.get(n.kind)
+        out = {pol: b if width is None else min(b, width * stored * tokens) for pol, b in kept.items()}
+        return {pol: b - out[pol] * (1 - 1 / stored) for pol, b in kept.items()}
 
     @property
     def eager_elementwise(self) -> bool:
@@ -154,9 +176,42 @@ class StackCosts:
         return 0.0 if self.fused_attention else UNFUSED_SCORE_PASSES * self.heads * sq * sk * self.act_bytes
 
 
+def fp8_gemm_inputs(graph: Graph) -> frozenset[str]:
+    """Names of the decoder-block nodes whose output only FP8-eligible GEMMs read (through views):
+    what a stack with `fp8_stored_inputs` keeps in FP8 (module docstring)."""
+    out: set[str] = set()
+    by_layer: dict[int, dict[str, NodeCost]] = {}
+    for n in graph.nodes:
+        by_layer.setdefault(n.layer, {})[n.name.rsplit(".", 1)[-1]] = n
+    for layer, sig in enumerate(graph.block_of_layer):
+        costs = by_layer.get(layer, {})
+        for fx_node in graph.blocks[sig].graph.nodes:
+            n = costs.get(fx_node.name)
+            if n is None or n.kind not in ("norm", "attention", "elementwise") or not n.saved["none"]:
+                continue
+            readers = _readers(fx_node)
+            if readers and all(costs.get(r.name) is not None and costs[r.name].kind == "gemm"
+                               and costs[r.name].fp8_eligible for r in readers):
+                out.add(n.name)
+    return frozenset(out)
+
+
+def _readers(fx_node) -> list:
+    """The nodes that compute with `fx_node`'s output, looking through views and shape queries."""
+    found = []
+    for user in fx_node.users:
+        if user.op == "call_method" and user.target == "size":
+            continue
+        if user.op == "call_method" and user.target in _VIEWS:
+            found += _readers(user)
+        else:
+            found.append(user)
+    return found
+
+
 def _backbone(module: str) -> bool:
     return module.startswith("model.layers.") or module == "model.norm"
 
 
 __all__ = ["ATTENTION_EFF", "EAGER_ACTIVATION_EXTRA_PASSES", "EAGER_NORM_EXTRA_PASSES", "EAGER_RESIDUAL_PASSES",
-           "StackCosts", "UNFUSED_SCORE_PASSES"]
+           "StackCosts", "UNFUSED_SCORE_PASSES", "fp8_gemm_inputs"]

@@ -19,7 +19,8 @@ Presets (what each stack runs by default, from its own code and docs):
   RoPE fusions (`bias_swiglu_fusion`, `apply_rope_fusion`), `cross_entropy_loss_fusion`,
   `tp_comm_overlap` (userbuffers), `overlap_grad_reduce`, `overlap_param_gather`,
   `overlap_p2p_comm`; selective recompute reruns the core attention only
-  (`recompute_granularity: selective`, whose default `recompute_modules` is `core_attn`).
+  (`recompute_granularity: selective`, whose default `recompute_modules` is `core_attn`); FP8
+  GEMMs keep their inputs in FP8 (`fp8_stored_inputs`).
 - `torchtitan-torchao`: torchtitan with torchao float8: SDPA (FlashAttention-2), torch.compile
   per block (inductor fuses the norm, SwiGLU and RoPE element-wise chains), FSDP2 with
   prefetch (overlapped reduce and gather), no async TP by default, eager cross entropy;
@@ -75,6 +76,9 @@ class ResolvedStack:
     # what the `selective` recompute policy reruns: elementwise (norms and element-wise ops, vlac's)
     # or core_attention (Megatron's); see the module docstring
     selective_recompute: str = "elementwise"
+    # FP8 GEMMs keep their input for backward in FP8 (TransformerEngine), not in the compute dtype;
+    # off for vlac, whose FP8 backend is torchao except TE without tensor parallelism (runtime/precision.py)
+    fp8_stored_inputs: bool = False
 
     def fuses(self, op: str) -> bool:
         """Whether `op`'s element-wise chain runs as one kernel: named in `fused`, or generated
@@ -88,7 +92,8 @@ PRESETS: dict[str, ResolvedStack] = {
                           fused_elementwise=False),
     "megatron-te": ResolvedStack("megatron-te", "cudnn", FUSED_OPS, None, tp_comm_overlap=True,
                                  grad_reduce_overlap=True, param_gather_overlap=True, pp_p2p_overlap=True,
-                                 torch_compile=False, selective_recompute="core_attention"),
+                                 torch_compile=False, selective_recompute="core_attention",
+                                 fp8_stored_inputs=True),
     "torchtitan-torchao": ResolvedStack("torchtitan-torchao", "flash2", (), None, tp_comm_overlap=False,
                                         grad_reduce_overlap=True, param_gather_overlap=True, pp_p2p_overlap=False,
                                         torch_compile=True),
@@ -128,6 +133,10 @@ class Stack(SpecModel):
                           "element-wise ops; GEMM, attention and router outputs kept: vlac's runtime) or "
                           "core_attention (only QK^T, softmax and AV: Megatron-Core's, Korthikanti et al. 2022 "
                           "Sec. 4.2); null = the preset's")
+    fp8_stored_inputs: bool | None = Field(
+        None, description="FP8 GEMMs keep their input for the weight gradient in FP8, 1 byte per element "
+                          "(TransformerEngine's Linear/LayerNormLinear/LayerNormMLP: megatron-te), not in the compute "
+                          "dtype (torchao's Float8Linear); null = the preset's")
 
     def resolved(self) -> ResolvedStack:
         base = PRESETS[self.preset]
@@ -137,7 +146,7 @@ class Stack(SpecModel):
                              *(bool(pick(f)) for f in ("tp_comm_overlap", "grad_reduce_overlap",
                                                        "param_gather_overlap", "pp_p2p_overlap", "torch_compile",
                                                        "fused_elementwise")),
-                             pick("selective_recompute"))
+                             pick("selective_recompute"), bool(pick("fp8_stored_inputs")))
 
 
 __all__ = ["FUSED_OPS", "PRESETS", "STORED_BYTES", "ResolvedStack", "Stack"]

@@ -112,6 +112,42 @@ def test_elementwise_selective_keeps_gemm_and_attention_outputs(gpt):
         assert (sharded, sp, whole) == (pytest.approx(16 * H + 4 * A), pytest.approx(6 * H), 0), stack
 
 
+def fp8_spec(stack: dict) -> dict:
+    return {**spec(stack), "precision": {"fp8": {"enabled": True, "keep_first_last_bf16": False}}}
+
+
+@pytest.fixture(scope="module")
+def gpt_fp8():
+    return vlac.lower(vlac.load(fp8_spec({})))
+
+
+def fp8_block(graph, stack: dict):
+    exp = vlac.load(fp8_spec(stack))
+    return next(p for p in Search(exp, exp.cluster, graph).model.p.profiles if p.kind == "block")
+
+
+def test_transformer_engine_keeps_fp8_gemm_inputs_in_fp8(gpt_fp8):
+    # TE's Linear/LayerNormLinear/LayerNormMLP keep the FP8 copy of their input for the weight
+    # gradient: of Korthikanti's 32sbh the GEMM inputs (QKV 2 and the MLP input 2, both norm
+    # outputs split by SP only; the projection input 2 and the fc2 input 8, TP-split) halve, so a
+    # layer keeps 25sbh: 19h TP-split (+ the flash log-sum-exp), 6h by SP only (+ LN statistics)
+    sharded, sp, whole = per_token(fp8_block(gpt_fp8, {"preset": "megatron-te"}).saved["none"])
+    assert (sharded, sp, whole) == (pytest.approx(19 * H + 4 * A), pytest.approx(6 * H + 2 * 8), 0)
+    # selective on megatron-te drops the log-sum-exp and keeps the FP8 attention output
+    assert per_token(fp8_block(gpt_fp8, {"preset": "megatron-te"}).saved["selective"])[0] == pytest.approx(19 * H)
+    # torchao keeps the high-precision inputs: Korthikanti's BF16 figures
+    sharded, sp, _ = per_token(fp8_block(gpt_fp8, {"preset": "megatron-te", "fp8_stored_inputs": False}).saved["none"])
+    assert (sharded, sp) == (pytest.approx(24 * H + 4 * A), pytest.approx(8 * H + 2 * 8))
+    torchao = fp8_block(gpt_fp8, {"preset": "torchtitan-torchao"}).saved["none"]
+    assert per_token(torchao)[0] == pytest.approx(24 * H + 4 * A)
+
+
+def test_fp8_inputs_need_fp8_gemms(gpt):
+    # a BF16 run keeps BF16 inputs whatever the stack says
+    sharded, sp, _ = per_token(block(gpt, {"preset": "megatron-te"}).saved["none"])
+    assert (sharded, sp) == (pytest.approx(24 * H + 4 * A), pytest.approx(8 * H + 2 * 8))
+
+
 def rerun(graph, stack: dict) -> tuple:
     """Per block: the seconds selective recompute reruns, attention forward, memory-bound forward."""
     exp = vlac.load(spec(stack))
