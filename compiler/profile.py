@@ -94,6 +94,7 @@ class LayerProfile:
     params_frozen_expert: float = 0.0
     params_fp8: float = 0.0
     tp_regions: int = 0  # attention / MLP / shared-expert blocks bracketed by TP collectives
+    moe_tp_regions: int = 0  # of those, inside an MoE layer (none under local routing)
     flops: float = 0.0  # forward+backward+padding FLOPs (the pipeline split's weight)
 
 
@@ -227,6 +228,7 @@ class CostProfile:
         p.flops /= mb
         p.gemms = [replace(gm, flops=gm.flops / mb, over=gm.over / mb, m=gm.m // mb) for gm in p.gemms]
         p.tp_regions = len(regions)
+        p.moe_tp_regions = sum(p.moe and ".mlp." in r + "." for r in regions)
         return p
 
     @staticmethod
@@ -267,6 +269,10 @@ class CostProfile:
                                                    "mem_fwd", "mem_bwd", "selective_rerun", "tp_fwd", "tp_bwd",
                                                    "ep_fwd", "ep_bwd", "cp")}
         seqs = mb / cp  # sequences' worth of tokens per GPU before tensor parallelism
+        # vlac's runtime routes a dropless MoE layer's own sequence shard under tp with etp = 1
+        # (runtime/parallel/moe_local_routing.py): no gather, 1/tp of the micro-batch per rank
+        local_moe = self.moe_gathered & (self.capacity_factor is None) & (etp == 1) & (tp > 1)
+        moe_tokens = np.where(local_moe, mb / tp, mb)
         act_msg = seqs * self.seq_len * self.hidden * self.act_bytes  # one full activation
         sp_div = np.where(sp, tp, 1.0)
         for j, p in enumerate(self.profiles):
@@ -278,15 +284,16 @@ class CostProfile:
                     # and drops are those of one process: every rank routes the whole micro-batch
                     # and runs its experts (and the shared ones) on it, split only by etp
                     # (runtime/parallel/context_parallel.py, tensor_parallel.py); costed as run.
+                    # A dropless layer under tp with etp = 1 routes its shard (moe_tokens).
                     # Not charged: the activations it saves for the whole micro-batch
-                    scale = mb / np.where(g.expert | g.tp_split, etp, 1.0)
+                    scale = moe_tokens / np.where(g.expert | g.tp_split, etp, 1.0)
                     if g.expert:
-                        m = g.m / g.groups * mb * ep
+                        m = g.m / g.groups * moe_tokens * ep
                         n = g.n if g.row_parallel else g.n / etp
                         k = g.k / etp if g.row_parallel else g.k
                         groups = g.groups / ep
                     else:
-                        m = g.m * mb
+                        m = g.m * moe_tokens
                         n = g.n / etp if g.tp_split and not g.row_parallel else g.n
                         k = g.k / etp if g.tp_split and g.row_parallel else g.k
                         groups = 1.0
@@ -355,14 +362,14 @@ class CostProfile:
             # input for the weight gradient (5 gather-sized units); without SP one all-reduce
             # each way (2 units each)
             unit = hw.all_gather(act_msg, tp)
-            regions = p.tp_regions
+            regions = p.tp_regions - np.where(local_moe, p.moe_tp_regions, 0)
             out["tp_fwd"][:, j] = regions * 2 * unit
             out["tp_bwd"][:, j] = regions * np.where(sp, 3, 2) * unit
             if p.moe:
                 # token dispatch and combine: one all-to-all each way, forward and backward;
                 # each rank sends its 1/(tp*cp) of the tokens top_k times, or under vlac's runtime
                 # the gathered micro-batch (see above; 1/etp of it)
-                routed = mb / etp if self.moe_gathered else seqs / tp
+                routed = moe_tokens / etp if self.moe_gathered else seqs / tp
                 a2a_bytes = routed * self.seq_len * self.top_k * self.hidden * self.act_bytes
                 if self.moe_gathered:
                     a2a_bytes = a2a_bytes * self.capacity_slots(mb * self.seq_len)

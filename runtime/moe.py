@@ -149,6 +149,12 @@ class MoELayer(nn.Module):
         shared_width = (cfg.expert_hidden or bb.d_ffn) * cfg.shared_experts
         self.shared = MLP(bb, shared_width) if cfg.shared_experts else None
         self.register_buffer("router_entropy", torch.zeros(()), persistent=False)
+        # Set from outside when the layer's tokens are split over ranks that route their own
+        # (tensor parallelism with local routing, runtime/parallel/moe_local_routing.py): sums a
+        # per-rank statistic over those ranks (identity gradient), so the balancing loss, the load
+        # and the entropy are those of the whole micro-batch. `token_shards`: how many equal shards.
+        self.token_sum = None
+        self.token_shards = 1
 
     def capacity(self, tokens):
         """Slots per expert: ceil(tokens * top_k / experts * capacity_factor)."""
@@ -161,8 +167,8 @@ class MoELayer(nn.Module):
         h = x.reshape(-1, d)
         logits, probs, idx, weights = self.router(h)
         flat = idx.reshape(-1)
-        load = flat.new_zeros(self.cfg.experts, dtype=torch.float32).scatter_add_(
-            0, flat, torch.ones_like(flat, dtype=torch.float32))  # assignments per expert before dropping
+        load = self._over_shards(flat.new_zeros(self.cfg.experts, dtype=torch.float32).scatter_add_(
+            0, flat, torch.ones_like(flat, dtype=torch.float32)))  # assignments per expert before dropping
         if self.dropless:
             y = self.experts.dropless(h, idx, weights)
             dropped = load.new_zeros(())
@@ -170,9 +176,14 @@ class MoELayer(nn.Module):
             y, dropped = self._capacity_dispatch(h, flat, weights)
         if self.shared is not None:
             y = y + self.shared(h)
-        self.router_entropy.copy_(router_entropy(probs.detach(), self.cfg.router))
+        entropy = router_entropy(probs.detach(), self.cfg.router)
+        self.router_entropy.copy_(self._over_shards(entropy) / self.token_shards)
         aux = self._aux_loss(logits, probs, load)
         return y.view(b, s, d), aux, load, dropped
+
+    def _over_shards(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` summed over the ranks that share this layer's micro-batch (itself in one process)."""
+        return x if self.token_sum is None else self.token_sum(x)
 
     def _capacity_dispatch(self, h: torch.Tensor, flat: torch.Tensor, weights: torch.Tensor):
         """Slot of each (token, choice) inside its expert, first come first served in token order;
@@ -197,12 +208,13 @@ class MoELayer(nn.Module):
         probability; minimal, = 1, at uniform load) plus the router z-loss mean(logsumexp^2)."""
         cfg = self.cfg
         aux = logits.new_zeros(())
+        tokens = probs.size(0) * self.token_shards  # of the whole micro-batch (`load` is too)
         if cfg.balancing == "aux_loss" and cfg.aux_loss_coef > 0:
             f = load / load.sum()
-            p = probs.mean(0)
+            p = self._over_shards(probs.sum(0)) / tokens
             aux = aux + cfg.aux_loss_coef * cfg.experts * (f * p).sum()
         if cfg.z_loss_coef > 0:
-            aux = aux + cfg.z_loss_coef * torch.logsumexp(logits, dim=-1).pow(2).mean()
+            aux = aux + cfg.z_loss_coef * self._over_shards(torch.logsumexp(logits, dim=-1).pow(2).sum()) / tokens
         return aux
 
 

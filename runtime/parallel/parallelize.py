@@ -26,6 +26,7 @@ from ..precision import Precision
 from .activation_checkpoint import apply_activation_checkpointing
 from .context_parallel import apply_context_parallel, average_grads_over_cp
 from .data_parallel import average_grads, loss_heads, replicate_module, shard_module, uses_ddp
+from .moe_local_routing import locally_routed_params, sum_grads_over_tp
 from .expert_parallel import (apply_expert_parallel, expert_mesh, reduce_expert_grads, rescale_expert_grads,
                               shard_experts_over_edp)
 from .grads import clip_, grad_norm
@@ -54,6 +55,7 @@ class ParallelModel:
     fsdp_expert_params: list[nn.Parameter] = field(default_factory=list)  # EP under FSDP over edp
     replicated_params: list[nn.Parameter] = field(default_factory=list)  # left out of FSDP, averaged here
     mirrored_params: list[nn.Parameter] = field(default_factory=list)  # copies another pp rank also holds (tied)
+    routed_locally: list[nn.Parameter] = field(default_factory=list)  # MoE layers routing their tp shard
     materialized_bytes: int = 0  # weights allocated here for a deferred model (this rank's share)
 
     @property
@@ -83,6 +85,8 @@ class ParallelModel:
         if self.replicated_params:
             average_grads(self.replicated_params, self.mesh.group("dp_shard") or self.mesh.group("dp_replicate"),
                           self.dims.dp)
+        if self.routed_locally:  # each tp rank's share of the whole micro-batch's gradient
+            sum_grads_over_tp(self.routed_locally, self.mesh.group("tp"))
         if self.dims.cp > 1:  # cp ranks are replicas of the parameters (context_parallel.py)
             average_grads_over_cp(self.parameters(), self.mesh.group("cp"), self.dims.cp)
 
@@ -156,7 +160,7 @@ def parallelize(model: nn.Module, exp: Experiment, plan: dict[str, Any], env: Di
         # the stage modules carry the FSDP state; the holder names the parameters as the whole model does
         allocated = materialize(runner.stages, holder, deferred, env.device) if deferred else 0
         return ParallelModel(holder, mesh, runner, precision, rows, expert_params, fsdp_experts, scalars,
-                             runner.mirrored_params, allocated)
+                             runner.mirrored_params, locally_routed_params(holder), allocated)
 
     wrapped = model
     if dims.dp > 1 and not uses_ddp(mesh):
@@ -168,4 +172,4 @@ def parallelize(model: nn.Module, exp: Experiment, plan: dict[str, Any], env: Di
             wrapped = replicate_module(model, env.device)
     runner = DirectRunner(exp, wrapped, dims.dp, list(rows.values()), n_experts, precision.forward_context, env.device)
     return ParallelModel(model, mesh, runner, precision, rows, expert_params, fsdp_experts, scalars,
-                         materialized_bytes=allocated)
+                         routed_locally=locally_routed_params(model), materialized_bytes=allocated)

@@ -75,10 +75,12 @@ LIMITS: tuple[Limit, ...] = (
     Limit("sequence_parallel_dual_stream", "sequence parallelism with fusion.stream: dual (its per-token stream "
           "selector acts on gathered and on sequence-sharded activations)", "--pin sequence_parallel=false",
           lambda e: e.fusion.stream == "dual", lambda c: (c["tp"] > 1) & c["sp"]),
-    Limit("moe_replicated_over_tp", "MoE layers with tensor parallelism and etp = 1 as a stack other than vlac's "
-          "times them (each rank routing its own sequence shard; this runtime runs all experts on the whole "
-          "sequence on every tensor-parallel rank)", "--pin etp=<tp>, or stack.preset: vlac", _moe_costed_per_rank,
-          lambda c: (c["tp"] > 1) & (c["etp"] == 1), refused=False),
+    Limit("moe_replicated_over_tp", "MoE layers with a capacity, tensor parallelism and etp = 1 as a stack other "
+          "than vlac's times them (each rank routing its own sequence shard; this runtime runs all experts on the "
+          "whole sequence on every tensor-parallel rank, which keeps capacity exact; dropless layers route their "
+          "own shard)", "--pin etp=<tp>, moe.capacity_factor: null, or stack.preset: vlac",
+          lambda e: _moe_costed_per_rank(e) and not _dropless(e), lambda c: (c["tp"] > 1) & (c["etp"] == 1),
+          refused=False),
     Limit("moe_replicated_over_cp", "MoE layers under context parallelism as a stack other than vlac's times them "
           "(each rank routing its own tokens; this runtime runs the experts on the whole sequence on every "
           "context-parallel rank, which keeps capacity exact)", "--pin cp=1, or stack.preset: vlac",

@@ -39,9 +39,11 @@ DTensor parameters, so requires_grad is restored afterwards.
 FP8: modules converted to torchao `Float8Linear` beforehand (runtime/precision.py) are split with
 torchao's Float8 colwise/rowwise styles under NCCL (FP8 all-gathers), with the plain ones on gloo.
 
-MoE layers run unsharded on every tensor-parallel rank (router, experts and shared experts
-replicated): their input is gathered to the full sequence and their output handed back as this
-rank's shard. Capacity is then computed on exactly the tokens a single process would see. With
+MoE layers with a capacity run unsharded on every tensor-parallel rank (router, experts and shared
+experts replicated): their input is gathered to the full sequence and their output handed back as
+this rank's shard. Capacity is then computed on exactly the tokens a single process would see.
+Dropless MoE layers under sequence parallelism route their own shard instead
+(runtime/parallel/moe_local_routing.py). With
 expert tensor parallelism (etp = tp) the experts are split along their inner width instead
 (runtime/parallel/expert_tensor_parallel.py); expert parallelism (expert_parallel.py) splits the
 set of experts.
@@ -58,6 +60,8 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.distributed.tensor.parallel import (ColwiseParallel, ParallelStyle, RowwiseParallel, SequenceParallel,
                                                parallelize_module)
+
+from .moe_local_routing import route_locally, routes_locally
 
 SEQ = 1  # the sequence dimension of [batch, seq, hidden] activations
 HEADS = 2  # the head dimension of [batch, seq, heads, d_head] (q/k norms)
@@ -191,6 +195,8 @@ def _megatron_block_plan(block: nn.Module, sequence_parallel: bool, expert_tp: b
     elif expert_tp:
         from .expert_tensor_parallel import moe_plan  # (it imports this module's styles)
         plan.update(moe_plan(block, "mlp", sp))
+    elif routes_locally(block.mlp, sp, expert_tp):  # dropless: this rank's sequence shard in and out
+        plan["mlp"] = _Relayout(input=(Shard(SEQ), Shard(SEQ)), local_input=True)
     elif sp:
         plan["mlp"] = _Relayout(input=(Shard(SEQ), Replicate()), local_input=True, output=(Replicate(), Shard(SEQ)))
     return plan
@@ -324,6 +330,8 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh, sequence_parall
         parallelize_module(model, tp_mesh, {"norm": _Relayout(output=(Shard(SEQ), Replicate()))})
     for block in model.layers:
         parallelize_module(block, tp_mesh, block_plan(block, sp, expert_tp, replicate))
+        if _is_moe(block.mlp) and routes_locally(block.mlp, sp, expert_tp):
+            route_locally(block.mlp, tp_mesh.get_group())
     for layer in (cross.values() if cross is not None else ()):
         parallelize_module(layer, tp_mesh, cross_layer_plan(layer, sp))
         if sp and getattr(layer, "gated", False):

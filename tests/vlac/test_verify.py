@@ -107,6 +107,7 @@ def test_the_flagship_verifies_through_its_tiny_profile(monkeypatch):
 def test_dropless_experts_under_expert_parallelism_reproduce_one_process(monkeypatch):
     """moe.capacity_factor: null with the experts split over ep: the routed copies travel with
     uneven all-to-alls (plain, and under ZeRO-3, which gathers the experts around their dropless
-    method)."""
-    verify_passes(TINY, "ep2,fsdp4xep2", 3, monkeypatch, "--set", "moe.capacity_factor=null",
+    method); under tp each rank routes its own sequence shard (the balancing loss and the
+    replicated weights' gradients summed over tp) and exchanges its copies within its ep group."""
+    verify_passes(TINY, "ep2,fsdp4xep2,dp2xtp2xep2", 3, monkeypatch, "--set", "moe.capacity_factor=null",
                   plan_pattern=r"ep2 ")
