@@ -46,11 +46,8 @@ class TowerProjector(nn.Module):
         super().__init__()
         self.tower, self.projector = tower, projector
         self.layer, self.drop_class_token = layer % len(tower.layers), drop_class_token
-        unused = [*tower.layers[self.layer + 1:], tower.head, tower.post_norm if tower.family == "clip" or
-                  self.layer < len(tower.layers) - 1 else None]
-        for module in unused:
-            if module is not None:
-                module.requires_grad_(False)
+        for module in tower.unreached(self.layer):
+            module.requires_grad_(False)
 
     def forward(self, pixels: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
         return self.projector(self.tower.features(pixels, self.layer, self.drop_class_token), *rest)

@@ -110,6 +110,13 @@ class VisionTower(nn.Module):
             return last, self.post_norm(last[:, 0])
         return last, None if self.head is None else self.head(last)
 
+    def unreached(self, layer: int) -> list[nn.Module]:
+        """The modules `features(pixels, layer)` never runs: the layers after `layer`, the pooling
+        head, and the final norm unless it is SigLIP's after its last layer."""
+        last = layer % len(self.layers)
+        out = list(self.layers[last + 1:]) + ([self.head] if self.head is not None else [])
+        return out + ([self.post_norm] if self.family == "clip" or last < len(self.layers) - 1 else [])
+
     def embed_patches(self, pixels: torch.Tensor) -> torch.Tensor:
         """The patch convolution as the GEMM it is ([B, patches, C*p*p] @ weight.T), so the compiler
         costs it as one; the weight keeps the convolution's shape and name (the checkpoint's)."""

@@ -63,3 +63,14 @@ def test_other_models_are_refused(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     with pytest.raises(ValueError, match="choose a CLIP or SigLIP checkpoint"):
         load_vision_tower(tmp_path)
+
+
+@pytest.mark.parametrize("kind,layer", [("clip", -1), ("clip", 0), ("siglip", -1), ("siglip", -2)])
+def test_unreached_modules_are_exactly_those_features_leave_without_gradient(kind, layer, tmp_path):
+    from vlac.runtime.hf.vision import load_vision_tower
+
+    save_tower(kind, tmp_path / kind)
+    tower = load_vision_tower(tmp_path / kind)
+    tower.features(torch.randn(1, 3, 32, 32), layer).square().sum().backward()
+    unreached = {id(p) for m in tower.unreached(layer) for p in m.parameters()}
+    assert unreached and all((p.grad is None) == (id(p) in unreached) for p in tower.parameters())
