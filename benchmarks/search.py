@@ -3,14 +3,17 @@ path agrees with the full one: one run, every ratio measured in it.
 
     python benchmarks/search.py [--spec examples/vla_10b_moe_h100.yaml]
                                 [--space examples/search/flagship_moe.yaml]
-                                [--budget 5000] [--sample 6] [--workers N]
+                                [--budget 5000] [--sample 6] [--workers N] [--profile 60]
 
 1. The README's search (the grid of --space): wall time, of which lowering the architectures'
    references (once per architecture) and the rest, the evaluation; candidates per second.
 2. A random search of --budget candidates of the flagship on a wider space (the README's expert
    counts, routings and widths, depths 8 to 112 and two token budgets: 5,040 points), on
    --workers processes: wall time and candidates per second.
-3. Agreement: --sample candidates of that random search evaluated again by the full path
+3. Where a one-process random search of --profile candidates spends its time (cProfile): lowering
+   architecture references, costing layouts (of which the cost model's passes and its pipeline
+   partitions) and the depths' legal layout spaces.
+4. Agreement: --sample candidates of that random search evaluated again by the full path
    (lower each one directly, plan every layout): status, layout, parameters and FLOPs compared
    exactly, step time and peak memory relative to the full path; the time per candidate of each
    path and their ratio. Exit status 1 on any disagreement.
@@ -55,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sample", type=int, default=6, help="random-search candidates also evaluated by the full path")
     p.add_argument("--workers", type=int, default=None, help="processes for the random search (default: cores)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", type=int, default=60, help="candidates of the profiled one-process search (0: none)")
     return p.parse_args(argv)
 
 
@@ -89,6 +93,34 @@ def random_search(args: argparse.Namespace, workers: int) -> tuple[Search, dict]
     return s, {"candidates": len(s.results), "workers": workers, "wall_s": s.seconds,
                "per_s": len(s.results) / s.seconds, "cpu_s_per_candidate": (cpu_seconds() - cpu0) / len(s.results),
                "outcomes": counts}
+
+
+# (file, function) of each part of the profile, as cProfile names them
+PROFILED = {"lowering references": ("compiler/graph_cache.py", "lower"),
+            "costing layouts": ("search/fast_plan.py", "choose"),
+            "cost model passes": ("compiler/cost_model.py", "evaluate"),
+            "pipeline partitions": ("compiler/cost_model.py", "composition"),
+            "layout spaces": ("search/fast_plan.py", "get")}
+
+
+def profile_search(args: argparse.Namespace) -> dict:
+    """Cumulative seconds of each PROFILED part in a fresh one-process random search."""
+    import cProfile
+    import pstats
+
+    s = Search(args.spec, WIDE, strategy="random", budget=args.profile, seed=args.seed + 1,
+               objective="min:training_days", constraints=["params_active >= 2B", "params_total >= 8B"])
+    prof = cProfile.Profile()
+    prof.enable()
+    s.run(workers=1, progress=False)
+    prof.disable()
+    stats = pstats.Stats(prof).stats
+    parts = {}
+    for name, (path, fn) in PROFILED.items():
+        hits = [(v[1], v[3]) for (f, _, func), v in stats.items() if f.endswith(path) and func == fn]
+        parts[name] = {"calls": sum(h[0] for h in hits), "seconds": sum(h[1] for h in hits)}
+    return {"candidates": len(s.results), "wall_s": s.seconds, "architectures": len(s.evaluator.fast_path.architectures),
+            "fast": dict(s.evaluator.fast_path.stats), "parts": parts}
 
 
 def agreement(s: Search, n: int, seed: int) -> dict:
@@ -134,6 +166,14 @@ def main(argv: list[str] | None = None) -> int:
           f"({rnd['per_s']:.1f}/s, {rnd['cpu_s_per_candidate']:.2f} CPU s/candidate; goal < {GOALS['random_s']:.0f} s: measured / goal {rnd['wall_s'] / GOALS['random_s']:.2f}; "
           f"goal {GOALS['per_s']:.0f}/s: measured / goal {rnd['per_s'] / GOALS['per_s']:.2f}); outcomes {rnd['outcomes']}")
 
+    prof = profile_search(args) if args.profile else None
+    if prof:
+        print(f"profile of a one-process random search: {prof['candidates']} candidates of {prof['architectures']} "
+              f"architectures in {prof['wall_s']:.1f} s under cProfile: "
+              + ", ".join(f"{k} {v['seconds']:.1f} s ({v['seconds'] / prof['wall_s']:.0%}, {v['calls']} calls)"
+                          for k, v in prof["parts"].items())
+              + f"; costed {prof['fast']['costed']:,} of {prof['fast']['legal']:,} legal layouts")
+
     agree = agreement(s, args.sample, args.seed)
     print(f"fast vs full on {agree['sampled']} sampled candidates: {'agree' if agree['agree'] else 'DISAGREE'} "
           f"(status, layout, parameters and FLOPs exact; worst relative difference "
@@ -147,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         "spec": Path(args.spec).name, "space": Path(args.space).name, "wide_space": WIDE, "goals": GOALS,
-        "readme": readme, "random": rnd, "agreement": agree,
+        "readme": readme, "random": rnd, "profile": prof, "agreement": agree,
         "machine": {"cores": default_workers(), "python": platform.python_version(), "load_average": load},
     }, indent=2, sort_keys=True, default=str) + "\n")
     print(f"wrote {RESULTS.relative_to(ROOT)}")
