@@ -180,3 +180,27 @@ def test_zero3_ranks_read_only_their_tower_shards_and_export_the_same_bytes(tmp_
     for f in ("config.json", "model.safetensors"):
         assert (tmp_path / "one_export" / "vision_tower" / f).read_bytes() == \
             (tmp_path / "many" / "export" / "vision_tower" / f).read_bytes()
+
+
+def test_late_fusion_reads_the_tower_through_its_resampler(tmp_path):
+    """Flamingo's layout: a SigLIP tower's last hidden states through the perceiver resampler become
+    the media the gated cross-attention layers read; the tower is frozen by default."""
+    from pathlib import Path
+
+    from vlac.runtime.data import SyntheticData
+    from vlac.runtime.hf.tower_load import load_vision_towers
+
+    reference = save_tower("siglip", tmp_path / "siglip")
+    flamingo = Path(__file__).resolve().parents[3] / "examples" / "flamingo.yaml"
+    exp = vlac.load(flamingo, [f"modalities.image.encoder.hf={tmp_path / 'siglip'}", "modalities.image.encoder.layer=-1"],
+                    profile="tiny")
+    model = build_model(exp)
+    load_vision_towers(model, exp)
+    batch = SyntheticData(exp).micro_batch(0, 0, 2, 1.0, torch.device("cpu"))
+    with torch.no_grad():
+        media = model(batch)["media"]
+        features = reference(pixel_values=batch["image.pixels"]).last_hidden_state
+        resampler = model.projectors["image"].projector
+        want = resampler(features, batch["image.present"][:, :1].expand(-1, features.size(1)))
+    torch.testing.assert_close(media, want, atol=1e-5, rtol=0)
+    assert not any(p.requires_grad for p in model.projectors["image"].tower.parameters())
