@@ -120,6 +120,7 @@ class CostModel:
         self.is_block = np.array([q.kind == "block" for q in prof])
         self.max_block_params = max((q.params_dense + q.params_expert for q in prof if q.kind == "block"), default=0.0)
         self._compositions: dict[tuple[int, int], tuple[list[list[int]], np.ndarray]] = {}
+        self._chunks: dict[tuple[int, bool], list[list[int]]] = {}  # interleaved shapes of one pp*v share their chunks
 
     # ---- pipeline shape ---------------------------------------------------------------------------
     def composition(self, pp: int, v: int) -> tuple[list[list[int]], np.ndarray]:
@@ -127,7 +128,10 @@ class CostModel:
         pipeline rank holds ([pp, keys]); chunk c runs on rank c % pp."""
         key = (pp, v)
         if key not in self._compositions:
-            chunks = self.p.stage_chunks(pp * v, interleaved=v > 1)
+            split = (pp * v, v > 1)
+            if split not in self._chunks:
+                self._chunks[split] = self.p.stage_chunks(*split)
+            chunks = self._chunks[split]
             counts = np.zeros((pp, self.p.n_keys))
             for c, chunk in enumerate(chunks):
                 for pos in chunk:
