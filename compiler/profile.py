@@ -1,6 +1,7 @@
 """Per-layer cost profile: what one layer of each distinct kind costs, as a function of the
-tensor/context/expert-parallel degrees and the micro-batch, evaluated for many degree
-combinations at once (numpy), so thousands of layouts cost a few array operations.
+tensor/context/expert-parallel degrees and the micro-batch. This module builds it from the
+lowered graph; vlac.compiler.layer_times evaluates it for many degree combinations at once
+(numpy), so thousands of layouts cost a few array operations.
 
 Layers that cost the same share one key: the embeddings, each distinct decoder block (by block
 signature and FP8 pattern: the first and last layers may stay in BF16) and the head with the
@@ -44,11 +45,11 @@ from vlac.spec.stack import ResolvedStack
 from .graph import RECOMPUTE, Graph, NodeCost
 from .hardware import Hardware
 from .kernel_costs import KernelCosts, runtime_kernel
+from .layer_times import capacity_slots, critical_rank_load, layer_times
 from .partition import balanced_partition, equal_share_partition
-from .stack_costs import ATTENTION_EFF, StackCosts, fp8_gemm_inputs
+from .stack_costs import StackCosts, fp8_gemm_inputs
 
-MEMBOUND_PASSES = 4.0
-MEMBOUND_FWD_SHARE = 1.0 / 3.0
+MEMBOUND_PASSES = 4.0  # MEMBOUND_FWD_SHARE of them forward (vlac.compiler.layer_times)
 FP8_CAST_BYTES = 4.0  # read 2 (BF16) + write 1 (FP8) + write 1 (transposed FP8)
 FP8_AMAX_READ_BYTES = 2.0  # current scaling: one more read of the BF16 tensor for its amax
 MEMBOUND_KINDS = ("norm", "elementwise", "loss", "embedding")
@@ -70,7 +71,7 @@ class Gemm:
     expert: bool
     fp8_eligible: bool
     sp_split: bool = False  # not TP-split, but runs on 1/tp of the tokens with sequence parallelism
-    moe_part: bool = False  # router, experts or shared experts of a MoE layer (see `times`)
+    moe_part: bool = False  # router, experts or shared experts of a MoE layer (see layer_times)
 
 
 @dataclass
@@ -106,7 +107,7 @@ class CostProfile:
                  capacity_factor: float | None = None):
         self.g, self.hw = graph, hw
         # moe.capacity_factor (None: dropless): vlac's runtime exchanges every expert's capacity
-        # slots, padding included, in its capacity dispatch (see `times`)
+        # slots, padding included, in its capacity dispatch (see layer_times)
         self.capacity_factor = capacity_factor
         # dropless routing's imbalance: the busiest expert's tokens over the mean (spec moe.load_factor)
         self.expert_load = expert_load
@@ -114,7 +115,7 @@ class CostProfile:
         # the software stack (spec.stack; default: what vlac's emitted program runs)
         self.stack = stack or STACKS["vlac"]
         # vlac's runtime gathers a MoE layer's input over cp and tp (exact capacity); the other
-        # stacks route each rank's own tokens (see `times`)
+        # stacks route each rank's own tokens (see layer_times)
         self.moe_gathered = self.stack.preset == "vlac"
         fp8_inputs = fp8_gemm_inputs(graph) if fp8 and hw.has_fp8 and self.stack.fp8_stored_inputs else frozenset()
         self.stack_costs = StackCosts(self.stack, act_bytes=graph.dtype_bytes, hidden=hidden, head_dim=head_dim,
@@ -254,163 +255,18 @@ class CostProfile:
             kernels.add("fp8_cast")
         return frozenset(kernels)
 
-    # ---- per-layer times for many degree combinations ---------------------------------------
+    # ---- per-layer times for many degree combinations (vlac.compiler.layer_times) -------------
     def times(self, tp, sp, cp, mb, ep, etp) -> dict[str, np.ndarray]:
-        """Seconds per micro-batch for every key, arrays shaped [combos, keys]:
-        gemm_fwd, gemm_bwd, gemm_wgrad, attn_fwd, attn_bwd, mem_fwd, mem_bwd, selective_rerun (the
-        forward work the stack's selective recompute repeats: mem_fwd, or attn_fwd for
-        core_attention; stack_costs), and the communication a layer issues: tp_fwd/tp_bwd,
-        ep_fwd/ep_bwd, cp (total, before overlap)."""
-        tp, cp, mb, ep, etp = (np.asarray(a, dtype=float) for a in (tp, cp, mb, ep, etp))
-        sp = np.asarray(sp, dtype=bool)
-        hw = self.hw
-        shape = (tp.shape[0], self.n_keys)
-        out = {name: np.zeros(shape) for name in ("gemm_fwd", "gemm_bwd", "gemm_wgrad", "attn_fwd", "attn_bwd",
-                                                   "mem_fwd", "mem_bwd", "selective_rerun", "tp_fwd", "tp_bwd",
-                                                   "ep_fwd", "ep_bwd", "cp")}
-        seqs = mb / cp  # sequences' worth of tokens per GPU before tensor parallelism
-        # vlac's runtime routes a dropless MoE layer's own sequence shard under tp with etp = 1
-        # (runtime/parallel/moe_local_routing.py): no gather, 1/tp of the micro-batch per rank
-        local_moe = self.moe_gathered & (self.capacity_factor is None) & (etp == 1) & (tp > 1)
-        moe_tokens = np.where(local_moe, mb / tp, mb)
-        act_msg = seqs * self.seq_len * self.hidden * self.act_bytes  # one full activation
-        sp_div = np.where(sp, tp, 1.0)
-        for j, p in enumerate(self.profiles):
-            cast = np.zeros_like(tp)
-            expert_cast = np.zeros_like(tp)  # cast by vlac's fp8_cast kernel (the experts' FP8 GEMMs)
-            for g in p.gemms:
-                if g.moe_part:
-                    # vlac's runtime gathers a MoE layer's input over cp and tp, so that capacity
-                    # and drops are those of one process: every rank routes the whole micro-batch
-                    # and runs its experts (and the shared ones) on it, split only by etp
-                    # (runtime/parallel/context_parallel.py, tensor_parallel.py); costed as run.
-                    # A dropless layer under tp with etp = 1 routes its shard (moe_tokens).
-                    # Not charged: the activations it saves for the whole micro-batch
-                    scale = moe_tokens / np.where(g.expert | g.tp_split, etp, 1.0)
-                    if g.expert:
-                        m = g.m / g.groups * moe_tokens * ep
-                        n = g.n if g.row_parallel else g.n / etp
-                        k = g.k / etp if g.row_parallel else g.k
-                        groups = g.groups / ep
-                    else:
-                        m = g.m * moe_tokens
-                        n = g.n / etp if g.tp_split and not g.row_parallel else g.n
-                        k = g.k / etp if g.tp_split and g.row_parallel else g.k
-                        groups = 1.0
-                elif g.expert:
-                    scale = seqs / tp
-                    slots = g.m / g.groups
-                    m = slots * seqs * ep * etp / tp
-                    n = g.n if g.row_parallel else g.n / etp
-                    k = g.k / etp if g.row_parallel else g.k
-                    groups = g.groups / ep
-                elif g.tp_split:
-                    scale = seqs / tp
-                    m = g.m * seqs
-                    n = g.n / tp if not g.row_parallel else g.n
-                    k = g.k / tp if g.row_parallel else g.k
-                    groups = 1.0
-                else:  # replicated weights: sequence parallelism splits the tokens
-                    tokens_split = np.where(sp & g.sp_split, tp, 1.0)
-                    scale = seqs / tokens_split
-                    m = g.m * scale
-                    n, k, groups = g.n, g.k, 1.0
-                use8 = self.fp8 and g.fp8_eligible
-                rate8 = use8 and self.fp8_gemm_rate
-                over_f = g.over * scale / (1 + g.bwd_mult)
-                # each backward GEMM (input gradient, weight gradient) is a forward-sized GEMM
-                one = hw.gemm_seconds(g.flops * scale + over_f, m, n, k, rate8, groups)
-                if g.expert:  # the rank holding the busiest expert sets the pace
-                    one = one * self.critical_rank_load(ep)
-                out["gemm_fwd"][:, j] += one
-                out["gemm_bwd"][:, j] += one * g.bwd_mult
-                if g.bwd_mult > 1:  # the weight-gradient half, which zero-bubble schedules defer
-                    out["gemm_wgrad"][:, j] += one
-                if use8:
-                    cast += (m * k + m * n) * groups * self.cast_bytes
-                    if g.expert:
-                        expert_cast += (m * k + m * n) * groups * self.cast_bytes
-            attn_split = seqs / tp
-            if self.stack_costs.fused_attention:
-                eff = ATTENTION_EFF[self.stack.attention]
-                out["attn_fwd"][:, j] = hw.attention_seconds(p.attn_fwd * attn_split, eff)
-                out["attn_bwd"][:, j] = hw.attention_seconds(p.attn_bwd * attn_split, eff)
-            else:  # batched GEMMs over the whole score matrix, which goes through HBM
-                scores = hw.memory_seconds(p.attn_score_bytes * attn_split)
-                out["attn_fwd"][:, j] = hw.gemm_seconds(p.attn_fwd * attn_split, 1, 1, 1, False) + scores / 3
-                out["attn_bwd"][:, j] = hw.gemm_seconds(p.attn_bwd * attn_split, 1, 1, 1, False) + scores * 2 / 3
-            traffic = (p.mem[0] / tp + p.mem[1] / sp_div + p.mem[2]) * seqs
-            cast_t = hw.memory_seconds(cast)
-            out["mem_fwd"][:, j] = hw.memory_seconds(traffic * MEMBOUND_FWD_SHARE) + cast_t / 2
-            out["mem_bwd"][:, j] = hw.memory_seconds(traffic * (1 - MEMBOUND_FWD_SHARE)) + cast_t / 2
-            for kernel, parts in p.mem_kernels.items():
-                if self.kernel_costs.is_measured(kernel):  # else nothing changes, to the last bit
-                    moved = (parts[0] / tp + parts[1] / sp_div + parts[2]) * seqs
-                    extra = self.kernel_costs.seconds(kernel, moved) - hw.memory_seconds(moved)
-                    out["mem_fwd"][:, j] += extra * MEMBOUND_FWD_SHARE
-                    out["mem_bwd"][:, j] += extra * (1 - MEMBOUND_FWD_SHARE)
-            if self.kernel_costs.is_measured("fp8_cast") and expert_cast.any():
-                extra = self.kernel_costs.seconds("fp8_cast", expert_cast) - hw.memory_seconds(expert_cast)
-                out["mem_fwd"][:, j] += extra / 2
-                out["mem_bwd"][:, j] += extra / 2
-            rerun = "attn_fwd" if self.stack.selective_recompute == "core_attention" else "mem_fwd"
-            out["selective_rerun"][:, j] = out[rerun][:, j]
-            if p.kind != "block":
-                continue
-            # tensor parallelism: per region, with SP an all-gather and a reduce-scatter forward,
-            # backward a reduce-scatter, the output-gradient all-gather and the re-gather of the
-            # input for the weight gradient (5 gather-sized units); without SP one all-reduce
-            # each way (2 units each)
-            unit = hw.all_gather(act_msg, tp)
-            regions = p.tp_regions - np.where(local_moe, p.moe_tp_regions, 0)
-            out["tp_fwd"][:, j] = regions * 2 * unit
-            out["tp_bwd"][:, j] = regions * np.where(sp, 3, 2) * unit
-            if p.moe:
-                # token dispatch and combine: one all-to-all each way, forward and backward;
-                # each rank sends its 1/(tp*cp) of the tokens top_k times, or under vlac's runtime
-                # the gathered micro-batch (see above; 1/etp of it)
-                routed = moe_tokens / etp if self.moe_gathered else seqs / tp
-                a2a_bytes = routed * self.seq_len * self.top_k * self.hidden * self.act_bytes
-                if self.moe_gathered:
-                    a2a_bytes = a2a_bytes * self.capacity_slots(mb * self.seq_len)
-                a2a_bytes = a2a_bytes * self.critical_rank_load(ep)  # what the busiest rank receives
-                if self.moe_gathered:  # the cp gather of the MoE input, forward; its reduce-scatter backward
-                    out["cp"][:, j] += np.where(cp > 1, 2 * hw.all_gather(act_msg * cp, cp, tp), 0.0)
-                a2a = hw.all_to_all(a2a_bytes, ep, etp)
-                # expert tensor parallelism gathers the received tokens over etp and scatters
-                # the results back (a TP region over the expert activations)
-                etp_unit = hw.all_gather(a2a_bytes * etp, etp, 1)
-                out["ep_fwd"][:, j] = 2 * a2a + 2 * etp_unit
-                out["ep_bwd"][:, j] = 2 * a2a + 3 * etp_unit
-            if p.attn_fwd > 0:
-                # ring attention: cp-1 K/V chunk exchanges forward, K/V and their gradients
-                # backward; heads split over TP ranks (K/V replicated when tp > kv_heads)
-                chunk = seqs * self.seq_len * self.kv_bytes_per_token / np.minimum(tp, self.kv_heads)
-                across = tp * cp > hw.node_size
-                out["cp"][:, j] += np.where(cp > 1, 3 * (cp - 1) * hw.p2p(chunk, across), 0.0)
-        return out
+        """Seconds per micro-batch for every key, arrays shaped [combos, keys] (layer_times)."""
+        return layer_times(self, tp, sp, cp, mb, ep, etp)
 
     def critical_rank_load(self, ep) -> np.ndarray:
-        """Tokens of the expert-parallel rank holding the busiest expert over a rank's mean, under
-        dropless routing with `expert_load` (L) = the busiest expert's tokens over the mean: that
-        expert and E/ep - 1 others sharing the rest of the load evenly, so
-        [L + (E/ep - 1) (E - L) / (E - 1)] / (E/ep): 1 when one rank holds every expert (the
-        total is fixed), L when each rank holds one expert."""
-        ep = np.asarray(ep, dtype=float)
-        e, load = float(self.experts), self.expert_load
-        if load == 1.0 or e <= 1:
-            return np.ones_like(ep)
-        local = e / ep
-        return (load + (local - 1) * (e - load) / (e - 1)) / local
+        """The busiest expert-parallel rank's tokens over a rank's mean (layer_times)."""
+        return critical_rank_load(self.experts, self.expert_load, ep)
 
     def capacity_slots(self, tokens: np.ndarray) -> np.ndarray:
-        """Slots exchanged per routed copy by vlac's capacity dispatch: each of the E experts
-        gets C = ceil(tokens * top_k * capacity_factor / E) slots (runtime/moe.py `capacity`), all
-        sent through the all-to-all whether filled or not; 1 when dropless (only routed copies move)."""
-        if self.capacity_factor is None or self.top_k == 0:
-            return np.ones_like(tokens)
-        e, k, cf = self.experts, self.top_k, round(self.capacity_factor * 1000)  # the runtime's 1/1000 steps
-        return e * np.ceil(tokens * k * cf / (e * 1000)) / (tokens * k)
+        """Slots exchanged per routed copy by vlac's capacity dispatch (layer_times)."""
+        return capacity_slots(tokens, self.experts, self.top_k, self.capacity_factor)
 
     # ---- pipeline stage split -------------------------------------------------------------------
     def stage_chunks(self, n_chunks: int, interleaved: bool = False) -> list[list[int]]:

@@ -1,0 +1,197 @@
+"""Per-layer times for many degree combinations: what one layer of each key of a cost profile
+(vlac.compiler.profile.CostProfile) takes per micro-batch, for arrays of tensor / sequence /
+context / expert / expert-tensor-parallel degrees and micro-batch sizes at once (numpy), so
+thousands of layouts cost a few array operations.
+
+The modelling choices (GEMM sharding, memory-bound passes, FP8 casts, fused attention) are
+stated in vlac.compiler.profile, which builds the per-sequence quantities costed here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .stack_costs import ATTENTION_EFF
+
+if TYPE_CHECKING:
+    from .profile import CostProfile, Gemm, LayerProfile
+
+MEMBOUND_FWD_SHARE = 1.0 / 3.0  # of memory-bound traffic, forward (vlac.compiler.profile)
+TIME_NAMES = ("gemm_fwd", "gemm_bwd", "gemm_wgrad", "attn_fwd", "attn_bwd", "mem_fwd", "mem_bwd",
+              "selective_rerun", "tp_fwd", "tp_bwd", "ep_fwd", "ep_bwd", "cp")
+
+
+def layer_times(prof: CostProfile, tp, sp, cp, mb, ep, etp) -> dict[str, np.ndarray]:
+    """Seconds per micro-batch for every key of `prof`, arrays shaped [combos, keys]:
+    gemm_fwd, gemm_bwd, gemm_wgrad, attn_fwd, attn_bwd, mem_fwd, mem_bwd, selective_rerun (the
+    forward work the stack's selective recompute repeats: mem_fwd, or attn_fwd for
+    core_attention; stack_costs), and the communication a layer issues: tp_fwd/tp_bwd,
+    ep_fwd/ep_bwd, cp (total, before overlap)."""
+    tp, cp, mb, ep, etp = (np.asarray(a, dtype=float) for a in (tp, cp, mb, ep, etp))
+    sp = np.asarray(sp, dtype=bool)
+    hw = prof.hw
+    shape = (tp.shape[0], prof.n_keys)
+    out = {name: np.zeros(shape) for name in TIME_NAMES}
+    seqs = mb / cp  # sequences' worth of tokens per GPU before tensor parallelism
+    # vlac's runtime routes a dropless MoE layer's own sequence shard under tp with etp = 1
+    # (runtime/parallel/moe_local_routing.py): no gather, 1/tp of the micro-batch per rank
+    local_moe = prof.moe_gathered & (prof.capacity_factor is None) & (etp == 1) & (tp > 1)
+    moe_tokens = np.where(local_moe, mb / tp, mb)
+    sp_div = np.where(sp, tp, 1.0)
+    for j, p in enumerate(prof.profiles):
+        cast = np.zeros_like(tp)
+        expert_cast = np.zeros_like(tp)  # cast by vlac's fp8_cast kernel (the experts' FP8 GEMMs)
+        for g in p.gemms:
+            scale, m, n, k, groups = _gemm_shape(g, tp, sp, ep, etp, seqs, moe_tokens)
+            use8 = prof.fp8 and g.fp8_eligible
+            rate8 = use8 and prof.fp8_gemm_rate
+            over_f = g.over * scale / (1 + g.bwd_mult)
+            # each backward GEMM (input gradient, weight gradient) is a forward-sized GEMM
+            one = hw.gemm_seconds(g.flops * scale + over_f, m, n, k, rate8, groups)
+            if g.expert:  # the rank holding the busiest expert sets the pace
+                one = one * critical_rank_load(prof.experts, prof.expert_load, ep)
+            out["gemm_fwd"][:, j] += one
+            out["gemm_bwd"][:, j] += one * g.bwd_mult
+            if g.bwd_mult > 1:  # the weight-gradient half, which zero-bubble schedules defer
+                out["gemm_wgrad"][:, j] += one
+            if use8:
+                cast += (m * k + m * n) * groups * prof.cast_bytes
+                if g.expert:
+                    expert_cast += (m * k + m * n) * groups * prof.cast_bytes
+        attn_split = seqs / tp
+        if prof.stack_costs.fused_attention:
+            eff = ATTENTION_EFF[prof.stack.attention]
+            out["attn_fwd"][:, j] = hw.attention_seconds(p.attn_fwd * attn_split, eff)
+            out["attn_bwd"][:, j] = hw.attention_seconds(p.attn_bwd * attn_split, eff)
+        else:  # batched GEMMs over the whole score matrix, which goes through HBM
+            scores = hw.memory_seconds(p.attn_score_bytes * attn_split)
+            out["attn_fwd"][:, j] = hw.gemm_seconds(p.attn_fwd * attn_split, 1, 1, 1, False) + scores / 3
+            out["attn_bwd"][:, j] = hw.gemm_seconds(p.attn_bwd * attn_split, 1, 1, 1, False) + scores * 2 / 3
+        traffic = (p.mem[0] / tp + p.mem[1] / sp_div + p.mem[2]) * seqs
+        cast_t = hw.memory_seconds(cast)
+        out["mem_fwd"][:, j] = hw.memory_seconds(traffic * MEMBOUND_FWD_SHARE) + cast_t / 2
+        out["mem_bwd"][:, j] = hw.memory_seconds(traffic * (1 - MEMBOUND_FWD_SHARE)) + cast_t / 2
+        for kernel, parts in p.mem_kernels.items():
+            if prof.kernel_costs.is_measured(kernel):  # else nothing changes, to the last bit
+                moved = (parts[0] / tp + parts[1] / sp_div + parts[2]) * seqs
+                extra = prof.kernel_costs.seconds(kernel, moved) - hw.memory_seconds(moved)
+                out["mem_fwd"][:, j] += extra * MEMBOUND_FWD_SHARE
+                out["mem_bwd"][:, j] += extra * (1 - MEMBOUND_FWD_SHARE)
+        if prof.kernel_costs.is_measured("fp8_cast") and expert_cast.any():
+            extra = prof.kernel_costs.seconds("fp8_cast", expert_cast) - hw.memory_seconds(expert_cast)
+            out["mem_fwd"][:, j] += extra / 2
+            out["mem_bwd"][:, j] += extra / 2
+        rerun = "attn_fwd" if prof.stack.selective_recompute == "core_attention" else "mem_fwd"
+        out["selective_rerun"][:, j] = out[rerun][:, j]
+        if p.kind == "block":
+            _block_communication(prof, p, out, j, tp, sp, cp, mb, ep, etp, seqs, local_moe, moe_tokens)
+    return out
+
+
+def _gemm_shape(g: Gemm, tp, sp, ep, etp, seqs, moe_tokens):
+    """(scale, m, n, k, groups) of one GEMM per GPU: `scale` the share of its per-sequence FLOPs
+    a GPU runs, m x n x k its shape there, `groups` the experts of a grouped GEMM per GPU."""
+    if g.moe_part:
+        # vlac's runtime gathers a MoE layer's input over cp and tp, so that capacity
+        # and drops are those of one process: every rank routes the whole micro-batch
+        # and runs its experts (and the shared ones) on it, split only by etp
+        # (runtime/parallel/context_parallel.py, tensor_parallel.py); costed as run.
+        # A dropless layer under tp with etp = 1 routes its shard (moe_tokens).
+        # Not charged: the activations it saves for the whole micro-batch
+        scale = moe_tokens / np.where(g.expert | g.tp_split, etp, 1.0)
+        if g.expert:
+            m = g.m / g.groups * moe_tokens * ep
+            n = g.n if g.row_parallel else g.n / etp
+            k = g.k / etp if g.row_parallel else g.k
+            groups = g.groups / ep
+        else:
+            m = g.m * moe_tokens
+            n = g.n / etp if g.tp_split and not g.row_parallel else g.n
+            k = g.k / etp if g.tp_split and g.row_parallel else g.k
+            groups = 1.0
+    elif g.expert:
+        scale = seqs / tp
+        slots = g.m / g.groups
+        m = slots * seqs * ep * etp / tp
+        n = g.n if g.row_parallel else g.n / etp
+        k = g.k / etp if g.row_parallel else g.k
+        groups = g.groups / ep
+    elif g.tp_split:
+        scale = seqs / tp
+        m = g.m * seqs
+        n = g.n / tp if not g.row_parallel else g.n
+        k = g.k / tp if g.row_parallel else g.k
+        groups = 1.0
+    else:  # replicated weights: sequence parallelism splits the tokens
+        tokens_split = np.where(sp & g.sp_split, tp, 1.0)
+        scale = seqs / tokens_split
+        m = g.m * scale
+        n, k, groups = g.n, g.k, 1.0
+    return scale, m, n, k, groups
+
+
+def _block_communication(prof: CostProfile, p: LayerProfile, out: dict[str, np.ndarray], j: int,
+                         tp, sp, cp, mb, ep, etp, seqs, local_moe, moe_tokens) -> None:
+    """Adds the tensor-, expert- and context-parallel communication of decoder block `p` (key
+    `j`) to `out`."""
+    hw = prof.hw
+    act_msg = seqs * prof.seq_len * prof.hidden * prof.act_bytes  # one full activation
+    # tensor parallelism: per region, with SP an all-gather and a reduce-scatter forward,
+    # backward a reduce-scatter, the output-gradient all-gather and the re-gather of the
+    # input for the weight gradient (5 gather-sized units); without SP one all-reduce
+    # each way (2 units each)
+    unit = hw.all_gather(act_msg, tp)
+    regions = p.tp_regions - np.where(local_moe, p.moe_tp_regions, 0)
+    out["tp_fwd"][:, j] = regions * 2 * unit
+    out["tp_bwd"][:, j] = regions * np.where(sp, 3, 2) * unit
+    if p.moe:
+        # token dispatch and combine: one all-to-all each way, forward and backward;
+        # each rank sends its 1/(tp*cp) of the tokens top_k times, or under vlac's runtime
+        # the gathered micro-batch (see _gemm_shape; 1/etp of it)
+        routed = moe_tokens / etp if prof.moe_gathered else seqs / tp
+        a2a_bytes = routed * prof.seq_len * prof.top_k * prof.hidden * prof.act_bytes
+        if prof.moe_gathered:
+            a2a_bytes = a2a_bytes * capacity_slots(mb * prof.seq_len, prof.experts, prof.top_k,
+                                                   prof.capacity_factor)
+        # what the busiest rank receives
+        a2a_bytes = a2a_bytes * critical_rank_load(prof.experts, prof.expert_load, ep)
+        if prof.moe_gathered:  # the cp gather of the MoE input, forward; its reduce-scatter backward
+            out["cp"][:, j] += np.where(cp > 1, 2 * hw.all_gather(act_msg * cp, cp, tp), 0.0)
+        a2a = hw.all_to_all(a2a_bytes, ep, etp)
+        # expert tensor parallelism gathers the received tokens over etp and scatters
+        # the results back (a TP region over the expert activations)
+        etp_unit = hw.all_gather(a2a_bytes * etp, etp, 1)
+        out["ep_fwd"][:, j] = 2 * a2a + 2 * etp_unit
+        out["ep_bwd"][:, j] = 2 * a2a + 3 * etp_unit
+    if p.attn_fwd > 0:
+        # ring attention: cp-1 K/V chunk exchanges forward, K/V and their gradients
+        # backward; heads split over TP ranks (K/V replicated when tp > kv_heads)
+        chunk = seqs * prof.seq_len * prof.kv_bytes_per_token / np.minimum(tp, prof.kv_heads)
+        across = tp * cp > hw.node_size
+        out["cp"][:, j] += np.where(cp > 1, 3 * (cp - 1) * hw.p2p(chunk, across), 0.0)
+
+
+def critical_rank_load(experts: int, expert_load: float, ep) -> np.ndarray:
+    """Tokens of the expert-parallel rank holding the busiest expert over a rank's mean, under
+    dropless routing with `expert_load` (L) = the busiest expert's tokens over the mean: that
+    expert and E/ep - 1 others sharing the rest of the load evenly, so
+    [L + (E/ep - 1) (E - L) / (E - 1)] / (E/ep): 1 when one rank holds every expert (the
+    total is fixed), L when each rank holds one expert."""
+    ep = np.asarray(ep, dtype=float)
+    e, load = float(experts), expert_load
+    if load == 1.0 or e <= 1:
+        return np.ones_like(ep)
+    local = e / ep
+    return (load + (local - 1) * (e - load) / (e - 1)) / local
+
+
+def capacity_slots(tokens: np.ndarray, experts: int, top_k: int, capacity_factor: float | None) -> np.ndarray:
+    """Slots exchanged per routed copy by vlac's capacity dispatch: each of the E experts
+    gets C = ceil(tokens * top_k * capacity_factor / E) slots (runtime/moe.py `capacity`), all
+    sent through the all-to-all whether filled or not; 1 when dropless (only routed copies move)."""
+    if capacity_factor is None or top_k == 0:
+        return np.ones_like(tokens)
+    e, k, cf = experts, top_k, round(capacity_factor * 1000)  # the runtime's 1/1000 steps
+    return e * np.ceil(tokens * k * cf / (e * 1000)) / (tokens * k)
