@@ -32,8 +32,9 @@ EXIT_INFEASIBLE = 3  # `vlac compile`: no layout fits in memory
 # (tests/vlac/test_cli_startup.py checks they agree)
 PIN_KEYS = ("dp", "tp", "pp", "ep", "cp", "zero", "sequence_parallel", "microbatch_size", "schedule",
             "virtual_stages", "recompute", "etp", "reshard_after_forward")
-# vlac.spec.system.PRESETS, written out for the same reason (importing the spec builds its pydantic
-# models, about half a second)
+# vlac.spec.system.PRESETS, written out for the --cluster help text only, for the same reason
+# (importing the spec builds its pydantic models, about half a second); checking and reporting a
+# --cluster value read the table itself (_cluster)
 CLUSTER_PRESETS = ("h100-sxm", "h200", "h800-sxm", "h100-pcie", "h100-nvl", "a100-40gb", "a100-80gb")
 
 app = typer.Typer(cls=LazyGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -102,14 +103,14 @@ def _cluster(exp: Experiment, value: Optional[str]) -> Cluster | None:
         return None
     from vlac.spec import read_mapping
     from vlac.spec.loader import load_cluster
-    from vlac.spec.system import Cluster
+    from vlac.spec.system import PRESETS, Cluster
 
-    if value in CLUSTER_PRESETS:
+    if value in PRESETS:
         return Cluster.model_validate({"preset": value, "nodes": exp.cluster.nodes,
                                        "gpus_per_node": exp.cluster.gpus_per_node})
     path = Path(value)
     if not path.is_file():
-        raise UsageFailure(f"--cluster {value!r} is neither a preset ({', '.join(CLUSTER_PRESETS)}) nor a file")
+        raise UsageFailure(f"--cluster {value!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
     data = read_mapping(path)
     return load_cluster(data.get("cluster", data), str(path))
 
