@@ -51,7 +51,8 @@ def equal_share_partition(weights: list[float], parts: int) -> list[tuple[int, i
     cuts, prev = [], 0
     for k in range(1, parts):
         lo, hi = prev + 1, n - (parts - k)  # leave at least one item per remaining run
-        j = int(np.clip(np.searchsorted(prefix, total * k / parts), lo, hi))
+        # plain min/max: np.clip on numpy scalars costs ~0.5 ms a call, and this runs per candidate stage split
+        j = min(max(int(np.searchsorted(prefix, total * k / parts)), lo), hi)
         if j > lo and abs(prefix[j - 1] - total * k / parts) <= abs(prefix[j] - total * k / parts):
             j -= 1
         cuts.append(j)
