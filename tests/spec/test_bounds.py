@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from vlac.spec import SpecError, load
-from vlac.spec.loader import MAX_FILE_BYTES, MAX_NODES
+from vlac.spec.input_bounds import MAX_FILE_BYTES, MAX_NODES
 from vlac.spec.units import MAX_TEXT, parse_count
 
 ROOT = Path(__file__).resolve().parents[2]

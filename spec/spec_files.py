@@ -1,0 +1,88 @@
+"""Reading spec files: YAML / TOML / JSON text and Python modules, into a raw mapping."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .errors import Issue, SpecError
+from .experiment import Experiment
+from .input_bounds import MAX_DEPTH, MAX_FILE_BYTES, check_shape, parse_yaml
+from .input_text import one_line, value_problem
+
+SUFFIXES = (".yaml", ".yml", ".toml", ".json", ".py")
+
+
+def read_mapping(path: str | Path) -> dict[str, Any]:
+    """The raw mapping in a spec file, before validation."""
+    p = Path(path)
+    src = str(p)
+    if not p.is_file():
+        raise SpecError([Issue("", f"no spec file at {src}; give a path to a {'/'.join(SUFFIXES)} file")], src)
+    suffix = p.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise SpecError([Issue("", f"unsupported file type {suffix!r}; use one of {', '.join(SUFFIXES)}")], src)
+    data = _from_python(p) if suffix == ".py" else _parse_text(_read_text(p), suffix, src)
+    if data is None:
+        raise SpecError([Issue("", "the file is empty; a spec is a mapping, e.g. `name: my-run` with "
+                                   "`modalities:` and `data:` sections (see examples/)")], src)
+    if not isinstance(data, dict):
+        raise SpecError([Issue("", f"the spec must be a mapping at the top level (`name: ...`, `modalities: ...`), "
+                                   f"got a {type(data).__name__}")], src)
+    check_shape(data, src)
+    return data
+
+
+def _read_text(p: Path) -> str:
+    src = str(p)
+    try:
+        with p.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise SpecError([Issue("", f"cannot read the file: {e.strerror or e}")], src) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise SpecError([Issue("", f"the file is larger than {MAX_FILE_BYTES // 1024} KiB; a spec is a few KB of "
+                                   f"settings (keep data and weights in separate files)")], src)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise SpecError([Issue("", f"the file is not UTF-8 text: byte {raw[e.start]:#04x} at line {line} "
+                                   f"(offset {e.start}); save it as UTF-8")], src) from None
+
+
+def _parse_text(text: str, suffix: str, src: str) -> Any:
+    try:
+        if suffix in (".yaml", ".yml"):
+            return parse_yaml(text, src)
+        if suffix == ".toml":
+            return tomllib.loads(text)
+        return json.loads(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise SpecError([Issue("", f"cannot parse the file: {one_line(e)}; fix the syntax there")], src) from None
+    except RecursionError:
+        raise SpecError([Issue("", f"the file nests deeper than {MAX_DEPTH} levels; a spec is a few levels of "
+                                   f"sections")], src) from None
+    except ValueError as e:  # Python refuses integers of more than 4,300 digits
+        raise SpecError([Issue("", f"cannot read a value in the file: {value_problem(e)}")], src) from None
+
+
+def _from_python(p: Path) -> dict[str, Any]:
+    try:
+        ns = runpy.run_path(str(p))
+    except (Exception, SystemExit) as e:  # a user's module failing to import is a spec error, not a crash
+        raise SpecError([Issue("", f"running the module failed: {type(e).__name__}: {one_line(e)[:500]}")],
+                        str(p)) from None
+    if "experiment" not in ns:
+        raise SpecError([Issue("", "a Python spec must define `experiment` (an Experiment or a dict)")], str(p))
+    obj = ns["experiment"]
+    if isinstance(obj, Experiment):
+        return obj.model_dump(mode="json")
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    raise SpecError([Issue("experiment", f"expected an Experiment or a dict, got {type(obj).__name__}")], str(p))
