@@ -7,7 +7,6 @@ straight into the backbone width and own no vocabulary.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, model_validator
 
 from .base import SpecModel
+from .hf_config_file import CheckpointKind, read_hf_config, require_keys
 
 
 class TextTokenizer(SpecModel):
@@ -187,26 +187,16 @@ def anchor_encoder_paths(data: Any, base: str | Path) -> Any:
     return {**data, "modalities": out}
 
 
+VISION_TOWER = CheckpointKind(tuple(TOWER_FAMILIES), " of a CLIP or SigLIP model", "a vision tower vlac reads",
+                              f"a CLIP or SigLIP checkpoint (model_type one of {', '.join(TOWER_FAMILIES)})")
+
+
 def tower_config(path: str | Path, field: str) -> tuple[dict[str, Any], str]:
-    cfg_file = Path(path).expanduser() / "config.json"
-    if not cfg_file.is_file():
-        raise ValueError(f"{field}: no config.json in {path}; point it at a folder written by transformers' "
-                         f"save_pretrained of a CLIP or SigLIP model")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{field}: {cfg_file} is not valid JSON ({e.msg} at line {e.lineno})") from None
-    family = TOWER_FAMILIES.get(cfg.get("model_type")) if isinstance(cfg, dict) else None
-    if family is None:
-        kind = cfg.get("model_type") if isinstance(cfg, dict) else None
-        raise ValueError(f"{field}: model_type {kind!r} in {cfg_file} is not a vision tower vlac reads; choose a "
-                         f"CLIP or SigLIP checkpoint (model_type one of {', '.join(TOWER_FAMILIES)})")
+    cfg, cfg_file = read_hf_config(Path(path).expanduser(), field, VISION_TOWER, shown=path)
     vision = cfg.get("vision_config", cfg)
-    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                           "image_size", "patch_size") if k not in vision]
-    if missing:
-        raise ValueError(f"{field}: {cfg_file} lacks {', '.join(missing)} of its vision config; is the file complete?")
-    return vision, family
+    require_keys(vision, ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                          "image_size", "patch_size"), field, cfg_file, " of its vision config")
+    return vision, TOWER_FAMILIES[cfg["model_type"]]
 
 
 class ContinuousProjector(SpecModel):

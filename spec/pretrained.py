@@ -23,17 +23,16 @@ from `max_window_layers` on, Qwen3-MoE's on every layer; a config that lists `la
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
 from .base import SpecModel
+from .hf_config_file import CONFIG_FILE, CheckpointKind, PretrainedError, read_hf_config, require_keys
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3_moe")
 MOE_FAMILIES = ("mixtral", "qwen3_moe")
-CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 REQUIRED = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
 
@@ -48,33 +47,18 @@ class PretrainedInit(SpecModel):
                                  "standard deviations of Gaussian noise (docs/pretrained.md)")
 
 
-class PretrainedError(ValueError):
-    """A checkpoint folder that cannot be read or a family vlac cannot express."""
+DECODER_CHECKPOINT = CheckpointKind(FAMILIES, " (config.json + *.safetensors)", "a family vlac's decoder reproduces",
+                                    f"a checkpoint of {', '.join(FAMILIES)}")
 
 
 def read_config(path: str | Path, field: str = "backbone.init.hf") -> dict[str, Any]:
     """The checkpoint's config.json, its family checked."""
-    folder = Path(path)
-    cfg_file = folder / CONFIG_FILE
-    if not cfg_file.is_file():
-        raise PretrainedError(f"{field}: no {CONFIG_FILE} in {folder}; point it at a folder written by "
-                              f"transformers' save_pretrained (config.json + *.safetensors)")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise PretrainedError(f"{field}: {cfg_file} is not valid JSON ({e.msg} at line {e.lineno})") from None
-    family = cfg.get("model_type")
-    if family not in FAMILIES:
-        raise PretrainedError(f"{field}: model_type {family!r} in {cfg_file} is not a family vlac's decoder "
-                              f"reproduces; choose a checkpoint of {', '.join(FAMILIES)}")
+    cfg, cfg_file = read_hf_config(Path(path), field, DECODER_CHECKPOINT)
+    family = cfg["model_type"]
     required = REQUIRED + (("num_local_experts",) if family == "mixtral" else ()) + \
-        (("moe_intermediate_size", "num_experts_per_tok") if family == "qwen3_moe" else ())
-    missing = [k for k in required if k not in cfg]
-    if family == "qwen3_moe" and "num_experts" not in cfg and "num_local_experts" not in cfg:
-        missing.append("num_experts")
-    if missing:
-        raise PretrainedError(f"{field}: {cfg_file} lacks {', '.join(missing)}, which a {family} config has; "
-                              f"is the file complete?")
+        (("moe_intermediate_size", "num_experts_per_tok", ("num_experts", "num_local_experts"))
+         if family == "qwen3_moe" else ())
+    require_keys(cfg, required, field, cfg_file, f", which a {family} config has")
     return cfg
 
 
