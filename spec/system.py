@@ -7,6 +7,8 @@ from typing import Any, Literal, Union
 from pydantic import Field, model_validator
 
 from .base import SlurmWord, SpecModel
+from .hardware_presets import FABRICS, GPU_LINKS, PRESET_FIGURES, PRESETS, ring_busbw
+from .hardware_presets import PRESET_LINKS, PRESET_SOURCES  # noqa: F401 (importers read the tables here too)
 from .units import Bandwidth, Bytes, FlopRate, Seconds, parse_bandwidth
 
 Auto = Literal["auto"]
@@ -69,25 +71,6 @@ class GPU(SpecModel):
     nvlink_bandwidth: Bandwidth = Field(description='NVLink bandwidth per direction per GPU, e.g. "450GB/s"')
 
 
-# Inter-node fabrics: line rate of one NIC per vendor datasheet. Only NDR's achievable share is
-# measured (published-runs.md "Interconnect measurements": 46-49 of 50 GB/s per NIC, hence the
-# 0.95 default of nic_efficiency); the others inherit that share, an assumption, not a measurement.
-FABRICS: dict[str, dict[str, Any]] = {
-    "ib-ndr": {"nic_bandwidth": 50e9, "source": "NVIDIA ConnectX-7 datasheet: InfiniBand NDR, 400 Gb/s per port"},
-    "ib-hdr": {"nic_bandwidth": 25e9, "source": "NVIDIA ConnectX-6 VPI datasheet: InfiniBand HDR, 200 Gb/s per port"},
-    "roce-400": {"nic_bandwidth": 50e9, "source": "NVIDIA ConnectX-7 datasheet: 400 Gb/s Ethernet (RoCE)"},
-    "roce-200": {"nic_bandwidth": 25e9, "source": "NVIDIA ConnectX-6 Dx datasheet: 200 Gb/s Ethernet (RoCE)"},
-}
-# Links inside a node, per direction per GPU (the datasheets print both directions).
-GPU_LINKS: dict[str, dict[str, Any]] = {
-    "nvlink4": {"nvlink_bandwidth": 450e9, "source": "NVIDIA H100 datasheet (SXM5): NVLink 900 GB/s"},
-    "nvlink4-h800": {"nvlink_bandwidth": 200e9, "source": "NVIDIA H800 product brief: NVLink 400 GB/s"},
-    "nvlink3": {"nvlink_bandwidth": 300e9, "source": "NVIDIA A100 datasheet (SXM4): NVLink 600 GB/s"},
-    "pcie5": {"nvlink_bandwidth": 64e9, "source": "PCI Express 5.0 x16: 32 GT/s x 16 lanes, 64 GB/s per direction"},
-    "pcie4": {"nvlink_bandwidth": 32e9, "source": "PCI Express 4.0 x16: 16 GT/s x 16 lanes, 32 GB/s per direction"},
-}
-
-
 class Network(SpecModel):
     fabric: Literal[tuple(FABRICS)] = Field("ib-ndr", description="inter-node fabric; fills nic_bandwidth unless that is written (ib-ndr/roce-400: 400 Gb/s per NIC, ib-hdr/roce-200: 200 Gb/s)")
     gpu_link: Literal[tuple(GPU_LINKS)] = Field("nvlink4", description="link between GPUs inside a node; fills gpu.nvlink_bandwidth and nvlink_allreduce_busbw unless those are written")
@@ -96,67 +79,6 @@ class Network(SpecModel):
     nic_efficiency: float = Field(0.95, gt=0, le=1, description="achievable fraction of NIC line rate (NDR: ~46-49 of 50 GB/s)")
     nvlink_allreduce_busbw: Bandwidth = Field(description='measured NCCL all-reduce bus bandwidth inside a node, e.g. "370GB/s"')
     collective_latency_s: float = Field(20e-6, ge=0, description="fixed cost of one collective (seconds)")
-
-
-# GPU figures are the vendors' datasheet figures, dense (the datasheets print 2:4-sparse rates,
-# twice these): NVIDIA H100 Tensor Core GPU datasheet (SXM5 / PCIe / NVL columns), H200 datasheet,
-# A100 datasheet (40 GB / 80 GB SXM4), H800 product brief. The links are not typed here: each
-# preset names its GPU link and fabric (PRESET_LINKS), and GPU_LINKS and FABRICS give the link
-# rate per direction, the NIC line rate and, from the link rate, `nvlink_allreduce_busbw`: the
-# measured NCCL ring all-reduce bus bandwidth of 8 x H100 SXM (published-runs.md "Interconnect
-# measurements": 370 GB/s on a 450 GB/s link) as a share of the link rate, which for the other
-# links is derived, not measured.
-_RING_SHARE = 370e9 / 450e9  # measured busbw / link rate on 8 x H100 SXM
-
-
-def _ring_busbw(link_bandwidth: float) -> float:
-    return round(link_bandwidth * _RING_SHARE / 1e9) * 1e9  # whole GB/s: figures round-trip through text
-
-
-_H100 = {"name": "H100-SXM", "bf16_flops": 989e12, "fp8_flops": 1979e12, "memory": 80e9, "memory_bandwidth": 3.35e12}
-_A100_40 = {"name": "A100-40GB-SXM", "bf16_flops": 312e12, "fp8_flops": 0.0, "memory": 40e9,
-            "memory_bandwidth": 1.555e12}
-_GPUS: dict[str, dict[str, Any]] = {
-    "h100-sxm": _H100,
-    "h200": {**_H100, "name": "H200", "memory": 141e9, "memory_bandwidth": 4.8e12},
-    # H800 SXM: H100 compute and memory, NVLink cut to 400 GB/s both directions (DeepSeek-V3's GPUs)
-    "h800-sxm": {**_H100, "name": "H800-SXM"},
-    # PCIe cards: 114 SMs at 350 W, HBM2e; NVLink bridges join pairs, so the node's collectives
-    # run over PCIe Gen5 x16
-    "h100-pcie": {"name": "H100-PCIe", "bf16_flops": 756e12, "fp8_flops": 1513e12, "memory": 80e9,
-                  "memory_bandwidth": 2.0e12},
-    "h100-nvl": {"name": "H100-NVL", "bf16_flops": 835e12, "fp8_flops": 1670e12, "memory": 94e9,
-                 "memory_bandwidth": 3.9e12},
-    "a100-40gb": _A100_40,
-    "a100-80gb": {**_A100_40, "name": "A100-80GB-SXM", "memory": 80e9, "memory_bandwidth": 2.039e12},
-}
-# Each preset's links and the datasheets its figures come from (tests check every preset has both).
-PRESET_LINKS: dict[str, tuple[str, str]] = {
-    "h100-sxm": ("nvlink4", "ib-ndr"), "h200": ("nvlink4", "ib-ndr"), "h800-sxm": ("nvlink4-h800", "ib-ndr"),
-    "h100-pcie": ("pcie5", "ib-ndr"), "h100-nvl": ("pcie5", "ib-ndr"),
-    "a100-40gb": ("nvlink3", "ib-hdr"), "a100-80gb": ("nvlink3", "ib-hdr"),
-}
-PRESET_SOURCES: dict[str, str] = {
-    "h100-sxm": "NVIDIA H100 Tensor Core GPU datasheet, SXM5 column; busbw: published-runs.md Interconnect measurements",
-    "h200": "NVIDIA H200 Tensor Core GPU datasheet (141 GB HBM3e, 4.8 TB/s; H100 SXM5 compute)",
-    "h800-sxm": "NVIDIA H800 product brief (H100 SXM5 compute and memory, NVLink 400 GB/s)",
-    "h100-pcie": "NVIDIA H100 Tensor Core GPU datasheet, PCIe column",
-    "h100-nvl": "NVIDIA H100 Tensor Core GPU datasheet, H100 NVL column (94 GB, 3.9 TB/s)",
-    "a100-40gb": "NVIDIA A100 Tensor Core GPU datasheet, 40 GB SXM4 column",
-    "a100-80gb": "NVIDIA A100 Tensor Core GPU datasheet, 80 GB SXM4 column",
-}
-
-
-def _preset(gpu: dict[str, Any], link: str, fabric: str) -> dict[str, Any]:
-    """A preset's GPU and network figures, its link rates read from GPU_LINKS and FABRICS."""
-    rate = GPU_LINKS[link]["nvlink_bandwidth"]
-    return {"gpu": {**gpu, "nvlink_bandwidth": rate},
-            "network": {"gpu_link": link, "fabric": fabric, "nic_bandwidth": FABRICS[fabric]["nic_bandwidth"],
-                        "nvlink_allreduce_busbw": _ring_busbw(rate)}}
-
-
-_PRESETS: dict[str, dict[str, Any]] = {name: _preset(gpu, *PRESET_LINKS[name]) for name, gpu in _GPUS.items()}
-PRESETS = tuple(_PRESETS)
 
 
 def _fill_links(gpu: dict[str, Any], network: dict[str, Any], given_gpu: dict, given_network: dict) -> None:
@@ -170,7 +92,7 @@ def _fill_links(gpu: dict[str, Any], network: dict[str, Any], given_gpu: dict, g
             gpu["nvlink_bandwidth"] = link["nvlink_bandwidth"]
         if "nvlink_allreduce_busbw" not in given_network:
             try:  # a written rate is still text here; a bad one is reported by its own field's check
-                network["nvlink_allreduce_busbw"] = _ring_busbw(parse_bandwidth(gpu["nvlink_bandwidth"]))
+                network["nvlink_allreduce_busbw"] = ring_busbw(parse_bandwidth(gpu["nvlink_bandwidth"]))
             except (TypeError, ValueError):
                 pass
 
@@ -192,7 +114,7 @@ class Cluster(SpecModel):
         preset = data.get("preset", "h100-sxm")
         # an unknown preset is reported by the Literal check with the valid choices; fill from the
         # default meanwhile so that error is not buried under "gpu missing" noise
-        base = _PRESETS.get(preset, _PRESETS["h100-sxm"]) if isinstance(preset, str) else _PRESETS["h100-sxm"]
+        base = PRESET_FIGURES.get(preset, PRESET_FIGURES["h100-sxm"]) if isinstance(preset, str) else PRESET_FIGURES["h100-sxm"]
         out = dict(data)
         given = {}
         for section in ("gpu", "network"):

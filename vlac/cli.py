@@ -5,8 +5,9 @@ message, never a traceback); 3 no layout fits in memory (`vlac compile` still pr
 plan, marked infeasible in the table, in --json and in --report).
 
 Start-up stays under a second: nothing here imports torch, the spec's pydantic models or the
-reports at module level (each command imports what it uses), so `vlac --help` loads only typer
-and rich; tests/vlac/test_cli_startup.py checks which modules `--help` leaves unimported.
+reports at module level (each command imports what it uses), so `vlac --help` loads only typer,
+rich and the plain preset tables (vlac.spec.hardware_presets); tests/vlac/test_cli_startup.py
+checks which modules `--help` leaves unimported.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from vlac.spec import hardware_presets  # plain tables: the --cluster help lists their presets without pydantic
+
 from .cli_lazy import LazyGroup
 
 if TYPE_CHECKING:
@@ -32,10 +35,6 @@ EXIT_INFEASIBLE = 3  # `vlac compile`: no layout fits in memory
 # (tests/vlac/test_cli_startup.py checks they agree)
 PIN_KEYS = ("dp", "tp", "pp", "ep", "cp", "zero", "sequence_parallel", "microbatch_size", "schedule",
             "virtual_stages", "recompute", "etp", "reshard_after_forward")
-# vlac.spec.system.PRESETS, written out for the --cluster help text only, for the same reason
-# (importing the spec builds its pydantic models, about half a second); checking and reporting a
-# --cluster value read the table itself (_cluster)
-CLUSTER_PRESETS = ("h100-sxm", "h200", "h800-sxm", "h100-pcie", "h100-nvl", "a100-40gb", "a100-80gb")
 
 app = typer.Typer(cls=LazyGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compile multimodal training experiments into planned, runnable distributed programs.",
@@ -103,14 +102,14 @@ def _cluster(exp: Experiment, value: Optional[str]) -> Cluster | None:
         return None
     from vlac.spec import read_mapping
     from vlac.spec.loader import load_cluster
-    from vlac.spec.system import PRESETS, Cluster
+    from vlac.spec.system import Cluster
 
-    if value in PRESETS:
+    if value in hardware_presets.PRESETS:
         return Cluster.model_validate({"preset": value, "nodes": exp.cluster.nodes,
                                        "gpus_per_node": exp.cluster.gpus_per_node})
     path = Path(value)
     if not path.is_file():
-        raise UsageFailure(f"--cluster {value!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
+        raise UsageFailure(f"--cluster {value!r} is neither a preset ({', '.join(hardware_presets.PRESETS)}) nor a file")
     data = read_mapping(path)
     return load_cluster(data.get("cluster", data), str(path))
 
@@ -158,7 +157,7 @@ def compile_(spec: Path = typer.Argument(..., help="spec file"),
              json_: bool = typer.Option(False, "--json", help="print one JSON object (the plan contract)"),
              set_: Optional[List[str]] = SetOpt, profile: Optional[str] = ProfileOpt,
              pin: Optional[str] = typer.Option(None, help=f"fix part of the plan, e.g. tp=2,pp=1 (keys: {', '.join(PIN_KEYS)})"),
-             cluster: Optional[str] = typer.Option(None, help=f"cluster preset ({', '.join(CLUSTER_PRESETS)}) or a cluster file"),
+             cluster: Optional[str] = typer.Option(None, help=f"cluster preset ({', '.join(hardware_presets.PRESETS)}) or a cluster file"),
              graph: bool = typer.Option(False, "--graph", help="also print the per-layer cost table"),
              report: Optional[Path] = typer.Option(None, "--report", help="write pictures of the lowered graph "
                                                    "(graph.html and SVGs) and of the plan (pipeline.svg, memory.svg, "

@@ -1,10 +1,12 @@
 """`vlac compile --cluster` checks and reports a preset name against the spec's preset table
-(vlac.spec.system.PRESETS), and its help text lists every preset of that table."""
+(vlac.spec.hardware_presets.PRESETS, which the spec's Cluster validates against), and its help
+text lists every preset of that table."""
 
 from pathlib import Path
 
 from typer.testing import CliRunner
 
+import vlac.spec.hardware_presets as presets
 import vlac.spec.system as system
 from vlac.cli import app
 
@@ -14,11 +16,11 @@ runner = CliRunner()
 
 def test_an_unknown_cluster_is_refused_listing_the_presets_of_the_table(monkeypatch):
     # a name added to the table shows in the error: the CLI reads the table, not a copy of it
-    monkeypatch.setattr(system, "PRESETS", system.PRESETS + ("b200-test",))
+    monkeypatch.setattr(presets, "PRESETS", presets.PRESETS + ("b200-test",))
     r = runner.invoke(app, ["compile", TINY, "--cluster", "h900"])
     assert r.exit_code == 2
     assert "--cluster 'h900'" in r.stderr and "Traceback" not in r.stderr + r.stdout
-    assert all(name in r.stderr for name in system.PRESETS)
+    assert all(name in r.stderr for name in presets.PRESETS)
 
 
 def test_compile_help_lists_every_cluster_preset():
