@@ -22,14 +22,15 @@ from typing import Any, Sequence
 from vlac.compiler import planner as planner_mod
 from vlac.compiler.cost_model import CostModel
 from vlac.compiler.graph import RECOMPUTE
-from vlac.compiler.graph_cache import GraphCache, layer_kinds
+from vlac.compiler.graph_cache import GraphCache, _with_depth, layer_kinds
 from vlac.compiler.plan import Estimate, Plan
 from vlac.compiler.search_space import Limits
 from vlac.spec import Experiment
 
-from .fast_costs import Architecture, Reference, model_figures
+from .fast_costs import Architecture, Reference, model_figures, roles_of
 from .fast_plan import FIRST_SHARE, DepthSpaces, LayerTimes, choose
 from .metrics import METRICS, Constraint, Objective
+from .shape_fit import ShapeFit, topology_key
 
 DEPTH_FIELDS = ("name", "description")  # with backbone.layers: what one architecture's candidates may differ in
 # fields that set only the plan's total_steps (vlac.spec Train.total_steps): candidates differing
@@ -62,6 +63,8 @@ class FastPath:
         self.cache = cache
         self.architectures: dict[str, _Known] = {}
         self.spaces = DepthSpaces()
+        self.fit = ShapeFit()  # new architectures' graphs in closed form over the shape fields
+        self.combined: set[str] = set()  # architectures whose reference graph was combined, not lowered
         # (architecture, depth) -> model figures, chosen estimate, legal layouts
         self.chosen: dict[tuple[str, int], tuple[dict[str, Any], Estimate, int]] = {}
         # candidates decided here / handed to the full path; layouts costed here / legal
@@ -85,18 +88,15 @@ class FastPath:
         known = self.architectures.get(key)
         kinds = layer_kinds(exp)
         derived = known.arch.derive(kinds, exp.name) if known is not None else None
-        if derived is None:
-            g = self.cache.lower(exp)
-            base = planner_mod.Search(exp, exp.cluster, g)
-            ref = Reference.of(g, base.model.p, kinds)
-            if ref is None:
+        if derived is None and known is None:  # a new architecture: its topology's depth, combined or lowered
+            ref_exp = self._reference_experiment(key, exp)
+            known = self._add_reference(key, known, ref_exp, self._topology_graph(key, ref_exp))
+            derived = known.arch.derive(kinds, exp.name) if known is not None else None
+        if derived is None:  # roles the references do not show: a reference at the candidate's own depth
+            known = self._add_reference(key, known, exp, self.cache.lower(exp))
+            derived = known.arch.derive(kinds, exp.name) if known is not None else None
+            if derived is None:
                 return None
-            if known is None:
-                known = self.architectures[key] = _Known(Architecture(), base)
-            known.arch.references.append(ref)
-            known.times.append(LayerTimes(ref.profile.times))
-            derived = known.arch.derive(kinds, exp.name)
-            assert derived is not None
         base = known.base
         times = known.times[derived.reference]
         derived.profile.times = times  # a layer's times are its reference's, whatever the depth
@@ -117,6 +117,46 @@ class FastPath:
         est, costed, known.ratio = chosen
         self.chosen[key, exp.backbone.layers] = (model, est, len(ls))
         return FastPlan(_plan(exp, model, est), costed, len(ls))
+
+
+    def _add_reference(self, key: str, known: _Known | None, exp: Experiment, g) -> _Known | None:
+        """A lowered (or combined) graph of `exp` as a reference of its architecture."""
+        base = planner_mod.Search(exp, exp.cluster, g)
+        ref = Reference.of(g, base.model.p, layer_kinds(exp))
+        if ref is None:
+            return None
+        if known is None:
+            known = self.architectures[key] = _Known(Architecture(), base)
+        known.arch.references.append(ref)
+        known.times.append(LayerTimes(ref.profile.times))
+        return known
+
+    def _reference_experiment(self, key: str, exp: Experiment) -> Experiment:
+        """`exp` at its topology's reference depth: the first of its candidates' smallest depth
+        (from 3) whose layer roles include every role of that candidate's layers."""
+        topo = topology_key(key)
+        depth = self.fit.depth(topo, 0)
+        if not depth:
+            need = set(roles_of(layer_kinds(exp)))
+            layers = exp.backbone.layers
+            depth = next((d for d in range(min(3, layers), layers)
+                          if set(roles_of(layer_kinds(_with_depth(exp, d)))) >= need), layers)
+        return exp if depth == exp.backbone.layers else _with_depth(exp, depth)
+
+    def _topology_graph(self, key: str, ref_exp: Experiment):
+        """The graph of `ref_exp` combined from its topology's lowered shapes (vlac.search.shape_fit)
+        where they determine it, else lowered (and kept as one of those shapes). A topology's first
+        combined graph is also lowered and compared; on any difference its graphs are lowered."""
+        topo = topology_key(key)
+        g = self.fit.combine(topo, ref_exp)
+        if g is not None and not self.fit.needs_check(topo):
+            self.combined.add(key)
+            return g
+        lowered = self.cache.lower(ref_exp)
+        if g is not None:
+            self.fit.check(topo, g, lowered)
+        self.fit.add(topo, ref_exp, lowered)
+        return lowered
 
 
 @dataclass

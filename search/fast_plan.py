@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -54,6 +54,9 @@ class LayoutSpace:
     bubble_factor: np.ndarray  # per row of `rows`: the multiplier of t_mean in the bound
     pp: np.ndarray  # per row of `rows`
     key: str  # names the enumerated space: per-combination figures are cached under it
+    # a superset's row filters, memoised: candidates of one shape (or one depth) share theirs
+    shape_masks: dict[tuple, np.ndarray] = field(default_factory=dict, repr=False)
+    depth_masks: dict[tuple, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, space: Space, key: str) -> LayoutSpace:
@@ -71,8 +74,16 @@ class LayoutSpace:
     def within(self, lim: Limits) -> LayoutSpace:
         """The rows a model of `lim`'s depth and shape keeps (DepthSpaces)."""
         c = self.space.cols
-        depth_ok = (c["pp"] <= min(lim.blocks, lim.max_pp)) & ((c["v"] == 1) | (c["pp"] * c["v"] <= lim.blocks))
-        keep = np.nonzero(depth_ok & lim.shape_rows(c))[0]
+        depth = (lim.blocks, lim.max_pp)
+        depth_ok = self.depth_masks.get(depth)
+        if depth_ok is None:
+            depth_ok = self.depth_masks[depth] = \
+                (c["pp"] <= min(lim.blocks, lim.max_pp)) & ((c["v"] == 1) | (c["pp"] * c["v"] <= lim.blocks))
+        shape = (lim.heads, lim.kv_heads, lim.vocab, lim.ffn, lim.experts, lim.expert_ffn)  # what shape_rows reads
+        shape_ok = self.shape_masks.get(shape)
+        if shape_ok is None:
+            shape_ok = self.shape_masks[shape] = lim.shape_rows(c)
+        keep = np.nonzero(depth_ok & shape_ok)[0]
         return LayoutSpace(self.space, keep, self.combos, self.inverse[keep], self.bubble_factor[keep], self.pp[keep],
                            self.key)
 

@@ -36,7 +36,11 @@ def check_sample(search: Search, n: int, seed: int) -> int:
     cands = []
     while (c := search.ask()) is not None:
         cands.append(c)
-    sample = random.Random(seed).sample(cands, min(n, len(cands)))
+    return check_sample_of(search, random.Random(seed).sample(cands, min(n, len(cands))))
+
+
+def check_sample_of(search: Search, sample: list) -> int:
+    """How many of `sample` were compared (valid), each fast result asserted equal to the full path's."""
     fast = list(search.evaluator.evaluate_fast(sample))
     compared = 0
     for cand, r in zip(sample, fast):
