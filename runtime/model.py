@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vlac.spec import Experiment
+from vlac.spec.media_entries import media_entry_counts
 
 from .batch import continuous_input, is_media, needs_video_inputs, resampler_queries
 from .encoders import Projector, SpatioTemporalEncoder, TowerProjector, VisualPositionEmbedding
@@ -160,11 +161,10 @@ class VLAModel(nn.Module):
         """Late fusion: which entries [B, M_m] of each media modality are present (a resampler's
         queries all are when its input is), from the batch alone."""
         masks = {}
-        for name in self.media_names:
+        for name, entries in media_entry_counts(self.exp).items():
             present = batch[f"{name}.present"]
-            queries = resampler_queries(self.exp, name)
-            if queries:  # from the spec, not the module: pipeline stages without the projectors ask too
-                present = present[:, :1].expand(-1, queries)
+            if resampler_queries(self.exp, name):  # from the spec, not the module: pipeline stages without the projectors ask too
+                present = present[:, :1].expand(-1, entries)
             masks[name] = present
         return masks
 
