@@ -3,9 +3,10 @@
 Layouts arrive as the columns of a `Space` and are costed together as [rows, pipeline ranks,
 recompute policies] arrays, every pipeline shape (pp, v) in one pass, the rank axis padded to the
 largest pp and the padding masked (vlac.compiler.cost_arrays). Each pipeline rank takes the
-cheapest recompute policy that fits its memory (time grows and memory shrinks from none to
-selective to full, so that choice is optimal per rank and the step time, which follows the
-slowest rank, is optimal too).
+recompute choice with the least recompute time that fits its memory, full recompute of only
+some of its blocks included where the stack does that (vlac.compiler.recompute_choice); a rank's
+time grows with its recompute, and the step time follows the ranks' times monotonically, so that
+choice per rank is optimal for the step too.
 
 Overlap and scheduling assumptions (calibration choices; `benchmarks/fidelity.py` checks them
 against published runs with one set of figures for all). Which overlaps a run has is the
@@ -59,7 +60,9 @@ import numpy as np
 from .graph import RECOMPUTE
 from .hardware import Hardware
 from .profile import CostProfile
+from .data_parallel import OVERLAP_SLOWDOWN, exposed_data_parallel, hide as _hide, optimizer_seconds
 from .cost_arrays import PipelineShapes, in_flight, key_sum, rank_sum, row_chunks
+from .recompute_choice import choose, forced as forced_choice
 from .search_space import SCHEDULE_CODES, Space
 
 # Exposed shares of TP and EP communication. Neither is published directly: 0.35 keeps the
@@ -69,10 +72,6 @@ from .search_space import SCHEDULE_CODES, Space
 # 0.1 moves the Qwen3 case by 5-6 % (its all-to-alls are half of its step).
 TP_EXPOSED = 0.35
 EP_EXPOSED = 0.75
-# NCCL kernels run on SMs (one per channel, 8-32 channels of 132 SMs): communication hidden
-# behind compute still slows that compute down. Charged as this fraction of the hidden time.
-OVERLAP_SLOWDOWN = 0.1
-OPTIMIZER_BYTES_PER_PARAM = 30.0
 BYTES_PER_PARAM = {"weights": 2.0, "gradients": 2.0, "optimizer": 12.0, "fp8_cache": 2.0}
 DP_BUCKET_ELEMENTS = 40e6  # Megatron's default gradient bucket; two in flight, BF16, at most the local gradient
 
@@ -101,6 +100,9 @@ class Evaluation:
     # weight-gradient seconds, and the memory components ([rows, max pp] / [rows, max pp, parts])
     rank_time: dict[str, np.ndarray] | None = None
     rank_memory: np.ndarray | None = None
+    # [rows, max pp] blocks each rank recomputes in full (0 under none or selective, -1 past the
+    # last rank); None: every block of a `full` rank (evaluations merged without it)
+    layers: np.ndarray | None = None
 
 
 class CostModel:
@@ -141,9 +143,10 @@ class CostModel:
 
     # ---- evaluation -------------------------------------------------------------------------------
     def evaluate(self, space: Space, allowed=(0, 1, 2), forced: np.ndarray | None = None,
-                 time_all: bool = False, detail: bool = False) -> Evaluation:
+                 time_all: bool = False, detail: bool = False, forced_layers: np.ndarray | None = None) -> Evaluation:
         """Cost every row. `allowed`: recompute policy indices the search may use; `forced`
-        ([rows, pp] policy indices) fixes them per rank instead. Rows that do not fit under any
+        ([rows, pp] policy indices) fixes them per rank instead, and `forced_layers` ([rows, pp])
+        how many blocks a `full` rank recomputes (negative or None: all). Rows that do not fit under any
         allowed choice are pruned before their step time is computed unless `time_all`.
         `detail` also fills the memory and time breakdowns (else they stay NaN)."""
         c = space.cols
@@ -151,7 +154,7 @@ class CostModel:
         pmax = int(c["pp"].max()) if n else 1
         ev = Evaluation(space, np.full(n, np.inf), np.zeros(n, bool), np.zeros(n, bool), np.full(n, np.nan),
                         np.full((n, pmax), -1, np.int64), {k: np.full(n, np.nan) for k in TIME_KEYS},
-                        {k: np.full(n, np.nan) for k in MEMORY_KEYS})
+                        {k: np.full(n, np.nan) for k in MEMORY_KEYS}, layers=np.full((n, pmax), -1.0))
         if detail:
             ev.rank_time = {k: np.full((n, pmax), np.nan) for k in ("fwd", "bwd", "wgrad")}
             ev.rank_memory = np.full((n, pmax, len(MEMORY_KEYS)), np.nan)
@@ -172,7 +175,7 @@ class CostModel:
         allowed_mask = np.zeros(3, bool)
         allowed_mask[list(allowed)] = True
         for rows in row_chunks(c["pp"]):  # every pipeline shape in one pass, padded to its largest pp
-            f = None if forced is None else forced[rows]
+            f = None if forced is None else (forced[rows], None if forced_layers is None else forced_layers[rows])
             self._evaluate_rows(ev, rows, inv[rows], per_key, allowed_mask, f, time_all, detail)
         return ev
 
@@ -259,33 +262,35 @@ class CostModel:
         act_held = act_p[pair] * held[:, :, None]
         total = static[:, :, None] + act_held  # [rows, ranks, 3]
         usable = hw.usable_memory
+        rc_all = rc_p[pair]  # [rows, ranks, 3] recompute seconds per micro-batch, full on every block
+        blocks = shapes.per_rank(self.is_block.astype(float))  # [rows, ranks]
         if forced is not None:
-            pol = np.zeros(real.shape, np.int64)
-            w = min(width, forced.shape[1])
-            pol[:, :w] = forced[:, :w]
-            pol = np.where(real, pol, 0)
-            ok = np.take_along_axis(total, pol[:, :, None], 2)[:, :, 0] <= usable
+            given = [np.zeros(real.shape, np.int64), np.full(real.shape, -1.0)]
+            for out, a in zip(given, forced):
+                if a is not None:
+                    w = min(width, a.shape[1])
+                    out[:, :w] = a[:, :w]
+            choice = forced_choice(total, rc_all, blocks, usable, np.where(real, given[0], 0), given[1])
         else:
-            fits = (total <= usable) & allowed_mask[None, None, :]
-            ok = fits.any(axis=2)
-            last_allowed = int(np.nonzero(allowed_mask)[0].max())
-            pol = np.where(ok, fits.argmax(axis=2), last_allowed)
-        row_fits = (ok | ~real).all(axis=1)
-        chosen_total = np.take_along_axis(total, pol[:, :, None], 2)[:, :, 0]
+            choice = choose(total, rc_all, blocks, usable, allowed_mask, self.p.stack.partial_recompute)
+        pol, chosen_total = choice.policy, choice.total
+        row_fits = (choice.fits | ~real).all(axis=1)
         peak_rank = np.where(real, chosen_total, -np.inf).argmax(axis=1)
         rows = np.arange(len(idx))
         ev.peak[idx] = chosen_total[rows, peak_rank]
         ev.fits[idx] = row_fits
         ev.policy[idx, :width] = np.where(real, pol, -1)
+        ev.layers[idx, :width] = np.where(real, choice.layers, -1.0)
+        chosen_act = chosen_total - static  # the saved activations of the chosen recompute
         if detail:
             pick = lambda a: a[rows, peak_rank]  # noqa: E731
             for k in ("weights", "gradients", "optimizer", "fp8_cache"):
                 ev.memory[k][idx] = pick(np.broadcast_to(mem[k], chosen_total.shape))
-            ev.memory["activations"][idx] = pick(np.take_along_axis(act_held, pol[:, :, None], 2)[:, :, 0])
+            ev.memory["activations"][idx] = pick(chosen_act)
             ev.memory["working"][idx] = pick(working)
             ev.memory["comm_buffers"][idx] = pick(buffers)
             per_rank = [mem[k] for k in ("weights", "gradients", "optimizer", "fp8_cache")] + [
-                np.take_along_axis(act_held, pol[:, :, None], 2)[:, :, 0], working, np.broadcast_to(buffers, working.shape)]
+                chosen_act, working, np.broadcast_to(buffers, working.shape)]
             stacked = np.stack([np.broadcast_to(a, working.shape) for a in per_rank], axis=-1)
             ev.rank_memory[idx, :width] = np.where(real[:, :, None], stacked, np.nan)
 
@@ -294,7 +299,7 @@ class CostModel:
         if not keep.any():
             return
         sel = np.nonzero(keep)[0]
-        pair, pol, idx, real = pair[sel], pol[sel], idx[sel], real[sel]
+        pair, idx, real, rc = pair[sel], idx[sel], real[sel], choice.recompute[sel]
         col = {k: a[sel] for k, a in col.items()}
         tp, cp, ep, etp, dp, m = col["tp"], col["cp"], col["ep"], col["etp"], col["dp"], col["m"]
         d_dense, d_expert, zero, sched = d_dense[sel], d_expert[sel], zero[sel], sched[sel]
@@ -302,13 +307,12 @@ class CostModel:
         raf = c["raf"][idx]
         parts = RANK_PARTS[:5]
         base = sum(rank_p[k] for k in parts)[pair]
-        rc = np.take_along_axis(rc_p[pair], pol[:, :, None], 2)[:, :, 0]
         fwd_r = rank_p["fwd"][pair]
         # data-parallel traffic, rank by rank: what every micro-batch issues (ZeRO-2/3) lengthens
         # that rank's own micro-batch; what a step issues once is hidden behind the rank's own
         # first forward / last backward (never behind another rank's compute)
-        dp_mb, dp_start, dp_end = self._data_parallel(dense, expert, trained, col, d_dense, d_expert, zero, raf,
-                                                      col["v"], fwd_r, base + rc - fwd_r)
+        dp_mb, dp_start, dp_end = exposed_data_parallel(hw, self.p.stack, dense, expert, trained, col, d_dense,
+                                                        d_expert, zero, raf, col["v"], fwd_r, base + rc - fwd_r)
         t_rank = np.where(real, base + rc + dp_mb, 0.0)
         crit = np.where(real, t_rank, -np.inf).argmax(axis=1)
         rows = np.arange(len(sel))
@@ -333,7 +337,7 @@ class CostModel:
         p2p = np.where(piped, 2 * hw.p2p(p2p_bytes, across) * sends, 0.0)
         rc_crit = rc[rows, crit]
         dp_exposed = mm * dp_mb[rows, crit] + dp_start.max(axis=1) + dp_end.max(axis=1)
-        optimizer = self._optimizer(trained[0].max(axis=1), trained[1].max(axis=1), col, d_dense, d_expert, zero)
+        optimizer = optimizer_seconds(hw, trained[0].max(axis=1), trained[1].max(axis=1), col, d_dense, d_expert, zero)
         ev.step[idx] = mm * (t_max - dp_mb[rows, crit]) + bubble + p2p + dp_exposed + optimizer
         ev.timed[idx] = True
         if detail:
@@ -349,60 +353,3 @@ class CostModel:
             ev.rank_time["fwd"][idx, :width] = masked(fwd_r)
             ev.rank_time["bwd"][idx, :width] = masked(t_rank - fwd_r)  # the rest of the micro-batch: backward, recompute, comm
             ev.rank_time["wgrad"][idx, :width] = masked(wgrad)
-
-    def _data_parallel(self, dense, expert, trained, col, d_dense, d_expert, zero, raf, v, t_fwd, t_bwd):
-        """Exposed data-parallel seconds per rank ([rows, pp] each): per micro-batch (ZeRO-2
-        reduce-scatters, ZeRO-3 gathers and reduce-scatters, hidden behind that micro-batch's own
-        forward/backward on the rank), at the step's start (ZeRO-1/2 parameter all-gather behind
-        the first forward) and at its end (the gradient all-reduce / reduce-scatter behind the
-        last backward). Interleaved ranks reduce each chunk's gradients after the chunk's last
-        backward: the exposed tail is chunk 0's 1/v of the traffic behind 1/v of the backward.
-        Each rank's window is its own compute, so more compute on one rank (recompute) never
-        hides more than it adds: the step is monotone in every rank's work. Frozen parameters
-        (`trained` excludes them) have no gradient to reduce and, under ZeRO-1/2, no update to
-        gather back; ZeRO-3 still gathers them for every forward and backward."""
-        hw = self.hw
-        tp, ep, etp = col["tp"], col["ep"], col["etp"]
-        b = BYTES_PER_PARAM["gradients"]  # BF16, as the weights gathered are
-        g_dense, g_expert = trained[0] / tp * b, trained[1] / (ep * etp) * b  # [rows, ranks]
-        rs = hw.reduce_scatter(g_dense, d_dense, tp) + hw.reduce_scatter(g_expert, d_expert, ep * etp)
-        ar = hw.all_reduce(g_dense, d_dense, tp) + hw.all_reduce(g_expert, d_expert, ep * etp)
-        ag = rs  # ZeRO-1/2 gather back the updated (trainable) weights
-        ag3 = (hw.reduce_scatter(dense / tp * b, d_dense, tp)  # ZeRO-3 gathers every weight, frozen too
-               + hw.reduce_scatter(expert / (ep * etp) * b, d_expert, ep * etp))
-        z = np.broadcast_to(zero, t_fwd.shape)
-        r = np.broadcast_to(raf[:, None], t_fwd.shape)
-        chunk = 1.0 / v
-        none = np.zeros_like(t_fwd)
-        # a stack that does not overlap a collective runs it after (or before) the compute
-        exposed = lambda comm, window: comm  # noqa: E731
-        hide_rs = _hide if self.p.stack.grad_reduce_overlap else exposed
-        hide_ag = _hide if self.p.stack.param_gather_overlap else exposed
-        # ZeRO-3 without resharding: the backward's re-gather and the reduce-scatter share its window
-        both = _hide(ag3 + rs, t_bwd) if hide_ag is hide_rs is _hide else hide_ag(ag3, t_bwd) + hide_rs(rs, t_bwd)
-        # ZeRO-2 reduce-scatters every micro-batch's gradients behind its backward, the last one
-        # at the step's end as ZeRO-1 does (so with one micro-batch the two cost the same)
-        earlier = (col["m"] - 1) / col["m"]
-        per_mb = np.select([z == 2, (z == 3) & r, z == 3],
-                           [earlier * hide_rs(rs, t_bwd), hide_ag(ag3, t_fwd) + both,
-                            hide_ag(ag3, t_fwd) + hide_rs(rs, t_bwd)],
-                           none)
-        start = np.where((z == 1) | (z == 2), hide_ag(ag * chunk, t_fwd * chunk), none)
-        end = np.select([z == 0, (z == 1) | (z == 2)], [hide_rs(ar * chunk, t_bwd * chunk), hide_rs(rs * chunk, t_bwd * chunk)],
-                        none)
-        return per_mb, start, end
-
-    def _optimizer(self, dense, expert, col, d_dense, d_expert, zero):
-        """`dense`, `expert`: per row, the trainable parameters of its largest pipeline rank."""
-        tp, ep, etp = col["tp"][:, 0], col["ep"][:, 0], col["etp"][:, 0]
-        d_dense, d_expert, zero = d_dense[:, 0], d_expert[:, 0], zero[:, 0]
-        owned = dense / tp / np.where(zero >= 1, d_dense, 1.0) + \
-            expert / (ep * etp) / np.where(zero >= 1, d_expert, 1.0)
-        return self.hw.memory_seconds(owned * OPTIMIZER_BYTES_PER_PARAM)
-
-
-def _hide(comm, window):
-    """Communication overlapped with `window` seconds of compute: the excess is exposed, and
-    the hidden part still slows the compute by OVERLAP_SLOWDOWN of its duration."""
-    hidden = np.minimum(comm, window)
-    return comm - hidden + OVERLAP_SLOWDOWN * hidden

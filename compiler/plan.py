@@ -28,6 +28,10 @@ class Layout:
     etp: int = 1  # expert tensor parallelism (Megatron's expert_tensor_parallel_size)
     stage_recompute: tuple[str, ...] = ()  # recompute policy per pipeline rank (empty: `recompute` everywhere)
     reshard_after_forward: bool = True  # ZeRO-3 only: FSDP frees gathered weights after forward
+    # per pipeline rank, the blocks recomputed in full (0 under none or selective), given only
+    # where some `full` rank recomputes fewer than all of its blocks (stack.partial_recompute:
+    # Megatron's --recompute-method block --recompute-num-layers); empty: all of them
+    stage_recompute_layers: tuple[int, ...] = ()
 
     @property
     def world(self) -> int:
@@ -42,7 +46,11 @@ class Layout:
         if self.etp > 1:
             s += f" etp{self.etp}"
         rc = self.recompute_per_stage
-        rc_text = rc[0] if len(set(rc)) == 1 else "/".join(r[0] for r in rc)  # n/s/f per stage
+        if self.stage_recompute_layers:  # f<k>: full on k blocks of the stage
+            per_stage = [f"f{k}" if r == "full" else r[0] for r, k in zip(rc, self.stage_recompute_layers)]
+            rc_text = "/".join(per_stage) if len(set(per_stage)) > 1 else f"full({self.stage_recompute_layers[0]} layers)"
+        else:
+            rc_text = rc[0] if len(set(rc)) == 1 else "/".join(r[0] for r in rc)  # n/s/f per stage
         s += f" zero{self.zero}{'' if self.reshard_after_forward else '-keep'} mb{self.microbatch_size}x{self.num_microbatches} {rc_text}"
         if self.pp > 1:
             s += f" {self.schedule}" + (f"(v{self.virtual_stages})" if self.virtual_stages > 1 else "")
@@ -121,7 +129,9 @@ class Plan:
         runtime that applies one policy everywhere must use to fit), plan.reshard_after_forward
         (ZeRO-3 only), predicted.stages (per rank: one micro-batch's fwd/bwd/wgrad seconds and
         memory parts), predicted.placement, cluster.memory_headroom_gb, search.{legal, candidates, pruned_dominated,
-        pruned_over_memory}, fp8.off_reason / bf16_step_time_s, pin_notes; runtime.{runs, unsupported,
+        pruned_over_memory}, plan.recompute_layers_per_stage (blocks each rank recomputes in full where
+        a stack with partial_recompute recomputes fewer than all; empty: every block of a `full`
+        rank), fp8.off_reason / bf16_step_time_s, pin_notes; runtime.{runs, unsupported,
         excluded_layouts, excluded_total, best_excluded} (what vlac's runtime cannot run yet).
         Added by the kernels issue: kernel_costs.{file, kernels.<name>.source} (measured, assumed or
         not costed: where each runtime kernel's cost in the step time came from)."""
@@ -141,6 +151,7 @@ class Plan:
                 "recompute": lay.recompute, "sequence_parallel": lay.sequence_parallel,
                 "fp8": lay.fp8, "mesh_order": list(MESH_ORDER), "stage_split": self.stage_split,
                 "expert_tensor_parallel": lay.etp, "recompute_per_stage": list(lay.recompute_per_stage),
+                "recompute_layers_per_stage": list(lay.stage_recompute_layers),
                 "reshard_after_forward": lay.reshard_after_forward,
             },
             "predicted": {

@@ -75,7 +75,8 @@ class Search:
         """Full breakdowns of some rows (their recompute choice kept), in one evaluation."""
         rows = sorted(set(rows))
         sub = ev.space.take(np.array(rows))
-        det = self.model.evaluate(sub, forced=ev.policy[rows], time_all=True, detail=True)
+        layers = None if ev.layers is None else ev.layers[rows]
+        det = self.model.evaluate(sub, forced=ev.policy[rows], forced_layers=layers, time_all=True, detail=True)
         return {i: self._estimate(det, j) for j, i in enumerate(rows)}
 
     def _estimate(self, ev: Evaluation, i: int) -> Estimate:
@@ -178,7 +179,9 @@ def plan(exp: Experiment, cluster: Cluster | None = None, pin: dict[str, Any] | 
         search={"legal": space.legal, "candidates": len(space),
                 "pruned_dominated": space.dominated,
                 "pruned_over_memory": int((~ev.fits).sum()),
-                "recompute": "chosen per pipeline stage: the cheapest policy that fits that stage",
+                "recompute": "chosen per pipeline stage: the least recompute time that fits that stage"
+                             + (", full recompute of its first k blocks included" if search.model.p.stack.partial_recompute
+                                else ""),
                 "stack": _stack_json(exp)},
     )
     if best_i is None and advise:
@@ -195,12 +198,18 @@ def _layout(search: Search, ev: Evaluation, i: int) -> Layout:
     pp = int(c["pp"][i])
     pol = tuple(RECOMPUTE[int(x)] for x in ev.policy[i, :pp])
     worst = max(pol, key=RECOMPUTE.index)
+    _, counts = search.model.composition(pp, int(c["v"][i]))
+    blocks = counts @ search.model.is_block  # block layers per rank
+    layers = blocks if ev.layers is None else np.where(ev.policy[i, :pp] == RECOMPUTE.index("full"),
+                                                        ev.layers[i, :pp], 0)
+    partial = any(p == "full" and k < b for p, k, b in zip(pol, layers, blocks))
     sched = SCHEDULE_CODES[int(c["sched"][i])]
     return Layout(dp=int(c["dp"][i]), tp=int(c["tp"][i]), pp=pp, cp=int(c["cp"][i]), ep=int(c["ep"][i]),
                   zero=int(c["zero"][i]), sequence_parallel=bool(c["sp"][i]), microbatch_size=int(c["mb"][i]),
                   num_microbatches=int(c["m"][i]), schedule=sched, virtual_stages=int(c["v"][i]), recompute=worst,
                   fp8=search.fp8, etp=int(c["etp"][i]), stage_recompute=pol if len(set(pol)) > 1 else (),
-                  reshard_after_forward=bool(c["raf"][i]))
+                  reshard_after_forward=bool(c["raf"][i]),
+                  stage_recompute_layers=tuple(int(k) for k in layers) if partial else ())
 
 
 def _best(ev: Evaluation, among: np.ndarray | None = None) -> int | None:
@@ -227,7 +236,8 @@ def _bf16_step(exp: Experiment, g: Graph, cluster: Cluster, lay: Layout) -> floa
            "sched": SCHEDULE_CODES.index(lay.schedule), "v": lay.virtual_stages}
     cols = {k: np.array([v], dtype=bool if k in ("sp", "raf") else np.int64) for k, v in row.items()}
     forced = np.array([[RECOMPUTE.index(r) for r in lay.recompute_per_stage]])
-    ev = bf16.model.evaluate(Space(cols, 1), forced=forced, time_all=True)
+    layers = np.array([lay.stage_recompute_layers]) if lay.stage_recompute_layers else None
+    ev = bf16.model.evaluate(Space(cols, 1), forced=forced, forced_layers=layers, time_all=True)
     return float(ev.step[0])
 
 

@@ -20,7 +20,9 @@ Presets (what each stack runs by default, from its own code and docs):
   `tp_comm_overlap` (userbuffers), `overlap_grad_reduce`, `overlap_param_gather`,
   `overlap_p2p_comm`; selective recompute reruns the core attention only
   (`recompute_granularity: selective`, whose default `recompute_modules` is `core_attn`); FP8
-  GEMMs keep their inputs in FP8 (`fp8_stored_inputs`).
+  GEMMs keep their inputs in FP8 (`fp8_stored_inputs`); full recompute may cover only the first
+  k layers of a stage (`partial_recompute`: `--recompute-granularity full --recompute-method block
+  --recompute-num-layers k`).
 - `torchtitan-torchao`: torchtitan with torchao float8: SDPA (FlashAttention-2), torch.compile
   per block (inductor fuses the norm, SwiGLU and RoPE element-wise chains), FSDP2 with
   prefetch (overlapped reduce and gather), no async TP by default, eager cross entropy;
@@ -79,6 +81,9 @@ class ResolvedStack:
     # FP8 GEMMs keep their input for backward in FP8 (TransformerEngine), not in the compute dtype;
     # off for vlac, whose FP8 backend is torchao except TE without tensor parallelism (runtime/precision.py)
     fp8_stored_inputs: bool = False
+    # `recompute: full` may cover only part of a pipeline rank's blocks (Megatron's
+    # --recompute-method block --recompute-num-layers N); False: every block of a recomputing rank
+    partial_recompute: bool = False
 
     def fuses(self, op: str) -> bool:
         """Whether `op`'s element-wise chain runs as one kernel: named in `fused`, or generated
@@ -93,7 +98,7 @@ PRESETS: dict[str, ResolvedStack] = {
     "megatron-te": ResolvedStack("megatron-te", "cudnn", FUSED_OPS, None, tp_comm_overlap=True,
                                  grad_reduce_overlap=True, param_gather_overlap=True, pp_p2p_overlap=True,
                                  torch_compile=False, selective_recompute="core_attention",
-                                 fp8_stored_inputs=True),
+                                 fp8_stored_inputs=True, partial_recompute=True),
     "torchtitan-torchao": ResolvedStack("torchtitan-torchao", "flash2", (), None, tp_comm_overlap=False,
                                         grad_reduce_overlap=True, param_gather_overlap=True, pp_p2p_overlap=False,
                                         torch_compile=True),
@@ -137,6 +142,11 @@ class Stack(SpecModel):
         None, description="FP8 GEMMs keep their input for the weight gradient in FP8, 1 byte per element "
                           "(TransformerEngine's Linear/LayerNormLinear/LayerNormMLP: megatron-te), not in the compute "
                           "dtype (torchao's Float8Linear); null = the preset's")
+    partial_recompute: bool | None = Field(
+        None, description="full recompute may cover only the first k blocks of a pipeline stage, the planner "
+                          "choosing the smallest k that fits (Megatron-Core's recompute_method block with "
+                          "recompute_num_layers: megatron-te); false: a recomputing stage reruns every block "
+                          "(vlac's runtime, torchtitan's full activation checkpointing); null = the preset's")
 
     def resolved(self) -> ResolvedStack:
         base = PRESETS[self.preset]
@@ -146,7 +156,8 @@ class Stack(SpecModel):
                              *(bool(pick(f)) for f in ("tp_comm_overlap", "grad_reduce_overlap",
                                                        "param_gather_overlap", "pp_p2p_overlap", "torch_compile",
                                                        "fused_elementwise")),
-                             pick("selective_recompute"), bool(pick("fp8_stored_inputs")))
+                             pick("selective_recompute"), bool(pick("fp8_stored_inputs")),
+                             bool(pick("partial_recompute")))
 
 
 __all__ = ["FUSED_OPS", "PRESETS", "STORED_BYTES", "ResolvedStack", "Stack"]
