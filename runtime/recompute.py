@@ -10,6 +10,11 @@ that implements them:
   backward pass. The block's inputs are kept too.
 * ``full``: keep only each block's inputs; the whole block runs again in the backward pass.
 
+With ``layers=k`` only the first k blocks (in registration order, the stage's first k layers)
+are checkpointed and the rest keep what autograd saves: Megatron-Core's
+``--recompute-method block --recompute-num-layers k``, which the compiler costs for stacks with
+``partial_recompute`` (vlac.compiler.recompute_choice).
+
 A *block* is a module held in an ``nn.ModuleList`` (a decoder layer, or any other repeated
 layer), the outermost such module on its path. Everything outside blocks (embeddings, output
 head, loss) always keeps what autograd saves.
@@ -76,20 +81,23 @@ def _draws_random_numbers(module: nn.Module) -> bool:
     return False
 
 
-def apply_recompute(model: nn.Module, policy: str) -> int:
-    """Checkpoint every block of `model` under `policy` (see the module docstring); returns the
-    number of blocks wrapped. Applying a policy again replaces the previous one; ``none``
-    restores plain forwards. Parameter names and state dicts are unchanged (the block's
-    ``forward`` is wrapped in place)."""
+def apply_recompute(model: nn.Module, policy: str, layers: int | None = None) -> int:
+    """Checkpoint the blocks of `model` under `policy` (see the module docstring): every block,
+    or the first `layers` of them; returns the number of blocks wrapped. Applying a policy again
+    replaces the previous one; ``none`` restores plain forwards. Parameter names and state dicts
+    are unchanged (the block's ``forward`` is wrapped in place)."""
     if policy not in RECOMPUTE_POLICIES:
         raise ValueError(f"recompute policy {policy!r} is unknown; choose one of {', '.join(RECOMPUTE_POLICIES)}")
+    if layers is not None and (type(layers) is not int or layers < 0):
+        raise ValueError(f"recompute layers {layers!r}: give the number of blocks to checkpoint, an integer >= 0 "
+                         "(or None for every block)")
     saved = saved_ops()
     count = 0
-    for _, block in iter_blocks(model):
+    for position, (_, block) in enumerate(iter_blocks(model)):
         block.__dict__.pop("forward", None)  # back to the class's forward
-        count += 1
-        if policy == "none":
+        if policy == "none" or (layers is not None and position >= layers):
             continue
+        count += 1
         # RNG state is only worth saving (~5 KB per block on CPU) when the block draws random numbers
         preserve_rng = _draws_random_numbers(block)
         if policy == "full":

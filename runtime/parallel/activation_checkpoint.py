@@ -1,4 +1,5 @@
-"""Activation recompute per the plan's `recompute` policy (none | selective | full).
+"""Activation recompute per the plan's `recompute` policy (none | selective | full), on every
+block of the stage or on its first k (`recompute_layers_per_stage`).
 
 The policies are defined, and costed by the compiler, in the model library's
 `vlac.runtime.recompute.apply_recompute` (selective keeps GEMM and attention outputs and recomputes
@@ -19,7 +20,9 @@ from torch.utils.checkpoint import checkpoint
 POLICIES = ("none", "selective", "full")
 
 
-def apply_activation_checkpointing(model: nn.Module, policy: str) -> None:
+def apply_activation_checkpointing(model: nn.Module, policy: str, layers: int | None = None) -> None:
+    """`policy` on every block of this stage, or on its first `layers` blocks
+    (plan.recompute_layers_per_stage: full recompute of part of a stage)."""
     if policy not in POLICIES:
         raise ValueError(f"plan.recompute = {policy!r}; choose one of {', '.join(POLICIES)}")
     try:
@@ -27,12 +30,12 @@ def apply_activation_checkpointing(model: nn.Module, policy: str) -> None:
     except ImportError:
         apply_recompute = None
     if apply_recompute is not None:
-        apply_recompute(model, policy)
+        apply_recompute(model, policy, layers)
     elif policy == "selective":
         raise ValueError("plan.recompute = 'selective' needs vlac.runtime.recompute, which this installation "
                          "lacks; re-plan with --pin recompute=full (or none)")
     elif policy == "full":
-        for block in model.layers:
+        for block in list(model.layers)[:layers]:
             block.forward = _checkpointed(block.forward)
 
 
