@@ -69,11 +69,17 @@ high-precision input and casts it again in backward. So on a stack with it, a te
 FP8-eligible GEMMs read (through views) is kept at 1 byte per element: a backbone norm's output
 (the QKV and MLP inputs), the attention output (the output projection's input), the MLP
 activation's output (the down projection's input). In Korthikanti's GPT layer the GEMM inputs
-are 14 of the 32sbh (QKV 2, projection 2, fc1 2, fc2 8): the layer keeps 25sbh in FP8.
+are 14 of the 32sbh (QKV 2, projection 2, fc1 2, fc2 8): the layer keeps 25sbh in FP8. The
+expert GEMMs of a MoE layer too (TE's GroupedLinear keeps its FP8 input for the weight
+gradient as Linear does): the dispatched tokens (the expert w1/w3 input, reached through a
+slice of the dispatch buffer) and the expert activation's output (the w2 input, through a
+dropout of p = 0) are kept at 1 byte per element; the dispatch node's few index bytes are
+counted with them (8 bytes per routed copy against 2h of tokens).
 """
 
 from __future__ import annotations
 
+import operator
 import re
 
 from vlac.spec.stack import STORED_BYTES, ResolvedStack
@@ -119,7 +125,9 @@ class StackCosts:
         st = self.stack
         if n.kind == "norm" and self.norm == "rmsnorm" and st.fuses("norm") and _backbone(n.module):
             fused = (2 * self.act_bytes * self.hidden + FP32_BYTES) * tokens
-            return {pol: min(n.saved[pol], fused) * self.dtype_scale for pol in RECOMPUTE}
+            kept = {pol: min(n.saved[pol], fused) * self.dtype_scale for pol in RECOMPUTE}
+            # TE's LayerNormLinear keeps its input, the rstd and the FP8 copy of its output
+            return self._in_fp8(n, kept, tokens) if n.name in self.fp8_inputs else kept
         if n.kind == "elementwise" and st.fuses("rope") and n.module.endswith(".rotary") and "rope" in n.name:
             minus = 2 * self.head_dim * FP32_BYTES * tokens
         elif n.kind == "elementwise" and st.fuses("swiglu") and n.name.endswith("silu") and n.module.endswith(".mlp"):
@@ -197,16 +205,35 @@ def fp8_gemm_inputs(graph: Graph) -> frozenset[str]:
 
 
 def _readers(fx_node) -> list:
-    """The nodes that compute with `fx_node`'s output, looking through views and shape queries."""
+    """The nodes that compute with `fx_node`'s output, looking through views (a slice is one), shape
+    queries and identities (a dropout of p = 0)."""
     found = []
     for user in fx_node.users:
         if user.op == "call_method" and user.target == "size":
             continue
-        if user.op == "call_method" and user.target in _VIEWS:
+        if (user.op == "call_method" and user.target in _VIEWS) or _is_slice(user) or _is_identity(user):
             found += _readers(user)
         else:
             found.append(user)
     return found
+
+
+def _is_slice(fx_node) -> bool:
+    """tensor[a:b, ...]: a view; an index by tensor (a gather) is a copy and computes."""
+    if fx_node.op != "call_function" or fx_node.target is not operator.getitem:
+        return False
+    index = fx_node.args[1] if isinstance(fx_node.args[1], tuple) else (fx_node.args[1],)
+    return all(isinstance(i, (slice, int)) or i is None or i is Ellipsis for i in index)
+
+
+def _is_identity(fx_node) -> bool:
+    """A module call that returns its input: nn.Identity, or a dropout that drops nothing."""
+    if fx_node.op != "call_module" or fx_node.graph.owning_module is None:
+        return False
+    import torch.nn as nn  # only graphs traced with torch reach here
+
+    module = fx_node.graph.owning_module.get_submodule(fx_node.target)
+    return isinstance(module, nn.Identity) or (isinstance(module, nn.Dropout) and module.p == 0)
 
 
 def _backbone(module: str) -> bool:
