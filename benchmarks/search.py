@@ -12,7 +12,8 @@ path agrees with the full one: one run, every ratio measured in it.
    --workers processes: wall time and candidates per second.
 3. Where a one-process random search of --profile candidates spends its time (cProfile): lowering
    architecture references, costing layouts (of which the cost model's passes and its pipeline
-   partitions) and the depths' legal layout spaces.
+   partitions), the depths' legal layout spaces and combining architectures' graphs in closed
+   form (vlac.search.shape_fit); how many graphs were combined, lowered, and why any fell back.
 4. Agreement: --sample candidates of that random search evaluated again by the full path
    (lower each one directly, plan every layout): status, layout, parameters and FLOPs compared
    exactly, step time and peak memory relative to the full path; the time per candidate of each
@@ -81,6 +82,7 @@ def readme_search(args: argparse.Namespace) -> dict:
             "evaluation_s": s.seconds - lowering, "per_s": len(s.results) / s.seconds,
             "cpu_s_per_candidate": (cpu_seconds() - cpu0) / len(s.results),
             "references_lowered": stats.lowered, "fast": dict(s.evaluator.fast_path.stats),
+            "closed_form": dict(s.evaluator.fast_path.fit.stats),
             "best": s.best.params if s.best else None}
 
 
@@ -100,7 +102,8 @@ PROFILED = {"lowering references": ("compiler/graph_cache.py", "lower"),
             "costing layouts": ("search/fast_plan.py", "choose"),
             "cost model passes": ("compiler/cost_model.py", "evaluate"),
             "pipeline partitions": ("compiler/cost_model.py", "composition"),
-            "layout spaces": ("search/fast_plan.py", "get")}
+            "layout spaces": ("search/fast_plan.py", "get"),
+            "closed-form graphs": ("search/shape_fit.py", "combine")}
 
 
 def profile_search(args: argparse.Namespace) -> dict:
@@ -120,7 +123,8 @@ def profile_search(args: argparse.Namespace) -> dict:
         hits = [(v[1], v[3]) for (f, _, func), v in stats.items() if f.endswith(path) and func == fn]
         parts[name] = {"calls": sum(h[0] for h in hits), "seconds": sum(h[1] for h in hits)}
     return {"candidates": len(s.results), "wall_s": s.seconds, "architectures": len(s.evaluator.fast_path.architectures),
-            "fast": dict(s.evaluator.fast_path.stats), "parts": parts}
+            "fast": dict(s.evaluator.fast_path.stats), "closed_form": dict(s.evaluator.fast_path.fit.stats),
+            "parts": parts}
 
 
 def agreement(s: Search, n: int, seed: int) -> dict:
@@ -147,6 +151,14 @@ def agreement(s: Search, n: int, seed: int) -> dict:
             "full_over_fast": (full_s / len(rows)) / (fast_s / len(rows)), "rows": rows}
 
 
+def closed_form_line(st: dict) -> str:
+    """How the architectures' reference graphs were obtained (vlac.search.shape_fit)."""
+    off = ", ".join(f"{n} x {why}" for why, n in st["not_combinable"].items()) or "none"
+    return (f"architecture graphs: {st['combined']} combined in closed form over the shape fields, "
+            f"{st['lowered']} lowered ({st['verified']} topologies' first combination checked against a lowering); "
+            f"fell back to lowering: {off}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     workers = args.workers or default_workers()
@@ -159,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
           f"({readme['per_s']:.1f}/s): lowering {readme['references_lowered']} references {readme['lowering_s']:.2f} s, "
           f"evaluation {readme['evaluation_s']:.2f} s, {readme['cpu_s_per_candidate']:.2f} CPU s/candidate (goal < {GOALS['readme_eval_s']:.0f} s: measured / goal "
           f"{readme['evaluation_s'] / GOALS['readme_eval_s']:.2f}); fast path decided {readme['fast']['decided']}, "
-          f"costed {readme['fast']['costed']:,} of {readme['fast']['legal']:,} legal layouts")
+          f"costed {readme['fast']['costed']:,} of {readme['fast']['legal']:,} legal layouts; "
+          + closed_form_line(readme["closed_form"]))
 
     s, rnd = random_search(args, workers)
     print(f"random search: {rnd['candidates']} candidates on {workers} processes in {rnd['wall_s']:.1f} s "
@@ -172,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
               f"architectures in {prof['wall_s']:.1f} s under cProfile: "
               + ", ".join(f"{k} {v['seconds']:.1f} s ({v['seconds'] / prof['wall_s']:.0%}, {v['calls']} calls)"
                           for k, v in prof["parts"].items())
-              + f"; costed {prof['fast']['costed']:,} of {prof['fast']['legal']:,} legal layouts")
+              + f"; costed {prof['fast']['costed']:,} of {prof['fast']['legal']:,} legal layouts; "
+              + closed_form_line(prof["closed_form"]))
 
     agree = agreement(s, args.sample, args.seed)
     print(f"fast vs full on {agree['sampled']} sampled candidates: {'agree' if agree['agree'] else 'DISAGREE'} "

@@ -90,38 +90,39 @@ def weights(shapes: list[tuple[int, ...]], target: tuple[int, ...]) -> list[Frac
             v = 1
             for j, a in zip(varying, e):
                 v *= s[j] ** a
-            out.append(Fraction(v))
+            out.append(v)
         return out
 
-    # columns: the shapes; rows: the monomials (plus the target as the last column)
+    # one equation per monomial: sum_i w_i m(shapes[i]) = m(target)
     cols = [row(s) for s in shapes]
     b = row(target)
-    a = [[cols[i][r] for i in range(len(shapes))] + [b[r]] for r in range(len(exps))]
-    return _solve(a, len(shapes))
+    return _solve([[cols[i][r] for i in range(len(shapes))] + [b[r]] for r in range(len(exps))], len(shapes))
 
 
-def _solve(a: list[list[Fraction]], n: int) -> list[Fraction] | None:
-    """A solution of the augmented system a (last column the right-hand side), free variables
-    zero; None when inconsistent. Exact (Fractions)."""
+def _solve(a: list[list[int]], n: int) -> list[Fraction] | None:
+    """A solution of the integer augmented system `a` (last column the right-hand side), free
+    variables zero; None when inconsistent. Exact: fraction-free Gauss-Jordan elimination on
+    integers, each row divided by the gcd of its entries (Fractions would be ten times slower)."""
     pivots, r = [], 0
     for c in range(n):
-        p = next((i for i in range(r, len(a)) if a[i][c] != 0), None)
+        p = next((i for i in range(r, len(a)) if a[i][c]), None)
         if p is None:
             continue
         a[r], a[p] = a[p], a[r]
-        inv = 1 / a[r][c]
-        a[r] = [v * inv for v in a[r]]
+        pr, pv = a[r], a[r][c]
         for i in range(len(a)):
-            if i != r and a[i][c] != 0:
-                f = a[i][c]
-                a[i] = [x - f * y for x, y in zip(a[i], a[r])]
+            f = a[i][c]
+            if i != r and f:
+                row = [x * pv - f * y for x, y in zip(a[i], pr)]
+                g = math.gcd(*row)
+                a[i] = [x // g for x in row] if g > 1 else row
         pivots.append(c)
         r += 1
-    if any(row[n] != 0 for row in a[r:]):
+    if any(row[n] for row in a[r:]):
         return None
     w = [Fraction(0)] * n
     for i, c in enumerate(pivots):
-        w[c] = a[i][n]
+        w[c] = Fraction(a[i][n], a[i][c])
     return w
 
 
@@ -134,7 +135,7 @@ class _Weights:
         self.den = math.lcm(*(wi.denominator for wi in w))
         self.nums = [int(wi * self.den) for wi in w]
 
-    def combine(self, values: list, integer: bool):
+    def sum_of(self, values: list, integer: bool):
         """sum_i w_i values[i], exactly; None when an integer field comes out fractional."""
         if all(float(v).is_integer() for v in values):
             total = sum(n * int(v) for n, v in zip(self.nums, values))
@@ -226,16 +227,16 @@ def _combined_graph(t: _Topology, w: list[Fraction], exp: Experiment) -> Graph |
             return None
         changes: dict[str, Any] = {}
         for f in INT_FIELDS:
-            changes[f] = ws.combine([getattr(n, f) for n in column], True)
+            changes[f] = ws.sum_of([getattr(n, f) for n in column], True)
             if changes[f] is None:
                 return None
         for f in FLOAT_FIELDS:
-            changes[f] = ws.combine([getattr(n, f) for n in column], False)
-        changes["saved"] = {p: ws.combine([n.saved[p] for n in column], False) for p in RECOMPUTE}
+            changes[f] = ws.sum_of([getattr(n, f) for n in column], False)
+        changes["saved"] = {p: ws.sum_of([n.saved[p] for n in column], False) for p in RECOMPUTE}
         if n0.gemm_mnk is not None:
             if any(n.gemm_mnk is None for n in column):
                 return None
-            mnk = tuple(ws.combine([n.gemm_mnk[j] for n in column], True) for j in range(3))
+            mnk = tuple(ws.sum_of([n.gemm_mnk[j] for n in column], True) for j in range(3))
             if None in mnk:
                 return None
             # compiler/annotate.py's FP8 rule (N and K multiples of 16) is not polynomial: the
@@ -248,7 +249,7 @@ def _combined_graph(t: _Topology, w: list[Fraction], exp: Experiment) -> Graph |
         new.__dict__.update(n0.__dict__)
         new.__dict__.update(changes)
         nodes.append(new)
-    totals = [ws.combine([getattr(g, f) for g in graphs], True) for f in ("params_total", "params_expert")]
+    totals = [ws.sum_of([getattr(g, f) for g in graphs], True) for f in ("params_total", "params_expert")]
     if None in totals:
         return None
     out = copy.copy(g0)  # a shallow copy: reading a DerivedGraph's `model` would lower it
@@ -258,7 +259,7 @@ def _combined_graph(t: _Topology, w: list[Fraction], exp: Experiment) -> Graph |
     # the active-parameter rule of compiler/lower.py: experts count at top_k / experts
     active_frac = exp.moe.top_k / exp.moe.experts if exp.moe else 1.0
     out.params_active = int(round(out.params_total - out.params_expert * (1 - active_frac)))
-    out.boundary_bytes = ws.combine([g.boundary_bytes for g in graphs], False)
+    out.boundary_bytes = ws.sum_of([g.boundary_bytes for g in graphs], False)
     out.lower_seconds = 0.0
     if hasattr(out, "_source"):
         out._model, out._source = None, None
