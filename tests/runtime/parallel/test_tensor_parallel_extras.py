@@ -7,15 +7,12 @@ refused, with messages that name the plan field."""
 
 from __future__ import annotations
 
-import json
-import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn as nn
+from process_cases import spawn_cases
 
 import vlac
 from vlac.runtime.model import build_model
@@ -24,12 +21,6 @@ from vlac.spec.system import Cluster
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 FP8 = ["precision.fp8.enabled=true", "precision.fp8.keep_first_last_bf16=false"]
 TWO = Cluster.model_validate({"preset": "h100-sxm", "nodes": 1, "gpus_per_node": 2})
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _load(spec: str, sets: list[str], profile: str | None):
@@ -66,39 +57,26 @@ def _batch(exp):
     return data.micro_batch(0, 0, exp.train.global_batch, data.global_loss_tokens(0), torch.device("cpu"))
 
 
-def _rank(rank: int, port: int, spec: str, sets: list[str], profile: str | None, pins: dict, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        from vlac.runtime.distributed import DistEnv
-        from vlac.runtime.parallel import parallelize
-        from vlac.runtime.precision import Precision
+def _case(rank: int, spec: str, sets: list[str], profile: str | None, pins: dict) -> dict:
+    """One case on this rank: the reference model's gradients and the tensor-parallel model's."""
+    from vlac.runtime.distributed import DistEnv
+    from vlac.runtime.parallel import parallelize
+    from vlac.runtime.precision import Precision
 
-        exp = _load(spec, sets, profile)
-        plan = _plan(exp, pins)
-        batch = _batch(exp)
-        reference = build_model(exp)
-        Precision.for_run(exp, plan, torch.device("cpu")).convert(reference, plan)
-        want_loss, want = _grads(reference, exp, batch)
-        model = build_model(exp)
-        layout = parallelize(model, exp, plan, DistEnv(rank, 2, rank, torch.device("cpu")))
-        got_loss, got = _grads(layout.model, exp, batch)
-        if rank == 0:
-            report = {name: {"diff": float((got[name] - w).norm()), "norm": float(w.norm())}
-                      for name, w in want.items() if name in got}
-            extra = sorted(set(got) - set(want)) + sorted(set(want) - set(got))
-            converted = len(layout.precision.converted)
-            Path(out).write_text(json.dumps({"grads": report, "unmatched": extra, "fp8_gemms": converted,
-                                             "loss": [want_loss, got_loss]}))
-    finally:
-        torch.distributed.destroy_process_group()
-
-
-def run_two_ranks(tmp_path, spec: str, sets: list[str] = (), profile: str | None = None, **pins) -> dict:
-    out = tmp_path / "grads.json"
-    mp.spawn(_rank, args=(_free_port(), spec, list(sets), profile, pins, str(out)), nprocs=2)
-    return json.loads(out.read_text())
+    exp = _load(spec, sets, profile)
+    plan = _plan(exp, pins)
+    batch = _batch(exp)
+    reference = build_model(exp)
+    Precision.for_run(exp, plan, torch.device("cpu")).convert(reference, plan)
+    want_loss, want = _grads(reference, exp, batch)
+    model = build_model(exp)
+    layout = parallelize(model, exp, plan, DistEnv(rank, 2, rank, torch.device("cpu")))
+    got_loss, got = _grads(layout.model, exp, batch)
+    report = {name: {"diff": float((got[name] - w).norm()), "norm": float(w.norm())}
+              for name, w in want.items() if name in got}
+    extra = sorted(set(got) - set(want)) + sorted(set(want) - set(got))
+    return {"grads": report, "unmatched": extra, "fp8_gemms": len(layout.precision.converted),
+            "loss": [want_loss, got_loss]}
 
 
 def assert_same_grads(result: dict, tol: float) -> None:
@@ -114,22 +92,32 @@ def assert_same_grads(result: dict, tol: float) -> None:
     assert not bad, bad
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("spec, profile, sets, pins", [
-    ("dense_text_1b.yaml", "tiny", [], {"sequence_parallel": True}),  # tied embeddings
-    ("flamingo.yaml", "tiny", [], {"sequence_parallel": True}),  # gated cross-attention, frozen LM
-    ("flamingo.yaml", "tiny", ["fusion.freeze_lm=false"], {"sequence_parallel": False}),
-    ("coca.yaml", "tiny", [], {"sequence_parallel": True}),  # plain cross-attention, contrastive head
-    ("transfusion.yaml", "tiny", ["fusion.stream=dual"], {"sequence_parallel": False}),
-    ("tiny_vla.yaml", None, [], {"sequence_parallel": True}),  # replicated MoE: no norm gradient left partial
-    ("tiny_vla.yaml", None, [], {"sequence_parallel": True, "etp": 2}),  # experts split over tp
-], ids=["tied", "flamingo-sp", "flamingo-nosp", "coca-sp", "dual-nosp", "moe-sp", "etp-sp"])
-def test_tensor_parallel_gradients_match_one_process(tmp_path, spec, profile, sets, pins):
-    assert_same_grads(run_two_ranks(tmp_path, spec, sets, profile, **pins), tol=1e-5)
+# name -> (spec, sets, profile, pins), all run by one spawn of 2 ranks (starting ranks costs more than a case)
+CASES = {
+    "tied": ("dense_text_1b.yaml", [], "tiny", {"sequence_parallel": True}),  # tied embeddings
+    "flamingo-sp": ("flamingo.yaml", [], "tiny", {"sequence_parallel": True}),  # gated cross-attention, frozen LM
+    "flamingo-nosp": ("flamingo.yaml", ["fusion.freeze_lm=false"], "tiny", {"sequence_parallel": False}),
+    "coca-sp": ("coca.yaml", [], "tiny", {"sequence_parallel": True}),  # plain cross-attention, contrastive head
+    "dual-nosp": ("transfusion.yaml", ["fusion.stream=dual"], "tiny", {"sequence_parallel": False}),
+    "moe-sp": ("tiny_vla.yaml", [], None, {"sequence_parallel": True}),  # replicated MoE: no norm gradient left partial
+    "etp-sp": ("tiny_vla.yaml", [], None, {"sequence_parallel": True, "etp": 2}),  # experts split over tp
+    "fp8-sp": ("tiny_vla.yaml", FP8, None, {"sequence_parallel": True}),
+}
+
+
+@pytest.fixture(scope="module")
+def two_rank_results(tmp_path_factory) -> dict[str, dict]:
+    return spawn_cases(_case, CASES, nprocs=2, out=tmp_path_factory.mktemp("tp-extras") / "grads.json")
 
 
 @pytest.mark.slow
-def test_fp8_gemms_split_over_tp_match_one_fp8_process(tmp_path):
+@pytest.mark.parametrize("case", [name for name in CASES if name != "fp8-sp"])
+def test_tensor_parallel_gradients_match_one_process(two_rank_results, case):
+    assert_same_grads(two_rank_results[case], tol=1e-5)
+
+
+@pytest.mark.slow
+def test_fp8_gemms_split_over_tp_match_one_fp8_process(two_rank_results):
     """Float8Linear under plain DTensor styles (gloo): the tensorwise scales come from the whole
     DTensor, so the forward casts equal the single process's. In backward a gradient that
     differs by float reassociation (~1e-7) can round a near-tie element to the neighbouring E5M2
@@ -138,7 +126,7 @@ def test_fp8_gemms_split_over_tp_match_one_fp8_process(tmp_path):
     gradient scales make layer 0 more sensitive still: on one process a 1e-6 relative
     perturbation of a weight moves layers.0.attn.wk's gradient by 1.1 %. A missing reduction (the
     input gradient of the column-split expert GEMMs left partial, found this way) was off by 4-7 %."""
-    result = run_two_ranks(tmp_path, "tiny_vla.yaml", FP8, None, sequence_parallel=True)
+    result = two_rank_results["fp8-sp"]
     assert result["fp8_gemms"] > 0
     assert_same_grads(result, tol=2e-2)
 
