@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .moe_routing import routes_own_tokens, token_shards
 from .stack_costs import ATTENTION_EFF
 
 if TYPE_CHECKING:
@@ -35,10 +36,16 @@ def layer_times(prof: CostProfile, tp, sp, cp, mb, ep, etp) -> dict[str, np.ndar
     shape = (tp.shape[0], prof.n_keys)
     out = {name: np.zeros(shape) for name in TIME_NAMES}
     seqs = mb / cp  # sequences' worth of tokens per GPU before tensor parallelism
-    # vlac's runtime routes a dropless MoE layer's own sequence shard under tp with etp = 1
-    # (runtime/parallel/moe_local_routing.py): no gather, 1/tp of the micro-batch per rank
-    local_moe = prof.moe_gathered & (prof.capacity_factor is None) & (etp == 1) & (tp > 1)
-    moe_tokens = np.where(local_moe, mb / tp, mb)
+    # vlac's runtime routes a dropless MoE layer's own tokens where they are split, over cp and
+    # (under sp) over tp with etp = 1 (compiler/moe_routing.py): no gather, 1/(tp*cp) of the
+    # micro-batch per rank; a layer with a capacity is gathered over both
+    dropless = prof.capacity_factor is None
+    tp_shards, cp_shards = token_shards(dropless, etp, tp, sp, cp)
+    # no TP collectives around its shared experts: each tp rank runs them on its own shard (sp) or
+    # on the whole sequence (without sp; the search space pairs MoE and tp > 1 with sp)
+    local_moe = prof.moe_gathered & routes_own_tokens(dropless, etp) & (tp > 1)
+    moe_gathered_cp = prof.moe_gathered & (cp_shards == 1)  # its input gathered over cp
+    moe_tokens = mb / (tp_shards * cp_shards)
     sp_div = np.where(sp, tp, 1.0)
     for j, p in enumerate(prof.profiles):
         cast = np.zeros_like(tp)
@@ -86,7 +93,8 @@ def layer_times(prof: CostProfile, tp, sp, cp, mb, ep, etp) -> dict[str, np.ndar
         rerun = "attn_fwd" if prof.stack.selective_recompute == "core_attention" else "mem_fwd"
         out["selective_rerun"][:, j] = out[rerun][:, j]
         if p.kind == "block":
-            _block_communication(prof, p, out, j, tp, sp, cp, mb, ep, etp, seqs, local_moe, moe_tokens)
+            _block_communication(prof, p, out, j, tp, sp, cp, mb, ep, etp, seqs, local_moe, moe_tokens,
+                                 moe_gathered_cp)
     return out
 
 
@@ -94,12 +102,12 @@ def _gemm_shape(g: Gemm, tp, sp, ep, etp, seqs, moe_tokens):
     """(scale, m, n, k, groups) of one GEMM per GPU: `scale` the share of its per-sequence FLOPs
     a GPU runs, m x n x k its shape there, `groups` the experts of a grouped GEMM per GPU."""
     if g.moe_part:
-        # vlac's runtime gathers a MoE layer's input over cp and tp, so that capacity
-        # and drops are those of one process: every rank routes the whole micro-batch
-        # and runs its experts (and the shared ones) on it, split only by etp
+        # vlac's runtime gathers a MoE layer with a capacity over cp and tp, so that
+        # capacity and drops are those of one process: every rank routes the whole
+        # micro-batch and runs its experts (and the shared ones) on it, split only by etp
         # (runtime/parallel/context_parallel.py, tensor_parallel.py); costed as run.
-        # A dropless layer under tp with etp = 1 routes its shard (moe_tokens).
-        # Not charged: the activations it saves for the whole micro-batch
+        # A dropless layer routes its rank's own tokens (moe_tokens, moe_routing.py).
+        # Not charged: the activations a gathered layer saves for the whole micro-batch
         scale = moe_tokens / np.where(g.expert | g.tp_split, etp, 1.0)
         if g.expert:
             m = g.m / g.groups * moe_tokens * ep
@@ -133,7 +141,7 @@ def _gemm_shape(g: Gemm, tp, sp, ep, etp, seqs, moe_tokens):
 
 
 def _block_communication(prof: CostProfile, p: LayerProfile, out: dict[str, np.ndarray], j: int,
-                         tp, sp, cp, mb, ep, etp, seqs, local_moe, moe_tokens) -> None:
+                         tp, sp, cp, mb, ep, etp, seqs, local_moe, moe_tokens, moe_gathered_cp) -> None:
     """Adds the tensor-, expert- and context-parallel communication of decoder block `p` (key
     `j`) to `out`."""
     hw = prof.hw
@@ -157,8 +165,8 @@ def _block_communication(prof: CostProfile, p: LayerProfile, out: dict[str, np.n
                                                    prof.capacity_factor)
         # what the busiest rank receives
         a2a_bytes = a2a_bytes * critical_rank_load(prof.experts, prof.expert_load, ep)
-        if prof.moe_gathered:  # the cp gather of the MoE input, forward; its reduce-scatter backward
-            out["cp"][:, j] += np.where(cp > 1, 2 * hw.all_gather(act_msg * cp, cp, tp), 0.0)
+        # the cp gather of a gathered MoE layer's input, forward; its reduce-scatter backward
+        out["cp"][:, j] += np.where(moe_gathered_cp & (cp > 1), 2 * hw.all_gather(act_msg * cp, cp, tp), 0.0)
         a2a = hw.all_to_all(a2a_bytes, ep, etp)
         # expert tensor parallelism gathers the received tokens over etp and scatters
         # the results back (a TP region over the expert activations)

@@ -150,9 +150,10 @@ class MoELayer(nn.Module):
         self.shared = MLP(bb, shared_width) if cfg.shared_experts else None
         self.register_buffer("router_entropy", torch.zeros(()), persistent=False)
         # Set from outside when the layer's tokens are split over ranks that route their own
-        # (tensor parallelism with local routing, runtime/parallel/moe_local_routing.py): sums a
-        # per-rank statistic over those ranks (identity gradient), so the balancing loss, the load
-        # and the entropy are those of the whole micro-batch. `token_shards`: how many equal shards.
+        # (dropless layers under context parallelism, or tensor parallelism with sequence
+        # parallelism; runtime/parallel/moe_local_routing.py): sums a per-rank statistic over
+        # those ranks, so the balancing loss, the load and the entropy are those of the whole
+        # micro-batch. `token_shards`: how many equal shards.
         self.token_sum = None
         self.token_shards = 1
 

@@ -13,8 +13,9 @@ Layouts are written as degrees joined by `x`, with options after `+`:
 dpN replicated data parallel (zero 0); fsdpN sharded (zero 3; +zero1/+zero2 for the others); tpN
 tensor parallel with sequence parallelism (+nosp without); ppN pipeline (1F1B; +gpipe, +zb zero bubble, +vK for the
 interleaved schedule with K stages per rank); epN expert parallel, folded out of dp (implies dpN
-when no dp is given); +full / +selective activation recompute; +etp splits the MoE experts over tp
-(expert tensor parallelism, etp = tp).
+when no dp is given; dropless MoE layers fold it over dp x cp x tp, e.g. dp1xtp2xep2); +full /
++selective activation recompute; +etp splits the MoE experts over tp (expert tensor parallelism,
+etp = tp).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from vlac.compiler.moe_routing import token_shards
 from vlac.spec import Experiment
 from vlac.spec.system import Cluster
 
@@ -154,8 +156,15 @@ def why_not_applicable(exp: Experiment, layout: Layout) -> list[str]:
         reasons.append(f"ep{layout.ep} needs a mixture of experts; the spec has no moe section")
     elif layout.ep > 1 and moe.experts % layout.ep:
         reasons.append(f"ep{layout.ep} does not divide moe.experts = {moe.experts}")
-    if layout.ep > 1 and layout.dp % layout.ep:
+    # expert parallelism folds over the ranks holding distinct tokens: dp, and for dropless layers cp
+    # and tp under sequence parallelism (vlac.compiler.moe_routing)
+    tp_shards, cp_shards = token_shards(moe is not None and moe.capacity_factor is None, layout.etp, layout.tp,
+                                        layout.sequence_parallel, layout.cp)
+    if layout.ep > 1 and tp_shards * cp_shards == 1 and layout.dp % layout.ep:
         reasons.append(f"ep{layout.ep} is folded out of data parallelism; dp{layout.dp} is not a multiple of it")
+    elif layout.ep > 1 and layout.dp * tp_shards * cp_shards % layout.ep:
+        reasons.append(f"ep{layout.ep} is folded over the dp x cp x tp ranks of the dropless MoE layers; "
+                       f"{layout.dp * tp_shards * cp_shards} is not a multiple of it")
     if layout.etp > 1 and moe is None:
         reasons.append("+etp splits experts; the spec has no moe section")
     return reasons

@@ -18,9 +18,11 @@ What runs where:
   for the fused kernel, becomes explicit rows. RoPE rotates each token at its global position,
   or, in packed rows, at its position in its document (the model's positions of the whole row,
   cut to this rank's tokens like the residual stream);
-- MoE layers gather their input to the whole sequence (in natural order) and keep their output
-  rows: capacity, token dropping (first come, first served in sequence order), the balancing
-  losses and expert loads are then exactly those of one process;
+- MoE layers with a capacity gather their input to the whole sequence (in natural order) and keep
+  their output rows: capacity, token dropping (first come, first served in sequence order), the
+  balancing losses and expert loads are then exactly those of one process. Dropless layers route
+  this rank's tokens and sum what they read of the whole micro-batch (load, balancing-loss
+  statistics) over cp (moe_local_routing.py): the same outputs, experts run once per token;
 - after the final norm the hidden state is all-gathered back into natural order, so logits, the
   losses and the contrastive / flow heads see the whole sequence as before.
 A ring (P2P, overlapped with the block's compute) exchange of K/V chunks would hide the all-gather;
@@ -71,6 +73,7 @@ from vlac.spec import Experiment
 from ..kernels import apply_rope
 from ..layers import rotate_at
 from .mesh import LayoutError
+from .moe_local_routing import route_locally, routes_over_cp
 
 SEQ = 1  # the sequence dimension of [batch, seq, ...] activations
 
@@ -302,7 +305,9 @@ def apply_context_parallel(model: nn.Module, exp: Experiment, cp_mesh: DeviceMes
             attn.rotary = RotaryAtPositions(attn.rotary, shard)
     for block in model.layers:
         block.register_forward_pre_hook(_block_inputs(shard), with_kwargs=True)
-        if _is_moe(block.mlp):
+        if _is_moe(block.mlp) and routes_over_cp(block.mlp):  # dropless: this rank's tokens (see above)
+            route_locally(block.mlp, shard.group, "cp")
+        elif _is_moe(block.mlp):
             # after sequence parallelism's gather of the input, before its split of the output
             block.mlp.register_forward_pre_hook(lambda _, args: (shard.gather(args[0]), *args[1:]))
             block.mlp.register_forward_hook(lambda _, __, out: (shard.shard(out[0]), *out[1:]), prepend=True)

@@ -18,7 +18,10 @@ so no slots) exchange their routed copies with uneven splits instead
 (runtime/parallel/expert_parallel_dropless.py).
 
 Expert weights become DTensors sharded on dim 0 over the `ep` mesh (checkpoints reshard them to
-any other layout); their gradients are summed over the `edp` ranks that hold the same experts.
+any other layout); their gradients are summed over the `edp` ranks that hold the same experts. The
+ep and edp ranks are those holding distinct tokens of the MoE layers (mesh.py): the data-parallel
+ranks, and for dropless layers, which route their own tokens, the context-parallel and (under
+sequence parallelism) the tensor-parallel ranks as well; each then exchanges its own tokens.
 
 With expert tensor parallelism (etp = tp, runtime/parallel/expert_tensor_parallel.py) the expert
 weights are also sharded along their inner width over the `tp` mesh dimension: w1/w3 [E, d, f]
@@ -36,7 +39,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module, distribute_tensor
 
 from .expert_parallel_dropless import expert_parallel_dropless
-from .mesh import Mesh
+from .mesh import Mesh, ParallelDims
 
 INNER_DIM = {"w1": 2, "w3": 2, "w2": 1}  # the inner (ffn) dimension of each stacked expert weight
 
@@ -163,16 +166,36 @@ def rescale_expert_grads(params: list[nn.Parameter], factor: float) -> None:
             p.grad.mul_(factor)
 
 
+def expert_grad_divisor(dims: ParallelDims) -> int:
+    """What the sum of an expert's gradients over all the ranks holding it is divided by: dp, as
+    the data-parallel mean of the other parameters, times cp when the ep x edp ranks span cp (each
+    cp rank's gradient is cp times its tokens' share: context_parallel.py). The tp ranks, when
+    spanned, hold distinct tokens of one loss: their shares add up as they are."""
+    return dims.dp * (dims.cp if "cp" in dims.moe_token_dims else 1)
+
+
+def fsdp_expert_scale(dims: ParallelDims) -> float:
+    """The factor that turns FSDP's mean over the `edp` ranks into the sum over them divided by
+    `expert_grad_divisor` (a divide factor inside FSDP needs PREMUL_SUM, which gloo lacks)."""
+    return (dims.token_ranks // dims.ep) / expert_grad_divisor(dims)
+
+
+def folded_dims(dims: ParallelDims) -> tuple[str, ...]:
+    """The dims besides dp whose ranks the expert reduction sums over already: the generic tp sum
+    (moe_local_routing.py) and cp average (context_parallel.py) must leave the experts alone there,
+    since the ranks of those dims hold other experts."""
+    return tuple(d for d in dims.moe_token_dims if d != "dp") if dims.ep > 1 else ()
+
+
 @torch.no_grad()
-def reduce_expert_grads(params: list[nn.Parameter], edp_group: dist.ProcessGroup | None, dp: int) -> None:
+def reduce_expert_grads(params: list[nn.Parameter], edp_group: dist.ProcessGroup | None, divisor: int) -> None:
     """Expert gradients after backward: every rank's loss reached the experts through the
     all-to-all, so a rank's local gradient is already summed over its `ep` group; sum it over the
-    `edp` ranks holding the same experts, then divide by dp like the data-parallel average of the
-    other parameters."""
+    `edp` ranks holding the same experts, then divide by `divisor` (`expert_grad_divisor`)."""
     for p in params:
         if p.grad is None:
             continue
         g = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
         if edp_group is not None:
             dist.all_reduce(g, group=edp_group)
-        g.div_(dp)
+        g.div_(divisor)

@@ -3,22 +3,31 @@
 The world is laid out as (pp, dp_replicate, dp_shard, cp, tp), outermost to innermost, as the
 plan's `mesh_order` says: tensor parallelism on adjacent ranks (inside the NVLink domain), then
 context, data, and pipeline stages outermost. The plan's `dp` is either replicated (zero 0: DDP or
-HSDP with a shard group of one) or sharded (zero >= 1: FSDP2). Expert parallelism is folded out of
-the data dimension: the dp ranks split into `edp` groups of `ep` adjacent ranks; the experts are
-sharded over an `ep` group and replicated over `edp`.
+HSDP with a shard group of one) or sharded (zero >= 1: FSDP2).
+
+Expert parallelism is folded over the ranks that hold distinct tokens of the MoE layers
+(`moe_token_dims`): the data-parallel ranks always; for dropless layers, which route their own
+tokens (vlac.compiler.moe_routing), the context-parallel ranks and, under sequence parallelism
+with etp = 1, the tensor-parallel ranks too, as the cost model folds it. Those ranks, flattened
+in mesh order, split into `edp` groups of `ep` adjacent ranks: the expert mesh is
+(pp, edp, ep, *the other dims), e.g. (pp, edp, ep, cp, tp) for layers with a capacity (gathered
+over cp and tp) and (pp, edp, ep) for dropless ones under sp. The experts are sharded over an `ep`
+group and replicated over `edp`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from math import prod
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
+from vlac.compiler.moe_routing import routes_own_tokens, token_shards
+
 MESH_DIMS = ("pp", "dp_replicate", "dp_shard", "cp", "tp")
-EXPERT_MESH_DIMS = ("pp", "edp", "ep", "cp", "tp")
 SCHEDULES = ("1f1b", "interleaved_1f1b", "gpipe", "zero_bubble")
 
 
@@ -40,6 +49,8 @@ class ParallelDims:
     virtual_stages: int
     etp: int = 1
     recompute: tuple[str, ...] = ("none",)  # per pipeline rank
+    # the dims whose ranks hold distinct tokens of the MoE layers: ep is folded over them (`with_moe`)
+    moe_token_dims: tuple[str, ...] = ("dp",)
 
     @classmethod
     def from_plan(cls, plan: dict[str, Any]) -> "ParallelDims":
@@ -52,6 +63,26 @@ class ParallelDims:
                    schedule=p["schedule"], virtual_stages=p["virtual_stages"],
                    etp=p.get("expert_tensor_parallel", 1),
                    recompute=tuple(p.get("recompute_per_stage") or [p["recompute"]] * p["pp"]))
+
+    def with_moe(self, dropless: bool) -> "ParallelDims":
+        """These dims for a model whose MoE layers are dropless (or have a capacity): a dropless
+        layer's tokens are split over cp, and over tp under sp with etp = 1 (cp listed even at
+        cp = 1 then, so that the folded dims stay adjacent in mesh order)."""
+        tp_shards, _ = token_shards(dropless, self.etp, self.tp, self.sequence_parallel, self.cp)
+        dims = ("dp",) + ("cp",) * bool(routes_own_tokens(dropless, self.etp)) + ("tp",) * (tp_shards > 1)
+        return replace(self, moe_token_dims=dims)
+
+    @property
+    def token_ranks(self) -> int:
+        """Ranks that hold distinct tokens of the MoE layers within one pipeline stage (ep x edp)."""
+        return prod(self.dp if d == "dp" else getattr(self, d) for d in self.moe_token_dims)
+
+    @property
+    def expert_mesh_dims(self) -> tuple[str, ...]:
+        """(pp, edp, ep, *the mesh dims after the folded ones)."""
+        last = self.moe_token_dims[-1]
+        rest = MESH_DIMS[MESH_DIMS.index("dp_shard" if last == "dp" else last) + 1:]
+        return ("pp", "edp", "ep", *rest)
 
     @property
     def dp(self) -> int:
@@ -68,7 +99,7 @@ class ParallelDims:
     def summary(self) -> str:
         parts = [f"{name} {size}" for name, size in zip(MESH_DIMS, self.shape) if size > 1]
         if self.ep > 1:
-            parts.append(f"ep {self.ep} (within dp)")
+            parts.append(f"ep {self.ep} (within {' x '.join(self.moe_token_dims)})")
         return " x ".join(parts) or "single process"
 
     def check(self, world: int) -> None:
@@ -86,9 +117,17 @@ class ParallelDims:
         if len(self.recompute) != self.pp:
             raise LayoutError(f"plan.recompute_per_stage lists {len(self.recompute)} policies for pp = {self.pp} "
                               f"pipeline ranks; re-emit the program")
-        if self.ep > 1 and self.dp % self.ep:
+        if self.ep > 1 and self.moe_token_dims == ("dp",) and self.dp % self.ep:
             raise LayoutError(f"plan.ep = {self.ep} must divide plan.dp = {self.dp}: expert parallelism is folded "
-                              f"out of the data-parallel ranks; re-plan with --pin ep=<a divisor of dp>")
+                              f"out of the data-parallel ranks (MoE layers with a capacity, or experts split by "
+                              f"width); re-plan with --pin ep=<a divisor of dp>, or make the layers dropless "
+                              f"(moe.capacity_factor: null) with etp = 1")
+        if self.ep > 1 and self.token_ranks % self.ep:
+            names = " x ".join(f"{d} {self.dp if d == 'dp' else getattr(self, d)}" for d in self.moe_token_dims)
+            raise LayoutError(f"plan.ep = {self.ep} must divide the {self.token_ranks} ranks that hold distinct "
+                              f"tokens of the dropless MoE layers ({names}; tp counts under sequence parallelism): "
+                              f"expert parallelism is folded over them; re-plan with --pin ep=<a divisor of "
+                              f"{self.token_ranks}>")
         if self.pp > 1 and self.schedule not in SCHEDULES:
             raise LayoutError(f"plan.schedule = {self.schedule!r} is not run by this runtime; choose one of "
                               f"{', '.join(SCHEDULES)} (--pin schedule=1f1b)")
@@ -148,7 +187,7 @@ class Mesh:
     @property
     def edp_group(self) -> dist.ProcessGroup | None:
         """Ranks that hold the same experts (and see different data): expert gradients are summed here."""
-        if self.experts is None or self.dims.dp // self.dims.ep == 1:
+        if self.experts is None or self.dims.token_ranks // self.dims.ep == 1:
             return None
         return self.experts.get_group("edp")
 
@@ -163,7 +202,10 @@ def build_mesh(dims: ParallelDims, device_type: str) -> Mesh:
     world = init_device_mesh(device_type, dims.shape, mesh_dim_names=MESH_DIMS)
     experts = None
     if dims.ep > 1:
-        # same ranks, the dp coordinate split into (edp, ep) with ep innermost (adjacent ranks)
-        ranks = torch.arange(dims.world).view(dims.pp, dims.dp // dims.ep, dims.ep, dims.cp, dims.tp)
-        experts = DeviceMesh(device_type, ranks, mesh_dim_names=EXPERT_MESH_DIMS)
+        # same ranks, the folded dims' coordinates (adjacent in mesh order) flattened and split into
+        # (edp, ep) with ep innermost (adjacent ranks); the dims after them kept
+        names = dims.expert_mesh_dims
+        rest = [dims.shape[MESH_DIMS.index(d)] for d in names[3:]]
+        ranks = torch.arange(dims.world).view(dims.pp, dims.token_ranks // dims.ep, dims.ep, *rest)
+        experts = DeviceMesh(device_type, ranks, mesh_dim_names=names)
     return Mesh(dims, world, experts)

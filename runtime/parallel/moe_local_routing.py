@@ -1,24 +1,34 @@
-"""Local routing: a dropless MoE layer under tensor (and sequence) parallelism with etp = 1 routes
-the tokens of its own sequence shard, as Megatron-Core does, instead of gathering the whole
-sequence and running every expert on it on every tensor-parallel rank.
+"""Local routing: a dropless MoE layer routes the tokens its rank holds, as Megatron-Core does,
+instead of gathering the whole micro-batch and running every expert on it on every rank that holds
+a part of it: under context parallelism (each cp rank holds its chunks of the sequence) and under
+tensor parallelism with sequence parallelism and etp = 1 (each tp rank holds a sequence shard). The
+rule is vlac.compiler.moe_routing's, which the cost model reads too.
 
 Dropless routing sends each token copy to its expert however the other tokens route, so a token's
-output does not depend on which rank routes it: splitting the micro-batch over the tp ranks gives
-one process's outputs exactly. (With a capacity, which copies are dropped depends on the tokens
-ahead in the whole micro-batch, so capacity layers keep the gathered layout of tensor_parallel.py.)
-What the layer computes from the whole micro-batch is summed over the tp ranks:
+output does not depend on which rank routes it: splitting the micro-batch gives one process's
+outputs exactly. (With a capacity, which copies are dropped depends on the tokens ahead in the
+whole micro-batch, so capacity layers keep the gathered layout of tensor_parallel.py and
+context_parallel.py.) What the layer computes from the whole micro-batch is summed over the ranks
+that split it:
 
   statistics  the load per expert, the router's mean probabilities and its z-loss (the balancing
-              loss reads them) and the entropy: summed forward, the gradient passed through
-              unchanged (each rank's tokens get their own share of the loss's gradient);
+              loss reads them) and the entropy: summed forward over tp, then over cp. Backward,
+              the tp sum passes the gradient through unchanged (the tp ranks compute one loss
+              between them: each rank's tokens get their own share of its gradient); the cp sum
+              sums it over cp, since every cp rank computes the whole loss and cp's gradients are
+              those of the sum of the cp ranks' losses (context_parallel.py), as the cp gather's
+              reduce-scatter does for the activations;
   gradients   the router, the experts and the shared experts are replicated over tp and each rank
               saw only its tokens, so their gradients are summed over tp after backward
               (`sum_grads_over_tp`, after the data-parallel reductions, which are linear too).
+              Over cp nothing more is needed: every parameter's gradient is summed over cp and
+              divided by cp already (`average_grads_over_cp`), which is the exact gradient for a
+              parameter that saw only this rank's tokens as for one that saw all of them.
 
-Under expert parallelism (folded out of dp) each tp rank exchanges its own copies within its ep
-group (the ranks of the same tp coordinate), through the dropless all-to-all. Under context
-parallelism the layer's input is gathered over cp first (context_parallel.py), so the shards are
-the tp ranks' alone.
+Under expert parallelism each rank exchanges its own copies within its ep group, through the
+dropless all-to-all; for dropless layers ep folds over the dp, cp and (under sp) tp ranks alike,
+since all of them hold distinct tokens (mesh.py), and the experts' gradients are then reduced over
+those ranks at once (expert_parallel.py), not by the tp sum and cp average here.
 """
 
 from __future__ import annotations
@@ -27,39 +37,63 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from vlac.compiler.moe_routing import routes_own_tokens
+
 from .grads import local_tensor
 
 
 class _SumForward(torch.autograd.Function):
-    """Sum over `group` forward; the gradient passes through unchanged (each rank's input is its
-    own share of the sum, whose gradient every rank holds whole)."""
+    """Sum over `group` forward. Backward, the gradient passes through unchanged (`sum_backward`
+    False: each rank's input is its own share of the sum, whose gradient every rank holds whole)
+    or is summed over `group` too (True: the ranks' losses add up, see the module docstring)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, group: dist.ProcessGroup, sum_backward: bool) -> torch.Tensor:
+        ctx.group, ctx.sum_backward = group, sum_backward
         out = x.contiguous().clone()
         dist.all_reduce(out, group=group)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return grad, None
+        if ctx.sum_backward:
+            grad = grad.contiguous().clone()
+            dist.all_reduce(grad, group=ctx.group)
+        return grad, None, None
 
 
 def routes_locally(layer: nn.Module, sequence_parallel: bool, expert_tp: bool) -> bool:
-    """Whether an MoE layer under tp > 1 routes its own sequence shard (else it is gathered)."""
-    return sequence_parallel and not expert_tp and getattr(layer, "dropless", False)
+    """Whether an MoE layer under tp > 1 routes its own sequence shard (else it is gathered).
+    `expert_tp`: its experts are split by width over the tp group (etp = tp > 1)."""
+    return bool(sequence_parallel and routes_own_tokens(getattr(layer, "dropless", False), 1 + expert_tp))
 
 
-def route_locally(layer: nn.Module, group: dist.ProcessGroup) -> None:
-    """Make `layer` (an MoELayer) sum its whole-micro-batch statistics over `group`."""
-    layer.token_sum = lambda x: _SumForward.apply(x, group)
-    layer.token_shards = dist.get_world_size(group)
+def routes_over_cp(layer: nn.Module) -> bool:
+    """Whether an MoE layer under cp > 1 routes this cp rank's tokens (else it is gathered). Whole
+    experts: dropless layers with etp > 1 are refused before the model is laid out (support.py)."""
+    return bool(routes_own_tokens(getattr(layer, "dropless", False), 1))
 
 
-def locally_routed_params(model: nn.Module) -> list[nn.Parameter]:
-    """The trainable parameters of the layers that route locally, read after every wrapper has
-    replaced them (FSDP, expert parallelism)."""
-    return [p for m in model.modules() if getattr(m, "token_sum", None) is not None
+def route_locally(layer: nn.Module, group: dist.ProcessGroup, over: str = "tp") -> None:
+    """Make `layer` (an MoELayer) sum its whole-micro-batch statistics over `group` as well, the
+    ranks of its `over` dimension ("tp" or "cp"), which split its tokens."""
+    steps = getattr(layer, "token_groups", None)
+    if steps is None:
+        steps = layer.token_groups = []
+
+        def token_sum(x: torch.Tensor) -> torch.Tensor:
+            for g, dim in steps:  # the order they were added in, the same on every rank
+                x = _SumForward.apply(x, g, dim == "cp")
+            return x
+        layer.token_sum = token_sum
+    steps.append((group, over))
+    layer.token_shards *= dist.get_world_size(group)
+
+
+def locally_routed_params(model: nn.Module, over: str = "tp") -> list[nn.Parameter]:
+    """The trainable parameters of the layers that route their own tokens over the `over`
+    dimension, read after every wrapper has replaced them (FSDP, expert parallelism)."""
+    return [p for m in model.modules() if any(dim == over for _, dim in getattr(m, "token_groups", ()))
             for p in m.parameters() if p.requires_grad]
 
 

@@ -27,8 +27,8 @@ from .activation_checkpoint import apply_activation_checkpointing
 from .context_parallel import apply_context_parallel, average_grads_over_cp
 from .data_parallel import average_grads, loss_heads, replicate_module, shard_module, uses_ddp
 from .moe_local_routing import locally_routed_params, sum_grads_over_tp
-from .expert_parallel import (apply_expert_parallel, expert_mesh, reduce_expert_grads, rescale_expert_grads,
-                              shard_experts_over_edp)
+from .expert_parallel import (apply_expert_parallel, expert_grad_divisor, expert_mesh, folded_dims, fsdp_expert_scale,
+                              reduce_expert_grads, rescale_expert_grads, shard_experts_over_edp)
 from .grads import clip_, grad_norm
 from .mesh import Mesh, ParallelDims, build_mesh
 from .pipeline import build_pipeline
@@ -79,16 +79,23 @@ class ParallelModel:
     def finish_gradients(self) -> None:
         """The data-parallel reductions the wrappers (DDP, FSDP) do not do."""
         if self.expert_params:
-            reduce_expert_grads(self.expert_params, self.mesh.edp_group, self.dims.dp)
+            reduce_expert_grads(self.expert_params, self.mesh.edp_group, expert_grad_divisor(self.dims))
         if self.fsdp_expert_params:
-            rescale_expert_grads(self.fsdp_expert_params, 1.0 / self.dims.ep)
+            rescale_expert_grads(self.fsdp_expert_params, fsdp_expert_scale(self.dims))
         if self.replicated_params:
             average_grads(self.replicated_params, self.mesh.group("dp_shard") or self.mesh.group("dp_replicate"),
                           self.dims.dp)
         if self.routed_locally:  # each tp rank's share of the whole micro-batch's gradient
-            sum_grads_over_tp(self.routed_locally, self.mesh.group("tp"))
+            sum_grads_over_tp(self._not_folded(self.routed_locally, "tp"), self.mesh.group("tp"))
         if self.dims.cp > 1:  # cp ranks are replicas of the parameters (context_parallel.py)
-            average_grads_over_cp(self.parameters(), self.mesh.group("cp"), self.dims.cp)
+            average_grads_over_cp(self._not_folded(self.parameters(), "cp"), self.mesh.group("cp"), self.dims.cp)
+
+    def _not_folded(self, params: list[nn.Parameter], dim: str) -> list[nn.Parameter]:
+        """`params` less the experts whose ep x edp ranks span `dim` (reduced over it already)."""
+        if dim not in folded_dims(self.dims):
+            return params
+        experts = {id(p) for p in self.expert_params + self.fsdp_expert_params}
+        return [p for p in params if id(p) not in experts]
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -121,7 +128,8 @@ def parallelize(model: nn.Module, exp: Experiment, plan: dict[str, Any], env: Di
                 fp8_backend: str = "auto") -> ParallelModel:
     """Lay `model` (built identically on every rank) out as plan.json says."""
     check_runnable(exp, plan.get("plan", plan))  # the limits the planner also honours (support.py)
-    dims = ParallelDims.from_plan(plan)
+    # expert parallelism folds over the ranks holding distinct tokens of the MoE layers (mesh.py)
+    dims = ParallelDims.from_plan(plan).with_moe(exp.moe is not None and exp.moe.capacity_factor is None)
     dims.check(env.world)
     mesh = build_mesh(dims, env.device.type)
     precision = Precision.for_run(exp, plan, env.device, fp8_backend)

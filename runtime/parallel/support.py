@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from vlac.compiler.moe_routing import routes_own_tokens, token_shards
 from vlac.spec import Experiment
 
 Columns = Mapping[str, Any]
@@ -43,14 +44,22 @@ def _always(_: Experiment) -> bool:
     return True
 
 
-def _moe_costed_per_rank(exp: Experiment) -> bool:
-    """A MoE costed as another stack runs it (each rank routing its own tokens): vlac's runtime
-    gathers the layer's input over tp and cp, which the cost model charges only for stack: vlac."""
-    return exp.moe is not None and exp.stack.preset != "vlac"
-
-
 def _dropless(exp: Experiment) -> bool:
     return exp.moe is not None and exp.moe.capacity_factor is None
+
+
+def _moe_gathered_costed_per_rank(exp: Experiment) -> bool:
+    """MoE layers that vlac's runtime gathers over tp and cp (a capacity: compiler/moe_routing.py),
+    costed as another stack runs them (each rank routing its own tokens); the cost model charges
+    the gather only for stack: vlac."""
+    return (exp.moe is not None and exp.stack.preset != "vlac"
+            and not routes_own_tokens(_dropless(exp), 1))
+
+
+def _dropless_token_ranks(c: Columns):
+    """Ranks of a pipeline stage that hold distinct tokens of a dropless MoE layer (mesh.py)."""
+    tp_shards, cp_shards = token_shards(True, c["etp"], c["tp"], c["sp"], c["cp"])
+    return c["dp"] * tp_shards * cp_shards
 
 
 LIMITS: tuple[Limit, ...] = (
@@ -63,8 +72,15 @@ LIMITS: tuple[Limit, ...] = (
           "precision.fp8.recipe: current or delayed, or --pin tp=1",
           lambda e: e.precision.fp8.recipe in ("block", "mxfp8"), lambda c: (c["tp"] > 1) & c["fp8"]),
     Limit("expert_parallel_outside_dp",
-          "expert parallelism folded beyond the data-parallel ranks (ep must divide dp here)",
-          "--pin ep=<a divisor of dp>", _always, lambda c: (c["ep"] > 1) & (c["dp"] % c["ep"] != 0)),
+          "expert parallelism folded beyond the data-parallel ranks for MoE layers with a capacity (ep must divide "
+          "dp here: the tp and cp ranks hold the same gathered tokens)",
+          "--pin ep=<a divisor of dp>, or moe.capacity_factor: null (dropless layers fold ep over dp*cp*tp)",
+          lambda e: not routes_own_tokens(_dropless(e), 1), lambda c: (c["ep"] > 1) & (c["dp"] % c["ep"] != 0)),
+    Limit("expert_parallel_outside_token_ranks",
+          "expert parallelism with dropless routing folded beyond the ranks that hold distinct tokens (ep must "
+          "divide dp*cp, times tp under sequence parallelism with etp = 1)",
+          "--pin sequence_parallel=true, or ep=<a divisor of dp*cp>",
+          _dropless, lambda c: (c["ep"] > 1) & (_dropless_token_ranks(c) % c["ep"] != 0)),
     Limit("zero_bubble_fsdp3", "the zero-bubble schedule with ZeRO-3 (FSDP reshards the parameters between a "
           "micro-batch's input-gradient and its deferred weight-gradient pass)", "--pin zero=2, or --pin schedule=1f1b",
           _always, lambda c: (c["pp"] > 1) & (c["schedule"] == "zero_bubble") & (c["dp"] > 1) & (c["zero"] >= 3)),
@@ -79,12 +95,12 @@ LIMITS: tuple[Limit, ...] = (
           "than vlac's times them (each rank routing its own sequence shard; this runtime runs all experts on the "
           "whole sequence on every tensor-parallel rank, which keeps capacity exact; dropless layers route their "
           "own shard)", "--pin etp=<tp>, moe.capacity_factor: null, or stack.preset: vlac",
-          lambda e: _moe_costed_per_rank(e) and not _dropless(e), lambda c: (c["tp"] > 1) & (c["etp"] == 1),
-          refused=False),
-    Limit("moe_replicated_over_cp", "MoE layers under context parallelism as a stack other than vlac's times them "
-          "(each rank routing its own tokens; this runtime runs the experts on the whole sequence on every "
-          "context-parallel rank, which keeps capacity exact)", "--pin cp=1, or stack.preset: vlac",
-          _moe_costed_per_rank, lambda c: c["cp"] > 1, refused=False),
+          _moe_gathered_costed_per_rank, lambda c: (c["tp"] > 1) & (c["etp"] == 1), refused=False),
+    Limit("moe_replicated_over_cp", "MoE layers with a capacity under context parallelism as a stack other than "
+          "vlac's times them (each rank routing its own tokens; this runtime runs the experts on the whole sequence "
+          "on every context-parallel rank, which keeps capacity exact; dropless layers route their own tokens)",
+          "--pin cp=1, moe.capacity_factor: null, or stack.preset: vlac",
+          _moe_gathered_costed_per_rank, lambda c: c["cp"] > 1, refused=False),
     Limit("per_modality_clip", "optimizer.per_modality_clip with pipeline, expert, context or sharded data "
           "parallelism, or with data and tensor parallelism together", "--pin pp=1,ep=1,cp=1,zero=0 (and tp=1 or dp=1)",
           lambda e: e.optimizer.per_modality_clip,
