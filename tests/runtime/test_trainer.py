@@ -2,13 +2,11 @@
 loss normaliser is the global count of target tokens, summed over the data-parallel replicas only."""
 
 import json
-import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from process_cases import spawn_cases
 
 import vlac
 from vlac.runtime.data import IGNORE, SyntheticData
@@ -60,38 +58,43 @@ def test_a_rank_builds_only_its_own_share_of_the_global_batch():
     assert 0 < own < data.global_loss_tokens(STEP)  # a share, not the whole batch
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _rank(rank: int, layout: dict, out: str) -> None:
+    """One layout on this rank of the process group (spawn_cases runs every layout in one)."""
+    mesh = build_mesh(ParallelDims.from_plan(layout), "cpu")
+    data = SyntheticData(vlac.load(TINY))
+    built = recording(data)
+    batches = rank_micro_batches(data, STEP, layout, mesh, torch.device("cpu"))
+    Path(out, f"{rank}.json").write_text(json.dumps({"norm": float(batches[0]["loss_norm"]), "built": built}))
 
 
-def _rank(rank: int, world: int, port: int, layout: dict, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        mesh = build_mesh(ParallelDims.from_plan(layout), "cpu")
-        data = SyntheticData(vlac.load(TINY))
-        built = recording(data)
-        batches = rank_micro_batches(data, STEP, layout, mesh, torch.device("cpu"))
-        Path(out, f"{rank}.json").write_text(json.dumps({"norm": float(batches[0]["loss_norm"]), "built": built}))
-    finally:
-        torch.distributed.destroy_process_group()
+# name -> (layout, data-parallel replicas)
+LAYOUTS = {
+    "dp2": (plan(dp=2, mb=4, m=2), 2),  # replicated data parallel
+    "fsdp2": (plan(dp=2, mb=4, m=2, zero=3), 2),  # sharded: the replicas are dp_shard coordinates
+    "tp2": (plan(dp=1, mb=8, m=2, tp=2), 1),  # one replica on two ranks: counted once, not twice
+}
+
+
+@pytest.fixture(scope="module")
+def layouts_run(tmp_path_factory) -> Path:
+    """LAYOUT/{0,1}.json of every layout, from one spawn of 2 ranks (starting them costs more
+    than a layout)."""
+    root = tmp_path_factory.mktemp("trainer-layouts")
+    for name in LAYOUTS:
+        (root / name).mkdir()
+    spawn_cases(_rank, {name: (layout, str(root / name)) for name, (layout, _) in LAYOUTS.items()}, nprocs=2,
+                out=root / "done.json")
+    return root
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout, replicas", [
-    (plan(dp=2, mb=4, m=2), 2),  # replicated data parallel
-    (plan(dp=2, mb=4, m=2, zero=3), 2),  # sharded: the replicas are dp_shard coordinates
-    (plan(dp=1, mb=8, m=2, tp=2), 1),  # one replica on two ranks: counted once, not twice
-])
-def test_the_norm_is_the_global_count_summed_over_replicas_only(tmp_path, layout, replicas):
-    mp.spawn(_rank, args=(2, _free_port(), layout, str(tmp_path)), nprocs=2)
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_the_norm_is_the_global_count_summed_over_replicas_only(layouts_run, name):
+    replicas = LAYOUTS[name][1]
     exp = vlac.load(TINY)
     g = exp.train.global_batch
     expected = SyntheticData(exp).global_loss_tokens(STEP)
-    ranks = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
+    ranks = [json.loads((layouts_run / name / f"{r}.json").read_text()) for r in range(2)]
     assert [r["norm"] for r in ranks] == [expected, expected]
     everything = list(range(STEP * g, (STEP + 1) * g))
     if replicas == 2:  # disjoint halves that tile the batch
