@@ -4,13 +4,11 @@ data (ZeRO-3) and tensor parallelism, while the trainable components upstream of
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from process_cases import spawn_cases
 
 import vlac
 from vlac.spec.system import Cluster
@@ -91,52 +89,56 @@ def _plan(exp, pins: dict) -> dict:
     return vlac.plan(exp, cluster=two, pin={**base, **pins}).to_json()
 
 
-def _rank(rank: int, port: int, case: str, plan: dict, work: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        from torch.distributed.tensor import DTensor
+def _rank(rank: int, case: str, plan: dict, work: str) -> None:
+    """One layout on this rank of the process group (spawn_cases runs both layouts in one)."""
+    from torch.distributed.tensor import DTensor
 
-        from vlac.runtime.data import SyntheticData
-        from vlac.runtime.distributed import DistEnv
-        from vlac.runtime.model import build_model
-        from vlac.runtime.optim import build_optimizer
-        from vlac.runtime.parallel import parallelize
-        from vlac.runtime.trainer import rank_micro_batches
+    from vlac.runtime.data import SyntheticData
+    from vlac.runtime.distributed import DistEnv
+    from vlac.runtime.model import build_model
+    from vlac.runtime.optim import build_optimizer
+    from vlac.runtime.parallel import parallelize
+    from vlac.runtime.trainer import rank_micro_batches
 
-        exp = _exp(case)
-        layout = parallelize(build_model(exp), exp, plan, DistEnv(rank, 2, rank, torch.device("cpu")))
-        opt = build_optimizer(layout.model, exp)
-        data = SyntheticData(exp)
-        for step in range(2):
-            layout.forward_backward(rank_micro_batches(data, step, plan["plan"], layout.mesh, torch.device("cpu")))
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        clean = lambda n: n.replace("_checkpoint_wrapped_module.", "").replace("module.", "")  # noqa: E731
-        full = {clean(n): (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone()
-                for n, p in layout.model.named_parameters()}
-        state = sorted(clean(n) for n, p in layout.model.named_parameters() if p in opt.state)
-        torch.save({"full": full, "state": state}, Path(work) / f"rank{rank}.pt")
-    finally:
-        torch.distributed.destroy_process_group()
+    exp = _exp(case)
+    layout = parallelize(build_model(exp), exp, plan, DistEnv(rank, 2, rank, torch.device("cpu")))
+    opt = build_optimizer(layout.model, exp)
+    data = SyntheticData(exp)
+    for step in range(2):
+        layout.forward_backward(rank_micro_batches(data, step, plan["plan"], layout.mesh, torch.device("cpu")))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    clean = lambda n: n.replace("_checkpoint_wrapped_module.", "").replace("module.", "")  # noqa: E731
+    full = {clean(n): (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone()
+            for n, p in layout.model.named_parameters()}
+    state = sorted(clean(n) for n, p in layout.model.named_parameters() if p in opt.state)
+    torch.save({"full": full, "state": state}, Path(work) / f"rank{rank}.pt")
+
+
+@pytest.fixture(scope="module")
+def layouts_run(tmp_path_factory) -> Path:
+    """LAYOUT/rank{0,1}.pt of every layout, from one spawn of 2 ranks (starting them costs more
+    than a layout)."""
+    root = tmp_path_factory.mktemp("freeze-layouts")
+    exp = _exp("lm")
+    cases = {}
+    for layout, pins in LAYOUTS.items():
+        (root / layout).mkdir()
+        cases[layout] = ("lm", _plan(exp, pins), str(root / layout))
+    spawn_cases(_rank, cases, nprocs=2, out=root / "done.json")
+    return root
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_frozen_lm_is_untouched_under_layout(layout, tmp_path):
+def test_frozen_lm_is_untouched_under_layout(layout, layouts_run):
     from vlac.runtime.model import build_model
 
     case = "lm"
-    exp = _exp(case)
-    initial = build_model(exp)
+    initial = build_model(_exp(case))
     frozen = _frozen(initial, case)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_rank, args=(port, case, _plan(exp, LAYOUTS[layout]), str(tmp_path)), nprocs=2)
     for rank in range(2):
-        got = torch.load(tmp_path / f"rank{rank}.pt")
+        got = torch.load(layouts_run / layout / f"rank{rank}.pt")
         for name, p in initial.named_parameters():
             assert torch.equal(got["full"][name], p.detach()) == (name in frozen), (layout, rank, name)
         assert set(got["state"]) == {n for n, _ in initial.named_parameters()} - frozen, (layout, rank)
