@@ -27,6 +27,10 @@ from .search_space import SCHEDULE_CODES, Limits, Space, enumerate_space
 PIN_KEYS = ("dp", "tp", "pp", "ep", "cp", "zero", "sequence_parallel", "microbatch_size", "schedule",
             "virtual_stages", "recompute", "etp", "reshard_after_forward")
 TOP_ALTERNATIVES = 5
+# vlac's runtime gets the policy per stage, not yet the stage's count (recompute_layers_per_stage)
+PARTIAL_RECOMPUTE_NOTE = ("full recompute of part of a stage's blocks (plan.recompute_layers_per_stage) is not how this "
+                          "runtime runs it: it recomputes every block of a `full` stage; set stack.partial_recompute: "
+                          "false to plan that")
 ADVICE_NODE_FACTORS = (2, 4, 8, 16, 32, 64)
 
 
@@ -283,7 +287,8 @@ def _runtime_note(exp: Experiment, pins: dict[str, Any], chosen: Estimate, limit
                          "expert_tensor_parallel": lay.etp, "zero": lay.zero, "num_microbatches": lay.num_microbatches,
                          "sequence_parallel": lay.sequence_parallel, "schedule": lay.schedule, "fp8": lay.fp8})
     note: dict[str, Any] = {"runs": not unsupported(exp, cols), "unsupported": unsupported(exp, cols),
-                            "not_as_timed": not_as_timed(exp, cols),
+                            "not_as_timed": not_as_timed(exp, cols) + ([PARTIAL_RECOMPUTE_NOTE] if lay.stage_recompute_layers
+                                                                       else []),
                             "excluded_layouts": {k: int(m.sum()) for k, m in limits.items()},
                             "excluded_total": int((~runnable).sum())}
     if note["unsupported"] or note["not_as_timed"]:

@@ -115,3 +115,15 @@ def test_pipeline_ranks_holding_more_micro_batches_recompute_more(megatron, monk
     assert first > last
     lay = _layout(megatron, ev, 0)
     assert lay.stage_recompute_layers == (int(first), int(last))
+
+
+def test_the_plan_says_the_runtime_recomputes_every_block(megatron, monkeypatch):
+    # vlac's runtime receives the policy per stage, not the count: a partial plan is flagged
+    peaks = [with_k(megatron, j).peak[0] for j in range(LAYERS + 1)]
+    cap_at(monkeypatch, (peaks[1] + peaks[2]) / 2)
+    p = vlac.plan(megatron.exp, graph=megatron.g, pin={"dp": 8, "tp": 1, "pp": 1, "cp": 1, "microbatch_size": 1,
+                                                       "recompute": "full", "zero": 0})
+    assert p.chosen.layout.stage_recompute_layers == (2,)
+    out = p.to_json()
+    assert out["plan"]["recompute_layers_per_stage"] == [2]
+    assert any("recompute_layers_per_stage" in why for why in out["runtime"]["not_as_timed"])
