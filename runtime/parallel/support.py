@@ -57,7 +57,8 @@ def _moe_gathered_costed_per_rank(exp: Experiment) -> bool:
 
 
 def _dropless_token_ranks(c: Columns):
-    """Ranks of a pipeline stage that hold distinct tokens of a dropless MoE layer (mesh.py)."""
+    """Ranks of a pipeline stage that hold distinct tokens of a dropless MoE layer (mesh.py); with
+    etp > 1, which expert_tensor_parallel_dropless refuses, the dp ranks alone."""
     tp_shards, cp_shards = token_shards(True, c["etp"], c["tp"], c["sp"], c["cp"])
     return c["dp"] * tp_shards * cp_shards
 
@@ -80,7 +81,7 @@ LIMITS: tuple[Limit, ...] = (
           "expert parallelism with dropless routing folded beyond the ranks that hold distinct tokens (ep must "
           "divide dp*cp, times tp under sequence parallelism with etp = 1)",
           "--pin sequence_parallel=true, or ep=<a divisor of dp*cp>",
-          _dropless, lambda c: (c["ep"] > 1) & (_dropless_token_ranks(c) % c["ep"] != 0)),
+          _dropless, lambda c: (c["ep"] > 1) & (c["etp"] == 1) & (_dropless_token_ranks(c) % c["ep"] != 0)),
     Limit("zero_bubble_fsdp3", "the zero-bubble schedule with ZeRO-3 (FSDP reshards the parameters between a "
           "micro-batch's input-gradient and its deferred weight-gradient pass)", "--pin zero=2, or --pin schedule=1f1b",
           _always, lambda c: (c["pp"] > 1) & (c["schedule"] == "zero_bubble") & (c["dp"] > 1) & (c["zero"] >= 3)),

@@ -72,3 +72,20 @@ def test_cp_is_as_timed_for_dropless_layers_and_marked_for_capacity_ones():
     capacity = vlac.load(FLAGSHIP, ["moe.capacity_factor=1.25", "stack.preset=megatron-te"])
     assert not any("context-parallel" in m for m in not_as_timed(dropless, layout))
     assert any("context-parallel" in m for m in not_as_timed(capacity, layout))
+
+
+def test_dropless_ep_may_span_tp_and_cp_but_not_tp_ranks_that_share_tokens():
+    """expert_parallel_outside_dp concerns layers with a capacity; a dropless layer folds ep over
+    dp x cp x tp (tp under sp), and an etp > 1 layout is set aside by its own limit only."""
+    from vlac.runtime.parallel.support import excluded
+
+    dropless = vlac.load(FLAGSHIP, ["moe.capacity_factor=null"])
+    capacity = vlac.load(FLAGSHIP)
+    base = {"dp": 1, "tp": 2, "cp": 2, "pp": 1, "ep": 4, "etp": 1, "zero": 0, "sp": True, "m": 4,
+            "schedule": "1f1b", "fp8": False}
+    rows = [base, {**base, "sp": False}, {**base, "etp": 2, "ep": 2}]
+    cols = {k: np.array([r[k] for r in rows]) for k in base}
+    got = {name: mask.tolist() for name, mask in excluded(dropless, cols).items()}
+    assert got == {"expert_parallel_outside_token_ranks": [False, True, False],
+                   "expert_tensor_parallel_dropless": [False, False, True]}
+    assert excluded(capacity, cols)["expert_parallel_outside_dp"].tolist() == [True, True, True]
