@@ -49,6 +49,7 @@ def spawn_cases(case_fn: Callable, cases: dict[str, tuple], nprocs: int, out: Pa
     return value per case name."""
     import torch.multiprocessing as mp
 
+    out.unlink(missing_ok=True)  # what an earlier spawn wrote would name the wrong case
     try:
         mp.spawn(_worker, args=(free_port(), case_fn, cases, nprocs, str(out)), nprocs=nprocs)
     except Exception as e:
