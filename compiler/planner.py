@@ -20,22 +20,17 @@ from .graph import RECOMPUTE, Graph
 from .hardware import Hardware
 from .kernel_costs import KernelCosts, kernel_costs_for
 from .lower import lower
+from .pins import PIN_KEYS, PlanError, check_pin_values, check_pins_legal, no_layout_reason
 from .plan import Estimate, Layout, Plan
 from .profile import CostProfile
 from .search_space import SCHEDULE_CODES, Limits, Space, enumerate_space
 
-PIN_KEYS = ("dp", "tp", "pp", "ep", "cp", "zero", "sequence_parallel", "microbatch_size", "schedule",
-            "virtual_stages", "recompute", "etp", "reshard_after_forward")
 TOP_ALTERNATIVES = 5
 # vlac's runtime gets the policy per stage, not yet the stage's count (recompute_layers_per_stage)
 PARTIAL_RECOMPUTE_NOTE = ("full recompute of part of a stage's blocks (plan.recompute_layers_per_stage) is not how this "
                           "runtime runs it: it recomputes every block of a `full` stage; set stack.partial_recompute: "
                           "false to plan that")
 ADVICE_NODE_FACTORS = (2, 4, 8, 16, 32, 64)
-
-
-class PlanError(ValueError):
-    """Bad pins or a cluster the experiment cannot use at all."""
 
 
 class Search:
@@ -136,13 +131,13 @@ def plan(exp: Experiment, cluster: Cluster | None = None, pin: dict[str, Any] | 
     t0 = time.perf_counter()
     cluster = cluster or exp.cluster
     pins = {**exp.parallelism.pinned(), **(pin or {})}
-    _check_pin_values(pins)
+    check_pin_values(pins)
     g = graph or lower(exp, micro_batch=1)
     search = Search(exp, cluster, g)
-    _check_pins_legal(search.lim, pins)
+    check_pins_legal(search.lim, pins)
     space, ev = search.run(pins)
     if len(space) == 0:
-        raise PlanError(_no_layout_reason(search.lim, pins))
+        raise PlanError(no_layout_reason(search.lim, pins))
 
     runnable, limits = search.runnable(space)
     best_i = _best(ev, runnable)
@@ -382,36 +377,4 @@ def _advice(exp: Experiment, cluster: Cluster, g: Graph, pins: dict[str, Any], c
     return tips
 
 
-# ---- pins -------------------------------------------------------------------------------------------
-def _check_pin_values(pins: dict[str, Any]) -> None:
-    unknown = sorted(set(pins) - set(PIN_KEYS))
-    if unknown:
-        raise PlanError(f"unknown pin(s) {unknown}; valid pins: {', '.join(PIN_KEYS)}")
-    choices = {"schedule": SCHEDULE_CODES, "recompute": RECOMPUTE, "zero": (0, 1, 2, 3),
-               "sequence_parallel": (True, False), "reshard_after_forward": (True, False)}
-    for key, value in pins.items():
-        if key in choices:
-            # bools are ints in Python: compare types too, so zero=True or tp=True is refused
-            if not any(value == c and type(value) is type(c) for c in choices[key]):
-                raise PlanError(f"pin {key}={value!r}: choose one of {', '.join(map(str, choices[key]))}")
-        elif type(value) is not int or value < 1:
-            raise PlanError(f"pin {key}={value!r}: give a positive integer")
-
-
-def _check_pins_legal(lim: Limits, pins: dict[str, Any]) -> None:
-    rules = lim.rules()
-    checks = {"tp": lim.tp_ok, "cp": lim.cp_ok, "pp": lim.pp_ok}
-    for key, ok in checks.items():
-        if key in pins and not ok(pins[key]):
-            valid = [d for d in range(1, lim.world + 1) if lim.world % d == 0 and ok(d)]
-            raise PlanError(f"no legal layout: pin {key}={pins[key]} breaks the rule \"{rules[key]}\"; "
-                            f"valid {key} values on {lim.world} GPUs: {valid}")
-    if "ep" in pins and (lim.experts % pins["ep"] or (not lim.moe and pins["ep"] != 1)):
-        raise PlanError(f"no legal layout: pin ep={pins['ep']} breaks the rule \"{rules['ep']}\"; valid ep values: "
-                        f"{[d for d in range(1, lim.experts + 1) if lim.experts % d == 0]}")
-
-
-def _no_layout_reason(lim: Limits, pins: dict[str, Any]) -> str:
-    rules = "; ".join(f"{k}: {v}" for k, v in lim.rules().items())
-    return (f"no legal layout of {lim.world} GPUs with pins {pins or '{}'}: each pin is legal alone but they do not "
-            f"combine. The rules: {rules}. Relax a pin or change the cluster.")
+__all__ = ["PIN_KEYS", "PlanError", "Search", "build_profile", "plan"]
