@@ -3,18 +3,18 @@ path agrees with the full one: one run, every ratio measured in it.
 
     python benchmarks/search.py [--spec examples/vla_10b_moe_h100.yaml]
                                 [--space examples/search/flagship_moe.yaml]
-                                [--budget 5000] [--sample 6] [--workers N] [--profile 60]
+                                [--budget 300 5000] [--sample 6] [--workers N] [--profile 60]
 
 1. The README's search (the grid of --space): wall time, of which lowering the architectures'
    references (once per architecture) and the rest, the evaluation; candidates per second.
-2. A random search of --budget candidates of the flagship on a wider space (the README's expert
-   counts, routings and widths, depths 8 to 112 and two token budgets: 5,040 points), on
+2. A random search of each --budget candidates of the flagship on a wider space (the README's
+   expert counts, routings and widths, depths 8 to 112 and two token budgets: 5,040 points), on
    --workers processes: wall time and candidates per second.
 3. Where a one-process random search of --profile candidates spends its time (cProfile): lowering
    architecture references, costing layouts (of which the cost model's passes and its pipeline
    partitions), the depths' legal layout spaces and combining architectures' graphs in closed
    form (vlac.search.shape_fit); how many graphs were combined, lowered, and why any fell back.
-4. Agreement: --sample candidates of that random search evaluated again by the full path
+4. Agreement: --sample candidates of the first random search evaluated again by the full path
    (lower each one directly, plan every layout): status, layout, parameters and FLOPs compared
    exactly, step time and peak memory relative to the full path; the time per candidate of each
    path and their ratio. Exit status 1 on any disagreement.
@@ -55,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--spec", default=str(ROOT / "examples" / "vla_10b_moe_h100.yaml"))
     p.add_argument("--space", default=str(ROOT / "examples" / "search" / "flagship_moe.yaml"))
-    p.add_argument("--budget", type=int, default=5000, help="candidates of the random search")
+    p.add_argument("--budget", type=int, nargs="+", default=[5000],
+                   help="candidates of the random search (several: one search each)")
     p.add_argument("--sample", type=int, default=6, help="random-search candidates also evaluated by the full path")
     p.add_argument("--workers", type=int, default=None, help="processes for the random search (default: cores)")
     p.add_argument("--seed", type=int, default=0)
@@ -86,15 +87,15 @@ def readme_search(args: argparse.Namespace) -> dict:
             "best": s.best.params if s.best else None}
 
 
-def random_search(args: argparse.Namespace, workers: int) -> tuple[Search, dict]:
+def random_search(args: argparse.Namespace, budget: int, workers: int) -> tuple[Search, dict]:
     cpu0 = cpu_seconds()
-    s = Search(args.spec, WIDE, strategy="random", budget=args.budget, seed=args.seed, objective="min:training_days",
+    s = Search(args.spec, WIDE, strategy="random", budget=budget, seed=args.seed, objective="min:training_days",
                constraints=["params_active >= 2B", "params_total >= 8B"])
     s.run(workers=workers, progress=False)
     counts = s.counts()
     return s, {"candidates": len(s.results), "workers": workers, "wall_s": s.seconds,
                "per_s": len(s.results) / s.seconds, "cpu_s_per_candidate": (cpu_seconds() - cpu0) / len(s.results),
-               "outcomes": counts}
+               "outcomes": counts, "load_average_after": os.getloadavg()[0]}
 
 
 # (file, function) of each part of the profile, as cProfile names them
@@ -154,8 +155,8 @@ def agreement(s: Search, n: int, seed: int) -> dict:
 def closed_form_line(st: dict) -> str:
     """How the architectures' reference graphs were obtained (vlac.search.shape_fit)."""
     off = ", ".join(f"{n} x {why}" for why, n in st["not_combinable"].items()) or "none"
-    return (f"architecture graphs: {st['combined']} combined in closed form over the shape fields, "
-            f"{st['lowered']} lowered ({st['verified']} topologies' first combination checked against a lowering); "
+    return (f"architecture graphs: {st['combined']} combined in closed form over the shape fields ({st['verified']} "
+            f"of them, each topology's first, also lowered to check it), {st['lowered']} lowered in all; "
             f"fell back to lowering: {off}")
 
 
@@ -174,10 +175,13 @@ def main(argv: list[str] | None = None) -> int:
           f"costed {readme['fast']['costed']:,} of {readme['fast']['legal']:,} legal layouts; "
           + closed_form_line(readme["closed_form"]))
 
-    s, rnd = random_search(args, workers)
-    print(f"random search: {rnd['candidates']} candidates on {workers} processes in {rnd['wall_s']:.1f} s "
-          f"({rnd['per_s']:.1f}/s, {rnd['cpu_s_per_candidate']:.2f} CPU s/candidate; goal < {GOALS['random_s']:.0f} s: measured / goal {rnd['wall_s'] / GOALS['random_s']:.2f}; "
-          f"goal {GOALS['per_s']:.0f}/s: measured / goal {rnd['per_s'] / GOALS['per_s']:.2f}); outcomes {rnd['outcomes']}")
+    searches = [random_search(args, budget, workers) for budget in args.budget]
+    s = searches[0][0]
+    for _, rnd in searches:
+        print(f"random search: {rnd['candidates']} candidates on {workers} processes in {rnd['wall_s']:.1f} s "
+              f"({rnd['per_s']:.1f}/s, {rnd['cpu_s_per_candidate']:.3f} CPU s/candidate; goal < {GOALS['random_s']:.0f} s: measured / goal {rnd['wall_s'] / GOALS['random_s']:.2f}; "
+              f"goal {GOALS['per_s']:.0f}/s: measured / goal {rnd['per_s'] / GOALS['per_s']:.2f}); outcomes {rnd['outcomes']}; "
+              f"load average {rnd['load_average_after']:.1f} after")
 
     prof = profile_search(args) if args.profile else None
     if prof:
@@ -201,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         "spec": Path(args.spec).name, "space": Path(args.space).name, "wide_space": WIDE, "goals": GOALS,
-        "readme": readme, "random": rnd, "profile": prof, "agreement": agree,
+        "readme": readme, "random": [rnd for _, rnd in searches], "profile": prof, "agreement": agree,
         "machine": {"cores": default_workers(), "python": platform.python_version(), "load_average": load},
     }, indent=2, sort_keys=True, default=str) + "\n")
     print(f"wrote {RESULTS.relative_to(ROOT)}")

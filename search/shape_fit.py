@@ -159,7 +159,8 @@ class _Topology:
 
 class ShapeFit:
     """Per topology, the graphs lowered so far at one depth, and graphs of new shapes combined
-    from them. `stats`: graphs combined, lowered, verified; reasons topologies were turned off."""
+    from them. `stats`: graphs combined (a topology's first one is also lowered and compared:
+    `verified`), graphs lowered, and why combining fell back to lowering."""
 
     def __init__(self, verify_first: bool = True):
         self.topologies: dict[str, _Topology] = {}
@@ -189,8 +190,8 @@ class ShapeFit:
             return None
         g = _combined_graph(t, w, exp)
         if g is None:
-            self.stats["not_combinable"]["a combined integer or FP8 eligibility differs"] = \
-                self.stats["not_combinable"].get("a combined integer or FP8 eligibility differs", 0) + 1
+            why = "node structure, an integral field or a GEMM's FP8 eligibility differs"
+            self.stats["not_combinable"][why] = self.stats["not_combinable"].get(why, 0) + 1
             return None
         self.stats["combined"] += 1
         return g

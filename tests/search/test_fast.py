@@ -127,5 +127,9 @@ def test_each_shapes_layouts_equal_the_planners_enumeration():
         sizes.add(len(theirs))
     assert len(sizes) >= 4  # the shape rules bite: the shapes' layouts differ
     assert len(spaces.supersets) == 1
+    superset = next(iter(spaces.supersets.values()))
+    assert len(superset.shape_masks) == len(shapes)  # one row filter per shape, reused at every depth
+    assert spaces.get(replace(base, blocks=20), None, {}).rows.tolist() == \
+        superset.within(replace(base, blocks=20)).rows.tolist() and len(superset.shape_masks) == len(shapes)
     dense = replace(base, moe=False, experts=1, expert_ffn=1, heads=20, kv_heads=20)
     assert _same_rows(spaces.get(dense, None, {}).layouts(), enumerate_space(dense, {}))
