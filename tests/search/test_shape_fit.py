@@ -67,3 +67,18 @@ def test_a_search_plans_combined_architectures_as_the_full_path_does():
     assert fast.fit.stats["combined"] >= 2 and fast.fit.stats["verified"] == 1, fast.fit.stats
     combined = [c for c in cands if _architecture_key(s.evaluator.experiment(c.params)) in fast.combined]
     assert check_sample_of(s, random.Random(0).sample(combined, 2)) == 2
+
+
+def test_the_capacity_field_is_the_runtimes_capacity():
+    # shape_of computes the MoE capacity itself (the search does not import the runtime); it must
+    # be what vlac.runtime.moe gives one lowered sequence, ceilings included
+    from types import SimpleNamespace
+
+    from vlac.runtime.moe import MoELayer
+    from vlac.search.shape_fit import SHAPE_FIELDS, shape_of
+
+    s = Search(FLAGSHIP, {"moe.experts": [2]})
+    for experts, top_k, factor in [(8, 1, 1.25), (48, 2, 1.25), (60, 3, 1.1), (7, 2, 0.333)]:
+        exp = s.evaluator.experiment({"moe.experts": experts, "moe.top_k": top_k, "moe.capacity_factor": factor})
+        runtime = MoELayer.capacity(SimpleNamespace(cfg=exp.moe), exp.train.seq_len)
+        assert shape_of(exp)[SHAPE_FIELDS.index("capacity")] == runtime, (experts, top_k, factor)
