@@ -12,6 +12,7 @@ import numpy as np
 from vlac.runtime.parallel.support import excluded as runtime_excluded
 from vlac.runtime.parallel.support import not_as_timed, plan_columns, unsupported
 from vlac.spec import Experiment
+from vlac.spec.media_entries import media_entry_counts
 from vlac.spec.system import Cluster
 
 from .cost_model import MEMORY_KEYS, TIME_KEYS, CostModel, Evaluation
@@ -121,9 +122,7 @@ def expert_load(exp: Experiment) -> float:
 def media_entries(exp: Experiment) -> int:
     """Late fusion: the media entries [M] per sequence that cross-attention reads (each media
     modality's tokens, or its resampler's queries); 0 otherwise. Pipeline stages send them on."""
-    from vlac.runtime.batch import is_media, resampler_queries
-
-    return sum(resampler_queries(exp, n) or m.tokens for n, m in exp.modalities.items() if is_media(exp, n))
+    return sum(media_entry_counts(exp).values())
 
 
 def plan(exp: Experiment, cluster: Cluster | None = None, pin: dict[str, Any] | None = None,
