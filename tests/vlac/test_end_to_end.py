@@ -11,15 +11,24 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "examples" / "tiny_vla.yaml"
 
 
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """(experiment, program, rank results) of the plan's whole 20-step run, made once: the first
+    test checks it, the second resumes against it."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")  # the local executor's tasks inherit it
+        exp = vlac.load(TINY)
+        plan = vlac.plan(exp)
+        assert (plan.best.layout.dp, plan.best.layout.tp) == (2, 1)
+        program = vlac.emit(exp, plan, tmp / "program")
+        results = vlac.submit(program, executor="local", folder=tmp / "submitit").results()  # one result per task
+    return exp, program, results
+
+
 @pytest.mark.slow
-def test_two_rank_local_training_learns_checkpoints_and_stays_in_sync(tmp_path, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    exp = vlac.load(TINY)
-    plan = vlac.plan(exp)
-    assert (plan.best.layout.dp, plan.best.layout.tp) == (2, 1)
-    program = vlac.emit(exp, plan, tmp_path / "program")
-    job = vlac.submit(program, executor="local", folder=tmp_path / "submitit")
-    results = job.results()  # one result per task
+def test_two_rank_local_training_learns_checkpoints_and_stays_in_sync(full_run):
+    exp, program, results = full_run
     assert len(results) == 2
     losses = results[0]["losses"]
     assert len(losses) == 20 == exp.train.total_steps
@@ -35,14 +44,15 @@ def test_two_rank_local_training_learns_checkpoints_and_stays_in_sync(tmp_path, 
 
 
 @pytest.mark.slow
-def test_resume_continues_from_the_last_checkpoint(tmp_path, monkeypatch):
+def test_resume_continues_from_the_last_checkpoint(full_run, tmp_path, monkeypatch):
+    """10 steps, then the rest from the step-10 checkpoint: the uninterrupted run's losses and
+    final weights (that run is the first test's)."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    exp = vlac.load(TINY)
+    exp, _, full_results = full_run
+    full = full_results[0]
     program = vlac.emit(exp, vlac.plan(exp), tmp_path / "program")
     first = vlac.submit(program, executor="local", folder=tmp_path / "s1", max_steps=10).results()[0]
     second = vlac.submit(program, executor="local", folder=tmp_path / "s2").results()[0]
-    full = vlac.submit(vlac.emit(exp, vlac.plan(exp), tmp_path / "again"), executor="local",
-                       folder=tmp_path / "s3").results()[0]
     assert len(first["losses"]) == 10 and len(second["losses"]) == 10
     assert first["losses"] + second["losses"] == pytest.approx(full["losses"], rel=1e-5)
     assert second["param_sha256"] == full["param_sha256"]
