@@ -205,10 +205,13 @@ class _Costed:
         evs = [ev for _, ev, _ in self.parts]
         pmax = max(ev.policy.shape[1] for ev in evs)
         cat = lambda arrays: np.concatenate(arrays)[order]  # noqa: E731
-        policy = cat([np.pad(ev.policy, ((0, 0), (0, pmax - ev.policy.shape[1])), constant_values=-1) for ev in evs])
+        pad = lambda a: np.pad(a, ((0, 0), (0, pmax - a.shape[1])), constant_values=-1)  # noqa: E731
+        policy = cat([pad(ev.policy) for ev in evs])
+        # each rank's count of blocks recomputed in full travels with its policy (partial recompute)
+        layers = cat([pad(ev.layers) for ev in evs]) if all(ev.layers is not None for ev in evs) else None
         space = Space({k: cat([ev.space.cols[k] for ev in evs]) for k in evs[0].space.cols}, len(self.ls), {})
         merged = Evaluation(space, cat([ev.peak for ev in evs]), cat([ev.fits for ev in evs]),
-                            cat([ev.timed for ev in evs]), cat([ev.step for ev in evs]), policy, {}, {})
+                            cat([ev.timed for ev in evs]), cat([ev.step for ev in evs]), policy, {}, {}, layers=layers)
         return merged, cat([runs for _, _, runs in self.parts])
 
 

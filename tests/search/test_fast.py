@@ -133,3 +133,16 @@ def test_each_shapes_layouts_equal_the_planners_enumeration():
         superset.within(replace(base, blocks=20)).rows.tolist() and len(superset.shape_masks) == len(shapes)
     dense = replace(base, moe=False, experts=1, expert_ffn=1, heads=20, kv_heads=20)
     assert _same_rows(spaces.get(dense, None, {}).layouts(), enumerate_space(dense, {}))
+
+
+def test_fast_path_keeps_partial_recompute_per_rank():
+    # a stack with Megatron's partial recompute and memory so tight that ranks recompute only some
+    # of their blocks in full: the fast path reports the same per-stage counts (f<k>) as the planner
+    s = Search(FLAGSHIP, {"backbone.layers": [6, 8], "moe.experts": [4]}, profile="tiny",
+               objective="max:tokens_per_s", overrides=["stack.preset=megatron-te", "cluster.gpu.memory=3.165GB"])
+    cands = []
+    while (c := s.ask()) is not None:
+        cands.append(c)
+    assert check_sample_of(s, cands) == len(cands)
+    layouts = [r.layout for r in s.evaluator.evaluate_fast(cands) if r.status == "ok"]
+    assert any("/f" in lay or "layers)" in lay for lay in layouts), layouts
