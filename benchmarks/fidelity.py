@@ -171,11 +171,13 @@ CASES += (
 )
 # How each run's software is written as a spec.stack section. Meta's Llama 3 stack is its own
 # (FSDP-style sharding, TP/CP/PP with overlapped communication, Table 4 of the report); it is
-# costed with the Megatron + TE overlaps it shares. llm-foundry: FlashAttention-2 (flash_attn),
-# flash_attn's fused cross entropy, eager GELU, LayerNorm and residual adds (fused_elementwise
-# false), FSDP with prefetch, no compile.
+# costed with the Megatron + TE overlaps it shares. llm-foundry: the MPT yamls and
+# submit_benchmarks.py of the table's day set `attn_impl: triton` (FlashAttention's Triton
+# kernel), flash_attn's fused cross entropy, eager GELU, LayerNorm and residual adds
+# (fused_elementwise false), FSDP with prefetch, no compile.
 STACKS = {"megatron-te": {"preset": "megatron-te"}, "meta": {"preset": "megatron-te"},
-          "llm-foundry": {"preset": "torchtitan-torchao", "torch_compile": False, "fused": ["cross_entropy"],
+          "llm-foundry": {"preset": "torchtitan-torchao", "attention": "triton", "torch_compile": False,
+                          "fused": ["cross_entropy"],
                           "fused_elementwise": False}}
 NOT_EXPRESSIBLE = ("DeepSeek-V3 (NeMo, 1,024 H100, FP8): multi-head latent attention and multi-token "
                    "prediction are not expressible in the backbone spec, so the case is left out",)

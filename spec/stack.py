@@ -50,7 +50,7 @@ from pydantic import Field
 
 from .base import SpecModel
 
-AttentionKernel = Literal["flash2", "flash3", "cudnn", "unfused"]
+AttentionKernel = Literal["flash2", "flash3", "cudnn", "triton", "unfused"]
 FusedOp = Literal["norm", "swiglu", "rope", "cross_entropy"]
 ActivationDtype = Literal["bf16", "fp16", "fp32"]
 SelectiveRecompute = Literal["elementwise", "core_attention"]
@@ -114,8 +114,9 @@ class Stack(SpecModel):
         "vlac", description="the training stack whose kernels and overlaps are costed: vlac (the emitted program, "
                             "default), megatron-te (Megatron-Core + TransformerEngine), torchtitan-torchao")
     attention: AttentionKernel | None = Field(
-        None, description="attention kernel: flash2, flash3, cudnn (fused, O(s) memory) or unfused (materialises "
-                          "the s x s scores); null = the preset's")
+        None, description="attention kernel: flash2, flash3, cudnn, triton (FlashAttention's Triton implementation, "
+                          "as MPT's attn_impl: triton; fused, O(s) memory) or unfused (materialises the s x s "
+                          "scores); null = the preset's")
     fused: list[FusedOp] | None = Field(
         None, max_length=len(FUSED_OPS), description="ops run as fused kernels, among norm (a norm kernel keeping "
                                                      "its input and per-token statistics, e.g. TE LayerNormLinear), "
