@@ -55,12 +55,29 @@ def _program(tmp: Path, name: str, layout: str, spec: Path = TINY, sets: tuple[s
     return vlac.emit(exp, vlac.plan(exp, cluster=cluster, pin=lay.pins(microbatch_size)), tmp / name)
 
 
-def _resumed_losses(tmp: Path, first_layout: str, then_layout: str, steps: int, **program) -> tuple[list, list]:
+@pytest.fixture(scope="module")
+def alone_losses(tmp_path_factory):
+    """losses(steps, **program): one process's losses over `steps` steps of the program, run once
+    per module (both tied-checkpoint cases compare with the same 10-step run)."""
+    runs: dict[str, list[float]] = {}
+
+    def losses(steps: int, **program) -> list[float]:
+        key = repr((steps, sorted(program.items())))
+        if key not in runs:
+            tmp = tmp_path_factory.mktemp("alone")
+            runs[key] = vlac.submit(_program(tmp, "alone", "dp1", **program), executor="local", folder=tmp / "s0",
+                                    out_dir=tmp / "run0", max_steps=steps).results()[0]["losses"]
+        return runs[key]
+
+    return losses
+
+
+def _resumed_losses(tmp: Path, alone_losses, first_layout: str, then_layout: str, steps: int,
+                    **program) -> tuple[list, list]:
     """Losses of 2 x `steps` steps in one process, and of `steps` under one layout followed by
     `steps` more under the other from its checkpoint."""
     os.environ["OMP_NUM_THREADS"] = "1"
-    alone = vlac.submit(_program(tmp, "alone", "dp1", **program), executor="local", folder=tmp / "s0",
-                        out_dir=tmp / "run0", max_steps=2 * steps).results()[0]["losses"]
+    alone = alone_losses(2 * steps, **program)
     run = tmp / "run"
     first = vlac.submit(_program(tmp, "a", first_layout, **program), executor="local", folder=tmp / "s1",
                         out_dir=run, max_steps=steps).results()[0]
@@ -71,21 +88,22 @@ def _resumed_losses(tmp: Path, first_layout: str, then_layout: str, steps: int, 
 
 
 @pytest.mark.parametrize("first_layout, then_layout", [("pp2", "dp1"), ("dp1", "pp2")])
-def test_a_tied_checkpoint_resumes_across_pipeline_layouts(tmp_path, monkeypatch, first_layout, then_layout):
+def test_a_tied_checkpoint_resumes_across_pipeline_layouts(tmp_path, monkeypatch, alone_losses, first_layout,
+                                                           then_layout):
     """Five steps under one layout, five more under the other, from its checkpoint: the losses of
     ten steps in one process (the single-process checkpoint has the tied weight's optimiser state
     under embed.weight only; the last stage reads it for head.weight)."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    alone, resumed = _resumed_losses(tmp_path, first_layout, then_layout, 5,
+    alone, resumed = _resumed_losses(tmp_path, alone_losses, first_layout, then_layout, 5,
                                      sets=("backbone.tied_embeddings=true", "train.checkpoint_every=5"))
     assert resumed == pytest.approx(alone, rel=1e-4)
 
 
-def test_a_pipeline_rank_holding_only_frozen_stages_resumes(tmp_path, monkeypatch):
+def test_a_pipeline_rank_holding_only_frozen_stages_resumes(tmp_path, monkeypatch, alone_losses):
     """Flamingo's frozen language model under pp2 with two virtual stages leaves pipeline rank 1
     only frozen blocks: it saves a checkpoint without optimiser state, loads it back with an empty
     optimiser, and the resumed run's losses are one process's."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    alone, resumed = _resumed_losses(tmp_path, "pp2+v2", "pp2+v2", 3, spec=EXAMPLES / "flamingo.yaml",
+    alone, resumed = _resumed_losses(tmp_path, alone_losses, "pp2+v2", "pp2+v2", 3, spec=EXAMPLES / "flamingo.yaml",
                                      sets=("train.checkpoint_every=3",), profile="tiny", microbatch_size=2)
     assert resumed == pytest.approx(alone, rel=1e-4)
