@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .moe_routing import routes_own_tokens, token_shards
+from .moe_routing import token_shards
 from .stack_costs import ATTENTION_EFF
 
 if TYPE_CHECKING:
@@ -36,14 +36,14 @@ def layer_times(prof: CostProfile, tp, sp, cp, mb, ep, etp) -> dict[str, np.ndar
     shape = (tp.shape[0], prof.n_keys)
     out = {name: np.zeros(shape) for name in TIME_NAMES}
     seqs = mb / cp  # sequences' worth of tokens per GPU before tensor parallelism
-    # vlac's runtime routes a dropless MoE layer's own tokens where they are split, over cp and
-    # (under sp) over tp with etp = 1 (compiler/moe_routing.py): no gather, 1/(tp*cp) of the
-    # micro-batch per rank; a layer with a capacity is gathered over both
+    # vlac's runtime routes an MoE layer's own tokens where they are split, with etp = 1 (compiler/
+    # moe_routing.py): over tp under sp (a capacity too at cp = 1), over cp if dropless; no gather
+    # there, 1/(tp*cp) of the micro-batch per rank; a layer with a capacity is gathered over cp
     dropless = prof.capacity_factor is None
     tp_shards, cp_shards = token_shards(dropless, etp, tp, sp, cp)
     # no TP collectives around its shared experts: each tp rank runs them on its own shard (sp) or
     # on the whole sequence (without sp; the search space pairs MoE and tp > 1 with sp)
-    local_moe = prof.moe_gathered & routes_own_tokens(dropless, etp) & (tp > 1)
+    local_moe = prof.moe_gathered & (tp > 1) & ((dropless & (etp == 1)) | (tp_shards > 1))
     moe_gathered_cp = prof.moe_gathered & (cp_shards == 1)  # its input gathered over cp
     moe_tokens = mb / (tp_shards * cp_shards)
     sp_div = np.where(sp, tp, 1.0)

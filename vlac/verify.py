@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from vlac.compiler.moe_routing import token_shards
+from vlac.compiler.moe_routing import ep_fold_shards
 from vlac.spec import Experiment
 from vlac.spec.system import Cluster
 
@@ -158,8 +158,8 @@ def why_not_applicable(exp: Experiment, layout: Layout) -> list[str]:
         reasons.append(f"ep{layout.ep} does not divide moe.experts = {moe.experts}")
     # expert parallelism folds over the ranks holding distinct tokens: dp, and for dropless layers cp
     # and tp under sequence parallelism (vlac.compiler.moe_routing)
-    tp_shards, cp_shards = token_shards(moe is not None and moe.capacity_factor is None, layout.etp, layout.tp,
-                                        layout.sequence_parallel, layout.cp)
+    tp_shards, cp_shards = ep_fold_shards(moe is not None and moe.capacity_factor is None, layout.etp, layout.tp,
+                                          layout.sequence_parallel, layout.cp)
     if layout.ep > 1 and tp_shards * cp_shards == 1 and layout.dp % layout.ep:
         reasons.append(f"ep{layout.ep} is folded out of data parallelism; dp{layout.dp} is not a multiple of it")
     elif layout.ep > 1 and layout.dp * tp_shards * cp_shards % layout.ep:

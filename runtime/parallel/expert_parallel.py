@@ -110,7 +110,7 @@ def apply_expert_parallel(model: nn.Module, mesh: DeviceMesh) -> list[nn.Paramet
         n = layer.experts.w1.size(0)
         if n % ep:
             raise ValueError(f"moe.experts = {n} is not divisible by plan.ep = {ep}; re-plan with an ep that divides it")
-        dropless = by_expert and getattr(layer, "dropless", False)
+        dropless = by_expert and routes_copies(layer)
         if dropless and "tp" in dims:
             raise ValueError("moe.capacity_factor: null (dropless) with plan.expert_tensor_parallel > 1 is not run; "
                              "re-plan with --pin etp=1 or set moe.capacity_factor")
@@ -139,6 +139,13 @@ def apply_expert_parallel(model: nn.Module, mesh: DeviceMesh) -> list[nn.Paramet
     return params
 
 
+def routes_copies(layer: nn.Module) -> bool:
+    """Whether an MoE layer hands its experts routed copies (`GroupedExperts.dropless`) instead of
+    capacity slots: dropless layers, and layers with a capacity that route their own sequence
+    shard (they keep the copies within capacity: moe_local_routing.py)."""
+    return bool(getattr(layer, "dropless", False) or getattr(layer, "token_counts", None) is not None)
+
+
 def shard_experts_over_edp(model: nn.Module, edp_mesh: DeviceMesh, reshard_after_forward: bool) -> tuple[list, list]:
     """Sharded data parallelism (zero >= 1) for the experts: FSDP2 over the `edp` ranks that hold
     the same experts (a 2-D layout, edp x ep, like FSDP x TP). FSDP averages their gradients over
@@ -153,7 +160,7 @@ def shard_experts_over_edp(model: nn.Module, edp_mesh: DeviceMesh, reshard_after
         if hasattr(layer, "router") and hasattr(layer, "experts"):
             before += list(layer.experts.parameters())
             fully_shard(layer.experts, mesh=edp_mesh, reshard_after_forward=reshard_after_forward)
-            if getattr(layer, "dropless", False):  # the dropless layer calls its experts through this method
+            if routes_copies(layer):  # the layer calls its experts through this method
                 register_fsdp_forward_method(layer.experts, "dropless")
             after += list(layer.experts.parameters())
     return before, after

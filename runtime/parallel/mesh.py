@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-from vlac.compiler.moe_routing import routes_own_tokens, token_shards
+from vlac.compiler.moe_routing import ep_fold_shards, routes_own_tokens
 
 MESH_DIMS = ("pp", "dp_replicate", "dp_shard", "cp", "tp")
 SCHEDULES = ("1f1b", "interleaved_1f1b", "gpipe", "zero_bubble")
@@ -67,8 +67,9 @@ class ParallelDims:
     def with_moe(self, dropless: bool) -> "ParallelDims":
         """These dims for a model whose MoE layers are dropless (or have a capacity): a dropless
         layer's tokens are split over cp, and over tp under sp with etp = 1 (cp listed even at
-        cp = 1 then, so that the folded dims stay adjacent in mesh order)."""
-        tp_shards, _ = token_shards(dropless, self.etp, self.tp, self.sequence_parallel, self.cp)
+        cp = 1 then, so that the folded dims stay adjacent in mesh order); a layer with a capacity,
+        which routes its own tp shard too, keeps ep within dp (moe_routing.ep_fold_shards)."""
+        tp_shards, _ = ep_fold_shards(dropless, self.etp, self.tp, self.sequence_parallel, self.cp)
         dims = ("dp",) + ("cp",) * bool(routes_own_tokens(dropless, self.etp)) + ("tp",) * (tp_shards > 1)
         return replace(self, moe_token_dims=dims)
 

@@ -1,15 +1,18 @@
-"""Local routing: a dropless MoE layer routes the tokens its rank holds, as Megatron-Core does,
-instead of gathering the whole micro-batch and running every expert on it on every rank that holds
-a part of it: under context parallelism (each cp rank holds its chunks of the sequence) and under
-tensor parallelism with sequence parallelism and etp = 1 (each tp rank holds a sequence shard). The
-rule is vlac.compiler.moe_routing's, which the cost model reads too.
+"""Local routing: an MoE layer routes the tokens its rank holds, as Megatron-Core does, instead of
+gathering the whole micro-batch and running every expert on it on every rank that holds a part of
+it: under tensor parallelism with sequence parallelism and etp = 1 (each tp rank holds a sequence
+shard), and, for dropless layers, under context parallelism (each cp rank holds its chunks of the
+sequence). The rule is vlac.compiler.moe_routing's, which the cost model reads too.
 
 Dropless routing sends each token copy to its expert however the other tokens route, so a token's
 output does not depend on which rank routes it: splitting the micro-batch gives one process's
-outputs exactly. (With a capacity, which copies are dropped depends on the tokens ahead in the
-whole micro-batch, so capacity layers keep the gathered layout of tensor_parallel.py and
-context_parallel.py.) What the layer computes from the whole micro-batch is summed over the ranks
-that split it:
+outputs exactly. With a capacity, which copies are dropped depends on the copies ahead in the whole
+micro-batch's token order (row by row, each row's sequence in order): the tp ranks, whose shards
+are consecutive pieces of each row, all-gather their per-(row, expert) copy counts (a few integers)
+so each ranks its own copies as one process would, keeps those within capacity and runs them
+through the dropless path (MoELayer._shard_capacity_dispatch). cp chunks are not consecutive, so a
+layer with a capacity keeps the cp gather of context_parallel.py. What the layer computes from the
+whole micro-batch is summed over the ranks that split it:
 
   statistics  the load per expert, the router's mean probabilities and its z-loss (the balancing
               loss reads them) and the entropy: summed forward over tp, then over cp. Backward,
@@ -37,7 +40,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from vlac.compiler.moe_routing import routes_own_tokens
+from vlac.compiler.moe_routing import routes_own_shard, routes_own_tokens
 
 from .grads import local_tensor
 
@@ -63,9 +66,19 @@ class _SumForward(torch.autograd.Function):
 
 
 def routes_locally(layer: nn.Module, sequence_parallel: bool, expert_tp: bool) -> bool:
-    """Whether an MoE layer under tp > 1 routes its own sequence shard (else it is gathered).
+    """Whether an MoE layer under tp > 1 routes its own sequence shard, dropless or with a capacity
+    (else it is gathered).
     `expert_tp`: its experts are split by width over the tp group (etp = tp > 1)."""
-    return bool(sequence_parallel and routes_own_tokens(getattr(layer, "dropless", False), 1 + expert_tp))
+    return bool(routes_own_shard(getattr(layer, "dropless", False), 1 + expert_tp, sequence_parallel,
+                                 getattr(layer, "context_parallel", 1)))
+
+
+def mark_context_parallel(model: nn.Module, cp: int) -> None:
+    """Tell the MoE layers of `model` their context-parallel degree before tensor parallelism lays
+    them out (`routes_locally` reads it: a layer with a capacity gathered over cp is over tp too)."""
+    for layer in model.modules():
+        if hasattr(layer, "router") and hasattr(layer, "experts"):
+            layer.context_parallel = cp
 
 
 def routes_over_cp(layer: nn.Module) -> bool:
@@ -88,6 +101,16 @@ def route_locally(layer: nn.Module, group: dist.ProcessGroup, over: str = "tp") 
         layer.token_sum = token_sum
     steps.append((group, over))
     layer.token_shards *= dist.get_world_size(group)
+    if not getattr(layer, "dropless", False):  # a capacity: the slots count the whole sequence's copies
+        layer.token_counts = lambda counts: _gather_counts(counts, group)
+
+
+def _gather_counts(counts: torch.Tensor, group: dist.ProcessGroup) -> tuple[torch.Tensor, int]:
+    """Every rank's `counts` stacked in rank order (the order of their sequence shards), and this
+    rank's index. Integer counts: no gradient."""
+    out = [torch.empty_like(counts) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(out, counts.contiguous(), group=group)
+    return torch.stack(out), dist.get_rank(group)
 
 
 def locally_routed_params(model: nn.Module, over: str = "tp") -> list[nn.Parameter]:

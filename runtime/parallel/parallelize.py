@@ -26,7 +26,7 @@ from ..precision import Precision
 from .activation_checkpoint import apply_activation_checkpointing
 from .context_parallel import apply_context_parallel, average_grads_over_cp
 from .data_parallel import average_grads, loss_heads, replicate_module, shard_module, uses_ddp
-from .moe_local_routing import locally_routed_params, sum_grads_over_tp
+from .moe_local_routing import locally_routed_params, mark_context_parallel, sum_grads_over_tp
 from .expert_parallel import (apply_expert_parallel, expert_grad_divisor, expert_mesh, folded_dims, fsdp_expert_scale,
                               reduce_expert_grads, rescale_expert_grads, shard_experts_over_edp)
 from .grads import clip_, grad_norm
@@ -138,6 +138,7 @@ def parallelize(model: nn.Module, exp: Experiment, plan: dict[str, Any], env: Di
 
     precision.convert(model, plan)  # before TP: the Float8 tensor-parallel styles split Float8Linear modules
     if dims.tp > 1:
+        mark_context_parallel(model, dims.cp)
         apply_tensor_parallel(model, mesh.sub("tp"), dims.sequence_parallel, expert_tp=dims.etp > 1,
                               tp_plan=plan.get("plan", plan).get("tp_plan"))  # train.py's TP_PLAN
     if dims.cp > 1:

@@ -49,7 +49,8 @@ def _dropless(exp: Experiment) -> bool:
 
 
 def _moe_gathered_costed_per_rank(exp: Experiment) -> bool:
-    """MoE layers that vlac's runtime gathers over tp and cp (a capacity: compiler/moe_routing.py),
+    """MoE layers that vlac's runtime gathers over cp, or replicates over tp without sp (a capacity:
+    compiler/moe_routing.py),
     costed as another stack runs them (each rank routing its own tokens); the cost model charges
     the gather only for stack: vlac."""
     return (exp.moe is not None and exp.stack.preset != "vlac"
@@ -92,11 +93,12 @@ LIMITS: tuple[Limit, ...] = (
     Limit("sequence_parallel_dual_stream", "sequence parallelism with fusion.stream: dual (its per-token stream "
           "selector acts on gathered and on sequence-sharded activations)", "--pin sequence_parallel=false",
           lambda e: e.fusion.stream == "dual", lambda c: (c["tp"] > 1) & c["sp"]),
-    Limit("moe_replicated_over_tp", "MoE layers with a capacity, tensor parallelism and etp = 1 as a stack other "
-          "than vlac's times them (each rank routing its own sequence shard; this runtime runs all experts on the "
-          "whole sequence on every tensor-parallel rank, which keeps capacity exact; dropless layers route their "
-          "own shard)", "--pin etp=<tp>, moe.capacity_factor: null, or stack.preset: vlac",
-          _moe_gathered_costed_per_rank, lambda c: (c["tp"] > 1) & (c["etp"] == 1), refused=False),
+    Limit("moe_replicated_over_tp", "MoE layers with a capacity, tensor parallelism without sequence parallelism "
+          "or with context parallelism, and etp = 1 as a stack other than vlac's times them (each rank routing its own "
+          "sequence shard; this runtime runs all experts on the whole sequence on every tensor-parallel rank there; "
+          "under sp at cp = 1 each routes its own shard with the whole sequence's capacity positions)",
+          "--pin sequence_parallel=true and cp=1, etp=<tp>, moe.capacity_factor: null, or stack.preset: vlac",
+          _moe_gathered_costed_per_rank, lambda c: (c["tp"] > 1) & (c["etp"] == 1) & (np.logical_not(c["sp"]) | (c["cp"] > 1)), refused=False),
     Limit("moe_replicated_over_cp", "MoE layers with a capacity under context parallelism as a stack other than "
           "vlac's times them (each rank routing its own tokens; this runtime runs the experts on the whole sequence "
           "on every context-parallel rank, which keeps capacity exact; dropless layers route their own tokens)",

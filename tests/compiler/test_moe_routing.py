@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import vlac
-from vlac.compiler.moe_routing import routes_own_tokens, token_shards
+from vlac.compiler.moe_routing import ep_fold_shards, routes_own_tokens, token_shards
 from vlac.compiler.planner import Search
 from vlac.runtime.parallel.support import not_as_timed
 
@@ -20,7 +20,9 @@ FLAGSHIP = ROOT / "examples" / "vla_10b_moe_h100.yaml"
     (True, 1, 2, True, 2, (2, 2)),  # dropless, whole experts: split over tp (sp) and cp
     (True, 1, 2, False, 2, (1, 2)),  # without sp every tp rank holds the whole sequence
     (True, 2, 2, True, 2, (1, 1)),  # experts split by width need every token of the tp group
-    (False, 1, 4, True, 2, (1, 1)),  # a capacity: gathered over both
+    (False, 1, 4, True, 1, (4, 1)),  # a capacity: its own sequence shard under sp
+    (False, 1, 4, True, 2, (1, 1)),  # gathered over cp, so over tp as well
+    (False, 1, 4, False, 2, (1, 1)),  # without sp: replicated over tp
     (True, 1, 1, False, 1, (1, 1)),
 ])
 def test_token_shards_on_scalars_and_columns(dropless, etp, tp, sp, cp, expect):
@@ -29,6 +31,20 @@ def test_token_shards_on_scalars_and_columns(dropless, etp, tp, sp, cp, expect):
     cols = [np.array([v, 1]) for v in (etp, tp)] + [np.array([sp, False])] + [np.array([cp, 1])]
     tp_shards, cp_shards = token_shards(dropless, *cols)
     assert (tp_shards.tolist(), cp_shards.tolist()) == ([expect[0], 1], [expect[1], 1])
+    # expert parallelism folds over a dropless layer's shards, a capacity layer's dp ranks only
+    folded = tuple(int(x) for x in ep_fold_shards(dropless, etp, tp, sp, cp))
+    assert folded == (expect if dropless else (1, expect[1]))
+
+
+def test_tp_with_sp_is_as_timed_for_capacity_layers_without_sp_marked():
+    """A layer with a capacity routes its own sequence shard under sp (runtime/moe.py ranks its
+    copies in the whole sequence's order): as another stack times it; without sp it is marked."""
+    layout = {"dp": 4, "tp": 2, "cp": 1, "pp": 1, "ep": 1, "etp": 1, "zero": 1, "sp": True, "m": 4,
+              "schedule": "1f1b", "fp8": False}
+    capacity = vlac.load(FLAGSHIP, ["moe.capacity_factor=1.25", "stack.preset=megatron-te"])
+    assert not any("tensor-parallel" in m for m in not_as_timed(capacity, layout))
+    assert any("tensor-parallel" in m for m in not_as_timed(capacity, {**layout, "sp": False}))
+    assert any("tensor-parallel" in m for m in not_as_timed(capacity, {**layout, "cp": 2, "dp": 2}))
 
 
 @pytest.fixture(scope="module")

@@ -164,14 +164,15 @@ def test_a_dropless_moe_layer_under_tp_is_costed_on_its_own_sequence_shard():
     """vlac's runtime routes a dropless MoE layer's own sequence shard under tp with etp = 1
     (runtime/parallel/moe_local_routing.py): its router and shared-expert GEMMs take half as long
     at tp 2, without the shared experts' TP collectives and with half the all-to-all; a layer with
-    a capacity is still gathered and replicated."""
+    a capacity routes its own shard too under sp (its capacity positions those of the whole
+    sequence), and is replicated without sp."""
     exp = vlac.load(ROOT / "examples" / "vla_10b_moe_h100.yaml", ["moe.capacity_factor=null"])
     prof = Search(exp, exp.cluster, vlac.lower(exp)).model.p
     j = next(j for j, p in enumerate(prof.profiles) if p.moe)
     assert prof.profiles[j].moe_tp_regions >= 1  # the shared experts
 
-    def t(tp=1, ep=1):
-        return prof.times(np.array([tp]), np.array([tp > 1]), np.array([1]), np.array([2]), np.array([ep]),
+    def t(tp=1, ep=1, sp=True):
+        return prof.times(np.array([tp]), np.array([sp and tp > 1]), np.array([1]), np.array([2]), np.array([ep]),
                           np.array([1]))
 
     moe_gemms = [g for g in prof.profiles[j].gemms if g.moe_part]
@@ -180,11 +181,12 @@ def test_a_dropless_moe_layer_under_tp_is_costed_on_its_own_sequence_shard():
     # attention projections split by tp, the router and shared experts by tokens, the experts too
     assert tp2["gemm_fwd"][0, j] == pytest.approx(one["gemm_fwd"][0, j] / 2, rel=0.05)
     assert tp2["ep_fwd"][0, j] == 0 and t(tp=2, ep=8)["ep_fwd"][0, j] < t(tp=1, ep=8)["ep_fwd"][0, j]
-    prof.capacity_factor = 1.25  # gathered: the router and shared experts run whole on every tp rank
+    prof.capacity_factor = 1.25  # without sp: the router and shared experts run whole on every tp rank
     try:
-        gathered = t(tp=2)
+        own, gathered = t(tp=2), t(tp=2, sp=False)
     finally:
         prof.capacity_factor = None
     shared = sum(g.flops for g in moe_gemms)
+    assert own["gemm_fwd"][0, j] == pytest.approx(tp2["gemm_fwd"][0, j]) and own["tp_fwd"][0, j] < gathered["tp_fwd"][0, j]
     assert gathered["gemm_fwd"][0, j] > tp2["gemm_fwd"][0, j] and shared > 0
     assert gathered["tp_fwd"][0, j] > tp2["tp_fwd"][0, j]
