@@ -31,7 +31,6 @@ from .expert_parallel import (apply_expert_parallel, expert_grad_divisor, expert
                               reduce_expert_grads, rescale_expert_grads, shard_experts_over_edp)
 from .grads import clip_, grad_norm
 from .mesh import Mesh, ParallelDims, build_mesh
-from .pipeline import build_pipeline
 from .runner import DirectRunner
 from .stats import StepStats
 from .support import check_runnable
@@ -158,6 +157,10 @@ def parallelize(model: nn.Module, exp: Experiment, plan: dict[str, Any], env: Di
     scalars = [q for q in model.parameters() if q.dim() == 0] if dims.dp > 1 and not uses_ddp(mesh) else []
     ignored = set(expert_params) | set(scalars)
     if dims.pp > 1:
+        # imported here: torch.distributed.pipelining pulls in dynamo, sympy and triton (about a
+        # quarter of a rank's start-up), which a run without pipeline stages never uses
+        from .pipeline import build_pipeline
+
         def shard(stage_module, blocks):
             if dims.dp > 1:
                 # loss heads are FSDP units on the last stage only (the first holds the flow head's
