@@ -20,7 +20,7 @@ from typing import Any
 from .version import __version__
 
 # public name -> module that defines it
-_LAZY = {"EXECUTORS": ".api", "emit": ".api", "load": ".api", "lower": ".api", "plan": ".api", "submit": ".api",
+_LAZY = {"EXECUTORS": ".executors", "emit": ".api", "load": ".api", "lower": ".api", "plan": ".api", "submit": ".api",
          "follow": ".follow", "Search": ".search", "search": ".search"}
 
 

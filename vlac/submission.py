@@ -18,7 +18,7 @@ import submitit
 from vlac.runtime.launch import SIGNAL_LEAD_S, TrainJob
 from vlac.runtime.program import load_program
 
-EXECUTORS = ("local", "slurm", "debug")
+from .executors import EXECUTORS
 
 
 def _world(plan: dict[str, Any]) -> int:

@@ -51,3 +51,15 @@ def test_hostile_strings_stay_literals(tmp_path):
     assert not (tmp_path / "PWNED").exists()
     sbatch = (d / "slurm.sbatch").read_text()
     assert "\n#SBATCH --job-name='" in sbatch
+
+
+def test_launch_help_lists_the_executors_without_importing_torch(tmp_path):
+    # the user's first command on an emitted program: its --help must not pay for the compiler,
+    # torch and submitit (several seconds), which only submitting needs
+    d = vlac.emit(vlac.load(TINY), vlac.plan(vlac.load(TINY)), tmp_path / "p")
+    probe = ("import runpy, sys\nsys.argv = ['launch.py', '--help']\n"
+             f"try:\n    runpy.run_path({str(d / 'launch.py')!r}, run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "print('heavy:', sorted(m for m in ('torch', 'submitit', 'pydantic') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+    assert "{local,slurm,debug}" in out
+    assert "heavy: []" in out, out
