@@ -274,8 +274,8 @@ class GraphCache:
         last-layer kind) the target needs, FP8 edge policy off; add its groups to the family."""
         need, last = set(_roles(kinds)), kinds[-1] if kinds else None
         depth = next(d for d in range(1, len(kinds) + 1)
-                     if need <= set(_roles(k := layer_kinds(_with_depth(exp, d)))) and (k[-1] if k else None) == last)
-        ref_exp = _with_depth(exp, depth, keep_edges_bf16=False)
+                     if need <= set(_roles(k := layer_kinds(with_depth(exp, d)))) and (k[-1] if k else None) == last)
+        ref_exp = with_depth(exp, depth, keep_edges_bf16=False)
         ref = self._lower_directly(ref_exp, opts)
         return _split_reference(fam, ref, layer_kinds(ref_exp))
 
@@ -322,7 +322,7 @@ def _same_costs(a: list[NodeCost], b: list[NodeCost]) -> bool:
     return len(a) == len(b) and all(vars(x) == vars(y) for x, y in zip(a, b))
 
 
-def _with_depth(exp: Experiment, depth: int, keep_edges_bf16: bool | None = None) -> Experiment:
+def with_depth(exp: Experiment, depth: int, keep_edges_bf16: bool | None = None) -> Experiment:
     """The same experiment with another depth (and FP8 edge policy); the sections are copied
     from the validated experiment, only the changed fields differ."""
     update: dict[str, Any] = {"backbone": exp.backbone.model_copy(update={"layers": depth})}

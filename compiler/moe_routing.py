@@ -50,3 +50,9 @@ def ep_fold_shards(dropless, etp, tp, sp, cp):
     dropless layer, none for a layer with a capacity (its ep divides dp)."""
     tp_shards, cp_shards = token_shards(dropless, etp, tp, sp, cp)
     return 1 + dropless * (tp_shards - 1), cp_shards
+
+
+def ep_fold_ranks(dropless, etp, dp, tp, sp, cp):
+    """The ranks of a pipeline stage that expert parallelism folds over (ep x edp): ep must divide it."""
+    tp_shards, cp_shards = ep_fold_shards(dropless, etp, tp, sp, cp)
+    return dp * tp_shards * cp_shards

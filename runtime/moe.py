@@ -225,7 +225,7 @@ class MoELayer(nn.Module):
         pos = ((onehot.cumsum(1) - 1 + ahead.unsqueeze(1)) * onehot).sum(-1).reshape(-1)
         keep = pos < self.capacity(h.size(0) * shards.size(0))
         kept = keep.nonzero().squeeze(1)
-        out = self.experts.dropless(h.repeat_interleave(k, dim=0)[kept], flat[kept].unsqueeze(1),
+        out = self.experts.dropless(h[kept // k], flat[kept].unsqueeze(1),  # copy c is token c // k
                                     weights.reshape(-1)[kept].unsqueeze(1))
         y = h.new_zeros(flat.size(0), d).index_add(0, kept, out.to(h.dtype)).view(-1, k, d).sum(1)
         dropped = self._over_shards((~keep).float().sum()) / (flat.size(0) * shards.size(0))

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from vlac.compiler import planner as planner_mod
 from vlac.compiler.cost_model import CostModel
 from vlac.compiler.graph import RECOMPUTE
-from vlac.compiler.graph_cache import GraphCache, _with_depth, layer_kinds
+from vlac.compiler.graph_cache import GraphCache, with_depth, layer_kinds
 from vlac.compiler.plan import Estimate, Plan
 from vlac.compiler.search_space import Limits
 from vlac.spec import Experiment
@@ -140,8 +140,8 @@ class FastPath:
             need = set(roles_of(layer_kinds(exp)))
             layers = exp.backbone.layers
             depth = next((d for d in range(min(3, layers), layers)
-                          if set(roles_of(layer_kinds(_with_depth(exp, d)))) >= need), layers)
-        return exp if depth == exp.backbone.layers else _with_depth(exp, depth)
+                          if set(roles_of(layer_kinds(with_depth(exp, d)))) >= need), layers)
+        return exp if depth == exp.backbone.layers else with_depth(exp, depth)
 
     def _topology_graph(self, key: str, ref_exp: Experiment):
         """The graph of `ref_exp` combined from its topology's lowered shapes (vlac.search.shape_fit)

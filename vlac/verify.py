@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from vlac.compiler.moe_routing import ep_fold_shards
+from vlac.compiler.moe_routing import ep_fold_ranks
 from vlac.spec import Experiment
 from vlac.spec.system import Cluster
 
@@ -158,13 +158,13 @@ def why_not_applicable(exp: Experiment, layout: Layout) -> list[str]:
         reasons.append(f"ep{layout.ep} does not divide moe.experts = {moe.experts}")
     # expert parallelism folds over the ranks holding distinct tokens: dp, and for dropless layers cp
     # and tp under sequence parallelism (vlac.compiler.moe_routing)
-    tp_shards, cp_shards = ep_fold_shards(moe is not None and moe.capacity_factor is None, layout.etp, layout.tp,
-                                          layout.sequence_parallel, layout.cp)
-    if layout.ep > 1 and tp_shards * cp_shards == 1 and layout.dp % layout.ep:
+    ranks = ep_fold_ranks(moe is not None and moe.capacity_factor is None, layout.etp, layout.dp, layout.tp,
+                          layout.sequence_parallel, layout.cp)
+    if layout.ep > 1 and ranks == layout.dp and layout.dp % layout.ep:
         reasons.append(f"ep{layout.ep} is folded out of data parallelism; dp{layout.dp} is not a multiple of it")
-    elif layout.ep > 1 and layout.dp * tp_shards * cp_shards % layout.ep:
+    elif layout.ep > 1 and ranks % layout.ep:
         reasons.append(f"ep{layout.ep} is folded over the dp x cp x tp ranks of the dropless MoE layers; "
-                       f"{layout.dp * tp_shards * cp_shards} is not a multiple of it")
+                       f"{ranks} is not a multiple of it")
     if layout.etp > 1 and moe is None:
         reasons.append("+etp splits experts; the spec has no moe section")
     return reasons

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from vlac.compiler.moe_routing import routes_own_tokens, token_shards
+from vlac.compiler.moe_routing import ep_fold_ranks
 from vlac.spec import Experiment
 
 Columns = Mapping[str, Any]
@@ -49,19 +49,16 @@ def _dropless(exp: Experiment) -> bool:
 
 
 def _moe_gathered_costed_per_rank(exp: Experiment) -> bool:
-    """MoE layers that vlac's runtime gathers over cp, or replicates over tp without sp (a capacity:
-    compiler/moe_routing.py),
-    costed as another stack runs them (each rank routing its own tokens); the cost model charges
-    the gather only for stack: vlac."""
-    return (exp.moe is not None and exp.stack.preset != "vlac"
-            and not routes_own_tokens(_dropless(exp), 1))
+    """MoE layers with a capacity, which vlac's runtime gathers over cp and replicates over tp
+    without sp (compiler/moe_routing.py), costed as another stack runs them (each rank routing its
+    own tokens); the cost model charges the gather only for stack: vlac."""
+    return exp.moe is not None and exp.stack.preset != "vlac" and not _dropless(exp)
 
 
 def _dropless_token_ranks(c: Columns):
     """Ranks of a pipeline stage that hold distinct tokens of a dropless MoE layer (mesh.py); with
     etp > 1, which expert_tensor_parallel_dropless refuses, the dp ranks alone."""
-    tp_shards, cp_shards = token_shards(True, c["etp"], c["tp"], c["sp"], c["cp"])
-    return c["dp"] * tp_shards * cp_shards
+    return ep_fold_ranks(True, c["etp"], c["dp"], c["tp"], c["sp"], c["cp"])
 
 
 LIMITS: tuple[Limit, ...] = (
@@ -77,7 +74,7 @@ LIMITS: tuple[Limit, ...] = (
           "expert parallelism folded beyond the data-parallel ranks for MoE layers with a capacity (ep must divide "
           "dp here: the tp and cp ranks hold the same gathered tokens)",
           "--pin ep=<a divisor of dp>, or moe.capacity_factor: null (dropless layers fold ep over dp*cp*tp)",
-          lambda e: not routes_own_tokens(_dropless(e), 1), lambda c: (c["ep"] > 1) & (c["dp"] % c["ep"] != 0)),
+          lambda e: not _dropless(e), lambda c: (c["ep"] > 1) & (c["dp"] % c["ep"] != 0)),
     Limit("expert_parallel_outside_token_ranks",
           "expert parallelism with dropless routing folded beyond the ranks that hold distinct tokens (ep must "
           "divide dp*cp, times tp under sequence parallelism with etp = 1)",
@@ -98,7 +95,8 @@ LIMITS: tuple[Limit, ...] = (
           "sequence shard; this runtime runs all experts on the whole sequence on every tensor-parallel rank there; "
           "under sp at cp = 1 each routes its own shard with the whole sequence's capacity positions)",
           "--pin sequence_parallel=true and cp=1, etp=<tp>, moe.capacity_factor: null, or stack.preset: vlac",
-          _moe_gathered_costed_per_rank, lambda c: (c["tp"] > 1) & (c["etp"] == 1) & (np.logical_not(c["sp"]) | (c["cp"] > 1)), refused=False),
+          _moe_gathered_costed_per_rank,
+          lambda c: (c["tp"] > 1) & (c["etp"] == 1) & (np.logical_not(c["sp"]) | (c["cp"] > 1)), refused=False),
     Limit("moe_replicated_over_cp", "MoE layers with a capacity under context parallelism as a stack other than "
           "vlac's times them (each rank routing its own tokens; this runtime runs the experts on the whole sequence "
           "on every context-parallel rank, which keeps capacity exact; dropless layers route their own tokens)",

@@ -5,7 +5,7 @@ search whose architectures are combined plans them as the full path does."""
 import random
 from pathlib import Path
 
-from vlac.compiler.graph_cache import GraphCache, _with_depth, graph_differences
+from vlac.compiler.graph_cache import GraphCache, with_depth, graph_differences
 from vlac.compiler.lower import lower
 from vlac.search import Search
 from vlac.search.fast import _architecture_key
@@ -41,7 +41,7 @@ def test_combined_graphs_equal_direct_lowering_on_held_out_shapes():
     random.Random(3).shuffle(grid)
     combined = 0
     for h, e, k in grid:
-        exp = _with_depth(s.evaluator.experiment({"backbone.hidden": h, "moe.experts": e, "moe.top_k": k}), 3)
+        exp = with_depth(s.evaluator.experiment({"backbone.hidden": h, "moe.experts": e, "moe.top_k": k}), 3)
         topo = topology_key(_architecture_key(exp))
         g = fit.combine(topo, exp)
         if g is not None:  # held out: lowered directly, not through the cache, and never added
