@@ -27,10 +27,6 @@ from .profile import CostProfile
 from .search_space import SCHEDULE_CODES, Limits, Space, enumerate_space
 
 TOP_ALTERNATIVES = 5
-# vlac's runtime gets the policy per stage, not yet the stage's count (recompute_layers_per_stage)
-PARTIAL_RECOMPUTE_NOTE = ("full recompute of part of a stage's blocks (plan.recompute_layers_per_stage) is not how this "
-                          "runtime runs it: it recomputes every block of a `full` stage; set stack.partial_recompute: "
-                          "false to plan that")
 ADVICE_NODE_FACTORS = (2, 4, 8, 16, 32, 64)
 
 
@@ -178,7 +174,7 @@ def plan(exp: Experiment, cluster: Cluster | None = None, pin: dict[str, Any] | 
                 "pruned_dominated": space.dominated,
                 "pruned_over_memory": int((~ev.fits).sum()),
                 "recompute": "chosen per pipeline stage: the least recompute time that fits that stage"
-                             + (", full recompute of its first k blocks included" if search.model.p.stack.partial_recompute
+                             + (", full recompute of k of its blocks included" if search.model.p.stack.partial_recompute
                                 else ""),
                 "stack": _stack_json(exp)},
     )
@@ -281,8 +277,7 @@ def _runtime_note(exp: Experiment, pins: dict[str, Any], chosen: Estimate, limit
                          "expert_tensor_parallel": lay.etp, "zero": lay.zero, "num_microbatches": lay.num_microbatches,
                          "sequence_parallel": lay.sequence_parallel, "schedule": lay.schedule, "fp8": lay.fp8})
     note: dict[str, Any] = {"runs": not unsupported(exp, cols), "unsupported": unsupported(exp, cols),
-                            "not_as_timed": not_as_timed(exp, cols) + ([PARTIAL_RECOMPUTE_NOTE] if lay.stage_recompute_layers
-                                                                       else []),
+                            "not_as_timed": not_as_timed(exp, cols),
                             "excluded_layouts": {k: int(m.sum()) for k, m in limits.items()},
                             "excluded_total": int((~runnable).sum())}
     if note["unsupported"] or note["not_as_timed"]:

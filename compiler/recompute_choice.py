@@ -11,7 +11,17 @@ flight) and costs the rank's mean per-block rerun time: exact when the rank's bl
 
 Each rank takes, among the allowed choices that fit, the one with the least recompute time: no
 recompute, selective, or full on the smallest k that fits (k = all of its blocks without
-`partial_recompute`). With none fitting it takes the last allowed policy on every block.
+`partial_recompute`). With none fitting it takes the last allowed policy on every block; where
+`full` is chosen without needing any block (only `full` allowed, and memory to spare), it covers
+every block, as `full` does without `partial_recompute`.
+
+Which k blocks (`full_recompute_layers`, what the emitted program checkpoints): the figures above
+price any k of a rank's blocks alike (the rank's mean per-block saving and rerun, one in-flight
+count for all of its virtual chunks), so the rule need only be fixed and shared by the plan, the
+emitted train.py and the runtime. It is Megatron-Core's: `recompute_num_layers` per virtual
+chunk, each chunk its first layers (`recompute_method: block`); k spread over the rank's chunks
+as evenly as their sizes allow, the earlier chunks (more micro-batches in flight under the
+interleaved schedule) taking the remainder.
 """
 
 from __future__ import annotations
@@ -64,6 +74,7 @@ def choose(total: np.ndarray, rc: np.ndarray, blocks: np.ndarray, usable: float,
     """The search's choice per rank (module docstring). `total`, `rc`: [rows, ranks, 3];
     `blocks`: [rows, ranks] block layers per rank; `allowed`: [3] bool."""
     k = smallest_fitting(total, blocks, usable) if partial else blocks
+    k = np.where(k > 0, k, blocks)  # `full` on none of the blocks would be no recompute: all of them
     full_mem, full_rc = partial_full(total, rc, blocks, k)
     mem = np.stack([total[..., 0], total[..., 1], full_mem], axis=-1)
     secs = np.stack([rc[..., 0], rc[..., 1], full_rc], axis=-1)
@@ -85,3 +96,34 @@ def forced(total: np.ndarray, rc: np.ndarray, blocks: np.ndarray, usable: float,
     pick = lambda a, full: np.where(policy == FULL, full, np.take_along_axis(a, policy[..., None], 2)[..., 0])  # noqa: E731
     mem, secs = pick(total, full_mem), pick(rc, full_rc)
     return RankChoice(policy, np.where(policy == FULL, k, 0.0), mem, secs, mem <= usable)
+
+
+def full_recompute_layers(chunks: list[list[int]], k: int) -> list[int]:
+    """The decoder layers a pipeline rank recomputes in full when the plan says k of its blocks
+    (module docstring): `chunks` are the decoder layer ids of the rank's virtual stages in
+    schedule order (stage r, r + pp, ...); round-robin over the chunks, each chunk's first layers."""
+    taken, left = [0] * len(chunks), min(k, sum(len(c) for c in chunks))
+    while left:
+        for j, chunk in enumerate(chunks):
+            if left and taken[j] < len(chunk):
+                taken[j] += 1
+                left -= 1
+    return sorted(i for chunk, t in zip(chunks, taken) for i in chunk[:t])
+
+
+def planned_full_layers(p: dict) -> list[list[int] | None]:
+    """Per pipeline rank of plan.json's `plan` section, the decoder layers recomputed in full:
+    a list where `recompute_layers_per_stage` gives a `full` rank fewer than all of its blocks,
+    None where the rank's policy covers every block (or none)."""
+    pp, counts = p["pp"], p.get("recompute_layers_per_stage") or []
+    policies = p.get("recompute_per_stage") or [p["recompute"]] * pp
+    if not counts:
+        return [None] * pp
+    split = p["stage_split"]
+    head = max(i for chunk in split for i in chunk)  # stage_split lists -1 (inputs), 0..L-1, L (head)
+    chunks = [[i for i in chunk if 0 <= i < head] for chunk in split]
+    out: list[list[int] | None] = []
+    for rank, (policy, k) in enumerate(zip(policies, counts)):
+        mine = chunks[rank::pp]
+        out.append(full_recompute_layers(mine, int(k)) if policy == "full" and k < sum(map(len, mine)) else None)
+    return out

@@ -17,6 +17,7 @@ from vlac.spec import Experiment, load
 EXPERIMENT_FILE = "experiment.yaml"
 PLAN_FILE = "plan.json"
 RUN_DIR = "run"  # metrics.jsonl, tensorboard/ and checkpoints/ of the emitted train.py, beside it
+RECOMPUTE_ENTRIES = ("none", "selective", "full")  # vlac.runtime.recompute.RECOMPUTE_POLICIES
 LAYER_MODULE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 
@@ -72,6 +73,18 @@ def _ranges(ids: list[int]) -> str:
     return ",".join(out)
 
 
+def _rank_recompute(rank: int, entry: Any) -> tuple[str, list[int] | None]:
+    """One pipeline rank's entry of train.py's RECOMPUTE: a policy on every block of the rank
+    ("none", "selective", "full"), or {"full": [decoder layers]}: full recompute of those only."""
+    if isinstance(entry, str) and entry in RECOMPUTE_ENTRIES:
+        return entry, None
+    if isinstance(entry, dict) and list(entry) == ["full"] and isinstance(entry["full"], (list, tuple)) \
+            and all(type(i) is int and i >= 0 for i in entry["full"]):
+        return "full", sorted(set(entry["full"]))
+    raise ValueError(f"train.py RECOMPUTE[{rank}] = {entry!r}: give one of {', '.join(map(repr, RECOMPUTE_ENTRIES))} "
+                     f"(on every block of the rank), or {{'full': [decoder layer ids]}} to recompute only those")
+
+
 def _in_ranges(layer: int, text: str) -> bool:
     for part in filter(None, text.split(",")):
         lo, _, hi = part.partition("-")
@@ -82,7 +95,7 @@ def _in_ranges(layer: int, text: str) -> bool:
 
 def with_layout(plan: dict[str, Any], mesh: dict[str, int], experts: dict[str, int] | None = None,
                 zero: int = 0, sequence_parallel: bool = False, pipeline: dict[str, Any] | None = None,
-                recompute: list[str] | None = None, fp8_gemms: dict[str, str] | None = None,
+                recompute: list[str | dict[str, list[int]]] | None = None, fp8_gemms: dict[str, str] | None = None,
                 tp_plan: dict[str, str] | None = None) -> dict[str, Any]:
     """plan.json with the layout train.py states: what the literals there say is what runs.
     `tp_plan` (TP_PLAN) is checked against the model when the layout is applied
@@ -101,7 +114,14 @@ def with_layout(plan: dict[str, Any], mesh: dict[str, int], experts: dict[str, i
     if recompute is not None:
         if len(recompute) != p["pp"]:
             raise ValueError(f"train.py RECOMPUTE lists {len(recompute)} policies for {p['pp']} pipeline ranks")
-        p["recompute_per_stage"] = list(recompute)
+        from vlac.compiler.recompute_choice import planned_full_layers
+
+        ranks = [_rank_recompute(r, entry) for r, entry in enumerate(recompute)]
+        p["recompute_per_stage"] = [policy for policy, _ in ranks]
+        p.pop("recompute_full_layers", None)
+        layers = [ids for _, ids in ranks]
+        if layers != planned_full_layers(p):  # layers other than the plan's (an edit): those run
+            p["recompute_full_layers"] = layers
     if fp8_gemms is not None:
         p["fp8"] = out.get("fp8", {})["enabled"] = bool(fp8_gemms) and p.get("fp8", False)
         for g in out.get("fp8", {}).get("gemms", []):

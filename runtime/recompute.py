@@ -10,10 +10,12 @@ that implements them:
   backward pass. The block's inputs are kept too.
 * ``full``: keep only each block's inputs; the whole block runs again in the backward pass.
 
-With ``layers=k`` only the first k blocks (in registration order, the stage's first k layers)
-are checkpointed and the rest keep what autograd saves: Megatron-Core's
-``--recompute-method block --recompute-num-layers k``, which the compiler costs for stacks with
-``partial_recompute`` (vlac.compiler.recompute_choice).
+With ``layers=k`` only the first k blocks (in registration order) are checkpointed and the rest
+keep what autograd saves; ``recompute_blocks`` checkpoints a given subset. A pipeline rank's
+plan (full recompute of k of its blocks, Megatron-Core's ``--recompute-method block
+--recompute-num-layers``, which the compiler costs for stacks with ``partial_recompute``) names
+the decoder layers (vlac.compiler.recompute_choice.full_recompute_layers), and
+vlac.runtime.parallel.activation_checkpoint applies it to the rank's own stages.
 
 A *block* is a module held in an ``nn.ModuleList`` (a decoder layer, or any other repeated
 layer), the outermost such module on its path. Everything outside blocks (embeddings, output
@@ -91,11 +93,22 @@ def apply_recompute(model: nn.Module, policy: str, layers: int | None = None) ->
     if layers is not None and (type(layers) is not int or layers < 0):
         raise ValueError(f"recompute layers {layers!r}: give the number of blocks to checkpoint, an integer >= 0 "
                          "(or None for every block)")
+    blocks = [block for _, block in iter_blocks(model)]
+    return recompute_blocks(blocks, blocks if layers is None else blocks[:layers], policy)
+
+
+def recompute_blocks(blocks: list[nn.Module], chosen: list[nn.Module], policy: str) -> int:
+    """Every one of `blocks` back to its plain forward, then `policy` on those in `chosen` (a
+    pipeline stage's own blocks, vlac.runtime.parallel.activation_checkpoint); returns how many
+    were wrapped."""
+    if policy not in RECOMPUTE_POLICIES:
+        raise ValueError(f"recompute policy {policy!r} is unknown; choose one of {', '.join(RECOMPUTE_POLICIES)}")
     saved = saved_ops()
+    picked = {id(b) for b in chosen}
     count = 0
-    for position, (_, block) in enumerate(iter_blocks(model)):
+    for block in blocks:
         block.__dict__.pop("forward", None)  # back to the class's forward
-        if policy == "none" or (layers is not None and position >= layers):
+        if policy == "none" or id(block) not in picked:
             continue
         count += 1
         # RNG state is only worth saving (~5 KB per block on CPU) when the block draws random numbers
@@ -119,4 +132,4 @@ def _checkpointed(forward: Callable, context_fn, preserve_rng: bool) -> Callable
     return run
 
 
-__all__ = ["RECOMPUTE_POLICIES", "apply_recompute", "iter_blocks", "saved_ops"]
+__all__ = ["RECOMPUTE_POLICIES", "apply_recompute", "iter_blocks", "recompute_blocks", "saved_ops"]

@@ -13,7 +13,8 @@ Presets (what each stack runs by default, from its own code and docs):
   as eager ops, fp32 log-softmax cross entropy, plain DTensor tensor parallelism (no overlap),
   DDP/FSDP2 bucketed gradient reduction and parameter prefetch (overlapped),
   torch.distributed.pipelining sends (not overlapped), no torch.compile; residual adds and
-  the MLP activation as eager kernels (`fused_elementwise: false`).
+  the MLP activation as eager kernels (`fused_elementwise: false`); full recompute may cover
+  only k of a pipeline rank's decoder layers (`partial_recompute`: train.py's RECOMPUTE names them).
 - `megatron-te`: Megatron-Core with TransformerEngine as NeMo's H100 recipes run it: TE
   cuDNN fused attention, TE LayerNormLinear (norm fused into the next GEMM), bias-SwiGLU and
   RoPE fusions (`bias_swiglu_fusion`, `apply_rope_fusion`), `cross_entropy_loss_fusion`,
@@ -94,7 +95,7 @@ class ResolvedStack:
 PRESETS: dict[str, ResolvedStack] = {
     "vlac": ResolvedStack("vlac", "flash2", ("norm", "rope"), None, tp_comm_overlap=False, grad_reduce_overlap=True,
                           param_gather_overlap=True, pp_p2p_overlap=False, torch_compile=False,
-                          fused_elementwise=False),
+                          fused_elementwise=False, partial_recompute=True),
     "megatron-te": ResolvedStack("megatron-te", "cudnn", FUSED_OPS, None, tp_comm_overlap=True,
                                  grad_reduce_overlap=True, param_gather_overlap=True, pp_p2p_overlap=True,
                                  torch_compile=False, selective_recompute="core_attention",
@@ -144,10 +145,11 @@ class Stack(SpecModel):
                           "(TransformerEngine's Linear/LayerNormLinear/LayerNormMLP: megatron-te), not in the compute "
                           "dtype (torchao's Float8Linear); null = the preset's")
     partial_recompute: bool | None = Field(
-        None, description="full recompute may cover only the first k blocks of a pipeline stage, the planner "
+        None, description="full recompute may cover only k of the blocks of a pipeline rank, the planner "
                           "choosing the smallest k that fits (Megatron-Core's recompute_method block with "
-                          "recompute_num_layers: megatron-te); false: a recomputing stage reruns every block "
-                          "(vlac's runtime, torchtitan's full activation checkpointing); null = the preset's")
+                          "recompute_num_layers: megatron-te; vlac's runtime checkpoints the layers train.py's "
+                          "RECOMPUTE names); false: a recomputing stage reruns every block (torchtitan's full "
+                          "activation checkpointing); null = the preset's")
 
     def resolved(self) -> ResolvedStack:
         base = PRESETS[self.preset]

@@ -19,6 +19,7 @@ from typing import Any
 import jinja2
 
 from vlac.compiler.number_format import data_size, duration
+from vlac.compiler.recompute_choice import planned_full_layers
 from vlac.runtime.launch import SIGNAL_LEAD_S
 from vlac.runtime.program import fp8_gemm_ranges
 from vlac.spec import Experiment, dump
@@ -144,7 +145,7 @@ def layout_context(exp: Experiment, plan_json: dict[str, Any]) -> dict[str, Any]
         "pipeline": {"schedule": p["schedule"], "virtual_stages": p["virtual_stages"],
                      "num_microbatches": p["num_microbatches"], "microbatch_size": p["microbatch_size"]},
         "stages": p["stage_split"], "layers": exp.backbone.layers,
-        "recompute": list(p.get("recompute_per_stage") or [p["recompute"]] * p["pp"]),
+        "recompute": recompute_entries(p),
         "fp8_gemms": fp8_gemm_ranges(plan_json) if p.get("fp8") else {},
         "tp_plan": default_tp_plan(exp, p) if p["tp"] > 1 else {},
         "fp8_recipe": (plan_json.get("fp8", {}).get("recipe") or {}).get("name", ""),
@@ -152,6 +153,13 @@ def layout_context(exp: Experiment, plan_json: dict[str, Any]) -> dict[str, Any]
         "checkpoint_every": exp.train.checkpoint_every,
         "verify_layouts": ",".join(verify_layouts(exp)),
     }
+
+
+def recompute_entries(p: dict[str, Any]) -> list[str | dict[str, list[int]]]:
+    """RECOMPUTE: per pipeline rank its policy, or {"full": [layers]} where the plan recomputes
+    only some of the rank's blocks (the layers by vlac.compiler.recompute_choice's rule)."""
+    policies = p.get("recompute_per_stage") or [p["recompute"]] * p["pp"]
+    return [policy if layers is None else {"full": layers} for policy, layers in zip(policies, planned_full_layers(p))]
 
 
 def default_tp_plan(exp: Experiment, p: dict[str, Any]) -> dict[str, str]:

@@ -27,6 +27,8 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from vlac.compiler.moe_routing import ep_fold_shards, routes_own_tokens
 
+from .activation_checkpoint import rank_full_layers
+
 MESH_DIMS = ("pp", "dp_replicate", "dp_shard", "cp", "tp")
 SCHEDULES = ("1f1b", "interleaved_1f1b", "gpipe", "zero_bubble")
 
@@ -49,6 +51,9 @@ class ParallelDims:
     virtual_stages: int
     etp: int = 1
     recompute: tuple[str, ...] = ("none",)  # per pipeline rank
+    # per pipeline rank, the decoder layers under partial full recompute (None: the policy on
+    # every block; () for every rank); activation_checkpoint.rank_full_layers
+    recompute_layers: tuple[tuple[int, ...] | None, ...] = ()
     # the dims whose ranks hold distinct tokens of the MoE layers: ep is folded over them (`with_moe`)
     moe_token_dims: tuple[str, ...] = ("dp",)
 
@@ -62,7 +67,8 @@ class ParallelDims:
                    sequence_parallel=bool(p["sequence_parallel"]) and p["tp"] > 1,
                    schedule=p["schedule"], virtual_stages=p["virtual_stages"],
                    etp=p.get("expert_tensor_parallel", 1),
-                   recompute=tuple(p.get("recompute_per_stage") or [p["recompute"]] * p["pp"]))
+                   recompute=tuple(p.get("recompute_per_stage") or [p["recompute"]] * p["pp"]),
+                   recompute_layers=rank_full_layers(p))
 
     def with_moe(self, dropless: bool) -> "ParallelDims":
         """These dims for a model whose MoE layers are dropless (or have a capacity): a dropless
@@ -84,6 +90,11 @@ class ParallelDims:
         last = self.moe_token_dims[-1]
         rest = MESH_DIMS[MESH_DIMS.index("dp_shard" if last == "dp" else last) + 1:]
         return ("pp", "edp", "ep", *rest)
+
+    def full_layers(self, pp_rank: int) -> tuple[int, ...] | None:
+        """The decoder layers pipeline rank `pp_rank` recomputes in full; None: its policy on
+        every block."""
+        return self.recompute_layers[pp_rank] if self.recompute_layers else None
 
     @property
     def dp(self) -> int:
@@ -118,6 +129,11 @@ class ParallelDims:
         if len(self.recompute) != self.pp:
             raise LayoutError(f"plan.recompute_per_stage lists {len(self.recompute)} policies for pp = {self.pp} "
                               f"pipeline ranks; re-emit the program")
+        if self.recompute_layers and (len(self.recompute_layers) != self.pp or any(
+                ids is not None and pol != "full" for pol, ids in zip(self.recompute, self.recompute_layers))):
+            raise LayoutError(f"plan.recompute_full_layers {list(self.recompute_layers)} does not give pp = {self.pp} "
+                              f"ranks layers only where their policy ({list(self.recompute)}) is `full`; re-emit "
+                              f"the program")
         if self.ep > 1 and self.moe_token_dims == ("dp",) and self.dp % self.ep:
             raise LayoutError(f"plan.ep = {self.ep} must divide plan.dp = {self.dp}: expert parallelism is folded "
                               f"out of the data-parallel ranks (MoE layers with a capacity, or experts split by "

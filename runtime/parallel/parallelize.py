@@ -23,7 +23,7 @@ from vlac.spec import Experiment
 from ..distributed import DistEnv
 from ..materialize import has_meta_weights, materialize
 from ..precision import Precision
-from .activation_checkpoint import apply_activation_checkpointing
+from .activation_checkpoint import apply_stage_recompute
 from .context_parallel import apply_context_parallel, average_grads_over_cp
 from .data_parallel import average_grads, loss_heads, replicate_module, shard_module, uses_ddp
 from .moe_local_routing import locally_routed_params, mark_context_parallel, sum_grads_over_tp
@@ -144,8 +144,12 @@ def parallelize(model: nn.Module, exp: Experiment, plan: dict[str, Any], env: Di
         apply_context_parallel(model, exp, mesh.sub("cp"))
     experts_mesh = expert_mesh(mesh)  # by expert over ep, by inner width over tp (etp)
     expert_params = apply_expert_parallel(model, experts_mesh) if experts_mesh is not None else []
-    # per pipeline rank (the planner may recompute more on early stages, which hold more activations)
-    apply_activation_checkpointing(model, dims.recompute[mesh.pp_rank])
+    # per pipeline rank (the planner may recompute more on early stages, which hold more
+    # activations), on the blocks of the stages this rank runs: with pipeline stages, per stage
+    # after the split (build_pipeline), partial full recompute naming the rank's own layers
+    policy, full_layers = dims.recompute[mesh.pp_rank], dims.full_layers(mesh.pp_rank)
+    if dims.pp == 1:
+        apply_stage_recompute(model, model, policy, full_layers)
 
     fsdp_experts: list[nn.Parameter] = []
     if expert_params and dims.zero >= 1 and mesh.edp_group is not None:
@@ -167,8 +171,10 @@ def parallelize(model: nn.Module, exp: Experiment, plan: dict[str, Any], env: Di
                 # timestep embedding, which its forward calls directly)
                 heads = loss_heads(stage_module.view) if stage_module.last else []
                 shard_module(stage_module, blocks + heads, mesh, ignored)
+        def recompute(stage_module):
+            apply_stage_recompute(model, stage_module, policy, full_layers)
         runner, holder = build_pipeline(exp, model, plan, mesh, rows, n_experts, precision.forward_context,
-                                        env.device, shard)
+                                        env.device, shard, recompute)
         # the stage modules carry the FSDP state; the holder names the parameters as the whole model does
         allocated = materialize(runner.stages, holder, deferred, env.device) if deferred else 0
         return ParallelModel(holder, mesh, runner, precision, rows, expert_params, fsdp_experts, scalars,

@@ -273,9 +273,11 @@ class PipelineRunner:
 
 
 def build_pipeline(exp: Experiment, model: nn.Module, plan: dict, mesh: Mesh, moe_rows_of: dict[int, int],
-                   n_experts: int, forward_context, device: torch.device, shard) -> tuple[PipelineRunner, nn.Module]:
+                   n_experts: int, forward_context, device: torch.device, shard,
+                   recompute=None) -> tuple[PipelineRunner, nn.Module]:
     """Stages of this rank, their schedule, and the view that holds all of this rank's parameters
-    (for the optimiser and checkpoints). `shard(stage_module, blocks)` applies data parallelism."""
+    (for the optimiser and checkpoints). `recompute(stage_module)` applies activation recompute to
+    the blocks of one stage, `shard(stage_module, blocks)` then data parallelism."""
     from torch.distributed.pipelining import PipelineStage
 
     check_pipelinable(exp, model)
@@ -297,6 +299,8 @@ def build_pipeline(exp: Experiment, model: nn.Module, plan: dict, mesh: Mesh, mo
         last_view = view if last else last_view
         rows = [moe_rows_of[i] for i in per_stage[s] if i in moe_rows_of]
         module = StageModule(view, first, last, rows, forward_context, reads[s], any(reads[s + 1:]))
+        if recompute is not None:
+            recompute(module)
         shard(module, [model.layers[i] for i in per_stage[s]])
         modules.append(module)
         held += per_stage[s]

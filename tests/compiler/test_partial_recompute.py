@@ -92,16 +92,23 @@ def test_the_planner_recomputes_the_fewest_layers_that_fit(megatron, monkeypatch
 
 
 def test_without_partial_recompute_a_stage_recomputes_every_layer(monkeypatch):
-    # vlac's runtime checkpoints every block of a stage: the same cap costs all four layers
-    vlac_stack = search_for({"preset": "vlac"})
-    assert not vlac_stack.model.p.stack.partial_recompute
-    peaks = [with_k(vlac_stack, j).peak[0] for j in range(LAYERS + 1)]
+    # torchtitan's full activation checkpointing wraps every block: the same cap costs all four layers
+    titan = search_for({"preset": "torchtitan-torchao"})
+    assert not titan.model.p.stack.partial_recompute
+    peaks = [with_k(titan, j).peak[0] for j in range(LAYERS + 1)]
     cap_at(monkeypatch, (peaks[1] + peaks[2]) / 2)
-    ev = vlac_stack.model.evaluate(one_row(dp=8), allowed=(0, 2))
+    ev = titan.model.evaluate(one_row(dp=8), allowed=(0, 2))
     assert ev.fits[0] and ev.layers[0, 0] == LAYERS
-    assert _layout(vlac_stack, ev, 0).stage_recompute_layers == ()
-    # the override turns it on for any preset
-    assert search_for({"preset": "vlac", "partial_recompute": True}).model.p.stack.partial_recompute
+    assert _layout(titan, ev, 0).stage_recompute_layers == ()
+    # the override turns it on for any preset; vlac's runtime checkpoints the planned layers
+    assert search_for({"preset": "torchtitan-torchao", "partial_recompute": True}).model.p.stack.partial_recompute
+    assert search_for({"preset": "vlac"}).model.p.stack.partial_recompute
+
+
+def test_pinned_full_recompute_with_memory_to_spare_covers_every_block(megatron):
+    # the smallest k that fits is 0 here: `full` on no block would be no recompute at all
+    ev = megatron.model.evaluate(one_row(dp=8), allowed=(2,))
+    assert ev.fits[0] and ev.policy[0, 0] == 2 and ev.layers[0, 0] == LAYERS
 
 
 def test_pipeline_ranks_holding_more_micro_batches_recompute_more(megatron, monkeypatch):
@@ -117,13 +124,15 @@ def test_pipeline_ranks_holding_more_micro_batches_recompute_more(megatron, monk
     assert lay.stage_recompute_layers == (int(first), int(last))
 
 
-def test_the_plan_says_the_runtime_recomputes_every_block(megatron, monkeypatch):
-    # vlac's runtime receives the policy per stage, not the count: a partial plan is flagged
-    peaks = [with_k(megatron, j).peak[0] for j in range(LAYERS + 1)]
-    cap_at(monkeypatch, (peaks[1] + peaks[2]) / 2)
-    p = vlac.plan(megatron.exp, graph=megatron.g, pin={"dp": 8, "tp": 1, "pp": 1, "cp": 1, "microbatch_size": 1,
+def test_a_partial_plan_is_run_as_timed_by_vlacs_runtime(megatron, monkeypatch):
+    # the emitted program checkpoints the plan's k blocks per rank (runtime/parallel/
+    # activation_checkpoint.py): no runtime note, under megatron-te as under vlac's own stack
+    for search in (megatron, search_for({"preset": "vlac"})):
+        peaks = [with_k(search, j).peak[0] for j in range(LAYERS + 1)]
+        cap_at(monkeypatch, (peaks[1] + peaks[2]) / 2)
+        p = vlac.plan(search.exp, graph=search.g, pin={"dp": 8, "tp": 1, "pp": 1, "cp": 1, "microbatch_size": 1,
                                                        "recompute": "full", "zero": 0})
-    assert p.chosen.layout.stage_recompute_layers == (2,)
-    out = p.to_json()
-    assert out["plan"]["recompute_layers_per_stage"] == [2]
-    assert any("recompute_layers_per_stage" in why for why in out["runtime"]["not_as_timed"])
+        assert p.chosen.layout.stage_recompute_layers == (2,)
+        out = p.to_json()
+        assert out["plan"]["recompute_layers_per_stage"] == [2]
+        assert not any("recompute" in why for why in out["runtime"]["not_as_timed"])
