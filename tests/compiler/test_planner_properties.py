@@ -1,6 +1,6 @@
 """Properties of the planner on small models: every returned plan is legal and fits; the choice
-equals brute force over all legal layouts (every recompute choice per stage included, dominated
-layouts included); the same input gives byte-identical JSON."""
+equals brute force over all legal layouts (every recompute choice per stage included, full
+recompute of any number of a stage's blocks where the stack allows it, dominated layouts included); the same input gives byte-identical JSON."""
 
 import json
 from itertools import product
@@ -83,15 +83,22 @@ def legal_layouts(exp):
 
 def brute_force_best(exp, g):
     search = Search(exp, exp.cluster, g)
-    rows, policies = [], []
+    model = search.model
+    rows, policies, layers = [], [], []
     for row, pol in legal_layouts(exp):
-        rows.append(row)
-        policies.append(pol + (-1,) * (8 - len(pol)))
+        # with partial_recompute a `full` rank may cover any 1..n of its n blocks
+        pp, v = row[COLUMNS.index("pp")], row[COLUMNS.index("v")]
+        blocks = (model.composition(pp, v)[1] @ model.is_block).astype(int)
+        counts = [range(1, n + 1) if p == 2 and model.p.stack.partial_recompute else [-1] for p, n in zip(pol, blocks)]
+        for ks in product(*counts):
+            rows.append(row)
+            policies.append(pol + (-1,) * (8 - len(pol)))
+            layers.append(ks + (-1,) * (8 - len(ks)))
     arr = np.array(rows, dtype=np.int64)
     cols = {name: arr[:, i] for i, name in enumerate(COLUMNS)}
     cols["sp"], cols["raf"] = cols["sp"].astype(bool), cols["raf"].astype(bool)
     space = Space(cols, len(rows))
-    ev = search.model.evaluate(space, forced=np.array(policies))
+    ev = model.evaluate(space, forced=np.array(policies), forced_layers=np.array(layers, float))
     ok = ev.fits & ev.timed
     runnable = ok & search.runnable(space)[0]
     best = float(ev.step[ok].min()) if ok.any() else None
