@@ -111,6 +111,15 @@ def full_recompute_layers(chunks: list[list[int]], k: int) -> list[int]:
     return sorted(i for chunk, t in zip(chunks, taken) for i in chunk[:t])
 
 
+def rank_chunks(p: dict) -> list[list[list[int]]]:
+    """Per pipeline rank of plan.json's `plan` section, the decoder layer ids of its stages in
+    schedule order (stage_split also lists -1, the inputs, and L, the head)."""
+    split = p["stage_split"]
+    head = max(i for chunk in split for i in chunk)
+    chunks = [[i for i in chunk if 0 <= i < head] for chunk in split]
+    return [chunks[rank::p["pp"]] for rank in range(p["pp"])]
+
+
 def planned_full_layers(p: dict) -> list[list[int] | None]:
     """Per pipeline rank of plan.json's `plan` section, the decoder layers recomputed in full:
     a list where `recompute_layers_per_stage` gives a `full` rank fewer than all of its blocks,
@@ -119,11 +128,7 @@ def planned_full_layers(p: dict) -> list[list[int] | None]:
     policies = p.get("recompute_per_stage") or [p["recompute"]] * pp
     if not counts:
         return [None] * pp
-    split = p["stage_split"]
-    head = max(i for chunk in split for i in chunk)  # stage_split lists -1 (inputs), 0..L-1, L (head)
-    chunks = [[i for i in chunk if 0 <= i < head] for chunk in split]
     out: list[list[int] | None] = []
-    for rank, (policy, k) in enumerate(zip(policies, counts)):
-        mine = chunks[rank::pp]
+    for policy, k, mine in zip(policies, counts, rank_chunks(p)):
         out.append(full_recompute_layers(mine, int(k)) if policy == "full" and k < sum(map(len, mine)) else None)
     return out

@@ -19,7 +19,7 @@ from typing import Any
 import jinja2
 
 from vlac.compiler.number_format import data_size, duration
-from vlac.compiler.recompute_choice import planned_full_layers
+from vlac.compiler.recompute_choice import planned_full_layers, rank_chunks
 from vlac.runtime.launch import SIGNAL_LEAD_S
 from vlac.runtime.program import fp8_gemm_ranges
 from vlac.spec import Experiment, dump
@@ -145,7 +145,7 @@ def layout_context(exp: Experiment, plan_json: dict[str, Any]) -> dict[str, Any]
         "pipeline": {"schedule": p["schedule"], "virtual_stages": p["virtual_stages"],
                      "num_microbatches": p["num_microbatches"], "microbatch_size": p["microbatch_size"]},
         "stages": p["stage_split"], "layers": exp.backbone.layers,
-        "recompute": recompute_entries(p),
+        "recompute": recompute_entries(p), "rank_layers": [sum(map(len, mine)) for mine in rank_chunks(p)],
         "fp8_gemms": fp8_gemm_ranges(plan_json) if p.get("fp8") else {},
         "tp_plan": default_tp_plan(exp, p) if p["tp"] > 1 else {},
         "fp8_recipe": (plan_json.get("fp8", {}).get("recipe") or {}).get("name", ""),
