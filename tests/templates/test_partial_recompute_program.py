@@ -9,7 +9,6 @@ import runpy
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 import vlac
 from vlac.compiler.hardware import Hardware
