@@ -299,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
                 chosen = ", ".join(f"{k} {v:g}" for k, v in r["chosen"].items())
                 print(f"  {r['case'].name:28} in-sample {r['in_sample'] * 100:+6.1f}%  left out {r['loo'] * 100:+6.1f}%  ({chosen})")
             print("\n".join(fidelity_loo.summary(loo)))
+            print("\ncalibrated constants (fidelity_loo.CONSTANTS):")
+            print("\n".join(fidelity_loo.all_runs_fit(loo)))
             if args.write_band:
                 import json
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import vlac
-from vlac.compiler import cost_model, hardware
+from vlac.compiler import cost_model, data_parallel, hardware
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,10 @@ CONSTANTS = (
     Constant("TP_EXPOSED", cost_model, (0.20, 0.35, 0.50),
              "exposed share of TP collectives (TE userbuffers tp_comm_overlap hides most)",
              lambda case: case.pins.get("tp", 1) > 1),
+    Constant("NVLINK_OVERLAP_SLOWDOWN", data_parallel, (0.3, 0.5, 0.7, 0.9),
+             "share of the hidden time of a data-parallel NCCL ring's NVLink phase that the overlapped compute "
+             "loses: ~3 HBM passes per byte at 370 GB/s bus bandwidth (~1.1 of 3.35 TB/s) and 16-32 channels' "
+             "SMs of 132 give ~0.5 (compiler/data_parallel.py)"),
 )
 
 
@@ -86,7 +90,25 @@ def leave_one_out(runs) -> list[dict[str, Any]]:
             chosen[c.name] = min(c.grid, key=lambda v: (score[v], abs(v - getattr(c.module, c.name))))
         loo = _errors([case], [graphs[i]], chosen)[0]
         rows.append({"case": case, "in_sample": base[i], "loo": loo, "chosen": chosen})
+    if rows:
+        rows[0]["all_runs_fit"] = {c.name: min(c.grid, key=lambda v: (statistics.median(abs(e) for e in table[c.name][v]),
+                                                                    abs(v - getattr(c.module, c.name))))
+                                   for c in CONSTANTS}
     return rows
+
+
+def all_runs_fit(rows: list[dict[str, Any]]) -> list[str]:
+    """Per constant, the grid value with the lowest median |error| over every run (the others at
+    their defaults), against its default: the defaults should be this fit, so that the in-sample
+    and leave-one-out figures describe the same model."""
+    fit = rows[0].get("all_runs_fit", {}) if rows else {}
+    out = []
+    for c in CONSTANTS:
+        if c.name in fit:
+            default = getattr(c.module, c.name)
+            flag = "" if fit[c.name] == default else "  <- default differs from the all-runs fit"
+            out.append(f"  {c.name:26} default {default:g}, all-runs fit {fit[c.name]:g}{flag}")
+    return out
 
 
 def groups(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

@@ -12,9 +12,21 @@ import numpy as np
 
 from .hardware import Hardware
 
-# NCCL kernels run on SMs (one per channel, 8-32 channels of 132 SMs): communication hidden
-# behind compute still slows that compute down. Charged as this fraction of the hidden time.
+# Communication hidden behind compute still slows that compute: NCCL kernels run on SMs (one CTA
+# per channel) and move their bytes through HBM. OVERLAP_SLOWDOWN is the share of the hidden time
+# charged to a collective bound by the network (or overlapped by TransformerEngine / Megatron with
+# few SMs: TP, EP, CP): its channels hold ~8-16 of the H100's 132 SMs and its HBM traffic is a
+# NIC's rate, a few % of HBM. NVLINK_OVERLAP_SLOWDOWN is the share charged to the NVLink phase of a
+# data-parallel NCCL ring: at the ~370 GB/s bus bandwidth of 8 x H100 (published-runs.md) each byte
+# passes HBM about three times on each GPU (written into the receiver's FIFO by the peer, read
+# back, written to the output or forwarded: NCCL's recvCopySend / recvReduceSend primitives),
+# ~1.1 of the 3.35 TB/s, while its 16-32 channels (NCCL_MIN/MAX_NCHANNELS on NVLink) hold 12-24 %
+# of the SMs: compute that overlaps it runs at about half speed, the starting value 0.5. The value
+# set, 0.9, is the all-runs fit of `benchmarks/fidelity_loo.py` (grid 0.3-0.9): the llm-foundry
+# FSDP rows with the most overlapped NVLink traffic per micro-batch (13B at 2K, 2 sequences: +28 %
+# at 0.1, +15 % at 0.5, +5 % at 0.9) say an eager FSDP step gains almost nothing from it.
 OVERLAP_SLOWDOWN = 0.1
+NVLINK_OVERLAP_SLOWDOWN = 0.9
 # Adam's step is memory bound: FP32 master, m and v read and written, the BF16 gradient read,
 # the BF16 weight written, the norm (cost_model's docstring)
 OPTIMIZER_BYTES_PER_PARAM = 30.0
@@ -36,21 +48,34 @@ def exposed_data_parallel(hw: Hardware, stack, dense, expert, trained, col, d_de
     tp, ep, etp = col["tp"], col["ep"], col["etp"]
     b = BF16_BYTES  # BF16, as the weights gathered are
     g_dense, g_expert = trained[0] / tp * b, trained[1] / (ep * etp) * b  # [rows, ranks]
-    rs = hw.reduce_scatter(g_dense, d_dense, tp) + hw.reduce_scatter(g_expert, d_expert, ep * etp)
-    ar = hw.all_reduce(g_dense, d_dense, tp) + hw.all_reduce(g_expert, d_expert, ep * etp)
+    # each collective as (seconds, slowdown of the compute hiding it): the dense and expert groups
+    # differ in how much of their ring runs on NVLink
+
+    def both_groups(op, passes, dense_bytes, expert_bytes):
+        return _joined(_costed(hw, op, passes, dense_bytes, d_dense, tp),
+                       _costed(hw, op, passes, expert_bytes, d_expert, ep * etp))
+
+    rs = both_groups(hw.reduce_scatter, 1, g_dense, g_expert)
+    ar = both_groups(hw.all_reduce, 2, g_dense, g_expert)
     ag = rs  # ZeRO-1/2 gather back the updated (trainable) weights
-    ag3 = (hw.reduce_scatter(dense / tp * b, d_dense, tp)  # ZeRO-3 gathers every weight, frozen too
-           + hw.reduce_scatter(expert / (ep * etp) * b, d_expert, ep * etp))
+    ag3 = both_groups(hw.all_gather, 1, dense / tp * b, expert / (ep * etp) * b)  # ZeRO-3 gathers every weight, frozen too
     z = np.broadcast_to(zero, t_fwd.shape)
     r = np.broadcast_to(raf[:, None], t_fwd.shape)
     chunk = 1.0 / v
     none = np.zeros_like(t_fwd)
+
     # a stack that does not overlap a collective runs it after (or before) the compute
-    exposed = lambda comm, window: comm  # noqa: E731
-    hide_rs = hide if stack.grad_reduce_overlap else exposed
-    hide_ag = hide if stack.param_gather_overlap else exposed
+    def exposed(comm, window):
+        return comm[0]
+
+    def hidden(comm, window):
+        return hide(comm[0], window, comm[1])
+
+    hide_rs = hidden if stack.grad_reduce_overlap else exposed
+    hide_ag = hidden if stack.param_gather_overlap else exposed
+    part = lambda comm, share: (comm[0] * share, comm[1])  # noqa: E731
     # ZeRO-3 without resharding: the backward's re-gather and the reduce-scatter share its window
-    both = hide(ag3 + rs, t_bwd) if hide_ag is hide_rs is hide else hide_ag(ag3, t_bwd) + hide_rs(rs, t_bwd)
+    both = hidden(_joined(ag3, rs), t_bwd) if hide_ag is hide_rs is hidden else hide_ag(ag3, t_bwd) + hide_rs(rs, t_bwd)
     # ZeRO-2 reduce-scatters every micro-batch's gradients behind its backward, the last one
     # at the step's end as ZeRO-1 does (so with one micro-batch the two cost the same)
     earlier = (col["m"] - 1) / col["m"]
@@ -58,10 +83,28 @@ def exposed_data_parallel(hw: Hardware, stack, dense, expert, trained, col, d_de
                        [earlier * hide_rs(rs, t_bwd), hide_ag(ag3, t_fwd) + both,
                         hide_ag(ag3, t_fwd) + hide_rs(rs, t_bwd)],
                        none)
-    start = np.where((z == 1) | (z == 2), hide_ag(ag * chunk, t_fwd * chunk), none)
-    end = np.select([z == 0, (z == 1) | (z == 2)], [hide_rs(ar * chunk, t_bwd * chunk), hide_rs(rs * chunk, t_bwd * chunk)],
-                    none)
+    start = np.where((z == 1) | (z == 2), hide_ag(part(ag, chunk), t_fwd * chunk), none)
+    end = np.select([z == 0, (z == 1) | (z == 2)],
+                    [hide_rs(part(ar, chunk), t_bwd * chunk), hide_rs(part(rs, chunk), t_bwd * chunk)], none)
     return per_mb, start, end
+
+
+def _costed(hw: Hardware, op, passes, nbytes, group, stride):
+    """A data-parallel ring collective as (seconds, slowdown of the compute that hides it):
+    NVLINK_OVERLAP_SLOWDOWN over its NVLink phase, OVERLAP_SLOWDOWN over the rest (its network
+    phase and latency; module comment)."""
+    t = op(nbytes, group, stride)
+    nvl = hw.nvlink_seconds(nbytes, group, stride, passes)
+    share = np.where(t > 0, nvl / np.where(t > 0, t, 1.0), 0.0)
+    return t, OVERLAP_SLOWDOWN + (NVLINK_OVERLAP_SLOWDOWN - OVERLAP_SLOWDOWN) * share
+
+
+def _joined(*comms):
+    """Collectives run one after another as one (seconds, slowdown): the slowdown weighted by time."""
+    total = sum(t for t, _ in comms)
+    weighted = sum(t * rate for t, rate in comms)
+    return total, np.where(total > 0, weighted / np.where(total > 0, total, 1.0), OVERLAP_SLOWDOWN)
+
 
 def optimizer_seconds(hw: Hardware, dense, expert, col, d_dense, d_expert, zero):
     """`dense`, `expert`: per row, the trainable parameters of its largest pipeline rank."""
@@ -72,8 +115,9 @@ def optimizer_seconds(hw: Hardware, dense, expert, col, d_dense, d_expert, zero)
     return hw.memory_seconds(owned * OPTIMIZER_BYTES_PER_PARAM)
 
 
-def hide(comm, window):
+def hide(comm, window, slowdown=None):
     """Communication overlapped with `window` seconds of compute: the excess is exposed, and
-    the hidden part still slows the compute by OVERLAP_SLOWDOWN of its duration."""
+    the hidden part still slows the compute by `slowdown` (default OVERLAP_SLOWDOWN) of its
+    duration."""
     hidden = np.minimum(comm, window)
-    return comm - hidden + OVERLAP_SLOWDOWN * hidden
+    return comm - hidden + (OVERLAP_SLOWDOWN if slowdown is None else slowdown) * hidden

@@ -10,9 +10,9 @@ Compute
   sustained rate of a large GEMM inside a training step: cuBLAS reaches ~750 TFLOP/s BF16 and
   ~1,300-1,450 FP8 on an isolated 8192^3 GEMM, but a 700 W H100 running a whole training step
   holds lower clocks, and FP8 GEMMs lose a further share to scaling and FP32 promotion. The two
-  values (0.70 of 989 = 692 TFLOP/s BF16, 0.55 of 1979 = 1,088 TFLOP/s FP8, an FP8 GEMM speedup
-  of 1.57) are the calibration of `benchmarks/fidelity.py`: one pair for all eight cited runs
-  (worst error 12 %, mean 4 %), not fitted per run.
+  values (0.60 of 989 = 593 TFLOP/s BF16, 0.55 of 1979 = 1,088 TFLOP/s FP8) are the all-runs fit
+  of `benchmarks/fidelity_loo.py` over the 29 cited runs of three stacks (grids and sources
+  there), not fitted per run.
 - The roofline makes narrow GEMMs (small per-expert token counts, small widths) memory bound by
   themselves: that is the "efficiency by size" fall-off, derived rather than fitted.
 - Fused attention runs at the rate of the stack's kernel (FlashAttention-2/3, cuDNN; spec.stack,
@@ -44,7 +44,7 @@ import numpy as np
 
 from vlac.spec.system import Cluster
 
-GEMM_EFF_BF16 = 0.70  # of the dense BF16 peak, large GEMMs, sustained in a training step
+GEMM_EFF_BF16 = 0.60  # of the dense BF16 peak, large GEMMs, sustained in a training step
 GEMM_EFF_FP8 = 0.55  # of the dense FP8 peak, large GEMMs (delayed or current per-tensor scaling)
 HBM_EFF = 0.85  # streaming kernels and GEMM operand traffic
 KERNEL_OVERHEAD_S = 3e-6  # per GEMM launch: tail wave and launch gap
@@ -131,6 +131,19 @@ class Hardware:
         inter = passes * (nodes - 1) / nodes * nbytes / per_node / self._nic() if self.gpus > self.node_size else 0.0
         t_in = passes * (group - 1) / np.maximum(group, 1) * nbytes / nvl
         t = np.where(inside, t_in, intra + inter) + self._latency(group, stride)
+        return np.where((group > 1) & (nbytes > 0), t, 0.0)
+
+    def nvlink_seconds(self, nbytes, group, stride=1, passes=1):
+        """The NVLink phase of `_ring_seconds` (same arguments): the whole transfer for a group
+        inside a node, the intra-node phase for one across nodes, 0 with one member per node;
+        the rest of the collective's time is its network phase and latency."""
+        group = np.asarray(group, dtype=float)
+        stride = np.asarray(stride, dtype=float)
+        nbytes = np.asarray(nbytes, dtype=float)
+        nvl = self.cluster.network.nvlink_allreduce_busbw
+        inside = group * stride <= self.node_size
+        per_node = np.where(inside, group, self._members_per_node(group, stride))
+        t = passes * (per_node - 1) / np.maximum(per_node, 1) * nbytes / nvl
         return np.where((group > 1) & (nbytes > 0), t, 0.0)
 
     def all_reduce(self, nbytes, group, stride=1):
