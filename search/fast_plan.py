@@ -3,22 +3,28 @@ with the same result.
 
 The planner (vlac.compiler.planner) costs every legal layout (about 10^5 for the flagship on 256
 GPUs) and takes the fastest that fits and that vlac's runtime runs. Most of those layouts cannot
-win, and a cheap lower bound on each one's step time shows which:
+win, and a cheap lower bound on each one's step time shows which. From the cost model
+(vlac.compiler.cost_model): a step is m times the slowest rank's micro-batch t_max, plus the
+bubble (the other ranks' micro-batch once each; divided by v when interleaved; never negative
+for zero-bubble), plus sends, data-parallel communication and the optimizer (never negative); and
+recompute only adds. With T the sum of every rank's micro-batch:
 
-    step >= m * t_mean * (1 + (pp - 1) / m)        1F1B and GPipe
-    step >= m * t_mean * (1 + (pp - 1) / (m v))    interleaved 1F1B with v virtual stages
-    step >= m * t_mean                              zero-bubble, or no pipeline
+    step >= (m - 1) t_max + T                    1F1B and GPipe
+    step >= (m - 1/v) t_max + T / v              interleaved 1F1B with v virtual stages
+    step >= m t_max                               zero-bubble, or no pipeline (t_max = T)
 
-where t_mean is one micro-batch's compute, memory-bound work and exposed tensor/expert/context
-communication averaged over the pipeline ranks. This follows from the cost model
-(vlac.compiler.cost_model): a step is m times the slowest rank's micro-batch, plus the bubble
-(the other ranks' micro-batch once each; divided by v when interleaved; never negative), plus
-sends, data-parallel communication and the optimizer (never negative); the slowest rank is at
-least the mean, and recompute only adds. The bound uses the cost model's own per-layer parts.
+and t_max >= max(T / pp, T_k): the mean over the pp ranks, and (pigeonhole: the decoder layers
+are split among the ranks, so one rank holds at least k = ceil(layers / pp) of them) the sum of
+the k cheapest decoder layers. Every micro-batch figure here is the compute, memory-bound work and
+exposed tensor/expert/context communication, the cost model's own per-layer parts.
 
 So: cost the layouts whose bound is lowest first; once some of them fit, with best step S, every
 layout that could be as fast has a bound <= S; cost exactly those and pick among them with the
 planner's own rule (ties included). The answer is the planner's, not an approximation.
+
+The bound depends on a layout only through its (tp, sp, cp, mb, ep, etp) combination and its
+pipeline (pp, v, m, schedule): layouts are grouped by those, and each candidate bounds the groups
+(about a sixth of the rows), never every row.
 """
 
 from __future__ import annotations
@@ -38,66 +44,93 @@ from vlac.compiler.search_space import COLUMNS, Limits, Space, enumerate_space
 FIRST_SHARE = 1.02  # first pass: the layouts within 2 % of the lowest bound
 GROW = 1.25  # and, while none of those fits, widen the band by this factor
 BOUND_PARTS = ("compute", "elementwise", "tp_comm", "ep_comm", "cp_comm")
+# the bound is computed in another order than the cost model sums the step: kept this far below
+# it, so that rounding never sets aside a layout whose step equals the bound
+ROUNDING = 1e-9
+GROUP_COLUMNS = ("pp", "v", "m", "sched")  # with the combination: all the bound reads of a row
+
+
+def _codes(columns: list[np.ndarray]) -> np.ndarray:
+    """Each row's columns as one integer (mixed radix, as the cost model does: a 1-D unique is
+    far faster than a row-wise one)."""
+    code = np.zeros(len(columns[0]), np.int64)
+    for col in columns:
+        col = col.astype(np.int64)
+        code = code * (int(col.max()) + 1 if len(col) else 1) + col
+    return code
 
 
 @dataclass
 class LayoutSpace:
-    """The legal layouts of one (limits, pins): rows of an enumerated space (a superset shared by
-    the depths it serves), with what the bound needs that does not depend on the model: the
-    distinct (tp, sp, cp, mb, ep, etp) combinations of the enumerated space and each row's
-    combination and pipeline factor."""
+    """The legal layouts of one (limits, pins): `legal` groups of an enumerated space (a superset
+    shared by the depths and shapes it serves). A group is the rows sharing a (tp, sp, cp, mb,
+    ep, etp) combination and a pipeline (pp, v, m, schedule): what the bound reads. Groups are
+    kept in order of their first row; `order` lists the rows group by group (ascending within
+    each), `start` where each group's rows begin."""
 
-    space: Space  # the enumerated layouts; this depth's are `rows` of them
-    rows: np.ndarray
-    combos: np.ndarray  # [U, 6], of the whole enumerated space (per-combination figures are shared)
-    inverse: np.ndarray  # per row of `rows`: its combination
-    bubble_factor: np.ndarray  # per row of `rows`: the multiplier of t_mean in the bound
-    pp: np.ndarray  # per row of `rows`
+    space: Space  # the enumerated layouts
+    combos: np.ndarray  # [U, 6] distinct (tp, sp, cp, mb, ep, etp) of the whole enumerated space
+    combo: np.ndarray  # per group: its combination
+    pipe: dict[str, np.ndarray]  # per group: pp, v, m, sched
+    order: np.ndarray  # the rows, group by group
+    start: np.ndarray  # [groups + 1]
+    legal: np.ndarray  # per group: whether this depth and shape keep it
     key: str  # names the enumerated space: per-combination figures are cached under it
-    # a superset's row filters, memoised: candidates of one shape (or one depth) share theirs
+    # the superset's combination filters, memoised per shape (candidates of one shape share theirs)
     shape_masks: dict[tuple, np.ndarray] = field(default_factory=dict, repr=False)
-    depth_masks: dict[tuple, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, space: Space, key: str) -> LayoutSpace:
         c = space.cols
-        combos = np.stack([c["tp"], c["sp"], c["cp"], c["mb"], c["ep"], c["etp"]], axis=1).astype(np.int64)
-        code = np.zeros(len(space), np.int64)
-        for j in range(combos.shape[1]):  # mixed radix, as the cost model does: a 1-D unique is fast
-            code = code * (int(combos[:, j].max()) + 1) + combos[:, j] if len(space) else code
-        _, first, inv = np.unique(code, return_index=True, return_inverse=True)
-        m, pp, v = (c[k].astype(float) for k in ("m", "pp", "v"))
-        factor = np.where(pp > 1, np.where(c["sched"] == ZERO_BUBBLE, m,
-                                           np.where(c["sched"] == INTERLEAVED, m + (pp - 1) / v, m + pp - 1)), m)
-        return cls(space, np.arange(len(space)), combos[first], inv.reshape(-1), factor, pp, key)
+        combo_code = _codes([c[k] for k in ("tp", "sp", "cp", "mb", "ep", "etp")])
+        _, first, inv = np.unique(combo_code, return_index=True, return_inverse=True)
+        inv = inv.reshape(-1)
+        combos = np.stack([c[k][first] for k in ("tp", "sp", "cp", "mb", "ep", "etp")], axis=1).astype(np.int64)
+        _, gfirst, ginv = np.unique(_codes([inv] + [c[k] for k in GROUP_COLUMNS]), return_index=True,
+                                    return_inverse=True)
+        ginv = ginv.reshape(-1)
+        order = np.argsort(ginv, kind="stable")
+        start = np.searchsorted(ginv[order], np.arange(len(gfirst) + 1))
+        return cls(space, combos, inv[gfirst], {k: c[k][gfirst] for k in GROUP_COLUMNS}, order, start,
+                   np.ones(len(gfirst), bool), key)
 
     def within(self, lim: Limits) -> LayoutSpace:
-        """The rows a model of `lim`'s depth and shape keeps (DepthSpaces)."""
-        c = self.space.cols
-        depth = (lim.blocks, lim.max_pp)
-        depth_ok = self.depth_masks.get(depth)
-        if depth_ok is None:
-            depth_ok = self.depth_masks[depth] = \
-                (c["pp"] <= min(lim.blocks, lim.max_pp)) & ((c["v"] == 1) | (c["pp"] * c["v"] <= lim.blocks))
+        """The groups a model of `lim`'s depth and shape keeps (DepthSpaces): the planner's two
+        depth rules on pp and v, and the shape's divisibility rules on tp, ep and etp (which
+        read only the combination)."""
+        pp, v = self.pipe["pp"], self.pipe["v"]
+        depth_ok = (pp <= min(lim.blocks, lim.max_pp)) & ((v == 1) | (pp * v <= lim.blocks))
         shape = (lim.heads, lim.kv_heads, lim.vocab, lim.ffn, lim.experts, lim.expert_ffn)  # what shape_rows reads
         shape_ok = self.shape_masks.get(shape)
         if shape_ok is None:
-            shape_ok = self.shape_masks[shape] = lim.shape_rows(c)
-        keep = np.nonzero(depth_ok & shape_ok)[0]
-        return LayoutSpace(self.space, keep, self.combos, self.inverse[keep], self.bubble_factor[keep], self.pp[keep],
-                           self.key)
+            u = self.combos
+            shape_ok = self.shape_masks[shape] = lim.shape_rows({"tp": u[:, 0], "ep": u[:, 4], "etp": u[:, 5]})
+        return replace(self, legal=self.legal & depth_ok & shape_ok[self.combo])
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return int(np.diff(self.start)[self.legal].sum())
 
-    def take(self, at: np.ndarray) -> Space:
-        """Rows `at` (positions among this depth's rows) as a Space the cost model evaluates."""
-        out = self.space.take(self.rows[at])
-        out.legal = len(self.rows)  # a superset's counts are not this depth's; the fast path reads neither
+    def rows_of(self, groups: np.ndarray) -> np.ndarray:
+        """The rows of `groups` (a group mask), ascending."""
+        at = np.nonzero(groups)[0]
+        sizes = self.start[at + 1] - self.start[at]
+        ends = np.cumsum(sizes)
+        pos = np.arange(ends[-1] if len(ends) else 0) + np.repeat(self.start[at] - (ends - sizes), sizes)
+        return np.sort(self.order[pos])
+
+    @property
+    def rows(self) -> np.ndarray:
+        """This depth's and shape's rows of the enumerated space, ascending."""
+        return self.rows_of(self.legal)
+
+    def take(self, rows: np.ndarray) -> Space:
+        """Rows of the enumerated space as a Space the cost model evaluates."""
+        out = self.space.take(rows)
+        out.legal = len(self)  # a superset's counts are not this depth's; the fast path reads neither
         return out
 
     def layouts(self) -> Space:
-        return self.take(np.arange(len(self.rows)))
+        return self.take(self.rows)
 
 
 RADIX = 1 << 10  # every degree and micro-batch size is below this
@@ -143,10 +176,39 @@ class LayerTimes:
 
 
 def lower_bounds(model: CostModel, ls: LayoutSpace, times: LayerTimes) -> np.ndarray:
-    """A lower bound on every row's step time (module docstring)."""
-    layers_of_key = np.bincount(model.p.sequence, minlength=model.p.n_keys)
-    total = times.per_layer_bound(model, ls) @ layers_of_key  # one micro-batch through every layer, [U]
-    return total[ls.inverse] / ls.pp * ls.bubble_factor
+    """A lower bound on the step time of every group's layouts (module docstring)."""
+    p = model.p
+    parts = times.per_layer_bound(model, ls)  # [U, keys]: one micro-batch's bound parts per layer
+    total = parts @ np.bincount(p.sequence, minlength=p.n_keys)  # T: through every layer, [U]
+    u, pipe = ls.combo, ls.pipe
+    pp, v, m = (pipe[k].astype(float) for k in ("pp", "v", "m"))
+    mean = total[u] / pp
+    blocks = [k for k, layer in zip(p.sequence, p.layers) if 0 <= layer < p.g.n_layers]
+    steps, k_of = np.unique(pipe["pp"], return_inverse=True)
+    cheapest = _cheapest_layers(parts, blocks, -(-len(blocks) // steps))  # [U, distinct pp]
+    t_max = np.maximum(mean, cheapest[u, k_of.reshape(-1)])
+    sched = pipe["sched"]
+    piped = pipe["pp"] > 1
+    zero_bubble = piped & (sched == ZERO_BUBBLE)
+    interleaved = piped & (sched == INTERLEAVED)
+    others = np.where(zero_bubble, 0.0, np.where(interleaved, total[u] / v, total[u]))  # T, T/v, or none
+    coef = np.where(zero_bubble | ~piped, m, np.where(interleaved, m - 1 / v, m - 1))
+    return (coef * np.where(piped, t_max, total[u]) + np.where(piped, others, 0.0)) * (1 - ROUNDING)
+
+
+def _cheapest_layers(parts: np.ndarray, blocks: list[int], ks: np.ndarray) -> np.ndarray:
+    """[U, len(ks)]: per combination, the sum of the ks[j] cheapest of the decoder layers (keys
+    `blocks`, one per layer)."""
+    keys, counts = np.unique(np.asarray(blocks, np.int64), return_counts=True)
+    vals = parts[:, keys]  # [U, distinct block keys]
+    by_cost = np.argsort(vals, axis=1, kind="stable")
+    v_sorted = np.take_along_axis(vals, by_cost, axis=1)
+    c_sorted = counts[by_cost]
+    n_before = np.cumsum(c_sorted, axis=1) - c_sorted  # layers of cheaper keys
+    out = np.zeros((len(parts), len(ks)))
+    for j, k in enumerate(ks):  # each key contributes its layers up to k in all
+        out[:, j] = (v_sorted * np.clip(k - n_before, 0, c_sorted)).sum(axis=1)
+    return out
 
 
 def choose(search: planner_mod.Search, ls: LayoutSpace, allowed: tuple[int, ...], times: LayerTimes,
@@ -160,10 +222,9 @@ def choose(search: planner_mod.Search, ls: LayoutSpace, allowed: tuple[int, ...]
     `ratio`: the first band, as a multiple of the lowest bound (the best step over its bound of
     the architecture's last candidate is a good guess: then one pass suffices). Also returns
     this candidate's ratio."""
-    n = len(ls)
-    if n == 0:
+    if not ls.legal.any():
         return None
-    bound = lower_bounds(search.model, ls, times)
+    bound = np.where(ls.legal, lower_bounds(search.model, ls, times), np.inf)
     lowest = bound.min()
     band = lowest * ratio
     costed = _Costed(search, ls, allowed, bound)
@@ -172,7 +233,7 @@ def choose(search: planner_mod.Search, ls: LayoutSpace, allowed: tuple[int, ...]
         ok = ev.fits & ev.timed & runs
         if ok.any():
             break
-        if costed.done.all():
+        if costed.done[ls.legal].all():
             return None
         band *= GROW
     best_step = ev.step[ok].min()
@@ -181,23 +242,26 @@ def choose(search: planner_mod.Search, ls: LayoutSpace, allowed: tuple[int, ...]
     i = planner_mod._best(ev, runs)  # the planner's rule: ties toward less memory, then a fixed column order
     if i is None:
         return None
-    return _estimate(search, ev, i), int(costed.done.sum()), best_step / lowest
+    return _estimate(search, ev, i), costed.rows, best_step / lowest
 
 
 class _Costed:
-    """The rows costed so far, each once: widening the band costs only the rows it adds."""
+    """The groups costed so far, each once: widening the band costs only the rows it adds."""
 
     def __init__(self, search: planner_mod.Search, ls: LayoutSpace, allowed: tuple[int, ...], bound: np.ndarray):
         self.search, self.ls, self.allowed, self.bound = search, ls, allowed, bound
-        self.done = np.zeros(len(ls), bool)
+        self.done = np.zeros(len(bound), bool)  # per group
+        self.rows = 0
         self.parts: list[tuple[np.ndarray, Evaluation, np.ndarray]] = []
 
     def up_to(self, limit: float) -> tuple[Evaluation, np.ndarray]:
         """Every row with a bound <= limit, costed, in row order (as one evaluation of them
         would be), and which of them vlac's runtime runs."""
-        rows = np.nonzero((self.bound <= limit) & ~self.done)[0]
-        if len(rows):
-            self.done[rows] = True
+        groups = (self.bound <= limit) & ~self.done
+        if groups.any():
+            self.done |= groups
+            rows = self.ls.rows_of(groups)
+            self.rows += len(rows)
             self.parts.append((rows, *_cost(self.search, self.ls, rows, self.allowed)))
         if len(self.parts) == 1:
             return self.parts[0][1], self.parts[0][2]
@@ -225,7 +289,7 @@ def _estimate(search: planner_mod.Search, ev, i: int) -> Estimate:
 
 
 def _cost(search: planner_mod.Search, ls: LayoutSpace, rows: np.ndarray, allowed: tuple[int, ...]):
-    sub = ls.take(rows)
+    sub = ls.take(rows)  # rows of the enumerated space
     broken = np.zeros(len(sub), bool)
     for mask in search.runtime_limits(sub).values():
         broken |= mask

@@ -1,0 +1,69 @@
+"""The fast path's lower bound on a layout's step time (vlac.search.fast_plan.lower_bounds): never
+above the cost model's step for any layout that fits, and the pigeonhole term (the slowest rank
+holds at least ceil(layers / pp) decoder layers) tightens it beyond the mean over ranks. A bound
+above some step could set aside the planner's choice; the fast-vs-full comparisons in
+test_fast.py check the choices themselves."""
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vlac.compiler import planner as planner_mod
+from vlac.compiler.graph_cache import GraphCache
+from vlac.compiler.search_space import SCHEDULE_CODES
+from vlac.search.evaluate import base_mapping
+from vlac.search.fast_plan import LayerTimes, LayoutSpace, lower_bounds
+from vlac.spec import load
+
+FLAGSHIP = Path(__file__).resolve().parents[2] / "examples" / "vla_10b_moe_h100.yaml"
+
+
+def evaluated(profile: str | None, **backbone_and_moe):
+    data, _ = base_mapping(FLAGSHIP, profile, [])
+    data = copy.deepcopy(data)
+    for k, v in backbone_and_moe.items():
+        section, field = k.split("__")
+        data[section][field] = v
+    exp = load(data)
+    search = planner_mod.Search(exp, exp.cluster, GraphCache().lower(exp))
+    space, ev = search.run({})
+    ls = LayoutSpace.of(space, "test")
+    bound = np.empty(len(space))
+    per_group = lower_bounds(search.model, ls, LayerTimes(search.model.p.times))
+    for g, b in enumerate(per_group):  # each group's bound to its rows
+        bound[ls.order[ls.start[g]:ls.start[g + 1]]] = b
+    return search, space, ev, bound
+
+
+@pytest.mark.parametrize("profile,shape", [
+    ("tiny", dict(backbone__layers=7)),
+    ("tiny", dict(backbone__layers=12, moe__experts=8, moe__top_k=1)),
+    (None, dict(backbone__layers=18, moe__experts=16, moe__top_k=2)),
+])
+def test_the_bound_never_exceeds_a_fitting_layouts_step(profile, shape):
+    search, space, ev, bound = evaluated(profile, **shape)
+    timed = ev.fits & ev.timed
+    assert timed.sum() > 20 and (space.cols["pp"][timed] > 1).any()
+    assert (bound[timed] <= ev.step[timed]).all()
+    # and it is tight somewhere: the best layouts sit within a few % of their bound
+    assert (ev.step[timed] / bound[timed]).min() < 1.01
+
+
+def test_the_pigeonhole_term_tightens_deep_pipelines():
+    # 18 layers over pp 16: some rank holds 2 layers where the mean is 1.125; the bound of those
+    # layouts must exceed the mean-over-ranks bound by about that factor on its t_max term
+    search, space, ev, bound = evaluated(None, backbone__layers=18, moe__experts=16, moe__top_k=2)
+    c = space.cols
+    p = search.model.p
+    ls = LayoutSpace.of(space, "mean")
+    parts = LayerTimes(search.model.p.times).per_layer_bound(search.model, ls)
+    total = (parts @ np.bincount(p.sequence, minlength=p.n_keys))
+    combo = np.empty(len(space), np.int64)
+    for g in range(len(ls.combo)):
+        combo[ls.order[ls.start[g]:ls.start[g + 1]]] = ls.combo[g]
+    deep = (c["pp"] == 16) & (c["sched"] == SCHEDULE_CODES.index("1f1b"))
+    mean_only = total[combo] / c["pp"] * (c["m"] + c["pp"] - 1)  # (m + pp - 1) t_mean
+    assert deep.any()
+    assert (bound[deep] > 1.05 * mean_only[deep]).all()
