@@ -22,12 +22,13 @@ from typing import Any, Sequence
 from vlac.compiler import planner as planner_mod
 from vlac.compiler.cost_model import CostModel
 from vlac.compiler.graph import RECOMPUTE
-from vlac.compiler.graph_cache import GraphCache, with_depth, layer_kinds
+from vlac.compiler.graph_cache import GraphCache
+from vlac.compiler.layer_roles import edge_policy, layer_kinds, reference_depth, with_depth
 from vlac.compiler.plan import Estimate, Plan
 from vlac.compiler.search_space import Limits
 from vlac.spec import Experiment
 
-from .fast_costs import Architecture, Reference, model_figures, roles_of
+from .fast_costs import Architecture, Reference, model_figures
 from .fast_plan import FIRST_SHARE, DepthSpaces, LayerTimes, choose
 from .metrics import METRICS, Constraint, Objective
 from .shape_fit import ShapeFit, topology_key
@@ -118,29 +119,23 @@ class FastPath:
         self.chosen[key, exp.backbone.layers] = (model, est, len(ls))
         return FastPlan(_plan(exp, model, est), costed, len(ls))
 
-
     def _add_reference(self, key: str, known: _Known | None, exp: Experiment, g) -> _Known | None:
         """A lowered (or combined) graph of `exp` as a reference of its architecture."""
         base = planner_mod.Search(exp, exp.cluster, g)
-        ref = Reference.of(g, base.model.p, layer_kinds(exp))
+        edges = edge_policy(exp)
+        ref = Reference.of(g, base.model.p, layer_kinds(exp), edges)
         if ref is None:
             return None
         if known is None:
-            known = self.architectures[key] = _Known(Architecture(), base)
+            known = self.architectures[key] = _Known(Architecture(edges), base)
         known.arch.references.append(ref)
         known.times.append(LayerTimes(ref.profile.times))
         return known
 
     def _reference_experiment(self, key: str, exp: Experiment) -> Experiment:
         """`exp` at its topology's reference depth: the first of its candidates' smallest depth
-        (from 3) whose layer roles include every role of that candidate's layers."""
-        topo = topology_key(key)
-        depth = self.fit.depth(topo, 0)
-        if not depth:
-            need = set(roles_of(layer_kinds(exp)))
-            layers = exp.backbone.layers
-            depth = next((d for d in range(min(3, layers), layers)
-                          if set(roles_of(layer_kinds(with_depth(exp, d)))) >= need), layers)
+        whose layer roles include every role of that candidate's layers."""
+        depth = self.fit.depth(topology_key(key), 0) or reference_depth(exp, edge_policy(exp))
         return exp if depth == exp.backbone.layers else with_depth(exp, depth)
 
     def _topology_graph(self, key: str, ref_exp: Experiment):

@@ -2,8 +2,8 @@
 over the depth, from one lowering per architecture.
 
 Candidates that differ only in `backbone.layers` share everything the planner reads per layer:
-each decoder layer of a given role (its layer kind, and whether it is the first, a middle or the
-last layer) costs the same at every depth (vlac.compiler.graph_cache
+each decoder layer of a given role (vlac.compiler.layer_roles: the kind of the layer before it,
+its own kind, whether it is the last) costs the same at every depth (vlac.compiler.graph_cache
 derives deeper graphs exactly this way). So one lowered reference per architecture gives
 
 - the cost profile (vlac.compiler.profile.CostProfile): one LayerProfile per distinct layer key,
@@ -24,19 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vlac.compiler.graph import Graph
-from vlac.compiler.graph_cache import GraphCache, layer_kinds
+from vlac.compiler.layer_roles import Role, roles
 from vlac.compiler.profile import CostProfile
-
-Role = tuple[str, str]  # (layer kind, position: first, middle, last or only)
-
-
-def roles_of(kinds: tuple[str, ...]) -> list[Role]:
-    """Each decoder layer's role. The first and last layers differ from the middle ones (the FP8
-    edge policy keeps them in BF16; they border the embeddings and the head), so they are roles
-    of their own."""
-    last = len(kinds) - 1
-    return [(k, "only" if last == 0 else "first" if i == 0 else "last" if i == last else "middle")
-            for i, k in enumerate(kinds)]
 
 
 @dataclass(frozen=True)
@@ -75,9 +64,9 @@ class Reference:
     totals: Totals  # the whole graph's (parameters not on any node included)
 
     @classmethod
-    def of(cls, graph: Graph, profile: CostProfile, kinds: tuple[str, ...]) -> Reference | None:
-        roles = roles_of(kinds)
-        if graph.n_layers != len(roles):
+    def of(cls, graph: Graph, profile: CostProfile, kinds: tuple[str, ...], edges: bool) -> Reference | None:
+        layer_roles = roles(kinds, edges)
+        if graph.n_layers != len(layer_roles):
             return None
         by_layer: dict[int, list] = {}
         for n in graph.nodes:
@@ -86,12 +75,12 @@ class Reference:
         per_role: dict[Role, Totals] = {}
         counts: dict[Role, int] = {}
         signature: dict[str, str] = {}
-        for i, role in enumerate(roles):
+        for i, role in enumerate(layer_roles):
             key = profile.sequence[i + 1]  # position 0 holds the embeddings
             t = node_totals(by_layer.get(i, []))
             if key_of_role.setdefault(role, key) != key or per_role.setdefault(role, t) != t:
                 return None  # two layers of one role cost differently: not derivable by depth
-            if signature.setdefault(role[0], graph.block_of_layer[i]) != graph.block_of_layer[i]:
+            if signature.setdefault(role[1], graph.block_of_layer[i]) != graph.block_of_layer[i]:
                 return None
             counts[role] = counts.get(role, 0) + 1
         nodes = node_totals(graph.nodes)
@@ -99,8 +88,8 @@ class Reference:
                         nodes.attention_recompute)
         return cls(graph, profile, key_of_role, per_role, counts, signature, totals)
 
-    def covers(self, roles: list[Role]) -> bool:
-        return all(r in self.key_of_role for r in roles)
+    def covers(self, needed: list[Role]) -> bool:
+        return all(r in self.key_of_role for r in needed)
 
 
 @dataclass
@@ -116,19 +105,20 @@ class Derived:
 class Architecture:
     """Every reference of one architecture (the spec without its depth)."""
 
+    edges: bool  # whether its graphs are lowered with the FP8 edge policy on (a role of its own for the last layer)
     references: list[Reference] = field(default_factory=list)
 
     def derive(self, kinds: tuple[str, ...], name: str) -> Derived | None:
-        roles = roles_of(kinds)
-        at = next((i for i, r in enumerate(self.references) if r.covers(roles)), None)
+        layer_roles = roles(kinds, self.edges)
+        at = next((i for i, r in enumerate(self.references) if r.covers(layer_roles)), None)
         if at is None:
             return None
         ref = self.references[at]
-        n_layers = len(roles)
+        n_layers = len(layer_roles)
         g0, p0 = ref.graph, ref.profile
         totals = ref.totals
         counts: dict[Role, int] = {}
-        for r in roles:
+        for r in layer_roles:
             counts[r] = counts.get(r, 0) + 1
         for r in set(counts) | set(ref.role_counts):
             totals = totals.plus(ref.per_role[r], counts.get(r, 0) - ref.role_counts.get(r, 0))
@@ -140,7 +130,7 @@ class Architecture:
         p = copy.copy(p0)
         p.g = g
         p.layers = [-1, *range(n_layers), n_layers]
-        p.sequence = [p0.sequence[0], *(ref.key_of_role[r] for r in roles), p0.sequence[-1]]
+        p.sequence = [p0.sequence[0], *(ref.key_of_role[r] for r in layer_roles), p0.sequence[-1]]
         return Derived(g, p, at)
 
 
@@ -155,10 +145,4 @@ def model_figures(d: Derived, top_k: int, experts: int, moe: bool) -> dict[str, 
             "layers": g.n_layers, "seq_len": g.seq_len}
 
 
-def lower_reference(cache: GraphCache, exp, profile_of) -> tuple[Graph, CostProfile, tuple[str, ...]]:
-    """Lower `exp` (through the cache) and profile it: a new reference of its architecture."""
-    g = cache.lower(exp)
-    return g, profile_of(g), layer_kinds(exp)
-
-
-__all__ = ["Architecture", "Derived", "Reference", "Totals", "lower_reference", "model_figures", "roles_of"]
+__all__ = ["Architecture", "Derived", "Reference", "Totals", "model_figures"]

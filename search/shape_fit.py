@@ -32,7 +32,8 @@ from fractions import Fraction
 from typing import Any
 
 from vlac.compiler.graph import RECOMPUTE, Graph, NodeCost
-from vlac.compiler.graph_cache import EDGE_LAYER_REASON, graph_differences
+from vlac.compiler.graph_diff import graph_differences
+from vlac.compiler.graph_templates import EDGE_LAYER_REASON
 from vlac.compiler.node_costs import multiple_of_16
 from vlac.spec import Experiment
 
