@@ -50,6 +50,29 @@ ROUNDING = 1e-9
 GROUP_COLUMNS = ("pp", "v", "m", "sched")  # with the combination: all the bound reads of a row
 
 
+@dataclass
+class StepTerms:
+    """Per group, the bound's coefficients (module docstring): step >= t_max * t_max-coefficient
+    + T * total-coefficient, and what t_max's two lower bounds need."""
+
+    t_max: np.ndarray  # m - 1 (1F1B, GPipe), m - 1/v (interleaved), m (zero-bubble, no pipeline)
+    total: np.ndarray  # 1, 1/v, 0
+    inv_pp: np.ndarray
+    pp_values: np.ndarray  # the distinct pp
+    pp_at: np.ndarray  # per group: its pp's index in pp_values
+
+    @classmethod
+    def of(cls, pipe: dict[str, np.ndarray]) -> StepTerms:
+        pp, v, m = (pipe[k].astype(float) for k in ("pp", "v", "m"))
+        piped = pipe["pp"] > 1
+        zero_bubble = ~piped | (pipe["sched"] == ZERO_BUBBLE)
+        interleaved = piped & (pipe["sched"] == INTERLEAVED)
+        pp_values, pp_at = np.unique(pipe["pp"], return_inverse=True)
+        return cls(np.where(zero_bubble, m, np.where(interleaved, m - 1 / v, m - 1)),
+                   np.where(zero_bubble, 0.0, np.where(interleaved, 1 / v, 1.0)), 1 / pp, pp_values,
+                   pp_at.reshape(-1))
+
+
 def _codes(columns: list[np.ndarray]) -> np.ndarray:
     """Each row's columns as one integer (mixed radix, as the cost model does: a 1-D unique is
     far faster than a row-wise one)."""
@@ -64,14 +87,16 @@ def _codes(columns: list[np.ndarray]) -> np.ndarray:
 class LayoutSpace:
     """The legal layouts of one (limits, pins): `legal` groups of an enumerated space (a superset
     shared by the depths and shapes it serves). A group is the rows sharing a (tp, sp, cp, mb,
-    ep, etp) combination and a pipeline (pp, v, m, schedule): what the bound reads. Groups are
-    kept in order of their first row; `order` lists the rows group by group (ascending within
-    each), `start` where each group's rows begin."""
+    ep, etp) combination and a pipeline (pp, v, m, schedule): what the bound reads. `order`
+    lists the rows group by group (ascending within each), `start` where each group's rows
+    begin."""
 
     space: Space  # the enumerated layouts
     combos: np.ndarray  # [U, 6] distinct (tp, sp, cp, mb, ep, etp) of the whole enumerated space
     combo: np.ndarray  # per group: its combination
     pipe: dict[str, np.ndarray]  # per group: pp, v, m, sched
+    terms: StepTerms  # per group: the bound's coefficients
+    sizes: np.ndarray  # per group: its rows
     order: np.ndarray  # the rows, group by group
     start: np.ndarray  # [groups + 1]
     legal: np.ndarray  # per group: whether this depth and shape keep it
@@ -91,7 +116,8 @@ class LayoutSpace:
         ginv = ginv.reshape(-1)
         order = np.argsort(ginv, kind="stable")
         start = np.searchsorted(ginv[order], np.arange(len(gfirst) + 1))
-        return cls(space, combos, inv[gfirst], {k: c[k][gfirst] for k in GROUP_COLUMNS}, order, start,
+        pipe = {k: c[k][gfirst] for k in GROUP_COLUMNS}
+        return cls(space, combos, inv[gfirst], pipe, StepTerms.of(pipe), np.diff(start), order, start,
                    np.ones(len(gfirst), bool), key)
 
     def within(self, lim: Limits) -> LayoutSpace:
@@ -108,7 +134,7 @@ class LayoutSpace:
         return replace(self, legal=self.legal & depth_ok & shape_ok[self.combo])
 
     def __len__(self) -> int:
-        return int(np.diff(self.start)[self.legal].sum())
+        return int(self.sizes[self.legal].sum())
 
     def rows_of(self, groups: np.ndarray) -> np.ndarray:
         """The rows of `groups` (a group mask), ascending."""
@@ -152,6 +178,9 @@ class LayerTimes:
         key = np.zeros(len(cols[0]), np.int64)
         for c in cols:
             key = key * RADIX + c
+        at = np.searchsorted(self.keys, key)
+        if len(self.keys) and (self.keys[np.minimum(at, len(self.keys) - 1)] == key).all():
+            return {k: v[at] for k, v in self.table.items()}  # all known (the usual case)
         new, first = np.unique(key[~np.isin(key, self.keys)], return_index=True)
         if len(new):
             rows = np.nonzero(~np.isin(key, self.keys))[0][first]
@@ -179,21 +208,13 @@ def lower_bounds(model: CostModel, ls: LayoutSpace, times: LayerTimes) -> np.nda
     """A lower bound on the step time of every group's layouts (module docstring)."""
     p = model.p
     parts = times.per_layer_bound(model, ls)  # [U, keys]: one micro-batch's bound parts per layer
-    total = parts @ np.bincount(p.sequence, minlength=p.n_keys)  # T: through every layer, [U]
-    u, pipe = ls.combo, ls.pipe
-    pp, v, m = (pipe[k].astype(float) for k in ("pp", "v", "m"))
-    mean = total[u] / pp
+    total = (parts @ np.bincount(p.sequence, minlength=p.n_keys))[ls.combo]  # T: through every layer
     blocks = [k for k, layer in zip(p.sequence, p.layers) if 0 <= layer < p.g.n_layers]
-    steps, k_of = np.unique(pipe["pp"], return_inverse=True)
-    cheapest = _cheapest_layers(parts, blocks, -(-len(blocks) // steps))  # [U, distinct pp]
-    t_max = np.maximum(mean, cheapest[u, k_of.reshape(-1)])
-    sched = pipe["sched"]
-    piped = pipe["pp"] > 1
-    zero_bubble = piped & (sched == ZERO_BUBBLE)
-    interleaved = piped & (sched == INTERLEAVED)
-    others = np.where(zero_bubble, 0.0, np.where(interleaved, total[u] / v, total[u]))  # T, T/v, or none
-    coef = np.where(zero_bubble | ~piped, m, np.where(interleaved, m - 1 / v, m - 1))
-    return (coef * np.where(piped, t_max, total[u]) + np.where(piped, others, 0.0)) * (1 - ROUNDING)
+    terms = ls.terms
+    cheapest = _cheapest_layers(parts, blocks, -(-len(blocks) // terms.pp_values))  # [U, distinct pp]
+    # without a pipeline the cheapest "layers of one rank" are all of them: t_max = T either way
+    t_max = np.maximum(total * terms.inv_pp, cheapest[ls.combo, terms.pp_at])
+    return (terms.t_max * t_max + terms.total * total) * (1 - ROUNDING)
 
 
 def _cheapest_layers(parts: np.ndarray, blocks: list[int], ks: np.ndarray) -> np.ndarray:
