@@ -6,14 +6,18 @@ path agrees with the full one: one run, every ratio measured in it.
                                 [--budget 300 5000] [--sample 6] [--workers N] [--profile 60]
 
 1. The README's search (the grid of --space): wall time, of which lowering the architectures'
-   references (once per architecture) and the rest, the evaluation; candidates per second.
+   references (once per architecture) and the rest, the evaluation; candidates per second; the
+   same split in CPU seconds, which other load on a shared machine does not inflate.
 2. A random search of each --budget candidates of the flagship on a wider space (the README's
    expert counts, routings and widths, depths 8 to 112 and two token budgets: 5,040 points), on
-   --workers processes: wall time and candidates per second.
+   --workers processes: wall time and candidates per second, and CPU seconds: candidates per
+   second on as many otherwise idle cores.
 3. Where a one-process random search of --profile candidates spends its time (cProfile): lowering
    architecture references, costing layouts (of which the cost model's passes and its pipeline
    partitions), the depths' legal layout spaces and combining architectures' graphs in closed
    form (vlac.search.shape_fit); how many graphs were combined, lowered, and why any fell back.
+   cProfile's own overhead per call inflates parts made of many small calls (py-spy, sampling,
+   does not): read the parts against each other, not as absolute costs.
 4. Agreement: --sample candidates of the first random search evaluated again by the full path
    (lower each one directly, plan every layout): status, layout, parameters and FLOPs compared
    exactly, step time and peak memory relative to the full path; the time per candidate of each
@@ -21,7 +25,7 @@ path agrees with the full one: one run, every ratio measured in it.
 
 Goals (issue 17): the README's search under a second of evaluation, 5,000 candidates under a
 minute, over 100 candidates/s; each measured figure is printed against its goal. Results go to
-benchmarks/results/search.json.
+benchmarks/results/search.json, with `uptime` before and after.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import os
 import platform
 import random
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -71,17 +76,29 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def uptime() -> str:
+    """`uptime`'s line: the machine's load, which slows every wall-clock rate here (several
+    sessions share these cores)."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "uptime unavailable"
+
+
 def readme_search(args: argparse.Namespace) -> dict:
     cpu0 = cpu_seconds()
     cfg = read_space_file(Path(args.space))
     s = Search(args.spec, cfg["space"], objective=cfg.get("objective") or "max:tokens_per_s",
                constraints=cfg["constraints"])
     s.run(workers=1, progress=False)
+    cpu = cpu_seconds() - cpu0
     stats = s.evaluator.cache.stats
     lowering = stats.lower_seconds + stats.derive_seconds
     return {"candidates": len(s.results), "wall_s": s.seconds, "lowering_s": lowering,
             "evaluation_s": s.seconds - lowering, "per_s": len(s.results) / s.seconds,
-            "cpu_s_per_candidate": (cpu_seconds() - cpu0) / len(s.results),
+            # the same split in CPU seconds (this process; lowering as the cache measured it)
+            "cpu_s": cpu, "lowering_cpu_s": stats.cpu_seconds, "evaluation_cpu_s": cpu - stats.cpu_seconds,
+            "cpu_s_per_candidate": cpu / len(s.results),
             "references_lowered": stats.lowered, "fast": dict(s.evaluator.fast_path.stats),
             "closed_form": dict(s.evaluator.fast_path.fit.stats),
             "best": s.best.params if s.best else None}
@@ -93,8 +110,11 @@ def random_search(args: argparse.Namespace, budget: int, workers: int) -> tuple[
                constraints=["params_active >= 2B", "params_total >= 8B"])
     s.run(workers=workers, progress=False)
     counts = s.counts()
+    cpu = cpu_seconds() - cpu0
     return s, {"candidates": len(s.results), "workers": workers, "wall_s": s.seconds,
-               "per_s": len(s.results) / s.seconds, "cpu_s_per_candidate": (cpu_seconds() - cpu0) / len(s.results),
+               "per_s": len(s.results) / s.seconds, "cpu_s": cpu, "cpu_s_per_candidate": cpu / len(s.results),
+               # what `workers` otherwise idle cores would give: candidates per CPU second each
+               "per_s_on_idle_cores": workers * len(s.results) / cpu,
                "outcomes": counts, "load_average_after": os.getloadavg()[0]}
 
 
@@ -164,14 +184,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     workers = args.workers or default_workers()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    uptime_before = uptime()
+    print(uptime_before)
     print(f"{default_workers()} cores ({platform.processor() or platform.machine()}), python "
           f"{platform.python_version()}, load average {load:.1f} (rates are per wall second: other load slows them)")
 
     readme = readme_search(args)
     print(f"\nREADME search ({Path(args.space).name}): {readme['candidates']} candidates in {readme['wall_s']:.2f} s "
           f"({readme['per_s']:.1f}/s): lowering {readme['references_lowered']} references {readme['lowering_s']:.2f} s, "
-          f"evaluation {readme['evaluation_s']:.2f} s, {readme['cpu_s_per_candidate']:.2f} CPU s/candidate (goal < {GOALS['readme_eval_s']:.0f} s: measured / goal "
-          f"{readme['evaluation_s'] / GOALS['readme_eval_s']:.2f}); fast path decided {readme['fast']['decided']}, "
+          f"evaluation {readme['evaluation_s']:.2f} s (goal < {GOALS['readme_eval_s']:.0f} s: measured / goal "
+          f"{readme['evaluation_s'] / GOALS['readme_eval_s']:.2f}); in CPU seconds lowering {readme['lowering_cpu_s']:.2f}, "
+          f"evaluation {readme['evaluation_cpu_s']:.2f} (measured / goal {readme['evaluation_cpu_s'] / GOALS['readme_eval_s']:.2f}), "
+          f"{readme['cpu_s_per_candidate'] * 1e3:.0f} CPU ms/candidate; fast path decided {readme['fast']['decided']}, "
           f"costed {readme['fast']['costed']:,} of {readme['fast']['legal']:,} legal layouts; "
           + closed_form_line(readme["closed_form"]))
 
@@ -180,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     for _, rnd in searches:
         print(f"random search: {rnd['candidates']} candidates on {workers} processes in {rnd['wall_s']:.1f} s "
               f"({rnd['per_s']:.1f}/s, {rnd['cpu_s_per_candidate']:.3f} CPU s/candidate; goal < {GOALS['random_s']:.0f} s: measured / goal {rnd['wall_s'] / GOALS['random_s']:.2f}; "
-              f"goal {GOALS['per_s']:.0f}/s: measured / goal {rnd['per_s'] / GOALS['per_s']:.2f}); outcomes {rnd['outcomes']}; "
+              f"goal {GOALS['per_s']:.0f}/s: measured / goal {rnd['per_s'] / GOALS['per_s']:.2f}); {rnd['cpu_s']:.1f} CPU s in all: "
+              f"{rnd['per_s_on_idle_cores']:.0f}/s on {workers} idle cores (measured / goal "
+              f"{rnd['per_s_on_idle_cores'] / GOALS['per_s']:.2f}); outcomes {rnd['outcomes']}; "
               f"load average {rnd['load_average_after']:.1f} after")
 
     prof = profile_search(args) if args.profile else None
@@ -206,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.write_text(json.dumps({
         "spec": Path(args.spec).name, "space": Path(args.space).name, "wide_space": WIDE, "goals": GOALS,
         "readme": readme, "random": [rnd for _, rnd in searches], "profile": prof, "agreement": agree,
-        "machine": {"cores": default_workers(), "python": platform.python_version(), "load_average": load},
+        "machine": {"cores": default_workers(), "python": platform.python_version(), "load_average": load,
+                    "uptime_before": uptime_before, "uptime_after": uptime()},
     }, indent=2, sort_keys=True, default=str) + "\n")
     print(f"wrote {RESULTS.relative_to(ROOT)}")
     return 0 if agree["agree"] else 1
