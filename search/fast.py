@@ -66,6 +66,9 @@ class FastPath:
         self.spaces = DepthSpaces()
         self.fit = ShapeFit()  # new architectures' graphs in closed form over the shape fields
         self.combined: set[str] = set()  # architectures whose reference graph was combined, not lowered
+        # per topology, the best step over the lowest bound of its last candidate: a new
+        # architecture's first band (shapes of one topology have similar ratios)
+        self.ratios: dict[str, float] = {}
         # (architecture, depth) -> model figures, chosen estimate, legal layouts
         self.chosen: dict[tuple[str, int], tuple[dict[str, Any], Estimate, int]] = {}
         # candidates decided here / handed to the full path; layouts costed here / legal
@@ -116,6 +119,7 @@ class FastPath:
         if chosen is None:
             return None
         est, costed, known.ratio = chosen
+        self.ratios[topology_key(key)] = known.ratio
         self.chosen[key, exp.backbone.layers] = (model, est, len(ls))
         return FastPlan(_plan(exp, model, est), costed, len(ls))
 
@@ -127,7 +131,8 @@ class FastPath:
         if ref is None:
             return None
         if known is None:
-            known = self.architectures[key] = _Known(Architecture(edges), base)
+            known = self.architectures[key] = _Known(Architecture(edges), base,
+                                                     ratio=self.ratios.get(topology_key(key), FIRST_SHARE))
         known.arch.references.append(ref)
         known.times.append(LayerTimes(ref.profile.times))
         return known

@@ -43,6 +43,10 @@ from vlac.compiler.search_space import COLUMNS, Limits, Space, enumerate_space
 
 FIRST_SHARE = 1.02  # first pass: the layouts within 2 % of the lowest bound
 GROW = 1.25  # and, while none of those fits, widen the band by this factor
+# later candidates' first band: the last candidate's ratio of best step to lowest bound, plus 1 %
+# (the README's search: 110 passes for 72 candidates without it, 87 with it, 0.48 -> 0.42 CPU s
+# choosing; a 400-candidate random search: the same CPU, 4 % fewer layouts costed)
+MARGIN = 1.01
 BOUND_PARTS = ("compute", "elementwise", "tp_comm", "ep_comm", "cp_comm")
 # the bound is computed in another order than the cost model sums the step: kept this far below
 # it, so that rounding never sets aside a layout whose step equals the bound
@@ -241,13 +245,13 @@ def choose(search: planner_mod.Search, ls: LayoutSpace, allowed: tuple[int, ...]
     breaks none, the planner's set of runnable rows is exactly the rows that break none.
 
     `ratio`: the first band, as a multiple of the lowest bound (the best step over its bound of
-    the architecture's last candidate is a good guess: then one pass suffices). Also returns
-    this candidate's ratio."""
+    the architecture's last candidate, with MARGIN, is a good guess: then one pass suffices).
+    Also returns this candidate's ratio."""
     if not ls.legal.any():
         return None
     bound = np.where(ls.legal, lower_bounds(search.model, ls, times), np.inf)
     lowest = bound.min()
-    band = lowest * ratio
+    band = lowest * ratio * MARGIN
     costed = _Costed(search, ls, allowed, bound)
     while True:
         ev, runs = costed.up_to(band)
@@ -353,7 +357,8 @@ class DepthSpaces:
         if pins_key not in self.checked:
             exact = enumerate_space(lim, pins)
             self.checked[pins_key] = _same_rows(own.layouts(), exact)
-            return LayoutSpace.of(exact, repr(lim) + pins_key)
+            if not self.checked[pins_key]:
+                return LayoutSpace.of(exact, repr(lim) + pins_key)
         return own
 
 
