@@ -105,8 +105,9 @@ class LayoutSpace:
     start: np.ndarray  # [groups + 1]
     legal: np.ndarray  # per group: whether this depth and shape keep it
     key: str  # names the enumerated space: per-combination figures are cached under it
-    # the superset's combination filters, memoised per shape (candidates of one shape share theirs)
+    # the superset's group filters, memoised per shape and per depth
     shape_masks: dict[tuple, np.ndarray] = field(default_factory=dict, repr=False)
+    depth_masks: dict[tuple, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, space: Space, key: str) -> LayoutSpace:
@@ -127,15 +128,20 @@ class LayoutSpace:
     def within(self, lim: Limits) -> LayoutSpace:
         """The groups a model of `lim`'s depth and shape keeps (DepthSpaces): the planner's two
         depth rules on pp and v, and the shape's divisibility rules on tp, ep and etp (which
-        read only the combination)."""
-        pp, v = self.pipe["pp"], self.pipe["v"]
-        depth_ok = (pp <= min(lim.blocks, lim.max_pp)) & ((v == 1) | (pp * v <= lim.blocks))
+        read only the combination). Both filters are memoised: candidates of one depth or one
+        shape share theirs."""
+        depth = (lim.blocks, lim.max_pp)
+        depth_ok = self.depth_masks.get(depth)
+        if depth_ok is None:
+            pp, v = self.pipe["pp"], self.pipe["v"]
+            depth_ok = self.depth_masks[depth] = (pp <= min(lim.blocks, lim.max_pp)) & ((v == 1) | (pp * v <= lim.blocks))
         shape = (lim.heads, lim.kv_heads, lim.vocab, lim.ffn, lim.experts, lim.expert_ffn)  # what shape_rows reads
         shape_ok = self.shape_masks.get(shape)
         if shape_ok is None:
             u = self.combos
-            shape_ok = self.shape_masks[shape] = lim.shape_rows({"tp": u[:, 0], "ep": u[:, 4], "etp": u[:, 5]})
-        return replace(self, legal=self.legal & depth_ok & shape_ok[self.combo])
+            combos_ok = lim.shape_rows({"tp": u[:, 0], "ep": u[:, 4], "etp": u[:, 5]})
+            shape_ok = self.shape_masks[shape] = combos_ok[self.combo]
+        return replace(self, legal=self.legal & depth_ok & shape_ok)
 
     def __len__(self) -> int:
         return int(self.sizes[self.legal].sum())
