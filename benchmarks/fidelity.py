@@ -171,11 +171,12 @@ CASES += (
 )
 # How each run's software is written as a spec.stack section. Meta's Llama 3 stack is its own
 # (FSDP-style sharding, TP/CP/PP with overlapped communication, Table 4 of the report); it is
-# costed with the Megatron + TE overlaps it shares. llm-foundry: the MPT yamls and
+# costed with the Megatron + TE overlaps it shares, and with its all-gather context parallelism
+# (K/V all-gathered before the attention, the gather exposed: Sec. 3.3.2). llm-foundry: the MPT yamls and
 # submit_benchmarks.py of the table's day set `attn_impl: triton` (FlashAttention's Triton
 # kernel), flash_attn's fused cross entropy, eager GELU, LayerNorm and residual adds
 # (fused_elementwise false), FSDP with prefetch, no compile.
-STACKS = {"megatron-te": {"preset": "megatron-te"}, "meta": {"preset": "megatron-te"},
+STACKS = {"megatron-te": {"preset": "megatron-te"}, "meta": {"preset": "megatron-te", "context_parallel": "all_gather"},
           "llm-foundry": {"preset": "torchtitan-torchao", "attention": "triton", "torch_compile": False,
                           "fused": ["cross_entropy"],
                           "fused_elementwise": False}}

@@ -60,6 +60,7 @@ import numpy as np
 from .graph import RECOMPUTE
 from .hardware import Hardware
 from .profile import CostProfile
+from .context_parallel_costs import FORWARD_SHARE as CP_FORWARD_SHARE
 from .data_parallel import OVERLAP_SLOWDOWN, exposed_data_parallel, hide as _hide, optimizer_seconds
 from .cost_arrays import PipelineShapes, in_flight, key_sum, rank_sum, row_chunks
 from .recompute_choice import choose, forced as forced_choice
@@ -185,11 +186,13 @@ class CostModel:
         the activation bytes saved per micro-batch under each policy ([U, K] or [U, K, 3])."""
         tp, sp, cp, mb = (uniq[:, i].astype(float)[:, None] for i in range(4))
         block = self.is_block[None, :]
-        cp_exposed = _hide(lt["cp"], lt["attn_fwd"] + lt["attn_bwd"])
+        # a p2p ring hides its exchange behind the attention; an all-gather runs before it
+        scheme = self.p.stack.context_parallel
+        cp_exposed = lt["cp"] if scheme == "all_gather" else _hide(lt["cp"], lt["attn_fwd"] + lt["attn_bwd"])
         tp_exposed = TP_EXPOSED if self.p.stack.tp_comm_overlap else 1.0
         tp_x = tp_exposed + OVERLAP_SLOWDOWN * (1 - tp_exposed)  # exposed share, hidden share's slowdown
         ep_x = EP_EXPOSED + OVERLAP_SLOWDOWN * (1 - EP_EXPOSED)
-        fwd_comm = tp_x * lt["tp_fwd"] + ep_x * lt["ep_fwd"] + cp_exposed / 3
+        fwd_comm = tp_x * lt["tp_fwd"] + ep_x * lt["ep_fwd"] + cp_exposed * CP_FORWARD_SHARE[scheme]
         fwd = lt["gemm_fwd"] + lt["attn_fwd"] + lt["mem_fwd"]
         recompute = np.stack([np.zeros_like(fwd), np.where(block, lt["selective_rerun"], 0.0),
                               np.where(block, fwd + fwd_comm, 0.0)], axis=-1)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .context_parallel_costs import exchange_seconds, merge_bytes
 from .moe_routing import token_shards
 from .stack_costs import ATTENTION_EFF
 
@@ -174,11 +175,16 @@ def _block_communication(prof: CostProfile, p: LayerProfile, out: dict[str, np.n
         out["ep_fwd"][:, j] = 2 * a2a + 2 * etp_unit
         out["ep_bwd"][:, j] = 2 * a2a + 3 * etp_unit
     if p.attn_fwd > 0:
-        # ring attention: cp-1 K/V chunk exchanges forward, K/V and their gradients
-        # backward; heads split over TP ranks (K/V replicated when tp > kv_heads)
+        # the K/V exchange of the stack's context-parallel scheme, and a p2p ring's per-step
+        # merges on the compute stream (context_parallel_costs); heads split over TP ranks (K/V
+        # replicated when tp > kv_heads)
+        scheme = prof.stack.context_parallel
         chunk = seqs * prof.seq_len * prof.kv_bytes_per_token / np.minimum(tp, prof.kv_heads)
-        across = tp * cp > hw.node_size
-        out["cp"][:, j] += np.where(cp > 1, 3 * (cp - 1) * hw.p2p(chunk, across), 0.0)
+        out["cp"][:, j] += exchange_seconds(hw, scheme, chunk, tp, cp)
+        q_elems = seqs * prof.seq_len * prof.q_dim / tp
+        merge_fwd, merge_bwd = merge_bytes(scheme, q_elems, chunk / prof.act_bytes, prof.act_bytes, cp)
+        out["mem_fwd"][:, j] += hw.memory_seconds(merge_fwd)
+        out["mem_bwd"][:, j] += hw.memory_seconds(merge_bwd)
 
 
 def critical_rank_load(experts: int, expert_load: float, ep) -> np.ndarray:

@@ -55,6 +55,7 @@ AttentionKernel = Literal["flash2", "flash3", "cudnn", "triton", "unfused"]
 FusedOp = Literal["norm", "swiglu", "rope", "cross_entropy"]
 ActivationDtype = Literal["bf16", "fp16", "fp32"]
 SelectiveRecompute = Literal["elementwise", "core_attention"]
+ContextParallelScheme = Literal["p2p", "all_gather"]
 FUSED_OPS: tuple[str, ...] = ("norm", "swiglu", "rope", "cross_entropy")
 STORED_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
@@ -85,6 +86,10 @@ class ResolvedStack:
     # `recompute: full` may cover only part of a pipeline rank's blocks (Megatron's
     # --recompute-method block --recompute-num-layers N); False: every block of a recomputing rank
     partial_recompute: bool = False
+    # how context parallelism gets K/V: p2p (a ring of per-step attention kernels merged by
+    # log-sum-exp, exchange hidden: TransformerEngine, torch's ring attention) or all_gather (one
+    # exposed gather before one attention kernel: Llama 3, vlac's runtime); compiler/context_parallel_costs.py
+    context_parallel: str = "p2p"
 
     def fuses(self, op: str) -> bool:
         """Whether `op`'s element-wise chain runs as one kernel: named in `fused`, or generated
@@ -95,7 +100,7 @@ class ResolvedStack:
 PRESETS: dict[str, ResolvedStack] = {
     "vlac": ResolvedStack("vlac", "flash2", ("norm", "rope"), None, tp_comm_overlap=False, grad_reduce_overlap=True,
                           param_gather_overlap=True, pp_p2p_overlap=False, torch_compile=False,
-                          fused_elementwise=False, partial_recompute=True),
+                          fused_elementwise=False, partial_recompute=True, context_parallel="all_gather"),
     "megatron-te": ResolvedStack("megatron-te", "cudnn", FUSED_OPS, None, tp_comm_overlap=True,
                                  grad_reduce_overlap=True, param_gather_overlap=True, pp_p2p_overlap=True,
                                  torch_compile=False, selective_recompute="core_attention",
@@ -150,6 +155,12 @@ class Stack(SpecModel):
                           "recompute_num_layers: megatron-te; vlac's runtime checkpoints the layers train.py's "
                           "RECOMPUTE names); false: a recomputing stage reruns every block (torchtitan's full "
                           "activation checkpointing); null = the preset's")
+    context_parallel: ContextParallelScheme | None = Field(
+        None, description="how context parallelism brings each rank the keys and values of the whole sequence: p2p "
+                          "(a ring: one attention kernel per step, the next K/V chunk exchanged behind it, partial "
+                          "outputs merged by log-sum-exp; TransformerEngine's cp_comm_type p2p: megatron-te, and "
+                          "torch's ring attention: torchtitan-torchao) or all_gather (K/V gathered before one "
+                          "attention kernel, the gather exposed: Llama 3's, vlac's runtime); null = the preset's")
 
     def resolved(self) -> ResolvedStack:
         base = PRESETS[self.preset]
@@ -160,7 +171,7 @@ class Stack(SpecModel):
                                                        "param_gather_overlap", "pp_p2p_overlap", "torch_compile",
                                                        "fused_elementwise")),
                              pick("selective_recompute"), bool(pick("fp8_stored_inputs")),
-                             bool(pick("partial_recompute")))
+                             bool(pick("partial_recompute")), pick("context_parallel"))
 
 
 __all__ = ["FUSED_OPS", "PRESETS", "STORED_BYTES", "ResolvedStack", "Stack"]
