@@ -18,8 +18,8 @@ before the query, and the two schemes get them differently:
 - `all_gather` (Llama 3, Dubey et al. 2024, Sec. 3.3.2; vlac's runtime): K and V are all-gathered
   over the cp group before the attention, which then runs as one kernel over every key; their
   gradients are reduce-scattered in backward. No merge traffic, but the collective is exposed:
-  the attention cannot start until it completes ("the all-gather communication latency is exposed
-  in the critical path", ibid.). vlac's runtime gathers with a blocking all-gather likewise.
+  the attention cannot start until it completes (the report accepts that latency because GQA keeps
+  K/V small). vlac's runtime gathers with a blocking all-gather likewise.
 
 The attention FLOPs are the same for both (causal pairs counted once, split evenly by the layout).
 """
