@@ -38,10 +38,10 @@ def layer_times(prof: CostProfile, tp, sp, cp, mb, ep, etp) -> dict[str, np.ndar
     out = {name: np.zeros(shape) for name in TIME_NAMES}
     seqs = mb / cp  # sequences' worth of tokens per GPU before tensor parallelism
     # vlac's runtime routes an MoE layer's own tokens where they are split, with etp = 1 (compiler/
-    # moe_routing.py): over tp under sp (a capacity too at cp = 1), over cp if dropless; no gather
-    # there, 1/(tp*cp) of the micro-batch per rank; a layer with a capacity is gathered over cp
+    # moe_routing.py; dropless or with a capacity): over tp under sp, over cp; no gather there,
+    # 1/(tp*cp) of the micro-batch per rank
     dropless = prof.capacity_factor is None
-    tp_shards, cp_shards = token_shards(dropless, etp, tp, sp, cp)
+    tp_shards, cp_shards = token_shards(etp, tp, sp, cp)
     # no TP collectives around its shared experts: each tp rank runs them on its own shard (sp) or
     # on the whole sequence (without sp; the search space pairs MoE and tp > 1 with sp)
     local_moe = prof.moe_gathered & (tp > 1) & ((dropless & (etp == 1)) | (tp_shards > 1))
@@ -103,12 +103,12 @@ def _gemm_shape(g: Gemm, tp, sp, ep, etp, seqs, moe_tokens):
     """(scale, m, n, k, groups) of one GEMM per GPU: `scale` the share of its per-sequence FLOPs
     a GPU runs, m x n x k its shape there, `groups` the experts of a grouped GEMM per GPU."""
     if g.moe_part:
-        # vlac's runtime gathers a MoE layer with a capacity over cp and tp, so that
-        # capacity and drops are those of one process: every rank routes the whole
-        # micro-batch and runs its experts (and the shared ones) on it, split only by etp
-        # (runtime/parallel/context_parallel.py, tensor_parallel.py); costed as run.
-        # A dropless layer routes its rank's own tokens (moe_tokens, moe_routing.py).
-        # Not charged: the activations a gathered layer saves for the whole micro-batch
+        # vlac's runtime routes an MoE layer's own tokens with whole experts (moe_tokens,
+        # moe_routing.py); with experts split by width (etp > 1) it gathers the layer over cp
+        # and tp: every rank routes the whole micro-batch and runs its slice of the experts
+        # (and the shared ones) on it (runtime/parallel/context_parallel.py,
+        # tensor_parallel.py); costed as run. Not charged: the activations a gathered layer
+        # saves for the whole micro-batch
         scale = moe_tokens / np.where(g.expert | g.tp_split, etp, 1.0)
         if g.expert:
             m = g.m / g.groups * moe_tokens * ep
@@ -162,8 +162,10 @@ def _block_communication(prof: CostProfile, p: LayerProfile, out: dict[str, np.n
         routed = moe_tokens / etp if prof.moe_gathered else seqs / tp
         a2a_bytes = routed * prof.seq_len * prof.top_k * prof.hidden * prof.act_bytes
         if prof.moe_gathered:
-            a2a_bytes = a2a_bytes * capacity_slots(mb * prof.seq_len, prof.experts, prof.top_k,
-                                                   prof.capacity_factor)
+            # a layer with a capacity that routes its own share of the micro-batch sends only the
+            # copies it keeps (at most every copy: runtime/moe.py), else every slot
+            slots = capacity_slots(mb * prof.seq_len, prof.experts, prof.top_k, prof.capacity_factor)
+            a2a_bytes = a2a_bytes * np.where(moe_tokens < mb, np.minimum(slots, 1.0), slots)
         # what the busiest rank receives
         a2a_bytes = a2a_bytes * critical_rank_load(prof.experts, prof.expert_load, ep)
         # the cp gather of a gathered MoE layer's input, forward; its reduce-scatter backward

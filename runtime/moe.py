@@ -156,11 +156,12 @@ class MoELayer(nn.Module):
         # micro-batch. `token_shards`: how many equal shards.
         self.token_sum = None
         self.token_shards = 1
-        # Set from outside when a layer with a capacity routes its own sequence shard (tensor
-        # parallelism with sequence parallelism, moe_local_routing.py): gathers the per-(row,
-        # expert) copy counts [b, E] of every shard, returning ([shards, b, E], this shard's index),
-        # so the capacity positions are those of the whole sequence.
-        self.token_counts = None
+        # Set from outside when a layer with a capacity routes its own tokens (context parallelism,
+        # tensor parallelism with sequence parallelism; moe_local_routing_order.CopyOrder): from
+        # this rank's copies one-hot [b, s*k, E] and top_k, what to add to their running count to
+        # give their places in the whole micro-batch's first-come order, exchanging copy counts
+        # with the other ranks; its `ranks`: how many ranks split the micro-batch.
+        self.copy_offsets = None
 
     def capacity(self, tokens):
         """Slots per expert: ceil(tokens * top_k / experts * capacity_factor)."""
@@ -178,7 +179,7 @@ class MoELayer(nn.Module):
         if self.dropless:
             y = self.experts.dropless(h, idx, weights)
             dropped = load.new_zeros(())
-        elif self.token_counts is not None:
+        elif self.copy_offsets is not None:
             y, dropped = self._shard_capacity_dispatch(h, idx, weights, b)
         else:
             y, dropped = self._capacity_dispatch(h, flat, weights)
@@ -212,23 +213,23 @@ class MoELayer(nn.Module):
         return y, 1.0 - keep.float().mean()
 
     def _shard_capacity_dispatch(self, h: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor, rows: int):
-        """`_capacity_dispatch` of this rank's sequence shard of each of the `rows` rows: a copy's
-        slot counts the copies to its expert ahead of it in the whole micro-batch's token order
-        (the rows before its own, then the shards before this one in its row, then this shard's),
-        so exactly the copies one process keeps are kept; they run through the dropless path."""
+        """`_capacity_dispatch` of this rank's tokens of each of the `rows` rows: a copy's slot counts
+        the copies to its expert ahead of it in the whole micro-batch's token order (the rows
+        before its own, then the positions before its own in its row, whichever rank holds them:
+        `copy_offsets`), so exactly the copies one process keeps are kept; they run through the
+        dropless path."""
         e, k, d = self.cfg.experts, self.cfg.top_k, h.size(1)
         flat = idx.reshape(-1)
         onehot = flat.new_zeros(flat.size(0), e).scatter_(1, flat.unsqueeze(1), 1).view(rows, -1, e)
-        shards, me = self.token_counts(onehot.sum(1))  # [R, b, E], this shard's index in its row
-        row_total = shards.sum(0)
-        ahead = row_total.cumsum(0) - row_total + shards[:me].sum(0)  # [b, E]
-        pos = ((onehot.cumsum(1) - 1 + ahead.unsqueeze(1)) * onehot).sum(-1).reshape(-1)
-        keep = pos < self.capacity(h.size(0) * shards.size(0))
+        offsets = self.copy_offsets(onehot, k)  # [b, s*k, E]
+        pos = ((onehot.cumsum(1) - 1 + offsets) * onehot).sum(-1).reshape(-1)
+        ranks = self.copy_offsets.ranks
+        keep = pos < self.capacity(h.size(0) * ranks)
         kept = keep.nonzero().squeeze(1)
         out = self.experts.dropless(h[kept // k], flat[kept].unsqueeze(1),  # copy c is token c // k
                                     weights.reshape(-1)[kept].unsqueeze(1))
         y = h.new_zeros(flat.size(0), d).index_add(0, kept, out.to(h.dtype)).view(-1, k, d).sum(1)
-        dropped = self._over_shards((~keep).float().sum()) / (flat.size(0) * shards.size(0))
+        dropped = self._over_shards((~keep).float().sum()) / (flat.size(0) * ranks)
         return y, dropped
 
     def _aux_loss(self, logits, probs, load):

@@ -156,14 +156,14 @@ def why_not_applicable(exp: Experiment, layout: Layout) -> list[str]:
         reasons.append(f"ep{layout.ep} needs a mixture of experts; the spec has no moe section")
     elif layout.ep > 1 and moe.experts % layout.ep:
         reasons.append(f"ep{layout.ep} does not divide moe.experts = {moe.experts}")
-    # expert parallelism folds over the ranks holding distinct tokens: dp, and for dropless layers cp
-    # and tp under sequence parallelism (vlac.compiler.moe_routing)
-    ranks = ep_fold_ranks(moe is not None and moe.capacity_factor is None, layout.etp, layout.dp, layout.tp,
-                          layout.sequence_parallel, layout.cp)
+    # expert parallelism folds over the ranks holding distinct tokens: dp, and with whole experts
+    # (etp = 1) cp and tp under sequence parallelism (vlac.compiler.moe_routing)
+    ranks = ep_fold_ranks(layout.etp, layout.dp, layout.tp, layout.sequence_parallel, layout.cp)
     if layout.ep > 1 and ranks == layout.dp and layout.dp % layout.ep:
-        reasons.append(f"ep{layout.ep} is folded out of data parallelism; dp{layout.dp} is not a multiple of it")
+        reasons.append(f"ep{layout.ep} is folded out of data parallelism (experts split by width); dp{layout.dp} "
+                       f"is not a multiple of it")
     elif layout.ep > 1 and ranks % layout.ep:
-        reasons.append(f"ep{layout.ep} is folded over the dp x cp x tp ranks of the dropless MoE layers; "
+        reasons.append(f"ep{layout.ep} is folded over the dp x cp x tp ranks of the MoE layers; "
                        f"{ranks} is not a multiple of it")
     if layout.etp > 1 and moe is None:
         reasons.append("+etp splits experts; the spec has no moe section")

@@ -18,11 +18,13 @@ What runs where:
   for the fused kernel, becomes explicit rows. RoPE rotates each token at its global position,
   or, in packed rows, at its position in its document (the model's positions of the whole row,
   cut to this rank's tokens like the residual stream);
-- MoE layers with a capacity gather their input to the whole sequence (in natural order) and keep
-  their output rows: capacity, token dropping (first come, first served in sequence order), the
-  balancing losses and expert loads are then exactly those of one process. Dropless layers route
-  this rank's tokens and sum what they read of the whole micro-batch (load, balancing-loss
-  statistics) over cp (moe_local_routing.py): the same outputs, experts run once per token;
+- MoE layers with whole experts (etp = 1) route this rank's tokens and sum what they read of the
+  whole micro-batch (load, balancing-loss statistics) over cp (moe_local_routing.py): the same
+  outputs, experts run once per token; a layer with a capacity numbers its copies in the whole
+  sequence's order from the cp ranks' copy counts (moe_local_routing_order.py), so capacity and
+  token dropping (first come, first served in sequence order) are exactly those of one process.
+  With experts split by width (etp = tp) a layer gathers its input to the whole sequence (in
+  natural order) and keeps its output rows;
 - after the final norm the hidden state is all-gathered back into natural order, so logits, the
   losses and the contrastive / flow heads see the whole sequence as before.
 A ring (P2P, overlapped with the block's compute) exchange of K/V chunks would hide the all-gather;
@@ -279,8 +281,10 @@ def _block_inputs(shard: ContextShard):
     return pre
 
 
-def apply_context_parallel(model: nn.Module, exp: Experiment, cp_mesh: DeviceMesh) -> ContextShard:
-    """Split the decoder of `model` (a VLAModel, after tensor parallelism) over `cp_mesh` in place."""
+def apply_context_parallel(model: nn.Module, exp: Experiment, cp_mesh: DeviceMesh,
+                           expert_tp: bool = False) -> ContextShard:
+    """Split the decoder of `model` (a VLAModel, after tensor parallelism) over `cp_mesh` in place.
+    `expert_tp`: its MoE experts are split by width over tp (etp > 1)."""
     cp, rank = cp_mesh.size(), cp_mesh.get_local_rank()
     check_sequence(exp.train.seq_len, cp)
     if exp.optimizer.per_modality_clip:
@@ -305,8 +309,8 @@ def apply_context_parallel(model: nn.Module, exp: Experiment, cp_mesh: DeviceMes
             attn.rotary = RotaryAtPositions(attn.rotary, shard)
     for block in model.layers:
         block.register_forward_pre_hook(_block_inputs(shard), with_kwargs=True)
-        if _is_moe(block.mlp) and routes_over_cp(block.mlp):  # dropless: this rank's tokens (see above)
-            route_locally(block.mlp, shard.group, "cp")
+        if _is_moe(block.mlp) and routes_over_cp(expert_tp):  # this rank's tokens (see above)
+            route_locally(block.mlp, shard.group, "cp", cut=lambda pos, size, r: pos[rank_positions(pos.numel(), size, r)])
         elif _is_moe(block.mlp):
             # after sequence parallelism's gather of the input, before its split of the output
             block.mlp.register_forward_pre_hook(lambda _, args: (shard.gather(args[0]), *args[1:]))

@@ -20,8 +20,9 @@ so no slots) exchange their routed copies with uneven splits instead
 Expert weights become DTensors sharded on dim 0 over the `ep` mesh (checkpoints reshard them to
 any other layout); their gradients are summed over the `edp` ranks that hold the same experts. The
 ep and edp ranks are those holding distinct tokens of the MoE layers (mesh.py): the data-parallel
-ranks, and for dropless layers, which route their own tokens, the context-parallel and (under
-sequence parallelism) the tensor-parallel ranks as well; each then exchanges its own tokens.
+ranks, and with whole experts (etp = 1), where the layers route their own tokens (dropless or with
+a capacity), the context-parallel and (under sequence parallelism) the tensor-parallel ranks as
+well; each then exchanges its own tokens.
 
 With expert tensor parallelism (etp = tp, runtime/parallel/expert_tensor_parallel.py) the expert
 weights are also sharded along their inner width over the `tp` mesh dimension: w1/w3 [E, d, f]
@@ -141,9 +142,9 @@ def apply_expert_parallel(model: nn.Module, mesh: DeviceMesh) -> list[nn.Paramet
 
 def routes_copies(layer: nn.Module) -> bool:
     """Whether an MoE layer hands its experts routed copies (`GroupedExperts.dropless`) instead of
-    capacity slots: dropless layers, and layers with a capacity that route their own sequence
-    shard (they keep the copies within capacity: moe_local_routing.py)."""
-    return bool(getattr(layer, "dropless", False) or getattr(layer, "token_counts", None) is not None)
+    capacity slots: dropless layers, and layers with a capacity that route their own
+    tokens (they keep the copies within capacity: moe_local_routing.py)."""
+    return bool(getattr(layer, "dropless", False) or getattr(layer, "copy_offsets", None) is not None)
 
 
 def shard_experts_over_edp(model: nn.Module, edp_mesh: DeviceMesh, reshard_after_forward: bool) -> tuple[list, list]:

@@ -6,13 +6,13 @@ context, data, and pipeline stages outermost. The plan's `dp` is either replicat
 HSDP with a shard group of one) or sharded (zero >= 1: FSDP2).
 
 Expert parallelism is folded over the ranks that hold distinct tokens of the MoE layers
-(`moe_token_dims`): the data-parallel ranks always; for dropless layers, which route their own
-tokens (vlac.compiler.moe_routing), the context-parallel ranks and, under sequence parallelism
-with etp = 1, the tensor-parallel ranks too, as the cost model folds it. Those ranks, flattened
-in mesh order, split into `edp` groups of `ep` adjacent ranks: the expert mesh is
-(pp, edp, ep, *the other dims), e.g. (pp, edp, ep, cp, tp) for layers with a capacity (gathered
-over cp and tp) and (pp, edp, ep) for dropless ones under sp. The experts are sharded over an `ep`
-group and replicated over `edp`.
+(`moe_token_dims`): the data-parallel ranks always; with whole experts (etp = 1), where the layers
+route their own tokens (vlac.compiler.moe_routing, dropless or with a capacity alike), the
+context-parallel ranks and, under sequence parallelism, the tensor-parallel ranks too, as the cost
+model folds it. Those ranks, flattened in mesh order, split into `edp` groups of `ep` adjacent
+ranks: the expert mesh is (pp, edp, ep, *the other dims), e.g. (pp, edp, ep, cp, tp) for experts
+split by width (gathered over cp and tp), (pp, edp, ep, tp) without sp and (pp, edp, ep) under sp.
+The experts are sharded over an `ep` group and replicated over `edp`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-from vlac.compiler.moe_routing import ep_fold_shards, routes_own_tokens
+from vlac.compiler.moe_routing import routes_own_tokens, token_shards
 
 from .activation_checkpoint import rank_full_layers
 
@@ -70,13 +70,12 @@ class ParallelDims:
                    recompute=tuple(p.get("recompute_per_stage") or [p["recompute"]] * p["pp"]),
                    recompute_layers=rank_full_layers(p))
 
-    def with_moe(self, dropless: bool) -> "ParallelDims":
-        """These dims for a model whose MoE layers are dropless (or have a capacity): a dropless
-        layer's tokens are split over cp, and over tp under sp with etp = 1 (cp listed even at
-        cp = 1 then, so that the folded dims stay adjacent in mesh order); a layer with a capacity,
-        which routes its own tp shard too, keeps ep within dp (moe_routing.ep_fold_shards)."""
-        tp_shards, _ = ep_fold_shards(dropless, self.etp, self.tp, self.sequence_parallel, self.cp)
-        dims = ("dp",) + ("cp",) * bool(routes_own_tokens(dropless, self.etp)) + ("tp",) * (tp_shards > 1)
+    def with_moe(self) -> "ParallelDims":
+        """These dims for a model with MoE layers: with whole experts (etp = 1) a layer's tokens are
+        split over cp, and over tp under sp (cp listed even at cp = 1 then, so that the folded dims
+        stay adjacent in mesh order; moe_routing.token_shards)."""
+        tp_shards, _ = token_shards(self.etp, self.tp, self.sequence_parallel, self.cp)
+        dims = ("dp",) + ("cp",) * bool(routes_own_tokens(self.etp)) + ("tp",) * (tp_shards > 1)
         return replace(self, moe_token_dims=dims)
 
     @property
@@ -136,13 +135,12 @@ class ParallelDims:
                               f"the program")
         if self.ep > 1 and self.moe_token_dims == ("dp",) and self.dp % self.ep:
             raise LayoutError(f"plan.ep = {self.ep} must divide plan.dp = {self.dp}: expert parallelism is folded "
-                              f"out of the data-parallel ranks (MoE layers with a capacity, or experts split by "
-                              f"width); re-plan with --pin ep=<a divisor of dp>, or make the layers dropless "
-                              f"(moe.capacity_factor: null) with etp = 1")
+                              f"out of the data-parallel ranks (experts split by width, plan.expert_tensor_parallel "
+                              f"= {self.etp}); re-plan with --pin ep=<a divisor of dp>, or --pin etp=1")
         if self.ep > 1 and self.token_ranks % self.ep:
             names = " x ".join(f"{d} {self.dp if d == 'dp' else getattr(self, d)}" for d in self.moe_token_dims)
             raise LayoutError(f"plan.ep = {self.ep} must divide the {self.token_ranks} ranks that hold distinct "
-                              f"tokens of the dropless MoE layers ({names}; tp counts under sequence parallelism): "
+                              f"tokens of the MoE layers ({names}; tp counts under sequence parallelism): "
                               f"expert parallelism is folded over them; re-plan with --pin ep=<a divisor of "
                               f"{self.token_ranks}>")
         if self.pp > 1 and self.schedule not in SCHEDULES:

@@ -1,17 +1,17 @@
 """Local routing: an MoE layer routes the tokens its rank holds, as Megatron-Core does, instead of
 gathering the whole micro-batch and running every expert on it on every rank that holds a part of
-it: under tensor parallelism with sequence parallelism and etp = 1 (each tp rank holds a sequence
-shard), and, for dropless layers, under context parallelism (each cp rank holds its chunks of the
-sequence). The rule is vlac.compiler.moe_routing's, which the cost model reads too.
+it, wherever its experts are whole (etp = 1): under tensor parallelism with sequence parallelism
+(each tp rank holds a sequence shard) and under context parallelism (each cp rank holds its chunks
+of the sequence). The rule is vlac.compiler.moe_routing's, which the cost model reads too.
 
 Dropless routing sends each token copy to its expert however the other tokens route, so a token's
 output does not depend on which rank routes it: splitting the micro-batch gives one process's
 outputs exactly. With a capacity, which copies are dropped depends on the copies ahead in the whole
-micro-batch's token order (row by row, each row's sequence in order): the tp ranks, whose shards
-are consecutive pieces of each row, all-gather their per-(row, expert) copy counts (a few integers)
-so each ranks its own copies as one process would, keeps those within capacity and runs them
-through the dropless path (MoELayer._shard_capacity_dispatch). cp chunks are not consecutive, so a
-layer with a capacity keeps the cp gather of context_parallel.py. What the layer computes from the
+micro-batch's token order (row by row, each row's sequence in order): the ranks that split it
+all-gather their per-(row, piece of the row, expert) copy counts (a few integers), so each numbers
+its own copies as one process would whichever pieces of the rows it holds (cp's chunks are not
+consecutive: moe_local_routing_order.py), keeps those within capacity and runs them through the
+dropless path (MoELayer._shard_capacity_dispatch). What the layer computes from the
 whole micro-batch is summed over the ranks that split it:
 
   statistics  the load per expert, the router's mean probabilities and its z-loss (the balancing
@@ -29,18 +29,22 @@ whole micro-batch is summed over the ranks that split it:
               parameter that saw only this rank's tokens as for one that saw all of them.
 
 Under expert parallelism each rank exchanges its own copies within its ep group, through the
-dropless all-to-all; for dropless layers ep folds over the dp, cp and (under sp) tp ranks alike,
+dropless all-to-all; ep folds over the dp, cp and (under sp) tp ranks alike,
 since all of them hold distinct tokens (mesh.py), and the experts' gradients are then reduced over
 those ranks at once (expert_parallel.py), not by the tp sum and cp average here.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
 from vlac.compiler.moe_routing import routes_own_shard, routes_own_tokens
+
+from .moe_local_routing_order import CopyOrder
 
 from .grads import local_tensor
 
@@ -67,29 +71,22 @@ class _SumForward(torch.autograd.Function):
 
 def routes_locally(layer: nn.Module, sequence_parallel: bool, expert_tp: bool) -> bool:
     """Whether an MoE layer under tp > 1 routes its own sequence shard, dropless or with a capacity
-    (else it is gathered).
+    (else it is gathered, or replicated without sp).
     `expert_tp`: its experts are split by width over the tp group (etp = tp > 1)."""
-    return bool(routes_own_shard(getattr(layer, "dropless", False), 1 + expert_tp, sequence_parallel,
-                                 getattr(layer, "context_parallel", 1)))
+    return bool(routes_own_shard(1 + expert_tp, sequence_parallel))
 
 
-def mark_context_parallel(model: nn.Module, cp: int) -> None:
-    """Tell the MoE layers of `model` their context-parallel degree before tensor parallelism lays
-    them out (`routes_locally` reads it: a layer with a capacity gathered over cp is over tp too)."""
-    for layer in model.modules():
-        if hasattr(layer, "router") and hasattr(layer, "experts"):
-            layer.context_parallel = cp
+def routes_over_cp(expert_tp: bool) -> bool:
+    """Whether an MoE layer under cp > 1 routes this cp rank's tokens (else it is gathered)."""
+    return bool(routes_own_tokens(1 + expert_tp))
 
 
-def routes_over_cp(layer: nn.Module) -> bool:
-    """Whether an MoE layer under cp > 1 routes this cp rank's tokens (else it is gathered). Whole
-    experts: dropless layers with etp > 1 are refused before the model is laid out (support.py)."""
-    return bool(routes_own_tokens(getattr(layer, "dropless", False), 1))
-
-
-def route_locally(layer: nn.Module, group: dist.ProcessGroup, over: str = "tp") -> None:
+def route_locally(layer: nn.Module, group: dist.ProcessGroup, over: str = "tp",
+                  cut: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None) -> None:
     """Make `layer` (an MoELayer) sum its whole-micro-batch statistics over `group` as well, the
-    ranks of its `over` dimension ("tp" or "cp"), which split its tokens."""
+    ranks of its `over` dimension ("tp" or "cp"), which split its tokens. `cut(positions, size,
+    rank)`: the positions of a row that rank `rank` of the `size` ranks keeps of `positions` (the
+    ones it is given; tp: consecutive equal shards, the default)."""
     steps = getattr(layer, "token_groups", None)
     if steps is None:
         steps = layer.token_groups = []
@@ -101,16 +98,22 @@ def route_locally(layer: nn.Module, group: dist.ProcessGroup, over: str = "tp") 
         layer.token_sum = token_sum
     steps.append((group, over))
     layer.token_shards *= dist.get_world_size(group)
-    if not getattr(layer, "dropless", False):  # a capacity: the slots count the whole sequence's copies
-        layer.token_counts = lambda counts: _gather_counts(counts, group)
+    if not getattr(layer, "dropless", False):  # a capacity: the slots count the whole micro-batch's copies
+        if layer.copy_offsets is None:
+            layer.copy_offsets = CopyOrder()
+        layer.copy_offsets.add(over, dist.get_world_size(group), dist.get_rank(group), cut or _consecutive,
+                               lambda counts, g=group: _gather(counts, g))
 
 
-def _gather_counts(counts: torch.Tensor, group: dist.ProcessGroup) -> tuple[torch.Tensor, int]:
-    """Every rank's `counts` stacked in rank order (the order of their sequence shards), and this
-    rank's index. Integer counts: no gradient."""
+def _consecutive(positions: torch.Tensor, size: int, rank: int) -> torch.Tensor:
+    return positions.chunk(size)[rank]
+
+
+def _gather(counts: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+    """Every rank's `counts` stacked in rank order. Integer counts: no gradient."""
     out = [torch.empty_like(counts) for _ in range(dist.get_world_size(group))]
     dist.all_gather(out, counts.contiguous(), group=group)
-    return torch.stack(out), dist.get_rank(group)
+    return torch.stack(out)
 
 
 def locally_routed_params(model: nn.Module, over: str = "tp") -> list[nn.Parameter]:

@@ -26,7 +26,7 @@ from ..precision import Precision
 from .activation_checkpoint import apply_stage_recompute
 from .context_parallel import apply_context_parallel, average_grads_over_cp
 from .data_parallel import average_grads, loss_heads, replicate_module, shard_module, uses_ddp
-from .moe_local_routing import locally_routed_params, mark_context_parallel, sum_grads_over_tp
+from .moe_local_routing import locally_routed_params, sum_grads_over_tp
 from .expert_parallel import (apply_expert_parallel, expert_grad_divisor, expert_mesh, folded_dims, fsdp_expert_scale,
                               reduce_expert_grads, rescale_expert_grads, shard_experts_over_edp)
 from .grads import clip_, grad_norm
@@ -128,7 +128,7 @@ def parallelize(model: nn.Module, exp: Experiment, plan: dict[str, Any], env: Di
     """Lay `model` (built identically on every rank) out as plan.json says."""
     check_runnable(exp, plan.get("plan", plan))  # the limits the planner also honours (support.py)
     # expert parallelism folds over the ranks holding distinct tokens of the MoE layers (mesh.py)
-    dims = ParallelDims.from_plan(plan).with_moe(exp.moe is not None and exp.moe.capacity_factor is None)
+    dims = ParallelDims.from_plan(plan).with_moe()
     dims.check(env.world)
     mesh = build_mesh(dims, env.device.type)
     precision = Precision.for_run(exp, plan, env.device, fp8_backend)
@@ -137,11 +137,10 @@ def parallelize(model: nn.Module, exp: Experiment, plan: dict[str, Any], env: Di
 
     precision.convert(model, plan)  # before TP: the Float8 tensor-parallel styles split Float8Linear modules
     if dims.tp > 1:
-        mark_context_parallel(model, dims.cp)
         apply_tensor_parallel(model, mesh.sub("tp"), dims.sequence_parallel, expert_tp=dims.etp > 1,
                               tp_plan=plan.get("plan", plan).get("tp_plan"))  # train.py's TP_PLAN
     if dims.cp > 1:
-        apply_context_parallel(model, exp, mesh.sub("cp"))
+        apply_context_parallel(model, exp, mesh.sub("cp"), expert_tp=dims.etp > 1)
     experts_mesh = expert_mesh(mesh)  # by expert over ep, by inner width over tp (etp)
     expert_params = apply_expert_parallel(model, experts_mesh) if experts_mesh is not None else []
     # per pipeline rank (the planner may recompute more on early stages, which hold more

@@ -48,17 +48,20 @@ def _dropless(exp: Experiment) -> bool:
     return exp.moe is not None and exp.moe.capacity_factor is None
 
 
-def _moe_gathered_costed_per_rank(exp: Experiment) -> bool:
-    """MoE layers with a capacity, which vlac's runtime gathers over cp and replicates over tp
-    without sp (compiler/moe_routing.py), costed as another stack runs them (each rank routing its
-    own tokens); the cost model charges the gather only for stack: vlac."""
+def _has_moe(exp: Experiment) -> bool:
+    return exp.moe is not None
+
+
+def _capacity_costed_per_rank(exp: Experiment) -> bool:
+    """MoE layers with a capacity, which vlac's runtime replicates over tp without sp
+    (compiler/moe_routing.py), costed as another stack runs them (each rank routing its own
+    tokens); the cost model charges the replication only for stack: vlac."""
     return exp.moe is not None and exp.stack.preset != "vlac" and not _dropless(exp)
 
 
-def _dropless_token_ranks(c: Columns):
-    """Ranks of a pipeline stage that hold distinct tokens of a dropless MoE layer (mesh.py); with
-    etp > 1, which expert_tensor_parallel_dropless refuses, the dp ranks alone."""
-    return ep_fold_ranks(True, c["etp"], c["dp"], c["tp"], c["sp"], c["cp"])
+def _token_ranks(c: Columns):
+    """Ranks of a pipeline stage that hold distinct tokens of an MoE layer (mesh.py)."""
+    return ep_fold_ranks(c["etp"], c["dp"], c["tp"], c["sp"], c["cp"])
 
 
 LIMITS: tuple[Limit, ...] = (
@@ -70,16 +73,11 @@ LIMITS: tuple[Limit, ...] = (
           "under tensor parallelism) combined with tensor parallelism",
           "precision.fp8.recipe: current or delayed, or --pin tp=1",
           lambda e: e.precision.fp8.recipe in ("block", "mxfp8"), lambda c: (c["tp"] > 1) & c["fp8"]),
-    Limit("expert_parallel_outside_dp",
-          "expert parallelism folded beyond the data-parallel ranks for MoE layers with a capacity (ep must divide "
-          "dp here: the tp and cp ranks hold the same gathered tokens)",
-          "--pin ep=<a divisor of dp>, or moe.capacity_factor: null (dropless layers fold ep over dp*cp*tp)",
-          lambda e: not _dropless(e), lambda c: (c["ep"] > 1) & (c["dp"] % c["ep"] != 0)),
     Limit("expert_parallel_outside_token_ranks",
-          "expert parallelism with dropless routing folded beyond the ranks that hold distinct tokens (ep must "
-          "divide dp*cp, times tp under sequence parallelism with etp = 1)",
-          "--pin sequence_parallel=true, or ep=<a divisor of dp*cp>",
-          _dropless, lambda c: (c["ep"] > 1) & (c["etp"] == 1) & (_dropless_token_ranks(c) % c["ep"] != 0)),
+          "expert parallelism folded beyond the ranks that hold distinct tokens of the MoE layers (ep must divide "
+          "dp*cp, times tp under sequence parallelism, with etp = 1; dp with experts split by width)",
+          "--pin sequence_parallel=true and etp=1, or ep=<a divisor of dp*cp>",
+          _has_moe, lambda c: (c["ep"] > 1) & (_token_ranks(c) % c["ep"] != 0)),
     Limit("zero_bubble_fsdp3", "the zero-bubble schedule with ZeRO-3 (FSDP reshards the parameters between a "
           "micro-batch's input-gradient and its deferred weight-gradient pass)", "--pin zero=2, or --pin schedule=1f1b",
           _always, lambda c: (c["pp"] > 1) & (c["schedule"] == "zero_bubble") & (c["dp"] > 1) & (c["zero"] >= 3)),
@@ -91,17 +89,12 @@ LIMITS: tuple[Limit, ...] = (
           "selector acts on gathered and on sequence-sharded activations)", "--pin sequence_parallel=false",
           lambda e: e.fusion.stream == "dual", lambda c: (c["tp"] > 1) & c["sp"]),
     Limit("moe_replicated_over_tp", "MoE layers with a capacity, tensor parallelism without sequence parallelism "
-          "or with context parallelism, and etp = 1 as a stack other than vlac's times them (each rank routing its own "
-          "sequence shard; this runtime runs all experts on the whole sequence on every tensor-parallel rank there; "
-          "under sp at cp = 1 each routes its own shard with the whole sequence's capacity positions)",
-          "--pin sequence_parallel=true and cp=1, etp=<tp>, moe.capacity_factor: null, or stack.preset: vlac",
-          _moe_gathered_costed_per_rank,
-          lambda c: (c["tp"] > 1) & (c["etp"] == 1) & (np.logical_not(c["sp"]) | (c["cp"] > 1)), refused=False),
-    Limit("moe_replicated_over_cp", "MoE layers with a capacity under context parallelism as a stack other than "
-          "vlac's times them (each rank routing its own tokens; this runtime runs the experts on the whole sequence "
-          "on every context-parallel rank, which keeps capacity exact; dropless layers route their own tokens)",
-          "--pin cp=1, moe.capacity_factor: null, or stack.preset: vlac",
-          _moe_gathered_costed_per_rank, lambda c: c["cp"] > 1, refused=False),
+          "and etp = 1 as a stack other than vlac's times them (each rank routing its own sequence shard; this "
+          "runtime runs all experts on the whole sequence on every tensor-parallel rank there; under sp each routes "
+          "its own shard with the whole sequence's capacity positions)",
+          "--pin sequence_parallel=true, etp=<tp>, moe.capacity_factor: null, or stack.preset: vlac",
+          _capacity_costed_per_rank, lambda c: (c["tp"] > 1) & (c["etp"] == 1) & np.logical_not(c["sp"]),
+          refused=False),
     Limit("per_modality_clip", "optimizer.per_modality_clip with pipeline, expert, context or sharded data "
           "parallelism, or with data and tensor parallelism together", "--pin pp=1,ep=1,cp=1,zero=0 (and tp=1 or dp=1)",
           lambda e: e.optimizer.per_modality_clip,

@@ -102,10 +102,11 @@ def test_what_the_limits_cost_is_reported_from_the_same_evaluation(flagship):
         assert not unsupported(exp, cols) and not not_as_timed(exp, cols)
 
 
-def test_moe_layers_are_costed_on_the_whole_micro_batch_as_the_runtime_runs_them(flagship):
-    """The runtime gathers a MoE layer's input over cp and tp (exact capacity): the layer's MoE
-    GEMMs take as long at cp 2, and at tp 2 with etp = 1, as at one rank, while its attention
-    halves; with etp = tp the experts split over tp. Under cp the gather is charged too."""
+def test_capacity_moe_layers_are_costed_on_the_tokens_the_runtime_routes(flagship):
+    """The runtime routes a capacity MoE layer's own chunks under cp (exact capacity positions from
+    the cp ranks' copy counts): its MoE GEMMs halve at cp 2 and no gather is charged; at tp 2
+    without sp and etp = 1 every tp rank runs the whole sequence (not halved); with etp = tp the
+    experts split over tp, and under cp the layer is then gathered, the gather charged."""
     exp, g = flagship
     prof = Search(exp, exp.cluster, g).model.p
     j = next(j for j, p in enumerate(prof.profiles) if p.moe)
@@ -117,19 +118,21 @@ def test_moe_layers_are_costed_on_the_whole_micro_batch_as_the_runtime_runs_them
     one, cp2, tp2, etp2 = t(), t(cp=2), t(tp=2), t(tp=2, etp=2)
     assert cp2["attn_fwd"][0, j] == pytest.approx(one["attn_fwd"][0, j] / 2)
     assert tp2["attn_fwd"][0, j] == pytest.approx(one["attn_fwd"][0, j] / 2)
-    # the block's GEMMs: its attention projections halve, its MoE (most of it) does not
     gemm = one["gemm_fwd"][0, j]
-    assert cp2["gemm_fwd"][0, j] > 0.75 * gemm and tp2["gemm_fwd"][0, j] > 0.75 * gemm
+    assert cp2["gemm_fwd"][0, j] == pytest.approx(gemm / 2, rel=0.05)  # its own tokens
+    assert tp2["gemm_fwd"][0, j] > 0.75 * gemm  # attention projections halve, the MoE (most of it) does not
     assert etp2["gemm_fwd"][0, j] < 0.6 * gemm
     prof.profiles[j].moe = False  # the ring attention's exchanges alone
     try:
         ring = t(cp=2)["cp"][0, j]
     finally:
         prof.profiles[j].moe = True
-    assert cp2["cp"][0, j] > ring > 0
-    # another stack routes each rank's own tokens: there the runtime's gather stays a limit that runs
+    assert cp2["cp"][0, j] == pytest.approx(ring) and ring > 0
+    assert t(tp=2, cp=2, etp=2)["cp"][0, j] > ring  # gathered over cp for its split experts
+    # another stack routes each rank's own tokens too: under cp the runtime runs it as timed
     te = vlac.load(ROOT / "examples" / "vla_10b_moe_h100.yaml", ["stack.preset=megatron-te"])
-    assert any("--pin cp=1" in r for r in not_as_timed(te, _cols(cp=2, dp=4)))
+    assert not_as_timed(te, _cols(cp=2, dp=4)) == []
+    assert any("sequence_parallel=true" in r for r in not_as_timed(te, _cols(tp=2, dp=4)))
 
 
 def test_the_expert_all_to_all_carries_the_capacity_slots_the_runtime_sends(flagship):

@@ -48,10 +48,11 @@ def test_dropless_layers_route_their_cp_shard_and_fold_ep_over_tp_and_cp_and_res
         assert r.grad_norms == pytest.approx(whole.grad_norms[2:], rel=1e-4)
 
 
-def test_ep_beyond_dp_applies_to_dropless_layers_only():
+def test_ep_beyond_dp_applies_to_dropless_and_capacity_layers_with_whole_experts():
     dropless = vlac.load(TINY, ["moe.capacity_factor=null"])
     capacity = vlac.load(TINY)
     assert why_not_applicable(dropless, parse_layout("dp1xtp2xcp2xep4")) == []
-    assert "folded out of data parallelism" in why_not_applicable(capacity, parse_layout("dp1xtp2xep2"))[0]
+    assert why_not_applicable(capacity, parse_layout("dp1xtp2xep2")) == []
+    assert "folded out of data parallelism" in why_not_applicable(capacity, parse_layout("dp1xtp2xep2+etp"))[0]
     # without sequence parallelism the tp ranks share their tokens: 2 ranks hold distinct ones
     assert "2 is not a multiple" in why_not_applicable(dropless, parse_layout("dp1xtp2xcp2xep4+nosp"))[0]
