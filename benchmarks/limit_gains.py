@@ -3,7 +3,9 @@ run with all of vlac's runtime limits (runtime/parallel/support.py) and then onc
 that set layouts aside lifted; a limit's gain in a case is how much faster the best plan would be
 without it (chosen step time / lifted step time - 1). Limits are ranked by their summed gain.
 Limits interact (the best excluded layout may break several), so each case's gain with every
-limit lifted at once (the planner's best_excluded) is printed after the ranking.
+limit lifted at once (the planner's best_excluded) is printed after the ranking, and every case's
+ratio of the best layout's step time under the cost model to the best runnable one's (the chosen
+plan; 1 where the best layout runs) is written with it.
 
 Run: python benchmarks/limit_gains.py [--examples a.yaml,b.yaml] [--gpus 8,256,16384]
 (benchmarks/planner.py --limits prints the same ranking after its timing table.) The ranking is
@@ -51,10 +53,12 @@ def gains(exp) -> tuple[dict[str, float], dict]:
 
 def ranking(examples: list[Path], gpu_counts=GPU_COUNTS):
     """[(limit, summed gain, largest gain, case of the largest)] best first, [(case, best_excluded)]
-    for the cases where lifting every limit gains, and the cases that failed to plan."""
+    for the cases where lifting every limit gains, [(case, best runnable step time / best step
+    time)] for every case planned, and the cases that failed to plan."""
     total: dict[str, float] = {}
     worst: dict[str, tuple[float, str]] = {}
     joint = []
+    ratios = []
     failed = []
     for path in examples:
         for gpus in gpu_counts:
@@ -66,24 +70,26 @@ def ranking(examples: list[Path], gpu_counts=GPU_COUNTS):
                 continue
             if best_excluded:
                 joint.append((case, best_excluded))
+            ratios.append((case, 1 + best_excluded.get("faster_pct", 0.0) / 100))
             for name, g in per_limit.items():
                 total[name] = total.get(name, 0.0) + g
                 if g > worst.get(name, (-1.0, ""))[0]:
                     worst[name] = (g, case)
     rows = [(n, total[n], worst[n][0], worst[n][1]) for n in total]
     rows.sort(key=lambda r: (-r[1], r[0]))
-    return rows, joint, failed
+    return rows, joint, ratios, failed
 
 
 def print_ranking(examples: list[Path], gpu_counts=GPU_COUNTS, out: Path | None = RESULTS) -> None:
     """Print the ranking and, unless `out` is None, write it there as JSON (same input, same bytes)."""
-    rows, joint, failed = ranking(examples, gpu_counts)
+    rows, joint, ratios, failed = ranking(examples, gpu_counts)
     if out is not None:
         record = {"examples": [p.stem for p in examples], "gpus": list(gpu_counts),
                   "limits": [{"limit": n, "summed_gain_pct": round(t * 100, 2), "largest_gain_pct": round(b * 100, 2),
                               "case_of_largest": c} for n, t, b, c in rows],
                   "every_limit_lifted": [{"case": c, "layout": b["layout"], "faster_pct": round(b["faster_pct"], 2)}
                                          for c, b in joint],
+                  "best_runnable_over_best": [{"case": c, "ratio": round(r, 4)} for c, r in ratios],
                   "not_planned": failed}
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
@@ -94,6 +100,10 @@ def print_ranking(examples: list[Path], gpu_counts=GPU_COUNTS, out: Path | None 
         print(f"{name:36} {tot * 100:>14.2f} {big * 100:>10.2f}  {case}")
     for case, best in joint:
         print(f"  {case}: every limit lifted, {best['layout']} is {best['faster_pct']:.2f} % faster")
+    worst = max(ratios, key=lambda cr: cr[1], default=None)
+    if worst is not None:
+        print(f"  best runnable over best layout (step time): largest {worst[1]:.4f} ({worst[0]}) of "
+              f"{len(ratios)} cases")
     for line in failed:
         print(f"  not planned: {line}")
 
