@@ -1,6 +1,7 @@
 """Which ranks route an MoE layer's tokens (compiler/moe_routing.py): one rule for the cost model
-and the runtime, on scalars and on columns alike; a dropless layer under context parallelism is
-costed on its rank's own tokens without the cp gather, a layer with a capacity gathered."""
+and the runtime, on scalars and on columns alike; an MoE layer with whole experts under context
+parallelism, dropless or with a capacity, is costed on its rank's own tokens without the cp gather,
+one with experts split by width gathered."""
 
 from pathlib import Path
 
