@@ -40,22 +40,31 @@ def ring_busbw(link_bandwidth: float) -> float:
     return round(link_bandwidth * _RING_SHARE / 1e9) * 1e9  # whole GB/s: figures round-trip through text
 
 
-_H100 = {"name": "H100-SXM", "bf16_flops": 989e12, "fp8_flops": 1979e12, "memory": 80e9, "memory_bandwidth": 3.35e12}
-_A100_40 = {"name": "A100-40GB-SXM", "bf16_flops": 312e12, "fp8_flops": 0.0, "memory": 40e9,
+# Memory is what the driver gives a process (nvidia-smi's total), not the datasheet's round figure:
+# HBM sold as "80 GB" is 80 GiB of which the driver keeps a little, so 80e9 would understate an
+# H100 by 6.6 % and reject layouts that train (docs/fidelity.md, mpt-3b at 8K). Totals as printed
+# by nvidia-smi in public logs: H100 SXM5 and PCIe 81,559 MiB (NVIDIA/nccl#1264 and a PCIe log),
+# H200 143,771 MiB, A100 80 GB 81,920 MiB, A100 40 GB 40,960 MiB (modal-labs/modal-client#2797);
+# H100 NVL 99,961,274,368 bytes (the DRM total, fastfetch-cli/fastfetch#1658). H800 is the H100's
+# HBM3 part. Allocator fragmentation and the CUDA context come off these in compiler/hardware.py.
+MIB = 2**20
+_H100 = {"name": "H100-SXM", "bf16_flops": 989e12, "fp8_flops": 1979e12, "memory": 81_559 * MIB,
+         "memory_bandwidth": 3.35e12}
+_A100_40 = {"name": "A100-40GB-SXM", "bf16_flops": 312e12, "fp8_flops": 0.0, "memory": 40_960 * MIB,
             "memory_bandwidth": 1.555e12}
 _GPUS: dict[str, dict[str, Any]] = {
     "h100-sxm": _H100,
-    "h200": {**_H100, "name": "H200", "memory": 141e9, "memory_bandwidth": 4.8e12},
+    "h200": {**_H100, "name": "H200", "memory": 143_771 * MIB, "memory_bandwidth": 4.8e12},
     # H800 SXM: H100 compute and memory, NVLink cut to 400 GB/s both directions (DeepSeek-V3's GPUs)
     "h800-sxm": {**_H100, "name": "H800-SXM"},
     # PCIe cards: 114 SMs at 350 W, HBM2e; NVLink bridges join pairs, so the node's collectives
     # run over PCIe Gen5 x16
-    "h100-pcie": {"name": "H100-PCIe", "bf16_flops": 756e12, "fp8_flops": 1513e12, "memory": 80e9,
+    "h100-pcie": {"name": "H100-PCIe", "bf16_flops": 756e12, "fp8_flops": 1513e12, "memory": 81_559 * MIB,
                   "memory_bandwidth": 2.0e12},
-    "h100-nvl": {"name": "H100-NVL", "bf16_flops": 835e12, "fp8_flops": 1670e12, "memory": 94e9,
+    "h100-nvl": {"name": "H100-NVL", "bf16_flops": 835e12, "fp8_flops": 1670e12, "memory": 99_961_274_368,
                  "memory_bandwidth": 3.9e12},
     "a100-40gb": _A100_40,
-    "a100-80gb": {**_A100_40, "name": "A100-80GB-SXM", "memory": 80e9, "memory_bandwidth": 2.039e12},
+    "a100-80gb": {**_A100_40, "name": "A100-80GB-SXM", "memory": 81_920 * MIB, "memory_bandwidth": 2.039e12},
 }
 # Each preset's links and the datasheets its figures come from (tests check every preset has both).
 PRESET_LINKS: dict[str, tuple[str, str]] = {

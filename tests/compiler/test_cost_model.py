@@ -55,7 +55,8 @@ def test_gemm_roofline_makes_skinny_gemms_memory_bound():
 
 
 def test_usable_memory_states_its_headroom():
-    assert H100.usable_memory == pytest.approx(80e9 * (1 - MEMORY_FRAGMENTATION) - MEMORY_RESERVED_BYTES)
+    # an "80 GB" H100 is the 81,559 MiB the driver reports (spec/hardware_presets.py), not 80e9
+    assert H100.usable_memory == pytest.approx(81_559 * 2**20 * (1 - MEMORY_FRAGMENTATION) - MEMORY_RESERVED_BYTES)
 
 
 # ---- pipeline schedules ---------------------------------------------------------------------------
