@@ -10,7 +10,7 @@ import vlac
 from vlac.cli import app
 from vlac.verify import SINGLE, LayoutSyntaxError, Report, Run, microbatch_size, parse_layout, verification_spec
 
-from verify_helpers import verify_passes
+from verify_helpers import invoke_verify, verify_passes
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "examples" / "tiny_vla.yaml"
@@ -96,9 +96,7 @@ def test_every_layout_reproduces_the_single_process_run(layouts, sets, monkeypat
 def test_the_flagship_verifies_through_its_tiny_profile(monkeypatch):
     """Video encoders, continuous projectors, bidirectional image masks and the contrastive head
     under sharded data, tensor, pipeline and expert parallelism."""
-    monkeypatch.setenv("COLUMNS", "200")
-    result = CliRunner().invoke(app, ["verify", str(FLAGSHIP), "--layouts", "fsdp2,tp2,pp2,ep2", "--steps", "5"])
-    print(result.output)
+    result = invoke_verify(monkeypatch, str(FLAGSHIP), "--layouts", "fsdp2,tp2,pp2,ep2", "--steps", "5")
     assert result.exit_code == 0, result.output
     assert "profile 'tiny'" in result.output
 

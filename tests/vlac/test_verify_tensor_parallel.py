@@ -5,12 +5,10 @@ fusion and the dual stream; each through the CLI against one process, within 1e-
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from vlac.cli import app
 from vlac.verify import LayoutSyntaxError, parse_layout
 
-from verify_helpers import verify_passes
+from verify_helpers import invoke_verify, verify_passes
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 FP8 = ["--set", "precision.fp8.enabled=true", "--set", "precision.fp8.keep_first_last_bf16=false"]
@@ -61,9 +59,7 @@ def test_tensor_parallel_model_variants_reproduce_one_process(monkeypatch, spec,
 
 @pytest.mark.slow
 def test_dual_stream_with_sequence_parallelism_fails_with_the_fix(monkeypatch):
-    monkeypatch.setenv("COLUMNS", "200")
-    result = CliRunner().invoke(app, ["verify", str(EXAMPLES / "tiny_vla.yaml"), *DUAL, "--layouts", "tp2",
-                                      "--steps", "1"])
+    result = invoke_verify(monkeypatch, str(EXAMPLES / "tiny_vla.yaml"), *DUAL, "--layouts", "tp2", "--steps", "1")
     assert result.exit_code == 1
     text = " ".join(result.output.split())  # rich wraps long lines
     assert "fusion.stream: dual" in text and "--pin sequence_parallel=false" in text
