@@ -50,16 +50,18 @@ class Preemption:
 
 
 class TrainJob(submitit.helpers.Checkpointable):
-    def __init__(self, program_dir: str | Path, max_steps: int | None = None, out_dir: str | Path | None = None):
+    def __init__(self, program_dir: str | Path, max_steps: int | None = None, out_dir: str | Path | None = None,
+                 checkpoints: bool = True):
         self.program_dir = str(Path(program_dir).resolve())
         self.max_steps = max_steps
         self.out_dir = str(out_dir) if out_dir else None
+        self.checkpoints = checkpoints  # False: a run nobody resumes writes no checkpoint (but on preemption)
         self.steps_done = 0
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """The job to requeue: the same program, with what is left of `max_steps`."""
         left = None if self.max_steps is None else max(0, self.max_steps - self.steps_done)
-        return submitit.helpers.DelayedSubmission(TrainJob(self.program_dir, left, self.out_dir))
+        return submitit.helpers.DelayedSubmission(TrainJob(self.program_dir, left, self.out_dir, self.checkpoints))
 
     def __call__(self) -> Any:
         env = submitit.JobEnvironment()
@@ -68,8 +70,9 @@ class TrainJob(submitit.helpers.Checkpointable):
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         preemption = Preemption().install()
         main = runpy.run_path(str(Path(self.program_dir) / "train.py"))["main"]
+        optional = {} if self.checkpoints else {"checkpoints": False}  # programs emitted before it keep working
         result = main(max_steps=self.max_steps, out_dir=Path(self.out_dir) if self.out_dir else None,
-                      stop_requested=preemption.requested)
+                      stop_requested=preemption.requested, **optional)
         if result.get("preempted"):
             self.steps_done = len(result["losses"])
             preemption.requeue()

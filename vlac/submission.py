@@ -28,9 +28,10 @@ def _world(plan: dict[str, Any]) -> int:
 
 def submit(program_dir: str | Path, executor: str = "local", *, folder: str | Path | None = None,
            max_steps: int | None = None, out_dir: str | Path | None = None, gpus_per_node: int | None = None,
-           timeout_min: int | None = None, **slurm_options: Any) -> submitit.Job:
+           timeout_min: int | None = None, checkpoints: bool = True, **slurm_options: Any) -> submitit.Job:
     """Submit the program in `program_dir`. Extra keyword arguments are submitit Slurm parameters
-    (e.g. cpus_per_task=1, partition="debug"); `gpus_per_node=0` asks Slurm for no GPU (CPU runs)."""
+    (e.g. cpus_per_task=1, partition="debug"); `gpus_per_node=0` asks Slurm for no GPU (CPU runs).
+    `checkpoints=False`: the run writes no checkpoint unless it is preempted (a run nobody resumes)."""
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; choose one of: {', '.join(EXECUTORS)}")
     program_dir = Path(program_dir).resolve()
@@ -38,7 +39,7 @@ def submit(program_dir: str | Path, executor: str = "local", *, folder: str | Pa
     world = _world(plan)
     folder = Path(folder) if folder else program_dir / "submitit"
     timeout = timeout_min or max(1, exp.launcher.time_limit // 60)
-    job_fn = TrainJob(program_dir, max_steps=max_steps, out_dir=out_dir)
+    job_fn = TrainJob(program_dir, max_steps=max_steps, out_dir=out_dir, checkpoints=checkpoints)
     if executor == "debug":
         if world != 1:
             raise ValueError(f"the debug executor runs one process but the plan needs {world}; "
