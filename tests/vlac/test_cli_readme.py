@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 import vlac
 from vlac.cli import app
 
+from verify_helpers import invoke_verify
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "examples" / "tiny_vla.yaml"
 BIN = Path(sys.executable).parent  # vlac, torchrun: the console scripts beside this Python
@@ -45,9 +47,17 @@ def test_the_readme_lists_exactly_the_commands_tested_here(program):
                         "python launch.py --executor slurm", "torchrun --nproc-per-node 2 train.py"]
 
 
-def test_vlac_verify_as_written(program):
-    res = run(readme_commands((program / "README.md").read_text())[0], program)
-    assert res.returncode == 0, res.stdout + res.stderr
+def test_vlac_verify_as_written(program, monkeypatch):
+    """From the program folder, through the CLI in this process (the `vlac` console script runs
+    as a program just below), so that its runs are the session's: test_verify.py verifies the same
+    spec with these layouts, micro-batch size and steps (verify_helpers)."""
+    assert run("vlac --help", program).returncode == 0
+    command = readme_commands((program / "README.md").read_text())[0].split()
+    assert command[:2] == ["vlac", "verify"]
+    monkeypatch.chdir(program)
+    result = invoke_verify(monkeypatch, *command[2:])
+    assert result.exit_code == 0, result.output
+    assert "4 layout(s) x 10 steps" in result.output and result.output.count(" pass ") == 4, result.output
 
 
 def test_launch_local_as_written_shows_progress_and_the_summary(program):
