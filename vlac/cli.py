@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, List, Optional
 
@@ -97,6 +98,28 @@ def _parse_pins(text: Optional[str]) -> dict[str, Any]:
     return pins
 
 
+PROGRAM_MARK = "plan.json"  # written last by the emitter: a folder holding it is a vlac program
+
+
+def _program_folder(out_dir: Path) -> Path:
+    """The folder `vlac emit -o` may write: new, empty, or an earlier program (re-emitting
+    replaces only vlac's own files). Any other folder is refused: emitting writes README.md,
+    train.py and others there and would replace the user's files of those names."""
+    shown = str(out_dir) or "''"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageFailure(f"--out {shown}: it is a file, not a folder; give a new folder for the program")
+    if out_dir.is_dir() and not (out_dir / PROGRAM_MARK).is_file():
+        try:
+            present = sorted(p.name for p in out_dir.iterdir())
+        except OSError as e:
+            raise UsageFailure(f"--out {shown}: cannot read the folder: {e.strerror or e}") from None
+        if present:
+            listed = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
+            raise UsageFailure(f"--out {shown}: the folder holds other files ({listed}) and is not a vlac program "
+                               f"(no {PROGRAM_MARK}); give a new or empty folder so that nothing there is replaced")
+    return out_dir
+
+
 def _cluster(exp: Experiment, value: Optional[str]) -> Cluster | None:
     if not value:
         return None
@@ -130,6 +153,18 @@ def _run(fn) -> None:
         where = _last_frame(e)
         _fail(f"internal error {type(e).__name__}: {e} (at {where}); this is a bug in vlac, please report it "
               f"with the spec and command", 1)
+
+
+@contextmanager
+def _writing(option: str, path: Path):
+    """Writing what an option names: a path that cannot be written (a file where a folder is
+    wanted, a folder where a file is, no permission, a read-only place) is bad input, exit 2."""
+    try:
+        yield
+    except OSError as e:
+        where = e.filename or path
+        raise UsageFailure(f"{option} {path}: cannot write {where}: {e.strerror or e}; give a writable "
+                           f"{'folder' if option == '--report' else 'file path'}") from None
 
 
 def _last_frame(e: BaseException) -> str:
@@ -179,8 +214,9 @@ def compile_(spec: Path = typer.Argument(..., help="spec file"),
         if report is not None:
             from vlac.compiler.graph_report import write_graph_report
             from vlac.compiler.plan_report import write_plan_pictures
-            paths = list(write_graph_report(g, report)) + write_plan_pictures(p, report)
-            (report / "plan.txt").write_text(plan_text(p))
+            with _writing("--report", report):
+                paths = list(write_graph_report(g, report)) + write_plan_pictures(p, report)
+                (report / "plan.txt").write_text(plan_text(p))
             for path in paths + [report / "plan.txt"]:
                 err.print(f"wrote {path}", markup=False)
         if json_:
@@ -205,7 +241,7 @@ def emit(spec: Path = typer.Argument(..., help="spec file"),
         from . import api
 
         p = api.plan(exp, pin=_parse_pins(pin))
-        d = api.emit(exp, p, out_dir)
+        d = api.emit(exp, p, _program_folder(out_dir))
         out.print(f"wrote {d} ({p.chosen.layout.short()})", highlight=False, markup=False)  # a path may hold "[/x]"
     _run(go)
 
@@ -230,7 +266,7 @@ def submit(target: Path = typer.Argument(..., help="spec file, or a program dire
             program = target
         else:
             exp = _load(target, set_, profile)
-            program = api.emit(exp, api.plan(exp), out_dir or Path("runs") / exp.name)
+            program = api.emit(exp, api.plan(exp), _program_folder(out_dir or Path("runs") / exp.name))
         from vlac.runtime.program import RUN_DIR
 
         from .follow import follow, size_of
@@ -282,13 +318,16 @@ def verify(spec: Path = typer.Argument(..., help="spec file"),
 @app.command()
 def schema(output: Optional[Path] = typer.Option(None, "-o", "--out", help="write to a file instead of stdout")) -> None:
     """Print the JSON Schema of the spec (for editor completion)."""
-    from vlac.spec import Experiment
+    def go():
+        from vlac.spec import Experiment
 
-    text = json.dumps(Experiment.model_json_schema(), indent=2, sort_keys=True) + "\n"
-    if output:
-        output.write_text(text)
-    else:
-        sys.stdout.write(text)
+        text = json.dumps(Experiment.model_json_schema(), indent=2, sort_keys=True) + "\n"
+        if output:
+            with _writing("--out", output):
+                output.write_text(text)
+        else:
+            sys.stdout.write(text)
+    _run(go)
 
 
 # `vlac search` (vlac/search_cli.py) and `vlac export RUN_DIR --hf OUT` (vlac/export_cli.py) are

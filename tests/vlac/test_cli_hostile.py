@@ -1,0 +1,62 @@
+"""Hostile command-line paths (found by fuzzing the CLI): an output path that cannot be written is
+a message naming the option (exit 2), never a traceback or an "internal error"; `vlac emit`
+writes only into a new, empty or earlier-program folder, so nothing of the user's is replaced."""
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from vlac.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = str(ROOT / "examples" / "tiny_vla.yaml")
+runner = CliRunner()
+
+
+def _refused(args, *expected):
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    assert "Traceback" not in r.output and "internal error" not in r.output
+    for text in expected:
+        assert text in r.stderr, r.stderr
+    return r
+
+
+@pytest.mark.parametrize("target", ["folder", "missing_parent"])
+def test_schema_to_an_unwritable_path_names_the_option(tmp_path, target):
+    path = tmp_path if target == "folder" else tmp_path / "no" / "such" / "schema.json"
+    _refused(["schema", "-o", str(path)], "--out", "cannot write")
+
+
+def test_compile_report_onto_a_file_names_the_option(tmp_path):
+    existing = tmp_path / "plan.txt"
+    existing.write_text("mine")
+    _refused(["compile", TINY, "--report", str(existing)], "--report", "cannot write")
+    assert existing.read_text() == "mine"
+
+
+def test_emit_into_a_folder_of_other_files_replaces_nothing(tmp_path):
+    (tmp_path / "README.md").write_text("my notes")
+    (tmp_path / "train.py").write_text("my trainer")
+    _refused(["emit", TINY, "-o", str(tmp_path)], "--out", "README.md", "not a vlac program")
+    assert (tmp_path / "README.md").read_text() == "my notes"
+    assert (tmp_path / "train.py").read_text() == "my trainer"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "train.py"]
+
+
+def test_emit_onto_a_file_is_refused(tmp_path):
+    existing = tmp_path / "x.yaml"
+    existing.write_text("keep")
+    _refused(["emit", TINY, "-o", str(existing)], "--out", "is a file")
+    assert existing.read_text() == "keep"
+
+
+def test_emit_into_an_empty_folder_and_again_into_its_program(tmp_path):
+    out = tmp_path / "prog"
+    out.mkdir()
+    for _ in range(2):  # the second emit replaces the first program's own files
+        r = runner.invoke(app, ["emit", TINY, "-o", str(out)])
+        assert r.exit_code == 0, r.output
+    assert (out / "plan.json").is_file()
