@@ -43,7 +43,7 @@ def check_name(value: str) -> str:
     if not value:
         raise ValueError("is empty; use letters, digits, '.', '_' and '-', e.g. my-run")
     if len(value) > MAX_NAME or not _NAME.fullmatch(value) or ".." in value:
-        safe = re.sub(r"[^A-Za-z0-9._-]+", "-", value[:MAX_NAME]).strip(".-_").replace("..", ".") or "my-run"
+        safe = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._-]+", "-", value[:MAX_NAME])).strip(".-_") or "my-run"
         raise ValueError(f"{_clip(value)} is not a valid name: use at most {MAX_NAME} letters, digits, '.', '_' and "
                          f"'-', starting with a letter or digit, without '..' (it names a folder and a job); "
                          f"e.g. {safe}")
@@ -53,7 +53,8 @@ def check_name(value: str) -> str:
 def check_identifier(value: str) -> str:
     """A name used inside the model (a module name, a metric label): a Python identifier."""
     if len(value) > MAX_NAME or not _IDENTIFIER.fullmatch(value):
-        safe = re.sub(r"\W+", "_", value[:MAX_NAME]).strip("_") or "signal"
+        # ASCII only (\W would keep an "é", which the pattern refuses): the example must pass this check
+        safe = re.sub(r"[^A-Za-z0-9_]+", "_", value[:MAX_NAME - 2]).strip("_") or "signal"
         safe = safe if _IDENTIFIER.fullmatch(safe) else f"m_{safe}"
         raise ValueError(f"{_clip(value)} is not a valid modality name: use letters, digits and '_', starting with "
                          f"a letter (it names model modules); e.g. {safe}")
