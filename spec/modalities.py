@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, model_validator
 
 from .base import SpecModel
-from .hf_config_file import CheckpointKind, read_hf_config, require_keys
+from .hf_config_file import CheckpointKind, ConfigValue, check_values, read_hf_config, require_keys
 
 
 class TextTokenizer(SpecModel):
@@ -187,6 +187,9 @@ def anchor_encoder_paths(data: Any, base: str | Path) -> Any:
     return {**data, "modalities": out}
 
 
+# the tower config's keys vlac reads: sizes, bounded so that the arithmetic on them stays small
+TOWER_VALUES = {key: ConfigValue("int", 1, 2**20) for key in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                                              "intermediate_size", "image_size", "patch_size")}
 VISION_TOWER = CheckpointKind(tuple(TOWER_FAMILIES), " of a CLIP or SigLIP model", "a vision tower vlac reads",
                               f"a CLIP or SigLIP checkpoint (model_type one of {', '.join(TOWER_FAMILIES)})")
 
@@ -194,8 +197,9 @@ VISION_TOWER = CheckpointKind(tuple(TOWER_FAMILIES), " of a CLIP or SigLIP model
 def tower_config(path: str | Path, field: str) -> tuple[dict[str, Any], str]:
     cfg, cfg_file = read_hf_config(Path(path).expanduser(), field, VISION_TOWER, shown=path)
     vision = cfg.get("vision_config", cfg)
-    require_keys(vision, ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                          "image_size", "patch_size"), field, cfg_file, " of its vision config")
+    check_values(vision, {}, field, cfg_file, "vision_config." if vision is not cfg else "")  # a mapping
+    require_keys(vision, TOWER_VALUES, field, cfg_file, " of its vision config")
+    check_values(vision, TOWER_VALUES, field, cfg_file, "vision_config." if vision is not cfg else "")
     return vision, TOWER_FAMILIES[cfg["model_type"]]
 
 

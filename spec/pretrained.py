@@ -29,7 +29,8 @@ from typing import Any
 from pydantic import Field
 
 from .base import SpecModel
-from .hf_config_file import CONFIG_FILE, CheckpointKind, PretrainedError, read_hf_config, require_keys
+from .hf_config_file import (CONFIG_FILE, CheckpointKind, ConfigValue, PretrainedError, check_values, read_hf_config,
+                             require_keys)
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3_moe")
 MOE_FAMILIES = ("mixtral", "qwen3_moe")
@@ -51,14 +52,39 @@ DECODER_CHECKPOINT = CheckpointKind(FAMILIES, " (config.json + *.safetensors)", 
                                     f"a checkpoint of {', '.join(FAMILIES)}")
 
 
+_SIZE = ConfigValue("int", 1, 2**31 - 1)
+_LAYERS = ConfigValue("int", 1, 2**16)  # far above backbone.layers' bound, which then says so; ranges stay small
+# the config keys this module reads, and what each must hold (the spec's own bounds come after)
+DECODER_VALUES = {
+    "num_hidden_layers": _LAYERS, "hidden_size": _SIZE, "num_attention_heads": _SIZE, "intermediate_size": _SIZE,
+    "vocab_size": _SIZE, "vlac_text_vocab_size": _SIZE, "num_key_value_heads": ConfigValue("int", null=True),
+    "head_dim": ConfigValue("int", null=True), "rms_norm_eps": ConfigValue("number", 0, 1),
+    "rope_theta": ConfigValue("number", 0, 1e300), "rope_parameters": ConfigValue("mapping", null=True),
+    "rope_scaling": ConfigValue("mapping", null=True), "hidden_act": ConfigValue("str"),
+    "attention_bias": ConfigValue("bool", null=True), "mlp_bias": ConfigValue("bool", null=True),
+    "tie_word_embeddings": ConfigValue("bool", null=True), "norm_topk_prob": ConfigValue("bool", null=True),
+    "num_experts_per_tok": _SIZE, "num_experts": _SIZE, "num_local_experts": _SIZE, "moe_intermediate_size": _SIZE,
+    "decoder_sparse_step": ConfigValue("int", 0, 2**16, null=True), "mlp_only_layers": ConfigValue("ints", 0, 2**16, null=True),
+    "layer_types": ConfigValue("strs", null=True), "use_sliding_window": ConfigValue("bool", null=True),
+    "max_window_layers": ConfigValue("int", 0, 2**16), "sliding_window": ConfigValue("int", null=True),
+    "max_position_embeddings": ConfigValue("int", null=True),
+}
+ROPE_VALUES = {"rope_theta": ConfigValue("number", 0, 1e300), "rope_type": ConfigValue("str", null=True)}
+
+
 def read_config(path: str | Path, field: str = "backbone.init.hf") -> dict[str, Any]:
-    """The checkpoint's config.json, its family checked."""
+    """The checkpoint's config.json, its family checked and each value vlac reads of the right
+    type (a wrong one is a PretrainedError naming the key, not a TypeError later)."""
     cfg, cfg_file = read_hf_config(Path(path), field, DECODER_CHECKPOINT)
     family = cfg["model_type"]
     required = REQUIRED + (("num_local_experts",) if family == "mixtral" else ()) + \
         (("moe_intermediate_size", "num_experts_per_tok", ("num_experts", "num_local_experts"))
          if family == "qwen3_moe" else ())
     require_keys(cfg, required, field, cfg_file, f", which a {family} config has")
+    check_values(cfg, DECODER_VALUES, field, cfg_file)
+    for key in ("rope_parameters", "rope_scaling"):
+        if cfg.get(key) is not None:
+            check_values(cfg[key], ROPE_VALUES, field, cfg_file, f"{key}.")
     return cfg
 
 

@@ -32,3 +32,74 @@ def test_every_refused_name_offers_an_accepted_one(check, value):
     except ValueError:
         suggestion = _example(check, value)
         assert check(suggestion) == suggestion
+
+
+# ---- a checkpoint's config.json: every value vlac reads is type- and range-checked -----------------
+
+import json  # noqa: E402
+
+from typer.testing import CliRunner  # noqa: E402
+
+from vlac.cli import app  # noqa: E402
+
+LLAMA = {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 256, "rms_norm_eps": 1e-5,
+         "rope_theta": 10000.0, "tie_word_embeddings": False, "max_position_embeddings": 128, "hidden_act": "silu"}
+QWEN3_MOE = {**LLAMA, "model_type": "qwen3_moe", "moe_intermediate_size": 32, "num_experts_per_tok": 2,
+             "num_experts": 4, "norm_topk_prob": True, "mlp_only_layers": []}
+CLIP = {"model_type": "clip", "vision_config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                                "intermediate_size": 64, "image_size": 16, "patch_size": 4}}
+DECODER_SPEC = """name: hf
+modalities:
+  text: {kind: text, tokenizer: byte, vocab_size: 256, tokens: 8}
+backbone: {from_hf: %s}
+data: {mixture: [{name: d, modalities: [text], generator: synthetic}]}
+train: {seq_len: 32, global_batch_tokens: 256, total_tokens: 2560}
+"""
+TOWER_SPEC = """name: tw
+modalities:
+  text: {kind: text, tokenizer: byte, vocab_size: 256, tokens: 8}
+  vit: {kind: continuous, signal: vit_features, input_dim: 32, tokens: 16, encoder: {hf: %s}}
+backbone: {layers: 2, hidden: 64, heads: 4, ffn_hidden: 128, context_length: 64}
+data: {mixture: [{name: d, modalities: [text, vit], generator: synthetic}]}
+train: {seq_len: 32, global_batch_tokens: 256, total_tokens: 2560}
+"""
+
+
+def _validate(tmp_path, config, spec_text):
+    folder = tmp_path / "ckpt"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(spec_text % folder)
+    return CliRunner().invoke(app, ["validate", str(spec)])
+
+
+@pytest.mark.parametrize("base,key,value", [
+    (LLAMA, "vocab_size", None), (LLAMA, "rms_norm_eps", []), (LLAMA, "rope_theta", None), (LLAMA, "layer_types", True),
+    (LLAMA, "rope_scaling", "x"), (LLAMA, "rope_parameters", [1]), (LLAMA, "hidden_size", True),
+    (LLAMA, "num_attention_heads", 0), (QWEN3_MOE, "num_hidden_layers", "x"), (QWEN3_MOE, "num_experts_per_tok", "2"),
+    (QWEN3_MOE, "mlp_only_layers", [[1]]), (QWEN3_MOE, "decoder_sparse_step", "x"),
+    ({**LLAMA, "model_type": "mistral", "sliding_window": 4}, "num_hidden_layers", 2**40),
+    ({**LLAMA, "model_type": "qwen2", "use_sliding_window": True, "sliding_window": 4}, "max_window_layers", "x"),
+])
+def test_a_decoder_config_value_of_the_wrong_type_names_the_key(tmp_path, base, key, value):
+    r = _validate(tmp_path, {**base, key: value}, DECODER_SPEC)
+    assert r.exit_code == 2, r.output
+    assert "internal error" not in r.output and (r.exception is None or isinstance(r.exception, SystemExit))
+    assert "backbone.from_hf" in r.stderr and f"{key} = " in r.stderr and "config.json" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("vision", [[1], {**CLIP["vision_config"], "patch_size": 0},
+                                    {**CLIP["vision_config"], "image_size": "16"}])
+def test_a_tower_config_of_the_wrong_shape_names_the_field(tmp_path, vision):
+    r = _validate(tmp_path, {**CLIP, "vision_config": vision}, TOWER_SPEC)
+    assert r.exit_code == 2, r.output
+    assert "internal error" not in r.output and (r.exception is None or isinstance(r.exception, SystemExit))
+    assert "encoder.hf" in r.stderr and "vision_config" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("base,spec_text", [(LLAMA, DECODER_SPEC), (QWEN3_MOE, DECODER_SPEC), (CLIP, TOWER_SPEC)])
+def test_a_well_formed_config_still_validates(tmp_path, base, spec_text):
+    r = _validate(tmp_path, {**base, "rope_scaling": None, "head_dim": None} if base is not CLIP else base, spec_text)
+    assert r.exit_code == 0, r.output
