@@ -25,6 +25,7 @@ from typing import Any, List, Optional
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vlac.search import DEFAULT_EPSILON, METRICS, STRATEGIES, Search, SearchError
@@ -34,13 +35,30 @@ from vlac.spec import read_mapping
 SPACE_FILE_KEYS = ("space", "objective", "constraints", "strategy", "budget", "seed", "pareto", "pareto_epsilon")
 
 
+INT64 = 2**63  # a candidate's figures are stored as 64-bit integers (results.parquet); no spec field is larger
+
+
+def _check_integers(node: Any, where: str) -> None:
+    """Refuse an integer in the space that no spec field can hold and no results column can store."""
+    if isinstance(node, bool):
+        return
+    if isinstance(node, int) and not -INT64 <= node < INT64:
+        raise SearchError(f"{where}: an integer of {node.bit_length()} bits is out of range; a space value is a "
+                          f"spec field's value, at most 2**63 - 1 in size")
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        _check_integers(value, f"{where}.{key}" if isinstance(node, dict) else f"{where}[{key}]")
+
+
 def read_space_file(path: Path) -> dict[str, Any]:
     data = read_mapping(path)
     if "space" not in data:
+        _check_integers(data, f"{path}: space")
         return {"space": data, "constraints": []}
     unknown = sorted(set(data) - set(SPACE_FILE_KEYS))
     if unknown:
         raise SearchError(f"{path}: unknown key(s) {unknown}; a space file may hold: {', '.join(SPACE_FILE_KEYS)}")
+    _check_integers(data["space"], f"{path}: space")
     constraints = data.get("constraints") or []
     if isinstance(constraints, str):
         constraints = [constraints]
@@ -100,9 +118,12 @@ def print_search(con: Console, s: Search, top: int = 10) -> None:
     counts = s.counts()
     n = len(s.results)
     rate = f", {n / s.seconds:.1f} candidates/s" if s.seconds > 0 else ""
-    con.print(f"[bold]search[/] from {s.source}: {n} candidates ({s.strategy}, seed {s.seed}) in {s.seconds:.1f} s{rate}; "
-              f"objective {s.objective.text()}" + (f"; constraints: {', '.join(c.text for c in s.constraints)}"
-                                                     if s.constraints else ""), highlight=False)
+    # every text that quotes the user's input (paths, names, values, reasons) is escaped: a "[/x]" in
+    # it would be read as rich markup and end the report in a MarkupError
+    con.print(f"[bold]search[/] from {escape(str(s.source))}: {n} candidates ({s.strategy}, seed {s.seed}) in "
+              f"{s.seconds:.1f} s{rate}; objective {escape(s.objective.text())}"
+              + (f"; constraints: {escape(', '.join(c.text for c in s.constraints))}" if s.constraints else ""),
+              highlight=False)
     con.print("  " + ", ".join(f"{v} {k}" for k, v in counts.items() if v), highlight=False)
 
     ranked = s.ranked()
@@ -120,7 +141,7 @@ def print_search(con: Console, s: Search, top: int = 10) -> None:
         if with_layout:
             t.add_column("layout", overflow="fold", ratio=1)
         for r in ranked[:top]:
-            t.add_row(str(r.index), " ".join(f"{short[k]}={v}" for k, v in r.params.items()), f"{r.objective:.4g}",
+            t.add_row(str(r.index), escape(" ".join(f"{short[k]}={v}" for k, v in r.params.items())), f"{r.objective:.4g}",
                       *(fmt(r.metrics[name]) for name, _, fmt in figures), *([r.layout] if with_layout else []))
         con.print(t)
 
@@ -134,16 +155,16 @@ def print_search(con: Console, s: Search, top: int = 10) -> None:
             groups.setdefault((r.status, _reason_kind(r.reason)), []).append(r)
         for (status, _), rs in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
             first = rs[0]
-            t.add_row(status, str(len(rs)), f"#{first.index} " + ", ".join(f"{k}={v}" for k, v in first.params.items()),
-                      first.reason)
+            t.add_row(status, str(len(rs)), escape(f"#{first.index} " + ", ".join(f"{k}={v}" for k, v in first.params.items())),
+                      escape(first.reason))
         con.print(t)
 
     best = s.best
     if best is None:
         con.print("[bold red]no candidate is ok[/]: relax a constraint or widen the space", highlight=False)
         return
-    con.print(f"\n[bold]winner[/] #{best.index}: " + ", ".join(f"{k}={v}" for k, v in best.params.items())
-              + f"  ({s.objective.name} {best.objective:.4g})", highlight=False)
+    con.print(f"\n[bold]winner[/] #{best.index}: " + escape(", ".join(f"{k}={v}" for k, v in best.params.items())
+              + f"  ({s.objective.name} {best.objective:.4g})"), highlight=False)
     exp = s.experiment(best)
     from .report import print_plan
 
