@@ -44,8 +44,9 @@ class LeRobotSource(SpecModel):
     kind: Literal["lerobot"] = Field("lerobot", description="source kind (the tag that selects this reader)")
     root: str = Field(min_length=1, description="LeRobot dataset folder (with meta/info.json, data/, videos/)")
     fields: dict[str, str] = Field(description=f"{_FIELDS_HELP}: a feature of meta/info.json (a camera, observation.state, action) or task")
-    episodes: list[int] | None = Field(None, description="episode indices to read (default: every episode)")
-    frame_stride: int = Field(1, ge=1, description="one sample every N frames of an episode")
+    episodes: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] | None = Field(
+        None, description="episode indices to read (default: every episode)")
+    frame_stride: int = Field(1, ge=1, le=2**31 - 1, description="one sample every N frames of an episode")
 
     _check = field_validator("fields")(_nonempty_mapping)
 

@@ -124,19 +124,23 @@ def _clean_path(root: type[BaseModel], loc: tuple) -> tuple[list[Any], tuple]:
     for part in loc:
         tp = _strip_annotated(tp)
         origin = typing.get_origin(tp)
-        if origin in (typing.Union, types.UnionType):
-            members = [a for a in typing.get_args(tp) if a is not type(None)]
+        label = False
+        # an Optional of a tagged union (`X | None` where X is a Union of kinds) nests one union
+        # in another: unwrap until the part is a tag, a union label, or the path goes on below
+        while origin in (typing.Union, types.UnionType):
+            members = [_strip_annotated(a) for a in typing.get_args(tp) if a is not type(None)]
             by_kind = {m.model_fields["kind"].default: m for m in members
                        if isinstance(m, type) and issubclass(m, BaseModel) and "kind" in m.model_fields}
             if part in by_kind:
-                tp = by_kind[part]
-                continue
+                tp, label = by_kind[part], True
+                break
             if len(members) > 1 and isinstance(part, str):
-                tp = Any
-                continue
+                tp, label = Any, True
+                break
             tp = members[0] if members else Any
-            tp = _strip_annotated(tp)
             origin = typing.get_origin(tp)
+        if label:
+            continue
         is_index = isinstance(part, int) and typing.get_origin(tp) in (list, tuple)
         parts.append(part if is_index else str(part))
         kept.append(part)

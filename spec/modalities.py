@@ -130,8 +130,9 @@ class ActionBins(SpecModel):
     dims: int = Field(7, ge=1, le=2**12, description="action dimensions")
     bins: int = Field(256, ge=2, le=2**16, description="bins per dimension (shared vocabulary across dimensions)")
     horizon: int = Field(1, ge=1, le=2**12, description="future steps predicted per sample")
-    low: float = Field(-1.0, description="lower bound of the action range")
-    high: float = Field(1.0, description="upper bound of the action range")
+    # bounded so that high - low and the bin arithmetic stay finite (1e300 - -1e300 is inf)
+    low: float = Field(-1.0, ge=-1e9, le=1e9, description="lower bound of the action range")
+    high: float = Field(1.0, ge=-1e9, le=1e9, description="upper bound of the action range")
 
     @model_validator(mode="after")
     def _range(self):

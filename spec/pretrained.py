@@ -43,7 +43,7 @@ class PretrainedInit(SpecModel):
 
     hf: str = Field(description="folder of a local Hugging Face checkpoint (config.json + *.safetensors); "
                                 "families: " + ", ".join(FAMILIES))
-    new_row_noise: float = Field(0.01, ge=0, description="vocabulary rows the checkpoint lacks (specials, other "
+    new_row_noise: float = Field(0.01, ge=0, le=100, description="vocabulary rows the checkpoint lacks (specials, other "
                                  "modalities, padding) start at the mean text embedding plus this many per-dimension "
                                  "standard deviations of Gaussian noise (docs/pretrained.md)")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -13,7 +13,8 @@ from .units import Count, Seconds
 
 class ARLoss(SpecModel):
     weight: float = Field(1.0, ge=0, le=1e6, description="weight of the autoregressive next-token loss")
-    modality_weights: dict[str, float] = Field(default_factory=dict, description="per-modality weight of the AR loss (modality name -> weight; default 1)")
+    # bounded like every loss weight: a negative one would maximise that modality's loss, 1e30 overflows it
+    modality_weights: dict[str, Annotated[float, Field(ge=0, le=1e6)]] = Field(default_factory=dict, description="per-modality weight of the AR loss (modality name -> weight; default 1)")
     mask_prompt: bool = Field(False, description="exclude prompt (conditioning) tokens from the AR loss")
 
 

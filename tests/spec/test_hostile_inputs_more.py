@@ -103,3 +103,29 @@ def test_a_tower_config_of_the_wrong_shape_names_the_field(tmp_path, vision):
 def test_a_well_formed_config_still_validates(tmp_path, base, spec_text):
     r = _validate(tmp_path, {**base, "rope_scaling": None, "head_dim": None} if base is not CLIP else base, spec_text)
     assert r.exit_code == 0, r.output
+
+
+# ---- numbers no field bounded: each is now refused naming the field ------------------------------
+
+from vlac.spec import SpecError, load  # noqa: E402
+
+from pathlib import Path  # noqa: E402
+
+TINY = Path(__file__).resolve().parents[2] / "examples" / "tiny_vla.yaml"
+
+
+@pytest.mark.parametrize("override,field", [
+    ("losses.ar.modality_weights.text=-1", "losses.ar.modality_weights.text"),
+    ("losses.ar.modality_weights.text=1e30", "losses.ar.modality_weights.text"),
+    ("modalities.action.low=-1e300", "modalities.action.low"),
+    ("modalities.action.high=1e300", "modalities.action.high"),
+    ("backbone.init={hf: x, new_row_noise: 1e300}", "backbone.init.new_row_noise"),
+    ("data.mixture[0].source={kind: lerobot, root: x, fields: {action: action}, episodes: [-1]}",
+     "data.mixture[0].source.episodes[0]"),
+    ("data.mixture[0].source={kind: lerobot, root: x, fields: {action: action}, frame_stride: 1e30}",
+     "data.mixture[0].source.frame_stride"),
+])
+def test_an_unbounded_number_is_refused_naming_the_field(override, field):
+    with pytest.raises(SpecError) as e:
+        load(TINY, [override])
+    assert field in [i.path for i in e.value.issues], str(e.value)
