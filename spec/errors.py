@@ -108,8 +108,10 @@ def _issues_for(e: dict, loc: tuple, root: type[BaseModel], data: Any) -> list[I
         return [Issue(path, f"{short_repr(e.get('input'))} is not a valid choice; {msg.replace('Input should be', 'choose')}")]
     if kind == "missing":
         return [Issue(path, "required field is missing; add it")]
-    if kind == "union_tag_invalid":
-        return [Issue(path, f"{msg}; set kind to one of the listed values")]
+    if kind == "union_tag_invalid":  # the tag as a short repr: a newline in it would split the problem's line
+        ctx = e.get("ctx") or {}
+        return [Issue(path, f"{short_repr(ctx.get('tag'))} is not a valid {ctx.get('discriminator', 'kind').strip(chr(39))}; "
+                            f"choose one of {ctx.get('expected_tags', '')}")]
     if kind == "union_tag_not_found":
         return [Issue(path, f"{msg}; add a kind, e.g. kind: text")]
     return [Issue(path, f"{msg} (got {short_repr(e.get('input'))})")]

@@ -86,8 +86,10 @@ def load_cluster(data: Any, source: str) -> Cluster:
     one inside a spec, including the bounds on its size and figures."""
     try:
         cluster = Cluster.model_validate(data)
-    except ValidationError as e:
-        raise from_validation_error(e, Cluster, data, source) from None
+    except ValidationError as e:  # named as in a spec (cluster.gpu.memory), as the rules below are
+        err = from_validation_error(e, Cluster, data, source)
+        raise SpecError([Issue(f"cluster.{i.path}" if i.path else "cluster", i.message) for i in err.issues],
+                        source) from None
     problems = [line.split(": ", 1) for line in cluster_rules(cluster)]
     if problems:
         raise SpecError([Issue(f"cluster.{path}", message) for path, message in problems], source)

@@ -52,7 +52,7 @@ class FP8(SpecModel):
     recipe: Literal["delayed", "current", "block", "mxfp8"] = Field("delayed", description="DelayedScaling, Float8CurrentScaling, Float8BlockScaling (1x128 / 128x128), MXFP8BlockScaling (Blackwell only)")
     format: Literal["HYBRID", "E4M3"] = Field("HYBRID", description="HYBRID = E4M3 forward, E5M2 backward")
     margin: int = Field(0, ge=0, description="scaling margin (powers of two) of delayed scaling")
-    amax_history_len: int = Field(1024, ge=1, description="amax history length of delayed scaling")
+    amax_history_len: int = Field(1024, ge=1, le=2**16, description="amax history length of delayed scaling")
     amax_compute_algo: Literal["max", "most_recent"] = Field("max", description="how the scale is derived from the amax history")
     keep_first_last_bf16: bool = Field(True, description="keep the first and last decoder layers in BF16")
 
@@ -102,7 +102,8 @@ class Cluster(SpecModel):
 
     preset: Literal[PRESETS] = Field("h100-sxm", description="hardware preset")
     nodes: int = Field(1, ge=1, description="nodes")
-    gpus_per_node: int = Field(8, ge=1, description="GPUs per node (the NVLink domain)")
+    # bounded by itself (experiment.MAX_GPUS) so that a huge one is named here, not as nodes x GPUs
+    gpus_per_node: int = Field(8, ge=1, le=2**20, description="GPUs per node (the NVLink domain)")
     gpu: GPU = Field(description="GPU figures (default: the preset's)")
     network: Network = Field(description="interconnect figures (default: the preset's)")
 

@@ -129,3 +129,32 @@ def test_an_unbounded_number_is_refused_naming_the_field(override, field):
     with pytest.raises(SpecError) as e:
         load(TINY, [override])
     assert field in [i.path for i in e.value.issues], str(e.value)
+
+
+@pytest.mark.parametrize("override,field", [
+    ("cluster.gpus_per_node=1000000000000000000000000000000", "cluster.gpus_per_node"),  # was named cluster.nodes
+    ("precision.fp8.amax_history_len=1000000000000000000000000000000", "precision.fp8.amax_history_len"),  # accepted
+])
+def test_a_huge_count_is_refused_naming_its_own_field(override, field):
+    with pytest.raises(SpecError) as e:
+        load(TINY, [override])
+    assert field in [i.path for i in e.value.issues], str(e.value)
+
+
+def test_a_kind_with_a_newline_stays_on_one_line():
+    import yaml
+
+    data = yaml.safe_load(TINY.read_text())
+    data["modalities"]["image"]["kind"] = "x\n- y"
+    with pytest.raises(SpecError) as e:
+        load(data)
+    text = str(e.value)
+    assert text.count("\n") == 1 and "modalities.image: 'x\\n- y' is not a valid kind; choose one of 'text'" in text, text
+
+
+def test_a_cluster_file_names_its_fields_as_a_spec_does(tmp_path):
+    from vlac.spec.loader import load_cluster
+
+    with pytest.raises(SpecError) as e:
+        load_cluster({"gpus_per_node": 2**40, "gpu": {"memory": "x"}}, "c.yaml")
+    assert [i.path for i in e.value.issues] == ["cluster.gpus_per_node", "cluster.gpu.memory"], str(e.value)
