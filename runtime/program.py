@@ -21,13 +21,35 @@ RECOMPUTE_ENTRIES = ("none", "selective", "full")  # vlac.runtime.recompute.RECO
 LAYER_MODULE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 
+LAYOUT_KEYS = ("dp", "tp", "pp", "cp")  # the plan's degrees a submission multiplies into its process count
+
+
 def load_program(program_dir: str | Path) -> tuple[Experiment, dict[str, Any]]:
+    """The experiment and plan of a program folder; a ValueError naming the file for a folder that
+    is not one (no plan.json, broken JSON, a plan without its layout), never a KeyError later."""
     d = Path(program_dir)
     exp = load(d / EXPERIMENT_FILE)
-    plan = json.loads((d / PLAN_FILE).read_text())
+    plan = _read_plan(d / PLAN_FILE)
     if plan.get("experiment") != exp.name:
         raise ValueError(f"{d / PLAN_FILE} was planned for {plan.get('experiment')!r}, not {exp.name!r}; re-run vlac emit")
     return exp, plan
+
+
+def _read_plan(path: Path) -> dict[str, Any]:
+    redo = "re-emit the program with `vlac emit SPEC -o DIR`"
+    try:
+        plan = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no plan in this folder; is it a program written by `vlac emit`? {redo}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read the plan ({getattr(e, 'strerror', None) or e}); {redo}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); {redo}") from None
+    layout = plan.get("plan") if isinstance(plan, dict) else None
+    bad = [k for k in LAYOUT_KEYS if not isinstance(layout, dict) or type(layout.get(k)) is not int or layout[k] < 1]
+    if bad:
+        raise ValueError(f"{path}: plan.{', plan.'.join(bad)} missing or not a positive integer; {redo}")
+    return plan
 
 
 def check_processes(mesh: dict[str, int], world: int, nodes: int) -> None:

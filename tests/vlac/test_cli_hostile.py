@@ -60,3 +60,14 @@ def test_emit_into_an_empty_folder_and_again_into_its_program(tmp_path):
         r = runner.invoke(app, ["emit", TINY, "-o", str(out)])
         assert r.exit_code == 0, r.output
     assert (out / "plan.json").is_file()
+
+
+@pytest.mark.parametrize("plan,says", [("{", "not valid JSON"), ("[1]", "plan.dp"),
+                                       ('{"plan": {"dp": 1, "tp": 1, "pp": "1", "cp": 1}}', "plan.pp"),
+                                       (None, "no plan in this folder")])
+def test_submit_of_a_folder_with_a_broken_plan_names_the_file(tmp_path, plan, says):
+    (tmp_path / "experiment.yaml").write_text(Path(TINY).read_text())
+    if plan is not None:
+        (tmp_path / "plan.json").write_text(plan)
+    r = _refused(["submit", str(tmp_path), "--executor", "debug", "--no-wait"], says)
+    assert str(tmp_path / "plan.json") in " ".join(r.stderr.split())
