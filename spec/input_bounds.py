@@ -18,6 +18,16 @@ MAX_NODES = 100_000  # values after YAML aliases are expanded (an alias bomb exp
 MAX_STRING = 10_000  # characters of one string
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping that names one key twice: YAML and JSON readers keep the last value and silently
+    drop the first, so the spec would not say what its author wrote."""
+
+
+def duplicate_key_message(key: Any, first_line: int | None = None) -> str:
+    where = f" (first at line {first_line})" if first_line is not None else ""
+    return f"key {short_repr(key)} appears twice in one mapping{where}; keep one (the later one would silently win)"
+
+
 class _BoundedYamlLoader(yaml.SafeLoader):
     """PyYAML's safe loader that refuses, before constructing any Python object, documents
     nested deeper than MAX_DEPTH, aliases that refer to themselves, and documents whose aliases
@@ -36,6 +46,19 @@ class _BoundedYamlLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001 (PyYAML's signature)
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base` merges may be overridden by explicit keys, as YAML intends
+                key = self.construct_object(key_node)
+                if key in first:
+                    raise DuplicateKeyError(None, None, duplicate_key_message(key, first[key].line + 1),
+                                            key_node.start_mark)
+                first[key] = key_node.start_mark
+        return super().construct_mapping(node, deep)
 
     def get_single_node(self):
         node = super().get_single_node()

@@ -10,7 +10,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from .errors import Issue, SpecError, dotted
-from .input_bounds import MAX_DEPTH, check_shape, parse_yaml
+from .input_bounds import MAX_DEPTH, DuplicateKeyError, check_shape, parse_yaml
 from .input_text import clip, type_name, value_problem
 
 
@@ -66,6 +66,8 @@ def parse_override(text: str) -> tuple[list[str | int], Any]:
         raise SpecError([Issue("", "the key is empty; write e.g. backbone.layers=4", origin)])
     try:
         value = parse_yaml(raw, origin) if raw.strip() else ""
+    except DuplicateKeyError as e:
+        raise SpecError([Issue(dotted(parts), f"cannot read the value: {e.problem}", origin)]) from None
     except yaml.YAMLError:
         value = raw
     except RecursionError:

@@ -12,7 +12,7 @@ import yaml
 
 from .errors import Issue, SpecError
 from .experiment import Experiment
-from .input_bounds import MAX_DEPTH, MAX_FILE_BYTES, check_shape, parse_yaml
+from .input_bounds import MAX_DEPTH, MAX_FILE_BYTES, check_shape, duplicate_key_message, parse_yaml
 from .input_text import one_line, value_problem
 
 SUFFIXES = (".yaml", ".yml", ".toml", ".json", ".py")
@@ -62,7 +62,9 @@ def _parse_text(text: str, suffix: str, src: str) -> Any:
             return parse_yaml(text, src)
         if suffix == ".toml":
             return tomllib.loads(text)
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except DuplicateKey as e:
+        raise SpecError([Issue("", f"cannot parse the file: {e}; fix it there")], src) from None
     except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
         raise SpecError([Issue("", f"cannot parse the file: {one_line(e)}; fix the syntax there")], src) from None
     except RecursionError:
@@ -70,6 +72,20 @@ def _parse_text(text: str, suffix: str, src: str) -> Any:
                                    f"sections")], src) from None
     except ValueError as e:  # Python refuses integers of more than 4,300 digits
         raise SpecError([Issue("", f"cannot read a value in the file: {value_problem(e)}")], src) from None
+
+
+class DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refused when it names a key twice (json.loads would keep the last)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKey(duplicate_key_message(key))
+        out[key] = value
+    return out
 
 
 def _from_python(p: Path) -> dict[str, Any]:

@@ -158,3 +158,32 @@ def test_a_cluster_file_names_its_fields_as_a_spec_does(tmp_path):
     with pytest.raises(SpecError) as e:
         load_cluster({"gpus_per_node": 2**40, "gpu": {"memory": "x"}}, "c.yaml")
     assert [i.path for i in e.value.issues] == ["cluster.gpus_per_node", "cluster.gpu.memory"], str(e.value)
+
+
+# ---- a key written twice: refused, not silently the last one ------------------------------------
+
+@pytest.mark.parametrize("name,text,says", [
+    ("dup.yaml", "name: a\nname: b\n", "key 'name' appears twice in one mapping (first at line 1)"),
+    ("dup_nested.yaml", "name: a\nbackbone: {layers: 2, layers: 3}\n", "key 'layers' appears twice"),
+    ("dup.json", '{"name": "a", "name": "b"}', "key 'name' appears twice in one mapping"),
+])
+def test_a_duplicate_key_is_refused_naming_it(tmp_path, name, text, says):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(SpecError) as e:
+        load(path)
+    assert says in str(e.value) and str(path) in str(e.value), str(e.value)
+
+
+def test_a_duplicate_key_in_an_override_names_the_override():
+    with pytest.raises(SpecError) as e:
+        load(TINY, ["backbone={layers: 2, layers: 3}"])
+    assert e.value.issues[0].origin == "--set backbone={layers: 2, layers: 3}" and "appears twice" in str(e.value)
+
+
+def test_a_merge_key_may_still_be_overridden(tmp_path):
+    from vlac.spec.spec_files import read_mapping
+
+    path = tmp_path / "merge.yaml"
+    path.write_text("base: &b {layers: 2, hidden: 64}\nbackbone:\n  <<: *b\n  layers: 3\n")
+    assert read_mapping(path)["backbone"] == {"layers": 3, "hidden": 64}
