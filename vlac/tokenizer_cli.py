@@ -75,6 +75,10 @@ def train_command(
     if kind == "text" and exp.modalities[modality].tokenizer == "byte":
         _fail(f"--modality {modality}: a byte tokenizer has nothing to train; set modalities.{modality}.tokenizer: bpe")
     folder = out or spec.parent / "tokenizers" / modality
+    try:  # before training: a folder that cannot be written would waste the training run
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _fail(f"--out {folder}: cannot create the folder: {e.strerror or e}; give a writable folder")
     from vlac.data.records import SourceError
     from vlac.data.tokenizers.train import train_text, train_vq
 
@@ -95,6 +99,8 @@ def train_command(
                           f"{report['reseeded']} codes re-seeded", markup=False)
     except (SourceError, ValueError) as e:
         _fail(str(e))
+    except OSError as e:  # the folder became unwritable (full disk, permissions) while training
+        _fail(f"--out {folder}: cannot write {e.filename or folder}: {e.strerror or e}; give a writable folder")
     if report["skipped"]:
         err.print(f"skipped unreadable records: {report['skipped']}", markup=False)
     # paths and records are printed as written: a folder named "[/x]" is not rich markup

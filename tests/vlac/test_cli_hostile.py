@@ -71,3 +71,25 @@ def test_submit_of_a_folder_with_a_broken_plan_names_the_file(tmp_path, plan, sa
         (tmp_path / "plan.json").write_text(plan)
     r = _refused(["submit", str(tmp_path), "--executor", "debug", "--no-wait"], says)
     assert str(tmp_path / "plan.json") in " ".join(r.stderr.split())
+
+
+TOKENIZER_SPEC = """name: tok
+modalities:
+  text: {kind: text, tokenizer: byte, vocab_size: 256, tokens: 12}
+  image: {kind: image, image_size: 8, channels: 1, patch_size: 4, codebook_size: 16, codebook_dim: 4}
+backbone: {layers: 1, hidden: 32, heads: 2, ffn_hidden: 64, context_length: 32}
+data: {mixture: [{name: d, modalities: [text, image], generator: digits}]}
+train: {seq_len: 32, global_batch_tokens: 256, total_tokens: 2560}
+"""
+
+
+@pytest.mark.parametrize("where", ["a_file", "below_a_file"])
+def test_tokenizer_train_into_an_unwritable_folder_names_the_option(tmp_path, where):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(TOKENIZER_SPEC)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("keep")
+    out = blocker if where == "a_file" else blocker / "sub"
+    _refused(["tokenizer", "train", str(spec), "-m", "image", "--steps", "1", "--batch", "2", "-o", str(out)],
+             "--out", "cannot create the folder")
+    assert blocker.read_text() == "keep"
