@@ -1,12 +1,18 @@
-"""Hostile spec values found by fuzzing: each refusal names the field and its fix, and the fix it
-offers ("e.g. ...") is itself accepted."""
+"""Hostile spec input found by fuzzing, each refused with a message naming the field and the fix:
+names (the example offered is itself accepted), a checkpoint's config.json values, numbers no
+field bounded, a huge count, a kind with a newline, cluster files, keys written twice."""
 
+import json
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
+from vlac.cli import app
+from vlac.spec import SpecError, load
 from vlac.spec.base import check_identifier, check_name
 
 
@@ -36,11 +42,6 @@ def test_every_refused_name_offers_an_accepted_one(check, value):
 
 # ---- a checkpoint's config.json: every value vlac reads is type- and range-checked -----------------
 
-import json  # noqa: E402
-
-from typer.testing import CliRunner  # noqa: E402
-
-from vlac.cli import app  # noqa: E402
 
 LLAMA = {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
          "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 256, "rms_norm_eps": 1e-5,
@@ -107,9 +108,6 @@ def test_a_well_formed_config_still_validates(tmp_path, base, spec_text):
 
 # ---- numbers no field bounded: each is now refused naming the field ------------------------------
 
-from vlac.spec import SpecError, load  # noqa: E402
-
-from pathlib import Path  # noqa: E402
 
 TINY = Path(__file__).resolve().parents[2] / "examples" / "tiny_vla.yaml"
 
