@@ -194,7 +194,8 @@ def anchor_from_hf(data: Any, base: str | Path) -> Any:
     """`data` with a relative `backbone.from_hf` made absolute against `base` (the spec file's
     folder), as data and tokenizer paths are; other input passes through."""
     bb = data.get("backbone") if isinstance(data, dict) else None
-    if not isinstance(bb, dict) or not isinstance(bb.get("from_hf"), str) or Path(bb["from_hf"]).expanduser().is_absolute():
+    if (not isinstance(bb, dict) or not isinstance(bb.get("from_hf"), str) or not bb["from_hf"].strip()
+            or Path(bb["from_hf"]).expanduser().is_absolute()):  # an empty one is refused, not made the spec's folder
         return data
     return {**data, "backbone": {**bb, "from_hf": str(Path(base) / bb["from_hf"])}}
 
@@ -210,7 +211,11 @@ def expand_from_hf(data: Any) -> Any:
         return data
     data = dict(data)
     bb = dict(data["backbone"])
-    path = str(Path(str(bb.pop("from_hf"))).expanduser().resolve())
+    given = bb.pop("from_hf")
+    if not isinstance(given, str) or not given.strip():  # str(None) would name a folder "None"
+        raise PretrainedError(f"backbone.from_hf: {given!r:.40} is not a folder; give the path of a local checkpoint "
+                              f"(config.json + *.safetensors), e.g. from_hf: checkpoints/qwen2-0.5b")
+    path = str(Path(given).expanduser().resolve())
     cfg = read_config(path, "backbone.from_hf")
     filled = backbone_fields(cfg)
     filled.setdefault("context_length", cfg.get("max_position_embeddings", 4096))

@@ -185,3 +185,10 @@ def test_a_merge_key_may_still_be_overridden(tmp_path):
     path = tmp_path / "merge.yaml"
     path.write_text("base: &b {layers: 2, hidden: 64}\nbackbone:\n  <<: *b\n  layers: 3\n")
     assert read_mapping(path)["backbone"] == {"layers": 3, "hidden": 64}
+
+
+@pytest.mark.parametrize("value", ["5", "null", "[a]", '""'])
+def test_from_hf_that_is_not_a_path_is_named_not_read_as_a_folder(value):
+    with pytest.raises(SpecError) as e:
+        load(TINY, [f"backbone.from_hf={value}"])
+    assert "backbone.from_hf" in [i.path for i in e.value.issues] and "is not a folder" in str(e.value), str(e.value)
