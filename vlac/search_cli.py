@@ -64,7 +64,35 @@ def read_space_file(path: Path) -> dict[str, Any]:
         constraints = [constraints]
     if not isinstance(constraints, list):
         raise SearchError(f"{path}: constraints must be a list of 'NAME OP VALUE' strings, got {constraints!r}")
+    _check_settings(data, path)
     return {**data, "constraints": constraints}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# the space file's settings besides the space: (accepted, what to write); null means the default
+SETTING_RULES = {
+    "objective": (lambda v: isinstance(v, str), "min:NAME or max:NAME, e.g. objective: min:training_days"),
+    "strategy": (lambda v: isinstance(v, str), f"one of {', '.join(STRATEGIES)}"),
+    "budget": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a positive number of candidates, e.g. 64"),
+    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63, "a whole number >= 0"),
+    "pareto": (lambda v: isinstance(v, list) and all(isinstance(a, str) for a in v),
+               "two metrics with directions, e.g. [max:params_active, max:tokens_per_s]"),
+    "pareto_epsilon": (lambda v: _is_number(v) or isinstance(v, list) and all(_is_number(e) for e in v),
+                       "a relative tolerance, e.g. 0.005, or one per Pareto axis"),
+}
+
+
+def _check_settings(data: dict[str, Any], path: Path) -> None:
+    """Refuse a setting of the wrong type before the search runs (a seed of "x" would be printed
+    as markup, a pareto of true would fail in tuple())."""
+    for key, (accepts, what) in SETTING_RULES.items():
+        if data.get(key) is not None and not accepts(data[key]):
+            shown = repr(data[key])
+            raise SearchError(f"{path}: {key} = {shown if len(shown) <= 40 else shown[:37] + '...'} is not "
+                              f"{what}")
 
 
 def search_command(
@@ -98,9 +126,10 @@ def search_command(
         s = Search(spec, cfg["space"], objective=objective or cfg.get("objective") or "max:tokens_per_s",
                    constraints=[*cfg["constraints"], *(constraint or [])],
                    strategy=strategy or cfg.get("strategy"), budget=budget if budget is not None else cfg.get("budget"),
-                   seed=seed if seed is not None else cfg.get("seed", 0), profile=profile, overrides=set_ or (),
+                   seed=seed if seed is not None else (cfg.get("seed") or 0), profile=profile, overrides=set_ or (),
                    pareto=tuple(cfg.get("pareto") or ("max:params_active", "max:tokens_per_s")),
-                   pareto_epsilon=cfg.get("pareto_epsilon", DEFAULT_EPSILON), planner=plan)
+                   pareto_epsilon=DEFAULT_EPSILON if cfg.get("pareto_epsilon") is None else cfg["pareto_epsilon"],
+                   planner=plan)
         s.run(workers=workers, progress=progress)
         paths = s.write(out_dir)
         print_search(out, s, top)

@@ -36,3 +36,18 @@ def test_markup_in_candidate_values_is_printed_as_text(tmp_path):
     assert r.exit_code == 0, r.output
     assert "internal error" not in r.output
     assert "[/x]" in r.stdout  # the invalid candidate's example and reason, as written
+
+
+@pytest.mark.parametrize("setting,says", [('seed: "[/x]"', "seed = '[/x]' is not a whole number"),
+                                          ("pareto: true", "pareto = True is not two metrics"),
+                                          ("objective: 5", "objective = 5 is not min:NAME or max:NAME")])
+def test_a_setting_of_the_wrong_type_is_refused_naming_it(tmp_path, setting, says):
+    r = _search(tmp_path, f"space:\n  moe.experts: [2, 4]\nbudget: 2\n{setting}\n")
+    assert r.exit_code == 2, r.output
+    assert "internal error" not in r.output and (r.exception is None or isinstance(r.exception, SystemExit))
+    assert says in r.stderr, r.stderr
+
+
+def test_null_settings_take_their_defaults(tmp_path):
+    r = _search(tmp_path, "space:\n  moe.experts: [2, 4]\npareto_epsilon: null\nseed: null\n")
+    assert r.exit_code == 0, r.output
