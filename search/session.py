@@ -39,7 +39,7 @@ from .evaluate import STATUSES, Evaluator, Planner, Result, base_mapping
 from .front import DEFAULT_EPSILON, pareto_front
 from .metrics import CHINCHILLA, METRICS, Constraint, Objective
 from .pool import Progress, evaluate_all
-from .space import Candidate, SearchError, Space, params_key, spec_path_problem
+from .space import Candidate, SearchError, Space, check_integers, params_key, spec_path_problem
 from .strategies import STRATEGIES, OptunaSampler, make_strategy
 
 ASK_BATCH = 16  # an adaptive strategy proposes this many points before it learns their results
@@ -79,7 +79,10 @@ class Search:
         if len(self.pareto_axes) != 2 or any(a.fn is not None or a.name not in METRICS for a in self.pareto_axes):
             raise SearchError(f"pareto: give two metrics with directions, e.g. ('max:params_active', 'max:tokens_per_s'); "
                               f"metrics: {', '.join(METRICS)}")
-        eps = (pareto_epsilon,) * 2 if isinstance(pareto_epsilon, (int, float)) else tuple(pareto_epsilon)
+        if pareto_epsilon is None:  # as in a space file: null takes the default
+            pareto_epsilon = DEFAULT_EPSILON
+        eps = ((pareto_epsilon,) * 2 if isinstance(pareto_epsilon, (int, float))
+               else tuple(pareto_epsilon) if isinstance(pareto_epsilon, (list, tuple)) else ())
         if len(eps) != 2 or any(isinstance(e, bool) or not isinstance(e, (int, float)) or e < 0 for e in eps):
             raise SearchError(f"pareto_epsilon: give one non-negative relative tolerance, or one per Pareto axis "
                               f"(e.g. 0.005 for 0.5 %), got {pareto_epsilon!r}")
@@ -116,6 +119,7 @@ class Search:
             problem = spec_path_problem(path)
             if problem:
                 raise SearchError(f"candidate: {path!r}: {problem}")
+        check_integers(dict(params), "candidate")
         existing = self._by_key.get(params_key(params))
         return existing if existing is not None else self._add(dict(params))
 

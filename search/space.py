@@ -35,6 +35,23 @@ class SearchError(ValueError):
     is wrong and how to fix it. Failures of single candidates are results, never this."""
 
 
+INT64 = 2**63  # a candidate's figures are stored as 64-bit integers (results.parquet); no spec field is larger
+
+
+def check_integers(node: Any, where: str) -> None:
+    """Refuse an integer in the space that no spec field can hold and no results column can store
+    (pyarrow would overflow writing results.parquet, after the whole search ran)."""
+    if isinstance(node, bool):
+        return
+    if isinstance(node, int) and not -INT64 <= node < INT64:
+        raise SearchError(f"{where}: an integer of {node.bit_length()} bits is out of range; a space value is a "
+                          f"spec field's value, at most 2**63 - 1 in size")
+    items = (node.items() if isinstance(node, Mapping) else enumerate(node) if isinstance(node, (list, tuple))
+             else ())
+    for key, value in items:
+        check_integers(value, f"{where}.{key}" if isinstance(node, Mapping) else f"{where}[{key}]")
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One point of the space: `params` maps dotted spec paths to the values it sets."""
@@ -124,6 +141,7 @@ class Space:
             return mapping
         if not isinstance(mapping, Mapping):
             raise SearchError(f"space: expected a mapping of dotted spec paths to values, got {type(mapping).__name__}")
+        check_integers(mapping, "space")
         return cls([_axis(str(k), v) for k, v in mapping.items()])
 
     @property

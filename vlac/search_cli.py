@@ -30,35 +30,21 @@ from rich.table import Table
 
 from vlac.search import DEFAULT_EPSILON, METRICS, STRATEGIES, Search, SearchError
 from vlac.search.picture import si
+from vlac.search.space import check_integers
 from vlac.spec import read_mapping
 
 SPACE_FILE_KEYS = ("space", "objective", "constraints", "strategy", "budget", "seed", "pareto", "pareto_epsilon")
 
 
-INT64 = 2**63  # a candidate's figures are stored as 64-bit integers (results.parquet); no spec field is larger
-
-
-def _check_integers(node: Any, where: str) -> None:
-    """Refuse an integer in the space that no spec field can hold and no results column can store."""
-    if isinstance(node, bool):
-        return
-    if isinstance(node, int) and not -INT64 <= node < INT64:
-        raise SearchError(f"{where}: an integer of {node.bit_length()} bits is out of range; a space value is a "
-                          f"spec field's value, at most 2**63 - 1 in size")
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-    for key, value in items:
-        _check_integers(value, f"{where}.{key}" if isinstance(node, dict) else f"{where}[{key}]")
-
-
 def read_space_file(path: Path) -> dict[str, Any]:
     data = read_mapping(path)
     if "space" not in data:
-        _check_integers(data, f"{path}: space")
+        check_integers(data, f"{path}: space")
         return {"space": data, "constraints": []}
     unknown = sorted(set(data) - set(SPACE_FILE_KEYS))
     if unknown:
         raise SearchError(f"{path}: unknown key(s) {unknown}; a space file may hold: {', '.join(SPACE_FILE_KEYS)}")
-    _check_integers(data["space"], f"{path}: space")
+    check_integers(data["space"], f"{path}: space")
     constraints = data.get("constraints") or []
     if isinstance(constraints, str):
         constraints = [constraints]
