@@ -181,8 +181,34 @@ def verify_layouts(exp: Experiment) -> list[str]:
     return layouts
 
 
+PROGRAM_MARK = "plan.json"  # written last by render: a folder holding it is a vlac program
+
+
+def program_folder_problem(out: Path) -> str | None:
+    """Why a program may not be written to `out`, or None. Allowed: a new folder, an empty one, or
+    an earlier program (re-emitting replaces only vlac's own files). Any other folder is refused:
+    emitting writes README.md, train.py and others there and would replace the user's files of
+    those names. One rule for `vlac emit/submit -o` and vlac.emit()."""
+    if out.exists() and not out.is_dir():
+        return "it is a file, not a folder; give a new folder for the program"
+    if out.is_dir() and not (out / PROGRAM_MARK).is_file():
+        try:
+            present = sorted(p.name for p in out.iterdir())
+        except OSError as e:
+            return f"cannot read the folder: {e.strerror or e}"
+        if present:
+            listed = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
+            return (f"the folder holds other files ({listed}) and is not a vlac program (no {PROGRAM_MARK}); "
+                    f"give a new or empty folder so that nothing there is replaced")
+    return None
+
+
 def render(exp: Experiment, plan_json: dict[str, Any], out_dir: str | Path, version: str) -> Path:
     out = Path(out_dir)
+    problem = program_folder_problem(out)
+    if problem:
+        shown = str(out_dir) or "''"
+        raise EmitError(f"out_dir {shown}: {problem}")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -192,9 +218,8 @@ def render(exp: Experiment, plan_json: dict[str, Any], out_dir: str | Path, vers
     ctx["launch_nodes"], ctx["launch_per_node"] = launch_shape(ctx["world"], ctx["nodes"], ctx["gpus_per_node"])
     files = {name: env.get_template(f"{name}.j2").render(**ctx) for name in TEMPLATES}
     files["experiment.yaml"] = dump(exp)
-    files["plan.json"] = json.dumps(plan_json, indent=2, sort_keys=True) + "\n"
-    plan_text = files.pop("plan.json")
-    for name, text in [*files.items(), ("plan.json", plan_text)]:  # plan.json last: it marks a program
+    plan_text = json.dumps(plan_json, indent=2, sort_keys=True) + "\n"
+    for name, text in [*files.items(), (PROGRAM_MARK, plan_text)]:  # plan.json last: it marks a program
         write_atomic(confined(out, name), text)
     return out
 

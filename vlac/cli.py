@@ -98,25 +98,15 @@ def _parse_pins(text: Optional[str]) -> dict[str, Any]:
     return pins
 
 
-PROGRAM_MARK = "plan.json"  # written last by the emitter: a folder holding it is a vlac program
-
-
 def _program_folder(out_dir: Path) -> Path:
-    """The folder `vlac emit -o` may write: new, empty, or an earlier program (re-emitting
-    replaces only vlac's own files). Any other folder is refused: emitting writes README.md,
-    train.py and others there and would replace the user's files of those names."""
-    shown = str(out_dir) or "''"
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageFailure(f"--out {shown}: it is a file, not a folder; give a new folder for the program")
-    if out_dir.is_dir() and not (out_dir / PROGRAM_MARK).is_file():
-        try:
-            present = sorted(p.name for p in out_dir.iterdir())
-        except OSError as e:
-            raise UsageFailure(f"--out {shown}: cannot read the folder: {e.strerror or e}") from None
-        if present:
-            listed = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
-            raise UsageFailure(f"--out {shown}: the folder holds other files ({listed}) and is not a vlac program "
-                               f"(no {PROGRAM_MARK}); give a new or empty folder so that nothing there is replaced")
+    """The folder `vlac emit -o` may write (vlac.templates.emit.program_folder_problem: new, empty
+    or an earlier program), refused as a usage error naming --out."""
+    from vlac.templates.emit import program_folder_problem  # the emitter's rule; imported only by emit/submit
+
+    problem = program_folder_problem(out_dir)
+    if problem:
+        shown = str(out_dir) or "''"
+        raise UsageFailure(f"--out {shown}: {problem}")
     return out_dir
 
 
