@@ -19,6 +19,7 @@ from .overrides import Override, apply_overrides_in_place, deep_merge
 from .pretrained import anchor_from_hf
 from .spec_files import read_mapping
 from .system import Cluster
+from .tokenizer_file import tokenizer_path_issues
 
 
 def resolve_mapping(source: str | Path | Mapping[str, Any] | Experiment, overrides: Iterable[str] = (),
@@ -68,10 +69,15 @@ def load(source: str | Path | Mapping[str, Any] | Experiment, overrides: Iterabl
     if isinstance(source, (str, Path)):  # backbone.from_hf relative to the spec file, as data paths are
         data = anchor_encoder_paths(anchor_from_hf(data, Path(source).parent), Path(source).parent)
     try:
-        return Experiment.model_validate(data)
+        exp = Experiment.model_validate(data)
     except ValidationError as e:
         err = from_validation_error(e, Experiment, data, name)
         raise SpecError([_attribute(i, applied) for i in err.issues], name) from None
+    base = Path(source).parent if isinstance(source, (str, Path)) else None
+    corrupt = tokenizer_path_issues(exp.modalities, base)
+    if corrupt:
+        raise SpecError([_attribute(Issue(path, message), applied) for path, message in corrupt], name)
+    return exp
 
 
 def _attribute(issue: Issue, applied: list[Override]) -> Issue:
