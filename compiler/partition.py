@@ -46,14 +46,18 @@ def balanced_partition(weights: list[float], parts: int) -> list[tuple[int, int]
 def equal_share_partition(weights: list[float], parts: int) -> list[tuple[int, int]]:
     """Cut `weights` into `parts` non-empty contiguous runs where the running total is nearest
     to k/parts of the whole. Returns [start, end) index pairs."""
-    prefix = np.concatenate([[0.0], np.cumsum(weights)])
-    n, total = len(weights), prefix[-1]
+    prefix_array = np.concatenate([[0.0], np.cumsum(weights)])
+    n, total = len(weights), float(prefix_array[-1])
+    targets = [total * k / parts for k in range(1, parts)]
+    # one searchsorted for every cut, then plain floats: per-cut numpy scalar calls dominated
+    # this, which runs per candidate stage split
+    found = np.searchsorted(prefix_array, targets).tolist()
+    prefix = prefix_array.tolist()
     cuts, prev = [], 0
-    for k in range(1, parts):
+    for k, (target, j) in enumerate(zip(targets, found), start=1):
         lo, hi = prev + 1, n - (parts - k)  # leave at least one item per remaining run
-        # plain min/max: np.clip on numpy scalars costs ~0.5 ms a call, and this runs per candidate stage split
-        j = min(max(int(np.searchsorted(prefix, total * k / parts)), lo), hi)
-        if j > lo and abs(prefix[j - 1] - total * k / parts) <= abs(prefix[j] - total * k / parts):
+        j = min(max(j, lo), hi)
+        if j > lo and abs(prefix[j - 1] - target) <= abs(prefix[j] - target):
             j -= 1
         cuts.append(j)
         prev = j
