@@ -62,7 +62,7 @@ class SyntheticData:
         self.mask_prompt = bool(exp.losses.ar and exp.losses.ar.mask_prompt)
         self.generators = {c.generator: make_generator(c.generator, exp.data.seed) for c in exp.data.mixture}
         corpus = tuple(sorted({t for g in self.generators.values() for t in g.corpus()}))
-        self.text = {n: text_tokenizer(m, corpus) for n, m in exp.modalities.items() if m.kind == "text"}
+        self.text = {n: text_tokenizer(m, corpus, n) for n, m in exp.modalities.items() if m.kind == "text"}
         self.keys = batch_keys(exp)
         self.shapes = extra_shapes(exp)
 
