@@ -4,29 +4,17 @@ message quotes: rich markup in user input is printed as text, not interpreted.""
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from vlac.cli import app
+from cli_checks import refused_cleanly
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "examples" / "tiny_vla.yaml")
-runner = CliRunner()
-
-
-def _fails_cleanly(args, *expected):
-    r = runner.invoke(app, args)
-    assert r.exit_code == 2, r.output
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-    assert "Traceback" not in r.output and "internal error" not in r.output
-    for text in expected:
-        assert text in r.stderr, r.stderr
-    return r
 
 
 @pytest.mark.parametrize("override,shown", [("backbone.[/x]=1", "[/x]"), ("name=[/bold]", "[/bold]"),
                                             ("launcher.qos=[red]x[/red]", "[red]x[/red]")])
 def test_markup_in_a_message_is_printed_not_interpreted(override, shown):
-    _fails_cleanly(["validate", TINY, "--set", override], shown)
+    refused_cleanly(["validate", TINY, "--set", override], shown)
 
 
 @pytest.mark.parametrize("name,content,says", [
@@ -40,16 +28,16 @@ def test_hostile_files_fail_validate_and_compile_cleanly(tmp_path, name, content
     path = tmp_path / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     for command in ("validate", "compile"):
-        _fails_cleanly([command, str(path)], says, str(path))
+        refused_cleanly([command, str(path)], says, str(path))
 
 
 def test_a_bad_override_names_the_override():
-    r = _fails_cleanly(["validate", TINY, "--set", "nosuch=3"], "command-line overrides", "--set nosuch=3")
+    r = refused_cleanly(["validate", TINY, "--set", "nosuch=3"], "command-line overrides", "--set nosuch=3")
     assert TINY not in r.stderr
 
 
 def test_empty_special_tokens_fail_validate_not_compile():
-    _fails_cleanly(["validate", TINY, "--set", "vocab.special_tokens=[]"], "vocab.special_tokens")
+    refused_cleanly(["validate", TINY, "--set", "vocab.special_tokens=[]"], "vocab.special_tokens")
 
 
 @pytest.mark.parametrize("cluster,field", [("cluster:\n  nodes: 1099511627776\n", "cluster.nodes"),
@@ -58,12 +46,12 @@ def test_empty_special_tokens_fail_validate_not_compile():
 def test_a_cluster_file_is_bounded_like_a_spec_cluster(tmp_path, cluster, field):
     path = tmp_path / "cluster.yaml"
     path.write_text(cluster)
-    _fails_cleanly(["compile", TINY, "--cluster", str(path)], field, str(path))
+    refused_cleanly(["compile", TINY, "--cluster", str(path)], field, str(path))
 
 
 def test_a_search_space_syntax_error_names_the_space_file(tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("space:\n  moe.experts: [8, 16\n")
-    r = _fails_cleanly(["search", TINY, "--space", str(space), "-o", str(tmp_path / "out")],
+    r = refused_cleanly(["search", TINY, "--space", str(space), "-o", str(tmp_path / "out")],
                        f"1 problem in {space}:", f'in "{space}", line 2')
     assert "<spec>" not in r.stderr and "<unicode string>" not in r.stderr

@@ -5,51 +5,41 @@ writes only into a new, empty or earlier-program folder, so nothing of the user'
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from vlac.cli import app
 
+from cli_checks import refused_cleanly, runner
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "examples" / "tiny_vla.yaml")
-runner = CliRunner()
-
-
-def _refused(args, *expected):
-    r = runner.invoke(app, args)
-    assert r.exit_code == 2, r.output
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-    assert "Traceback" not in r.output and "internal error" not in r.output
-    for text in expected:
-        assert text in r.stderr, r.stderr
-    return r
 
 
 @pytest.mark.parametrize("target", ["folder", "missing_parent"])
 def test_schema_to_an_unwritable_path_names_the_option(tmp_path, target):
     path = tmp_path if target == "folder" else tmp_path / "no" / "such" / "schema.json"
-    _refused(["schema", "-o", str(path)], "--out", "cannot write")
+    refused_cleanly(["schema", "-o", str(path)], "--out", "cannot write")
 
 
 def test_compile_report_onto_a_file_names_the_option(tmp_path):
     existing = tmp_path / "plan.txt"
     existing.write_text("mine")
-    _refused(["compile", TINY, "--report", str(existing)], "--report", "cannot write")
+    refused_cleanly(["compile", TINY, "--report", str(existing)], "--report", "cannot write")
     assert existing.read_text() == "mine"
 
 
 def test_emit_into_a_folder_of_other_files_replaces_nothing(tmp_path):
     (tmp_path / "README.md").write_text("my notes")
     (tmp_path / "train.py").write_text("my trainer")
-    _refused(["emit", TINY, "-o", str(tmp_path)], "--out", "README.md", "not a vlac program")
+    refused_cleanly(["emit", TINY, "-o", str(tmp_path)], "--out", "README.md", "not a vlac program")
     assert (tmp_path / "README.md").read_text() == "my notes"
     assert (tmp_path / "train.py").read_text() == "my trainer"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "train.py"]
 
 
-def test_emit_onto_a_file_is_refused(tmp_path):
+def test_emit_onto_a_file_isrefused_cleanly(tmp_path):
     existing = tmp_path / "x.yaml"
     existing.write_text("keep")
-    _refused(["emit", TINY, "-o", str(existing)], "--out", "is a file")
+    refused_cleanly(["emit", TINY, "-o", str(existing)], "--out", "is a file")
     assert existing.read_text() == "keep"
 
 
@@ -69,7 +59,7 @@ def test_submit_of_a_folder_with_a_broken_plan_names_the_file(tmp_path, plan, sa
     (tmp_path / "experiment.yaml").write_text(Path(TINY).read_text())
     if plan is not None:
         (tmp_path / "plan.json").write_text(plan)
-    r = _refused(["submit", str(tmp_path), "--executor", "debug", "--no-wait"], says)
+    r = refused_cleanly(["submit", str(tmp_path), "--executor", "debug", "--no-wait"], says)
     assert str(tmp_path / "plan.json") in " ".join(r.stderr.split())
 
 
@@ -90,6 +80,6 @@ def test_tokenizer_train_into_an_unwritable_folder_names_the_option(tmp_path, wh
     blocker = tmp_path / "blocker"
     blocker.write_text("keep")
     out = blocker if where == "a_file" else blocker / "sub"
-    _refused(["tokenizer", "train", str(spec), "-m", "image", "--steps", "1", "--batch", "2", "-o", str(out)],
+    refused_cleanly(["tokenizer", "train", str(spec), "-m", "image", "--steps", "1", "--batch", "2", "-o", str(out)],
              "--out", "cannot create the folder")
     assert blocker.read_text() == "keep"
