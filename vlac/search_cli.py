@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from vlac.search import DEFAULT_EPSILON, METRICS, STRATEGIES, Search, SearchError
+from vlac.search import METRICS, STRATEGIES, Search, SearchError
 from vlac.search.picture import si
 from vlac.search.space import check_integers
 from vlac.spec import read_mapping
@@ -114,7 +114,7 @@ def search_command(
                    strategy=strategy or cfg.get("strategy"), budget=budget if budget is not None else cfg.get("budget"),
                    seed=seed if seed is not None else (cfg.get("seed") or 0), profile=profile, overrides=set_ or (),
                    pareto=tuple(cfg.get("pareto") or ("max:params_active", "max:tokens_per_s")),
-                   pareto_epsilon=DEFAULT_EPSILON if cfg.get("pareto_epsilon") is None else cfg["pareto_epsilon"],
+                   pareto_epsilon=cfg.get("pareto_epsilon"),  # null or absent: Search takes the default
                    planner=plan)
         s.run(workers=workers, progress=progress)
         paths = s.write(out_dir)
