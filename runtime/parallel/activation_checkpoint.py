@@ -23,7 +23,7 @@ from typing import Any, Iterable
 import torch.nn as nn
 
 from vlac.compiler.recompute_choice import planned_full_layers
-from vlac.runtime.recompute import RECOMPUTE_POLICIES, apply_recompute, iter_blocks, recompute_blocks
+from vlac.runtime.recompute import RECOMPUTE_POLICIES, iter_blocks, recompute_blocks
 
 DECODER_BLOCK = re.compile(r"^layers\.(\d+)$")
 
@@ -64,9 +64,3 @@ def apply_stage_recompute(model: nn.Module, stage: nn.Module, policy: str,
             chosen.append(block)
     return recompute_blocks(blocks, chosen, policy)
 
-
-def apply_activation_checkpointing(model: nn.Module, policy: str, layers: int | None = None) -> int:
-    """`policy` on every block of `model`, or on its first `layers` blocks."""
-    if policy not in RECOMPUTE_POLICIES:
-        raise ValueError(f"plan.recompute = {policy!r}; choose one of {', '.join(RECOMPUTE_POLICIES)}")
-    return apply_recompute(model, policy, layers)

@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn as nn
 
-from vlac.runtime.parallel.activation_checkpoint import apply_activation_checkpointing
 from vlac.runtime.recompute import apply_recompute, iter_blocks
 
 WIDTH, BLOCKS, TOKENS = 16, 4, 8
@@ -66,9 +65,9 @@ def test_the_first_k_blocks_are_checkpointed_and_keep_less():
 
 def test_the_stage_applies_the_plans_layer_count():
     stage = Stage()
-    apply_activation_checkpointing(stage, "full", 2)
+    apply_recompute(stage, "full", 2)
     assert ["forward" in block.__dict__ for _, block in iter_blocks(stage)] == [True, True, False, False]
-    apply_activation_checkpointing(stage, "none")
+    apply_recompute(stage, "none")
     assert not any("forward" in block.__dict__ for _, block in iter_blocks(stage))
 
 
