@@ -11,6 +11,7 @@ controller restarts the job), which resumes from that checkpoint.
 from __future__ import annotations
 
 import os
+import random
 import runpy
 import signal
 import sys
@@ -19,6 +20,11 @@ from typing import Any
 
 import submitit
 
+# The rendezvous port of a multi-process job, a function of the job id (the same on every task).
+# submitit draws it from 20000-60000, which overlaps Linux's ephemeral ports (32768-60999 by
+# default, /proc/sys/net/ipv4/ip_local_port_range): a connection of gloo or of an earlier job may
+# hold it, and rank 0 then fails to listen (EADDRINUSE) while the others wait. Below that range.
+RENDEZVOUS_PORTS = (20000, 32767)
 SIGNAL_LEAD_S = 120  # Slurm sends the preemption signal this long before the time limit
 
 
@@ -49,6 +55,11 @@ class Preemption:
         sys.exit(0)
 
 
+def rendezvous_port(job_id: str) -> int:
+    """MASTER_PORT of job `job_id`: the same on every task, outside the ephemeral ports (above)."""
+    return random.Random(str(job_id)).randint(*RENDEZVOUS_PORTS)
+
+
 class TrainJob(submitit.helpers.Checkpointable):
     def __init__(self, program_dir: str | Path, max_steps: int | None = None, out_dir: str | Path | None = None,
                  checkpoints: bool = True):
@@ -66,7 +77,10 @@ class TrainJob(submitit.helpers.Checkpointable):
     def __call__(self) -> Any:
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
-            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            dist_env = submitit.helpers.TorchDistributedEnvironment()
+            if "MASTER_PORT" not in os.environ:  # a port the user or the cluster set is kept
+                dist_env.master_port = rendezvous_port(env.job_id)
+            dist_env.export(set_cuda_visible_devices=False)
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         preemption = Preemption().install()
         main = runpy.run_path(str(Path(self.program_dir) / "train.py"))["main"]
