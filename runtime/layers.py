@@ -17,11 +17,14 @@ import torch.nn.functional as F
 from vlac.spec.architecture import Backbone
 
 from .kernels import apply_rope, rms_norm
-from .masks import sliding_window_mask
+from .attention_sinks import SinkLogits, sink_bias, with_sink_slot
+from .masks import chunk_mask, sliding_window_mask
 
 torch.fx.wrap("rms_norm")
 torch.fx.wrap("apply_rope")
 torch.fx.wrap("sliding_window_mask")  # one node: the lowering reads its window (compiler/node_costs.py)
+torch.fx.wrap("chunk_mask")  # likewise its chunk, and the sinks' bias (compiler/attention_pairs.py)
+torch.fx.wrap("sink_bias")
 
 
 class RMSNorm(nn.Module):
@@ -94,15 +97,21 @@ class Attention(nn.Module):
     than `window` positions away (runtime/masks.py); SDPA then gets an explicit mask. Under
     context parallelism `token_positions` (set beside `kv_gather`) gives the sequence positions of
     this rank's queries and of the gathered keys, which the window is measured between.
+    `chunk` > 0 (Backbone.chunk_at) likewise keeps the keys of each query's own chunk, and `sinks`
+    gives every head a learned sink logit (runtime/attention_sinks.py), through a float mask.
     """
 
-    def __init__(self, cfg: Backbone, causal: bool = True, window: int = 0):
+    def __init__(self, cfg: Backbone, causal: bool = True, window: int = 0, chunk: int = 0, sinks: bool = False):
         super().__init__()
         self.n_heads, self.n_kv, self.d_head = cfg.heads, cfg.n_kv_heads, cfg.d_head
-        if window and not causal:
-            raise ValueError("a sliding window applies to causal attention (the mask None stands for causal)")
+        if (window or chunk) and not causal:
+            raise ValueError("a sliding window or chunk applies to causal attention (the mask None stands for causal)")
+        if window and chunk:
+            raise ValueError("a layer attends through a sliding window or a chunk, not both")
         self.causal = causal
         self.window = window
+        self.chunk = chunk
+        self.sinks = SinkLogits(self.n_heads) if sinks else None
         d = cfg.hidden
         qkv_bias = cfg.bias or cfg.qkv_bias
         self.wq = nn.Linear(d, self.n_heads * self.d_head, bias=qkv_bias)
@@ -149,8 +158,14 @@ class Attention(nn.Module):
         if self.window:  # decided by the config: traceable
             at = self.token_positions() if self.token_positions is not None else None
             mask = sliding_window_mask(mask, q, k, self.window, at)
+        if self.chunk:
+            at = self.token_positions() if self.token_positions is not None else None
+            mask = chunk_mask(mask, q, k, self.chunk, at)
         p = self.dropout if self.training else 0.0
         causal = self.causal and mask is None and cache is None
+        if self.sinks is not None:
+            mask, causal = sink_bias(mask, q, k, self.sinks(), causal), False
+            k, v = with_sink_slot(k, v)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal,
                                            enable_gqa=self.n_kv != self.n_heads)
         return y.transpose(1, 2).reshape(b, s, -1)

@@ -1,5 +1,6 @@
 """Attention masks as tensor ops (traceable): causal, bidirectional inside image spans, prefix-LM,
-the segment-recurrence window of `vlac.runtime.memory`, and the sliding window of a layer.
+the segment-recurrence window of `vlac.runtime.memory`, and the sliding window or the attention
+chunk of a layer.
 
 None means plain causal, which lets scaled_dot_product_attention use its fused causal path.
 Returned masks are boolean [B, 1, S, S], True where attention is allowed. Sizes come from
@@ -75,6 +76,17 @@ def causal(like: torch.Tensor) -> torch.Tensor:
     return pos.unsqueeze(0) <= pos.unsqueeze(1)
 
 
+def query_key_positions(q: torch.Tensor, k: torch.Tensor,
+                        token_positions: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence positions [Sq] and [Sk] of the queries and keys of q [.., Sq, D] and k [.., Sk, D]:
+    `token_positions` when given, else the queries are the last Sq of the Sk key positions."""
+    if token_positions is not None:
+        return token_positions
+    sq, sk = q.size(-2), k.size(-2)
+    k_pos = torch.arange(sk, device=q.device)
+    return k_pos[sk - sq:], k_pos
+
+
 def sliding_window_mask(mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor, window: int,
                         token_positions: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """`mask` (None = causal, or boolean [B, 1, Sq, Sk]) restricted to keys fewer than `window`
@@ -89,12 +101,25 @@ def sliding_window_mask(mask: torch.Tensor | None, q: torch.Tensor, k: torch.Ten
     vlac.runtime.layers registers it with torch.fx.wrap, so the lowering sees one node whose
     arguments say the window and whether the layer's mask was causal (vlac.compiler.node_costs)."""
     sq, sk = q.size(-2), k.size(-2)
-    if token_positions is None:
-        k_pos = torch.arange(sk, device=q.device)
-        q_pos = k_pos[sk - sq:]
-    else:
-        q_pos, k_pos = token_positions
+    q_pos, k_pos = query_key_positions(q, k, token_positions)
     distance = q_pos.unsqueeze(1) - k_pos.unsqueeze(0)  # [Sq, Sk]
     if mask is None:
         return ((distance >= 0) & (distance < window)).view(1, 1, sq, sk)
     return mask & (distance.abs() < window)
+
+
+def chunk_mask(mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor, chunk: int,
+               token_positions: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """`mask` (None = causal, or boolean [B, 1, Sq, Sk]) restricted to keys in the query's own chunk
+    of `chunk` positions (p // chunk equal: Llama 4's attention_chunk_size), with positions read
+    as `sliding_window_mask` reads them (the last Sq of Sk, or `token_positions` under context
+    parallelism, so the chunks are cut on global positions). The mask keeps deciding the
+    direction: a causal layer sees the earlier keys of its chunk, itself included. Registered
+    with torch.fx.wrap like the window (vlac.runtime.layers): the lowering reads the chunk from
+    the node's arguments (vlac.compiler.attention_pairs)."""
+    sq, sk = q.size(-2), k.size(-2)
+    q_pos, k_pos = query_key_positions(q, k, token_positions)
+    same = (q_pos.unsqueeze(1) // chunk) == (k_pos.unsqueeze(0) // chunk)  # [Sq, Sk]
+    if mask is None:
+        return (same & (q_pos.unsqueeze(1) >= k_pos.unsqueeze(0))).view(1, 1, sq, sk)
+    return mask & same

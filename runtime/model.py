@@ -40,7 +40,7 @@ class Block(nn.Module):
         bb = exp.backbone
         self.index = index
         self.attn_norm = make_norm(bb, bb.hidden)
-        self.attn = Attention(bb, window=bb.window_at(index))
+        self.attn = Attention(bb, window=bb.window_at(index), chunk=bb.chunk_at(index), sinks=bb.attention_sinks)
         self.mlp_norm = make_norm(bb, bb.hidden)
         self.is_moe = moe
         self.mlp = MoELayer(bb, exp.moe) if moe else MLP(bb)

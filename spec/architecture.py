@@ -22,6 +22,18 @@ def layer_pattern(v: str | list[int], form: str, choices: str) -> str | list[int
     return v
 
 
+def pattern_layers(v: str | list[int], layers: int) -> tuple[int, ...]:
+    """The layer indices a WINDOW_PATTERNS pattern names in a decoder of `layers` layers."""
+    if isinstance(v, list):
+        return tuple(sorted(set(v)))
+    if v == "all":
+        return tuple(range(layers))
+    kind, n = v.split(":")
+    if kind == "global_every":
+        return tuple(i for i in range(layers) if (i + 1) % int(n))
+    return tuple(range(int(n), layers))
+
+
 class Backbone(SpecModel):
     """A Qwen-style decoder; every choice that distinguishes the classic families is a field."""
 
@@ -46,8 +58,11 @@ class Backbone(SpecModel):
     freeze: bool = Field(False, description="freeze the language model (embedding, blocks, final norm, head): no gradients, not in the optimiser")
     sliding_window: int | None = Field(None, ge=1, le=2**24, description="sliding-window attention: a query sees keys fewer than this many tokens away, itself included (Mistral, Qwen2, Gemma's local layers); null = every earlier token")
     sliding_window_layers: str | list[int] = Field("all", description=f'which layers use sliding_window: {WINDOW_PATTERNS}')
+    attention_chunk: int | None = Field(None, ge=1, le=2**24, description="chunked attention: a query sees the earlier keys of its own chunk of this many tokens (positions p // chunk equal; Llama 4's attention_chunk_size, 8192); null = every earlier token")
+    attention_chunk_layers: str | list[int] = Field("all", description=f'which layers use attention_chunk: {WINDOW_PATTERNS} (Llama 4 is global_every:4)')
+    attention_sinks: bool = Field(False, description="a learned logit per head and layer that joins each softmax's denominator and adds no value (gpt-oss; Xiao et al. 2023's attention sinks)")
 
-    @field_validator("sliding_window_layers")
+    @field_validator("sliding_window_layers", "attention_chunk_layers")
     @classmethod
     def _window_layers_form(cls, v):
         return layer_pattern(v, r"all|global_every:[1-9]\d*|from:\d+", WINDOW_PATTERNS)
@@ -64,34 +79,37 @@ class Backbone(SpecModel):
 
     @model_validator(mode="after")
     def _window_layers(self):
-        v = self.sliding_window_layers
-        if self.sliding_window is None and v != "all":
-            raise ValueError(f"sliding_window_layers: {v!r} is set but sliding_window is null; set sliding_window "
-                             f"(tokens) or leave sliding_window_layers out")
-        if isinstance(v, list):
-            bad = sorted({i for i in v if not 0 <= i < self.layers})
-            if bad:
-                raise ValueError(f"sliding_window_layers: indices {bad} are outside the {self.layers} layers; use "
-                                 f"indices 0..{self.layers - 1}")
+        for size, field in (("sliding_window", "sliding_window_layers"), ("attention_chunk", "attention_chunk_layers")):
+            v = getattr(self, field)
+            if getattr(self, size) is None and v != "all":
+                raise ValueError(f"{field}: {v!r} is set but {size} is null; set {size} (tokens) or leave {field} out")
+            if isinstance(v, list):
+                bad = sorted({i for i in v if not 0 <= i < self.layers})
+                if bad:
+                    raise ValueError(f"{field}: indices {bad} are outside the {self.layers} layers; use "
+                                     f"indices 0..{self.layers - 1}")
+        both = sorted(set(self.window_layers()) & set(self.chunk_layers()))
+        if both:
+            raise ValueError(f"attention_chunk_layers: layers {both[:8]} are also in sliding_window_layers; a layer "
+                             f"attends through a sliding window or a chunk, not both: make the two patterns name "
+                             f"disjoint layers (lists of indices, say) or set sliding_window or attention_chunk to null")
         return self
 
     def window_layers(self) -> tuple[int, ...]:
         """Indices of the layers that attend through the sliding window (none without one)."""
-        if self.sliding_window is None:
-            return ()
-        v = self.sliding_window_layers
-        if isinstance(v, list):
-            return tuple(sorted(set(v)))
-        if v == "all":
-            return tuple(range(self.layers))
-        kind, n = v.split(":")
-        if kind == "global_every":
-            return tuple(i for i in range(self.layers) if (i + 1) % int(n))
-        return tuple(range(int(n), self.layers))
+        return () if self.sliding_window is None else pattern_layers(self.sliding_window_layers, self.layers)
 
     def window_at(self, layer: int) -> int:
         """The sliding window (tokens) of decoder layer `layer`; 0 = full causal attention."""
         return self.sliding_window if layer in self.window_layers() else 0
+
+    def chunk_layers(self) -> tuple[int, ...]:
+        """Indices of the layers that attend within their chunk (none without attention_chunk)."""
+        return () if self.attention_chunk is None else pattern_layers(self.attention_chunk_layers, self.layers)
+
+    def chunk_at(self, layer: int) -> int:
+        """The attention chunk (tokens) of decoder layer `layer`; 0 = not chunked."""
+        return self.attention_chunk if layer in self.chunk_layers() else 0
 
     @property
     def n_kv_heads(self) -> int:
