@@ -188,7 +188,8 @@ def _sharding(n: fx.Node, kind: str, module, parts: list[str], site: Site, ins, 
     attn = [p for p, cls in stack if cls.__name__.endswith("Attention")]
     if attn:
         rest = _relative(".".join(parts), attn[-1])
-        return kind in ("gemm", "attention"), not rest.startswith("wo"), True
+        # the sink logits (runtime/attention_sinks.py) are split with the heads, like q/k/v
+        return kind in ("gemm", "attention") or rest.startswith("sinks"), not rest.startswith("wo"), True
     mlp = [p for p, cls in stack if issubclass(cls, MLP)]
     if mlp and "experts" not in parts:
         rest = _relative(".".join(parts), mlp[-1])

@@ -49,7 +49,7 @@ PLAN_ONLY_FIELDS = (
     "train.checkpoint_every", "train.keep_last", "train.log_every",
 )
 # Fields that decide which block sits where, re-applied per layer when deriving.
-PER_LAYER_FIELDS = ("backbone.layers", "moe.layers", "backbone.sliding_window_layers",
+PER_LAYER_FIELDS = ("backbone.layers", "moe.layers", "backbone.sliding_window_layers", "backbone.attention_chunk_layers",
                     "precision.fp8.keep_first_last_bf16")
 
 

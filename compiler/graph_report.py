@@ -230,7 +230,7 @@ def _box(n: fx.Node, rec: NodeCost | None, x: float, y: float) -> str:
             detail.append(f"FLOPs fwd {si(rec.flops_fwd)}, bwd {si(rec.flops_bwd)}"
                           + (f", capacity over-compute {si(rec.flops_overcompute)}" if rec.flops_overcompute else "")
                           + (" (causal)" if rec.causal else "")
-                          + (f" (sliding window: {rec.score_fraction:.1%} of the scores)"
+                          + (f" (sliding window, chunks or sinks: {rec.score_fraction:.1%} of the scores)"
                              if rec.kind == "attention" and not rec.causal and rec.score_fraction < 1 else ""))
         if kind == "input":
             summary.append(f"kept {_bytes(rec.saved['full'])}")
@@ -317,7 +317,8 @@ p.note{font-size:13px;max-width:1000px}
 
 _NOTES = """
 <p class=note>FLOPs count GEMMs and attention for one micro-batch: causal attention as half the dense
-product, a sliding-window layer as the (query, key) pairs inside its window, the fused attention backward as 2.5x its forward, MoE experts for the tokens routed to
+product, a sliding-window or chunked layer as the (query, key) pairs inside its window or chunks (attention sinks: one
+more pair per query), the fused attention backward as 2.5x its forward, MoE experts for the tokens routed to
 them (capacity padding separately, as over-compute). Saved bytes are what autograd keeps between
 forward and backward. Recompute policies act on blocks: <b>selective</b> keeps the outputs of GEMMs,
 attention and the router (norms and elementwise ops are recomputed), <b>full</b> keeps only each block's

@@ -22,10 +22,11 @@ Role = tuple  # (kind of the previous layer or None, kind of this layer, last un
 
 def layer_kinds(exp: Experiment) -> tuple[str, ...]:
     """What each decoder layer is, read from the spec the way runtime/model.py builds it: dense or
-    MoE, and "+window" for a sliding-window layer (its attention costs its window's pairs)."""
+    MoE, "+window" for a sliding-window layer (its attention costs its window's pairs) and
+    "+chunk" for a chunked one (its chunks' pairs)."""
     moe = set(exp.moe.moe_layer_indices(exp.backbone.layers)) if exp.moe else set()
-    window = set(exp.backbone.window_layers())
-    return tuple(("moe" if i in moe else "dense") + ("+window" if i in window else "")
+    window, chunk = set(exp.backbone.window_layers()), set(exp.backbone.chunk_layers())
+    return tuple(("moe" if i in moe else "dense") + ("+window" if i in window else "") + ("+chunk" if i in chunk else "")
                  for i in range(exp.backbone.layers))
 
 

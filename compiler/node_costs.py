@@ -25,6 +25,7 @@ from torch.autograd.graph import saved_tensors_hooks
 from vlac.runtime.layers import RMSNorm
 from vlac.runtime.masks import sliding_window_mask
 
+from .attention_pairs import chunk_of, chunk_pairs, sink_of
 from .fused_ops import DROPLESS_EXPERTS, DROPLESS_FLOPS, dropless_on_meta, dropless_rows, fused_attention
 from .tracing import attention_bias
 
@@ -193,27 +194,52 @@ def attention_flops(n: fx.Node, ins: list[torch.Tensor]) -> tuple[float, bool, f
     """scaled_dot_product_attention forward FLOPs (QK^T and PV), whether it is causal, and the
     share of the dense Sq x Sk scores they count: halved when causal (a fused causal kernel skips
     the masked half); a sliding window counts only its (query, key) pairs (`window_pairs`: a
-    window-aware kernel, FlashAttention's window_size, skips the rest); any other explicit mask is
-    computed densely."""
+    window-aware kernel, FlashAttention's window_size, skips the rest), a chunked layer those
+    inside its chunks (attention_pairs.chunk_pairs), attention sinks one more pair per query on
+    top of the layer's own (the sink's key column; the float mask that carries the sinks does not
+    make the kernel dense); any other explicit mask is computed densely."""
     q, k, v = ins[0], ins[1], ins[2]
     b_h = q.numel() // (q.shape[-2] * q.shape[-1])
     sq, sk, d, dv = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
     flops = 2.0 * b_h * sq * sk * (d + dv)
-    window = sliding_window_of(n)
-    if window is not None:
-        share = window_pairs(sq, sk, *window) / (sq * sk)
-        return flops * share, False, share
+    mask = _mask_argument(n)
     causal = bool(n.kwargs.get("is_causal", n.args[5] if len(n.args) > 5 else False))
-    return (flops / 2 if causal else flops), causal, (0.5 if causal else 1.0)
+    sink = sink_of(mask)
+    if sink is not None:  # keys: the layer's sk - 1 and the sink's
+        pairs = _score_pairs(sink.args[0], sq, sk - 1, bool(sink.args[4])) + sq
+        return flops * pairs / (sq * sk), False, pairs / (sq * sk)
+    if mask is None:
+        return (flops / 2 if causal else flops), causal, (0.5 if causal else 1.0)
+    share = _score_pairs(mask, sq, sk, causal) / (sq * sk)
+    return flops * share, False, share
+
+
+def _mask_argument(n: fx.Node):
+    """The mask an attention node was given, behind the bias the tracer makes explicit."""
+    mask = n.kwargs.get("attn_mask", n.args[3] if len(n.args) > 3 else None)
+    if isinstance(mask, fx.Node) and mask.target is attention_bias:
+        mask = mask.args[0]
+    return mask
+
+
+def _score_pairs(mask, sq: int, sk: int, causal: bool) -> float:
+    """(query, key) pairs a kernel computes under `mask` (None: causal or full as `causal` says)."""
+    window, chunk = _window_of_mask(mask), chunk_of(mask)
+    if window is not None:
+        return window_pairs(sq, sk, *window)
+    if chunk is not None:
+        return chunk_pairs(sq, sk, *chunk)
+    return sq * sk / 2 if mask is None and causal else sq * sk
 
 
 def sliding_window_of(n: fx.Node) -> tuple[int, bool] | None:
     """(window, causal) of an attention node whose mask comes from runtime.masks.sliding_window_mask
     (through the bias the tracer makes explicit), causal when that layer's own mask was None;
     None for any other attention."""
-    mask = n.kwargs.get("attn_mask", n.args[3] if len(n.args) > 3 else None)
-    if isinstance(mask, fx.Node) and mask.target is attention_bias:
-        mask = mask.args[0]
+    return _window_of_mask(_mask_argument(n))
+
+
+def _window_of_mask(mask) -> tuple[int, bool] | None:
     if not (isinstance(mask, fx.Node) and mask.op == "call_function" and mask.target is sliding_window_mask):
         return None
     return int(mask.args[3]), mask.args[0] is None

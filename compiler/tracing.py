@@ -121,10 +121,12 @@ def structure_key(module: nn.Module) -> Hashable:
 
 def block_label(module: nn.Module) -> str:
     """A short readable name: `moe`/`dense` for decoder blocks (`+window` for a sliding-window
-    layer, as compiler/graph_cache.py names its kinds), else the class name."""
+    layer, `+chunk` for a chunked one, as compiler/layer_roles.py names its kinds), else the class name."""
     if hasattr(module, "is_moe"):
-        window = "+window" if getattr(getattr(module, "attn", None), "window", 0) else ""
-        return ("moe" if module.is_moe else "dense") + window
+        attn = getattr(module, "attn", None)
+        window = "+window" if getattr(attn, "window", 0) else ""
+        chunk = "+chunk" if getattr(attn, "chunk", 0) else ""
+        return ("moe" if module.is_moe else "dense") + window + chunk
     return type(module).__name__.lower()
 
 
