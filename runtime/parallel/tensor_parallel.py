@@ -57,7 +57,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import DTensor, Replicate, Shard
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module, distribute_tensor
 from torch.distributed.tensor.parallel import (ColwiseParallel, ParallelStyle, RowwiseParallel, SequenceParallel,
                                                parallelize_module)
 
@@ -116,6 +116,24 @@ def _float8_collectives(module: nn.Module) -> bool:
     return tensorwise and dist.is_initialized() and "nccl" in str(dist.get_backend())
 
 
+class HeadShard(ParallelStyle):
+    """A module whose parameters are per-head vectors returned by its forward (the attention sink
+    logits, runtime/attention_sinks.py): each parameter split along its heads, Shard(0), like the
+    column-wise q projection, and the output handed on as this rank's slice. The gradient of the
+    slice is the whole gradient of those heads: the attention runs on the whole sequence."""
+
+    def _apply(self, module: nn.Module, mesh: DeviceMesh) -> nn.Module:
+        def split(_, mod, device_mesh):
+            for name, p in list(mod.named_parameters(recurse=False)):
+                mod.register_parameter(name, nn.Parameter(distribute_tensor(p, device_mesh, [Shard(0)]),
+                                                          requires_grad=p.requires_grad))
+
+        def local(_, out, __):
+            return out.to_local() if isinstance(out, DTensor) else out
+
+        return distribute_module(module, mesh, split, output_fn=local)
+
+
 def colwise(module: nn.Module, **kw) -> ParallelStyle:
     if _float8_collectives(module):
         from torchao.float8.float8_tensor_parallel import Float8ColwiseParallel
@@ -146,6 +164,8 @@ def attention_plan(root: nn.Module, prefix: str, sp: bool, gather_input: bool = 
     attn = root.get_submodule(prefix)
     plan: dict[str, ParallelStyle] = {f"{prefix}.{w}": colwise(getattr(attn, w)) for w in ("wq", "wk", "wv")}
     plan[f"{prefix}.wo"] = rowwise(attn.wo, output_layouts=_out(sp))
+    if getattr(attn, "sinks", None) is not None:  # one logit per head: this rank's heads' (attention_sinks.py)
+        plan[f"{prefix}.sinks"] = HeadShard()
     if not isinstance(getattr(attn, "q_norm", nn.Identity()), nn.Identity):
         # q/k norms act per head on this rank's heads: their weight gradient is a partial sum
         plan[f"{prefix}.q_norm"] = SequenceParallel(sequence_dim=HEADS, use_local_output=True)
