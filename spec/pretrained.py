@@ -126,6 +126,7 @@ def backbone_fields(cfg: dict[str, Any]) -> dict[str, Any]:
         # PretrainedConfig's default is tied; Llama-family configs always write the key
         "tied_embeddings": bool(cfg.get("tie_word_embeddings", True)),
         "bias": False, "qkv_bias": family == "qwen2",
+        "attention_chunk": None, "attention_sinks": False,  # none of the families above has either
         **window_fields(cfg),
     }
 

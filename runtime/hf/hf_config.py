@@ -5,7 +5,7 @@ backbone: MoE with QK-norm -> qwen3_moe, MoE -> mixtral, QK-norm -> qwen3, q/k/v
 a sliding window -> mistral, else llama. A sliding window is written as each family reads it:
 Qwen2/Qwen3 per layer (`layer_types`), Mistral, Mixtral and Qwen3-MoE on every layer.
 What no family computes (GELU, LayerNorm, learned positions, all-linear biases, shared
-experts, sigmoid routers, dual-stream weights) is refused with the field to change.
+experts, sigmoid routers, dual-stream weights, attention chunks and sinks) is refused with the field to change.
 """
 
 from __future__ import annotations
@@ -37,6 +37,12 @@ def inexpressible(exp: Experiment) -> list[str]:
                                ("bias", bb.bias, False)):
         if value != want:
             out.append(f"backbone.{field}: {value!r}; Hugging Face's Llama-style families need {want!r}")
+    if bb.attention_chunk is not None:
+        out.append("backbone.attention_chunk: none of Llama, Mistral, Qwen2/3 or their MoE variants attends in chunks; "
+                   "set attention_chunk: null")
+    if bb.attention_sinks:
+        out.append("backbone.attention_sinks: none of Llama, Mistral, Qwen2/3 or their MoE variants has sink logits; "
+                   "set attention_sinks: false")
     if exp.fusion.stream == "dual":
         out.append("fusion.stream: 'dual' keeps a second set of weights per block, which no Hugging Face decoder has")
     family, windowed = family_of(exp), bb.window_layers()
