@@ -10,14 +10,15 @@ those inside the chunks (the causal half of each chunk for a causal layer), not 
 Attention sinks (vlac.runtime.attention_sinks): one more key per query, whose logit is the head's
 sink; a sink-aware kernel (gpt-oss's FlashAttention kernels take the sink vector) adds it to each
 query's softmax denominator, which the count charges as one more pair per query on top of the
-layer's own pairs.
+layer's own pairs, at the model's head width (the runtime's extra query/key dimension, which
+carries the logit through SDPA, is an artifact of that route and not charged).
 """
 
 from __future__ import annotations
 
 import torch.fx as fx
 
-from vlac.runtime.attention_sinks import sink_bias
+from vlac.runtime.attention_sinks import sink_mask
 from vlac.runtime.masks import chunk_mask
 
 
@@ -27,9 +28,9 @@ def _call_of(mask, target) -> fx.Node | None:
 
 
 def sink_of(mask) -> fx.Node | None:
-    """The `sink_bias` node an attention's mask argument comes from (behind the tracer's
-    attention bias), else None. Its arguments: (the layer's own mask, q, k, sinks, causal)."""
-    return _call_of(mask, sink_bias)
+    """The `sink_mask` node an attention's mask argument comes from (behind the tracer's
+    attention bias), else None. Its arguments: (the layer's own mask, q, k, causal)."""
+    return _call_of(mask, sink_mask)
 
 
 def chunk_of(mask) -> tuple[int, bool] | None:

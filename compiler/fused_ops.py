@@ -59,8 +59,6 @@ def fused_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, sca
     and the additive mask. The op is CPU FlashAttention's (its meta kernel); CUDA FlashAttention
     saves the same tensors, with its output laid out [B, S, H, D] (the CPU kernel follows the
     query's layout, which the runtime's [B, S, H, D] projections make the same)."""
-    if attn_mask is not None and attn_mask.requires_grad:  # the sinks' bias (runtime/attention_sinks.py):
-        attn_mask = attn_mask.detach()  # the CPU op refuses a mask that needs a gradient; it saves the same mask
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
         q, k, v, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)
     return out, lse

@@ -205,9 +205,9 @@ def attention_flops(n: fx.Node, ins: list[torch.Tensor]) -> tuple[float, bool, f
     mask = _mask_argument(n)
     causal = bool(n.kwargs.get("is_causal", n.args[5] if len(n.args) > 5 else False))
     sink = sink_of(mask)
-    if sink is not None:  # keys: the layer's sk - 1 and the sink's
-        pairs = _score_pairs(sink.args[0], sq, sk - 1, bool(sink.args[4])) + sq
-        return flops * pairs / (sq * sk), False, pairs / (sq * sk)
+    if sink is not None:  # keys: the layer's sk - 1 and the sink's; q, k and v: one more dimension, the sink's
+        pairs = _score_pairs(sink.args[0], sq, sk - 1, bool(sink.args[3])) + sq
+        return 2.0 * b_h * pairs * (d - 1 + dv - 1), False, pairs / (sq * sk)
     if mask is None:
         return (flops / 2 if causal else flops), causal, (0.5 if causal else 1.0)
     share = _score_pairs(mask, sq, sk, causal) / (sq * sk)

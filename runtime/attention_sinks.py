@@ -5,19 +5,21 @@ no value, so a query may put weight on "nothing":
     p_ij = exp(z_ij) / (exp(s_h) + sum_j' exp(z_ij'))      y_i = sum_j p_ij v_j
 
 (gpt-oss's reference concatenates s_h as one more column of the scaled scores, takes the softmax
-and drops that column). The same, exactly, through scaled_dot_product_attention: one more key and
-value of zeros, whose score q.0 * scale is 0, plus a float mask whose column for that key holds
-s_h (and 0 / -inf elsewhere, the layer's own mask). The lowering reads the `sink_bias` node (one
-node: torch.fx.wrap in vlac.runtime.layers) to count the pairs a sink-aware kernel computes: the
-layer's own pairs plus one per query (vlac.compiler.attention_pairs).
+and drops that column). The same, exactly, through scaled_dot_product_attention, with no tensor of
+per-head scores: one more key whose score is s_h and whose value is zero. The queries get one more
+dimension holding s_h / scale (`sink_query`), the keys a zero there and the sink's key is the unit
+vector of that dimension (`with_sink_slot`), so each real score is unchanged and the sink's is
+scale * s_h / scale = s_h for every head, also when grouped-query heads share one key; the mask gets
+the sink's column, allowed for every query (`sink_mask`, boolean like the layer's own). The sinks'
+gradient flows through the queries, so the kernel's mask needs none.
 
-Under tensor parallelism the logits are split with the heads (runtime/parallel/tensor_parallel.py:
-`attn.sinks` gets Shard(0) and hands this rank its heads' slice).
+The lowering reads the `sink_mask` node (one node: torch.fx.wrap in vlac.runtime.layers) to count
+the pairs a sink-aware kernel computes: the layer's own pairs plus one per query, at the model's
+head width (vlac.compiler.attention_pairs). Under tensor parallelism the logits are split with the
+heads (runtime/parallel/tensor_parallel.py: `attn.sinks` gets Shard(0), this rank's heads' slice).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn as nn
@@ -40,29 +42,34 @@ class SinkLogits(nn.Module):
         return self.weight
 
 
-def sink_bias(mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor, sinks: torch.Tensor,
-              causal: bool) -> torch.Tensor:
-    """The float mask [B|1, H, Sq, Sk + 1] of attention with sinks, for q [B, H, Sq, D] and the
-    layer's keys k [B, Hkv, Sk, D]: 0 where `mask` allows (None: causal with the queries the last Sq
-    of the Sk keys when `causal`, else every key), -inf elsewhere, and in the last column each
-    head's sink logit `sinks` [H]. The keys and values get their zero column from `with_sink_slot`."""
+def sink_query(q: torch.Tensor, sinks: torch.Tensor, scale: float) -> torch.Tensor:
+    """q [B, H, Sq, D] with one more dimension holding each head's sink logit `sinks` [H] over the
+    softmax scale the attention is then called with (its score against the sink's key is then the
+    logit itself)."""
+    column = (sinks / scale).to(q.dtype).view(1, -1, 1, 1).expand(q.size(0), -1, q.size(2), 1)
+    return torch.cat([q, column], dim=-1)
+
+
+def with_sink_slot(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """k [B, Hkv, Sk, D] with a zero in the queries' sink dimension and, last, the sink's key (the
+    unit vector of that dimension); v [B, Hkv, Sk, Dv] with the sink's value, zeros, last, and a
+    zero dimension too: fused kernels (CPU FlashAttention among them) want one head width for q, k
+    and v, and the output's extra dimension, zero, is dropped after the attention."""
+    sink_key = F.pad(torch.zeros_like(k[..., :1, :]), (0, 1), value=1.0)
+    return torch.cat([F.pad(k, (0, 1)), sink_key], dim=-2), F.pad(v, (0, 1, 0, 1))
+
+
+def sink_mask(mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor, causal: bool) -> torch.Tensor:
+    """The boolean mask [B|1, 1, Sq, Sk + 1] of attention with the sink's key last, for q [.., Sq, D]
+    and the layer's keys k [.., Sk, D]: `mask` where given, else causal with the queries the last Sq
+    of the Sk keys when `causal`, else every key; the sink's column allowed for every query."""
     sq, sk = q.size(-2), k.size(-2)
     if mask is None:
         k_pos = torch.arange(sk, device=q.device)
         allowed = (k_pos[sk - sq:].unsqueeze(1) >= k_pos.unsqueeze(0)) if causal else torch.ones(
             sq, sk, dtype=torch.bool, device=q.device)
         mask = allowed.view(1, 1, sq, sk)
-    bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(mask.logical_not(), -math.inf)
-    heads = sinks.numel()
-    bias = bias.expand(mask.size(0), heads, sq, sk)
-    column = sinks.to(q.dtype).view(1, heads, 1, 1).expand(mask.size(0), heads, sq, 1)
-    return torch.cat([bias, column], dim=-1)
+    return torch.cat([mask, torch.ones_like(mask[..., :1])], dim=-1)
 
 
-def with_sink_slot(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """k and v [B, H, S, D] with one more position of zeros at the end: the sink's key (score 0,
-    its logit comes from `sink_bias`) and its value (it adds nothing to the output)."""
-    return F.pad(k, (0, 0, 0, 1)), F.pad(v, (0, 0, 0, 1))
-
-
-__all__ = ["SINK_STD", "SinkLogits", "sink_bias", "with_sink_slot"]
+__all__ = ["SINK_STD", "SinkLogits", "sink_mask", "sink_query", "with_sink_slot"]

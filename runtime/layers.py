@@ -17,14 +17,14 @@ import torch.nn.functional as F
 from vlac.spec.architecture import Backbone
 
 from .kernels import apply_rope, rms_norm
-from .attention_sinks import SinkLogits, sink_bias, with_sink_slot
+from .attention_sinks import SinkLogits, sink_mask, sink_query, with_sink_slot
 from .masks import chunk_mask, sliding_window_mask
 
 torch.fx.wrap("rms_norm")
 torch.fx.wrap("apply_rope")
 torch.fx.wrap("sliding_window_mask")  # one node: the lowering reads its window (compiler/node_costs.py)
-torch.fx.wrap("chunk_mask")  # likewise its chunk, and the sinks' bias (compiler/attention_pairs.py)
-torch.fx.wrap("sink_bias")
+torch.fx.wrap("chunk_mask")  # likewise its chunk, and the sinks' mask (compiler/attention_pairs.py)
+torch.fx.wrap("sink_mask")
 
 
 class RMSNorm(nn.Module):
@@ -98,7 +98,7 @@ class Attention(nn.Module):
     context parallelism `token_positions` (set beside `kv_gather`) gives the sequence positions of
     this rank's queries and of the gathered keys, which the window is measured between.
     `chunk` > 0 (Backbone.chunk_at) likewise keeps the keys of each query's own chunk, and `sinks`
-    gives every head a learned sink logit (runtime/attention_sinks.py), through a float mask.
+    gives every head a learned sink logit (runtime/attention_sinks.py), as one more key.
     """
 
     def __init__(self, cfg: Backbone, causal: bool = True, window: int = 0, chunk: int = 0, sinks: bool = False):
@@ -163,11 +163,16 @@ class Attention(nn.Module):
             mask = chunk_mask(mask, q, k, self.chunk, at)
         p = self.dropout if self.training else 0.0
         causal = self.causal and mask is None and cache is None
-        if self.sinks is not None:
-            mask, causal = sink_bias(mask, q, k, self.sinks(), causal), False
+        extra = {}
+        if self.sinks is not None:  # one more key (runtime/attention_sinks.py), at the model's softmax scale
+            extra["scale"] = self.d_head ** -0.5
+            mask, causal = sink_mask(mask, q, k, causal), False
+            q = sink_query(q, self.sinks(), extra["scale"])
             k, v = with_sink_slot(k, v)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal,
-                                           enable_gqa=self.n_kv != self.n_heads)
+                                           enable_gqa=self.n_kv != self.n_heads, **extra)
+        if self.sinks is not None:
+            y = y[..., :-1]  # the sink's dimension of the values: zero
         return y.transpose(1, 2).reshape(b, s, -1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
