@@ -108,7 +108,7 @@ def graph_gemm_flops_full_recompute(g: Graph) -> float:
 
 def _math_convention(n: NodeCost) -> tuple[float, float]:
     if n.kind == "attention":
-        fwd = n.flops_fwd / n.score_fraction  # dense: causal halves and sliding windows undone
+        fwd = n.flops_fwd / n.score_fraction  # dense: causal halves, sliding windows and chunks undone
         return fwd, (2.0 * fwd if n.flops_bwd else 0.0)
     total = n.flops_fwd + n.flops_bwd
     share = n.flops_fwd / total if total else 0.0

@@ -5,7 +5,7 @@ and the bytes kept alive for backward under each recompute policy.
 FLOPs. CPU fused attention kernels are invisible to FlopCounterMode, so the measurement forces
 the MATH backend, which runs attention as counted matmuls: densely (a causal mask is applied
 after QK^T) with a 2x backward. The graph counts what a fused FlashAttention kernel does: causal
-attention as half of the dense product (a sliding window as its window's pairs), and a 2.5x
+attention as half of the dense product (a sliding window or a chunk as its pairs), and a 2.5x
 backward (it recomputes QK^T). So the
 comparison converts the graph's attention records to the math convention (`math_backend_flops`)
 instead of loosening the tolerance; every other node is compared as predicted.
