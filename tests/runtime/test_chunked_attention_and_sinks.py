@@ -1,6 +1,7 @@
 """Chunked attention (Llama 4) and attention sinks (gpt-oss) in the runtime: one layer against a
 plain softmax written here, composition with the other masks, context parallelism's rows, and the
-sinks' gradient (a cp2 / tp2 run: tests/vlac/test_verify_attention_variants.py)."""
+sinks' gradient (a cp2 / tp2 run: tests/vlac/test_verify_attention_variants.py; KV-cache decoding:
+test_generate.py)."""
 
 import math
 
@@ -145,25 +146,3 @@ def test_a_chunk_on_non_causal_attention_or_beside_a_window_is_refused():
     with pytest.raises(ValueError, match="not both"):
         Attention(bb, window=3, chunk=CHUNK)
 
-
-def test_kv_cache_decode_with_chunks_and_sinks_equals_the_full_forward():
-    """Decoding past a cache: the chunk measured on the cached positions, the sink column beside
-    the cached keys (a prompt of 7 tokens, then one token at a time across chunk boundaries)."""
-    from vlac.runtime.generate import decoding, dropless_routing, make_cache
-    from vlac.runtime.model import build_model
-
-    exp = vlac.load(TINY, ["backbone.attention_chunk=3", "backbone.attention_chunk_layers=global_every:2",
-                           "backbone.attention_sinks=true"])
-    model = build_model(exp).eval()
-    with torch.no_grad():
-        for block in model.layers:  # sinks large enough to matter
-            block.attn.sinks.weight.copy_(torch.linspace(-1.0, 2.0, exp.backbone.heads))
-    tokens = torch.randint(0, exp.vocab_layout().size, (2, 20))
-    batch = lambda a, b: {"tokens": tokens[:, a:b], "modality": torch.zeros_like(tokens[:, a:b]),  # noqa: E731
-                          "span": torch.zeros_like(tokens[:, a:b]), "prefix": torch.zeros_like(tokens[:, a:b])}
-    with torch.no_grad(), dropless_routing(model):
-        full = model(batch(0, 20))["logits"]
-        cache = make_cache(model, 2)
-        with decoding(model, cache):
-            steps = [model(batch(0, 7))["logits"]] + [model(batch(i, i + 1))["logits"] for i in range(7, 20)]
-    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-4)

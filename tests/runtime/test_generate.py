@@ -11,8 +11,12 @@ from runtime_helpers import TINY
 @pytest.mark.parametrize("overrides", [[], ["backbone.positions=learned"], ["fusion.stream=dual"],
                                        ["memory.segment_length=8", "memory.memory_tokens=3"],
                                        ["backbone.qk_norm=true", "moe=null"],
-                                       ["backbone.sliding_window=3", "backbone.sliding_window_layers=global_every:2"]],
-                         ids=["rope-moe", "learned", "dual", "memory", "qknorm-dense", "local-global-window"])
+                                       ["backbone.sliding_window=3", "backbone.sliding_window_layers=global_every:2"],
+                                       # a sink's logit near 0 still adds exp(0) = 1 to each denominator
+                                       ["backbone.attention_chunk=3", "backbone.attention_chunk_layers=global_every:2",
+                                        "backbone.attention_sinks=true"]],
+                         ids=["rope-moe", "learned", "dual", "memory", "qknorm-dense", "local-global-window",
+                              "chunks-sinks"])
 def test_kv_cache_decode_equals_the_full_forward(overrides):
     exp = vlac.load(TINY, overrides)
     model = build_model(exp).eval()
