@@ -7,7 +7,8 @@ module and its choices named (`replicated_regions`).
 
 Attention and dense MLPs are split the Megatron way: wq/wk/wv and w1/w3 column-wise (each rank
 keeps a slice of the heads / of the inner width; the model reshapes with `view(b, s, -1, d_head)`,
-so the local head count follows from the local weight), wo and w2 row-wise. With sequence
+so the local head count follows from the local weight), wo and w2 row-wise; attention sink logits
+(one per head, runtime/attention_sinks.py) are split with the heads (`HeadShard`). With sequence
 parallelism the residual stream between those regions is split along the sequence: norms run on a
 sequence shard, the input of attention and of the MLP is all-gathered, and their output projection
 reduce-scatters back to the shard (instead of an all-reduce).
