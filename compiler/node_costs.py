@@ -196,7 +196,7 @@ def attention_flops(n: fx.Node, ins: list[torch.Tensor]) -> tuple[float, bool, f
     the masked half); a sliding window counts only its (query, key) pairs (`window_pairs`: a
     window-aware kernel, FlashAttention's window_size, skips the rest), a chunked layer those
     inside its chunks (attention_pairs.chunk_pairs), attention sinks one more pair per query on
-    top of the layer's own (the sink's key column; the float mask that carries the sinks does not
+    top of the layer's own (the sink's key column; the explicit mask that comes with the sinks does not
     make the kernel dense); any other explicit mask is computed densely."""
     q, k, v = ins[0], ins[1], ins[2]
     b_h = q.numel() // (q.shape[-2] * q.shape[-1])
