@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from vlac.spec.architecture import Backbone
 
-from .layers import MLP, Attention, make_norm
+from .layers import MLP, make_norm
+from .mla import decoder_attention
 
 
 class CrossAttention(nn.Module):
@@ -107,7 +108,7 @@ class StreamWeights(nn.Module):
     def __init__(self, cfg: Backbone):
         super().__init__()
         self.attn_norm = make_norm(cfg, cfg.hidden)
-        self.attn = Attention(cfg)
+        self.attn = decoder_attention(cfg)
         self.mlp_norm = make_norm(cfg, cfg.hidden)
         self.mlp = MLP(cfg)
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from vlac.spec import Experiment
+from vlac.spec.latent_attention import head_shape
 
 from . import kernels
 from .kernels._triton import next_power_of_2
@@ -162,14 +163,15 @@ def make_cache(model: VLAModel, batch_size: int, max_length: int | None = None,
         raise ValueError(f"make_cache dtype must be one of {list(CACHE_DTYPES.values())}; got {dtype}")
     if backend not in kernels.BACKENDS:
         raise ValueError(f"make_cache backend must be one of {', '.join(map(repr, kernels.BACKENDS))}; got {backend!r}")
-    shape = (batch_size, bb.n_kv_heads, length, bb.d_head)
+    heads = head_shape(bb)  # latent attention (backbone.mla) caches per-head keys and values of their own widths
 
-    def tensor() -> CacheTensor | FP8CacheTensor:
+    def tensor(width: int) -> CacheTensor | FP8CacheTensor:
+        shape = (batch_size, heads.kv_heads, length, width)
         return FP8CacheTensor(shape, dev, backend) if dtype == FP8_CACHE_DTYPE else CacheTensor(shape, dtype, dev)
 
     cache = KVCache()
     for _ in model.layers:
-        cache.layers.append(LayerCache(cache, tensor(), tensor()))
+        cache.layers.append(LayerCache(cache, tensor(heads.qk_dim), tensor(heads.v_dim)))
     return cache
 
 

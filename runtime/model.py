@@ -22,10 +22,11 @@ from .encoders import Projector, SpatioTemporalEncoder, TowerProjector, VisualPo
 from .freeze import freeze
 from .fusion import GatedCrossAttentionLayer, Resampler, StreamWeights, select_stream
 from .heads import ContrastiveHead, FlowHead
-from .layers import MLP, Attention, make_norm
+from .layers import MLP, make_norm
 from .materialize import DeferredInit, materialize, tied_aliases, weights_on_meta
 from .masks import attention_mask, document_positions, positions
 from .memory import segment_window
+from .mla import decoder_attention
 from .moe import MoELayer
 
 
@@ -40,7 +41,8 @@ class Block(nn.Module):
         bb = exp.backbone
         self.index = index
         self.attn_norm = make_norm(bb, bb.hidden)
-        self.attn = Attention(bb, window=bb.window_at(index), chunk=bb.chunk_at(index), sinks=bb.attention_sinks)
+        self.attn = decoder_attention(bb, window=bb.window_at(index), chunk=bb.chunk_at(index),
+                                      sinks=bb.attention_sinks)
         self.mlp_norm = make_norm(bb, bb.hidden)
         self.is_moe = moe
         self.mlp = MoELayer(bb, exp.moe) if moe else MLP(bb)

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from .base import SpecModel
+from .latent_attention import LatentAttention
+from .latent_attention import refusals as latent_refusals
 from .pretrained import PretrainedInit
 
 WINDOW_PATTERNS = ('"all"; "global_every:N" (every N-th layer, from the N-th, keeps full attention and the others '
@@ -61,6 +63,7 @@ class Backbone(SpecModel):
     attention_chunk: int | None = Field(None, ge=1, le=2**24, description="chunked attention: a query sees the earlier keys of its own chunk of this many tokens (positions p // chunk equal; Llama 4's attention_chunk_size, 8192); null = every earlier token")
     attention_chunk_layers: str | list[int] = Field("all", description=f'which layers use attention_chunk: {WINDOW_PATTERNS} (Llama 4 is global_every:4)')
     attention_sinks: bool = Field(False, description="a learned logit per head and layer that joins each softmax's denominator and adds no value (gpt-oss; Xiao et al. 2023's attention sinks)")
+    mla: LatentAttention | None = Field(None, description="multi-head latent attention (DeepSeek-V2/V3): keys and values from one low-rank latent per token, queries from another, RoPE on separate channels; null = standard attention (heads, kv_heads, head_dim)")
 
     @field_validator("sliding_window_layers", "attention_chunk_layers")
     @classmethod
@@ -75,6 +78,13 @@ class Backbone(SpecModel):
             raise ValueError(f"kv_heads: heads {self.heads} is not divisible by kv_heads {kv}; use kv_heads among {ok}")
         if self.head_dim is None and self.hidden % self.heads:
             raise ValueError(f"heads: hidden {self.hidden} is not divisible by heads {self.heads}; set head_dim or change heads")
+        return self
+
+    @model_validator(mode="after")
+    def _latent_attention(self):
+        problems = latent_refusals(self)
+        if problems:
+            raise ValueError(problems[0])
         return self
 
     @model_validator(mode="after")

@@ -43,6 +43,8 @@ def inexpressible(exp: Experiment) -> list[str]:
     if bb.attention_sinks:
         out.append("backbone.attention_sinks: none of Llama, Mistral, Qwen2/3 or their MoE variants has sink logits; "
                    "set attention_sinks: false")
+    if bb.mla is not None:
+        out.append("backbone.mla: multi-head latent attention (DeepSeek-V2/V3) is in none of the families vlac exports")
     if exp.fusion.stream == "dual":
         out.append("fusion.stream: 'dual' keeps a second set of weights per block, which no Hugging Face decoder has")
     family, windowed = family_of(exp), bb.window_layers()
