@@ -58,7 +58,16 @@ def fused_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, sca
     q, k, v (grouped key/value heads as they are, no repeat), the output, the fp32 log-sum-exp
     and the additive mask. The op is CPU FlashAttention's (its meta kernel); CUDA FlashAttention
     saves the same tensors, with its output laid out [B, S, H, D] (the CPU kernel follows the
-    query's layout, which the runtime's [B, S, H, D] projections make the same)."""
+    query's layout, which the runtime's [B, S, H, D] projections make the same).
+
+    Value heads narrower or wider than the query/key heads (multi-head latent attention,
+    runtime/mla.py) are outside FlashAttention-2's contract (torch's flash kernels refuse them);
+    CUDA then runs the memory-efficient kernel, which saves the same tensors (q, k, v, output,
+    fp32 log-sum-exp, the bias) plus its two scalar dropout seeds, and so does the lowering."""
+    if v.size(-1) != q.size(-1):
+        out, lse, _, _ = torch.ops.aten._scaled_dot_product_efficient_attention(
+            q, k, v, attn_mask, True, dropout_p, is_causal, scale=scale)
+        return out, lse
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
         q, k, v, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)
     return out, lse

@@ -163,6 +163,9 @@ def attention_plan(root: nn.Module, prefix: str, sp: bool, gather_input: bool = 
     first input (the normed residual stream) is gathered, unless `gather_input` is False (the
     caller hands the projections a gathered input itself)."""
     attn = root.get_submodule(prefix)
+    if hasattr(attn, "latent"):  # multi-head latent attention (runtime/mla.py): its down path stays replicated
+        from .latent_attention_tp import latent_attention_plan  # (it imports this module's styles)
+        return latent_attention_plan(root, prefix, sp)
     plan: dict[str, ParallelStyle] = {f"{prefix}.{w}": colwise(getattr(attn, w)) for w in ("wq", "wk", "wv")}
     plan[f"{prefix}.wo"] = rowwise(attn.wo, output_layouts=_out(sp))
     if getattr(attn, "sinks", None) is not None:  # one logit per head: this rank's heads' (attention_sinks.py)
