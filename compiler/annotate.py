@@ -185,6 +185,8 @@ def _sharding(n: fx.Node, kind: str, module, parts: list[str], site: Site, ins, 
     if n.op == "call_function" and n.target is attention_bias:
         return False, False, False
     stack = _module_types(n)
+    if any(getattr(cls, "tp_replicated", False) for _, cls in stack):
+        return False, False, False  # whole on every tp rank, on the gathered sequence under sp (runtime/mla.py)
     attn = [p for p, cls in stack if cls.__name__.endswith("Attention")]
     if attn:
         rest = _relative(".".join(parts), attn[-1])

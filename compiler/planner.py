@@ -12,6 +12,7 @@ import numpy as np
 from vlac.runtime.parallel.support import excluded as runtime_excluded
 from vlac.runtime.parallel.support import not_as_timed, plan_columns, unsupported
 from vlac.spec import Experiment
+from vlac.spec.latent_attention import head_shape
 from vlac.spec.media_entries import media_entry_counts
 from vlac.spec.system import Cluster
 
@@ -98,8 +99,9 @@ def _stack_json(exp: Experiment) -> dict[str, Any]:
 
 def build_profile(exp: Experiment, g: Graph, hw: Hardware, fp8: bool,
                   kernel_costs: KernelCosts | None = None) -> CostProfile:
-    bb, moe = exp.backbone, exp.moe
-    return CostProfile(g, hw, hidden=bb.hidden, heads=bb.heads, kv_heads=bb.n_kv_heads, head_dim=bb.d_head,
+    bb, moe, shape = exp.backbone, exp.moe, head_shape(exp.backbone)
+    return CostProfile(g, hw, hidden=bb.hidden, heads=bb.heads, kv_heads=shape.kv_heads, head_dim=shape.qk_dim,
+                       v_head_dim=shape.v_dim, rope_head_dim=shape.rope_dim,
                        top_k=moe.top_k if moe else 0, experts=moe.experts if moe else 1, fp8=fp8,
                        fp8_recipe=exp.precision.fp8.recipe, causal=exp.fusion.attention_mask == "causal",
                        norm=bb.norm, kernel_costs=kernel_costs, stack=exp.stack.resolved(),

@@ -101,6 +101,7 @@ class LayerProfile:
 
 class CostProfile:
     def __init__(self, graph: Graph, hw: Hardware, *, hidden: int, heads: int, kv_heads: int, head_dim: int,
+                 v_head_dim: int | None = None, rope_head_dim: int | None = None,
                  top_k: int, experts: int, fp8: bool, fp8_recipe: str = "delayed", causal: bool = False,
                  norm: str = "rmsnorm", kernel_costs: KernelCosts | None = None,
                  stack: ResolvedStack | None = None, media_entries: int = 0, expert_load: float = 1.0,
@@ -118,20 +119,25 @@ class CostProfile:
         # stacks route each rank's own tokens (see layer_times)
         self.moe_gathered = self.stack.preset == "vlac"
         fp8_inputs = fp8_gemm_inputs(graph) if fp8 and hw.has_fp8 and self.stack.fp8_stored_inputs else frozenset()
+        # head widths: query/key `head_dim`, value and rotated widths the same unless given (latent
+        # attention, spec/latent_attention.head_shape: q/k nope+rope, v its own, rope its own)
+        v_dim = v_head_dim or head_dim
         self.stack_costs = StackCosts(self.stack, act_bytes=graph.dtype_bytes, hidden=hidden, head_dim=head_dim,
+                                      v_head_dim=v_dim, rope_head_dim=rope_head_dim or head_dim,
                                       heads=heads, norm=norm, fp8_inputs=fp8_inputs)
         self.norm = norm
         # measured kernel rates replace the assumed HBM efficiency for the traffic of their ops
         self.kernel_costs = kernel_costs or KernelCosts(hw.cluster.gpu.memory_bandwidth)
         self.causal = causal
         self.q_dim = heads * head_dim
+        self.dense_attention_width = heads * (head_dim + v_dim)  # QK^T and PV FLOPs per (query, key) / 2
         self.seq_len, self.hidden, self.top_k, self.experts = graph.seq_len, hidden, top_k, experts
         self.act_bytes = graph.dtype_bytes
         # K and V of one token (GQA: kv_heads of head_dim), exchanged by context parallelism
-        self.kv_bytes_per_token = 2 * kv_heads * head_dim * graph.dtype_bytes
+        self.kv_bytes_per_token = kv_heads * (head_dim + v_dim) * graph.dtype_bytes
         self.kv_heads = kv_heads
         # flash attention keeps q, k, v, out and an fp32 log-sum-exp per head and token
-        self.flash_saved_per_token = (2 * heads * head_dim + 2 * kv_heads * head_dim) * graph.dtype_bytes + 4 * heads
+        self.flash_saved_per_token = (heads * (head_dim + v_dim) + kv_heads * (head_dim + v_dim)) * graph.dtype_bytes + 4 * heads
         self.fp8 = bool(fp8 and hw.has_fp8)
         # Float8BlockScaling is emulated on Hopper (DESIGN.md): its GEMMs run at the BF16 rate
         self.fp8_gemm_rate = self.fp8 and fp8_recipe != "block"
@@ -243,7 +249,7 @@ class CostProfile:
 
     def _dense_causal(self, n: NodeCost) -> bool:
         """An attention node of a causal experiment that the graph costed densely."""
-        dense = 4.0 * self.seq_len ** 2 * self.q_dim * self.g.micro_batch
+        dense = 2.0 * self.seq_len ** 2 * self.dense_attention_width * self.g.micro_batch
         return self.causal and n.flops_fwd >= 0.99 * dense
 
     @property

@@ -116,8 +116,11 @@ class StackCosts:
     under the stack, `unfused_scores(...)` the extra kept bytes of an unfused attention."""
 
     def __init__(self, stack: ResolvedStack, *, act_bytes: int, hidden: int, head_dim: int, heads: int, norm: str,
+                 v_head_dim: int | None = None, rope_head_dim: int | None = None,
                  fp8_inputs: frozenset[str] = frozenset()):
         self.stack, self.act_bytes, self.head_dim, self.heads, self.norm = stack, act_bytes, head_dim, heads, norm
+        # latent attention's value heads and rotated channels have widths of their own (else head_dim)
+        self.v_head_dim, self.rope_head_dim = v_head_dim or head_dim, rope_head_dim or head_dim
         self.hidden = hidden
         # nodes whose output only FP8 GEMMs read, kept in FP8 (module docstring; fp8_gemm_inputs)
         self.fp8_inputs = fp8_inputs
@@ -139,7 +142,7 @@ class StackCosts:
             # TE's LayerNormLinear keeps its input, the rstd and the FP8 copy of its output
             return self._in_fp8(n, kept, tokens) if n.name in self.fp8_inputs else kept
         if n.kind == "elementwise" and st.fuses("rope") and n.module.endswith(".rotary") and "rope" in n.name:
-            minus = 2 * self.head_dim * FP32_BYTES * tokens
+            minus = 2 * self.rope_head_dim * FP32_BYTES * tokens
         elif n.kind == "elementwise" and st.fuses("swiglu") and n.name.endswith("silu") and n.module.endswith(".mlp"):
             factor = 0.0
         elif n.kind == "loss" and st.fuses("cross_entropy") and n.name.startswith("cross_entropy"):
@@ -148,7 +151,7 @@ class StackCosts:
                 for pol in RECOMPUTE}
         if st.selective_recompute == "core_attention" and n.in_block:
             # only the attention core is recomputed (module docstring): it keeps its output
-            out = self.heads * self.head_dim * self.act_bytes * tokens * self.dtype_scale
+            out = self.heads * self.v_head_dim * self.act_bytes * tokens * self.dtype_scale
             kept["selective"] = min(kept["none"], out) if n.kind == "attention" else kept["none"]
         return self._in_fp8(n, kept, tokens) if n.name in self.fp8_inputs else kept
 
@@ -156,7 +159,7 @@ class StackCosts:
         """`kept` with the node's output (a norm's is hidden wide, attention's heads x head_dim,
         an activation keeps nothing else) at 1 byte per element instead of the stored dtype's."""
         stored = self.act_bytes * self.dtype_scale
-        width = {"norm": self.hidden, "attention": self.heads * self.head_dim}.get(n.kind)
+        width = {"norm": self.hidden, "attention": self.heads * self.v_head_dim}.get(n.kind)
         out = {pol: b if width is None else min(b, width * stored * tokens) for pol, b in kept.items()}
         return {pol: b - out[pol] * (1 - 1 / stored) for pol, b in kept.items()}
 
