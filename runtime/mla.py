@@ -15,6 +15,10 @@ out head-major, so splitting their output features column-wise hands each rank w
 is split row-wise. The attention itself, the KV cache, sliding windows and the seams of context
 parallelism are `layers.Attention`'s: this module only projects differently (`project`).
 
+RoPE is the runtime's rotate-half convention on the rotated channels (DeepSeek's checkpoints
+interleave channel pairs instead, a fixed permutation of W_uq's and W_dkv's rotated rows; vlac
+imports no MLA checkpoint, so training from scratch is unaffected).
+
 The cache holds the per-head keys and values (not the latent): exact, and the same code path as
 standard attention; DeepSeek's absorbed inference (caching only c_kv and k_pe) is an inference
 optimisation this training runtime does not need.

@@ -23,7 +23,11 @@ from .base import SpecModel
 
 
 class LatentAttention(SpecModel):
-    """backbone.mla: the widths of multi-head latent attention (null = standard attention)."""
+    """Multi-head latent attention (DeepSeek-V2 Sec. 2.1, DeepSeek-V3 Sec. 2.1.1), as backbone.mla
+    (null = standard attention); the defaults are DeepSeek-V3's. Query and key heads are
+    qk_nope_head_dim + qk_rope_head_dim wide and scaled by its inverse square root, value heads
+    v_head_dim. Needs positions: rope; kv_heads, head-wise qk_norm, qkv_bias and a pretrained
+    init are refused with it. Tensor parallelism replicates the down-projections (Megatron-Core)."""
 
     q_lora_rank: int | None = Field(1536, ge=1, le=2**16, description="width of the query latent (W_dq: hidden -> q_lora_rank, RMSNorm, W_uq up to the heads); null = queries projected directly from the hidden state (DeepSeek-V2-Lite)")
     kv_lora_rank: int = Field(512, ge=1, le=2**16, description="width of the key/value latent, the one vector per token (with the rotated key) that keys and values are up-projected from")
