@@ -232,6 +232,8 @@ def _box(n: fx.Node, rec: NodeCost | None, x: float, y: float) -> str:
                           + (" (causal)" if rec.causal else "")
                           + (f" (sliding window, chunks or sinks: {rec.score_fraction:.1%} of the scores)"
                              if rec.kind == "attention" and not rec.causal and rec.score_fraction < 1 else ""))
+        if kind in ("gemm", "norm") and rec.in_block and not (rec.tp_split or rec.sp_split):  # MLA's down path
+            detail.append("tensor parallelism: whole on every rank, on the whole sequence under sp")
         if kind == "input":
             summary.append(f"kept {_bytes(rec.saved['full'])}")
         elif rec.saved["none"]:

@@ -95,3 +95,13 @@ def test_the_down_path_is_replicated_over_tp_and_runs_on_the_whole_sequence_unde
     # under sp the down-projections' FLOPs stay whole on every rank (their input is gathered)
     down_flops = sum(n.flops_fwd + n.flops_bwd for n in latent)
     assert sum(n.flops_per_rank(tp=4, sp=True) for n in latent) == down_flops
+
+
+def test_the_block_picture_says_the_down_path_is_whole_on_every_tp_rank():
+    from vlac.compiler.graph_report import block_picture
+
+    g = vlac.lower(_exp(MLA), micro_batch=MICRO_BATCH, dtype="fp32")
+    svg = block_picture(g, g.block_of_layer[0])
+    assert svg.count("tensor parallelism: whole on every rank") == 4  # wq_down, q_norm, wkv_down, kv_norm
+    standard = vlac.lower(_exp(), micro_batch=MICRO_BATCH, dtype="fp32")
+    assert "whole on every rank" not in block_picture(standard, standard.block_of_layer[0])
