@@ -8,7 +8,7 @@ Exactness. Each rank holds the whole latents but only its heads, so the gradient
 from this rank's heads is a partial sum over the heads. The column-wise up-projections sum theirs
 over the tp group in backward (their replicated input's gradient is all-reduced), but the rotated
 key k_pe reaches the attention directly, shared by every head: its gradient is all-reduced here
-(`_SumGradientOfSharedKey`). Every gradient that enters the latent module is then the whole one, so
+(`_SumGradientOfSharedKey`, Megatron's copy_to_tensor_model_parallel_region). Every gradient that enters the latent module is then the whole one, so
 the replicated weights get identical, complete gradients on every rank (no reduction needed), and
 the attention's input gradient is whole on every rank, which is what the sequence-parallel gather
 (`local_input`: its backward keeps this rank's rows) expects.
@@ -16,30 +16,13 @@ the attention's input gradient is whole on every rank, which is what the sequenc
 
 from __future__ import annotations
 
-import torch
-import torch.distributed as dist
 import torch.nn as nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import Replicate, Shard
 from torch.distributed.tensor.parallel import ParallelStyle
 
+from .expert_tensor_parallel import _SumGrad  # identity forward, gradient summed over a group backward
 from .tensor_parallel import SEQ, _out, _Relayout, colwise, rowwise
-
-
-class _AllReduceBackward(torch.autograd.Function):
-    """Identity forward; the gradient summed over `group` backward (Megatron's
-    copy_to_tensor_model_parallel_region)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-        ctx.group = group
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, group=ctx.group)
-        return grad, None
 
 
 class _SumGradientOfSharedKey(ParallelStyle):
@@ -51,7 +34,7 @@ class _SumGradientOfSharedKey(ParallelStyle):
 
         def hook(_, __, out):
             c_q, c_kv, k_pe = out
-            return c_q, c_kv, _AllReduceBackward.apply(k_pe, group)
+            return c_q, c_kv, _SumGrad.apply(k_pe, group)
         module.register_forward_hook(hook)
         return module
 
