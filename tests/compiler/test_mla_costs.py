@@ -105,3 +105,39 @@ def test_the_block_picture_says_the_down_path_is_whole_on_every_tp_rank():
     assert svg.count("tensor parallelism: whole on every rank") == 4  # wq_down, q_norm, wkv_down, kv_norm
     standard = vlac.lower(_exp(), micro_batch=MICRO_BATCH, dtype="fp32")
     assert "whole on every rank" not in block_picture(standard, standard.block_of_layer[0])
+
+
+def test_the_planner_charges_the_down_projections_whole_and_exchanges_both_head_widths():
+    import numpy as np
+
+    from vlac.compiler.hardware import Hardware
+    from vlac.compiler.layer_times import _gemm_shape
+    from vlac.compiler.planner import build_profile
+
+    exp = _exp(MLA)
+    bb, m = exp.backbone, exp.backbone.mla
+    g = vlac.lower(exp, micro_batch=MICRO_BATCH, dtype="fp32")
+    prof = build_profile(exp, g, Hardware(exp.cluster), fp8=False)
+    block = prof.profiles[prof.sequence[1]]
+    down = {(gm.n, gm.k) for gm in block.gemms if not gm.tp_split and not gm.sp_split}
+    assert down == {(m.q_lora_rank, bb.hidden), (m.kv_lora_rank + m.qk_rope_head_dim, bb.hidden)}
+    tp, sp, seqs = np.array([4]), np.array([True]), np.array([2.0])
+    for gm in block.gemms:
+        scale, mm, n, k, _ = _gemm_shape(gm, tp, sp, 1, 1, seqs, seqs)
+        if (gm.n, gm.k) in down:  # every rank runs the whole down path on the gathered sequence
+            assert scale[0] == 2.0 and (n, k) == (gm.n, gm.k)
+        elif gm.tp_split:
+            assert scale[0] == 0.5
+    assert block.tp_regions == 2  # attention (up-projections and wo) and the MLP
+    # context parallelism exchanges per-head keys (nope + rope) and values (v) of every head
+    assert prof.kv_bytes_per_token == bb.heads * (m.qk_head_dim + m.v_head_dim) * g.dtype_bytes
+
+
+def test_depth_variants_derive_exactly_from_one_reference():
+    from vlac.compiler.graph_cache import GraphCache, with_depth
+
+    cache = GraphCache(verify=True)  # lowers every derived graph directly too and raises on any difference
+    exp = _exp(MLA, "backbone.sliding_window=4", "backbone.sliding_window_layers=global_every:2")
+    for depth in (2, 5):
+        cache.lower(with_depth(exp, depth))
+    assert cache.stats.derived >= 1
