@@ -61,17 +61,17 @@ def _reference(attn: LatentAttention, cfg, x, allowed):
     return out.flatten(2) @ attn.wo.weight.T
 
 
-@pytest.mark.parametrize("mla,window", [(MLA, 0), (MLA_NO_Q_LATENT, 0), (MLA, 3)],
-                         ids=["q-latent", "direct-q", "q-latent-window3"])
-def test_latent_attention_equals_the_equations(mla, window):
+@pytest.mark.parametrize("mla,window,chunk", [(MLA, 0, 0), (MLA_NO_Q_LATENT, 0, 0), (MLA, 3, 0), (MLA, 0, 4)],
+                         ids=["q-latent", "direct-q", "q-latent-window3", "q-latent-chunk4"])
+def test_latent_attention_equals_the_equations(mla, window, chunk):
     cfg = _exp(mla).backbone
     torch.manual_seed(0)
-    attn = LatentAttention(cfg, window=window).eval()
+    attn = LatentAttention(cfg, window=window, chunk=chunk).eval()
     for p in attn.parameters():  # norms away from 1, so their weights are checked too
         p.data.uniform_(0.5, 1.5) if p.dim() == 1 else None
     x = torch.randn(2, 9, cfg.hidden)
     i, j = torch.arange(9).unsqueeze(1), torch.arange(9).unsqueeze(0)
-    allowed = (j <= i) & ((i - j < window) if window else True)
+    allowed = (j <= i) & ((i - j < window) if window else True) & ((i // chunk == j // chunk) if chunk else True)
     with torch.no_grad():
         torch.testing.assert_close(attn(x), _reference(attn, cfg, x, allowed), atol=1e-5, rtol=1e-5)
 

@@ -38,6 +38,7 @@ def test_head_shape_of_standard_and_latent_attention():
     (["backbone.mla={}", "backbone.positions=learned"], ["backbone.mla", "needs positions: rope", "mla: null"]),
     (["backbone.mla={}", "backbone.qk_norm=true"], ["backbone.qk_norm", "set qk_norm: false"]),
     (["backbone.mla={}", "backbone.qkv_bias=true"], ["backbone.qkv_bias", "set qkv_bias: false"]),
+    (["backbone.mla={}", "backbone.attention_sinks=true"], ["backbone.attention_sinks", "set attention_sinks: false"]),
 ])
 def test_errors_name_the_field_the_problem_and_the_fix(overrides, says):
     with pytest.raises(SpecError) as err:
