@@ -27,6 +27,8 @@ def loss_terms(out: dict[str, torch.Tensor], exp: Experiment) -> dict[str, torch
     for key, cfg in weights.items():
         if key in out:
             terms[key.removesuffix("_loss")] = out[key] * cfg.weight
+    if "mtp_ce_sum" in out:  # multi-token prediction: normalised like the AR terms (runtime/mtp.py)
+        terms["mtp"] = out["mtp_loss"]
     terms["moe"] = out["moe_aux_loss"]
     return {k: v for k, v in terms.items() if v.requires_grad}
 

@@ -9,7 +9,8 @@ tokens of the whole global batch), so micro-batches and data-parallel ranks add 
 mean. Every other term is a mean over this micro-batch and is summed into `aux_loss`: MoE
 balancing and z-loss (`moe_aux_loss`), contrastive (`contrastive_loss`), masked generation
 (`masked_loss`) and flow matching (`flow_loss`), each already multiplied by its spec weight.
-`loss = ar_loss + aux_loss`.
+`mtp_loss` (multi-token prediction, runtime/mtp.py) is normalised like `ar_loss` (zero without
+losses.mtp). `loss = ar_loss + mtp_loss + aux_loss`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from vlac.spec import Experiment
 
 from . import noise
 from .batch import batch_keys, is_media
+from .mtp import mtp_loss
 
 
 def modality_loss_weights(exp: Experiment) -> torch.Tensor:
@@ -44,7 +46,8 @@ class Objective(nn.Module):
     loss of each modality, differentiable: their sum is ar_loss; per-modality gradient norms and
     clipping use it), moe_aux_loss; with MoE expert_load, dropped_fraction, router_entropy; with
     the respective losses contrastive_loss / contrastive_accuracy / logit_scale, masked_loss /
-    masked_accuracy, flow_loss.
+    masked_accuracy, flow_loss; mtp_loss (zero without losses.mtp) and with it mtp_ce_sum [D] /
+    mtp_count [D] (unweighted cross-entropy sums and target counts of each depth, for reporting).
     """
 
     def __init__(self, model: nn.Module, exp: Experiment):
@@ -55,6 +58,7 @@ class Objective(nn.Module):
         self.n_modalities = len(self.names)
         self.ar_weight = exp.losses.ar.weight if exp.losses.ar else 0.0
         self.register_buffer("modality_weight", modality_loss_weights(exp), persistent=False)
+        self.packed = any(c.source is not None for c in exp.data.mixture)  # batches carry `document`
         layout = exp.vocab_layout()
         self.mask_id = layout.special("<mask>") if "<mask>" in layout.specials else layout.special("<pad>")
 
@@ -98,7 +102,11 @@ class Objective(nn.Module):
             c_loss, c_acc, scale = self._contrastive(out, batch)
             aux = aux + losses.contrastive.weight * c_loss
             result.update(contrastive_loss=c_loss, contrastive_accuracy=c_acc, logit_scale=scale)
-        result.update({"loss": ar + aux, "ar_loss": ar, "aux_loss": aux, "moe_aux_loss": moe_aux,
+        mtp = ar.new_zeros(())
+        if losses.mtp:  # the AR targets k positions further on, with the AR loss's modality weights
+            mtp, ce_sum, count = mtp_loss(out["mtp_logits"], batch, self.modality_weight, losses.mtp.weight, self.packed)
+            result.update(mtp_ce_sum=ce_sum, mtp_count=count)
+        result.update({"loss": ar + mtp + aux, "ar_loss": ar, "mtp_loss": mtp, "aux_loss": aux, "moe_aux_loss": moe_aux,
                        "modality_loss_sum": per_mod_sum, "modality_count": per_mod_count,
                        "modality_ar_loss": per_mod_ar})
         for key in ("expert_load", "dropped_fraction", "router_entropy"):

@@ -73,6 +73,7 @@ class MetricsWriter:
         self.event({"event": "step", **record})
         self.scalars("train", {k: record[k] for k in SCALARS} | dict(extra or {}), met.step)
         self.scalars("modality_loss", record["modality_loss"], met.step)
+        self.scalars("mtp_loss", record["mtp_loss"], met.step)
         self.scalars("modality_grad_norm", record["modality_grad_norm"], met.step)
 
     def eval(self, step: int, losses: dict[str, float]) -> None:
@@ -94,6 +95,7 @@ def format_step(rec: dict[str, Any], total: int, predicted: dict[str, Any] | Non
     predicted = predicted or {}
     flag = "  [skipped: non-finite]" if rec.get("skipped") else ""
     mods = " ".join(f"{k}={v:.3f}" for k, v in rec.get("modality_loss", {}).items())
+    mods += "".join(f" mtp{k}={v:.3f}" for k, v in rec.get("mtp_loss", {}).items())
     timing = f"step {duration(rec['step_time_s'])}" if rec.get("step_time_s") else ""
     if timing and predicted.get("step_time_s"):
         timing += f" (plan {duration(predicted['step_time_s'])})"
@@ -107,7 +109,7 @@ def format_step(rec: dict[str, Any], total: int, predicted: dict[str, Any] | Non
 
 
 STEP_KEYS = {"event", "time", "step", "loss", "ar_loss", "aux_loss", "grad_norm", "lr", "tokens_per_s",
-             "modality_loss", "expert_load", "dropped_fraction", "skipped", "modality_grad_norm", "load_imbalance",
+             "modality_loss", "mtp_loss", "expert_load", "dropped_fraction", "skipped", "modality_grad_norm", "load_imbalance",
              "router_entropy", "step_time_s", "data_time_s", "peak_memory_bytes"}
 
 

@@ -28,6 +28,7 @@ from .masks import attention_mask, document_positions, positions
 from .memory import segment_window
 from .mla import decoder_attention
 from .moe import MoELayer
+from .mtp import build_mtp, predict_ahead
 
 
 class Block(nn.Module):
@@ -80,7 +81,9 @@ class VLAModel(nn.Module):
     """Input: one batch dict (the contract of vlac.runtime.batch), so the traced graph has one
     placeholder. Output dict: logits [B,S,V], hidden [B,S,d] (final-normed), aux_loss (MoE), and
     with MoE expert_load [L_moe,E], dropped_fraction [L_moe], router_entropy [L_moe]; with late
-    fusion `media` [B,M,d] / `media_mask` [B,M] and, per media modality, its `pooled.<m>` [B,d]."""
+    fusion `media` [B,M,d] / `media_mask` [B,M] and, per media modality, its `pooled.<m>` [B,d];
+    with losses.mtp (training) `mtp_logits`, a list of D [B,S,V] (runtime/mtp.py), whose MoE
+    blocks' rows follow the decoder's in expert_load etc."""
 
     def __init__(self, exp: Experiment):
         super().__init__()
@@ -108,6 +111,8 @@ class VLAModel(nn.Module):
         self.head = nn.Linear(bb.hidden, layout.padded, bias=False)
         if bb.tied_embeddings:
             self.head.weight = self.embed.weight
+        # multi-token prediction modules (runtime/mtp.py), after the decoder; training only
+        self.mtp = build_mtp(exp, lambda i, moe: Block(exp, i, moe)) if exp.losses.mtp else None
         losses = exp.losses
         if losses.contrastive:
             self.contrastive = ContrastiveHead(bb.hidden, losses.contrastive)
@@ -223,7 +228,7 @@ class VLAModel(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         cache = self.kv_cache
         start = cache.length if cache is not None else 0
-        x = self.embed_inputs(batch, start)
+        x = embedded = self.embed_inputs(batch, start)
         out: dict[str, torch.Tensor] = {}
         media = media_mask = None
         if self.media_names:
@@ -251,6 +256,13 @@ class VLAModel(nn.Module):
                 entropies.append(block.mlp.router_entropy)
         if cache is not None:
             cache.advance(batch["tokens"].size(1))
+        elif self.mtp is not None:  # training: the MTP modules read the decoder's output before its norm
+            out["mtp_logits"], moe = predict_ahead(self.mtp, self.head, x, embedded, mask, stream, pos)
+            for aux, load, dropped, entropy in moe:
+                aux_total = aux_total + aux
+                loads.append(load)
+                drops.append(dropped)
+                entropies.append(entropy)
         h = self.norm(x)
         out.update({"logits": self.head(h), "hidden": h, "aux_loss": aux_total})
         if loads:

@@ -39,6 +39,7 @@ class StepMetrics:
     lr: float
     tokens_per_s: float
     modality_loss: dict[str, float] = field(default_factory=dict)
+    mtp_loss: dict[str, float] = field(default_factory=dict)  # mean CE per MTP depth (runtime/mtp.py)
     expert_load: list[list[float]] = field(default_factory=list)
     dropped_fraction: float = 0.0
     skipped: bool = False
@@ -126,8 +127,8 @@ class Trainer:
         grad_norm = self.model.grad_norm()
         if self.exp.optimizer.grad_clip and self.clipper is None:
             self.model.clip_(self.exp.optimizer.grad_clip, grad_norm)
-        ar, aux = float(stats.ar), float(stats.aux)
-        skipped = not (math.isfinite(ar) and math.isfinite(aux) and math.isfinite(grad_norm))
+        ar, aux, mtp = float(stats.ar), float(stats.aux), float(stats.mtp)
+        skipped = not (math.isfinite(ar + mtp) and math.isfinite(aux) and math.isfinite(grad_norm))
         if not skipped:  # skip and report, never step on NaN/inf
             self.optimizer.step()
             self._balance(stats.loads)
@@ -138,8 +139,8 @@ class Trainer:
             torch.cuda.synchronize(self.env.device)
         elapsed = time.perf_counter() - t0
         moe = moe_metrics(stats.moe_outputs())
-        met = StepMetrics(self.step, ar + aux, ar, aux, grad_norm, lr, self.exp.train.global_batch_tokens / elapsed,
-                          stats.modality_loss(self.modalities), stats.loads.tolist() if stats.n_moe else [],
+        met = StepMetrics(self.step, ar + mtp + aux, ar, aux, grad_norm, lr, self.exp.train.global_batch_tokens / elapsed,
+                          stats.modality_loss(self.modalities), stats.mtp_loss(), stats.loads.tolist() if stats.n_moe else [],
                           float(stats.dropped), skipped, mod_norms, moe.get("load_imbalance", []),
                           moe.get("router_entropy", []), elapsed, t0 - t_data, self.peak_memory())
         self.step += 1
@@ -182,7 +183,7 @@ class Trainer:
             with torch.no_grad():
                 stats = self.model.forward(
                     rank_micro_batches(self.eval_data, i, self.plan, self.model.mesh, self.env.device))
-            ar, aux = ar + float(stats.ar), aux + float(stats.aux)
+            ar, aux = ar + float(stats.ar), aux + float(stats.aux) + float(stats.mtp)  # aux: every term beside the AR loss
         n = self.exp.train.eval_batches
         return {"loss": (ar + aux) / n, "ar_loss": ar / n}
 

@@ -175,6 +175,10 @@ class Experiment(SpecModel):
             elif m.input_dim != fm.patch_dim:
                 errors.append(f"losses.flow_matching.patch_dim: {fm.patch_dim} differs from {fm.modality}.input_dim "
                               f"{m.input_dim}; set patch_dim: {m.input_dim}")
+        mtp = self.losses.mtp
+        if mtp and mtp.depth + 1 >= self.train.seq_len:  # module k's first target is token k+1 ahead
+            errors.append(f"losses.mtp.depth: {mtp.depth} leaves no target in a sequence of train.seq_len "
+                          f"{self.train.seq_len} tokens; use depth <= {max(1, self.train.seq_len - 2)} or raise seq_len")
         mk = self.losses.masked
         if mk and mk.modality in self.modalities and self.modalities[mk.modality].kind not in DISCRETE_KINDS:
             errors.append(f"losses.masked.modality: {mk.modality!r} is continuous; masked generation predicts "

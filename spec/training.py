@@ -39,16 +39,31 @@ class FlowMatchingLoss(SpecModel):
     patch_dim: int = Field(16, gt=0, le=2**17, description="latent features per patch the head predicts")
 
 
+class MTPLoss(SpecModel):
+    """DeepSeek-V3 multi-token prediction (arXiv 2412.19437, Sec. 2.2): `depth` sequential modules
+    after the decoder; module k predicts the token k+1 positions ahead from the previous module's
+    hidden state and the embedding of the token k positions ahead, through one decoder block and
+    the shared output head. Training only: generation ignores the modules."""
+
+    depth: int = Field(1, ge=1, le=16, description="MTP modules D (DeepSeek-V3: 1); module k predicts the token k+1 ahead")
+    # DeepSeek-V3 Sec. 4.2: lambda = 0.3 for the first 10T tokens, 0.1 for the remaining 4.8T
+    weight: float = Field(0.3, ge=0, le=1e6, description="lambda: the MTP loss (lambda / depth) * sum_k CE_k is added to the AR loss (DeepSeek-V3: 0.3, later 0.1)")
+
+
 class Losses(SpecModel):
     ar: ARLoss | None = Field(ARLoss(), description="autoregressive next-token loss")
     contrastive: ContrastiveLoss | None = Field(None, description="CLIP-style contrastive loss")
     masked: MaskedLoss | None = Field(None, description="masked-generation loss")
     flow_matching: FlowMatchingLoss | None = Field(None, description="flow-matching / diffusion head")
+    mtp: MTPLoss | None = Field(None, description="multi-token prediction modules and their loss (DeepSeek-V3); needs losses.ar, whose targets and masking it shares")
 
     @model_validator(mode="after")
     def _some_loss(self):
         if not any((self.ar, self.contrastive, self.masked, self.flow_matching)):
             raise ValueError("no loss is enabled; enable at least one of ar, contrastive, masked, flow_matching")
+        if self.mtp and not self.ar:
+            raise ValueError("mtp: multi-token prediction trains on the AR loss's targets (shifted by k further "
+                             "positions, with its masking) but losses.ar is null; enable losses.ar or remove losses.mtp")
         return self
 
 

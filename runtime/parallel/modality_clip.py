@@ -47,12 +47,12 @@ class ModalityClipper:
         params = pm.parameters()
         buffers: dict[str, list[torch.Tensor | None]] = {}
         m = len(batches)
-        stats = StepStats(len(self.names), len(r.moe_rows), r.n_experts, r.device)
+        stats = StepStats(len(self.names), len(r.moe_rows), r.n_experts, r.device, r.mtp_depth)
         for batch in batches:
             with r.forward_context():
                 out = r.objective(batch)
-            # scaled as in runner.py: ar x dp and the auxiliary terms / m, then averaged over dp
-            terms = {name: t * (r.dp if name.startswith("ar.") else 1.0 / m)
+            # scaled as in runner.py: ar and mtp x dp and the auxiliary terms / m, then averaged over dp
+            terms = {name: t * (r.dp if name.startswith("ar.") or name == "mtp" else 1.0 / m)
                      for name, t in loss_terms(out, self.exp).items()}
             live = list(terms.items())
             for k, (group, term) in enumerate(live):

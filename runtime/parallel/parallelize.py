@@ -22,6 +22,7 @@ from vlac.spec import Experiment
 
 from ..distributed import DistEnv
 from ..materialize import has_meta_weights, materialize
+from ..mtp import mtp_blocks
 from ..precision import Precision
 from .activation_checkpoint import apply_stage_recompute
 from .context_parallel import apply_context_parallel, average_grads_over_cp
@@ -109,14 +110,15 @@ class ParallelModel:
     def moe_layers(self) -> list[tuple[int, nn.Module]]:
         """(row among all MoE layers, layer) for the MoE layers this rank holds."""
         layers = self.model.layers
-        items = layers.items() if isinstance(layers, nn.ModuleDict) else enumerate(layers)
+        items = [*(layers.items() if isinstance(layers, nn.ModuleDict) else enumerate(layers)), *mtp_blocks(self.model)]
         return [(self.moe_rows[int(i)], block.mlp) for i, block in items if int(i) in self.moe_rows]
 
 
 def moe_rows(model: nn.Module) -> tuple[dict[int, int], int]:
-    """Layer index -> position among the MoE layers, and the number of experts."""
+    """Layer index -> position among the MoE layers, and the number of experts. The MTP modules'
+    blocks follow the decoder's (runtime/mtp.py), as in the model's expert_load rows."""
     rows, experts = {}, 0
-    for i, block in enumerate(model.layers):
+    for i, block in [*enumerate(model.layers), *mtp_blocks(model)]:
         if hasattr(block.mlp, "router") and hasattr(block.mlp, "experts"):
             rows[i] = len(rows)
             experts = block.mlp.router.weight.size(0)
@@ -181,7 +183,7 @@ def parallelize(model: nn.Module, exp: Experiment, plan: dict[str, Any], env: Di
 
     wrapped = model
     if dims.dp > 1 and not uses_ddp(mesh):
-        shard_module(model, list(model.layers) + loss_heads(model), mesh, ignored)
+        shard_module(model, list(model.layers) + list(model.mtp or []) + loss_heads(model), mesh, ignored)
     allocated = materialize([model], model, deferred, env.device) if deferred else 0
     if uses_ddp(mesh):
         # per-modality clipping averages each modality's gradient itself (modality_clip.py)

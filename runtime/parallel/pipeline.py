@@ -261,7 +261,8 @@ class PipelineRunner:
             self.tied.sync_grads()
         # the first step also runs each stage (and the loss) once on placeholder tensors to infer
         # the shapes sent between stages: only the last m calls are the micro-batches
-        stats = StepStats(len(self.exp.modalities), self.n_moe, self.n_experts, self.device)
+        stats = StepStats(len(self.exp.modalities), self.n_moe, self.n_experts, self.device,
+                          self.exp.losses.mtp.depth if self.exp.losses.mtp else 0)
         weight = 1.0 / (m * self.dp)
         for record in self.loss.records[-m:]:
             stats.add_loss(record, weight)

@@ -93,4 +93,4 @@ class PipelineLoss:
         self.given.outputs = {}
         self.records.append({k: v.detach() for k, v in out.items()})
         # scaled as in runner.py: ar x dp, the other (non-MoE) auxiliary losses / m
-        return out["ar_loss"] * self.dp + out["aux_loss"] / self.m
+        return (out["ar_loss"] + out["mtp_loss"]) * self.dp + out["aux_loss"] / self.m

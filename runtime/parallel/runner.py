@@ -1,6 +1,6 @@
 """Forward and backward over the micro-batches of one optimiser step, without pipelining.
 
-Loss scaling, shared with the pipeline runner: `ar_loss` is normalised by the global count of
+Loss scaling, shared with the pipeline runner: `ar_loss` (and `mtp_loss`) is normalised by the global count of
 target tokens, so summing it over micro-batches and replicas gives the global mean; the
 data-parallel gradient average divides by dp, which the factor dp undoes. The MoE auxiliary losses
 are per-micro-batch means, weighted 1/m here and averaged over replicas by the same division.
@@ -28,6 +28,7 @@ class DirectRunner:
         self.objective = Objective(module, exp).to(device)
         self.dp, self.moe_rows, self.n_experts = dp, moe_rows, n_experts
         self.n_modalities = len(exp.modalities)
+        self.mtp_depth = exp.losses.mtp.depth if exp.losses.mtp else 0
         self.forward_context = forward_context
         self.device = device
 
@@ -41,13 +42,13 @@ class DirectRunner:
 
     def _run(self, batches: list[dict[str, torch.Tensor]], backward: bool) -> StepStats:
         m = len(batches)
-        stats = StepStats(self.n_modalities, len(self.moe_rows), self.n_experts, self.device)
+        stats = StepStats(self.n_modalities, len(self.moe_rows), self.n_experts, self.device, self.mtp_depth)
         for i, batch in enumerate(batches):
             with no_sync(self.module, last_micro=i == m - 1) if backward else nullcontext():
                 with self.forward_context():
                     out = self.objective(batch)
                 if backward:
-                    (out["ar_loss"] * self.dp + out["aux_loss"] / m).backward()
+                    ((out["ar_loss"] + out["mtp_loss"]) * self.dp + out["aux_loss"] / m).backward()
             stats.add_loss(out, 1.0 / (m * self.dp))
             stats.add_moe(out, self.moe_rows, 1.0 / (m * self.dp))
         return stats

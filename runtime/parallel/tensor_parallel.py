@@ -356,6 +356,10 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh, sequence_parall
         parallelize_module(block, tp_mesh, block_plan(block, sp, expert_tp, replicate))
         if _is_moe(block.mlp) and routes_locally(block.mlp, sp, expert_tp):
             route_locally(block.mlp, tp_mesh.get_group())
+    if getattr(model, "mtp", None) is not None:  # multi-token prediction: its blocks take the same plan
+        from .mtp_tensor_parallel import parallelize_mtp
+        for module in model.mtp:
+            parallelize_mtp(module, tp_mesh, sp, expert_tp, replicate)
     for layer in (cross.values() if cross is not None else ()):
         parallelize_module(layer, tp_mesh, cross_layer_plan(layer, sp))
         if sp and getattr(layer, "gated", False):
