@@ -62,6 +62,14 @@ def parameters(l: int, h: int, V: int, s: int) -> int:
     return 12 * l * h * h + 13 * l * h + (V + s) * h
 
 
+def mtp_parameters(depth: int, h: int) -> int:
+    """Multi-token prediction modules (runtime/mtp.py, DeepSeek-V3 Sec. 2.2) of this GPT layer:
+    per module a block (12h² + 13h), the projection M_k of [emb; h] (2h·h, no bias, as DeepSeek's
+    eh_proj) and three LayerNorms (2h each: the two input norms and the one before the shared
+    head); the embedding and the output head are the model's."""
+    return depth * (12 * h * h + 13 * h + 2 * h * h + 3 * 2 * h)
+
+
 def gemm_flops_full_recompute(B: int, s: int, l: int, h: int, V: int) -> int:
     """96·B·s·l·h²·(1 + s/(6h) + V/(16lh)) = 96Bslh² + 16Bs²lh + 6BshV, in exact integers:
     forward, backward (2x) and one recomputed forward of every decoder GEMM, attention dense;

@@ -29,6 +29,14 @@ reads them (a stage with cross-attention layers, or the last one when the contra
 them) or passes them on; each cross-attention layer lives on the stage of the block it precedes.
 The media's gradient comes back the same way, summed over the stages that read it, into the
 encoders. The media masks are rebuilt from the micro-batch on each stage.
+
+Multi-token prediction (runtime/mtp.py): its modules sit on the last stage, after the final
+decoder block, as Megatron-Core places them. They read the input embedding of the whole
+sequence, which the first stage computes: it travels with the hidden state (after the media)
+through every stage to the last, and its gradient comes back the same way into the embedding
+(Megatron-Core keeps a copy of the embedding on the last stage instead and reduces its gradient
+between the two, as for tied embeddings). The last stage returns the logits of each depth after
+(logits, hidden).
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ import torch.nn as nn
 from vlac.spec import Experiment
 
 from ..optim import check_trainable
+from ..mtp import mtp_blocks, predict_ahead
 from .mesh import Mesh
 from .pipeline_loss import PipelineLoss
 from .pipeline_schedules import check_schedule, make_schedule
@@ -48,7 +57,7 @@ from .pipeline_tied import TiedEmbeddings, is_tied
 from .stats import StepStats
 
 INPUT_SIDE = ("embed", "pos_embed", "projectors", "video")
-OUTPUT_SIDE = ("norm", "head", "contrastive")
+OUTPUT_SIDE = ("norm", "head", "contrastive", "mtp")
 # modules used on both ends: their children split between the first and the last stage
 SPLIT = {"flow": (("fourier", "time_embed"), ("velocity",))}
 
@@ -150,23 +159,31 @@ class StageModule(nn.Module):
 
     def __init__(self, view: nn.Module, first: bool, last: bool, moe_rows: list[int],
                  forward_context: Callable[[], ContextManager], reads_media: bool = False,
-                 sends_media: bool = False):
+                 sends_media: bool = False, mtp: bool = False):
         super().__init__()
         self.view = view
         self.first, self.last = first, last
         self.reads_media, self.sends_media = reads_media, sends_media
+        self.mtp = mtp  # the model has MTP modules: the input embedding travels to the last stage
         self.moe_rows = moe_rows
         self.forward_context = forward_context
         self.aux_weight = 1.0
         self.records: list[dict[str, torch.Tensor]] = []
 
-    def forward(self, hidden: torch.Tensor | None = None, media: torch.Tensor | None = None, **batch: torch.Tensor):
+    def forward(self, *received: torch.Tensor, **batch: torch.Tensor):
+        # from the stage before: hidden state, media (when this stage reads or passes them on), input embedding (MTP)
+        received = list(received)
+        hidden = None if self.first else received.pop(0)
+        media = received.pop(0) if not self.first and (self.reads_media or self.sends_media) else None
+        embedded = received.pop(0) if not self.first and self.mtp else None
         m = self.view
         shard = getattr(m, "context_shard", None)
         if shard is not None and not self.first:  # the hidden state is this cp rank's tokens already
             shard.enter(batch["tokens"].size(1), hidden.device)
         with self.forward_context():
             x = m.embed_inputs(batch) if self.first else hidden
+            if self.first and self.mtp:
+                embedded = x
             media_mask = None
             if self.first and (self.reads_media or self.sends_media):
                 media, media_mask, _ = m.encode_media(batch)
@@ -187,18 +204,29 @@ class StageModule(nn.Module):
                     drops.append(dropped)
                     entropy.append(block.mlp.router_entropy.detach().clone())
             if self.last:
+                ahead = []
+                if self.mtp:  # the MTP modules on the decoder's output before its final norm
+                    ahead, moe = predict_ahead(m.mtp, m.head, x, embedded, mask, stream, positions)
+                    for a, load, dropped, ent in moe:
+                        aux = aux + a
+                        loads.append(load)
+                        drops.append(dropped)
+                        entropy.append(ent.detach().clone())
                 h = m.norm(x)
-                x = (m.head(h), h)
+                x = (m.head(h), h, *ahead)
         if loads:
             self.records.append({"aux_loss": aux.detach(), "expert_load": torch.stack(loads).detach(),
                                  "dropped_fraction": torch.stack(drops).detach(), "router_entropy": torch.stack(entropy)})
         if aux.requires_grad:
-            x = (_AttachAux.apply(x[0], aux, self.aux_weight), x[1]) if self.last else _AttachAux.apply(x, aux, self.aux_weight)
-        if self.last and self.reads_media:  # the loss pools them (pipeline_loss.py)
-            return (*x, media)
+            x = (_AttachAux.apply(x[0], aux, self.aux_weight), *x[1:]) if self.last else _AttachAux.apply(x, aux, self.aux_weight)
+        if self.last:
+            return (*x, media) if self.reads_media else x  # the loss pools the media (pipeline_loss.py)
+        out = [x]
         if self.sends_media:
-            return x, (_PassOn.apply(media) if media.requires_grad else media)
-        return x
+            out.append(_PassOn.apply(media) if media.requires_grad else media)
+        if self.mtp:
+            out.append(_PassOn.apply(embedded) if embedded.requires_grad else embedded)
+        return tuple(out) if len(out) > 1 else x
 
 
 def media_readers(exp: Experiment, model: nn.Module, per_stage: list[list[int]]) -> list[bool]:
@@ -298,11 +326,13 @@ def build_pipeline(exp: Experiment, model: nn.Module, plan: dict, mesh: Mesh, mo
         view = model_view(model, per_stage[s], first, last)
         first_view = view if first else first_view
         last_view = view if last else last_view
-        rows = [moe_rows_of[i] for i in per_stage[s] if i in moe_rows_of]
-        module = StageModule(view, first, last, rows, forward_context, reads[s], any(reads[s + 1:]))
+        mtp = list(model.mtp) if getattr(model, "mtp", None) is not None else []
+        ids = per_stage[s] + ([key for key, _ in mtp_blocks(model)] if last else [])  # MTP blocks: after the decoder's
+        rows = [moe_rows_of[i] for i in ids if i in moe_rows_of]
+        module = StageModule(view, first, last, rows, forward_context, reads[s], any(reads[s + 1:]), bool(mtp))
         if recompute is not None:
             recompute(module)
-        shard(module, [model.layers[i] for i in per_stage[s]])
+        shard(module, [model.layers[i] for i in per_stage[s]] + (mtp if last else []))
         modules.append(module)
         held += per_stage[s]
         stages.append(PipelineStage(module, s, n_stages, device, group=mesh.group("pp")))

@@ -81,10 +81,14 @@ class PipelineLoss:
         return [{**batch, **corrupted_inputs(self.objective, batch)} for batch in batches]
 
     def __call__(self, outputs, target: torch.Tensor) -> torch.Tensor:
-        logits, hidden, *media = outputs  # late fusion: the media entries, pooled here as one process pools them
+        logits, hidden, *rest = outputs
+        depth = self.objective.exp.losses.mtp.depth if self.objective.exp.losses.mtp else 0
+        ahead, media = rest[:depth], rest[depth:]  # MTP logits; late fusion: the media entries, pooled here
         i = int(target[0])
         self.given.outputs = {"logits": logits, "hidden": hidden,
                               "aux_loss": logits.new_zeros((), dtype=torch.float32)}
+        if ahead:
+            self.given.outputs["mtp_logits"] = list(ahead)
         if media:
             view = self.given.view
             pooled = view.pool_media(media[0], view.media_masks(self.batches[i]))

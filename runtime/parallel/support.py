@@ -103,11 +103,6 @@ LIMITS: tuple[Limit, ...] = (
           "parallelism, or with data and tensor parallelism together", "--pin pp=1,ep=1,cp=1,zero=0 (and tp=1 or dp=1)",
           lambda e: e.optimizer.per_modality_clip,
           lambda c: (c["pp"] > 1) | (c["ep"] > 1) | (c["cp"] > 1) | (c["zero"] > 0) | ((c["dp"] > 1) & (c["tp"] > 1))),
-    # Megatron-Core places the MTP modules on the last stage with a copy of the embedding there;
-    # this runtime's stages do not hold or send the input embedding the modules read
-    Limit("mtp_pipeline", "multi-token prediction (losses.mtp) with pipeline parallelism (the MTP modules on the "
-          "last stage read the input embedding, which only the first stage computes)", "--pin pp=1",
-          _has_mtp, lambda c: c["pp"] > 1),
     Limit("mtp_context_parallel", "multi-token prediction (losses.mtp) with context parallelism (the MTP modules "
           "read the decoder's output before its final norm, which stays split over the cp ranks)", "--pin cp=1",
           _has_mtp, lambda c: c["cp"] > 1),
