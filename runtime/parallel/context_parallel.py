@@ -26,7 +26,11 @@ What runs where:
   With experts split by width (etp = tp) a layer gathers its input to the whole sequence (in
   natural order) and keeps its output rows;
 - after the final norm the hidden state is all-gathered back into natural order, so logits, the
-  losses and the contrastive / flow heads see the whole sequence as before.
+  losses and the contrastive / flow heads see the whole sequence as before;
+- multi-token prediction (runtime/mtp.py): each module reads the decoder's output before its final
+  norm (this rank's tokens) and the input embedding shifted by k on the whole sequence, then cut
+  to this rank's tokens, so the shift crosses chunk boundaries exactly; its block is split like
+  a decoder block, and its norm before the shared head gathers the whole sequence again.
 A ring (P2P, overlapped with the block's compute) exchange of K/V chunks would hide the all-gather;
 it is not done here.
 
@@ -291,8 +295,11 @@ def apply_context_parallel(model: nn.Module, exp: Experiment, cp_mesh: DeviceMes
         raise LayoutError(f"plan.cp = {cp} with optimizer.per_modality_clip: the per-modality backward passes "
                           f"average their gradients themselves, not over the cp ranks; re-plan with --pin cp=1 "
                           f"or turn per_modality_clip off")
+    # the MTP modules' blocks (runtime/mtp.py) split like the decoder's, on this rank's tokens
+    mtp = list(getattr(model, "mtp", None) or [])
+    blocks = [*model.layers, *(m.block for m in mtp)]
     # a dual-stream block's second attention projects (and rotates) its own q/k/v
-    attns = [a for block in model.layers for a in (block.attn, getattr(block.media, "attn", None)) if a is not None]
+    attns = [a for block in blocks for a in (block.attn, getattr(block.media, "attn", None)) if a is not None]
     if not all(a.causal for a in attns):
         raise LayoutError(f"plan.cp = {cp} with a non-causal decoder attention: a None mask is read as causal "
                           f"rows here; re-plan with --pin cp=1")
@@ -307,7 +314,7 @@ def apply_context_parallel(model: nn.Module, exp: Experiment, cp_mesh: DeviceMes
         attn.token_positions = lambda: (shard.layout.local, shard.layout.gathered)  # sliding windows' distances
         if attn.rotary is not None:
             attn.rotary = RotaryAtPositions(attn.rotary, shard)
-    for block in model.layers:
+    for block in blocks:
         block.register_forward_pre_hook(_block_inputs(shard), with_kwargs=True)
         if _is_moe(block.mlp) and routes_over_cp(expert_tp):  # this rank's tokens (see above)
             route_locally(block.mlp, shard.group, "cp", cut=lambda pos, size, r: pos[rank_positions(pos.numel(), size, r)])
@@ -316,5 +323,8 @@ def apply_context_parallel(model: nn.Module, exp: Experiment, cp_mesh: DeviceMes
             block.mlp.register_forward_pre_hook(lambda _, args: (shard.gather(args[0]), *args[1:]))
             block.mlp.register_forward_hook(lambda _, __, out: (shard.shard(out[0]), *out[1:]), prepend=True)
     model.norm.register_forward_hook(lambda _, __, out: shard.gather(out))
+    for module in mtp:  # the decoder's output arrives as this rank's tokens; the embedding, shifted, is whole
+        module.embed_norm.register_forward_pre_hook(lambda _, args: (shard.shard(args[0]), *args[1:]), prepend=True)
+        module.norm.register_forward_hook(lambda _, __, out: shard.gather(out))  # for the shared head
     model.context_shard = shard  # pipeline stages after the first enter the layout themselves (pipeline.py)
     return shard

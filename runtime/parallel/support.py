@@ -59,10 +59,6 @@ def _capacity_costed_per_rank(exp: Experiment) -> bool:
     return exp.moe is not None and exp.stack.preset != "vlac" and not _dropless(exp)
 
 
-def _has_mtp(exp: Experiment) -> bool:
-    return exp.losses.mtp is not None
-
-
 def _token_ranks(c: Columns):
     """Ranks of a pipeline stage that hold distinct tokens of an MoE layer (mesh.py)."""
     return ep_fold_ranks(c["etp"], c["dp"], c["tp"], c["sp"], c["cp"])
@@ -103,9 +99,6 @@ LIMITS: tuple[Limit, ...] = (
           "parallelism, or with data and tensor parallelism together", "--pin pp=1,ep=1,cp=1,zero=0 (and tp=1 or dp=1)",
           lambda e: e.optimizer.per_modality_clip,
           lambda c: (c["pp"] > 1) | (c["ep"] > 1) | (c["cp"] > 1) | (c["zero"] > 0) | ((c["dp"] > 1) & (c["tp"] > 1))),
-    Limit("mtp_context_parallel", "multi-token prediction (losses.mtp) with context parallelism (the MTP modules "
-          "read the decoder's output before its final norm, which stays split over the cp ranks)", "--pin cp=1",
-          _has_mtp, lambda c: c["cp"] > 1),
 )
 
 
