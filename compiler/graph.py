@@ -221,7 +221,9 @@ class Graph:
         if layer < 0:
             return "embed"
         if layer >= self.n_layers:
-            return "head+loss"
+            # multi-token prediction modules (runtime/mtp.py) run on the output side too
+            mtp = any(p.startswith("model.mtp.") for paths in self.block_paths.values() for p in paths)
+            return "head+MTP+loss" if mtp else "head+loss"
         return f"layer {layer} ({self.block_of_layer[layer]})"
 
     def layer_graph(self) -> nx.DiGraph:

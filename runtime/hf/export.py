@@ -7,7 +7,8 @@ not depend on the layout: a tp2, pp2 or ep2 checkpoint of the same weights expor
 bytes as a single-process one. The backbone goes into `model.safetensors` (or shards plus an
 index) under the family's names (names.py, inverted), with vocabulary rows reordered so the text
 rows come first (vocab.py); everything else vlac trained (projectors, encoders, contrastive and
-flow heads, routers' balancing biases) goes into `vlac_modules.safetensors` under vlac's names,
+flow heads, routers' balancing biases, the training-only multi-token prediction modules, which the
+Hugging Face model does not have) goes into `vlac_modules.safetensors` under vlac's names,
 except pretrained vision towers (`modalities.<m>.encoder`), each written to `vision_tower/` as the
 CLIPVisionModel / SiglipVisionModel checkpoint it came in as.
 Tokenizer files of the starting checkpoint are copied; README.md is the model card.

@@ -40,6 +40,7 @@ def test_mtp_is_charged_to_the_output_side(gpt):
     heads = [n for n in g.nodes if n.module == "model.head" and n.kind == "gemm"]
     assert len(heads) == 1 + 2 and {n.layer for n in heads} == {L}  # the shared head once per depth
     last, last_plain = g.layers()[-1], plain.layers()[-1]
+    assert (last.label, last_plain.label) == ("head+MTP+loss", "head+loss")  # as graph_report names the row
     extra = sum(n.flops_fwd + n.flops_bwd for n in g.nodes if n.layer == L) - \
         sum(n.flops_fwd + n.flops_bwd for n in plain.nodes if n.layer == L)
     assert last.flops_fwd + last.flops_bwd - (last_plain.flops_fwd + last_plain.flops_bwd) == extra > 0
@@ -61,3 +62,4 @@ def test_derived_graph_equals_direct_lowering(layers):
     derived, direct = cache.lower(exp), vlac.lower(exp)
     assert isinstance(derived, DerivedGraph) or layers == 1
     assert graph_differences(derived, direct) == []
+    assert derived.layers()[-1].label == direct.layers()[-1].label == "head+MTP+loss"
