@@ -93,7 +93,7 @@ def layer_times(prof: CostProfile, tp, sp, cp, mb, ep, etp) -> dict[str, np.ndar
             out["mem_bwd"][:, j] += extra / 2
         rerun = "attn_fwd" if prof.stack.selective_recompute == "core_attention" else "mem_fwd"
         out["selective_rerun"][:, j] = out[rerun][:, j]
-        if p.kind == "block":
+        if p.blocks:  # a decoder block; on the head key the MTP modules' blocks, if any
             _block_communication(prof, p, out, j, tp, sp, cp, mb, ep, etp, seqs, local_moe, moe_tokens,
                                  moe_gathered_cp)
     return out
@@ -144,7 +144,7 @@ def _gemm_shape(g: Gemm, tp, sp, ep, etp, seqs, moe_tokens):
 def _block_communication(prof: CostProfile, p: LayerProfile, out: dict[str, np.ndarray], j: int,
                          tp, sp, cp, mb, ep, etp, seqs, local_moe, moe_tokens, moe_gathered_cp) -> None:
     """Adds the tensor-, expert- and context-parallel communication of decoder block `p` (key
-    `j`) to `out`."""
+    `j`) to `out`; of its `p.blocks` blocks (tp_regions counts the regions of all of them)."""
     hw = prof.hw
     act_msg = seqs * prof.seq_len * prof.hidden * prof.act_bytes  # one full activation
     # tensor parallelism: per region, with SP an all-gather and a reduce-scatter forward,
@@ -169,24 +169,24 @@ def _block_communication(prof: CostProfile, p: LayerProfile, out: dict[str, np.n
         # what the busiest rank receives
         a2a_bytes = a2a_bytes * critical_rank_load(prof.experts, prof.expert_load, ep)
         # the cp gather of a gathered MoE layer's input, forward; its reduce-scatter backward
-        out["cp"][:, j] += np.where(moe_gathered_cp & (cp > 1), 2 * hw.all_gather(act_msg * cp, cp, tp), 0.0)
+        out["cp"][:, j] += p.blocks * np.where(moe_gathered_cp & (cp > 1), 2 * hw.all_gather(act_msg * cp, cp, tp), 0.0)
         a2a = hw.all_to_all(a2a_bytes, ep, etp)
         # expert tensor parallelism gathers the received tokens over etp and scatters
         # the results back (a TP region over the expert activations)
         etp_unit = hw.all_gather(a2a_bytes * etp, etp, 1)
-        out["ep_fwd"][:, j] = 2 * a2a + 2 * etp_unit
-        out["ep_bwd"][:, j] = 2 * a2a + 3 * etp_unit
+        out["ep_fwd"][:, j] = p.blocks * (2 * a2a + 2 * etp_unit)
+        out["ep_bwd"][:, j] = p.blocks * (2 * a2a + 3 * etp_unit)
     if p.attn_fwd > 0:
         # the K/V exchange of the stack's context-parallel scheme, and a p2p ring's per-step
         # merges on the compute stream (context_parallel_costs); heads split over TP ranks (K/V
         # replicated when tp > kv_heads)
         scheme = prof.stack.context_parallel
         chunk = seqs * prof.seq_len * prof.kv_bytes_per_token / np.minimum(tp, prof.kv_heads)
-        out["cp"][:, j] += exchange_seconds(hw, scheme, chunk, tp, cp)
+        out["cp"][:, j] += p.blocks * exchange_seconds(hw, scheme, chunk, tp, cp)
         q_elems = seqs * prof.seq_len * prof.q_dim / tp
         merge_fwd, merge_bwd = merge_bytes(scheme, q_elems, chunk / prof.act_bytes, prof.act_bytes, cp)
-        out["mem_fwd"][:, j] += hw.memory_seconds(merge_fwd)
-        out["mem_bwd"][:, j] += hw.memory_seconds(merge_bwd)
+        out["mem_fwd"][:, j] += p.blocks * hw.memory_seconds(merge_fwd)
+        out["mem_bwd"][:, j] += p.blocks * hw.memory_seconds(merge_bwd)
 
 
 def critical_rank_load(experts: int, expert_load: float, ep) -> np.ndarray:

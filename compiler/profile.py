@@ -53,6 +53,7 @@ MEMBOUND_PASSES = 4.0  # MEMBOUND_FWD_SHARE of them forward (vlac.compiler.layer
 FP8_CAST_BYTES = 4.0  # read 2 (BF16) + write 1 (FP8) + write 1 (transposed FP8)
 FP8_AMAX_READ_BYTES = 2.0  # current scaling: one more read of the BF16 tensor for its amax
 MEMBOUND_KINDS = ("norm", "elementwise", "loss", "embedding")
+MTP_PREFIX = "model.mtp."  # module paths of the multi-token prediction modules (runtime/mtp.py) in a lowered graph
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,9 @@ class LayerProfile:
     params_frozen_dense: float = 0.0  # frozen parts of params_dense / params_expert (no gradients or optimizer state)
     params_frozen_expert: float = 0.0
     params_fp8: float = 0.0
+    # decoder blocks whose communication this key issues: 1 for a block; on the head key the
+    # multi-token prediction modules' blocks (runtime/mtp.py), which run on the output side
+    blocks: int = 0
     tp_regions: int = 0  # attention / MLP / shared-expert blocks bracketed by TP collectives
     moe_tp_regions: int = 0  # of those, inside an MoE layer (none under local routing)
     flops: float = 0.0  # forward+backward+padding FLOPs (the pipeline split's weight)
@@ -175,8 +179,11 @@ class CostProfile:
         mem_kernels: dict[str, list[float]] = {}
         regions = set()
         tokens = self.seq_len * self.g.micro_batch
+        mtp = {n.module.split(".")[2] for n in nodes if n.module.startswith(MTP_PREFIX)} if kind == "head" else set()
+        p.blocks = 1 if kind == "block" else len(mtp)
         for n in nodes:
             kept = self.stack_costs.saved(n, tokens)
+            in_block = kind == "block" or n.module.startswith(MTP_PREFIX)  # split over tp as a decoder block is
             p.params_dense += n.params_dense + n.params_embedding
             p.params_expert += n.params_expert
             if n.params_expert:
@@ -190,12 +197,12 @@ class CostProfile:
             if n.kind in ("gemm", "router") and n.gemm_mnk:
                 m, nn_, k = n.gemm_mnk
                 groups = self.experts if n.expert else 1
-                row = n.tp_split and kind == "block" and not n.act_tp_sharded
+                row = n.tp_split and in_block and not n.act_tp_sharded
                 p.gemms.append(Gemm(n.flops_fwd, n.flops_bwd / n.flops_fwd if n.flops_fwd else 0.0,
                                     n.flops_overcompute, m, nn_, k, groups, n.tp_split, row, n.expert, n.fp8_eligible,
                                     bool(getattr(n, "sp_split", False)),
                                     p.moe and self.moe_gathered and ".mlp." in n.module))
-                if n.tp_split and kind == "block":
+                if n.tp_split and in_block:
                     regions.add(".".join(n.module.split(".")[:-1]))
                 if n.name.endswith("dropless_experts"):
                     # the permutation around the grouped GEMMs: each kernel moves the tokens

@@ -63,3 +63,27 @@ def test_derived_graph_equals_direct_lowering(layers):
     assert isinstance(derived, DerivedGraph) or layers == 1
     assert graph_differences(derived, direct) == []
     assert derived.layers()[-1].label == direct.layers()[-1].label == "head+MTP+loss"
+
+
+def test_mtp_blocks_communicate_like_decoder_blocks(gpt):
+    """Under tensor (with and without sp) and context parallelism the head key carries the
+    collectives of its D = 2 MTP blocks: here blocks of the decoder's own kind, so twice a
+    decoder block's; without MTP the head issues none of them."""
+    import numpy as np
+
+    from vlac.compiler.layer_times import layer_times
+    from vlac.compiler.planner import Search
+
+    def times(exp):
+        prof = Search(exp, exp.cluster, vlac.lower(exp)).model.p
+        tp, sp, cp = np.array([2.0, 2.0, 1.0]), np.array([True, False, False]), np.array([1.0, 1.0, 2.0])
+        one = np.ones(3)
+        out = layer_times(prof, tp, sp, cp, one, one, one)
+        return out, prof.sequence[1], prof.sequence[-1]
+
+    out, block, head = times(gpt)
+    for key in ("tp_fwd", "tp_bwd", "cp"):
+        assert (out[key][:, block] > 0).any()
+        np.testing.assert_allclose(out[key][:, head], 2 * out[key][:, block], rtol=1e-12)
+    plain, _, head = times(gpt.model_copy(update={"losses": gpt.losses.model_copy(update={"mtp": None})}))
+    assert not plain["tp_fwd"][:, head].any() and not plain["cp"][:, head].any()
