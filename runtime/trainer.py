@@ -178,14 +178,17 @@ class Trainer:
         no_grad, so no backward runs and no gradient is allocated."""
         if self.eval_data is None:
             self.eval_data = make_data(self.exp, "eval")  # held-out episodes, or held-out documents (vlac/data/split.py)
-        ar = aux = 0.0
+        ar = aux = mtp = 0.0
         for i in range(self.exp.train.eval_batches):
             with torch.no_grad():
                 stats = self.model.forward(
                     rank_micro_batches(self.eval_data, i, self.plan, self.model.mesh, self.env.device))
-            ar, aux = ar + float(stats.ar), aux + float(stats.aux) + float(stats.mtp)  # aux: every term beside the AR loss
+            ar, aux, mtp = ar + float(stats.ar), aux + float(stats.aux), mtp + float(stats.mtp)
         n = self.exp.train.eval_batches
-        return {"loss": (ar + aux) / n, "ar_loss": ar / n}
+        out = {"loss": (ar + mtp + aux) / n, "ar_loss": ar / n}
+        if self.exp.losses.mtp:  # the weighted MTP term (runtime/mtp.py)
+            out["mtp_loss"] = mtp / n
+        return out
 
     def log(self, met: StepMetrics, extra: dict[str, float] | None = None) -> None:
         self.metrics.step(met, extra)

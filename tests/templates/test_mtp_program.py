@@ -32,6 +32,9 @@ def test_program_trains_logs_and_resumes_mtp(tmp_path, monkeypatch):
     # the loss is AR + (lambda / D) * sum_k CE_k + MoE terms; at initialisation every CE is near ln V
     assert first["loss"] > first["ar_loss"] + first["aux_loss"]
     assert all(4.0 < v < 7.0 for v in first["mtp_loss"].values())
+    evals = [r for r in map(json.loads, (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines())
+             if r["event"] == "eval"]
+    assert evals and evals[-1]["mtp_loss"] > 0 and evals[-1]["loss"] > evals[-1]["ar_loss"] + evals[-1]["mtp_loss"]
     main(max_steps=1, out_dir=tmp_path / "resumed")
     resumed = main(max_steps=1, out_dir=tmp_path / "resumed")  # from step 1's checkpoint (MTP weights in it), one more
     assert resumed["losses"][-1] == pytest.approx(whole["losses"][-1], rel=1e-6)
