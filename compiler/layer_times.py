@@ -80,7 +80,8 @@ def layer_times(prof: CostProfile, tp, sp, cp, mb, ep, etp) -> dict[str, np.ndar
         traffic = (p.mem[0] / tp + p.mem[1] / sp_div + p.mem[2]) * seqs
         cast_t = hw.memory_seconds(cast)
         out["mem_fwd"][:, j] = hw.memory_seconds(traffic * MEMBOUND_FWD_SHARE) + cast_t / 2
-        out["mem_bwd"][:, j] = hw.memory_seconds(traffic * (1 - MEMBOUND_FWD_SHARE)) + cast_t / 2
+        # an embedding's dense weight gradient: once per micro-batch whatever its tokens, vocabulary split over TP
+        out["mem_bwd"][:, j] = hw.memory_seconds(traffic * (1 - MEMBOUND_FWD_SHARE) + p.grad_dense_bytes / tp) + cast_t / 2
         for kernel, parts in p.mem_kernels.items():
             if prof.kernel_costs.is_measured(kernel):  # else nothing changes, to the last bit
                 moved = (parts[0] / tp + parts[1] / sp_div + parts[2]) * seqs

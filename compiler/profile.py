@@ -101,6 +101,9 @@ class LayerProfile:
     tp_regions: int = 0  # attention / MLP / shared-expert blocks bracketed by TP collectives
     moe_tp_regions: int = 0  # of those, inside an MoE layer (none under local routing)
     flops: float = 0.0  # forward+backward+padding FLOPs (the pipeline split's weight)
+    # HBM bytes per micro-batch (not per sequence), split over TP ranks: an embedding table's dense
+    # weight gradient, zero-filled and accumulated once per backward (stack_costs.embedding_grad_bytes)
+    grad_dense_bytes: float = 0.0
 
 
 class CostProfile:
@@ -220,8 +223,11 @@ class CostProfile:
                 p.attn_bwd += n.flops_bwd * half
                 p.flops -= (n.flops_fwd + n.flops_bwd) * (1 - half)
             elif n.kind in MEMBOUND_KINDS:
-                # plus what eager kernels move beyond the 4 passes (stack_costs.eager_traffic)
-                mem[part] += MEMBOUND_PASSES * kept["none"] + self.stack_costs.eager_traffic(n, tokens)
+                # plus what eager kernels and Megatron's fp32 cross entropy move beyond the 4 passes
+                # (stack_costs.eager_traffic, loss_traffic)
+                mem[part] += (MEMBOUND_PASSES * kept["none"] + self.stack_costs.eager_traffic(n, tokens)
+                              + self.stack_costs.loss_traffic(n, MEMBOUND_PASSES))
+                p.grad_dense_bytes += self.stack_costs.embedding_grad_bytes(n)
                 kernel = runtime_kernel(n.kind, n.module, n.name, self.norm)
                 if kernel is not None:
                     mem_kernels.setdefault(kernel, [0.0, 0.0, 0.0])[part] += MEMBOUND_PASSES * kept["none"]

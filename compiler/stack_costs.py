@@ -18,7 +18,32 @@ reduction from what the fused kernel saves (never from a fitted factor):
   backward, so SiLU's output is not kept (Megatron's bias_swiglu_impl; Korthikanti et al. 2022,
   Sec. 4, count the MLP's activation function input only).
 - cross_entropy: a fused (vocabulary-parallel) cross entropy keeps the logits' softmax in the
-  activation dtype instead of an fp32 log-softmax: act / 4 of the eager bytes.
+  activation dtype instead of an fp32 log-softmax: act / 4 of the eager bytes (flash_attn's
+  Triton cross entropy keeps the logits and a per-token log-sum-exp). Megatron-Core's
+  vocabulary-parallel cross entropy (the `megatron-te` preset, fused or not) computes in fp32 and
+  keeps its fp32 softmax (`exp_logits`) for backward: the eager 4 bytes per logit (below).
+
+Megatron's cross entropy moves more than the MEMBOUND_PASSES (4) over its kept fp32 softmax
+(16 bytes per logit), counted kernel by kernel from megatron/core/tensor_parallel/
+cross_entropy.py (VocabParallelCrossEntropy, _VocabParallelCrossEntropy) and megatron/core/
+fusions/fused_cross_entropy.py (`cross_entropy_loss_fusion`: each step one jit_fuser kernel),
+in bytes per logit: forward, `calculate_logits_max` reads the BF16 logits and writes their
+fp32 copy (`.float()`, 2 + 4), `calculate_predicted_logits` subtracts the max and takes exp in
+place (read 4, write 4), `calculate_cross_entropy_loss` divides by the sum in place (`div_`,
+read 4, write 4); backward, `calculate_gradients` multiplies by the output gradient in place
+(read 4, write 4) and autograd casts the fp32 gradient to the BF16 logits' dtype (the engine's
+validate_outputs: read 4, write 2). 36 per logit fused; unfused each in-place op is its own
+kernel (`-=`, exp and the max read separately, the sum read again: 52). At a 128K vocabulary
+that is several times a decoder layer's element-wise traffic per token.
+
+The embedding's weight gradient is a dense [vocab, hidden] tensor per micro-batch (PyTorch's
+embedding backward, aten/src/ATen/native/cuda/EmbeddingBackwardKernel.cu, zero-fills a
+grad_weight of the table's size and adds the tokens' rows into it), then added into the step's
+gradient: EMBEDDING_GRAD_BYTES per (trainable, TP-local) table element per micro-batch, whatever
+the tokens: the zero-fill (2, BF16) and the accumulation, which on Megatron reads the BF16
+gradient and reads and writes the fp32 `main_grad` (megatron/core/distributed/
+distributed_data_parallel.py, the backward post-hook's `param.main_grad.add_(param.grad.data)`:
+2 + 4 + 4) and elsewhere adds into the BF16 .grad (autograd's AccumulateGrad: 2 + 2 + 2).
 - activation dtype: every saved byte scales by stored / computed bytes per element.
 
 Eager element-wise kernels (`fused_elementwise: false` and no torch.compile): the cost model
@@ -98,6 +123,13 @@ from .graph import RECOMPUTE, Graph, NodeCost
 TRITON_FLASH_SLOWDOWN = (1.3 * 2.5) ** 0.5
 ATTENTION_EFF = {"flash2": 0.33, "flash3": 0.50, "cudnn": 0.50, "triton": 0.33 / TRITON_FLASH_SLOWDOWN}
 UNFUSED_SCORE_PASSES = 12.0  # 4 forward, 8 backward: reads and writes of the s x s matrix
+# Megatron-Core's vocabulary-parallel cross entropy: HBM bytes per logit over forward and backward,
+# fused (cross_entropy_loss_fusion) or not (module docstring); the passes charged over its kept fp32
+# softmax are the MEMBOUND_PASSES of compiler/profile.py
+MEGATRON_CE_BYTES_PER_LOGIT = {True: 36.0, False: 52.0}
+# the embedding's dense weight gradient per micro-batch, bytes per table element: zero-fill (2) and
+# accumulation into fp32 main_grad (Megatron: 10) or into the BF16 .grad (6) (module docstring)
+EMBEDDING_GRAD_BYTES = {"megatron": 12.0, "other": 8.0}
 FP32_BYTES = 4.0
 # eager element-wise kernels: passes over the op's tensor beyond the MEMBOUND_PASSES (4) over
 # kept bytes that every stack is charged (module docstring: residual add 6 of 0 counted, eager
@@ -145,6 +177,8 @@ class StackCosts:
             minus = 2 * self.rope_head_dim * FP32_BYTES * tokens
         elif n.kind == "elementwise" and st.fuses("swiglu") and n.name.endswith("silu") and n.module.endswith(".mlp"):
             factor = 0.0
+        elif self._megatron_cross_entropy(n):
+            return {pol: n.saved[pol] for pol in RECOMPUTE}  # its fp32 softmax, whatever the activation dtype
         elif n.kind == "loss" and st.fuses("cross_entropy") and n.name.startswith("cross_entropy"):
             factor = self.act_bytes / FP32_BYTES
         kept = {pol: max(0.0, n.saved[pol] * factor - (minus if n.saved[pol] else 0.0)) * self.dtype_scale
@@ -182,6 +216,28 @@ class StackCosts:
         if n.kind == "elementwise" and n.module.endswith(".mlp") and last in ("gelu", "silu"):
             return EAGER_ACTIVATION_EXTRA_PASSES * n.saved["none"] * self.dtype_scale
         return 0.0
+
+    def _megatron_cross_entropy(self, n: NodeCost) -> bool:
+        """The loss's cross entropy on the megatron-te preset: Megatron-Core's vocabulary-parallel one."""
+        return self.stack.preset == "megatron-te" and n.kind == "loss" and n.name.startswith("cross_entropy")
+
+    def loss_traffic(self, n: NodeCost, passes: float) -> float:
+        """HBM bytes (forward + backward) Megatron's cross entropy moves beyond `passes` over its
+        kept fp32 softmax (module docstring); 0 for any other node or stack. The eager graph's
+        node keeps an fp32 log-softmax, 4 bytes per logit."""
+        if not self._megatron_cross_entropy(n):
+            return 0.0
+        logits = n.saved["none"] / FP32_BYTES
+        return logits * (MEGATRON_CE_BYTES_PER_LOGIT[self.stack.fuses("cross_entropy")] - passes * FP32_BYTES)
+
+    def embedding_grad_bytes(self, n: NodeCost) -> float:
+        """HBM bytes per micro-batch of an embedding table's dense weight gradient (module
+        docstring), before tensor parallelism splits the vocabulary; 0 for other nodes and
+        frozen tables."""
+        if n.kind != "embedding" or not n.params_embedding:
+            return 0.0
+        trainable = max(0.0, n.params_embedding - n.params_frozen)
+        return trainable * EMBEDDING_GRAD_BYTES["megatron" if self.stack.preset == "megatron-te" else "other"]
 
     def unfused_scores(self, sq: int, sk: int, micro_batch: int) -> dict[str, float]:
         """Bytes an unfused attention node keeps beyond a fused kernel's, per policy: the
@@ -253,6 +309,6 @@ def _backbone(module: str) -> bool:
     return module.startswith("model.layers.") or module == "model.norm"
 
 
-__all__ = ["ATTENTION_EFF", "EAGER_ACTIVATION_EXTRA_PASSES", "EAGER_NORM_EXTRA_PASSES", "EAGER_RESIDUAL_PASSES",
+__all__ = ["ATTENTION_EFF", "EAGER_ACTIVATION_EXTRA_PASSES", "EMBEDDING_GRAD_BYTES", "MEGATRON_CE_BYTES_PER_LOGIT", "EAGER_NORM_EXTRA_PASSES", "EAGER_RESIDUAL_PASSES",
            "StackCosts", "TRITON_FLASH_SLOWDOWN", "UNFUSED_SCORE_PASSES",
            "fp8_gemm_inputs"]
