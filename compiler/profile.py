@@ -223,10 +223,10 @@ class CostProfile:
                 p.attn_bwd += n.flops_bwd * half
                 p.flops -= (n.flops_fwd + n.flops_bwd) * (1 - half)
             elif n.kind in MEMBOUND_KINDS:
-                # plus what eager kernels and Megatron's fp32 cross entropy move beyond the 4 passes
-                # (stack_costs.eager_traffic, loss_traffic)
+                # plus what eager kernels, Megatron's fp32 cross entropy and a fused SwiGLU move
+                # beyond the 4 passes (stack_costs.eager_traffic, fused_traffic)
                 mem[part] += (MEMBOUND_PASSES * kept["none"] + self.stack_costs.eager_traffic(n, tokens)
-                              + self.stack_costs.loss_traffic(n, MEMBOUND_PASSES))
+                              + self.stack_costs.fused_traffic(n, tokens, MEMBOUND_PASSES))
                 p.grad_dense_bytes += self.stack_costs.embedding_grad_bytes(n)
                 kernel = runtime_kernel(n.kind, n.module, n.name, self.norm)
                 if kernel is not None:

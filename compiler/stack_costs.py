@@ -36,6 +36,17 @@ validate_outputs: read 4, write 2). 36 per logit fused; unfused each in-place op
 kernel (`-=`, exp and the max read separately, the sum read again: 52). At a 128K vocabulary
 that is several times a decoder layer's element-wise traffic per token.
 
+A fused SwiGLU moves more than 4 passes over what it keeps: its [2f] input (the two GEMM
+outputs) is kept by those GEMM nodes, so the rule charges only its f-wide output. Counted from
+Megatron's bias_swiglu_impl (megatron/core/fusions/fused_bias_swiglu.py: `swiglu` and
+`swiglu_back`, one jit_fuser kernel each; torch.compile's generated kernels do the same): forward
+reads the [2f] input and writes the f-wide output (3 f-wide tensors), backward reads the output
+gradient and the [2f] input and writes the [2f] input gradient (5): 8 f-wide tensors in the
+compute dtype per token (FUSED_SWIGLU_TENSORS), whatever precision the next GEMM keeps its
+input in (TE casts it separately, compiler/profile.py's FP8 casts). Against the 4 passes over
+its kept output that is 28h more per token for a Llama MLP (f = 3.5h) in BF16, 42h when the
+output is kept in FP8.
+
 The embedding's weight gradient is a dense [vocab, hidden] tensor per micro-batch (PyTorch's
 embedding backward, aten/src/ATen/native/cuda/EmbeddingBackwardKernel.cu, zero-fills a
 grad_weight of the table's size and adds the tokens' rows into it), then added into the step's
@@ -127,6 +138,8 @@ UNFUSED_SCORE_PASSES = 12.0  # 4 forward, 8 backward: reads and writes of the s 
 # fused (cross_entropy_loss_fusion) or not (module docstring); the passes charged over its kept fp32
 # softmax are the MEMBOUND_PASSES of compiler/profile.py
 MEGATRON_CE_BYTES_PER_LOGIT = {True: 36.0, False: 52.0}
+# a fused SwiGLU's reads and writes of f-wide tensors per token, forward and backward (module docstring)
+FUSED_SWIGLU_TENSORS = 8.0
 # the embedding's dense weight gradient per micro-batch, bytes per table element: zero-fill (2) and
 # accumulation into fp32 main_grad (Megatron: 10) or into the BF16 .grad (6) (module docstring)
 EMBEDDING_GRAD_BYTES = {"megatron": 12.0, "other": 8.0}
@@ -221,14 +234,22 @@ class StackCosts:
         """The loss's cross entropy on the megatron-te preset: Megatron-Core's vocabulary-parallel one."""
         return self.stack.preset == "megatron-te" and n.kind == "loss" and n.name.startswith("cross_entropy")
 
-    def loss_traffic(self, n: NodeCost, passes: float) -> float:
-        """HBM bytes (forward + backward) Megatron's cross entropy moves beyond `passes` over its
-        kept fp32 softmax (module docstring); 0 for any other node or stack. The eager graph's
-        node keeps an fp32 log-softmax, 4 bytes per logit."""
-        if not self._megatron_cross_entropy(n):
-            return 0.0
-        logits = n.saved["none"] / FP32_BYTES
-        return logits * (MEGATRON_CE_BYTES_PER_LOGIT[self.stack.fuses("cross_entropy")] - passes * FP32_BYTES)
+    def fused_traffic(self, n: NodeCost, tokens: int, passes: float) -> float:
+        """HBM bytes (forward + backward) that a fused kernel moves beyond `passes` over what node
+        `n` keeps on this stack (module docstring): Megatron's fp32 cross entropy and a fused
+        SwiGLU; 0 for any other node or stack. `tokens` in the lowered micro-batch."""
+        if self._megatron_cross_entropy(n):
+            logits = n.saved["none"] / FP32_BYTES  # the eager graph's node keeps an fp32 log-softmax
+            return logits * (MEGATRON_CE_BYTES_PER_LOGIT[self.stack.fuses("cross_entropy")] - passes * FP32_BYTES)
+        if self._fused_swiglu_product(n):
+            # the eager product keeps its f-wide output in the compute dtype
+            return FUSED_SWIGLU_TENSORS * n.saved["none"] - passes * self.saved(n, tokens)["none"]
+        return 0.0
+
+    def _fused_swiglu_product(self, n: NodeCost) -> bool:
+        """The product silu(w1 x) * w3 x of a dense SwiGLU MLP that the stack runs as one kernel."""
+        return (n.kind == "elementwise" and self.stack.fuses("swiglu") and n.module.endswith(".mlp")
+                and n.name.rsplit(".", 1)[-1] == "mul" and n.saved["none"] > 0)
 
     def embedding_grad_bytes(self, n: NodeCost) -> float:
         """HBM bytes per micro-batch of an embedding table's dense weight gradient (module
@@ -309,6 +330,7 @@ def _backbone(module: str) -> bool:
     return module.startswith("model.layers.") or module == "model.norm"
 
 
-__all__ = ["ATTENTION_EFF", "EAGER_ACTIVATION_EXTRA_PASSES", "EMBEDDING_GRAD_BYTES", "MEGATRON_CE_BYTES_PER_LOGIT", "EAGER_NORM_EXTRA_PASSES", "EAGER_RESIDUAL_PASSES",
+__all__ = ["ATTENTION_EFF", "EAGER_ACTIVATION_EXTRA_PASSES", "EMBEDDING_GRAD_BYTES", "FUSED_SWIGLU_TENSORS",
+           "MEGATRON_CE_BYTES_PER_LOGIT", "EAGER_NORM_EXTRA_PASSES", "EAGER_RESIDUAL_PASSES",
            "StackCosts", "TRITON_FLASH_SLOWDOWN", "UNFUSED_SCORE_PASSES",
            "fp8_gemm_inputs"]

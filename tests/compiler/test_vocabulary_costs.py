@@ -53,8 +53,8 @@ def test_megatron_cross_entropy_keeps_and_moves_fp32(graph):
     # Megatron keeps its fp32 softmax for backward, fused or not
     assert fused.saved(n, S)["none"] == unfused.saved(n, S)["none"] == n.saved["none"]
     # 36 bytes a logit fused, 52 unfused, of which the 4 passes over the kept 4 bytes are charged anyway
-    assert fused.loss_traffic(n, MEMBOUND_PASSES) == pytest.approx((36 - 16) * logits)
-    assert unfused.loss_traffic(n, MEMBOUND_PASSES) == pytest.approx((52 - 16) * logits)
+    assert fused.fused_traffic(n, S, MEMBOUND_PASSES) == pytest.approx((36 - 16) * logits)
+    assert unfused.fused_traffic(n, S, MEMBOUND_PASSES) == pytest.approx((52 - 16) * logits)
     # and the head's traffic differs by exactly that between the two
     diff = sum(layer(profile(graph, {"preset": "megatron-te", "fused": ["norm", "swiglu", "rope"]}), "head").mem) - \
         sum(layer(profile(graph, {"preset": "megatron-te"}), "head").mem)
@@ -65,7 +65,7 @@ def test_other_stacks_charge_no_megatron_loss(graph):
     n = loss_node(graph)
     for stack in ({"preset": "vlac"}, {"preset": "torchtitan-torchao", "fused": ["cross_entropy"]}):
         costs = profile(graph, stack).stack_costs
-        assert costs.loss_traffic(n, MEMBOUND_PASSES) == 0.0
+        assert costs.fused_traffic(n, S, MEMBOUND_PASSES) == 0.0
     # flash_attn's fused loss keeps 2 bytes a logit (the activation dtype), the eager one its fp32 4
     flash = profile(graph, {"preset": "torchtitan-torchao", "fused": ["cross_entropy"]}).stack_costs
     assert flash.saved(n, S)["none"] == pytest.approx(n.saved["none"] / 2)
