@@ -22,6 +22,7 @@ reduction from what the fused kernel saves (never from a fitted factor):
   Triton cross entropy keeps the logits and a per-token log-sum-exp). Megatron-Core's
   vocabulary-parallel cross entropy (the `megatron-te` preset, fused or not) computes in fp32 and
   keeps its fp32 softmax (`exp_logits`) for backward: the eager 4 bytes per logit (below).
+- activation dtype: every saved byte scales by stored / computed bytes per element.
 
 Megatron's cross entropy moves more than the MEMBOUND_PASSES (4) over its kept fp32 softmax
 (16 bytes per logit), counted kernel by kernel from megatron/core/tensor_parallel/
@@ -55,7 +56,6 @@ the tokens: the zero-fill (2, BF16) and the accumulation, which on Megatron read
 gradient and reads and writes the fp32 `main_grad` (megatron/core/distributed/
 distributed_data_parallel.py, the backward post-hook's `param.main_grad.add_(param.grad.data)`:
 2 + 4 + 4) and elsewhere adds into the BF16 .grad (autograd's AccumulateGrad: 2 + 2 + 2).
-- activation dtype: every saved byte scales by stored / computed bytes per element.
 
 Eager element-wise kernels (`fused_elementwise: false` and no torch.compile): the cost model
 charges memory-bound ops MEMBOUND_PASSES (4) passes over the bytes each keeps for backward
