@@ -143,6 +143,21 @@ class CostModel:
             self._compositions[key] = (chunks, counts)
         return self._compositions[key]
 
+    def p2p_seconds(self, mb, cp, tp, sp, dp, pp, m) -> np.ndarray:
+        """Exposed stage-to-stage sends of a step, per row (1-D arrays; sp boolean): a forward and
+        a backward send per micro-batch when blocking, only the pp-1 fill and pp-1 drain
+        transfers when overlapped (module docstring); none without a pipeline. It reads only a
+        layout's combination and pipeline, so the fast path's lower bound
+        (vlac.search.step_bound) adds it exactly."""
+        hw, p = self.hw, self.p
+        nbytes = mb / cp * p.seq_len * p.hidden * p.act_bytes / np.where(sp, tp, 1.0)
+        # late fusion: the media entries go along, whole on every tp and cp rank (charged at
+        # every boundary; the runtime stops after the last stage that reads them)
+        nbytes = nbytes + mb * p.media_entries * p.hidden * p.act_bytes
+        across = tp * cp * dp >= hw.node_size
+        sends = (pp - 1) if p.stack.pp_p2p_overlap else (m + pp - 1)
+        return np.where(pp > 1, 2 * hw.p2p(nbytes, across) * sends, 0.0)
+
     # ---- evaluation -------------------------------------------------------------------------------
     def evaluate(self, space: Space, allowed=(0, 1, 2), forced: np.ndarray | None = None,
                  time_all: bool = False, detail: bool = False, forced_layers: np.ndarray | None = None) -> Evaluation:
@@ -329,16 +344,8 @@ class CostModel:
         wgrad = rank_p["wgrad"][pair]
         others_zb = rank_sum(np.maximum(0.0, t_rank - 2 * wgrad)) - np.maximum(0.0, t_max - 2 * wgrad[rows, crit])
         bubble = np.where(sched == ZERO_BUBBLE, others_zb, np.where(sched == INTERLEAVED, others / v, others))
-        p2p_bytes = (col["mb"] / cp * self.p.seq_len * self.p.hidden * self.p.act_bytes
-                     / np.where(c["sp"][idx][:, None], tp, 1.0))[:, 0]
-        # late fusion: the media entries go along, whole on every tp and cp rank (charged at
-        # every boundary; the runtime stops after the last stage that reads them)
-        p2p_bytes = p2p_bytes + (col["mb"] * self.p.media_entries * self.p.hidden * self.p.act_bytes)[:, 0]
-        across = (tp * cp * dp)[:, 0] >= hw.node_size
-        sends = (pp - 1) if self.p.stack.pp_p2p_overlap else (mm + pp - 1)
-        piped = pp > 1
-        bubble = np.where(piped, bubble, 0.0)
-        p2p = np.where(piped, 2 * hw.p2p(p2p_bytes, across) * sends, 0.0)
+        bubble = np.where(pp > 1, bubble, 0.0)
+        p2p = self.p2p_seconds(col["mb"][:, 0], cp[:, 0], tp[:, 0], c["sp"][idx], dp[:, 0], pp, mm)
         rc_crit = rc[rows, crit]
         dp_exposed = mm * dp_mb[rows, crit] + dp_start.max(axis=1) + dp_end.max(axis=1)
         optimizer = optimizer_seconds(hw, trained[0].max(axis=1), trained[1].max(axis=1), col, d_dense, d_expert, zero)

@@ -3,28 +3,17 @@ with the same result.
 
 The planner (vlac.compiler.planner) costs every legal layout (about 10^5 for the flagship on 256
 GPUs) and takes the fastest that fits and that vlac's runtime runs. Most of those layouts cannot
-win, and a cheap lower bound on each one's step time shows which. From the cost model
-(vlac.compiler.cost_model): a step is m times the slowest rank's micro-batch t_max, plus the
-bubble (the other ranks' micro-batch once each; divided by v when interleaved; never negative
-for zero-bubble), plus sends, data-parallel communication and the optimizer (never negative); and
-recompute only adds. With T the sum of every rank's micro-batch:
-
-    step >= (m - 1) t_max + T                    1F1B and GPipe
-    step >= (m - 1/v) t_max + T / v              interleaved 1F1B with v virtual stages
-    step >= m t_max                               zero-bubble, or no pipeline (t_max = T)
-
-and t_max >= max(T / pp, T_k): the mean over the pp ranks, and (pigeonhole: the decoder layers
-are split among the ranks, so one rank holds at least k = ceil(layers / pp) of them) the sum of
-the k cheapest decoder layers. Every micro-batch figure here is the compute, memory-bound work and
-exposed tensor/expert/context communication, the cost model's own per-layer parts.
+win, and a cheap lower bound on each one's step time shows which (vlac.search.step_bound: the
+cost model's step with the slowest rank's and every rank's micro-batch bounded by their compute
+and exposed communication, the sends and the optimizer added).
 
 So: cost the layouts whose bound is lowest first; once some of them fit, with best step S, every
 layout that could be as fast has a bound <= S; cost exactly those and pick among them with the
 planner's own rule (ties included). The answer is the planner's, not an approximation.
 
 The bound depends on a layout only through its (tp, sp, cp, mb, ep, etp) combination and its
-pipeline (pp, v, m, schedule): layouts are grouped by those, and each candidate bounds the groups
-(about a sixth of the rows), never every row.
+pipeline (dp, pp, v, m, schedule): layouts are grouped by those, and each candidate bounds the
+groups (about a quarter of the rows), never every row.
 """
 
 from __future__ import annotations
@@ -37,9 +26,11 @@ from typing import Any
 import numpy as np
 
 from vlac.compiler import planner as planner_mod
-from vlac.compiler.cost_model import INTERLEAVED, ZERO_BUBBLE, CostModel, Evaluation
+from vlac.compiler.cost_model import CostModel, Evaluation
 from vlac.compiler.plan import Estimate
 from vlac.compiler.search_space import COLUMNS, Limits, Space, enumerate_space
+
+from .step_bound import BOUND_PARTS, StepTerms, lower_bounds
 
 FIRST_SHARE = 1.02  # first pass: the layouts within 2 % of the lowest bound
 GROW = 1.25  # and, while none of those fits, widen the band by this factor
@@ -47,34 +38,9 @@ GROW = 1.25  # and, while none of those fits, widen the band by this factor
 # (the README's search: 110 passes for 72 candidates without it, 87 with it, 0.48 -> 0.42 CPU s
 # choosing; a 400-candidate random search: the same CPU, 4 % fewer layouts costed)
 MARGIN = 1.01
-BOUND_PARTS = ("compute", "elementwise", "tp_comm", "ep_comm", "cp_comm")
-# the bound is computed in another order than the cost model sums the step: kept this far below
-# it, so that rounding never sets aside a layout whose step equals the bound
-ROUNDING = 1e-9
-GROUP_COLUMNS = ("pp", "v", "m", "sched")  # with the combination: all the bound reads of a row
-
-
-@dataclass
-class StepTerms:
-    """Per group, the bound's coefficients (module docstring): step >= t_max * t_max-coefficient
-    + T * total-coefficient, and what t_max's two lower bounds need."""
-
-    t_max: np.ndarray  # m - 1 (1F1B, GPipe), m - 1/v (interleaved), m (zero-bubble, no pipeline)
-    total: np.ndarray  # 1, 1/v, 0
-    inv_pp: np.ndarray
-    pp_values: np.ndarray  # the distinct pp
-    pp_at: np.ndarray  # per group: its pp's index in pp_values
-
-    @classmethod
-    def of(cls, pipe: dict[str, np.ndarray]) -> StepTerms:
-        pp, v, m = (pipe[k].astype(float) for k in ("pp", "v", "m"))
-        piped = pipe["pp"] > 1
-        zero_bubble = ~piped | (pipe["sched"] == ZERO_BUBBLE)
-        interleaved = piped & (pipe["sched"] == INTERLEAVED)
-        pp_values, pp_at = np.unique(pipe["pp"], return_inverse=True)
-        return cls(np.where(zero_bubble, m, np.where(interleaved, m - 1 / v, m - 1)),
-                   np.where(zero_bubble, 0.0, np.where(interleaved, 1 / v, 1.0)), 1 / pp, pp_values,
-                   pp_at.reshape(-1))
+# with the combination: all the bound reads of a row (dp follows from tp, cp and pp: it splits no
+# group, and last it leaves the groups' order as it was)
+GROUP_COLUMNS = ("pp", "v", "m", "sched", "dp")
 
 
 def _codes(columns: list[np.ndarray]) -> np.ndarray:
@@ -91,14 +57,14 @@ def _codes(columns: list[np.ndarray]) -> np.ndarray:
 class LayoutSpace:
     """The legal layouts of one (limits, pins): `legal` groups of an enumerated space (a superset
     shared by the depths and shapes it serves). A group is the rows sharing a (tp, sp, cp, mb,
-    ep, etp) combination and a pipeline (pp, v, m, schedule): what the bound reads. `order`
+    ep, etp) combination and a pipeline (dp, pp, v, m, schedule): what the bound reads. `order`
     lists the rows group by group (ascending within each), `start` where each group's rows
     begin."""
 
     space: Space  # the enumerated layouts
     combos: np.ndarray  # [U, 6] distinct (tp, sp, cp, mb, ep, etp) of the whole enumerated space
     combo: np.ndarray  # per group: its combination
-    pipe: dict[str, np.ndarray]  # per group: pp, v, m, sched
+    pipe: dict[str, np.ndarray]  # per group: pp, v, m, sched, dp
     terms: StepTerms  # per group: the bound's coefficients
     sizes: np.ndarray  # per group: its rows
     order: np.ndarray  # the rows, group by group
@@ -122,7 +88,8 @@ class LayoutSpace:
         order = np.argsort(ginv, kind="stable")
         start = np.searchsorted(ginv[order], np.arange(len(gfirst) + 1))
         pipe = {k: c[k][gfirst] for k in GROUP_COLUMNS}
-        return cls(space, combos, inv[gfirst], pipe, StepTerms.of(pipe), np.diff(start), order, start,
+        combo = inv[gfirst]
+        return cls(space, combos, combo, pipe, StepTerms.of(pipe, combos[combo]), np.diff(start), order, start,
                    np.ones(len(gfirst), bool), key)
 
     def within(self, lim: Limits) -> LayoutSpace:
@@ -181,7 +148,9 @@ class LayerTimes:
         self._times = times
         self.keys = np.empty(0, np.int64)  # sorted
         self.table: dict[str, np.ndarray] = {}
-        self.bound_parts: dict[str, np.ndarray] = {}  # LayoutSpace.key -> [U, keys] per-layer bound parts
+        # LayoutSpace.key -> [U, keys] per-layer bound parts, and which combinations have them
+        self.bound_parts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.group_sends: dict[str, np.ndarray] = {}  # LayoutSpace.key -> [groups] send seconds
 
     def __call__(self, tp, sp, cp, mb, ep, etp) -> dict[str, np.ndarray]:
         cols = [np.asarray(a).astype(np.int64) for a in (tp, sp, cp, mb, ep, etp)]
@@ -204,42 +173,32 @@ class LayerTimes:
         at = np.searchsorted(self.keys, key)
         return {k: v[at] for k, v in self.table.items()}
 
-    def per_layer_bound(self, model: CostModel, ls: LayoutSpace) -> np.ndarray:
-        """[U, keys]: one micro-batch's bound parts per layer of each key, per combination."""
-        parts = self.bound_parts.get(ls.key)
+    def per_layer_bound(self, model: CostModel, ls: LayoutSpace, used: np.ndarray | None = None) -> np.ndarray:
+        """[U, keys]: one micro-batch's bound parts per layer of each key, per combination of
+        the enumerated space; computed for the combinations `used` (default: all) and kept, the
+        others' rows left NaN until some candidate uses them (a shape's divisibility rules keep
+        a third of the flagship's combinations)."""
+        parts, known = self.bound_parts.get(ls.key, (None, None))
         if parts is None:
-            u = ls.combos
+            parts = np.full((len(ls.combos), model.p.n_keys), np.nan)
+            known = np.zeros(len(ls.combos), bool)
+            self.bound_parts[ls.key] = (parts, known)
+        new = ~known if used is None else used & ~known
+        if new.any():
+            u = ls.combos[new]
             pk = model._per_key(self(*u.T), u)  # the cost model's own per-layer parts of a micro-batch
-            parts = self.bound_parts[ls.key] = sum(pk[k] for k in BOUND_PARTS)
+            parts[new] = sum(pk[k] for k in BOUND_PARTS)
+            known |= new
         return parts
 
-
-def lower_bounds(model: CostModel, ls: LayoutSpace, times: LayerTimes) -> np.ndarray:
-    """A lower bound on the step time of every group's layouts (module docstring)."""
-    p = model.p
-    parts = times.per_layer_bound(model, ls)  # [U, keys]: one micro-batch's bound parts per layer
-    total = (parts @ np.bincount(p.sequence, minlength=p.n_keys))[ls.combo]  # T: through every layer
-    blocks = [k for k, layer in zip(p.sequence, p.layers) if 0 <= layer < p.g.n_layers]
-    terms = ls.terms
-    cheapest = _cheapest_layers(parts, blocks, -(-len(blocks) // terms.pp_values))  # [U, distinct pp]
-    # without a pipeline the cheapest "layers of one rank" are all of them: t_max = T either way
-    t_max = np.maximum(total * terms.inv_pp, cheapest[ls.combo, terms.pp_at])
-    return (terms.t_max * t_max + terms.total * total) * (1 - ROUNDING)
-
-
-def _cheapest_layers(parts: np.ndarray, blocks: list[int], ks: np.ndarray) -> np.ndarray:
-    """[U, len(ks)]: per combination, the sum of the ks[j] cheapest of the decoder layers (keys
-    `blocks`, one per layer)."""
-    keys, counts = np.unique(np.asarray(blocks, np.int64), return_counts=True)
-    vals = parts[:, keys]  # [U, distinct block keys]
-    by_cost = np.argsort(vals, axis=1, kind="stable")
-    v_sorted = np.take_along_axis(vals, by_cost, axis=1)
-    c_sorted = counts[by_cost]
-    n_before = np.cumsum(c_sorted, axis=1) - c_sorted  # layers of cheaper keys
-    out = np.zeros((len(parts), len(ks)))
-    for j, k in enumerate(ks):  # each key contributes its layers up to k in all
-        out[:, j] = (v_sorted * np.clip(k - n_before, 0, c_sorted)).sum(axis=1)
-    return out
+    def sends(self, model: CostModel, ls: LayoutSpace) -> np.ndarray:
+        """[groups of the enumerated space]: each group's stage-to-stage send seconds
+        (CostModel.p2p_seconds). They read the architecture's width, sequence and hardware, never
+        its depth: like the layer times, every candidate of the architecture shares them."""
+        sends = self.group_sends.get(ls.key)
+        if sends is None:
+            sends = self.group_sends[ls.key] = ls.terms.sends(model)
+        return sends
 
 
 def choose(search: planner_mod.Search, ls: LayoutSpace, allowed: tuple[int, ...], times: LayerTimes,
@@ -255,7 +214,7 @@ def choose(search: planner_mod.Search, ls: LayoutSpace, allowed: tuple[int, ...]
     Also returns this candidate's ratio."""
     if not ls.legal.any():
         return None
-    bound = np.where(ls.legal, lower_bounds(search.model, ls, times), np.inf)
+    bound = lower_bounds(search.model, ls, times)  # inf for the groups this depth and shape drop
     lowest = bound.min()
     band = lowest * ratio * MARGIN
     costed = _Costed(search, ls, allowed, bound)
@@ -384,4 +343,4 @@ def _row_keys(s: Space) -> np.ndarray:
     return np.sort(key)
 
 
-__all__ = ["DepthSpaces", "LayerTimes", "LayoutSpace", "choose", "lower_bounds"]
+__all__ = ["DepthSpaces", "LayerTimes", "LayoutSpace", "choose"]
