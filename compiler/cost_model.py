@@ -53,6 +53,7 @@ whole.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,6 +126,8 @@ class CostModel:
         self.max_block_params = max((q.params_dense + q.params_expert for q in prof if q.kind == "block"), default=0.0)
         self._compositions: dict[tuple[int, int], tuple[list[list[int]], np.ndarray]] = {}
         self._chunks: dict[tuple[int, bool], list[list[int]]] = {}  # interleaved shapes of one pp*v share their chunks
+        self._stage_weights: tuple[list[float], list[int]] | None = None  # CostProfile.stage_weights()
+        self._sequence_array: np.ndarray | None = None
 
     # ---- pipeline shape ---------------------------------------------------------------------------
     def composition(self, pp: int, v: int) -> tuple[list[list[int]], np.ndarray]:
@@ -134,13 +137,16 @@ class CostModel:
         if key not in self._compositions:
             split = (pp * v, v > 1)
             if split not in self._chunks:
-                self._chunks[split] = self.p.stage_chunks(*split)
+                if self._stage_weights is None:  # read once per model: the fast path splits it ~25 ways
+                    self._stage_weights = self.p.stage_weights()
+                self._chunks[split] = self.p.stage_chunks(*split, weights=self._stage_weights)
             chunks = self._chunks[split]
-            counts = np.zeros((pp, self.p.n_keys))
-            for c, chunk in enumerate(chunks):
-                for pos in chunk:
-                    counts[c % pp, self.p.sequence[pos]] += 1
-            self._compositions[key] = (chunks, counts)
+            # each position's rank (chunk c runs on rank c % pp), counted per (rank, key) at once
+            n_keys, sequence = self.p.n_keys, self._sequence()
+            rank = np.repeat(np.arange(len(chunks), dtype=np.int64) % pp, [len(chunk) for chunk in chunks])
+            positions = np.fromiter(itertools.chain.from_iterable(chunks), np.int64, len(rank))
+            counts = np.bincount(rank * n_keys + sequence[positions], minlength=pp * n_keys)
+            self._compositions[key] = (chunks, counts.reshape(pp, n_keys).astype(float))
         return self._compositions[key]
 
     def p2p_seconds(self, mb, cp, tp, sp, dp, pp, m) -> np.ndarray:
@@ -157,6 +163,11 @@ class CostModel:
         across = tp * cp * dp >= hw.node_size
         sends = (pp - 1) if p.stack.pp_p2p_overlap else (m + pp - 1)
         return np.where(pp > 1, 2 * hw.p2p(nbytes, across) * sends, 0.0)
+
+    def _sequence(self) -> np.ndarray:
+        if self._sequence_array is None:
+            self._sequence_array = np.asarray(self.p.sequence, np.int64)
+        return self._sequence_array
 
     # ---- evaluation -------------------------------------------------------------------------------
     def evaluate(self, space: Space, allowed=(0, 1, 2), forced: np.ndarray | None = None,

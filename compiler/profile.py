@@ -288,19 +288,27 @@ class CostProfile:
         return capacity_slots(tokens, self.experts, self.top_k, self.capacity_factor)
 
     # ---- pipeline stage split -------------------------------------------------------------------
-    def stage_chunks(self, n_chunks: int, interleaved: bool = False) -> list[list[int]]:
+    def stage_weights(self) -> tuple[list[float], list[int]]:
+        """What the pipeline stage split reads (stage_chunks): each layer position's weight (its
+        FLOPs: forward, backward and padding) and the positions of the decoder layers."""
+        weights = [self.profiles[k].flops for k in self.sequence]
+        blocks = [i for i, layer in enumerate(self.layers) if 0 <= layer < self.g.n_layers]
+        return weights, blocks
+
+    def stage_chunks(self, n_chunks: int, interleaved: bool = False,
+                     weights: tuple[list[float], list[int]] | None = None) -> list[list[int]]:
         """Contiguous chunks of layer positions (indices into `self.layers`), balanced on the
         layers' FLOPs (forward, backward and padding); the embeddings ride with the first
         decoder layer and the head with the last, and every chunk holds a decoder layer.
         One chunk per rank: the heaviest chunk is minimised. Interleaved (chunk c on rank
         c % pp): what a rank sums over its chunks matters, so chunks are cut where the running
-        total is nearest to equal shares."""
-        weights = [self.profiles[k].flops for k in self.sequence]
-        blocks = [i for i, layer in enumerate(self.layers) if 0 <= layer < self.g.n_layers]
+        total is nearest to equal shares. `weights`: stage_weights(), when the caller keeps
+        them for many splits."""
+        weights, blocks = weights or self.stage_weights()
         if n_chunks > len(blocks):
             raise ValueError(f"{n_chunks} pipeline chunks for {len(blocks)} decoder layers")
-        before = [i for i in range(len(weights)) if i < blocks[0]]
-        after = [i for i in range(len(weights)) if i > blocks[-1]]
+        before = list(range(blocks[0]))
+        after = list(range(blocks[-1] + 1, len(weights)))
         w = [weights[i] for i in blocks]
         w[0] += sum(weights[i] for i in before)
         w[-1] += sum(weights[i] for i in after)

@@ -150,7 +150,8 @@ class LayerTimes:
         self.table: dict[str, np.ndarray] = {}
         # LayoutSpace.key -> [U, keys] per-layer bound parts, and which combinations have them
         self.bound_parts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        self.group_sends: dict[str, np.ndarray] = {}  # LayoutSpace.key -> [groups] send seconds
+        # LayoutSpace.key -> per group: send seconds, optimizer seconds per dense and per expert parameter
+        self.fixed: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def __call__(self, tp, sp, cp, mb, ep, etp) -> dict[str, np.ndarray]:
         cols = [np.asarray(a).astype(np.int64) for a in (tp, sp, cp, mb, ep, etp)]
@@ -191,14 +192,14 @@ class LayerTimes:
             known |= new
         return parts
 
-    def sends(self, model: CostModel, ls: LayoutSpace) -> np.ndarray:
-        """[groups of the enumerated space]: each group's stage-to-stage send seconds
-        (CostModel.p2p_seconds). They read the architecture's width, sequence and hardware, never
-        its depth: like the layer times, every candidate of the architecture shares them."""
-        sends = self.group_sends.get(ls.key)
-        if sends is None:
-            sends = self.group_sends[ls.key] = ls.terms.sends(model)
-        return sends
+    def fixed_terms(self, model: CostModel, ls: LayoutSpace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per group of the enumerated space, the bound's terms that read the architecture's
+        width, sequence and hardware but never its depth (StepTerms.fixed): like the layer
+        times, every candidate of the architecture shares them."""
+        terms = self.fixed.get(ls.key)
+        if terms is None:
+            terms = self.fixed[ls.key] = ls.terms.fixed(model)
+        return terms
 
 
 def choose(search: planner_mod.Search, ls: LayoutSpace, allowed: tuple[int, ...], times: LayerTimes,

@@ -75,20 +75,18 @@ class StepTerms:
         return cls(np.where(zero_bubble, m, np.where(interleaved, m - 1 / v, m - 1)),
                    np.where(zero_bubble, 0.0, np.where(interleaved, 1 / v, 1.0)), shapes, shape_at.reshape(-1), d)
 
-    def sends(self, model: CostModel) -> np.ndarray:
-        """Every group's stage-to-stage send seconds under `model` (exact: they read only the
-        combination and the pipeline)."""
+    def fixed(self, model: CostModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per group, what does not depend on the depth: the stage-to-stage send seconds (exact:
+        they read only the combination and the pipeline), and the optimizer's seconds per
+        trainable dense and per trainable expert parameter of the largest rank at the most
+        sharded ZeRO level, which no layout's undercuts (the optimizer is linear in them)."""
         d = self.degrees
-        return model.p2p_seconds(d["mb"], d["cp"], d["tp"], d["sp"], d["dp"], d["pp"], d["m"])
-
-    def optimizer(self, model: CostModel, dense: np.ndarray, expert: np.ndarray) -> np.ndarray:
-        """Every group's optimizer seconds at the most sharded ZeRO level, which no layout's
-        undercuts; `dense`, `expert`: per pipeline shape, its largest rank's trainable
-        parameters."""
-        d = self.degrees
+        sends = model.p2p_seconds(d["mb"], d["cp"], d["tp"], d["sp"], d["dp"], d["pp"], d["m"])
         col = {k: d[k][:, None] for k in ("tp", "ep", "etp")}
-        return optimizer_seconds(model.hw, dense[self.shape_at], expert[self.shape_at], col, d["d_dense"][:, None],
-                                 d["d_expert"][:, None], np.ones((len(self.shape_at), 1)))
+        one, zero = np.ones(len(sends)), np.zeros(len(sends))
+        per = [optimizer_seconds(model.hw, dense, expert, col, d["d_dense"][:, None], d["d_expert"][:, None],
+                                 one[:, None]) for dense, expert in ((one, zero), (zero, one))]
+        return sends, per[0], per[1]
 
 
 def lower_bounds(model: CostModel, ls: LayoutSpace, times: LayerTimes) -> np.ndarray:
@@ -102,8 +100,9 @@ def lower_bounds(model: CostModel, ls: LayoutSpace, times: LayerTimes) -> np.nda
     parts = times.per_layer_bound(model, ls, used)  # [U, keys]: one micro-batch's bound parts per layer
     slowest, trained = _slowest_ranks(model, parts, terms.shapes, kept, used)
     total = parts @ np.bincount(p.sequence, minlength=p.n_keys)  # S >= this: every layer once
-    bound = (terms.t_max * slowest[ls.combo, terms.shape_at] + terms.total * total[ls.combo]
-             + times.sends(model, ls) + terms.optimizer(model, *trained))
+    sends, per_dense, per_expert = times.fixed_terms(model, ls)
+    bound = (terms.t_max * slowest[ls.combo, terms.shape_at] + terms.total * total[ls.combo] + sends
+             + per_dense * trained[0][terms.shape_at] + per_expert * trained[1][terms.shape_at])
     with np.errstate(invalid="ignore"):  # NaN where a combination is not used: those groups are not legal
         return np.where(ls.legal, bound * (1 - ROUNDING), np.inf)
 
