@@ -27,6 +27,7 @@ import copy
 import itertools
 import json
 import math
+import operator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -138,6 +139,13 @@ class _Weights:
 
     def sum_of(self, values: list, integer: bool):
         """sum_i w_i values[i], exactly; None when an integer field comes out fractional."""
+        v0 = values[0]
+        if values.count(v0) == len(values):
+            # one value v: the weights sum to 1 (the constant monomial is in the class), so the
+            # sum is v, as the arithmetic below gives it
+            if float(v0).is_integer():
+                return int(v0) if integer else float(v0)
+            return None if integer else float(Fraction(v0))
         if all(float(v).is_integer() for v in values):
             total = sum(n * int(v) for n, v in zip(self.nums, values))
             if total % self.den == 0:
@@ -223,9 +231,11 @@ def _combined_graph(t: _Topology, w: list[Fraction], exp: Experiment) -> Graph |
     if any(len(g.nodes) != len(g0.nodes) or g.block_of_layer != g0.block_of_layer for g in graphs):
         return None
     nodes = []
+    same = operator.attrgetter(*SAME_FIELDS)
     for column in zip(*(g.nodes for g in graphs)):
         n0 = column[0]
-        if any(getattr(n, f) != getattr(n0, f) for n in column[1:] for f in SAME_FIELDS):
+        s0 = same(n0)
+        if any(same(n) != s0 for n in column[1:]):
             return None
         changes: dict[str, Any] = {}
         for f in INT_FIELDS:
