@@ -36,6 +36,10 @@ class SearchError(ValueError):
 
 
 INT64 = 2**63  # a candidate's figures are stored as 64-bit integers (results.parquet); no spec field is larger
+# A grid evaluates every point: a million at the fast path's 245 candidates/s on this 2-core
+# machine (benchmarks/results/search.json, random search) is over an hour, and each point's
+# params are kept. Beyond it, sample the space (random or an Optuna strategy, with a budget).
+MAX_GRID_POINTS = 1_000_000
 
 
 def check_integers(node: Any, where: str) -> None:
@@ -91,22 +95,32 @@ class Axis:
     def discrete(self) -> bool:
         return self.values is not None or self.step is not None
 
-    def points(self) -> tuple[Any, ...]:
-        """Every value of a discrete axis, in order."""
+    def count(self) -> int:
+        """How many values a discrete axis has, without listing them (a range's lattice may be
+        far larger than memory: random sampling draws from it by index)."""
         if self.values is not None:
-            return self.values
+            return len(self.values)
         if self.step is None:
             raise SearchError(f"space: {self.name!r} is a continuous range; a grid needs discrete values: give a "
                               f"list, add `step`, or use strategy random")
         assert self.low is not None and self.high is not None
-        count = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
-        pts = [self.low + i * self.step for i in range(count)]
-        return tuple(int(round(p)) for p in pts) if self.integer else tuple(pts)
+        return _lattice_count(self.low, self.high, self.step)
+
+    def point(self, i: int) -> Any:
+        """The i-th value of a discrete axis (0 <= i < count())."""
+        if self.values is not None:
+            return self.values[i]
+        assert self.low is not None and self.step is not None
+        p = self.low + i * self.step
+        return int(round(p)) if self.integer else p
+
+    def points(self) -> tuple[Any, ...]:
+        """Every value of a discrete axis, in order (a grid's axis: Space.check_grid bounds it)."""
+        return tuple(self.point(i) for i in range(self.count()))
 
     def sample(self, rng: random.Random) -> Any:
         if self.discrete:
-            pts = self.points()
-            return pts[rng.randrange(len(pts))]
+            return self.point(rng.randrange(self.count()))
         assert self.low is not None and self.high is not None
         if self.integer and not self.log:
             return rng.randint(int(self.low), int(self.high))
@@ -153,10 +167,25 @@ class Space:
         """Points in the grid (None when an axis is continuous)."""
         if not self.discrete:
             return None
-        return math.prod(len(a.points()) for a in self.axes)
+        return math.prod(a.count() for a in self.axes)
+
+    def check_grid(self) -> None:
+        """Refuse, before anything is evaluated, a space a grid cannot walk: a continuous range,
+        or more than MAX_GRID_POINTS points (listing a range's lattice of 10^12 values exhausts
+        memory long before the first candidate, and no search evaluates that many)."""
+        counts = {a.name: a.count() for a in self.axes}  # raises naming a continuous entry
+        size = math.prod(counts.values())
+        if size > MAX_GRID_POINTS:
+            largest = max(counts, key=counts.__getitem__)
+            raise SearchError(
+                f"space: a grid would have {size:,} points, more than the {MAX_GRID_POINTS:,} a grid search walks "
+                f"({', '.join(f'{k}: {n:,} values' for k, n in counts.items())}); {largest!r} has the most: give it a "
+                f"larger step or fewer values, or use strategy random (or tpe, cmaes, nsga2) with a budget, which "
+                f"draw from ranges without listing them")
 
     def grid(self) -> Iterator[dict[str, Any]]:
         """Every combination, the last axis varying fastest."""
+        self.check_grid()
         for combo in itertools.product(*(a.points() for a in self.axes)):
             params: dict[str, Any] = {}
             for axis, value in zip(self.axes, combo):
@@ -247,7 +276,15 @@ def _range(key: str, paths: tuple[str, ...], spec: Mapping[str, Any]) -> Axis:
     if log and low <= 0:
         raise SearchError(f"space: {key!r}: a log range needs low > 0, got {low}")
     integer = all(isinstance(x, int) for x in (low, high, step if step is not None else 1))
+    if step is not None and not math.isfinite((high - low) / step):
+        raise SearchError(f"space: {key!r}: step {step} is too small for the range [{low}, {high}] (its values "
+                          f"cannot be counted); give a larger step, or drop step for a continuous range")
     return Axis(paths, low=low, high=high, step=step, log=log, integer=integer)
+
+
+def _lattice_count(low: float, high: float, step: float) -> int:
+    """Values low, low + step, ... up to high (a hair of rounding tolerated at the top)."""
+    return int(math.floor((high - low) / step + 1e-9)) + 1
 
 
 # ---- checking that a dotted path names a spec field ---------------------------------------------
@@ -288,4 +325,4 @@ def _members(tp: Any) -> list[Any]:
     return [tp]
 
 
-__all__ = ["Axis", "Candidate", "SearchError", "Space", "params_key", "spec_path_problem"]
+__all__ = ["MAX_GRID_POINTS", "Axis", "Candidate", "SearchError", "Space", "params_key", "spec_path_problem"]

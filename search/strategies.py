@@ -44,8 +44,7 @@ class Grid:
     """Every point of a discrete space, the last axis varying fastest."""
 
     def __init__(self, space: Space, seed: int):
-        for axis in space.axes:
-            axis.points()  # raises naming a continuous entry
+        space.check_grid()  # a continuous entry or too many points: refused before any evaluation
         self._points: Iterator[dict[str, Any]] = space.grid()
 
     def propose(self, seen: set[str]) -> dict[str, Any] | None:
@@ -162,11 +161,11 @@ def _distribution(axis: Axis) -> Any:
     assert axis.low is not None and axis.high is not None
     if axis.integer:
         if axis.step is not None:
-            high = int(axis.low) + (len(axis.points()) - 1) * int(axis.step)  # the last lattice point
+            high = int(axis.low) + (axis.count() - 1) * int(axis.step)  # the last lattice point
             return IntDistribution(int(axis.low), high, step=int(axis.step))
         return IntDistribution(int(axis.low), int(axis.high), log=axis.log)
     if axis.step is not None:
-        high = axis.points()[-1]
+        high = axis.point(axis.count() - 1)
         return FloatDistribution(axis.low, high, step=axis.step)
     return FloatDistribution(axis.low, axis.high, log=axis.log)
 
