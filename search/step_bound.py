@@ -29,7 +29,7 @@ least the mean over ranks and the ceil(layers / pp) cheapest layers, no sends, n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -58,6 +58,8 @@ class StepTerms:
     shapes: np.ndarray  # the distinct pp * SHAPE_RADIX + v
     shape_at: np.ndarray  # per group: its shape's index in shapes
     degrees: dict[str, np.ndarray]  # per group: tp, sp (bool), cp, mb, ep, etp, dp, pp, m, d_dense, d_expert
+    # memory seconds per byte -> per group, optimizer seconds per dense and per expert parameter
+    _optimizer: dict[float, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, pipe: dict[str, np.ndarray], combos: np.ndarray) -> StepTerms:
@@ -82,11 +84,21 @@ class StepTerms:
         sharded ZeRO level, which no layout's undercuts (the optimizer is linear in them)."""
         d = self.degrees
         sends = model.p2p_seconds(d["mb"], d["cp"], d["tp"], d["sp"], d["dp"], d["pp"], d["m"])
-        col = {k: d[k][:, None] for k in ("tp", "ep", "etp")}
-        one, zero = np.ones(len(sends)), np.zeros(len(sends))
-        per = [optimizer_seconds(model.hw, dense, expert, col, d["d_dense"][:, None], d["d_expert"][:, None],
-                                 one[:, None]) for dense, expert in ((one, zero), (zero, one))]
-        return sends, per[0], per[1]
+        return (sends, *self._optimizer_per_parameter(model.hw))
+
+    def _optimizer_per_parameter(self, hw) -> tuple[np.ndarray, np.ndarray]:
+        # it reads the hardware only through its memory seconds per byte (linear): kept per rate,
+        # so architectures on one cluster share it
+        rate = float(hw.memory_seconds(1.0))
+        per = self._optimizer.get(rate)
+        if per is None:
+            d = self.degrees
+            col = {k: d[k][:, None] for k in ("tp", "ep", "etp")}
+            one, zero = np.ones(len(d["tp"])), np.zeros(len(d["tp"]))
+            per = self._optimizer[rate] = tuple(
+                optimizer_seconds(hw, dense, expert, col, d["d_dense"][:, None], d["d_expert"][:, None], one[:, None])
+                for dense, expert in ((one, zero), (zero, one)))
+        return per
 
 
 def lower_bounds(model: CostModel, ls: LayoutSpace, times: LayerTimes) -> np.ndarray:
