@@ -135,12 +135,12 @@ def _slowest_ranks(model: CostModel, parts: np.ndarray, shapes: np.ndarray, kept
     if not counts:
         return slowest.T, (dense, expert)
     distinct, which = np.unique(np.concatenate(counts), axis=0, return_inverse=True)  # [distinct ranks, keys]
-    which = which.reshape(-1)
+    which = which.reshape(-1).tolist()
     per_rank = np.einsum("rk,uk->ru", distinct, parts[used])
     dense_r, expert_r = distinct @ model.trainable_dense, distinct @ model.trainable_expert
     first = 0
     for j, c in zip(at.tolist(), counts):
-        rows = np.unique(which[first:first + len(c)])
+        rows = sorted(set(which[first:first + len(c)]))  # a few distinct ranks of at most pp
         slowest[j, used] = per_rank[rows].max(axis=0)
         dense[j], expert[j] = dense_r[rows].max(), expert_r[rows].max()
         first += len(c)
