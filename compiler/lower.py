@@ -156,7 +156,10 @@ class _Lowering:
         keep_edges = self.exp.precision.fp8.keep_first_last_bf16
         nodes: list[NodeCost] = []
         seen_params: set[int] = set()
-        held: set[int] = set()
+        # a block input that a top-level op already saves (the decoder's output, which the final
+        # norm keeps and the MTP modules take in) is one storage: charged there, not again when
+        # a checkpointed block holds it
+        held: set[int] = set(interp.saved_keys)
         layer = -1  # a node between decoder layers i-1 and i runs with (and is tagged as) layer i
         for n in top.graph.nodes:
             call = calls.get(n.name)

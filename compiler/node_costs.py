@@ -80,7 +80,7 @@ class CostInterpreter(fx.Interpreter):
         self.producer: dict[int, str] = {}
         self.block_calls: set[str] = set()
         self.saved: dict[str, float] = defaultdict(float)
-        self._saved_keys: set[int] = set()
+        self.saved_keys: set[int] = set()  # storages some node of this graph saved for backward
         self.inputs: dict[str, list[torch.Tensor]] = {}
         self.outputs: dict[str, Any] = {}
         self.kept_bytes: dict[str, float] = {}
@@ -132,9 +132,9 @@ class CostInterpreter(fx.Interpreter):
         key = storage_key(t)
         is_input = key in self.param_keys or any(storage_key(i) == key for i in self.inputs[self._current])
         self.last_pack = (self._current, not is_input)
-        if key in self.param_keys or key in self._saved_keys:
+        if key in self.param_keys or key in self.saved_keys:
             return t
-        self._saved_keys.add(key)
+        self.saved_keys.add(key)
         producer = self.producer.get(key)
         # a block's outputs are charged to the node that saves them: the block's own records
         # are per layer and cannot hold what its consumers keep

@@ -43,7 +43,14 @@ def test_parameters_are_exact(path):
 @pytest.mark.parametrize("path,policy", CASES)
 def test_flops_match_the_flop_counter(path, policy):
     predicted = predicted_math_flops(_graph(path), policy)
-    assert predicted == pytest.approx(measured_flops(_tiny(path), MICRO_BATCH, policy=policy), rel=0.02)
+    measured = measured_flops(_tiny(path), MICRO_BATCH, policy=policy)
+    moe = _tiny(path).moe
+    if moe is not None and moe.capacity_factor is None:
+        # dropless experts: group padding depends on the routing and is charged at its bound
+        # (test_dropless_experts_are_charged_their_padding_bound), so an upper bound, and a close one
+        assert 1.0 <= predicted / measured < 1.05
+    else:
+        assert predicted == pytest.approx(measured, rel=0.02)
 
 
 @pytest.mark.parametrize("path,policy", CASES)
