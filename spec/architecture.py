@@ -78,6 +78,14 @@ class Backbone(SpecModel):
             raise ValueError(f"kv_heads: heads {self.heads} is not divisible by kv_heads {kv}; use kv_heads among {ok}")
         if self.head_dim is None and self.hidden % self.heads:
             raise ValueError(f"heads: hidden {self.hidden} is not divisible by heads {self.heads}; set head_dim or change heads")
+        # RoPE rotates channel pairs (rotate-half) of every head; MLA rotates its own qk_rope_head_dim
+        # channels instead (checked even there), so only standard attention needs an even head
+        if self.positions == "rope" and self.mla is None and self.d_head % 2:
+            field, fix = (("head_dim", f"use an even head_dim such as {self.d_head + 1}") if self.head_dim
+                          else ("heads", f"hidden / heads = {self.hidden} / {self.heads} = {self.d_head}; set an "
+                                         f"even head_dim, or heads that leave an even width"))
+            raise ValueError(f"{field}: the head width {self.d_head} is odd and positions: rope rotates channel "
+                             f"pairs (rotate-half); {fix}, or positions: learned or none")
         return self
 
     @model_validator(mode="after")
