@@ -46,7 +46,8 @@ def lower(exp: Experiment, micro_batch: int = 1, seq_len: int | None = None, dty
     if name not in DTYPES:
         raise ValueError(f"dtype: lowering supports {', '.join(DTYPES)}, not {name!r}; pass dtype= one of them")
     dt = DTYPES[name]
-    s = seq_len or exp.train.seq_len
+    s = exp.train.seq_len if seq_len is None else seq_len
+    check_shape(exp, micro_batch, s)
     model, objective = build_on_meta(exp, dt)
     lowering = _Lowering(exp, micro_batch * s, decoder=[id(b) for b in model.layers])
     top = trace(objective)
@@ -62,6 +63,23 @@ def lower(exp: Experiment, micro_batch: int = 1, seq_len: int | None = None, dty
               boundary_bytes=lowering.boundary_bytes, block_paths=lowering.block_paths)
     g.lower_seconds = time.perf_counter() - t0
     return g
+
+
+def check_shape(exp: Experiment, micro_batch: int, seq_len: int) -> None:
+    """Refuse a micro-batch or sequence length the model cannot be traced at, naming the argument:
+    torch would otherwise fail deep inside the trace (a negative or fractional size, a slice past
+    the RoPE table of context_length positions)."""
+    for name, value, unit in (("micro_batch", micro_batch, "sequences"), ("seq_len", seq_len, "tokens")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: {value!r} is not a positive number of {unit}; pass a whole number >= 1")
+    limit = exp.backbone.context_length
+    if seq_len > limit:
+        raise ValueError(f"seq_len: {seq_len} exceeds backbone.context_length {limit}, the positions the model has; "
+                         f"pass seq_len <= {limit}")
+    mtp = exp.losses.mtp
+    if mtp and mtp.depth + 1 >= seq_len:  # as the spec's rule: module k's first target is token k+1 ahead
+        raise ValueError(f"seq_len: {seq_len} leaves losses.mtp's module {mtp.depth} no target (it predicts "
+                         f"{mtp.depth + 1} tokens ahead); pass seq_len >= {mtp.depth + 2}")
 
 
 @dataclass
