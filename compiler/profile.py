@@ -131,7 +131,7 @@ class CostProfile:
         v_dim = v_head_dim or head_dim
         self.stack_costs = StackCosts(self.stack, act_bytes=graph.dtype_bytes, hidden=hidden, head_dim=head_dim,
                                       v_head_dim=v_dim, rope_head_dim=rope_head_dim or head_dim,
-                                      heads=heads, norm=norm, fp8_inputs=fp8_inputs)
+                                      heads=heads, norm=norm, fp8_inputs=fp8_inputs, top_k=top_k)
         self.norm = norm
         # measured kernel rates replace the assumed HBM efficiency for the traffic of their ops
         self.kernel_costs = kernel_costs or KernelCosts(hw.cluster.gpu.memory_bandwidth)

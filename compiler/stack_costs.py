@@ -117,6 +117,18 @@ gradient as Linear does): the dispatched tokens (the expert w1/w3 input, reached
 slice of the dispatch buffer) and the expert activation's output (the w2 input, through a
 dropout of p = 0) are kept at 1 byte per element; the dispatch node's few index bytes are
 counted with them (8 bytes per routed copy against 2h of tokens).
+
+Dropless MoE layers on `megatron-te` keep what Megatron-Core's MoE layer keeps (Megatron-LM at
+d98e8a6), not the traced ops of vlac's runtime (a padded permuted buffer, SiLU's output, the
+fp32 weighted copies its un-permute multiplies by the router weights: ~4.4x more for
+DeepSeek-V3). Per routed copy: TE GroupedLinear fc1's input (h; FP8 with `fp8_stored_inputs`),
+the input of the weighted SwiGLU that applies the routing probabilities (transformer/moe/
+experts.py `bias_act_func` -> fusions/fused_bias_swiglu.py `WeightedSwiGLUFunction`, which saves
+its [2f] input in BF16, `activation_func_fp8_input_store` off by default, and the probability,
+counted fp32), fc2's input (f; FP8 likewise). The dispatcher's un-permute is called without
+probabilities (transformer/moe/token_dispatcher.py, `combine_postprocess`), so it and the
+permutation keep index maps only; the all-to-alls keep nothing. Padding rows (at most 15 per
+local expert with FP8) are not charged. Selective recompute (core attention) reruns none of it.
 """
 
 from __future__ import annotations
@@ -162,8 +174,9 @@ class StackCosts:
 
     def __init__(self, stack: ResolvedStack, *, act_bytes: int, hidden: int, head_dim: int, heads: int, norm: str,
                  v_head_dim: int | None = None, rope_head_dim: int | None = None,
-                 fp8_inputs: frozenset[str] = frozenset()):
+                 fp8_inputs: frozenset[str] = frozenset(), top_k: int = 0):
         self.stack, self.act_bytes, self.head_dim, self.heads, self.norm = stack, act_bytes, head_dim, heads, norm
+        self.top_k = top_k  # routed copies per token of a MoE layer (0: none)
         # latent attention's value heads and rotated channels have widths of their own (else head_dim)
         self.v_head_dim, self.rope_head_dim = v_head_dim or head_dim, rope_head_dim or head_dim
         self.hidden = hidden
@@ -192,6 +205,11 @@ class StackCosts:
             factor = 0.0
         elif self._megatron_cross_entropy(n):
             return {pol: n.saved[pol] for pol in RECOMPUTE}  # its fp32 softmax, whatever the activation dtype
+        elif self._megatron_dropless_experts(n):
+            core = self._megatron_experts_kept(n, tokens)
+            # selective (core attention) recomputes none of it: it keeps what it keeps without recompute
+            kept = {pol: min(n.saved[pol], core) for pol in RECOMPUTE}
+            return {**kept, "selective": kept["none"]} if st.selective_recompute == "core_attention" else kept
         elif n.kind == "loss" and st.fuses("cross_entropy") and n.name.startswith("cross_entropy"):
             factor = self.act_bytes / FP32_BYTES
         kept = {pol: max(0.0, n.saved[pol] * factor - (minus if n.saved[pol] else 0.0)) * self.dtype_scale
@@ -229,6 +247,25 @@ class StackCosts:
         if n.kind == "elementwise" and n.module.endswith(".mlp") and last in ("gelu", "silu"):
             return EAGER_ACTIVATION_EXTRA_PASSES * n.saved["none"] * self.dtype_scale
         return 0.0
+
+    def _megatron_dropless_experts(self, n: NodeCost) -> bool:
+        """The dropless experts node (permute, grouped GEMMs, un-permute) on the megatron-te preset:
+        Megatron-Core's MoE layer."""
+        return (self.stack.preset == "megatron-te" and n.kind == "gemm" and n.name.endswith("dropless_experts")
+                and self.top_k > 0 and n.gemm_mnk is not None)
+
+    def _megatron_experts_kept(self, n: NodeCost, tokens: int) -> float:
+        """Bytes Megatron-Core's dropless MoE layer keeps between its dispatch and combine
+        (module docstring): per routed copy the grouped fc1's input (h), the activation's input
+        ((mats - 1) f, the fc1 output), its fp32 routing probability, and fc2's input (f), the GEMM
+        inputs in FP8 where the stack keeps FP8 inputs; the un-permute keeps only indices."""
+        _, f, d = n.gemm_mnk
+        copies = tokens * self.top_k
+        mats = round(n.flops_fwd / (2.0 * copies * d * f))  # 3 for SwiGLU experts (w1, w3, w2), 2 for GELU
+        stored = self.act_bytes * self.dtype_scale
+        gemm_input = 1.0 if self.fp8_inputs and n.fp8_eligible else stored
+        activation = (mats - 1) * f * stored + FP32_BYTES + (0.0 if self.stack.fuses("swiglu") or mats < 3 else f * stored)
+        return copies * ((d + f) * gemm_input + activation)
 
     def _megatron_cross_entropy(self, n: NodeCost) -> bool:
         """The loss's cross entropy on the megatron-te preset: Megatron-Core's vocabulary-parallel one."""
