@@ -111,7 +111,9 @@ high-precision input and casts it again in backward. So on a stack with it, a te
 FP8-eligible GEMMs read (through views) is kept at 1 byte per element: a backbone norm's output
 (the QKV and MLP inputs), the attention output (the output projection's input), the MLP
 activation's output (the down projection's input). In Korthikanti's GPT layer the GEMM inputs
-are 14 of the 32sbh (QKV 2, projection 2, fc1 2, fc2 8): the layer keeps 25sbh in FP8. The
+are 14 of the 32sbh (QKV 2, projection 2, fc1 2, fc2 8), halved in FP8; the attention output
+is kept twice, in BF16 by the fused kernel for its own backward (TE's FusedAttnFunc saves q, k, v
+and out: the dO . O row sums) and in FP8 by the projection: the layer keeps 27sbh. The
 expert GEMMs of a MoE layer too (TE's GroupedLinear keeps its FP8 input for the weight
 gradient as Linear does): the dispatched tokens (the expert w1/w3 input, reached through a
 slice of the dispatch buffer) and the expert activation's output (the w2 input, through a
@@ -197,6 +199,8 @@ class StackCosts:
         if n.kind == "norm" and self.norm == "rmsnorm" and st.fuses("norm") and _backbone(n.module):
             fused = (2 * self.act_bytes * self.hidden + FP32_BYTES) * tokens
             kept = {pol: min(n.saved[pol], fused) * self.dtype_scale for pol in RECOMPUTE}
+            if st.selective_recompute == "core_attention" and n.in_block:
+                kept["selective"] = kept["none"]  # recomputing the attention core reruns no norm
             # TE's LayerNormLinear keeps its input, the rstd and the FP8 copy of its output
             return self._in_fp8(n, kept, tokens) if n.name in self.fp8_inputs else kept
         if n.kind == "elementwise" and st.fuses("rope") and n.module.endswith(".rotary") and "rope" in n.name:
@@ -205,6 +209,8 @@ class StackCosts:
             factor = 0.0
         elif self._megatron_cross_entropy(n):
             return {pol: n.saved[pol] for pol in RECOMPUTE}  # its fp32 softmax, whatever the activation dtype
+        elif self._megatron_router_cast(n):
+            factor = 0.0  # Megatron's router GEMM keeps its BF16 input (the norm's output) and casts inside
         elif self._megatron_dropless_experts(n):
             core = self._megatron_experts_kept(n, tokens)
             # selective (core attention) recomputes none of it: it keeps what it keeps without recompute
@@ -226,6 +232,12 @@ class StackCosts:
         stored = self.act_bytes * self.dtype_scale
         width = {"norm": self.hidden, "attention": self.heads * self.v_head_dim}.get(n.kind)
         out = {pol: b if width is None else min(b, width * stored * tokens) for pol, b in kept.items()}
+        if n.kind == "attention":
+            # a fused attention kernel keeps its own output for backward (its dO . O row sums) beside
+            # the projection's FP8 copy, unless the core attention is recomputed (selective)
+            rerun = self.stack.selective_recompute == "core_attention"
+            return {pol: b - out[pol] * (1 - 1 / stored) if pol == "selective" and rerun else b + out[pol] / stored
+                    for pol, b in kept.items()}
         return {pol: b - out[pol] * (1 - 1 / stored) for pol, b in kept.items()}
 
     @property
@@ -247,6 +259,13 @@ class StackCosts:
         if n.kind == "elementwise" and n.module.endswith(".mlp") and last in ("gelu", "silu"):
             return EAGER_ACTIVATION_EXTRA_PASSES * n.saved["none"] * self.dtype_scale
         return 0.0
+
+    def _megatron_router_cast(self, n: NodeCost) -> bool:
+        """The fp32 casts of a MoE router's input and weight (vlac's runtime router: F.linear(h.float(),
+        w.float())) on the megatron-te preset, whose RouterGatingLinearFunction (transformer/moe/
+        moe_utils.py) saves the BF16 input and weight and casts them inside."""
+        return (self.stack.preset == "megatron-te" and n.kind == "elementwise" and n.module.endswith(".router")
+                and n.name.rsplit(".", 1)[-1].startswith("float"))
 
     def _megatron_dropless_experts(self, n: NodeCost) -> bool:
         """The dropless experts node (permute, grouped GEMMs, un-permute) on the megatron-te preset:
@@ -278,6 +297,9 @@ class StackCosts:
         if self._megatron_cross_entropy(n):
             logits = n.saved["none"] / FP32_BYTES  # the eager graph's node keeps an fp32 log-softmax
             return logits * (MEGATRON_CE_BYTES_PER_LOGIT[self.stack.fuses("cross_entropy")] - passes * FP32_BYTES)
+        if self._megatron_router_cast(n):
+            # the casts still run, forward and again in backward: the traffic of the kept copies stays
+            return passes * n.saved["none"] * self.dtype_scale
         if self._fused_swiglu_product(n):
             # the eager product keeps its f-wide output in the compute dtype
             return FUSED_SWIGLU_TENSORS * n.saved["none"] - passes * self.saved(n, tokens)["none"]

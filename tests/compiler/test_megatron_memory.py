@@ -42,3 +42,26 @@ def test_vlac_runtime_keeps_its_traced_tensors():
     # vlac's runtime keeps its padded permuted buffer, SiLU's output and the fp32 weighted copies of
     # the un-permute: more than Megatron-Core's layer
     assert experts_kept({"preset": "vlac"}, False)["none"] > 2 * experts_kept({"preset": "megatron-te"}, False)["none"]
+
+
+def block_nodes(stack: dict):
+    exp = vlac.load(dropless_spec(stack, True))
+    graph = vlac.lower(exp)
+    costs = Search(exp, exp.cluster, graph).model.p.stack_costs
+    return [(n, costs.saved(n, S * graph.micro_batch)) for n in graph.nodes if n.layer == 0]
+
+
+def test_megatron_router_keeps_no_fp32_copies():
+    # RouterGatingLinearFunction saves the BF16 input and weight and casts inside; vlac's router
+    # keeps the fp32 copies its F.linear(h.float(), w.float()) reads
+    def casts(stack):
+        return sum(k["none"] for n, k in block_nodes(stack)
+                   if n.module.endswith(".router") and n.name.rsplit(".", 1)[-1].startswith("float"))
+    assert casts({"preset": "vlac"}) >= S * H * 4
+    assert casts({"preset": "megatron-te"}) == 0.0
+
+
+def test_megatron_selective_recompute_keeps_the_norms():
+    # recompute_modules [core_attn]: the fused norms keep under selective what they keep without
+    norms = [k for n, k in block_nodes({"preset": "megatron-te"}) if n.kind == "norm"]
+    assert norms and all(k["selective"] == k["none"] > 0 for k in norms)
