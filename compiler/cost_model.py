@@ -75,6 +75,10 @@ from .search_space import SCHEDULE_CODES, Space
 # 5-6 % (its all-to-alls are half of its step).
 TP_EXPOSED = 0.20
 EP_EXPOSED = 0.75
+# gradients 2 B on megatron-te too: Megatron-Core's fp32 `main_grad` (grad_reduce_in_fp32, NeMo's
+# MegatronMixedPrecision default) would be 4 B, but NeMo's performance scripts that produced the cited
+# rows set `grad_reduce_in_fp32 = False` on the plugin and the DDP config for FP8 runs (with 4 B the
+# llama3-8b FP8 row, which ran without recompute, would not fit without it)
 BYTES_PER_PARAM = {"weights": 2.0, "gradients": 2.0, "optimizer": 12.0, "fp8_cache": 2.0}
 DP_BUCKET_ELEMENTS = 40e6  # Megatron's default gradient bucket; two in flight, BF16, at most the local gradient
 
