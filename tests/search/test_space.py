@@ -20,7 +20,7 @@ CHILD_TIMEOUT_S = 120  # the child's imports take ~5 s on a busy 2-core machine
 def run_child(body: str) -> dict:
     """Run `body` (which sets `out`, a JSON-able dict) in a child capped at CHILD_MEMORY."""
     script = textwrap.dedent("""
-        import json, resource, time
+        import json, resource
         resource.setrlimit(resource.RLIMIT_AS, ({mem}, {mem}))
         from vlac.search.space import SearchError, Space
         from vlac.search.strategies import Grid, RandomDraws
@@ -34,16 +34,14 @@ def run_child(body: str) -> dict:
 def test_a_huge_grid_is_refused_at_once_naming_the_field_and_the_fixes():
     out = run_child("""
         space = Space.parse({"moe.top_k": [1, 2], "backbone.layers": {"range": [1, 10**12], "step": 1}})
-        t0 = time.perf_counter()
         try:
             Grid(space, 0)
             out["error"] = None
         except SearchError as e:
             out["error"] = str(e)
-        out["seconds"] = time.perf_counter() - t0
     """)
-    error = out["error"]
-    assert error is not None and out["seconds"] < 1.0
+    error = out["error"]  # refused before listing: the child's memory cap would have failed it
+    assert error is not None
     assert "'backbone.layers'" in error and "2,000,000,000,000 points" in error  # the field, the size
     assert "larger step" in error and "fewer values" in error and "strategy random" in error  # the fixes
 
@@ -53,12 +51,10 @@ def test_random_sampling_draws_from_a_huge_range_without_listing_it():
         space = Space.parse({"backbone.layers": {"range": [1, 10**12], "step": 1},
                              "optimizer.lr": {"range": [1.0e-4, 1.0e-3], "step": 1.0e-15}})
         strategy = RandomDraws(space, seed=0)
-        t0 = time.perf_counter()
         out["draws"] = [strategy.propose(set()) for _ in range(100)]
-        out["seconds"] = time.perf_counter() - t0
         out["size"] = space.size
     """)
-    assert out["seconds"] < 1.0 and out["size"] >= 10**12 * 899_999_999_999  # counted, never listed
+    assert out["size"] >= 10**12 * 899_999_999_999  # counted, never listed (the memory cap holds)
     layers = [d["backbone.layers"] for d in out["draws"]]
     assert all(1 <= n <= 10**12 and isinstance(n, int) for n in layers) and len(set(layers)) == 100
     assert all(1.0e-4 <= d["optimizer.lr"] <= 1.0e-3 for d in out["draws"])
