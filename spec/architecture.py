@@ -77,7 +77,16 @@ class Backbone(SpecModel):
             ok = [d for d in range(1, self.heads + 1) if self.heads % d == 0]
             raise ValueError(f"kv_heads: heads {self.heads} is not divisible by kv_heads {kv}; use kv_heads among {ok}")
         if self.head_dim is None and self.hidden % self.heads:
-            raise ValueError(f"heads: hidden {self.hidden} is not divisible by heads {self.heads}; set head_dim or change heads")
+            near = sorted(sorted((d for d in range(1, 1025) if self.hidden % d == 0), key=lambda d: abs(d - self.heads))[:2])
+            heads = f"heads that divide it ({' or '.join(map(str, near))})"
+            if self.mla is not None:  # head_dim would silence this but not shape MLA's heads
+                m = self.mla
+                raise ValueError(f"heads: hidden {self.hidden} is not divisible by heads {self.heads}; with mla the "
+                                 f"attention heads are qk_nope_head_dim + qk_rope_head_dim = {m.qk_head_dim} wide "
+                                 f"(values v_head_dim = {m.v_head_dim}), so head_dim does not size them, but encoders "
+                                 f"and cross-attention take hidden / heads: choose {heads} or change hidden")
+            raise ValueError(f"heads: hidden {self.hidden} is not divisible by heads {self.heads}; choose {heads}, "
+                             f"or set head_dim")
         # RoPE rotates channel pairs (rotate-half) of every head; MLA rotates its own qk_rope_head_dim
         # channels instead (checked even there), so only standard attention needs an even head
         if self.positions == "rope" and self.mla is None and self.d_head % 2:

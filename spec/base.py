@@ -16,13 +16,19 @@ class SpecModel(BaseModel):
     Frozen so a validated experiment cannot drift after the compiler has looked at it;
     `extra="forbid"` so a misspelt key is an error (with a suggestion) instead of a silently
     ignored setting; `allow_inf_nan=False` so no NaN or infinity (in a field, a tuple or a
-    mapping of floats) reaches the planner's arithmetic or the training loop. `defer_build` so
+    mapping of floats) reaches the planner's arithmetic or the training loop. `strict` so a value
+    of the wrong type is an error (spec/type_errors.py words it) instead of a silent conversion:
+    pydantic's lax mode reads `layers: true` as 1 layer, `attention_sinks: "yes"` as true,
+    `depth: 1.0` as 1 and `"4"` as 4. Strict still takes what YAML writes for each type: an int
+    for a float (`lr: 1`), strings for Literals, and dicts for sections; tuple fields say
+    `strict=False` (YAML has lists, not tuples), which keeps their items strict, and the unit
+    types (units.py) parse their strings before the check. `defer_build` so
     importing the spec does not build a validator per section: validating an Experiment builds
     the one it needs (`vlac validate` starts faster).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False,
-                              defer_build=True)
+                              defer_build=True, strict=True)
 
 
 MAX_NAME = 100  # characters: a run folder, a Slurm job name and a file-name component

@@ -20,6 +20,9 @@ Quantities accept units: counts ("4Mi", "2T"), sizes ("80GB"), bandwidths ("400G
 Overrides on the command line: `--set backbone.layers=4`; profiles: `--profile tiny`.
 Numbers are finite (no NaN or infinity) and range-checked: the range follows the type, far beyond
 any real training run, so that no value can make validation or planning hang or overflow.
+Types are checked as written, never converted: an integer field takes `4`, not `"4"`, `4.0` or
+`true`; a boolean takes `true`/`false` (YAML's unquoted `yes`/`no`/`on`/`off` too), not `1` or
+`"yes"`; a number takes `1`, `0.5` or `3e-4`; a string given a number needs quotes (`"123"`).
 """
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import difflib
-import math
 import re
-import reprlib
 import types
 import typing
 from dataclasses import dataclass
@@ -13,23 +11,14 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from .input_text import short_repr
+from .type_errors import EXPECTED, NO_DEFAULT, expected, fix_for, type_message
+
+# errors a union member reports for a value not of its type (a Literal's too: "auto" | int)
+TYPE_KINDS = frozenset(EXPECTED) | {"literal_error"}
+
 
 MAX_MESSAGE = 2000  # characters of one issue's message; longer ones are cut (inputs can be huge)
-
-_REPR = reprlib.Repr()
-_REPR.maxstring, _REPR.maxother, _REPR.maxlevel = 40, 40, 3
-
-
-def short_repr(value: Any) -> str:
-    """A bounded repr for error messages: a few items and levels of a container, the start of a
-    long string, the size of a huge integer. Never walks a whole input (an expanded YAML alias
-    bomb is exponentially large; Python refuses to print a 4,300-digit integer)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
-        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
-    try:
-        return _REPR.repr(value)
-    except (ValueError, RecursionError):  # e.g. a huge int inside a container
-        return f"a {type(value).__name__}"
 
 
 def dotted(parts: typing.Sequence[Any]) -> str:
@@ -71,9 +60,8 @@ def _header(issues: list[Issue], source: str) -> str:
 
 def from_validation_error(err: ValidationError, root: type[BaseModel], data: Any, source: str = "") -> SpecError:
     issues: list[Issue] = []
-    for e in err.errors(include_url=False):
-        loc = tuple(e["loc"])
-        issues += _issues_for(e, loc, root, data)
+    for e, union_members in _group_unions(err.errors(include_url=False), root):
+        issues += _union_issue(e, union_members, root, data) if union_members else _issues_for(e, tuple(e["loc"]), root, data)
     # stable, de-duplicated order so the same bad spec prints the same message
     seen, unique = set(), []
     for i in issues:
@@ -83,8 +71,46 @@ def from_validation_error(err: ValidationError, root: type[BaseModel], data: Any
     return SpecError(unique, source)
 
 
+def _group_unions(errors: list[dict], root: type[BaseModel]) -> list[tuple[dict, list[dict]]]:
+    """Each error alone, except the failures of a plain union's members (`"auto" | int`): pydantic
+    reports one per member, each under its label. When a member got further into the value (a
+    list whose item is wrong) only its errors count: the value was meant for it; when none did,
+    the value is of no member's type and the members' errors make one issue (first, [members])."""
+    at = [_clean_path(root, tuple(e["loc"]))[2] for e in errors]
+    groups: dict[tuple, list[int]] = {}
+    for i, (e, union_at) in enumerate(zip(errors, at)):
+        if union_at is not None:
+            groups.setdefault(tuple(e["loc"])[:union_at], []).append(i)
+    out: list[tuple[dict, list[dict]]] = []
+    done: set[int] = set()
+    for i, e in enumerate(errors):
+        if i in done:
+            continue
+        members = groups.get(tuple(e["loc"])[:at[i]], []) if at[i] is not None else []
+        deeper = [j for j in members if len(errors[j]["loc"]) > at[j] + 1]
+        if deeper:  # the members the value was meant for report on their own
+            done.update(members)
+            out += [(errors[j], []) for j in deeper]
+        elif len(members) > 1 and all(errors[j]["type"] in TYPE_KINDS for j in members):
+            done.update(members)
+            out.append((e, [errors[j] for j in members]))
+        else:
+            out.append((e, []))
+    return out
+
+
+def _union_issue(e: dict, members: list[dict], root: type[BaseModel], data: Any) -> list[Issue]:
+    """One issue for a value that no member of a union accepts: "expected 'auto' or an integer"."""
+    parts, kept, _ = _clean_path(root, tuple(e["loc"]))
+    value = e.get("input")
+    expects = [expected(m["type"], m.get("ctx")) for m in members]
+    fixes = [fix_for(m["type"], value, m.get("ctx"), _field_default(root, kept, data)) if value is None
+             else fix_for(m["type"], value, m.get("ctx")) for m in members]
+    return [Issue(dotted(parts), type_message(expects, value, fixes))]
+
+
 def _issues_for(e: dict, loc: tuple, root: type[BaseModel], data: Any) -> list[Issue]:
-    parts, model_loc = _clean_path(root, loc)
+    parts, model_loc, _ = _clean_path(root, loc)
     path = dotted(parts)
     kind, msg = e["type"], e["msg"]
     if kind == "extra_forbidden":
@@ -112,18 +138,29 @@ def _issues_for(e: dict, loc: tuple, root: type[BaseModel], data: Any) -> list[I
         ctx = e.get("ctx") or {}
         return [Issue(path, f"{short_repr(ctx.get('tag'))} is not a valid {ctx.get('discriminator', 'kind').strip(chr(39))}; "
                             f"choose one of {ctx.get('expected_tags', '')}")]
+    if kind in EXPECTED:  # a value of the wrong type (spec models validate strictly: base.SpecModel)
+        value, model = e.get("input"), _model_at(root, model_loc, data)
+        keys = tuple(model.model_fields) if model is not None else ()
+        fix = fix_for(kind, value, e.get("ctx"), _field_default(root, model_loc, data), keys,
+                      # {} suits a section whose every field has a default (not a tagged union: it needs a kind)
+                      empty_ok=kind == "model_type" and model is not None
+                      and not any(f.is_required() for f in model.model_fields.values()))
+        return [Issue(path, type_message([expected(kind, e.get("ctx"))], value, [fix]))]
     if kind == "union_tag_not_found":
         return [Issue(path, f"{msg}; add a kind, e.g. kind: text")]
     return [Issue(path, f"{msg} (got {short_repr(e.get('input'))})")]
 
 
-def _clean_path(root: type[BaseModel], loc: tuple) -> tuple[list[Any], tuple]:
+def _clean_path(root: type[BaseModel], loc: tuple) -> tuple[list[Any], tuple, int | None]:
     """Drop the labels pydantic inserts for union members (the tag of a tagged union, or
-    "int" / "literal['auto']" of a plain union) so the path is what the user wrote."""
+    "int" / "literal['auto']" of a plain union) so the path is what the user wrote. Also the
+    index in `loc` of the first plain-union label (None without one): the errors of one union's
+    members share the `loc` before it."""
     tp: Any = root
     parts: list[Any] = []  # field names (str) and list indices (int)
     kept: list[Any] = []
-    for part in loc:
+    union_at = None
+    for n, part in enumerate(loc):
         tp = _strip_annotated(tp)
         origin = typing.get_origin(tp)
         label = False
@@ -138,12 +175,14 @@ def _clean_path(root: type[BaseModel], loc: tuple) -> tuple[list[Any], tuple]:
                 break
             if len(members) > 1 and isinstance(part, str):
                 tp, label = Any, True
+                union_at = n if union_at is None else union_at
                 break
             tp = members[0] if members else Any
             origin = typing.get_origin(tp)
         if label:
             continue
-        is_index = isinstance(part, int) and typing.get_origin(tp) in (list, tuple)
+        # past a plain union's label the member is unknown (tp is Any); an int in a loc is a list index
+        is_index = isinstance(part, int) and (tp is Any or typing.get_origin(tp) in (list, tuple))
         parts.append(part if is_index else str(part))
         kept.append(part)
         if isinstance(tp, type) and issubclass(tp, BaseModel):
@@ -156,7 +195,7 @@ def _clean_path(root: type[BaseModel], loc: tuple) -> tuple[list[Any], tuple]:
             tp = args[0] if args else Any
         else:
             tp = Any
-    return parts, tuple(kept)
+    return parts, tuple(kept), union_at
 
 
 def _strip_annotated(tp: Any) -> Any:
@@ -166,8 +205,24 @@ def _strip_annotated(tp: Any) -> Any:
 
 
 def _fields_at(root: type[BaseModel], loc: tuple, data: Any) -> set[str]:
-    """Field names of the model found at `loc`, following the user's data through dicts and
-    tagged unions (so a typo inside `modalities.cam` lists the video tokenizer's fields)."""
+    """Field names of the model found at `loc` (so a typo inside `modalities.cam` lists the
+    video tokenizer's fields)."""
+    model = _model_at(root, loc, data)
+    return set(model.model_fields) if model is not None else set()
+
+
+def _field_default(root: type[BaseModel], loc: tuple, data: Any) -> Any:
+    """The default of the model field `loc` names (NO_DEFAULT when it is required, or names a
+    list item or a mapping's value)."""
+    model = _model_at(root, loc[:-1], data) if loc else None
+    field = model.model_fields.get(str(loc[-1])) if model is not None else None
+    if field is None or field.is_required():
+        return NO_DEFAULT
+    return field.get_default(call_default_factory=True)
+
+
+def _model_at(root: type[BaseModel], loc: tuple, data: Any) -> type[BaseModel] | None:
+    """The model found at `loc`, following the user's data through dicts and tagged unions."""
     tp: Any = root
     node = data
     for part in loc:
@@ -175,7 +230,7 @@ def _fields_at(root: type[BaseModel], loc: tuple, data: Any) -> set[str]:
         if isinstance(tp, type) and issubclass(tp, BaseModel):
             field = tp.model_fields.get(str(part))
             if field is None:
-                return set()
+                return None
             tp = field.annotation
         else:
             args = typing.get_args(tp)
@@ -187,7 +242,7 @@ def _fields_at(root: type[BaseModel], loc: tuple, data: Any) -> set[str]:
         else:
             node = None
     tp = _unwrap(tp, node)
-    return set(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else set()
+    return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
 
 
 def _unwrap(tp: Any, node: Any) -> Any:

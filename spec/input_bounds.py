@@ -3,6 +3,8 @@ that enforces them while parsing."""
 
 from __future__ import annotations
 
+import copy
+import re
 from typing import Any, Mapping
 
 import yaml
@@ -68,6 +70,13 @@ class _BoundedYamlLoader(yaml.SafeLoader):
         return node
 
 
+# YAML 1.2 (and JSON, TOML, Python) read 3e-4 as a number; PyYAML follows YAML 1.1, whose floats
+# need a dot (3.0e-4), and reads 3e-4 as the string "3e-4". Specs are validated strictly (a string
+# is not a number: base.SpecModel), so `lr: 3e-4` is read as the number its author meant.
+_BoundedYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
 def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
     """Values `node` stands for once every alias is expanded (memoised per node, so linear in
     the file; capped just above MAX_NODES so huge counts stay cheap)."""
@@ -126,3 +135,16 @@ def check_shape(data: Any, source: str = "", origin: str = "") -> None:
                 stack.append((v, parts + (k,)))
         elif isinstance(node, (list, tuple)):
             stack.extend((v, parts + (i,)) for i, v in enumerate(node))
+
+
+def as_yaml_values(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a checked mapping (check_shape bounds its size) with tuples as lists: what the
+    same spec read from YAML holds. A Python mapping may write a list field as a tuple, and strict
+    validation (base.SpecModel) takes only lists there."""
+    def copy_node(node: Any) -> Any:
+        if isinstance(node, Mapping):
+            return {k: copy_node(v) for k, v in node.items()}
+        if isinstance(node, (list, tuple)):
+            return [copy_node(v) for v in node]
+        return copy.deepcopy(node)
+    return copy_node(data)

@@ -3,7 +3,6 @@ validated into an Experiment (or a cluster file into a Cluster); and the YAML te
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -12,7 +11,7 @@ from pydantic import ValidationError
 
 from .errors import Issue, SpecError, from_validation_error
 from .experiment import Experiment, cluster_rules
-from .input_bounds import check_shape
+from .input_bounds import as_yaml_values, check_shape
 from .input_text import clip, type_name
 from .modalities import anchor_encoder_paths
 from .overrides import Override, apply_overrides_in_place, deep_merge
@@ -37,7 +36,7 @@ def _resolve(source: str | Path | Mapping[str, Any] | Experiment, overrides: Ite
     elif isinstance(source, Mapping):
         name = "<mapping>"
         check_shape(source, name)  # before copying: a deep or cyclic mapping would overflow deepcopy
-        data = copy.deepcopy(dict(source))
+        data = as_yaml_values(source)
     else:
         data, name = read_mapping(source), str(source)
     if profile:

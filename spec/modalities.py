@@ -268,6 +268,7 @@ DISCRETE_KINDS = ("text", "image", "video", "audio", "action")
 class Vocabulary(SpecModel):
     special_tokens: tuple[str, ...] = Field(
         ("<pad>", "<bos>", "<eos>", "<boi>", "<eoi>", "<boa>", "<eoa>", "<mask>"), max_length=1024,
+        strict=False,  # a YAML list becomes the tuple; each token must still be a string (base.SpecModel)
         description="special tokens placed first in the unified vocabulary (<pad> <bos> <eos> always; <boi> <eoi> "
                     "with image, video or audio; <boa> <eoa> with actions)")
     pad_to_multiple: int = Field(128, ge=1, le=2**16, description="unified vocabulary padded to this multiple (tensor parallel shards and FP8 GEMMs need multiples of 16)")

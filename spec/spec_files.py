@@ -12,7 +12,7 @@ import yaml
 
 from .errors import Issue, SpecError
 from .experiment import Experiment
-from .input_bounds import MAX_DEPTH, MAX_FILE_BYTES, check_shape, duplicate_key_message, parse_yaml
+from .input_bounds import MAX_DEPTH, MAX_FILE_BYTES, as_yaml_values, check_shape, duplicate_key_message, parse_yaml
 from .input_text import one_line, value_problem
 
 SUFFIXES = (".yaml", ".yml", ".toml", ".json", ".py")
@@ -100,5 +100,6 @@ def _from_python(p: Path) -> dict[str, Any]:
     if isinstance(obj, Experiment):
         return obj.model_dump(mode="json")
     if isinstance(obj, Mapping):
-        return dict(obj)
+        check_shape(obj, str(p))  # before copying: the copy walks it
+        return as_yaml_values(obj)
     raise SpecError([Issue("experiment", f"expected an Experiment or a dict, got {type(obj).__name__}")], str(p))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .base import SlurmWord, SpecModel
 from .hardware_presets import FABRICS, GPU_LINKS, PRESET_FIGURES, PRESETS, ring_busbw
 from .hardware_presets import PRESET_LINKS, PRESET_SOURCES  # noqa: F401 (importers read the tables here too)
+from .type_errors import type_message
 from .units import Bandwidth, Bytes, FlopRate, Seconds, parse_bandwidth
 
 Auto = Literal["auto"]
@@ -30,6 +31,16 @@ class Parallelism(SpecModel):
     recompute: Union[Auto, Literal["none", "selective", "full"]] = Field("auto", description="activation recompute policy")
     max_tp: int | None = Field(None, ge=1, description="upper bound on tensor parallelism")
     max_pp: int | None = Field(None, ge=1, description="upper bound on pipeline parallelism")
+
+    @field_validator("zero", mode="before")
+    @classmethod
+    def _zero_stage(cls, v: Any) -> Any:
+        # a Literal of ints matches by ==, so even strict validation takes true as stage 1 and 2.0 as 2
+        if isinstance(v, (bool, float)):
+            fix = (f"write {int(v)} (no decimal point)" if isinstance(v, float) and v in (0, 1, 2, 3)
+                   else "write a stage: 0 (replicated), 1 (optimizer), 2 (+gradients), 3 (+parameters) or auto")
+            raise ValueError(type_message(["'auto'", "0, 1, 2 or 3"], v, [fix]))
+        return v
 
     @model_validator(mode="after")
     def _positive(self):

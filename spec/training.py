@@ -20,7 +20,8 @@ class ARLoss(SpecModel):
 
 class ContrastiveLoss(SpecModel):
     weight: float = Field(1.0, ge=0, le=1e6, description="weight of the CLIP contrastive loss")
-    pair: tuple[str, str] = Field(("image", "text"), description="the two modalities whose pooled embeddings are contrasted")
+    # strict=False for the container only (YAML has lists, not tuples); the items stay strict (base.SpecModel)
+    pair: tuple[str, str] = Field(("image", "text"), strict=False, description="the two modalities whose pooled embeddings are contrasted")
     temperature_init: float = Field(0.07, gt=0, le=1e3, description="initial softmax temperature")
     learnable_temperature: bool = Field(True, description="learn log(1/temperature), clamped at 100")
     embed_dim: int = Field(512, gt=0, le=2**17, description="shared embedding width")
@@ -97,7 +98,7 @@ class Schedule(SpecModel):
 class Optimizer(SpecModel):
     name: Literal["adamw", "sgd"] = Field("adamw", description="optimiser")
     lr: float = Field(3e-4, gt=0, le=1e3, description="peak learning rate")
-    betas: tuple[float, float] = Field((0.9, 0.95), description="Adam betas")
+    betas: tuple[float, float] = Field((0.9, 0.95), strict=False, description="Adam betas")
     eps: float = Field(1e-8, gt=0, le=1, description="Adam epsilon")
     weight_decay: float = Field(0.1, ge=0, le=1e3, description="decoupled weight decay")
     grad_clip: float | None = Field(1.0, gt=0, le=1e12, description="global gradient-norm clip (null = off)")

@@ -16,7 +16,7 @@ from typing import Annotated
 
 from pydantic import BeforeValidator, PlainSerializer
 
-from .errors import short_repr
+from .input_text import describe, short_repr
 
 # one way to match each number (no nested or adjacent digit repetitions): linear, never backtracks
 _NUMBER = r"((?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)"
@@ -67,7 +67,7 @@ def parse_count(value: object) -> int:
     """Token or step counts: 4096, "4M", "10T", "2.5B", "16Ki"."""
     examples = '4096, "4M", "2.5B", "10T"'
     if isinstance(value, bool):
-        raise ValueError(f"expected a count, got {value!r}; write e.g. {examples}")
+        raise ValueError(f"expected a count, got {describe(value)}; write e.g. {examples}")
     if isinstance(value, int):
         return _whole(value, value, examples)
     if isinstance(value, float):
@@ -75,7 +75,7 @@ def parse_count(value: object) -> int:
     if isinstance(value, str):
         num, unit = _split(value, "a count", examples)
         return _whole(num * _scale(unit, value, "a count", examples), value, examples)
-    raise ValueError(f"expected a count, got {short_repr(value)}; write e.g. {examples}")
+    raise ValueError(f"expected a count, got {describe(value)}; write e.g. {examples}")
 
 
 def _whole(x: int | float, original: object, examples: str) -> int:
@@ -97,7 +97,7 @@ def parse_bytes(value: object) -> float:
         if not unit.endswith("B") or unit.endswith("b"):
             raise ValueError(f"{short_repr(value)} needs a byte unit (B, KB, MB, GB, TB, GiB); write e.g. {examples}")
         return num * _scale(unit[:-1], value, "a size", examples)
-    raise ValueError(f"expected a size, got {short_repr(value)}; write e.g. {examples}")
+    raise ValueError(f"expected a size, got {describe(value)}; write e.g. {examples}")
 
 
 def parse_bandwidth(value: object) -> float:
@@ -112,7 +112,7 @@ def parse_bandwidth(value: object) -> float:
         bits = unit[-3] == "b"
         scaled = num * _scale(unit[:-3], value, "a bandwidth", examples)
         return scaled / 8 if bits else scaled
-    raise ValueError(f"expected a bandwidth, got {short_repr(value)}; write e.g. {examples}")
+    raise ValueError(f"expected a bandwidth, got {describe(value)}; write e.g. {examples}")
 
 
 def parse_flops(value: object) -> float:
@@ -125,7 +125,7 @@ def parse_flops(value: object) -> float:
         if not m:
             raise ValueError(f"cannot read {short_repr(value)} as a compute rate; write e.g. {examples}")
         return _finite(float(m.group(1)), value, "compute rate", examples) * _SI[m.group(2)]
-    raise ValueError(f"expected a compute rate, got {short_repr(value)}; write e.g. {examples}")
+    raise ValueError(f"expected a compute rate, got {describe(value)}; write e.g. {examples}")
 
 
 _DURATION = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
@@ -146,7 +146,7 @@ def parse_duration(value: object) -> int:
         pieces = re.findall(r"(\d+(?:\.\d+)?)\s*(min|s|m|h|d)", text)
         if pieces and "".join(f"{n}{u}" for n, u in pieces) == text.replace(" ", ""):
             return int(sum(float(n) * _DURATION[u] for n, u in pieces))
-    raise ValueError(f"cannot read {short_repr(value)} as a duration; write e.g. {examples}")
+    raise ValueError(f"cannot read {describe(value)} as a duration; write e.g. {examples}")
 
 
 Count = Annotated[int, BeforeValidator(parse_count)]
