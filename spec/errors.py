@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .input_text import short_repr
+from .input_text import describe, short_repr
 from .type_errors import EXPECTED, NO_DEFAULT, expected, fix_for, type_message
 
 # errors a union member reports for a value not of its type (a Literal's too: "auto" | int)
@@ -104,6 +104,8 @@ def _union_issue(e: dict, members: list[dict], root: type[BaseModel], data: Any)
     parts, kept, _ = _clean_path(root, tuple(e["loc"]))
     value = e.get("input")
     expects = [expected(m["type"], m.get("ctx")) for m in members]
+    # a string member of a union is a pattern ("every:N"), so quoting a number is no fix: others first
+    members = sorted(members, key=lambda m: m["type"] == "string_type")
     fixes = [fix_for(m["type"], value, m.get("ctx"), _field_default(root, kept, data)) if value is None
              else fix_for(m["type"], value, m.get("ctx")) for m in members]
     return [Issue(dotted(parts), type_message(expects, value, fixes))]
@@ -132,6 +134,10 @@ def _issues_for(e: dict, loc: tuple, root: type[BaseModel], data: Any) -> list[I
         return out
     if kind in ("literal_error", "enum"):
         return [Issue(path, f"{short_repr(e.get('input'))} is not a valid choice; {msg.replace('Input should be', 'choose')}")]
+    if kind == "missing" and parts and isinstance(parts[-1], int):  # a short fixed-length list (a tuple)
+        return [_tuple_length_issue(root, model_loc[:-1], data, e.get("input"))]
+    if kind == "too_long" and (e.get("ctx") or {}).get("field_type") == "Tuple":
+        return [_tuple_length_issue(root, model_loc, data, e.get("input"))]
     if kind == "missing":
         return [Issue(path, "required field is missing; add it")]
     if kind == "union_tag_invalid":  # the tag as a short repr: a newline in it would split the problem's line
@@ -149,6 +155,18 @@ def _issues_for(e: dict, loc: tuple, root: type[BaseModel], data: Any) -> list[I
     if kind == "union_tag_not_found":
         return [Issue(path, f"{msg}; add a kind, e.g. kind: text")]
     return [Issue(path, f"{msg} (got {short_repr(e.get('input'))})")]
+
+
+def _tuple_length_issue(root: type[BaseModel], loc: tuple, data: Any, value: Any) -> Issue:
+    """A fixed-length list (a tuple field: optimizer.betas, losses.contrastive.pair) with too few
+    or too many values."""
+    model = _model_at(root, loc[:-1], data) if loc else None
+    field = model.model_fields.get(str(loc[-1])) if model is not None else None
+    args = typing.get_args(_strip_annotated(field.annotation)) if field is not None else ()
+    default = _field_default(root, loc, data)
+    example = f"; write e.g. {short_repr(list(default))}" if isinstance(default, tuple) else ""
+    size = f"{len(args)} values" if args and Ellipsis not in args else "more values"
+    return Issue(dotted(_clean_path(root, loc)[0]), f"expected a list of {size}, got {describe(value)}{example}")
 
 
 def _clean_path(root: type[BaseModel], loc: tuple) -> tuple[list[Any], tuple, int | None]:

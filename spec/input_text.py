@@ -3,6 +3,7 @@ YAML's words (`true`, `null`) since that is what the user wrote."""
 
 from __future__ import annotations
 
+import datetime
 import math
 import reprlib
 from typing import Any
@@ -64,6 +65,8 @@ def describe(value: Any) -> str:
     `true (a boolean)`, `'4' (a string)`, `4.0 (a decimal number)`, `null`."""
     if value is None:
         return "null"
+    if isinstance(value, datetime.date):  # YAML reads an unquoted 2024-01-01 as a date
+        return f"{value.isoformat()} (a date)"
     text = short_repr(value)
     if text.startswith("an integer of about"):
         return text

@@ -4,6 +4,7 @@ that fixes it. The spec validates strictly (base.SpecModel), so `layers: true` o
 
 from __future__ import annotations
 
+import datetime
 import math
 import re
 from typing import Any
@@ -59,9 +60,9 @@ def fix_for(kind: str, value: Any, ctx: dict | None, default: Any = NO_DEFAULT, 
     if kind == "bool_type":
         return _bool_fix(value)
     if kind == "string_type":
-        if isinstance(value, (bool, int, float)):
-            return f'quote it: "{short_repr(value)}"'
-        return "write one string"
+        if isinstance(value, (list, tuple, dict)):
+            return "write one string"
+        return f'quote it: "{value if isinstance(value, datetime.date) else short_repr(value)}"'
     if kind in ("list_type", "tuple_type"):
         if isinstance(value, (bool, int, float, str)):
             return f"write a list, e.g. [{short_repr(value) if not isinstance(value, str) else value}]"

@@ -59,6 +59,12 @@ WRONG = [  # (--set overrides, field named, texts of the message), at depths 1 t
     # null for a field with a default; a unit field
     (["backbone.layers=null"], "backbone.layers", ["got null", "leave the key out for the default (24)"]),
     (["train.total_tokens=true"], "train.total_tokens", ["expected a count, got true (a boolean)"]),
+    # a fixed-length list of the wrong length; a date for a string; a scalar for a pattern or a list
+    (["optimizer.betas=[0.9]"], "optimizer.betas", ["expected a list of 2 values, got [0.9] (a list)",
+                                                    "write e.g. [0.9, 0.95]"]),
+    (["losses.contrastive.pair=[a, b, c]"], "losses.contrastive.pair", ["expected a list of 2 values"]),
+    (["name=2024-01-01"], "name", ["got 2024-01-01 (a date)", 'quote it: "2024-01-01"']),
+    (["moe.layers=5"], "moe.layers", ["expected a string or a list, got 5 (an integer)", "[5]"]),
 ]
 
 
