@@ -1,4 +1,5 @@
-"""Decoder building blocks: norms, rotary positions, GQA attention, dense MLPs.
+"""Decoder building blocks: norms, rotary positions, GQA attention (and the attend it shares with
+latent attention, runtime/mla.py), dense MLPs.
 
 Written to be traced by torch.fx: no Python branch depends on tensor values, only on config.
 RMSNorm and RoPE go through `vlac.runtime.kernels` with backend "auto" (Triton kernels on CUDA,
@@ -83,8 +84,12 @@ def rotate_at(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Te
     return q_rot.view_as(q), k_rot.view_as(k)
 
 
-class Attention(nn.Module):
-    """Grouped-query attention through scaled_dot_product_attention.
+class AttentionCore(nn.Module):
+    """The attend-only state and code of a decoder self-attention, shared by `Attention` and
+    runtime/mla.LatentAttention, which build the projections and define `project(x, start,
+    positions)` -> q, k [B,S,H,Dqk] and v [B,S,H,Dv] (-1 instead of the head count in their views:
+    tensor parallelism shards the projections, and the local head count then follows from the local
+    weight instead of the global config).
 
     `mask` is None for the default pattern (causal, or full when `causal=False`), which lets SDPA
     pick a fused kernel, or a boolean [B, 1, Sq, Sk] tensor (True = may attend) for image-
@@ -101,27 +106,19 @@ class Attention(nn.Module):
     gives every head a learned sink logit (runtime/attention_sinks.py), as one more key.
     """
 
-    def __init__(self, cfg: Backbone, causal: bool = True, window: int = 0, chunk: int = 0, sinks: bool = False):
+    def __init__(self, heads: int, kv_heads: int, qk_head_dim: int, dropout: float, causal: bool = True,
+                 window: int = 0, chunk: int = 0, sinks: bool = False):
         super().__init__()
-        self.n_heads, self.n_kv, self.d_head = cfg.heads, cfg.n_kv_heads, cfg.d_head
         if (window or chunk) and not causal:
             raise ValueError("a sliding window or chunk applies to causal attention (the mask None stands for causal)")
         if window and chunk:
             raise ValueError("a layer attends through a sliding window or a chunk, not both")
-        self.causal = causal
-        self.window = window
-        self.chunk = chunk
-        self.sinks = SinkLogits(self.n_heads) if sinks else None
-        d = cfg.hidden
-        qkv_bias = cfg.bias or cfg.qkv_bias
-        self.wq = nn.Linear(d, self.n_heads * self.d_head, bias=qkv_bias)
-        self.wk = nn.Linear(d, self.n_kv * self.d_head, bias=qkv_bias)
-        self.wv = nn.Linear(d, self.n_kv * self.d_head, bias=qkv_bias)
-        self.wo = nn.Linear(self.n_heads * self.d_head, d, bias=cfg.bias)
-        self.q_norm = RMSNorm(self.d_head, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
-        self.k_norm = RMSNorm(self.d_head, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
-        self.rotary = Rotary(self.d_head, cfg.context_length, cfg.rope_theta) if cfg.positions == "rope" else None
-        self.dropout = cfg.dropout
+        self.n_heads, self.n_kv = heads, kv_heads
+        self.causal, self.window, self.chunk, self.dropout = causal, window, chunk, dropout
+        # SDPA's default scale (1/sqrt of q's width), stated for the sink query, which widens q
+        self.softmax_scale = qk_head_dim ** -0.5
+        # the first submodule: its init draws from the RNG before the subclass's projections do
+        self.sinks = SinkLogits(heads) if sinks else None
         self.kv_cache = None
         self.kv_gather = None
         self.token_positions = None
@@ -131,21 +128,8 @@ class Attention(nn.Module):
         """Position of the first new token: the cached length while decoding, else 0."""
         return self.kv_cache.length if self.kv_cache is not None else 0
 
-    def project(self, x: torch.Tensor, start: int = 0, positions: torch.Tensor | None = None):
-        """q [B,S,Hq,D], k and v [B,S,Hkv,D], normed and rotated (at `positions` [B, S] when
-        given, else start .. start+S-1). -1 instead of the head count: tensor parallelism shards
-        the projections, and the local head count then follows from the local weight instead of
-        the global config."""
-        b, s = x.size(0), x.size(1)
-        q = self.q_norm(self.wq(x).view(b, s, -1, self.d_head))
-        k = self.k_norm(self.wk(x).view(b, s, -1, self.d_head))
-        v = self.wv(x).view(b, s, -1, self.d_head)
-        if self.rotary is not None:
-            q, k = self.rotary(q, k, start, positions)
-        return q, k, v
-
     def attend(self, q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
-        """SDPA over [B,S,H,D] inputs; returns [B, S, Hq*D] before the output projection."""
+        """SDPA over [B,S,H,D] inputs; returns [B, S, Hq*Dv] before the output projection."""
         b, s = q.size(0), q.size(1)
         if self.kv_gather is not None:
             k, v = self.kv_gather(k, v)
@@ -165,7 +149,7 @@ class Attention(nn.Module):
         causal = self.causal and mask is None and cache is None
         extra = {}
         if self.sinks is not None:  # one more key (runtime/attention_sinks.py), at the model's softmax scale
-            extra["scale"] = self.d_head ** -0.5
+            extra["scale"] = self.softmax_scale
             mask, causal = sink_mask(mask, q, k, causal), False
             q = sink_query(q, self.sinks(), extra["scale"])
             k, v = with_sink_slot(k, v)
@@ -179,6 +163,36 @@ class Attention(nn.Module):
                 positions: torch.Tensor | None = None) -> torch.Tensor:
         q, k, v = self.project(x, self.start, positions)
         return self.wo(self.attend(q, k, v, mask))
+
+
+class Attention(AttentionCore):
+    """Grouped-query attention through scaled_dot_product_attention: q/k/v projections of the
+    residual stream, optionally q/k-normed per head and rotated, and `AttentionCore`'s attend
+    (masks, windows, chunks, sinks, KV cache, context parallelism's seams)."""
+
+    def __init__(self, cfg: Backbone, causal: bool = True, window: int = 0, chunk: int = 0, sinks: bool = False):
+        super().__init__(cfg.heads, cfg.n_kv_heads, cfg.d_head, cfg.dropout, causal, window, chunk, sinks)
+        self.d_head = cfg.d_head
+        d = cfg.hidden
+        qkv_bias = cfg.bias or cfg.qkv_bias
+        self.wq = nn.Linear(d, self.n_heads * self.d_head, bias=qkv_bias)
+        self.wk = nn.Linear(d, self.n_kv * self.d_head, bias=qkv_bias)
+        self.wv = nn.Linear(d, self.n_kv * self.d_head, bias=qkv_bias)
+        self.wo = nn.Linear(self.n_heads * self.d_head, d, bias=cfg.bias)
+        self.q_norm = RMSNorm(self.d_head, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(self.d_head, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        self.rotary = Rotary(self.d_head, cfg.context_length, cfg.rope_theta) if cfg.positions == "rope" else None
+
+    def project(self, x: torch.Tensor, start: int = 0, positions: torch.Tensor | None = None):
+        """q [B,S,Hq,D], k and v [B,S,Hkv,D], normed and rotated (at `positions` [B, S] when
+        given, else start .. start+S-1)."""
+        b, s = x.size(0), x.size(1)
+        q = self.q_norm(self.wq(x).view(b, s, -1, self.d_head))
+        k = self.k_norm(self.wk(x).view(b, s, -1, self.d_head))
+        v = self.wv(x).view(b, s, -1, self.d_head)
+        if self.rotary is not None:
+            q, k = self.rotary(q, k, start, positions)
+        return q, k, v
 
 
 class MLP(nn.Module):

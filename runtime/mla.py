@@ -13,7 +13,8 @@ parallelism replicates (Megatron-Core does the same): the latents are shared by 
 they are small. The up-projections `wq_up` (`wq` without a query latent) and `wkv_up` are laid
 out head-major, so splitting their output features column-wise hands each rank whole heads; `wo`
 is split row-wise. The attention itself, the KV cache, sliding windows and the seams of context
-parallelism are `layers.Attention`'s: this module only projects differently (`project`).
+parallelism are `layers.AttentionCore`'s (shared with standard attention): this module only projects
+differently (`project`).
 
 RoPE is the runtime's rotate-half convention on the rotated channels (DeepSeek's checkpoints
 interleave channel pairs instead, a fixed permutation of W_uq's and W_dkv's rotated rows; vlac
@@ -31,7 +32,7 @@ import torch.nn as nn
 
 from vlac.spec.architecture import Backbone
 
-from .layers import Attention, RMSNorm, Rotary
+from .layers import Attention, AttentionCore, RMSNorm, Rotary
 
 
 class LatentProjections(nn.Module):
@@ -59,22 +60,16 @@ class LatentProjections(nn.Module):
         return c_q, self.kv_norm(c_kv), k_pe.unsqueeze(2)
 
 
-class LatentAttention(Attention):
-    """Multi-head latent attention with `Attention`'s attend/forward (masks, windows, KV cache,
+class LatentAttention(AttentionCore):
+    """Multi-head latent attention with `AttentionCore`'s attend/forward (masks, windows, KV cache,
     context parallelism's kv_gather and rotary swap). Heads: -1 in the views, so a tensor-parallel
     rank's local head count follows from its slice of the up-projections."""
 
     def __init__(self, cfg: Backbone, causal: bool = True, window: int = 0, chunk: int = 0):
-        nn.Module.__init__(self)  # Attention.__init__ builds the standard projections: not wanted here
-        if (window or chunk) and not causal:
-            raise ValueError("a sliding window or chunk applies to causal attention (the mask None stands for causal)")
-        if window and chunk:
-            raise ValueError("a layer attends through a sliding window or a chunk, not both")
         m = cfg.mla
-        self.n_heads = self.n_kv = cfg.heads  # keys and values per query head: SDPA without GQA
+        # keys and values per query head (SDPA without GQA); no sinks: refused with mla (spec/latent_attention.refusals)
+        super().__init__(cfg.heads, cfg.heads, m.qk_head_dim, cfg.dropout, causal, window, chunk)
         self.nope, self.rope_dim, self.v_dim = m.qk_nope_head_dim, m.qk_rope_head_dim, m.v_head_dim
-        self.causal, self.window, self.chunk, self.dropout = causal, window, chunk, cfg.dropout
-        self.sinks = None  # refused with mla (spec/latent_attention.refusals)
         self.latent = LatentProjections(cfg)
         q_in = m.q_lora_rank if m.q_lora_rank is not None else cfg.hidden
         q_name = "wq_up" if m.q_lora_rank is not None else "wq"  # DeepSeek's q_b_proj / q_proj
@@ -85,9 +80,6 @@ class LatentAttention(Attention):
         self.q_name = q_name
         # the spec requires positions: rope; the rotary part of the queries and of the shared key
         self.rotary = Rotary(m.qk_rope_head_dim, cfg.context_length, cfg.rope_theta)
-        self.kv_cache = None
-        self.kv_gather = None
-        self.token_positions = None
 
     def project(self, x: torch.Tensor, start: int = 0, positions: torch.Tensor | None = None):
         """q and k [B,S,H,nope+rope], v [B,S,H,v_head_dim]; rotated at `positions` [B, S] when
@@ -103,7 +95,7 @@ class LatentAttention(Attention):
         return q, k, v
 
 
-def decoder_attention(cfg: Backbone, window: int = 0, chunk: int = 0, sinks: bool = False) -> Attention:
+def decoder_attention(cfg: Backbone, window: int = 0, chunk: int = 0, sinks: bool = False) -> AttentionCore:
     """The self-attention of a decoder layer: latent attention when the spec sets backbone.mla
     (which refuses attention_sinks: spec/latent_attention.refusals)."""
     if cfg.mla is not None:
