@@ -1,9 +1,7 @@
 """Chunked attention (Llama 4) and attention sinks (gpt-oss) in the runtime: one layer against a
-plain softmax written here, composition with the other masks, context parallelism's rows, and the
-sinks' gradient (a cp2 / tp2 run: tests/vlac/test_verify_attention_variants.py; KV-cache decoding:
+plain softmax (attention_reference.py), composition with the other masks, context parallelism's
+rows, and the sinks' gradient (a cp2 / tp2 run: tests/vlac/test_verify_attention_variants.py; KV-cache decoding:
 test_generate.py)."""
-
-import math
 
 import pytest
 import torch
@@ -12,43 +10,15 @@ import vlac
 from vlac.runtime.layers import Attention
 from vlac.runtime.masks import attention_mask, chunk_mask
 
+from attention_reference import allowed_by, layout_masks, reference_attention
 from runtime_helpers import TINY
 
 CHUNK = 4
 
 
-def _scores(attn: Attention, x: torch.Tensor):
-    """q k^T / sqrt(d) [B, H, S, S] and v [B, H, S, D], each query head reading its key/value group."""
-    q, k, v = (t.transpose(1, 2) for t in attn.project(x))
-    group = q.size(1) // k.size(1)
-    k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
-    return (q @ k.transpose(-1, -2)) / math.sqrt(q.size(-1)), v
-
-
-def _plain(attn: Attention, x: torch.Tensor, allowed: torch.Tensor, sinks: torch.Tensor | None = None) -> torch.Tensor:
-    """softmax over the allowed scores (and, with `sinks` [H], one more column per head holding its
-    sink logit, dropped after the softmax, as gpt-oss's reference does), times v."""
-    scores, v = _scores(attn, x)
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    if sinks is not None:
-        column = sinks.view(1, -1, 1, 1).expand(scores.size(0), -1, scores.size(2), 1)
-        probs = torch.cat([scores, column], -1).softmax(-1)[..., :-1]
-    else:
-        probs = scores.softmax(-1)
-    return attn.wo((probs @ v).transpose(1, 2).flatten(2))
-
-
 def _chunks(s: int, chunk: int) -> torch.Tensor:
     i, j = torch.arange(s).unsqueeze(1), torch.arange(s).unsqueeze(0)
     return (i // chunk) == (j // chunk)
-
-
-def _masks(b: int, s: int):
-    prefix = torch.zeros(b, s, dtype=torch.long)
-    prefix[:, :4] = 1
-    document = torch.tensor([[1] * 6 + [2] * 4, [1] * 10])
-    return {"causal": None, "prefix_lm": attention_mask("prefix_lm", None, prefix),
-            "packed": attention_mask("causal", None, None, document=document)}
 
 
 @pytest.mark.parametrize("kind", ["causal", "prefix_lm", "packed"])
@@ -58,10 +28,10 @@ def test_chunked_attention_equals_a_plain_softmax_inside_each_chunk(kind):
     attn = Attention(exp.backbone, chunk=CHUNK).eval()
     b, s = 2, 10
     x = torch.randn(b, s, exp.backbone.hidden)
-    mask = _masks(b, s)[kind]
-    base = torch.ones(b, 1, s, s, dtype=torch.bool).tril() if mask is None else mask
+    mask = layout_masks(b, s)[kind]
     with torch.no_grad():
-        torch.testing.assert_close(attn(x, mask), _plain(attn, x, base & _chunks(s, CHUNK)), atol=1e-6, rtol=1e-5)
+        want = reference_attention(attn, x, allowed_by(mask, b, s) & _chunks(s, CHUNK))
+        torch.testing.assert_close(attn(x, mask), want, atol=1e-6, rtol=1e-5)
         full = Attention(exp.backbone).eval()
         full.load_state_dict(attn.state_dict())
         assert (full(x, mask) - attn(x, mask)).abs().max() > 1e-3  # the chunks change the result
@@ -103,10 +73,10 @@ def test_sinks_equal_a_softmax_with_the_sink_column_dropped(kind):
         attn.sinks.weight.copy_(torch.linspace(-2.0, 3.0, exp.backbone.heads))  # sinks that matter
     b, s = 2, 10
     x = torch.randn(b, s, exp.backbone.hidden)
-    mask = _masks(b, s)[kind]
-    allowed = torch.ones(b, 1, s, s, dtype=torch.bool).tril() if mask is None else mask
+    mask = layout_masks(b, s)[kind]
+    allowed = allowed_by(mask, b, s)
     got = attn(x, mask)
-    want = _plain(attn, x, allowed, attn.sinks.weight)
+    want = reference_attention(attn, x, allowed, attn.sinks.weight)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
     plain = Attention(exp.backbone).eval()
     plain.load_state_dict({k: v for k, v in attn.state_dict().items() if not k.startswith("sinks")})
@@ -115,7 +85,7 @@ def test_sinks_equal_a_softmax_with_the_sink_column_dropped(kind):
     got.square().sum().backward()
     mine = attn.sinks.weight.grad.clone()
     attn.zero_grad()
-    _plain(attn, x, allowed, attn.sinks.weight).square().sum().backward()
+    reference_attention(attn, x, allowed, attn.sinks.weight).square().sum().backward()
     torch.testing.assert_close(mine, attn.sinks.weight.grad, atol=1e-6, rtol=1e-5)
     assert mine.abs().min() > 0
 
@@ -126,9 +96,10 @@ def test_sinks_compose_with_a_chunk_and_with_decoding_past_a_cache():
     attn = Attention(exp.backbone, chunk=CHUNK, sinks=True).eval()
     s = 10
     x = torch.randn(1, s, exp.backbone.hidden)
-    allowed = torch.ones(1, 1, s, s, dtype=torch.bool).tril() & _chunks(s, CHUNK)
+    allowed = allowed_by(None, 1, s) & _chunks(s, CHUNK)
     with torch.no_grad():
-        torch.testing.assert_close(attn(x), _plain(attn, x, allowed, attn.sinks.weight), atol=1e-6, rtol=1e-5)
+        want = reference_attention(attn, x, allowed, attn.sinks.weight)
+        torch.testing.assert_close(attn(x), want, atol=1e-6, rtol=1e-5)
 
 
 def test_sinks_start_as_gpt_oss_initialises_them():

@@ -1,8 +1,7 @@
-"""Sliding-window attention in the runtime: one layer against a naive masked softmax, the window
-composed with every other mask and with context parallelism's chunk layout (KV-cache decoding of a
-local/global model: test_generate.py; a cp2 run: `vlac verify --layouts cp2`)."""
-
-import math
+"""Sliding-window attention in the runtime: one layer against the masked softmax of
+attention_reference.py, the window composed with every other mask and with context parallelism's
+chunk layout (KV-cache decoding of a local/global model: test_generate.py; a cp2 run: `vlac verify
+--layouts cp2`)."""
 
 import pytest
 import torch
@@ -11,19 +10,10 @@ import vlac
 from vlac.runtime.layers import Attention
 from vlac.runtime.masks import attention_mask, sliding_window_mask
 
+from attention_reference import allowed_by, layout_masks, reference_attention
 from runtime_helpers import TINY
 
 WINDOW = 3
-
-
-def _naive(attn: Attention, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) where allowed) v, each query head reading its key/value group."""
-    q, k, v = (t.transpose(1, 2) for t in attn.project(x))
-    group = q.size(1) // k.size(1)
-    k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
-    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.size(-1))
-    probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
-    return attn.wo((probs @ v).transpose(1, 2).flatten(2))
 
 
 def _band(s: int, window: int, causal: bool) -> torch.Tensor:
@@ -38,15 +28,10 @@ def test_windowed_attention_equals_a_naive_masked_softmax(kind):
     attn = Attention(exp.backbone, window=WINDOW).eval()
     b, s = 2, 10
     x = torch.randn(b, s, exp.backbone.hidden)
-    prefix = torch.zeros(b, s, dtype=torch.long)
-    prefix[:, :4] = 1
-    document = torch.tensor([[1] * 6 + [2] * 4, [1] * 10])
-    mask = {"causal": None, "prefix_lm": attention_mask("prefix_lm", None, prefix),
-            "packed": attention_mask("causal", None, None, document=document)}[kind]
-    base = torch.ones(b, 1, s, s, dtype=torch.bool).tril() if mask is None else mask
-    allowed = base & _band(s, WINDOW, causal=False)
+    mask = layout_masks(b, s)[kind]
+    allowed = allowed_by(mask, b, s) & _band(s, WINDOW, causal=False)
     with torch.no_grad():
-        torch.testing.assert_close(attn(x, mask), _naive(attn, x, allowed), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(attn(x, mask), reference_attention(attn, x, allowed), atol=1e-6, rtol=1e-5)
         full = Attention(exp.backbone).eval()
         full.load_state_dict(attn.state_dict())
         assert (full(x, mask) - attn(x, mask)).abs().max() > 1e-3  # the window changes the result
