@@ -42,7 +42,7 @@ def _grads(model: nn.Module, exp, batch, finish=None) -> tuple[float, dict[str, 
 
     torch.manual_seed(0)  # the same flow-matching noise for both models
     out = Objective(model, exp)(batch)
-    loss = out["ar_loss"] + out["aux_loss"]
+    loss = out["ar_loss"] + out["mtp_loss"] + out["aux_loss"]  # mtp_loss: zero without losses.mtp
     loss.backward()
     if finish is not None:
         finish()
