@@ -23,6 +23,8 @@ CASES = {
     "mla-nosp": ("dense_text_1b.yaml", MLA, "tiny", {"sequence_parallel": False}),
     "mla-direct-q-nosp": ("dense_text_1b.yaml", DIRECT_Q, "tiny", {"sequence_parallel": False}),
     "mtp-moe-sp": ("tiny_vla.yaml", MTP, None, {"sequence_parallel": True}),  # MoE MTP blocks
+    # dropless MoE MTP blocks route their own sequence shard (parallelize_mtp's route_locally)
+    "mtp-dropless-sp": ("tiny_vla.yaml", [*MTP, "moe.capacity_factor=null"], None, {"sequence_parallel": True}),
     "mtp-mla-sp": ("dense_text_1b.yaml", [*MLA, *MTP], "tiny", {"sequence_parallel": True}),
     "mtp-mla-nosp": ("dense_text_1b.yaml", [*MLA, *MTP], "tiny", {"sequence_parallel": False}),
 }
