@@ -110,9 +110,12 @@ class AttentionCore(nn.Module):
                  window: int = 0, chunk: int = 0, sinks: bool = False):
         super().__init__()
         if (window or chunk) and not causal:
-            raise ValueError("a sliding window or chunk applies to causal attention (the mask None stands for causal)")
+            raise ValueError(f"window={window} (backbone.sliding_window) or chunk={chunk} (backbone.attention_chunk) "
+                             f"applies to causal attention (the mask None stands for causal); build a non-causal "
+                             f"attention with window=0 and chunk=0")
         if window and chunk:
-            raise ValueError("a layer attends through a sliding window or a chunk, not both")
+            raise ValueError(f"window={window} and chunk={chunk}: a layer attends through a sliding window or a chunk, "
+                             f"not both; make backbone.sliding_window_layers and attention_chunk_layers disjoint")
         self.n_heads, self.n_kv = heads, kv_heads
         self.causal, self.window, self.chunk, self.dropout = causal, window, chunk, dropout
         # SDPA's default scale (1/sqrt of q's width), stated for the sink query, which widens q
