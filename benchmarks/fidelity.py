@@ -121,6 +121,7 @@ class Case:
     causal_convention: bool = True  # for sources that publish TFLOP/s only
     cited: bool = True  # counts toward the 15 % target
     stack: str = "megatron-te"  # the software the run used (STACKS: how it is written as spec.stack)
+    stack_overrides: dict[str, Any] = field(default_factory=dict)  # what this run's recipe sets beyond its stack's
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -182,12 +183,22 @@ CASES = (
                 "GBS not published with the row: 512 assumed",
                 "not expressible, and cheap: biases of the projections and router, the clamped SwiGLU, YaRN "
                 "RoPE scaling")),
+    # The row's recipe: Megatron-Bridge scripts/performance (NeMo 25.09/25.11 ran them), at v0.1.0rc4
+    # (6725f70) configs/deepseek/deepseek_v3_llm_pretrain.yaml perf_matrix h100 num_gpus_1024 (sequence
+    # 4096, MBS 1, GBS 8192, TP2 PP8 VP4 EP64) and run_script.py's H100 branch (DeepEP flex dispatcher,
+    # force-balanced routing, overlap_moe_expert_parallel_comm and delay_wgrad_compute on, recompute_modules
+    # mla_up_proj + mlp, overlap_grad_reduce off); the same at v0.2.0 (7af9601)
+    # configs/deepseek/workload_base_configs.py DEEPSEEK_V3_H100_BASE_CONFIG (moe_a2a_overlap True)
     Case("deepseek-v3-fp8-1024gpu", NEMO, DEEPSEEK_V3, 1024, 4096, 8192,
          {"tp": 2, "pp": 8, "cp": 1, "virtual_stages": 4, "ep": 64, "microbatch_size": 1, "zero": 1}, 338, 1297,
-         fp8="delayed",
-         notes=("sequence 4,096: DeepSeek-V3's pre-training length (report Sec. 4.2); not published with the row",
-                "GBS not published with the row: 8192 assumed (128 micro-batches per pipeline, as the Qwen3 row)",
-                "routing force-balanced in the source: dropless at a load factor of 1.0 here")),
+         fp8="delayed", stack_overrides={"ep_comm_overlap": True},
+         notes=("sequence 4,096, MBS 1, GBS 8,192 (128 micro-batches per pipeline): the recipe's perf_matrix "
+                "(Megatron-Bridge v0.1.0rc4 deepseek_v3_llm_pretrain.yaml)",
+                "expert all-to-alls overlapped across micro-batches (run_script.py: overlap_moe_expert_parallel_comm)",
+                "routing force-balanced in the source: dropless at a load factor of 1.0 here",
+                "not expressed: DeepEP's per-node deduplication of the dispatch (the alltoall dispatcher's "
+                "traffic is charged), recompute_modules mla_up_proj + mlp (the stack's selective recompute is "
+                "core_attn), the layout Et|(tt|)*30mL (the planner splits the stages by FLOPs)")),
 )
 # MosaicML llm-foundry, scripts/train/benchmarking/README.md at commit 061f2c7 ("H100 80GB BF16"
 # table): MPT models (scripts/train/yamls/pretrain/mpt-*.yaml: GELU MLP of 4 d_model, bias-free
@@ -264,7 +275,7 @@ def spec(case: Case) -> dict[str, Any]:
         "precision": {"dtype": "bf16", "fp8": {"enabled": case.fp8 is not None, "recipe": case.fp8 or "delayed",
                                                 "keep_first_last_bf16": False}},
         "cluster": {"preset": "h100-sxm", "nodes": case.gpus // 8, "gpus_per_node": 8},
-        "stack": STACKS[case.stack],
+        "stack": {**STACKS[case.stack], **case.stack_overrides},
     }
     if m.experts:
         out["moe"] = {"layers": f"from:{m.dense_layers}" if m.dense_layers else "all", "experts": m.experts,

@@ -17,8 +17,10 @@ whole.
   recipes pipeline the remaining all-gathers/reduce-scatters with their GEMMs (userbuffers,
   `tp_comm_overlap`); the first chunk of each gather and the last of each scatter stay exposed.
 - Expert all-to-alls: EP_EXPOSED of their time is exposed: dispatch and combine sit between the
-  router and the experts, and Megatron's 1F1B all-to-all overlap hides part of it behind the
-  other micro-batch's compute.
+  router and the experts on the compute's critical path. With the stack's `ep_comm_overlap`
+  (Megatron-Core's overlap_moe_expert_parallel_comm) the steady 1F1B phase runs each all-to-all
+  beside a phase of the other micro-batch's compute and exposes only its excess; the warm-up and
+  cool-down micro-batches keep EP_EXPOSED (vlac.compiler.ep_overlap).
 - Context-parallel K/V exchange overlaps with the attention of the previous ring step; only the
   excess over attention time is exposed.
 - Data parallelism (`grad_reduce_overlap`, `param_gather_overlap`), rank by rank (each rank hides its own traffic behind its own compute, so more
@@ -64,6 +66,7 @@ from .profile import CostProfile
 from .context_parallel_costs import FORWARD_SHARE as CP_FORWARD_SHARE
 from .data_parallel import OVERLAP_SLOWDOWN, exposed_data_parallel, hide as _hide, optimizer_seconds
 from .cost_arrays import PipelineShapes, in_flight, key_sum, rank_sum, row_chunks
+from .ep_overlap import overlapped_ep, unpaired_share
 from .recompute_choice import choose, forced as forced_choice
 from .search_space import SCHEDULE_CODES, Space
 
@@ -86,7 +89,7 @@ TIME_KEYS = ("compute", "elementwise", "recompute", "tp_comm", "ep_comm", "cp_co
              "dp_comm", "optimizer")
 MEMORY_KEYS = ("weights", "gradients", "optimizer", "fp8_cache", "activations", "working", "comm_buffers")
 # a micro-batch's parts per layer that the step sums over a rank's layers (the first five: its time)
-RANK_PARTS = ("compute", "elementwise", "tp_comm", "ep_comm", "cp_comm", "fwd", "bwd", "wgrad")
+RANK_PARTS = ("compute", "elementwise", "tp_comm", "ep_comm", "cp_comm", "fwd", "bwd", "wgrad", "ep_unpaired")
 INTERLEAVED, GPIPE, ZERO_BUBBLE = (SCHEDULE_CODES.index(s) for s in ("interleaved_1f1b", "gpipe", "zero_bubble"))
 
 
@@ -222,7 +225,16 @@ class CostModel:
         tp_exposed = TP_EXPOSED if self.p.stack.tp_comm_overlap else 1.0
         tp_x = tp_exposed + OVERLAP_SLOWDOWN * (1 - tp_exposed)  # exposed share, hidden share's slowdown
         ep_x = EP_EXPOSED + OVERLAP_SLOWDOWN * (1 - EP_EXPOSED)
-        fwd_comm = tp_x * lt["tp_fwd"] + ep_x * lt["ep_fwd"] + cp_exposed * CP_FORWARD_SHARE[scheme]
+        ep_fwd, ep_bwd = ep_x * lt["ep_fwd"], ep_x * lt["ep_bwd"]
+        ep_unpaired = np.zeros_like(ep_fwd)
+        if self.p.stack.ep_comm_overlap:
+            # steady 1F1B phase: each all-to-all behind the other micro-batch's compute, never
+            # more exposed than without the overlap; unpaired micro-batches pay the difference
+            over_fwd, over_bwd = overlapped_ep(lt)
+            plain = ep_fwd + ep_bwd
+            ep_fwd, ep_bwd = np.minimum(over_fwd, ep_fwd), np.minimum(over_bwd, ep_bwd)
+            ep_unpaired = plain - ep_fwd - ep_bwd
+        fwd_comm = tp_x * lt["tp_fwd"] + ep_fwd + cp_exposed * CP_FORWARD_SHARE[scheme]
         fwd = lt["gemm_fwd"] + lt["attn_fwd"] + lt["mem_fwd"]
         recompute = np.stack([np.zeros_like(fwd), np.where(block, lt["selective_rerun"], 0.0),
                               np.where(block, fwd + fwd_comm, 0.0)], axis=-1)
@@ -237,7 +249,8 @@ class CostModel:
             "bwd": lt["gemm_bwd"] + lt["attn_bwd"] + lt["mem_bwd"],
             "wgrad": lt["gemm_wgrad"],
             "tp_comm": tp_x * (lt["tp_fwd"] + lt["tp_bwd"]),
-            "ep_comm": ep_x * (lt["ep_fwd"] + lt["ep_bwd"]),
+            "ep_comm": ep_fwd + ep_bwd,
+            "ep_unpaired": ep_unpaired,
             "cp_comm": cp_exposed,
             "recompute": recompute,
             "act": act,
@@ -340,7 +353,9 @@ class CostModel:
         dense, expert, trained = dense[sel], expert[sel], (trained[0][sel], trained[1][sel])
         raf = c["raf"][idx]
         parts = RANK_PARTS[:5]
-        base = sum(rank_p[k] for k in parts)[pair]
+        # the expert all-to-alls of the micro-batches outside the steady 1F1B phase (ep_overlap)
+        unpaired = unpaired_share(held[sel], m) * rank_p["ep_unpaired"][pair]
+        base = sum(rank_p[k] for k in parts)[pair] + unpaired
         fwd_r = rank_p["fwd"][pair]
         # data-parallel traffic, rank by rank: what every micro-batch issues (ZeRO-2/3) lengthens
         # that rank's own micro-batch; what a step issues once is hidden behind the rank's own
@@ -370,6 +385,7 @@ class CostModel:
             t = ev.time
             for k in parts:
                 t[k][idx] = mm * at(k)
+            t["ep_comm"][idx] += mm * unpaired[rows, crit]
             t["recompute"][idx] = mm * rc_crit
             t["pp_bubble"][idx] = bubble
             t["pp_p2p"][idx] = p2p

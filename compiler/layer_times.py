@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 MEMBOUND_FWD_SHARE = 1.0 / 3.0  # of memory-bound traffic, forward (vlac.compiler.profile)
 TIME_NAMES = ("gemm_fwd", "gemm_bwd", "gemm_wgrad", "attn_fwd", "attn_bwd", "mem_fwd", "mem_bwd",
-              "selective_rerun", "tp_fwd", "tp_bwd", "ep_fwd", "ep_bwd", "cp")
+              "selective_rerun", "tp_fwd", "tp_bwd", "ep_fwd", "ep_bwd", "cp", "moe_fwd", "moe_bwd", "moe_wgrad")
 
 
 def layer_times(prof: CostProfile, tp, sp, cp, mb, ep, etp) -> dict[str, np.ndarray]:
@@ -30,7 +30,10 @@ def layer_times(prof: CostProfile, tp, sp, cp, mb, ep, etp) -> dict[str, np.ndar
     gemm_fwd, gemm_bwd, gemm_wgrad, attn_fwd, attn_bwd, mem_fwd, mem_bwd, selective_rerun (the
     forward work the stack's selective recompute repeats: mem_fwd, or attn_fwd for
     core_attention; stack_costs), and the communication a layer issues: tp_fwd/tp_bwd,
-    ep_fwd/ep_bwd, cp (total, before overlap)."""
+    ep_fwd/ep_bwd, cp (total, before overlap); moe_fwd/moe_bwd/moe_wgrad, the part of the
+    gemm figures that a MoE layer's router, experts and shared experts run (the compute an
+    expert all-to-all overlap hides the other micro-batch's dispatch and combine behind:
+    vlac.compiler.ep_overlap)."""
     tp, cp, mb, ep, etp = (np.asarray(a, dtype=float) for a in (tp, cp, mb, ep, etp))
     sp = np.asarray(sp, dtype=bool)
     hw = prof.hw
@@ -64,6 +67,10 @@ def layer_times(prof: CostProfile, tp, sp, cp, mb, ep, etp) -> dict[str, np.ndar
             out["gemm_bwd"][:, j] += one * g.bwd_mult
             if g.bwd_mult > 1:  # the weight-gradient half, which zero-bubble schedules defer
                 out["gemm_wgrad"][:, j] += one
+            if g.in_moe:
+                out["moe_fwd"][:, j] += one
+                out["moe_bwd"][:, j] += one * g.bwd_mult
+                out["moe_wgrad"][:, j] += one if g.bwd_mult > 1 else 0.0
             if use8:
                 cast += (m * k + m * n) * groups * prof.cast_bytes
                 if g.expert:

@@ -72,7 +72,8 @@ class Gemm:
     expert: bool
     fp8_eligible: bool
     sp_split: bool = False  # not TP-split, but runs on 1/tp of the tokens with sequence parallelism
-    moe_part: bool = False  # router, experts or shared experts of a MoE layer (see layer_times)
+    moe_part: bool = False  # router, experts or shared experts of a MoE layer routed as vlac's runtime does (see layer_times)
+    in_moe: bool = False  # router, experts or shared experts of a MoE layer, on any stack (compiler/ep_overlap.py)
 
 
 @dataclass
@@ -204,7 +205,8 @@ class CostProfile:
                 p.gemms.append(Gemm(n.flops_fwd, n.flops_bwd / n.flops_fwd if n.flops_fwd else 0.0,
                                     n.flops_overcompute, m, nn_, k, groups, n.tp_split, row, n.expert, n.fp8_eligible,
                                     bool(getattr(n, "sp_split", False)),
-                                    p.moe and self.moe_gathered and ".mlp." in n.module))
+                                    p.moe and self.moe_gathered and ".mlp." in n.module,
+                                    p.moe and (".mlp." in n.module or n.module.endswith(".mlp"))))
                 if n.tp_split and in_block:
                     regions.add(".".join(n.module.split(".")[:-1]))
                 if n.name.endswith("dropless_experts"):

@@ -23,7 +23,9 @@ Presets (what each stack runs by default, from its own code and docs):
   (`recompute_granularity: selective`, whose default `recompute_modules` is `core_attn`); FP8
   GEMMs keep their inputs in FP8 (`fp8_stored_inputs`); full recompute may cover only the first
   k layers of a stage (`partial_recompute`: `--recompute-granularity full --recompute-method block
-  --recompute-num-layers k`).
+  --recompute-num-layers k`); the expert all-to-alls are not overlapped with another
+  micro-batch (`overlap_moe_expert_parallel_comm` defaults to False; `ep_comm_overlap: true`
+  writes a run that sets it).
 - `torchtitan-torchao`: torchtitan with torchao float8: SDPA (FlashAttention-2), torch.compile
   per block (inductor fuses the norm, SwiGLU and RoPE element-wise chains), FSDP2 with
   prefetch (overlapped reduce and gather), no async TP by default, eager cross entropy;
@@ -90,6 +92,9 @@ class ResolvedStack:
     # log-sum-exp, exchange hidden: TransformerEngine, torch's ring attention) or all_gather (one
     # exposed gather before one attention kernel: Llama 3, vlac's runtime); compiler/context_parallel_costs.py
     context_parallel: str = "p2p"
+    # expert all-to-alls of one micro-batch run beside another's compute in the steady 1F1B phase
+    # (Megatron-Core's overlap_moe_expert_parallel_comm, default off); compiler/ep_overlap.py
+    ep_comm_overlap: bool = False
 
     def fuses(self, op: str) -> bool:
         """Whether `op`'s element-wise chain runs as one kernel: named in `fused`, or generated
@@ -162,6 +167,13 @@ class Stack(SpecModel):
                           "torch's ring attention: torchtitan-torchao) or all_gather (K/V gathered before one "
                           "attention kernel, the gather exposed: Llama 3's, vlac's runtime); null = the preset's")
 
+    ep_comm_overlap: bool | None = Field(
+        None, description="expert-parallel all-to-alls (dispatch, combine) of one micro-batch overlapped with the "
+                          "forward or backward compute of another in the steady 1F1B phase, only their excess "
+                          "exposed (Megatron-Core's overlap_moe_expert_parallel_comm with delay_wgrad_compute; off "
+                          "in every preset, Megatron's default); false: EP_EXPOSED of them exposed; null = the "
+                          "preset's")
+
     def resolved(self) -> ResolvedStack:
         base = PRESETS[self.preset]
         pick = lambda name: getattr(base, name) if getattr(self, name) is None else getattr(self, name)  # noqa: E731
@@ -171,7 +183,8 @@ class Stack(SpecModel):
                                                        "param_gather_overlap", "pp_p2p_overlap", "torch_compile",
                                                        "fused_elementwise")),
                              pick("selective_recompute"), bool(pick("fp8_stored_inputs")),
-                             bool(pick("partial_recompute")), pick("context_parallel"))
+                             bool(pick("partial_recompute")), pick("context_parallel"),
+                             bool(pick("ep_comm_overlap")))
 
 
 __all__ = ["FUSED_OPS", "PRESETS", "STORED_BYTES", "ResolvedStack", "Stack"]
