@@ -39,7 +39,9 @@ whole.
   which `schedule_sim` reproduces pass by pass (exactly for balanced ranks, as an upper bound
   otherwise);
   activations in flight per rank: p - rank (1F1B, ZB-H1), Megatron's interleaved warm-up
-  ((p-rank-1)*2 + (v-1)*p + 1 chunks), m (GPipe). Stage-to-stage sends (`pp_p2p_overlap`): a
+  ((p-rank-1)*2 + (v-1)*p + 1 chunks), m (GPipe), times the rank's mean chunk; the output head's
+  (on the last chunk, whose forward is followed by its own backward) one micro-batch's worth
+  but under GPipe. Stage-to-stage sends (`pp_p2p_overlap`): a
   forward and a backward send per micro-batch on the critical path when blocking; overlapped
   (Megatron's `overlap_p2p_comm`, sends posted while the next micro-batch computes), only the
   p-1 fill and p-1 drain transfers stay exposed.
@@ -130,6 +132,7 @@ class CostModel:
         self.saved_sh, self.saved_sp, self.saved_whole = (
             np.array([[q.saved[pol][part] for pol in RECOMPUTE] for q in prof]) for part in range(3))
         self.is_block = np.array([q.kind == "block" for q in prof])
+        self.is_head = np.array([q.kind == "head" for q in prof], dtype=float)
         self.max_block_params = max((q.params_dense + q.params_expert for q in prof if q.kind == "block"), default=0.0)
         self._compositions: dict[tuple[int, int], tuple[list[list[int]], np.ndarray]] = {}
         self._chunks: dict[tuple[int, bool], list[list[int]]] = {}  # interleaved shapes of one pp*v share their chunks
@@ -269,6 +272,7 @@ class CostModel:
         pu, ps = pairs // len(counts), pairs % len(counts)
         summed = key_sum(pk["stacked"][pu], counts[ps])  # [pairs, ranks, figures] (evaluate)
         act_p, rc_p = summed[..., 0:3], summed[..., 3:6]  # per micro-batch, per policy
+        head_p = key_sum(pk["act"][pu], counts[ps] * self.is_head[None, None, :])  # the head's share of act_p
         rank_p = {k: summed[..., 6 + i] for i, k in enumerate(RANK_PARTS)}  # [pairs, ranks]
         present = (counts[ps] > 0) & self.is_block[None, None, :]
         working_p = np.max(np.where(present, pk["act"][pu][:, None, :, 0], 0.0), axis=2)  # [pairs, ranks]
@@ -306,7 +310,11 @@ class CostModel:
                    + np.where(ep > 1, 2 * a2a_bytes * etp, 0.0)
                    + np.where(zero >= 3, 2 * self.max_block_params / tp * B["weights"], 0.0))
         static = mem["weights"] + mem["gradients"] + mem["optimizer"] + mem["fp8_cache"] + working + buffers
-        act_held = act_p[pair] * held[:, :, None]
+        # the output head (logits, loss, MTP modules) sits on the last chunk, whose forward is
+        # followed by its own backward before the next micro-batch reaches it (1F1B and Megatron's
+        # interleaved steady state): one micro-batch of it in flight; all m under GPipe
+        head_held = np.where(sched[:, None] == GPIPE, held, np.minimum(held, 1.0))
+        act_held = act_p[pair] * held[:, :, None] - head_p[pair] * (held - head_held)[:, :, None]
         total = static[:, :, None] + act_held  # [rows, ranks, 3]
         usable = hw.usable_memory
         rc_all = rc_p[pair]  # [rows, ranks, 3] recompute seconds per micro-batch, full on every block
