@@ -187,14 +187,18 @@ CASES = (
     # (6725f70) configs/deepseek/deepseek_v3_llm_pretrain.yaml perf_matrix h100 num_gpus_1024 (sequence
     # 4096, MBS 1, GBS 8192, TP2 PP8 VP4 EP64) and run_script.py's H100 branch (DeepEP flex dispatcher,
     # force-balanced routing, overlap_moe_expert_parallel_comm and delay_wgrad_compute on, recompute_modules
-    # mla_up_proj + mlp, overlap_grad_reduce off); the same at v0.2.0 (7af9601)
-    # configs/deepseek/workload_base_configs.py DEEPSEEK_V3_H100_BASE_CONFIG (moe_a2a_overlap True)
+    # mla_up_proj + mlp, overlap_grad_reduce off) over the recipe's src/megatron/bridge/recipes/deepseek/
+    # deepseek_v3.py (CommOverlapConfig(tp_comm_overlap=False)); the same at v0.2.0 (7af9601)
+    # configs/deepseek/workload_base_configs.py DEEPSEEK_V3_H100_BASE_CONFIG (moe_a2a_overlap True),
+    # deepseek_llm_pretrain.py (overlap_grad_reduce False) and the recipe (tp_comm_overlap False)
     Case("deepseek-v3-fp8-1024gpu", NEMO, DEEPSEEK_V3, 1024, 4096, 8192,
          {"tp": 2, "pp": 8, "cp": 1, "virtual_stages": 4, "ep": 64, "microbatch_size": 1, "zero": 1}, 338, 1297,
-         fp8="delayed", stack_overrides={"ep_comm_overlap": True},
+         fp8="delayed",
+         stack_overrides={"ep_comm_overlap": True, "tp_comm_overlap": False, "grad_reduce_overlap": False},
          notes=("sequence 4,096, MBS 1, GBS 8,192 (128 micro-batches per pipeline): the recipe's perf_matrix "
                 "(Megatron-Bridge v0.1.0rc4 deepseek_v3_llm_pretrain.yaml)",
-                "expert all-to-alls overlapped across micro-batches (run_script.py: overlap_moe_expert_parallel_comm)",
+                "expert all-to-alls overlapped across micro-batches (run_script.py: overlap_moe_expert_parallel_comm); "
+                "TP communication and gradient reduction not overlapped (tp_comm_overlap, overlap_grad_reduce off)",
                 "routing force-balanced in the source: dropless at a load factor of 1.0 here",
                 "not expressed: DeepEP's per-node deduplication of the dispatch (the alltoall dispatcher's "
                 "traffic is charged), recompute_modules mla_up_proj + mlp (the stack's selective recompute is "
