@@ -194,15 +194,16 @@ CASES = (
     Case("deepseek-v3-fp8-1024gpu", NEMO, DEEPSEEK_V3, 1024, 4096, 8192,
          {"tp": 2, "pp": 8, "cp": 1, "virtual_stages": 4, "ep": 64, "microbatch_size": 1, "zero": 1}, 338, 1297,
          fp8="delayed",
-         stack_overrides={"ep_comm_overlap": True, "tp_comm_overlap": False, "grad_reduce_overlap": False},
+         stack_overrides={"ep_comm_overlap": True, "tp_comm_overlap": False, "grad_reduce_overlap": False,
+                          "recompute_modules": ["mla_up_proj", "mlp"]},
          notes=("sequence 4,096, MBS 1, GBS 8,192 (128 micro-batches per pipeline): the recipe's perf_matrix "
                 "(Megatron-Bridge v0.1.0rc4 deepseek_v3_llm_pretrain.yaml)",
                 "expert all-to-alls overlapped across micro-batches (run_script.py: overlap_moe_expert_parallel_comm); "
                 "TP communication and gradient reduction not overlapped (tp_comm_overlap, overlap_grad_reduce off)",
                 "routing force-balanced in the source: dropless at a load factor of 1.0 here",
+                "selective recompute reruns recompute_modules mla_up_proj + mlp (run_script.py), not core_attn",
                 "not expressed: DeepEP's per-node deduplication of the dispatch (the alltoall dispatcher's "
-                "traffic is charged), recompute_modules mla_up_proj + mlp (the stack's selective recompute is "
-                "core_attn), the layout Et|(tt|)*30mL (the planner splits the stages by FLOPs)")),
+                "traffic is charged), the layout Et|(tt|)*30mL (the planner splits the stages by FLOPs)")),
 )
 # MosaicML llm-foundry, scripts/train/benchmarking/README.md at commit 061f2c7 ("H100 80GB BF16"
 # table): MPT models (scripts/train/yamls/pretrain/mpt-*.yaml: GELU MLP of 4 d_model, bias-free

@@ -28,8 +28,9 @@ TIME_NAMES = ("gemm_fwd", "gemm_bwd", "gemm_wgrad", "attn_fwd", "attn_bwd", "mem
 def layer_times(prof: CostProfile, tp, sp, cp, mb, ep, etp) -> dict[str, np.ndarray]:
     """Seconds per micro-batch for every key of `prof`, arrays shaped [combos, keys]:
     gemm_fwd, gemm_bwd, gemm_wgrad, attn_fwd, attn_bwd, mem_fwd, mem_bwd, selective_rerun (the
-    forward work the stack's selective recompute repeats: mem_fwd, or attn_fwd for
-    core_attention; stack_costs), and the communication a layer issues: tp_fwd/tp_bwd,
+    forward work the stack's selective recompute repeats: mem_fwd, or under core_attention
+    attn_fwd for core_attn and the forward of the GEMMs its other recompute_modules rerun;
+    stack_costs), and the communication a layer issues: tp_fwd/tp_bwd,
     ep_fwd/ep_bwd, cp (total, before overlap); moe_fwd/moe_bwd/moe_wgrad, the part of the
     gemm figures that a MoE layer's router, experts and shared experts run (the compute an
     expert all-to-all overlap hides the other micro-batch's dispatch and combine behind:
@@ -67,6 +68,8 @@ def layer_times(prof: CostProfile, tp, sp, cp, mb, ep, etp) -> dict[str, np.ndar
             out["gemm_bwd"][:, j] += one * g.bwd_mult
             if g.bwd_mult > 1:  # the weight-gradient half, which zero-bubble schedules defer
                 out["gemm_wgrad"][:, j] += one
+            if g.rerun:  # Megatron's selective recompute reruns its forward (stack.recompute_modules)
+                out["selective_rerun"][:, j] += one
             if g.in_moe:
                 out["moe_fwd"][:, j] += one
                 out["moe_bwd"][:, j] += one * g.bwd_mult
@@ -99,8 +102,10 @@ def layer_times(prof: CostProfile, tp, sp, cp, mb, ep, etp) -> dict[str, np.ndar
             extra = prof.kernel_costs.seconds("fp8_cast", expert_cast) - hw.memory_seconds(expert_cast)
             out["mem_fwd"][:, j] += extra / 2
             out["mem_bwd"][:, j] += extra / 2
-        rerun = "attn_fwd" if prof.stack.selective_recompute == "core_attention" else "mem_fwd"
-        out["selective_rerun"][:, j] = out[rerun][:, j]
+        if prof.stack.selective_recompute != "core_attention":
+            out["selective_rerun"][:, j] += out["mem_fwd"][:, j]
+        elif "core_attn" in prof.stack.recompute_modules:
+            out["selective_rerun"][:, j] += out["attn_fwd"][:, j]
         if p.blocks:  # a decoder block; on the head key the MTP modules' blocks, if any
             _block_communication(prof, p, out, j, tp, sp, cp, mb, ep, etp, seqs, local_moe, moe_tokens,
                                  moe_gathered_cp)

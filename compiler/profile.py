@@ -74,6 +74,7 @@ class Gemm:
     sp_split: bool = False  # not TP-split, but runs on 1/tp of the tokens with sequence parallelism
     moe_part: bool = False  # router, experts or shared experts of a MoE layer routed as vlac's runtime does (see layer_times)
     in_moe: bool = False  # router, experts or shared experts of a MoE layer, on any stack (compiler/ep_overlap.py)
+    rerun: bool = False  # rerun by the stack's selective recompute (Megatron's recompute_modules; stack_costs)
 
 
 @dataclass
@@ -132,7 +133,8 @@ class CostProfile:
         v_dim = v_head_dim or head_dim
         self.stack_costs = StackCosts(self.stack, act_bytes=graph.dtype_bytes, hidden=hidden, head_dim=head_dim,
                                       v_head_dim=v_dim, rope_head_dim=rope_head_dim or head_dim,
-                                      heads=heads, norm=norm, fp8_inputs=fp8_inputs, top_k=top_k)
+                                      heads=heads, norm=norm, fp8_inputs=fp8_inputs, top_k=top_k,
+                                      latent=any(n.module.endswith(".attn.wkv_up") for n in graph.nodes))
         self.norm = norm
         # measured kernel rates replace the assumed HBM efficiency for the traffic of their ops
         self.kernel_costs = kernel_costs or KernelCosts(hw.cluster.gpu.memory_bandwidth)
@@ -186,7 +188,7 @@ class CostProfile:
         mtp = {n.module.split(".")[2] for n in nodes if n.module.startswith(MTP_PREFIX)} if kind == "head" else set()
         p.blocks = 1 if kind == "block" else len(mtp)
         for n in nodes:
-            kept = self.stack_costs.saved(n, tokens)
+            kept = self.stack_costs.saved(n, tokens, moe_block=p.moe)
             in_block = kind == "block" or n.module.startswith(MTP_PREFIX)  # split over tp as a decoder block is
             p.params_dense += n.params_dense + n.params_embedding
             p.params_expert += n.params_expert
@@ -206,7 +208,8 @@ class CostProfile:
                                     n.flops_overcompute, m, nn_, k, groups, n.tp_split, row, n.expert, n.fp8_eligible,
                                     bool(getattr(n, "sp_split", False)),
                                     p.moe and self.moe_gathered and ".mlp." in n.module,
-                                    p.moe and (".mlp." in n.module or n.module.endswith(".mlp"))))
+                                    p.moe and (".mlp." in n.module or n.module.endswith(".mlp")),
+                                    self.stack_costs.reruns(n, p.moe)))
                 if n.tp_split and in_block:
                     regions.add(".".join(n.module.split(".")[:-1]))
                 if n.name.endswith("dropless_experts"):

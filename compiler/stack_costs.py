@@ -165,6 +165,11 @@ EAGER_RESIDUAL_PASSES = 6.0
 EAGER_NORM_EXTRA_PASSES = 3.0
 EAGER_ACTIVATION_EXTRA_PASSES = 1.0
 _BLOCK_ROOT = re.compile(r"model\.layers\.\d+")
+# Megatron's recompute_modules regions (StackCosts.reruns): latent attention's up-projections and the
+# q/k concatenations of their rotated and plain parts; a block's MLP and its GEMMs (not a MoE layer's)
+_UP_PROJ = re.compile(r"\.attn\.(wq_up|wkv_up)$")
+_CONCAT = re.compile(r"cat(_\d+)?")
+_DENSE_MLP = re.compile(r"\.mlp(\.(w1|w2|w3|drop))?$")
 _RESIDUAL_ADD = re.compile(r"add(_\d+)?")
 # FX ops that pass a tensor on without computing (what an FP8 GEMM input may flow through)
 _VIEWS = frozenset({"view", "reshape", "transpose", "permute", "contiguous", "flatten", "unflatten"})
@@ -176,9 +181,10 @@ class StackCosts:
 
     def __init__(self, stack: ResolvedStack, *, act_bytes: int, hidden: int, head_dim: int, heads: int, norm: str,
                  v_head_dim: int | None = None, rope_head_dim: int | None = None,
-                 fp8_inputs: frozenset[str] = frozenset(), top_k: int = 0):
+                 fp8_inputs: frozenset[str] = frozenset(), top_k: int = 0, latent: bool = False):
         self.stack, self.act_bytes, self.head_dim, self.heads, self.norm = stack, act_bytes, head_dim, heads, norm
         self.top_k = top_k  # routed copies per token of a MoE layer (0: none)
+        self.latent = latent  # multi-head latent attention (what mla_up_proj recomputes)
         # latent attention's value heads and rotated channels have widths of their own (else head_dim)
         self.v_head_dim, self.rope_head_dim = v_head_dim or head_dim, rope_head_dim or head_dim
         self.hidden = hidden
@@ -191,9 +197,33 @@ class StackCosts:
     def fused_attention(self) -> bool:
         return self.stack.attention != "unfused"
 
-    def saved(self, n: NodeCost, tokens: int) -> dict[str, float]:
+    @property
+    def megatron_modules(self) -> tuple[str, ...]:
+        """The Megatron-Core modules selective recompute reruns (recompute_modules), or () when the
+        stack's selective policy is vlac's element-wise one."""
+        return self.stack.recompute_modules if self.stack.selective_recompute == "core_attention" else ()
+
+    def reruns(self, n: NodeCost, moe_block: bool) -> bool:
+        """Whether Megatron's selective recompute reruns node `n` whole (module docstring): latent
+        attention's up-projections, RoPE and the q/k concatenations under `mla_up_proj`, a dense
+        layer's MLP under `mlp` (`moe_block`: the node's block is a MoE layer)."""
+        modules = self.megatron_modules
+        if not n.in_block:
+            return False
+        if "mla_up_proj" in modules and self.latent and (_UP_PROJ.search(n.module) or n.module.endswith(".attn.rotary")
+                                         or (n.module.endswith(".attn") and _CONCAT.fullmatch(n.name.rsplit(".", 1)[-1]))):
+            return True
+        return "mlp" in modules and not moe_block and bool(_DENSE_MLP.search(n.module))
+
+    def saved(self, n: NodeCost, tokens: int, moe_block: bool = False) -> dict[str, float]:
         """The node's kept bytes per recompute policy on this stack (`tokens` in the lowered
-        micro-batch)."""
+        micro-batch; `moe_block`: the node's block is a MoE layer)."""
+        kept = self._saved(n, tokens)
+        if self.reruns(n, moe_block):
+            kept["selective"] = 0.0  # rerun in backward from the checkpoint's input, which its producer keeps
+        return kept
+
+    def _saved(self, n: NodeCost, tokens: int) -> dict[str, float]:
         factor, minus = 1.0, 0.0
         st = self.stack
         if n.kind == "norm" and self.norm == "rmsnorm" and st.fuses("norm") and _backbone(n.module):
@@ -223,7 +253,8 @@ class StackCosts:
         if st.selective_recompute == "core_attention" and n.in_block:
             # only the attention core is recomputed (module docstring): it keeps its output
             out = self.heads * self.v_head_dim * self.act_bytes * tokens * self.dtype_scale
-            kept["selective"] = min(kept["none"], out) if n.kind == "attention" else kept["none"]
+            core = n.kind == "attention" and "core_attn" in st.recompute_modules
+            kept["selective"] = min(kept["none"], out) if core else kept["none"]
         return self._in_fp8(n, kept, tokens) if n.name in self.fp8_inputs else kept
 
     def _in_fp8(self, n: NodeCost, kept: dict[str, float], tokens: int) -> dict[str, float]:
@@ -235,7 +266,7 @@ class StackCosts:
         if n.kind == "attention":
             # a fused attention kernel keeps its own output for backward (its dO . O row sums) beside
             # the projection's FP8 copy, unless the core attention is recomputed (selective)
-            rerun = self.stack.selective_recompute == "core_attention"
+            rerun = "core_attn" in self.megatron_modules
             return {pol: b - out[pol] * (1 - 1 / stored) if pol == "selective" and rerun else b + out[pol] / stored
                     for pol, b in kept.items()}
         return {pol: b - out[pol] * (1 - 1 / stored) for pol, b in kept.items()}

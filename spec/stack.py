@@ -41,7 +41,12 @@ What `selective` recompute reruns (`selective_recompute`):
   is recomputed: it keeps nothing of its own but its output (the output projection's input),
   so the s x s scores of an unfused kernel (and a fused kernel's fp32 log-sum-exp) go, every
   other activation stays, and the attention forward runs again. Per layer the kept bytes go from
-  sbh(34 + 5as/h) to 34sbh.
+  sbh(34 + 5as/h) to 34sbh. That is Megatron's default `recompute_modules: [core_attn]`;
+  `recompute_modules` names others it has: `mla_up_proj` (latent attention's q and kv
+  up-projections and RoPE under an output-discarding checkpoint: q, k and the kv up-projection's
+  output are not kept, the two GEMMs rerun) and `mlp` (a dense layer's MLP under a checkpoint
+  that keeps its input: its GEMM outputs and activation are not kept, its GEMMs rerun; MoE
+  layers are Megatron's `moe` module, not this one).
 """
 
 from __future__ import annotations
@@ -57,6 +62,8 @@ AttentionKernel = Literal["flash2", "flash3", "cudnn", "triton", "unfused"]
 FusedOp = Literal["norm", "swiglu", "rope", "cross_entropy"]
 ActivationDtype = Literal["bf16", "fp16", "fp32"]
 SelectiveRecompute = Literal["elementwise", "core_attention"]
+# Megatron-Core's recompute_modules that the cost model knows (transformer_config.py, core_v0.14.0)
+RecomputeModule = Literal["core_attn", "mla_up_proj", "mlp"]
 ContextParallelScheme = Literal["p2p", "all_gather"]
 FUSED_OPS: tuple[str, ...] = ("norm", "swiglu", "rope", "cross_entropy")
 STORED_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
@@ -95,6 +102,9 @@ class ResolvedStack:
     # expert all-to-alls of one micro-batch run beside another's compute in the steady 1F1B phase
     # (Megatron-Core's overlap_moe_expert_parallel_comm, default off); compiler/ep_overlap.py
     ep_comm_overlap: bool = False
+    # with selective_recompute core_attention: the Megatron-Core modules the selective policy reruns
+    # (its recompute_modules, default core_attn); compiler/stack_costs.py
+    recompute_modules: tuple[str, ...] = ("core_attn",)
 
     def fuses(self, op: str) -> bool:
         """Whether `op`'s element-wise chain runs as one kernel: named in `fused`, or generated
@@ -174,6 +184,13 @@ class Stack(SpecModel):
                           "in every preset, Megatron's default); false: EP_EXPOSED of them exposed; null = the "
                           "preset's")
 
+    recompute_modules: list[RecomputeModule] | None = Field(
+        None, min_length=1, description="with selective_recompute core_attention (Megatron-Core's), the modules "
+                                        "selective recompute reruns in backward, as Megatron's recompute_modules: "
+                                        "core_attn (the attention core), mla_up_proj (latent attention's q and kv "
+                                        "up-projections and RoPE, their outputs discarded), mlp (the MLP of dense, "
+                                        "non-MoE layers); null = [core_attn], Megatron's default")
+
     def resolved(self) -> ResolvedStack:
         base = PRESETS[self.preset]
         pick = lambda name: getattr(base, name) if getattr(self, name) is None else getattr(self, name)  # noqa: E731
@@ -184,7 +201,8 @@ class Stack(SpecModel):
                                                        "fused_elementwise")),
                              pick("selective_recompute"), bool(pick("fp8_stored_inputs")),
                              bool(pick("partial_recompute")), pick("context_parallel"),
-                             bool(pick("ep_comm_overlap")))
+                             bool(pick("ep_comm_overlap")),
+                             base.recompute_modules if self.recompute_modules is None else tuple(self.recompute_modules))
 
 
-__all__ = ["FUSED_OPS", "PRESETS", "STORED_BYTES", "ResolvedStack", "Stack"]
+__all__ = ["FUSED_OPS", "PRESETS", "STORED_BYTES", "RecomputeModule", "ResolvedStack", "Stack"]
