@@ -183,7 +183,7 @@ CASES = (
                 "GBS not published with the row: 512 assumed",
                 "not expressible, and cheap: biases of the projections and router, the clamped SwiGLU, YaRN "
                 "RoPE scaling")),
-    # The row's recipe: Megatron-Bridge scripts/performance (NeMo 25.09/25.11 ran them), at v0.1.0rc4
+    # The row's recipe: Megatron-Bridge scripts/performance (the only recipe code with its layout), at v0.1.0rc4
     # (6725f70) configs/deepseek/deepseek_v3_llm_pretrain.yaml perf_matrix h100 num_gpus_1024 (sequence
     # 4096, MBS 1, GBS 8192, TP2 PP8 VP4 EP64) and run_script.py's H100 branch (DeepEP flex dispatcher,
     # force-balanced routing, overlap_moe_expert_parallel_comm and delay_wgrad_compute on, recompute_modules
