@@ -30,7 +30,7 @@ from vlac.compiler.cost_model import CostModel, Evaluation
 from vlac.compiler.plan import Estimate
 from vlac.compiler.search_space import COLUMNS, Limits, Space, enumerate_space
 
-from .step_bound import BOUND_PARTS, StepTerms, lower_bounds
+from .step_bound import BOUND_PARTS, StepBound, StepTerms
 
 FIRST_SHARE = 1.02  # first pass: the layouts within 2 % of the lowest bound
 GROW = 1.25  # and, while none of those fits, widen the band by this factor
@@ -38,6 +38,11 @@ GROW = 1.25  # and, while none of those fits, widen the band by this factor
 # (the README's search: 110 passes for 72 candidates without it, 87 with it, 0.48 -> 0.42 CPU s
 # choosing; a 400-candidate random search: the same CPU, 4 % fewer layouts costed)
 MARGIN = 1.01
+# a first band from MARGIN holding more rows than this is cut down to this many (_first_band): a
+# pass of the cost model costs ~2 ms plus ~4 us a row (measured on the flagship), so past ~2,000
+# rows a second pass is cheaper than the rows a wrong guess adds; the README's candidates cost 100
+# to 300 rows each and never reach it
+FIRST_ROWS = 2048
 # with the combination: all the bound reads of a row (dp follows from tp, cp and pp: it splits no
 # group, and last it leaves the groups' order as it was)
 GROUP_COLUMNS = ("pp", "v", "m", "sched", "dp")
@@ -70,7 +75,9 @@ class LayoutSpace:
     order: np.ndarray  # the rows, group by group
     start: np.ndarray  # [groups + 1]
     legal: np.ndarray  # per group: whether this depth and shape keep it
-    key: str  # names the enumerated space: per-combination figures are cached under it
+    key: str  # names the enumerated space: per-group figures are cached under it
+    combos_key: bytes  # names `combos`: per-combination figures are cached under it (supersets of
+    # one cluster and batch share their combinations: the README's two supersets hold the same 2,494)
     # the superset's group filters, memoised per shape and per depth
     shape_masks: dict[tuple, np.ndarray] = field(default_factory=dict, repr=False)
     depth_masks: dict[tuple, np.ndarray] = field(default_factory=dict, repr=False)
@@ -90,7 +97,7 @@ class LayoutSpace:
         pipe = {k: c[k][gfirst] for k in GROUP_COLUMNS}
         combo = inv[gfirst]
         return cls(space, combos, combo, pipe, StepTerms.of(pipe, combos[combo]), np.diff(start), order, start,
-                   np.ones(len(gfirst), bool), key)
+                   np.ones(len(gfirst), bool), key, combos.tobytes())
 
     def within(self, lim: Limits) -> LayoutSpace:
         """The groups a model of `lim`'s depth and shape keeps (DepthSpaces): the planner's two
@@ -148,8 +155,8 @@ class LayerTimes:
         self._times = times
         self.keys = np.empty(0, np.int64)  # sorted
         self.table: dict[str, np.ndarray] = {}
-        # LayoutSpace.key -> [U, keys] per-layer bound parts, and which combinations have them
-        self.bound_parts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        # LayoutSpace.combos_key -> [U, keys] per-layer bound parts, and which combinations have them
+        self.bound_parts: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
         # LayoutSpace.key -> per group: send seconds, optimizer seconds per dense and per expert parameter
         self.fixed: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
@@ -179,11 +186,11 @@ class LayerTimes:
         the enumerated space; computed for the combinations `used` (default: all) and kept, the
         others' rows left NaN until some candidate uses them (a shape's divisibility rules keep
         a third of the flagship's combinations)."""
-        parts, known = self.bound_parts.get(ls.key, (None, None))
+        parts, known = self.bound_parts.get(ls.combos_key, (None, None))
         if parts is None:
             parts = np.full((len(ls.combos), model.p.n_keys), np.nan)
             known = np.zeros(len(ls.combos), bool)
-            self.bound_parts[ls.key] = (parts, known)
+            self.bound_parts[ls.combos_key] = (parts, known)
         new = ~known if used is None else used & ~known
         if new.any():
             u = ls.combos[new]
@@ -215,9 +222,9 @@ def choose(search: planner_mod.Search, ls: LayoutSpace, allowed: tuple[int, ...]
     Also returns this candidate's ratio."""
     if not ls.legal.any():
         return None
-    bound = lower_bounds(search.model, ls, times)  # inf for the groups this depth and shape drop
-    lowest = bound.min()
-    band = lowest * ratio * MARGIN
+    bound = StepBound(search.model, ls, times)  # inf for the groups this depth and shape drop
+    lowest = bound.lowest()
+    band = _first_band(bound, ls, lowest * ratio * MARGIN)
     costed = _Costed(search, ls, allowed, bound)
     while True:
         ev, runs = costed.up_to(band)
@@ -236,19 +243,33 @@ def choose(search: planner_mod.Search, ls: LayoutSpace, allowed: tuple[int, ...]
     return _estimate(search, ev, i), costed.rows, best_step / lowest
 
 
+def _first_band(bound: StepBound, ls: LayoutSpace, band: float) -> float:
+    """`band`, or a lower one holding FIRST_ROWS rows where it holds more. The first band is
+    another candidate's ratio of best step to lowest bound: a candidate whose fastest layouts do
+    not fit in memory has a large one (1.69 on the flagship test's first sample), and carried to
+    the next candidate (1.07) it costed 28,811 rows where 75 could win. Capped, a candidate that
+    needs more rows gets them in a second pass."""
+    hit = bound.below(band)
+    if ls.sizes[hit].sum() <= FIRST_ROWS:
+        return band
+    at = np.nonzero(hit)[0]
+    at = at[np.argsort(bound.value[at], kind="stable")]
+    return float(bound.value[at[np.searchsorted(np.cumsum(ls.sizes[at]), FIRST_ROWS)]])
+
+
 class _Costed:
     """The groups costed so far, each once: widening the band costs only the rows it adds."""
 
-    def __init__(self, search: planner_mod.Search, ls: LayoutSpace, allowed: tuple[int, ...], bound: np.ndarray):
+    def __init__(self, search: planner_mod.Search, ls: LayoutSpace, allowed: tuple[int, ...], bound: StepBound):
         self.search, self.ls, self.allowed, self.bound = search, ls, allowed, bound
-        self.done = np.zeros(len(bound), bool)  # per group
+        self.done = np.zeros(len(ls.sizes), bool)  # per group
         self.rows = 0
         self.parts: list[tuple[np.ndarray, Evaluation, np.ndarray]] = []
 
     def up_to(self, limit: float) -> tuple[Evaluation, np.ndarray]:
         """Every row with a bound <= limit, costed, in row order (as one evaluation of them
         would be), and which of them vlac's runtime runs."""
-        groups = (self.bound <= limit) & ~self.done
+        groups = self.bound.below(limit) & ~self.done
         if groups.any():
             self.done |= groups
             rows = self.ls.rows_of(groups)

@@ -22,9 +22,17 @@ sharded ZeRO level (>= 1), which no row's optimizer undercuts. Data-parallel com
 left out (it can hide behind compute).
 
 The bound reads a layout only through its (tp, sp, cp, mb, ep, etp) combination and its pipeline
-(dp, pp, v, m, schedule): the groups of a LayoutSpace. On the README's search it leaves 13,000 of
+(dp, pp, v, m, schedule): the groups of a LayoutSpace. On the README's search it leaves 12,200 of
 the 7.1 million legal layouts below the best step, against 88,000 for the former bound (t' at
 least the mean over ranks and the ceil(layers / pp) cheapest layers, no sends, no optimizer).
+
+The stage split is the costly part (a partition per pipeline shape, per candidate: the depth and
+the layers' FLOPs set it), so StepBound starts every group at a bound without it (t' at least the
+mean over ranks and the busier end rank: the first holds the embeddings, the last the head, each
+with a decoder layer per chunk) and splits a shape only once one of its groups could lie below a
+band asked for. The lowest bound and the groups below each band are those of the full bound; on
+the README's search about half the shapes are split.
+"""
 """
 
 from __future__ import annotations
@@ -57,7 +65,9 @@ class StepTerms:
     total: np.ndarray  # 1, 1/v, 0
     shapes: np.ndarray  # the distinct pp * SHAPE_RADIX + v
     shape_at: np.ndarray  # per group: its shape's index in shapes
-    degrees: dict[str, np.ndarray]  # per group: tp, sp (bool), cp, mb, ep, etp, dp, pp, m, d_dense, d_expert
+    degrees: dict[str, np.ndarray]  # per group: tp, sp (bool), cp, mb, ep, etp, dp, pp, m, v, d_dense, d_expert
+    by_shape: np.ndarray  # the groups, shape by shape (StepBound refines a shape's groups at once)
+    shape_start: np.ndarray  # [shapes + 1]: where each shape's groups begin in by_shape
     # memory seconds per byte -> per group, optimizer seconds per dense and per expert parameter
     _optimizer: dict[float, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
@@ -70,12 +80,19 @@ class StepTerms:
         interleaved = piped & (pipe["sched"] == INTERLEAVED)
         shapes, shape_at = np.unique(pipe["pp"].astype(np.int64) * SHAPE_RADIX + pipe["v"], return_inverse=True)
         d = {k: combos[:, i].astype(float) for i, k in enumerate(("tp", "sp", "cp", "mb", "ep", "etp"))}
-        d.update({k: pipe[k].astype(float) for k in ("dp", "pp", "m")})
+        d.update({k: pipe[k].astype(float) for k in ("dp", "pp", "m", "v")})
         d["sp"] = combos[:, 1].astype(bool)
         d["d_dense"] = d["dp"] * d["cp"]
         d["d_expert"] = d["d_dense"] * d["tp"] / (d["ep"] * d["etp"])
+        shape_at = shape_at.reshape(-1)
+        by_shape = np.argsort(shape_at, kind="stable")
         return cls(np.where(zero_bubble, m, np.where(interleaved, m - 1 / v, m - 1)),
-                   np.where(zero_bubble, 0.0, np.where(interleaved, 1 / v, 1.0)), shapes, shape_at.reshape(-1), d)
+                   np.where(zero_bubble, 0.0, np.where(interleaved, 1 / v, 1.0)), shapes, shape_at, d, by_shape,
+                   np.searchsorted(shape_at[by_shape], np.arange(len(shapes) + 1)))
+
+    def groups_of(self, shape: int) -> np.ndarray:
+        """The groups of pipeline shape `shape` (an index into shapes), ascending."""
+        return self.by_shape[self.shape_start[shape]:self.shape_start[shape + 1]]
 
     def fixed(self, model: CostModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per group, what does not depend on the depth: the stage-to-stage send seconds (exact:
@@ -101,50 +118,114 @@ class StepTerms:
         return per
 
 
+class StepBound:
+    """A lower bound on the step time of one candidate's legal groups (module docstring), made
+    tight shape by shape as the fast path needs it. Every group starts at a bound without the
+    stage split: the largest rank's sum of the bound parts, and its trainable parameters, are at
+    least the mean over the pp ranks and at least those of the busier end rank (the embeddings
+    or the head, and v chunks of at least one decoder layer each: CostProfile.stage_chunks). A
+    pipeline shape is refined (its groups given the slowest rank of the cost model's own split:
+    CostModel.composition partitions the layers for it) only once some group of it could lie
+    below a limit asked for: refined >= unrefined, so the groups below any limit, and the lowest
+    bound, are those with every shape refined. A shape without a pipeline has one rank: its
+    mean is its slowest rank."""
+
+    def __init__(self, model: CostModel, ls: LayoutSpace, times: LayerTimes):
+        p, terms = model.p, ls.terms
+        self.model, self.ls, self.terms = model, ls, terms
+        # only the combinations this depth and shape keep: the layer times of the others are not needed
+        self.used = np.bincount(ls.combo, weights=ls.legal, minlength=len(ls.combos)) > 0
+        self.parts = times.per_layer_bound(model, ls, self.used)  # [U, keys]: one micro-batch's bound parts per layer
+        seq = np.asarray(p.sequence, np.int64)
+        counts = np.bincount(seq, minlength=p.n_keys)  # every layer once
+        self.total = self.parts @ counts  # S >= this
+        self.sends, self.per_dense, self.per_expert = times.fixed_terms(model, ls)
+        # the end ranks: the first holds what comes before the first decoder layer (the embeddings)
+        # and the last what comes after the last (the head), each with v chunks of at least one
+        # decoder layer (CostProfile.stage_chunks)
+        blocks = _decoder_positions(model)
+        ends = [np.bincount(seq[:blocks[0]], minlength=p.n_keys), np.bincount(seq[blocks[-1] + 1:], minlength=p.n_keys)]
+        block_keys = np.unique(seq[blocks])
+        end_t = np.maximum(self.parts @ ends[0], self.parts @ ends[1])[ls.combo]
+        layer_t = self.parts[:, block_keys].min(axis=1)[ls.combo]
+        pp, v = terms.degrees["pp"], terms.degrees["v"]
+        s = self.total[ls.combo]
+
+        def largest(total, end, layer):  # a largest rank's sum is at least the mean and an end rank's
+            return np.maximum(total / pp, end + v * layer)
+
+        trained = [largest(counts @ w, max(ends[0] @ w, ends[1] @ w), w[block_keys].min())
+                   for w in (model.trainable_dense, model.trainable_expert)]
+        bound = (terms.t_max * largest(s, end_t, layer_t) + terms.total * s + self.sends
+                 + self.per_dense * trained[0] + self.per_expert * trained[1])
+        with np.errstate(invalid="ignore"):  # NaN where a combination is not used: those groups are not legal
+            self.value = np.where(ls.legal, bound * (1 - ROUNDING), np.inf)
+        self.refined = terms.shapes // SHAPE_RADIX == 1  # one rank: the mean is the slowest
+
+    def lowest(self) -> float:
+        """The lowest bound of any legal group (inf if none), as with every shape refined."""
+        while True:
+            g = int(np.argmin(self.value))
+            j = self.terms.shape_at[g]
+            if self.refined[j] or not np.isfinite(self.value[g]):
+                return float(self.value[g])
+            self._refine([j])
+
+    def below(self, limit: float) -> np.ndarray:
+        """The groups whose bound is <= limit (a group mask), as with every shape refined."""
+        hit = self.value <= limit
+        self._refine_shapes_of(hit)
+        return self.value <= limit
+
+    def refine_all(self) -> np.ndarray:
+        """Every group's tight bound (inf where not legal)."""
+        self._refine_shapes_of(self.ls.legal)
+        return self.value
+
+    def _refine_shapes_of(self, groups: np.ndarray) -> None:
+        """Refines the shapes of `groups` (legal ones: the cost model splits the layers only for
+        the shapes this depth keeps)."""
+        shapes = np.unique(self.terms.shape_at[groups])
+        shapes = shapes[~self.refined[shapes]]
+        if len(shapes):
+            self._refine(shapes.tolist())
+
+    def _refine(self, shapes: list[int]) -> None:
+        """Tight bounds for the legal groups of `shapes` (indices into StepTerms.shapes): the
+        largest rank's sum of the bound parts, and its trainable dense and expert parameters,
+        under the cost model's stage split. Ranks holding the same layers have the same sums:
+        the distinct ones (a few per shape: the first and last ranks carry the embeddings and
+        the head) are summed once, by einsum rather than a matrix product, whose BLAS threads
+        cost several times the product's own CPU time on arrays this small."""
+        model, ls, terms, used = self.model, self.ls, self.terms, self.used
+        parts = self.parts[used]
+        for j in shapes:
+            code = int(terms.shapes[j])
+            counts = model.composition(code // SHAPE_RADIX, code % SHAPE_RADIX)[1]  # [pp, keys]
+            distinct = np.array(sorted({tuple(r) for r in counts.tolist()}))  # a few of at most pp
+            slowest = np.full(len(used), np.nan)
+            slowest[used] = np.einsum("rk,uk->ru", distinct, parts).max(axis=0)
+            dense, expert = (distinct @ model.trainable_dense).max(), (distinct @ model.trainable_expert).max()
+            g = terms.groups_of(j)
+            g = g[ls.legal[g]]
+            c = ls.combo[g]
+            self.value[g] = (terms.t_max[g] * slowest[c] + terms.total[g] * self.total[c] + self.sends[g]
+                             + self.per_dense[g] * dense + self.per_expert[g] * expert) * (1 - ROUNDING)
+            self.refined[j] = True
+
+
+def _decoder_positions(model: CostModel) -> np.ndarray:
+    """The positions of the decoder layers in the profile's sequence, as the cost model's stage
+    split reads them (CostProfile.stage_weights, which the model keeps for its splits)."""
+    if model._stage_weights is None:
+        model._stage_weights = model.p.stage_weights()
+    return np.asarray(model._stage_weights[1], np.int64)
+
+
 def lower_bounds(model: CostModel, ls: LayoutSpace, times: LayerTimes) -> np.ndarray:
-    """A lower bound on the step time of every group's layouts (module docstring); inf for the
-    groups this depth and shape do not keep."""
-    p, terms = model.p, ls.terms
-    # the pipeline shapes and combinations this depth and shape keep: the cost model splits the
-    # layers only for those shapes, and only those combinations' layer times are needed
-    kept = np.bincount(terms.shape_at, weights=ls.legal, minlength=len(terms.shapes)) > 0
-    used = np.bincount(ls.combo, weights=ls.legal, minlength=len(ls.combos)) > 0
-    parts = times.per_layer_bound(model, ls, used)  # [U, keys]: one micro-batch's bound parts per layer
-    slowest, trained = _slowest_ranks(model, parts, terms.shapes, kept, used)
-    total = parts @ np.bincount(p.sequence, minlength=p.n_keys)  # S >= this: every layer once
-    sends, per_dense, per_expert = times.fixed_terms(model, ls)
-    bound = (terms.t_max * slowest[ls.combo, terms.shape_at] + terms.total * total[ls.combo] + sends
-             + per_dense * trained[0][terms.shape_at] + per_expert * trained[1][terms.shape_at])
-    with np.errstate(invalid="ignore"):  # NaN where a combination is not used: those groups are not legal
-        return np.where(ls.legal, bound * (1 - ROUNDING), np.inf)
+    """The tight bound of every group's layouts (module docstring), every shape refined; inf
+    for the groups this depth and shape do not keep."""
+    return StepBound(model, ls, times).refine_all()
 
 
-def _slowest_ranks(model: CostModel, parts: np.ndarray, shapes: np.ndarray, kept: np.ndarray,
-                   used: np.ndarray):
-    """Per pipeline shape (pp * SHAPE_RADIX + v) of the cost model's stage split: [U, shapes] the
-    largest rank's sum of per-layer `parts` ([U, keys]) per combination, and the largest rank's
-    trainable dense and expert parameters ([shapes] each); 0 for the shapes not `kept` and the
-    combinations not `used`. Ranks holding the same layers have the same sums: the distinct
-    ones are summed once (a few per shape: the first and last ranks carry the embeddings and
-    the head), by einsum rather than a matrix product, whose BLAS threads cost several times
-    the product's own CPU time on arrays this small."""
-    slowest = np.zeros((len(shapes), len(parts)))
-    dense, expert = np.zeros(len(shapes)), np.zeros(len(shapes))
-    at = np.nonzero(kept)[0]
-    counts = [model.composition(code // SHAPE_RADIX, code % SHAPE_RADIX)[1] for code in shapes[at].tolist()]
-    if not counts:
-        return slowest.T, (dense, expert)
-    distinct, which = np.unique(np.concatenate(counts), axis=0, return_inverse=True)  # [distinct ranks, keys]
-    which = which.reshape(-1).tolist()
-    per_rank = np.einsum("rk,uk->ru", distinct, parts[used])
-    dense_r, expert_r = distinct @ model.trainable_dense, distinct @ model.trainable_expert
-    first = 0
-    for j, c in zip(at.tolist(), counts):
-        rows = sorted(set(which[first:first + len(c)]))  # a few distinct ranks of at most pp
-        slowest[j, used] = per_rank[rows].max(axis=0)
-        dense[j], expert[j] = dense_r[rows].max(), expert_r[rows].max()
-        first += len(c)
-    return slowest.T, (dense, expert)
-
-
-__all__ = ["BOUND_PARTS", "ROUNDING", "StepTerms", "lower_bounds"]
+__all__ = ["BOUND_PARTS", "ROUNDING", "StepBound", "StepTerms", "lower_bounds"]

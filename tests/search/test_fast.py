@@ -88,9 +88,11 @@ def test_fast_path_matches_the_full_path_on_the_flagship():
     s = Search(FLAGSHIP, space, strategy="random", budget=400, seed=5, objective="min:training_days")
     assert check_sample(s, 4, seed=1) == 4
     fast = s.evaluator.fast_path
-    # the bound leaves few layouts to cost: 48,306 of 468,203 here since search/step_bound.py
-    # (20,689 before it, while the README search went from 120,713 to 18,508)
-    assert fast.stats["decided"] == 4 and fast.stats["costed"] * 5 < fast.stats["legal"]
+    # the bound leaves few layouts to cost: 21,544 of 468,203 here, 19,112 of them for the first
+    # sample (64 experts of width 3072: its fastest layouts do not fit, its best step is 1.69 x
+    # its lowest bound). 48,306 before fast_plan.FIRST_ROWS capped the first band that this
+    # ratio, carried to the next sample, gave it (28,811 rows costed where 75 could win)
+    assert fast.stats["decided"] == 4 and fast.stats["costed"] * 20 < fast.stats["legal"]
 
 
 def test_fast_path_steps_aside_for_user_functions_and_plan_paths():

@@ -15,13 +15,15 @@ from vlac.compiler.graph_cache import GraphCache
 from vlac.compiler.search_space import SCHEDULE_CODES
 from vlac.search.evaluate import base_mapping
 from vlac.search.fast_plan import LayerTimes, LayoutSpace
-from vlac.search.step_bound import lower_bounds
+from vlac.search.step_bound import StepBound, lower_bounds
 from vlac.spec import load
 
 FLAGSHIP = Path(__file__).resolve().parents[2] / "examples" / "vla_10b_moe_h100.yaml"
 
 
-def evaluated(profile: str | None, **backbone_and_moe):
+def evaluated(profile: str | None, refined: bool = True, **backbone_and_moe):
+    """The planner's full evaluation of the flagship with these fields, and each row's bound:
+    every shape refined (lower_bounds), or none (StepBound's first, stage-split-free bound)."""
     data, _ = base_mapping(FLAGSHIP, profile, [])
     data = copy.deepcopy(data)
     for k, v in backbone_and_moe.items():
@@ -32,7 +34,8 @@ def evaluated(profile: str | None, **backbone_and_moe):
     space, ev = search.run({})
     ls = LayoutSpace.of(space, "test")
     bound = np.empty(len(space))
-    per_group = lower_bounds(search.model, ls, LayerTimes(search.model.p.times))
+    times = LayerTimes(search.model.p.times)
+    per_group = lower_bounds(search.model, ls, times) if refined else StepBound(search.model, ls, times).value
     for g, b in enumerate(per_group):  # each group's bound to its rows
         bound[ls.order[ls.start[g]:ls.start[g + 1]]] = b
     return search, space, ev, bound
@@ -50,6 +53,35 @@ def test_the_bound_never_exceeds_a_fitting_layouts_step(profile, shape):
     assert (bound[timed] <= ev.step[timed]).all()
     # and it is tight somewhere: the best layouts sit within a few % of their bound
     assert (ev.step[timed] / bound[timed]).min() < 1.01
+
+
+@pytest.mark.parametrize("profile,shape", [
+    ("tiny", dict(backbone__layers=7)),
+    (None, dict(backbone__layers=18, moe__experts=16, moe__top_k=2)),
+])
+def test_the_bound_before_any_stage_split_never_exceeds_a_fitting_layouts_step(profile, shape):
+    # the mean over ranks and the end ranks (embeddings or head, and a decoder layer per chunk):
+    # what every group starts at, and what the groups of shapes never refined keep
+    search, space, ev, bound = evaluated(profile, refined=False, **shape)
+    timed = ev.fits & ev.timed
+    assert timed.sum() > 20 and (space.cols["pp"][timed] > 1).any()
+    assert (bound[timed] <= ev.step[timed]).all()
+    _, _, _, tight = evaluated(profile, **shape)
+    assert (bound <= tight * (1 + 1e-12)).all() and (bound < tight).any()
+
+
+def test_refining_shapes_on_demand_keeps_the_lowest_bound_and_each_band():
+    # StepBound refines only the shapes with a group below what is asked: the lowest bound and
+    # the groups below any limit are those of the bound with every shape refined
+    search, space, ev, _ = evaluated(None, backbone__layers=18, moe__experts=16, moe__top_k=2)
+    ls = LayoutSpace.of(space, "lazy")
+    times = LayerTimes(search.model.p.times)
+    full = lower_bounds(search.model, ls, times)
+    lazy = StepBound(search.model, ls, times)
+    assert lazy.lowest() == full.min()
+    for share in (1.0, 1.05, 1.2):
+        assert np.array_equal(lazy.below(full.min() * share), full <= full.min() * share)
+    assert not lazy.refined.all()  # some shapes' groups all lie above 1.2 x the lowest before refining
 
 
 def test_the_slowest_rank_term_tightens_deep_pipelines():
