@@ -33,7 +33,6 @@ with a decoder layer per chunk) and splits a shape only once one of its groups c
 band asked for. The lowest bound and the groups below each band are those of the full bound; on
 the README's search about half the shapes are split.
 """
-"""
 
 from __future__ import annotations
 
