@@ -119,7 +119,7 @@ class FastPath:
         if chosen is None:
             return None
         est, costed, known.ratio = chosen
-        self.ratios[topology_key(key)] = known.ratio
+        self.ratios[known.topology] = known.ratio
         self.chosen[key, exp.backbone.layers] = (model, est, len(ls))
         return FastPlan(_plan(exp, model, est), costed, len(ls))
 
@@ -131,8 +131,9 @@ class FastPath:
         if ref is None:
             return None
         if known is None:
-            known = self.architectures[key] = _Known(Architecture(edges), base,
-                                                     ratio=self.ratios.get(topology_key(key), FIRST_SHARE))
+            topology = topology_key(key)
+            known = self.architectures[key] = _Known(Architecture(edges), base, topology,
+                                                     ratio=self.ratios.get(topology, FIRST_SHARE))
         known.arch.references.append(ref)
         known.times.append(LayerTimes(ref.profile.times))
         return known
@@ -165,6 +166,7 @@ class _Known:
 
     arch: Architecture
     base: planner_mod.Search
+    topology: str  # shape_fit.topology_key of its key: read per candidate, parsed once
     times: list[LayerTimes] = field(default_factory=list)  # per reference
     ratio: float = FIRST_SHARE  # best step / lowest bound of its last candidate
 

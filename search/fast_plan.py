@@ -78,9 +78,11 @@ class LayoutSpace:
     key: str  # names the enumerated space: per-group figures are cached under it
     combos_key: bytes  # names `combos`: per-combination figures are cached under it (supersets of
     # one cluster and batch share their combinations: the README's two supersets hold the same 2,494)
-    # the superset's group filters, memoised per shape and per depth
+    legal_at: np.ndarray  # the indices of the `legal` groups
+    # the superset's group filters, memoised per shape, per depth and per both (with their indices)
     shape_masks: dict[tuple, np.ndarray] = field(default_factory=dict, repr=False)
     depth_masks: dict[tuple, np.ndarray] = field(default_factory=dict, repr=False)
+    both_masks: dict[tuple, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, space: Space, key: str) -> LayoutSpace:
@@ -97,7 +99,7 @@ class LayoutSpace:
         pipe = {k: c[k][gfirst] for k in GROUP_COLUMNS}
         combo = inv[gfirst]
         return cls(space, combos, combo, pipe, StepTerms.of(pipe, combos[combo]), np.diff(start), order, start,
-                   np.ones(len(gfirst), bool), key, combos.tobytes())
+                   np.ones(len(gfirst), bool), key, combos.tobytes(), np.arange(len(gfirst)))
 
     def within(self, lim: Limits) -> LayoutSpace:
         """The groups a model of `lim`'s depth and shape keeps (DepthSpaces): the planner's two
@@ -105,17 +107,22 @@ class LayoutSpace:
         read only the combination). Both filters are memoised: candidates of one depth or one
         shape share theirs."""
         depth = (lim.blocks, lim.max_pp)
+        shape = (lim.heads, lim.kv_heads, lim.vocab, lim.ffn, lim.experts, lim.expert_ffn)  # what shape_rows reads
+        both = self.both_masks.get((depth, shape))
+        if both is not None:
+            return replace(self, legal=both[0], legal_at=both[1])
         depth_ok = self.depth_masks.get(depth)
         if depth_ok is None:
             pp, v = self.pipe["pp"], self.pipe["v"]
             depth_ok = self.depth_masks[depth] = (pp <= min(lim.blocks, lim.max_pp)) & ((v == 1) | (pp * v <= lim.blocks))
-        shape = (lim.heads, lim.kv_heads, lim.vocab, lim.ffn, lim.experts, lim.expert_ffn)  # what shape_rows reads
         shape_ok = self.shape_masks.get(shape)
         if shape_ok is None:
             u = self.combos
             combos_ok = lim.shape_rows({"tp": u[:, 0], "ep": u[:, 4], "etp": u[:, 5]})
             shape_ok = self.shape_masks[shape] = combos_ok[self.combo]
-        return replace(self, legal=self.legal & depth_ok & shape_ok)
+        legal = self.legal & depth_ok & shape_ok
+        self.both_masks[depth, shape] = (legal, np.nonzero(legal)[0])
+        return replace(self, legal=legal, legal_at=self.both_masks[depth, shape][1])
 
     def __len__(self) -> int:
         return int(self.sizes[self.legal].sum())

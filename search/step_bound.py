@@ -132,8 +132,11 @@ class StepBound:
     def __init__(self, model: CostModel, ls: LayoutSpace, times: LayerTimes):
         p, terms = model.p, ls.terms
         self.model, self.ls, self.terms = model, ls, terms
-        # only the combinations this depth and shape keep: the layer times of the others are not needed
-        self.used = np.bincount(ls.combo, weights=ls.legal, minlength=len(ls.combos)) > 0
+        at = ls.legal_at  # the groups this depth and shape keep: the others stay at inf
+        combo = ls.combo[at]
+        # only the combinations of those groups: the layer times of the others are not needed
+        self.used = np.zeros(len(ls.combos), bool)
+        self.used[combo] = True
         self.parts = times.per_layer_bound(model, ls, self.used)  # [U, keys]: one micro-batch's bound parts per layer
         seq = np.asarray(p.sequence, np.int64)
         counts = np.bincount(seq, minlength=p.n_keys)  # every layer once
@@ -145,20 +148,21 @@ class StepBound:
         blocks = _decoder_positions(model)
         ends = [np.bincount(seq[:blocks[0]], minlength=p.n_keys), np.bincount(seq[blocks[-1] + 1:], minlength=p.n_keys)]
         block_keys = np.unique(seq[blocks])
-        end_t = np.maximum(self.parts @ ends[0], self.parts @ ends[1])[ls.combo]
-        layer_t = self.parts[:, block_keys].min(axis=1)[ls.combo]
-        pp, v = terms.degrees["pp"], terms.degrees["v"]
-        s = self.total[ls.combo]
+        end_t = np.maximum(self.parts @ ends[0], self.parts @ ends[1])[combo]
+        layer_t = self.parts[:, block_keys].min(axis=1)[combo]
+        pp, v = terms.degrees["pp"][at], terms.degrees["v"][at]
+        s = self.total[combo]
 
         def largest(total, end, layer):  # a largest rank's sum is at least the mean and an end rank's
             return np.maximum(total / pp, end + v * layer)
 
         trained = [largest(counts @ w, max(ends[0] @ w, ends[1] @ w), w[block_keys].min())
                    for w in (model.trainable_dense, model.trainable_expert)]
-        bound = (terms.t_max * largest(s, end_t, layer_t) + terms.total * s + self.sends
-                 + self.per_dense * trained[0] + self.per_expert * trained[1])
-        with np.errstate(invalid="ignore"):  # NaN where a combination is not used: those groups are not legal
-            self.value = np.where(ls.legal, bound * (1 - ROUNDING), np.inf)
+        bound = (terms.t_max[at] * largest(s, end_t, layer_t) + terms.total[at] * s + self.sends[at]
+                 + self.per_dense[at] * trained[0] + self.per_expert[at] * trained[1])
+        self.value = np.full(len(ls.sizes), np.inf)
+        self.value[at] = bound * (1 - ROUNDING)
+        self._rank_sums: dict[tuple[float, ...], np.ndarray] = {}
         self.refined = terms.shapes // SHAPE_RADIX == 1  # one rank: the mean is the slowest
 
     def lowest(self) -> float:
@@ -194,23 +198,31 @@ class StepBound:
         largest rank's sum of the bound parts, and its trainable dense and expert parameters,
         under the cost model's stage split. Ranks holding the same layers have the same sums:
         the distinct ones (a few per shape: the first and last ranks carry the embeddings and
-        the head) are summed once, by einsum rather than a matrix product, whose BLAS threads
-        cost several times the product's own CPU time on arrays this small."""
-        model, ls, terms, used = self.model, self.ls, self.terms, self.used
-        parts = self.parts[used]
+        the head) are summed once."""
+        model, ls, terms = self.model, self.ls, self.terms
         for j in shapes:
             code = int(terms.shapes[j])
             counts = model.composition(code // SHAPE_RADIX, code % SHAPE_RADIX)[1]  # [pp, keys]
-            distinct = np.array(sorted({tuple(r) for r in counts.tolist()}))  # a few of at most pp
-            slowest = np.full(len(used), np.nan)
-            slowest[used] = np.einsum("rk,uk->ru", distinct, parts).max(axis=0)
-            dense, expert = (distinct @ model.trainable_dense).max(), (distinct @ model.trainable_expert).max()
+            distinct = {tuple(r) for r in counts.tolist()}  # a few of at most pp
+            slowest = np.maximum.reduce([self._rank_sum(r) for r in distinct])
+            ranks = np.array(list(distinct))
+            dense, expert = (ranks @ model.trainable_dense).max(), (ranks @ model.trainable_expert).max()
             g = terms.groups_of(j)
             g = g[ls.legal[g]]
             c = ls.combo[g]
             self.value[g] = (terms.t_max[g] * slowest[c] + terms.total[g] * self.total[c] + self.sends[g]
                              + self.per_dense[g] * dense + self.per_expert[g] * expert) * (1 - ROUNDING)
             self.refined[j] = True
+
+    def _rank_sum(self, layers: tuple[float, ...]) -> np.ndarray:
+        """[U] a rank's sum of the bound parts, per combination, for `layers` (its count of each
+        key). Middle ranks of many shapes hold the same layers: each count is summed once."""
+        out = self._rank_sums.get(layers)
+        if out is None:
+            # einsum rather than a matrix product, whose BLAS threads cost several times the
+            # product's own CPU time on arrays this small
+            out = self._rank_sums[layers] = np.einsum("uk,k->u", self.parts, np.array(layers))
+        return out
 
 
 def _decoder_positions(model: CostModel) -> np.ndarray:
