@@ -207,7 +207,7 @@ class CostProfile:
                 p.gemms.append(Gemm(n.flops_fwd, n.flops_bwd / n.flops_fwd if n.flops_fwd else 0.0,
                                     n.flops_overcompute, m, nn_, k, groups, n.tp_split, row, n.expert, n.fp8_eligible,
                                     bool(getattr(n, "sp_split", False)),
-                                    p.moe and self.moe_gathered and ".mlp." in n.module,
+                                    p.moe and self.moe_gathered and (".mlp." in n.module or n.module.endswith(".mlp")),
                                     p.moe and (".mlp." in n.module or n.module.endswith(".mlp")),
                                     self.stack_costs.reruns(n, p.moe)))
                 if n.tp_split and in_block:
