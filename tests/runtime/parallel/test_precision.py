@@ -96,13 +96,14 @@ def test_the_planned_gemms_are_the_ones_converted_on_cpu():
 @pytest.mark.slow
 def test_fp8_training_on_cpu_follows_the_fp32_run(tmp_path, monkeypatch):
     """torchao float8 (tensorwise scaling, torch._scaled_mm on CPU: slow, hence a 4-sequence
-    batch) against fp32, same data and init."""
+    batch and 5 steps) against fp32, same data and init. Measured: the loss goes 7.02 -> 5.89 in
+    5 steps (the bound below is 6.32), FP8 within 4e-4 of fp32 at every step (6e-4 over 8 steps)."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     losses = {}
     for fp8 in (False, True):
         exp = vlac.load(TINY, FP8[1:] + [f"precision.fp8.enabled={str(fp8).lower()}", "train.global_batch_tokens=192",
-                                         "train.steps=8", "parallelism.dp=1", "parallelism.microbatch_size=4"])
+                                         "train.steps=5", "parallelism.dp=1", "parallelism.microbatch_size=4"])
         plan = vlac.plan(exp, cluster=ONE_GPU, pin={"dp": 1, "microbatch_size": 4})
         assert plan.to_json()["plan"]["fp8"] is fp8
         program = vlac.emit(exp, plan, tmp_path / f"fp8_{fp8}")
