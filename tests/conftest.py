@@ -34,3 +34,22 @@ def _process_state_is_restored():
         os.environ.update(env)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def example_plan():
+    """example_plan(path) -> (vlac.load(path), vlac.plan(of it)): each example spec loaded and
+    planned with the defaults once per session. Several files check the default plan of every
+    example (tests/spec/test_examples.py, tests/compiler/test_planner_runtime_limits.py), and
+    planning the full-size DeepSeek-V3 alone takes seconds; the tests only read the plan."""
+    import vlac
+
+    plans = {}
+
+    def load_and_plan(path):
+        if path not in plans:
+            exp = vlac.load(path)
+            plans[path] = (exp, vlac.plan(exp))
+        return plans[path]
+
+    return load_and_plan

@@ -61,9 +61,8 @@ def test_every_limit_has_a_fix_and_a_distinct_name():
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_examples_plan_a_layout_the_runtime_runs_when_one_exists(path):
-    exp = vlac.load(path)
-    p = vlac.plan(exp)
+def test_examples_plan_a_layout_the_runtime_runs_when_one_exists(path, example_plan):
+    exp, p = example_plan(path)
     rt = p.to_json()["runtime"]
     lay = p.chosen.layout
     cols = plan_columns(p.to_json()["plan"])

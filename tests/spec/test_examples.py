@@ -18,9 +18,8 @@ def test_every_family_has_an_example():
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
-def test_example_compiles(path):
-    exp = vlac.load(path)
-    plan = vlac.plan(exp)
+def test_example_compiles(path, example_plan):
+    _, plan = example_plan(path)
     assert plan.feasible, plan.advice
     assert plan.to_json()["model"]["params_total"] > 0
 
