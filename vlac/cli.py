@@ -36,6 +36,7 @@ EXIT_INFEASIBLE = 3  # `vlac compile`: no layout fits in memory
 # (tests/vlac/test_cli_startup.py checks they agree)
 PIN_KEYS = ("dp", "tp", "pp", "ep", "cp", "zero", "sequence_parallel", "microbatch_size", "schedule",
             "virtual_stages", "recompute", "etp", "reshard_after_forward")
+MAX_PIN_DIGITS = 18  # a pin is a degree or a micro-batch size; 18 digits still fit a 64-bit integer
 
 app = typer.Typer(cls=LazyGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compile multimodal training experiments into planned, runnable distributed programs.",
@@ -91,7 +92,10 @@ def _parse_pins(text: Optional[str]) -> dict[str, Any]:
             raise UsageFailure(f"--pin: unknown key {key!r}; valid keys: {', '.join(PIN_KEYS)}")
         if value.lower() in ("true", "false"):
             pins[key] = value.lower() == "true"
-        elif value.isdigit():
+        elif value.isascii() and value.isdigit():  # str.isdigit alone takes "²", which int() refuses
+            if len(value) > MAX_PIN_DIGITS:  # int() refuses 4,300 digits; no degree has 19
+                raise UsageFailure(f"--pin {key}: a number of {len(value):,} digits; give a whole number such as "
+                                   f"{key}=2")
             pins[key] = int(value)
         else:
             pins[key] = value
