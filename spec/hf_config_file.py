@@ -6,6 +6,7 @@ naming the spec field, what is wrong and the fix. Used for decoder checkpoints
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -31,7 +32,7 @@ def read_hf_config(folder: Path, field: str, kind: CheckpointKind, shown: str | 
     """The parsed config.json in `folder` and its path, its model_type checked against `kind`.
     Messages name the folder as `shown` (default `folder`): the spec's own spelling of it."""
     cfg_file = folder / CONFIG_FILE
-    if not cfg_file.is_file():
+    if not os.path.isfile(cfg_file):  # never raises: Path.is_file() does on a too-long name
         raise PretrainedError(f"{field}: no {CONFIG_FILE} in {folder if shown is None else shown}; point it at a "
                               f"folder written by transformers' save_pretrained{kind.saved_by}")
     try:

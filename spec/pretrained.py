@@ -23,6 +23,7 @@ from `max_window_layers` on, Qwen3-MoE's on every layer; a config that lists `la
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -229,7 +230,7 @@ def expand_from_hf(data: Any) -> Any:
     if name is not None and isinstance(mods[name], dict):
         text = dict(mods[name])
         text.setdefault("vocab_size", text_rows(cfg))
-        if (Path(path) / TOKENIZER_FILE).is_file() and text.get("tokenizer", "bpe") == "bpe":
+        if os.path.isfile(Path(path) / TOKENIZER_FILE) and text.get("tokenizer", "bpe") == "bpe":
             text.setdefault("path", path)
         data["modalities"] = {**mods, name: text}
     return data

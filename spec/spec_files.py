@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import runpy
+import stat
 import tomllib
 from pathlib import Path
 from typing import Any, Mapping
@@ -13,7 +14,7 @@ import yaml
 from .errors import Issue, SpecError
 from .experiment import Experiment
 from .input_bounds import MAX_DEPTH, MAX_FILE_BYTES, as_yaml_values, check_shape, duplicate_key_message, parse_yaml
-from .input_text import one_line, value_problem
+from .input_text import clip, one_line, value_problem
 
 SUFFIXES = (".yaml", ".yml", ".toml", ".json", ".py")
 
@@ -22,8 +23,9 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
     """The raw mapping in a spec file, before validation."""
     p = Path(path)
     src = str(p)
-    if not p.is_file():
-        raise SpecError([Issue("", f"no spec file at {src}; give a path to a {'/'.join(SUFFIXES)} file")], src)
+    not_a_file = _not_a_file(p)
+    if not_a_file:
+        raise SpecError([Issue("", f"{not_a_file}; give a path to a {'/'.join(SUFFIXES)} file")], src)
     suffix = p.suffix.lower()
     if suffix not in SUFFIXES:
         raise SpecError([Issue("", f"unsupported file type {suffix!r}; use one of {', '.join(SUFFIXES)}")], src)
@@ -36,6 +38,23 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
                                    f"got a {type(data).__name__}")], src)
     check_shape(data, src)
     return data
+
+
+def _not_a_file(p: Path) -> str | None:
+    """Why `p` is no file to read, or None. Path.is_file() raises on a name longer than the
+    system allows (ENAMETOOLONG) and says only False for a folder or a pipe, where the message
+    should say what the path is."""
+    try:
+        mode = p.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return f"no spec file at {p}"
+    except OSError as e:  # a name too long, a symlink loop, no permission on a folder above
+        return f"cannot use the path {clip(str(p))}: {e.strerror or e}"
+    if stat.S_ISDIR(mode):
+        return f"{p} is a folder, not a file"
+    if not stat.S_ISREG(mode):
+        return f"{p} is not a regular file (a pipe, socket or device)"
+    return None
 
 
 def _read_text(p: Path) -> str:

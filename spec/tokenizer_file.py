@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ MAX_BYTES = 1 << 30  # a tokenizer.json is megabytes; a larger file is not read 
 def tokenizer_file_problem(path: Path) -> str | None:
     """What is wrong with the Hugging Face tokenizer.json at `path` (a file, or a folder holding
     one), or None when it looks loadable or is not there."""
-    file = path / HF_FILE if path.is_dir() else path
+    file = path / HF_FILE if os.path.isdir(path) else path  # never raises: Path.is_dir() does on a too-long name
     try:
         st = file.stat()
     except OSError:

@@ -189,7 +189,13 @@ def program_folder_problem(out: Path) -> str | None:
     an earlier program (re-emitting replaces only vlac's own files). Any other folder is refused:
     emitting writes README.md, train.py and others there and would replace the user's files of
     those names. One rule for `vlac emit/submit -o` and vlac.emit()."""
-    if out.exists() and not out.is_dir():
+    try:
+        out.stat()  # Path.exists() raises on a name too long for the system: say so as a problem
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # a new folder (or one below a file: creating it says so)
+    except OSError as e:
+        return f"cannot use the path: {e.strerror or e}; give a shorter or accessible folder path"
+    if not out.is_dir():
         return "it is a file, not a folder; give a new folder for the program"
     if out.is_dir() and not (out / PROGRAM_MARK).is_file():
         try:

@@ -13,6 +13,7 @@ checks which modules `--help` leaves unimported.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -125,7 +126,7 @@ def _cluster(exp: Experiment, value: Optional[str]) -> Cluster | None:
         return Cluster.model_validate({"preset": value, "nodes": exp.cluster.nodes,
                                        "gpus_per_node": exp.cluster.gpus_per_node})
     path = Path(value)
-    if not path.is_file():
+    if not os.path.isfile(path):  # never raises: Path.is_file() does on a name too long for the system
         raise UsageFailure(f"--cluster {value!r} is neither a preset ({', '.join(hardware_presets.PRESETS)}) nor a file")
     data = read_mapping(path)
     return load_cluster(data.get("cluster", data), str(path))
@@ -256,7 +257,7 @@ def submit(target: Path = typer.Argument(..., help="spec file, or a program dire
 
         if executor not in api.EXECUTORS:
             raise UsageFailure(f"unknown executor {executor!r}; choose one of: {', '.join(api.EXECUTORS)}")
-        if target.is_dir():
+        if os.path.isdir(target):  # never raises: Path.is_dir() does on a name too long for the system
             program = target
         else:
             exp = _load(target, set_, profile)

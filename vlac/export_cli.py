@@ -7,6 +7,7 @@ is exported unless --step names one.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -19,7 +20,7 @@ def find_run(run_dir: Path, spec: Optional[Path]) -> tuple[Path, Path]:
     """(experiment file, checkpoints folder) of a run folder."""
     from .cli import UsageFailure
 
-    if not run_dir.is_dir():
+    if not os.path.isdir(run_dir):  # never raises: Path.is_dir() does on a name too long for the system
         raise UsageFailure(f"RUN_DIR {run_dir} is not a folder; give the folder vlac emit wrote (or its run/)")
     ckpts = next((d for d in (run_dir / CHECKPOINTS, run_dir / "run" / CHECKPOINTS) if d.is_dir()), None)
     if ckpts is None:

@@ -20,3 +20,35 @@ TINY = str(ROOT / "examples" / "tiny_vla.yaml")
 def test_a_pin_value_that_is_no_whole_number_names_the_pin(pin, says):
     r = refused_cleanly(["compile", TINY, "--json", "--pin", pin], says)
     assert "invalid literal" not in r.stderr and "set_int_max_str_digits" not in r.stderr
+
+
+LONG = "x" * 300  # one path component longer than the 255 bytes Linux allows (ENAMETOOLONG)
+
+
+@pytest.mark.parametrize("args", [
+    ["validate", f"/tmp/{LONG}.yaml"],
+    ["prepare", f"/tmp/{LONG}.yaml"],
+    ["tokenizer", "train", f"/tmp/{LONG}.yaml", "--modality", "text"],
+    ["submit", f"/tmp/{LONG}.yaml", "--executor", "debug"],
+    ["search", TINY, "--space", f"/tmp/{LONG}.yaml", "-o", "unused"],
+])
+def test_a_spec_path_too_long_for_the_system_says_so(args):
+    # pathlib's is_file() raised OSError here: an internal error, or a traceback in prepare/tokenizer
+    refused_cleanly(args, "cannot use the path", "File name too long")
+
+
+@pytest.mark.parametrize("args,says", [
+    (["compile", TINY, "--cluster", f"/tmp/{LONG}.yaml"], "is neither a preset"),
+    (["emit", TINY, "-o", f"/tmp/{LONG}"], "--out"),
+    (["export", f"/tmp/{LONG}", "--hf", "unused"], "is not a folder"),
+    (["validate", TINY, "--set", f"backbone.init.hf=/tmp/{LONG}"], "(backbone.init.hf): no config.json"),
+])
+def test_other_paths_too_long_for_the_system_are_refused_naming_them(args, says):
+    refused_cleanly(args, says)
+
+
+def test_a_folder_or_a_device_given_as_the_spec_is_called_what_it_is(tmp_path):
+    folder = tmp_path / "spec.yaml"
+    folder.mkdir()
+    refused_cleanly(["validate", str(folder)], "is a folder, not a file")
+    refused_cleanly(["validate", "/dev/null"], "is not a regular file")
