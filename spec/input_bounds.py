@@ -137,14 +137,21 @@ def check_shape(data: Any, source: str = "", origin: str = "") -> None:
             stack.extend((v, parts + (i,)) for i, v in enumerate(node))
 
 
-def as_yaml_values(data: Mapping[str, Any]) -> dict[str, Any]:
+def as_yaml_values(data: Mapping[str, Any], source: str = "") -> dict[str, Any]:
     """A copy of a checked mapping (check_shape bounds its size) with tuples as lists: what the
     same spec read from YAML holds. A Python mapping may write a list field as a tuple, and strict
-    validation (base.SpecModel) takes only lists there."""
-    def copy_node(node: Any) -> Any:
+    validation (base.SpecModel) takes only lists there. A value that cannot be copied (a
+    generator, a lock, an open file) is refused naming its place; validation then names any
+    other value of the wrong type."""
+    def copy_node(node: Any, parts: tuple) -> Any:
         if isinstance(node, Mapping):
-            return {k: copy_node(v) for k, v in node.items()}
+            return {k: copy_node(v, parts + (k,)) for k, v in node.items()}
         if isinstance(node, (list, tuple)):
-            return [copy_node(v) for v in node]
-        return copy.deepcopy(node)
-    return copy_node(data)
+            return [copy_node(v, parts + (i,)) for i, v in enumerate(node)]
+        try:
+            return copy.deepcopy(node)
+        except Exception as e:  # deepcopy raises TypeError, but a value's own __deepcopy__ may raise anything
+            raise SpecError([Issue(dotted(parts), f"a {type(node).__name__} cannot be a spec value ({type(e).__name__}: "
+                                                  f"{str(e)[:80]}); write a string, number, boolean, null, list or "
+                                                  f"mapping")], source) from None
+    return copy_node(data, ())

@@ -36,7 +36,7 @@ def _resolve(source: str | Path | Mapping[str, Any] | Experiment, overrides: Ite
     elif isinstance(source, Mapping):
         name = "<mapping>"
         check_shape(source, name)  # before copying: a deep or cyclic mapping would overflow deepcopy
-        data = as_yaml_values(source)
+        data = as_yaml_values(source, name)
     else:
         data, name = read_mapping(source), str(source)
     if profile:
