@@ -24,6 +24,8 @@ def pareto_front(items: Sequence[T], keys: Callable[[T], tuple[float, ...]],
                  epsilon: Sequence[float] = ()) -> list[T]:
     """The items no other item dominates, thinned by `epsilon` (one relative tolerance per axis).
     `keys(item)`: the item's values, each to be minimised; items keep their given order on ties."""
+    if not items:  # every candidate rejected: numpy cannot shape an empty array into rows of -1
+        return []
     values = [tuple(keys(it)) for it in items]
     order = sorted(range(len(items)), key=lambda i: (values[i], i))
     v = np.array(values, dtype=float).reshape(len(values), -1)
