@@ -71,37 +71,42 @@ def prepare_command(
     profile: Optional[str] = typer.Option(None, "--profile", "-p", help="apply a named profile of the spec"),
 ) -> None:
     """Tokenize the spec's data sources once into token shards (data.prepared); a re-run skips finished shards."""
-    from vlac.cli import _fail, _load, err, out as console
-    from vlac.spec import SpecError
+    from vlac.cli import _run
 
-    try:
-        exp = _load(spec, set_, profile)
-    except SpecError as e:
-        _fail(str(e))
-    raw = [i for i, c in enumerate(exp.data.mixture) if c.source is not None and c.source.kind != "tokens"]
-    if not raw:
-        _fail(f"data.mixture: no component of {spec} reads a raw source (webdataset, lerobot or table), so there is "
-              f"nothing to prepare; add e.g. source: {{kind: webdataset, pattern: shards/{{0000..0009}}.tar, "
-              f"fields: {{image: jpg, text: txt}}}} to a component")
-    from vlac.data.documents import BadSample
-    from vlac.data.prepare import prepare
-    from vlac.data.records import SourceError
+    def go():  # through _run: an unexpected error is one message naming the bug, never a traceback
+        from vlac.cli import _fail, _load, err, out as console
+        from vlac.spec import SpecError
 
-    progress = _ShardProgress()
-    try:
-        report = prepare(exp, workers=workers, on_unit=progress, start=progress.start)
-    except (SourceError, BadSample) as e:
-        _fail(str(e))
-    except OSError as e:  # the prepared folder: read-only, full, or a file where a folder should be
-        _fail(f"data.prepared: cannot write {e.filename or exp.data.prepared} ({e.strerror or e}); point data.prepared "
-              f"at a writable folder with room for the shards")
-    finally:
-        progress.close()
-    console.print(report_table(report))
-    console.print(f"wrote {report.written} shards, {report.skipped_shards} already finished; in {exp.data.prepared}",
-                  markup=False)  # a path as written: "[/x]" is not markup
-    skipped = {n: c["skipped"] for n, c in report.components.items() if c["skipped"]}
-    for name, counts in skipped.items():
-        examples = report.components[name]["skipped_examples"]
-        err.print(f"{name}: skipped {sum(counts.values())} samples ({counts}), e.g. {examples[0]}" if examples else
-                  f"{name}: skipped {sum(counts.values())} samples ({counts})", markup=False)
+        try:
+            exp = _load(spec, set_, profile)
+        except SpecError as e:
+            _fail(str(e))
+        raw = [i for i, c in enumerate(exp.data.mixture) if c.source is not None and c.source.kind != "tokens"]
+        if not raw:
+            _fail(f"data.mixture: no component of {spec} reads a raw source (webdataset, lerobot or table), so there is "
+                  f"nothing to prepare; add e.g. source: {{kind: webdataset, pattern: shards/{{0000..0009}}.tar, "
+                  f"fields: {{image: jpg, text: txt}}}} to a component")
+        from vlac.data.documents import BadSample
+        from vlac.data.prepare import prepare
+        from vlac.data.records import SourceError
+
+        progress = _ShardProgress()
+        try:
+            report = prepare(exp, workers=workers, on_unit=progress, start=progress.start)
+        except (SourceError, BadSample) as e:
+            _fail(str(e))
+        except OSError as e:  # the prepared folder: read-only, full, or a file where a folder should be
+            _fail(f"data.prepared: cannot write {e.filename or exp.data.prepared} ({e.strerror or e}); point data.prepared "
+                  f"at a writable folder with room for the shards")
+        finally:
+            progress.close()
+        console.print(report_table(report))
+        console.print(f"wrote {report.written} shards, {report.skipped_shards} already finished; in {exp.data.prepared}",
+                      markup=False)  # a path as written: "[/x]" is not markup
+        skipped = {n: c["skipped"] for n, c in report.components.items() if c["skipped"]}
+        for name, counts in skipped.items():
+            examples = report.components[name]["skipped_examples"]
+            err.print(f"{name}: skipped {sum(counts.values())} samples ({counts}), e.g. {examples[0]}" if examples else
+                      f"{name}: skipped {sum(counts.values())} samples ({counts})", markup=False)
+
+    _run(go)

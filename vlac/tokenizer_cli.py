@@ -59,49 +59,54 @@ def train_command(
     profile: Optional[str] = typer.Option(None, "--profile", "-p", help="apply a named profile of the spec"),
 ) -> None:
     """Train a modality's tokenizer on the spec's data and save it for the spec's `path` field."""
-    from vlac.cli import _fail, _load, err, out as console
-    from vlac.spec import SpecError
+    from vlac.cli import _run
 
-    try:
-        exp = _load(spec, set_, profile)
-    except SpecError as e:
-        _fail(str(e))
-    if modality not in exp.modalities:
-        _fail(f"--modality: {modality!r} is not a modality of {spec}; choose one of {sorted(exp.modalities)}")
-    kind = exp.modalities[modality].kind
-    if kind not in ("text", "image", "video"):
-        _fail(f"--modality {modality}: a {kind} modality has no trainable tokenizer; "
-              f"choose a text, image or video modality: {sorted(n for n, m in exp.modalities.items() if m.kind in ('text', 'image', 'video'))}")
-    if kind == "text" and exp.modalities[modality].tokenizer == "byte":
-        _fail(f"--modality {modality}: a byte tokenizer has nothing to train; set modalities.{modality}.tokenizer: bpe")
-    folder = out or spec.parent / "tokenizers" / modality
-    try:  # before training: a folder that cannot be written would waste the training run
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        _fail(f"--out {folder}: cannot create the folder: {e.strerror or e}; give a writable folder")
-    from vlac.data.records import SourceError
-    from vlac.data.tokenizers.train import train_text, train_vq
+    def go():  # through _run: an unexpected error is one message naming the bug, never a traceback
+        from vlac.cli import _fail, _load, err, out as console
+        from vlac.spec import SpecError
 
-    try:
-        if kind == "text":
-            report = train_text(exp, modality, folder)
-            console.print(f"BPE of {report['vocab_size']} entries from {report['texts']} texts {report['by_component']}", markup=False)
-        else:
-            progress = _Progress(steps)
-            try:
-                report = train_vq(exp, modality, folder, on_step=progress, steps=steps, batch=batch, lr=lr,
-                                  decay=decay, reseed_every=reseed_every)
-            finally:
-                progress.close()
-            console.print(f"VQ on {report['images']} images {report['by_component']}: reconstruction mse "
-                          f"{report['reconstruction_mse']:.4g}, codebook usage {report['usage']:.1%}, perplexity "
-                          f"{report['perplexity']:.1f} of {exp.modalities[modality].codebook_size}, "
-                          f"{report['reseeded']} codes re-seeded", markup=False)
-    except (SourceError, ValueError) as e:
-        _fail(str(e))
-    except OSError as e:  # the folder became unwritable (full disk, permissions) while training
-        _fail(f"--out {folder}: cannot write {e.filename or folder}: {e.strerror or e}; give a writable folder")
-    if report["skipped"]:
-        err.print(f"skipped unreadable records: {report['skipped']}", markup=False)
-    # paths and records are printed as written: a folder named "[/x]" is not rich markup
-    console.print(f"wrote {folder}; use it with: modalities.{modality}.path: {folder}", markup=False)
+        try:
+            exp = _load(spec, set_, profile)
+        except SpecError as e:
+            _fail(str(e))
+        if modality not in exp.modalities:
+            _fail(f"--modality: {modality!r} is not a modality of {spec}; choose one of {sorted(exp.modalities)}")
+        kind = exp.modalities[modality].kind
+        if kind not in ("text", "image", "video"):
+            _fail(f"--modality {modality}: a {kind} modality has no trainable tokenizer; "
+                  f"choose a text, image or video modality: {sorted(n for n, m in exp.modalities.items() if m.kind in ('text', 'image', 'video'))}")
+        if kind == "text" and exp.modalities[modality].tokenizer == "byte":
+            _fail(f"--modality {modality}: a byte tokenizer has nothing to train; set modalities.{modality}.tokenizer: bpe")
+        folder = out or spec.parent / "tokenizers" / modality
+        try:  # before training: a folder that cannot be written would waste the training run
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            _fail(f"--out {folder}: cannot create the folder: {e.strerror or e}; give a writable folder")
+        from vlac.data.records import SourceError
+        from vlac.data.tokenizers.train import train_text, train_vq
+
+        try:
+            if kind == "text":
+                report = train_text(exp, modality, folder)
+                console.print(f"BPE of {report['vocab_size']} entries from {report['texts']} texts {report['by_component']}", markup=False)
+            else:
+                progress = _Progress(steps)
+                try:
+                    report = train_vq(exp, modality, folder, on_step=progress, steps=steps, batch=batch, lr=lr,
+                                      decay=decay, reseed_every=reseed_every)
+                finally:
+                    progress.close()
+                console.print(f"VQ on {report['images']} images {report['by_component']}: reconstruction mse "
+                              f"{report['reconstruction_mse']:.4g}, codebook usage {report['usage']:.1%}, perplexity "
+                              f"{report['perplexity']:.1f} of {exp.modalities[modality].codebook_size}, "
+                              f"{report['reseeded']} codes re-seeded", markup=False)
+        except (SourceError, ValueError) as e:
+            _fail(str(e))
+        except OSError as e:  # the folder became unwritable (full disk, permissions) while training
+            _fail(f"--out {folder}: cannot write {e.filename or folder}: {e.strerror or e}; give a writable folder")
+        if report["skipped"]:
+            err.print(f"skipped unreadable records: {report['skipped']}", markup=False)
+        # paths and records are printed as written: a folder named "[/x]" is not rich markup
+        console.print(f"wrote {folder}; use it with: modalities.{modality}.path: {folder}", markup=False)
+
+    _run(go)

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from cli_checks import refused_cleanly
+from vlac.cli import app
+
+from cli_checks import refused_cleanly, runner
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "examples" / "tiny_vla.yaml")
@@ -52,3 +54,18 @@ def test_a_folder_or_a_device_given_as_the_spec_is_called_what_it_is(tmp_path):
     folder.mkdir()
     refused_cleanly(["validate", str(folder)], "is a folder, not a file")
     refused_cleanly(["validate", "/dev/null"], "is not a regular file")
+
+
+@pytest.mark.parametrize("args", [["prepare", TINY], ["tokenizer", "train", TINY, "--modality", "text"]])
+def test_an_unexpected_error_in_prepare_or_tokenizer_train_is_one_message(monkeypatch, args):
+    # they caught only SpecError from loading: any other error (a ValueError of the path, a bug)
+    # escaped as a traceback, where the other commands print one line naming the bug (exit 1)
+    import vlac.cli
+
+    def broken(*_):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(vlac.cli, "_load", broken)
+    r = runner.invoke(app, args)
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert "internal error RuntimeError: boom" in r.stderr and "Traceback" not in r.output
