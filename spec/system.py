@@ -130,7 +130,8 @@ class Cluster(SpecModel):
         out = dict(data)
         given = {}
         for section in ("gpu", "network"):
-            given[section] = out.get(section) or {}
+            # only absent or null takes the preset's: `or {}` also let gpu: "" or network: 0 pass unseen
+            given[section] = {} if out.get(section) is None else out[section]
             out[section] = {**base[section], **given[section]} if isinstance(given[section], dict) else given[section]
         if all(isinstance(out[k], dict) and isinstance(given[k], dict) for k in ("gpu", "network")):
             _fill_links(out["gpu"], out["network"], given["gpu"], given["network"])
