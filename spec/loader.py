@@ -39,7 +39,7 @@ def _resolve(source: str | Path | Mapping[str, Any] | Experiment, overrides: Ite
         data = as_yaml_values(source, name)
     else:
         data, name = read_mapping(source), str(source)
-    if profile:
+    if profile is not None:  # --profile "" names no profile: refused below, not read as "none given"
         data = deep_merge(data, _profile(data, profile, name))
     data, applied = apply_overrides_in_place(data, overrides)
     return data, name, applied

@@ -69,3 +69,9 @@ def test_an_unexpected_error_in_prepare_or_tokenizer_train_is_one_message(monkey
     r = runner.invoke(app, args)
     assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
     assert "internal error RuntimeError: boom" in r.stderr and "Traceback" not in r.output
+
+
+def test_an_empty_profile_name_is_refused_not_ignored():
+    # `--profile ""` validated the full-size spec as if no profile were given
+    refused_cleanly(["validate", str(ROOT / "examples" / "llava.yaml"), "--profile", ""],
+                    "no profile ''; this spec defines ['tiny']")
