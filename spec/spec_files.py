@@ -14,13 +14,19 @@ import yaml
 from .errors import Issue, SpecError
 from .experiment import Experiment
 from .input_bounds import MAX_DEPTH, MAX_FILE_BYTES, as_yaml_values, check_shape, duplicate_key_message, parse_yaml
-from .input_text import clip, one_line, value_problem
+from .input_text import clip, describe, one_line, value_problem
 
 SUFFIXES = (".yaml", ".yml", ".toml", ".json", ".py")
 
 
-def read_mapping(path: str | Path) -> dict[str, Any]:
-    """The raw mapping in a spec file, before validation."""
+# what a file read by read_mapping holds, for the messages of an empty or non-mapping file
+SPEC_FILE = "a spec is a mapping, e.g. `name: my-run` with `modalities:` and `data:` sections (see examples/)"
+
+
+def read_mapping(path: str | Path, holds: str = SPEC_FILE) -> dict[str, Any]:
+    """The raw mapping in a spec file, before validation. `holds` says what such a file is, in
+    the messages of an empty or non-mapping one (a --cluster file and a search space file are
+    read here too, and are no specs)."""
     p = Path(path)
     src = str(p)
     not_a_file = _not_a_file(p)
@@ -31,11 +37,9 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
         raise SpecError([Issue("", f"unsupported file type {suffix!r}; use one of {', '.join(SUFFIXES)}")], src)
     data = _from_python(p) if suffix == ".py" else _parse_text(_read_text(p), suffix, src)
     if data is None:
-        raise SpecError([Issue("", "the file is empty; a spec is a mapping, e.g. `name: my-run` with "
-                                   "`modalities:` and `data:` sections (see examples/)")], src)
+        raise SpecError([Issue("", f"the file is empty; {holds}")], src)
     if not isinstance(data, dict):
-        raise SpecError([Issue("", f"the spec must be a mapping at the top level (`name: ...`, `modalities: ...`), "
-                                   f"got a {type(data).__name__}")], src)
+        raise SpecError([Issue("", f"the file holds {describe(data)} at the top level; {holds}")], src)
     check_shape(data, src)
     return data
 

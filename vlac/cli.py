@@ -128,7 +128,7 @@ def _cluster(exp: Experiment, value: Optional[str]) -> Cluster | None:
     path = Path(value)
     if not os.path.isfile(path):  # never raises: Path.is_file() does on a name too long for the system
         raise UsageFailure(f"--cluster {value!r} is neither a preset ({', '.join(hardware_presets.PRESETS)}) nor a file")
-    data = read_mapping(path)
+    data = read_mapping(path, "a cluster file is a mapping, e.g. `cluster: {preset: h100-sxm, nodes: 4, gpus_per_node: 8}`")
     return load_cluster(data.get("cluster", data), str(path))
 
 

@@ -37,7 +37,7 @@ SPACE_FILE_KEYS = ("space", "objective", "constraints", "strategy", "budget", "s
 
 
 def read_space_file(path: Path) -> dict[str, Any]:
-    data = read_mapping(path)
+    data = read_mapping(path, "a space file is a mapping, e.g. `space: {moe.experts: [8, 16]}` (see examples/search/)")
     if "space" not in data:
         check_integers(data, f"{path}: space")
         return {"space": data, "constraints": []}

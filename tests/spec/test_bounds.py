@@ -46,7 +46,7 @@ ALIAS_BOMB = "a: &a [1,2,3,4,5,6,7,8,9]\n" + "".join(
     ("big.json", '{"name": ' + "9" * 5000 + "}", "more than 4,300 digits"),
     ("big.toml", "name = " + "9" * 5000 + "\n", "more than 4,300 digits"),
     ("empty.yaml", "", "the file is empty"),
-    ("list.yaml", "- 1\n", "got a list"),
+    ("list.yaml", "- 1\n", "holds [1] (a list) at the top level"),
     ("keys.yaml", "1: 2\n", "key 1 is not a string"),
     ("huge.yaml", "description: " + "x" * (MAX_FILE_BYTES + 1), "larger than"),
 ])

@@ -75,3 +75,18 @@ def test_an_empty_profile_name_is_refused_not_ignored():
     # `--profile ""` validated the full-size spec as if no profile were given
     refused_cleanly(["validate", str(ROOT / "examples" / "llava.yaml"), "--profile", ""],
                     "no profile ''; this spec defines ['tiny']")
+
+
+@pytest.mark.parametrize("content,says", [("", "the file is empty"), ("5\n", "the file holds 5 (an integer) at the top level"),
+                                          ("- a\n", "the file holds ['a'] (a list) at the top level")])
+@pytest.mark.parametrize("command,holds", [
+    (lambda f: ["compile", TINY, "--cluster", f], "a cluster file is a mapping, e.g. `cluster: {preset"),
+    (lambda f: ["search", TINY, "--space", f, "-o", "unused"], "a space file is a mapping, e.g. `space:"),
+    (lambda f: ["validate", f], "a spec is a mapping, e.g. `name: my-run`"),
+])
+def test_an_empty_or_non_mapping_file_is_explained_as_what_it_should_be(tmp_path, content, says, command, holds):
+    # a --cluster or space file was told "a spec is a mapping, e.g. `name: my-run` ..." ("got a int")
+    path = tmp_path / "file.yaml"
+    path.write_text(content)
+    r = refused_cleanly(command(str(path)), says, holds)
+    assert "got a int" not in r.stderr
