@@ -305,9 +305,11 @@ def verify(spec: Path = typer.Argument(..., help="spec file"),
            tolerance: float = typer.Option(1e-4, help="largest relative difference to the single process"),
            set_: Optional[List[str]] = SetOpt, profile: Optional[str] = ProfileOpt) -> None:
     """Run the spec (its tiny profile when large) under each layout on local CPU processes and compare with one process."""
-    from .verify import command
+    def go():
+        from .verify import command
 
-    raise typer.Exit(command(spec, layouts, steps, tolerance, set_ or (), profile))
+        raise typer.Exit(command(spec, layouts, steps, tolerance, set_ or (), profile))
+    _run(go)  # an error verify's own checks miss is one line (exit 1 or 2), never a traceback
 
 
 @app.command()

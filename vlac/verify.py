@@ -40,7 +40,8 @@ DEFAULT_LAYOUTS = "dp2,fsdp2,tp2,pp2,ep2"
 MICROBATCH_SIZES = (1, 2, 4, 8, 16, 32)
 TOLERANCE = 1e-4
 LARGE_PARAMS = 50_000_000  # above this, a spec with a `tiny` profile is verified through it
-DEGREE = re.compile(r"^(dp|fsdp|tp|pp|ep|cp)(\d+)$")
+DEGREE = re.compile(r"^(dp|fsdp|tp|pp|ep|cp)(\d{1,6})$")  # six digits: past any world, short of int()'s digit limit
+SHOWN = 60  # characters of a layout or token an error message echoes
 OPTIONS = {"nosp", "gpipe", "zb", "full", "selective", "zero1", "zero2", "zero3", "etp"}
 
 
@@ -77,21 +78,32 @@ class Layout:
 SINGLE = Layout("single")
 
 
+def _shown(text: str) -> str:
+    """`text` as an error message quotes it: whole up to SHOWN characters, else its start and length."""
+    return repr(text) if len(text) <= SHOWN else f"{text[:SHOWN]!r}... ({len(text):,} characters)"
+
+
 def parse_layout(text: str) -> Layout:
     """`dp2xtp2+full` -> Layout; errors name the token and list what is valid."""
-    name = text.strip()
+    try:
+        return _parse_layout(text.strip())
+    except LayoutSyntaxError as e:
+        raise LayoutSyntaxError(f"layout {_shown(text.strip())}: {e}") from None
+
+
+def _parse_layout(name: str) -> Layout:
     head, *opts = name.split("+")
     degrees: dict[str, int] = {}
     for token in head.split("x"):
         m = DEGREE.match(token)
         if not m:
-            raise LayoutSyntaxError(f"layout {name!r}: {token!r} is not a degree; write dpN, fsdpN, tpN, ppN, epN "
+            raise LayoutSyntaxError(f"{_shown(token)} is not a degree; write dpN, fsdpN, tpN, ppN, epN "
                                     f"or cpN joined by 'x' (e.g. dp2xtp2)")
         if m.group(1) in degrees or (m.group(1) in ("dp", "fsdp") and {"dp", "fsdp"} & set(degrees)):
-            raise LayoutSyntaxError(f"layout {name!r}: {token!r} repeats a dimension")
+            raise LayoutSyntaxError(f"{_shown(token)} repeats a dimension")
         degrees[m.group(1)] = int(m.group(2))
         if degrees[m.group(1)] < 1:
-            raise LayoutSyntaxError(f"layout {name!r}: {token!r} has degree 0; a degree is a whole number >= 1 "
+            raise LayoutSyntaxError(f"{_shown(token)} has degree 0; a degree is a whole number >= 1 "
                                     f"(e.g. {m.group(1)}2)")
     kw: dict[str, Any] = {"name": name}
     sharded = "fsdp" in degrees
@@ -101,18 +113,18 @@ def parse_layout(text: str) -> Layout:
         kw[key] = degrees.get(key, 1)
     kw["sequence_parallel"] = kw["tp"] > 1
     for opt in opts:
-        if re.fullmatch(r"v\d+", opt):
+        if re.fullmatch(r"v\d{1,6}", opt):
             if int(opt[1:]) < 1:
-                raise LayoutSyntaxError(f"layout {name!r}: +{opt} has no stages; write +vK with K >= 2")
+                raise LayoutSyntaxError(f"+{opt} has no stages; write +vK with K >= 2")
             kw["virtual_stages"], kw["schedule"] = int(opt[1:]), "interleaved_1f1b"
         elif opt not in OPTIONS:
-            raise LayoutSyntaxError(f"layout {name!r}: unknown option {opt!r}; options: "
+            raise LayoutSyntaxError(f"unknown option {_shown(opt)}; options: "
                                     f"{', '.join(sorted(OPTIONS))}, vN")
         elif opt == "nosp":
             kw["sequence_parallel"] = False
         elif opt == "etp":
             if kw["tp"] < 2:
-                raise LayoutSyntaxError(f"layout {name!r}: +etp splits the experts over tp; give a tpN with N > 1")
+                raise LayoutSyntaxError("+etp splits the experts over tp; give a tpN with N > 1")
             kw["etp"] = kw["tp"]
         elif opt == "gpipe":
             kw["schedule"] = "gpipe"
@@ -122,7 +134,7 @@ def parse_layout(text: str) -> Layout:
             kw["recompute"] = opt
         else:
             if not sharded:
-                raise LayoutSyntaxError(f"layout {name!r}: +{opt} needs sharded data parallelism (fsdpN)")
+                raise LayoutSyntaxError(f"+{opt} needs sharded data parallelism (fsdpN)")
             kw["zero"] = int(opt[-1])
     return Layout(**kw)
 
@@ -202,7 +214,7 @@ def verification_spec(spec: str | Path, overrides: Iterable[str] = (), profile: 
     """The experiment to verify and a note on which: the given profile, else the spec's `tiny`
     profile when the spec is larger than LARGE_PARAMS parameters, else the spec itself."""
     exp = api.load(spec, overrides, profile)
-    if profile:
+    if profile is not None:
         return exp, f"profile {profile!r}"
     from vlac.runtime.model import build_model
 
