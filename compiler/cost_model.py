@@ -140,6 +140,13 @@ class CostModel:
         self._sequence_array: np.ndarray | None = None
 
     # ---- pipeline shape ---------------------------------------------------------------------------
+    def stage_weights(self) -> tuple[list[float], list[int]]:
+        """CostProfile.stage_weights, read once per model: the fast path splits it ~25 ways and
+        its step bound reads the decoder positions too."""
+        if self._stage_weights is None:
+            self._stage_weights = self.p.stage_weights()
+        return self._stage_weights
+
     def composition(self, pp: int, v: int) -> tuple[list[list[int]], np.ndarray]:
         """The chunks (layer positions) of a (pp, v) split and how many layers of each key each
         pipeline rank holds ([pp, keys]); chunk c runs on rank c % pp."""
@@ -147,9 +154,7 @@ class CostModel:
         if key not in self._compositions:
             split = (pp * v, v > 1)
             if split not in self._chunks:
-                if self._stage_weights is None:  # read once per model: the fast path splits it ~25 ways
-                    self._stage_weights = self.p.stage_weights()
-                self._chunks[split] = self.p.stage_chunks(*split, weights=self._stage_weights)
+                self._chunks[split] = self.p.stage_chunks(*split, weights=self.stage_weights())
             chunks = self._chunks[split]
             # each position's rank (chunk c runs on rank c % pp), counted per (rank, key) at once
             n_keys, sequence = self.p.n_keys, self._sequence()

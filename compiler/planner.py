@@ -94,7 +94,7 @@ class Search:
 def _stack_json(exp: Experiment) -> dict[str, Any]:
     """The software stack the plan was costed for (spec.stack, preset values filled in)."""
     st = exp.stack.resolved()
-    return {**asdict(st), "fused": list(st.fused), "recompute_modules": list(st.recompute_modules)}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(st).items()}  # JSON has lists
 
 
 def build_profile(exp: Experiment, g: Graph, hw: Hardware, fp8: bool,

@@ -202,13 +202,15 @@ class CostProfile:
             part = self._tp_part(n, kind)
             if n.kind in ("gemm", "router") and n.gemm_mnk:
                 m, nn_, k = n.gemm_mnk
+                # the router, experts or shared experts of a MoE layer ('...mlp.x', or the dropless
+                # experts node, '...mlp')
+                in_moe = p.moe and (".mlp." in n.module or n.module.endswith(".mlp"))
                 groups = self.experts if n.expert else 1
                 row = n.tp_split and in_block and not n.act_tp_sharded
                 p.gemms.append(Gemm(n.flops_fwd, n.flops_bwd / n.flops_fwd if n.flops_fwd else 0.0,
                                     n.flops_overcompute, m, nn_, k, groups, n.tp_split, row, n.expert, n.fp8_eligible,
                                     bool(getattr(n, "sp_split", False)),
-                                    p.moe and self.moe_gathered and (".mlp." in n.module or n.module.endswith(".mlp")),
-                                    p.moe and (".mlp." in n.module or n.module.endswith(".mlp")),
+                                    in_moe and self.moe_gathered, in_moe,
                                     self.stack_costs.reruns(n, p.moe)))
                 if n.tp_split and in_block:
                     regions.add(".".join(n.module.split(".")[:-1]))

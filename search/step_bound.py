@@ -228,9 +228,7 @@ class StepBound:
 def _decoder_positions(model: CostModel) -> np.ndarray:
     """The positions of the decoder layers in the profile's sequence, as the cost model's stage
     split reads them (CostProfile.stage_weights, which the model keeps for its splits)."""
-    if model._stage_weights is None:
-        model._stage_weights = model.p.stage_weights()
-    return np.asarray(model._stage_weights[1], np.int64)
+    return np.asarray(model.stage_weights()[1], np.int64)
 
 
 def lower_bounds(model: CostModel, ls: LayoutSpace, times: LayerTimes) -> np.ndarray:

@@ -138,8 +138,8 @@ def check_shape(data: Any, source: str = "", origin: str = "") -> None:
 
 
 def as_yaml_values(data: Mapping[str, Any], source: str = "") -> dict[str, Any]:
-    """A copy of a checked mapping (check_shape bounds its size) with tuples as lists: what the
-    same spec read from YAML holds. A Python mapping may write a list field as a tuple, and strict
+    """A copy of a mapping, checked first (check_shape: a deep or cyclic one would overflow the
+    copy), with tuples as lists: what the same spec read from YAML holds. A Python mapping may write a list field as a tuple, and strict
     validation (base.SpecModel) takes only lists there. A value that cannot be copied (a
     generator, a lock, an open file) is refused naming its place; validation then names any
     other value of the wrong type."""
@@ -154,4 +154,5 @@ def as_yaml_values(data: Mapping[str, Any], source: str = "") -> dict[str, Any]:
             raise SpecError([Issue(dotted(parts), f"a {type(node).__name__} cannot be a spec value ({type(e).__name__}: "
                                                   f"{str(e)[:80]}); write a string, number, boolean, null, list or "
                                                   f"mapping")], source) from None
+    check_shape(data, source)
     return copy_node(data, ())

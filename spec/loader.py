@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from .errors import Issue, SpecError, from_validation_error
 from .experiment import Experiment, cluster_rules
-from .input_bounds import as_yaml_values, check_shape
+from .input_bounds import as_yaml_values
 from .input_text import clip, type_name
 from .modalities import anchor_encoder_paths
 from .overrides import Override, apply_overrides_in_place, deep_merge
@@ -35,7 +35,6 @@ def _resolve(source: str | Path | Mapping[str, Any] | Experiment, overrides: Ite
         data, name = source.model_dump(mode="json"), "<experiment>"
     elif isinstance(source, Mapping):
         name = "<mapping>"
-        check_shape(source, name)  # before copying: a deep or cyclic mapping would overflow deepcopy
         data = as_yaml_values(source, name)
     else:
         data, name = read_mapping(source), str(source)

@@ -123,6 +123,5 @@ def _from_python(p: Path) -> dict[str, Any]:
     if isinstance(obj, Experiment):
         return obj.model_dump(mode="json")
     if isinstance(obj, Mapping):
-        check_shape(obj, str(p))  # before copying: the copy walks it
         return as_yaml_values(obj, str(p))
     raise SpecError([Issue("experiment", f"expected an Experiment or a dict, got {type(obj).__name__}")], str(p))

@@ -75,12 +75,8 @@ def prepare_command(
 
     def go():  # through _run: an unexpected error is one message naming the bug, never a traceback
         from vlac.cli import _fail, _load, err, out as console
-        from vlac.spec import SpecError
 
-        try:
-            exp = _load(spec, set_, profile)
-        except SpecError as e:
-            _fail(str(e))
+        exp = _load(spec, set_, profile)  # a SpecError is _run's to report
         raw = [i for i, c in enumerate(exp.data.mixture) if c.source is not None and c.source.kind != "tokens"]
         if not raw:
             _fail(f"data.mixture: no component of {spec} reads a raw source (webdataset, lerobot or table), so there is "

@@ -63,12 +63,8 @@ def train_command(
 
     def go():  # through _run: an unexpected error is one message naming the bug, never a traceback
         from vlac.cli import _fail, _load, err, out as console
-        from vlac.spec import SpecError
 
-        try:
-            exp = _load(spec, set_, profile)
-        except SpecError as e:
-            _fail(str(e))
+        exp = _load(spec, set_, profile)  # a SpecError is _run's to report
         if modality not in exp.modalities:
             _fail(f"--modality: {modality!r} is not a modality of {spec}; choose one of {sorted(exp.modalities)}")
         kind = exp.modalities[modality].kind
