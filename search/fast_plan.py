@@ -44,7 +44,8 @@ MARGIN = 1.01
 # to 300 rows each and never reach it
 FIRST_ROWS = 2048
 # with the combination: all the bound reads of a row (dp follows from tp, cp and pp: it splits no
-# group, and last it leaves the groups' order as it was)
+# group, and last it leaves the groups' order as it was). The pipeline shape (pp, v) leads, so each
+# shape's groups are contiguous: StepBound refines a shape's groups as one slice
 GROUP_COLUMNS = ("pp", "v", "m", "sched", "dp")
 
 
@@ -62,7 +63,8 @@ def _codes(columns: list[np.ndarray]) -> np.ndarray:
 class LayoutSpace:
     """The legal layouts of one (limits, pins): `legal` groups of an enumerated space (a superset
     shared by the depths and shapes it serves). A group is the rows sharing a (tp, sp, cp, mb,
-    ep, etp) combination and a pipeline (dp, pp, v, m, schedule): what the bound reads. `order`
+    ep, etp) combination and a pipeline (dp, pp, v, m, schedule): what the bound reads. Groups
+    are ordered by pipeline shape (pp, v) first, then combination. `order`
     lists the rows group by group (ascending within each), `start` where each group's rows
     begin."""
 
@@ -91,8 +93,8 @@ class LayoutSpace:
         _, first, inv = np.unique(combo_code, return_index=True, return_inverse=True)
         inv = inv.reshape(-1)
         combos = np.stack([c[k][first] for k in ("tp", "sp", "cp", "mb", "ep", "etp")], axis=1).astype(np.int64)
-        _, gfirst, ginv = np.unique(_codes([inv] + [c[k] for k in GROUP_COLUMNS]), return_index=True,
-                                    return_inverse=True)
+        _, gfirst, ginv = np.unique(_codes([c["pp"], c["v"], inv] + [c[k] for k in GROUP_COLUMNS[2:]]),
+                                    return_index=True, return_inverse=True)
         ginv = ginv.reshape(-1)
         order = np.argsort(ginv, kind="stable")
         start = np.searchsorted(ginv[order], np.arange(len(gfirst) + 1))

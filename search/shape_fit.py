@@ -24,6 +24,7 @@ every node field); a topology that disagrees is lowered from then on, and counte
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import json
 import math
@@ -66,9 +67,11 @@ def shape_of(exp: Experiment) -> tuple[int, ...]:
             moe.top_k if moe else 0, (moe.expert_hidden or bb.d_ffn) if moe else 0, capacity)
 
 
+@functools.lru_cache(maxsize=256)
 def topology_key(arch_key: str) -> str:
     """An architecture key (vlac.search.fast) without its shape fields; dropless and capacity
-    routing stay apart (different ops)."""
+    routing stay apart (different ops). Memoised: the fast path asks it of each new architecture
+    three times, and each asking parses the whole spec's JSON."""
     data = json.loads(arch_key)
     for section, names in SPEC_FIELDS.items():
         part = data.get(section)

@@ -58,15 +58,15 @@ SHAPE_RADIX = 1 << 10  # a pipeline shape (pp, v) as one integer: pp * SHAPE_RAD
 class StepTerms:
     """Per group of a LayoutSpace, what the bound reads of its layouts (module docstring): the
     coefficients of t' and S, its pipeline shape (pp, v), and its degrees as floats for the sends
-    and the optimizer. Fixed per enumerated space: every candidate it serves shares them."""
+    and the optimizer. Fixed per enumerated space: every candidate it serves shares them. The
+    groups come ordered by pipeline shape (LayoutSpace.of): a shape's groups are one slice."""
 
     t_max: np.ndarray  # m - 1 (1F1B, GPipe), m - 1/v (interleaved), m (zero-bubble, no pipeline)
     total: np.ndarray  # 1, 1/v, 0
-    shapes: np.ndarray  # the distinct pp * SHAPE_RADIX + v
-    shape_at: np.ndarray  # per group: its shape's index in shapes
+    shapes: np.ndarray  # the distinct pp * SHAPE_RADIX + v, ascending
+    shape_at: np.ndarray  # per group: its shape's index in shapes (non-decreasing)
     degrees: dict[str, np.ndarray]  # per group: tp, sp (bool), cp, mb, ep, etp, dp, pp, m, v, d_dense, d_expert
-    by_shape: np.ndarray  # the groups, shape by shape (StepBound refines a shape's groups at once)
-    shape_start: np.ndarray  # [shapes + 1]: where each shape's groups begin in by_shape
+    shape_start: np.ndarray  # [shapes + 1]: where each shape's groups begin
     # memory seconds per byte -> per group, optimizer seconds per dense and per expert parameter
     _optimizer: dict[float, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
@@ -78,20 +78,21 @@ class StepTerms:
         zero_bubble = ~piped | (pipe["sched"] == ZERO_BUBBLE)
         interleaved = piped & (pipe["sched"] == INTERLEAVED)
         shapes, shape_at = np.unique(pipe["pp"].astype(np.int64) * SHAPE_RADIX + pipe["v"], return_inverse=True)
+        shape_at = shape_at.reshape(-1)
+        if (np.diff(shape_at) < 0).any():
+            raise ValueError("StepTerms needs the groups ordered by pipeline shape (LayoutSpace.of orders them so)")
         d = {k: combos[:, i].astype(float) for i, k in enumerate(("tp", "sp", "cp", "mb", "ep", "etp"))}
         d.update({k: pipe[k].astype(float) for k in ("dp", "pp", "m", "v")})
         d["sp"] = combos[:, 1].astype(bool)
         d["d_dense"] = d["dp"] * d["cp"]
         d["d_expert"] = d["d_dense"] * d["tp"] / (d["ep"] * d["etp"])
-        shape_at = shape_at.reshape(-1)
-        by_shape = np.argsort(shape_at, kind="stable")
         return cls(np.where(zero_bubble, m, np.where(interleaved, m - 1 / v, m - 1)),
-                   np.where(zero_bubble, 0.0, np.where(interleaved, 1 / v, 1.0)), shapes, shape_at, d, by_shape,
-                   np.searchsorted(shape_at[by_shape], np.arange(len(shapes) + 1)))
+                   np.where(zero_bubble, 0.0, np.where(interleaved, 1 / v, 1.0)), shapes, shape_at, d,
+                   np.searchsorted(shape_at, np.arange(len(shapes) + 1)))
 
-    def groups_of(self, shape: int) -> np.ndarray:
-        """The groups of pipeline shape `shape` (an index into shapes), ascending."""
-        return self.by_shape[self.shape_start[shape]:self.shape_start[shape + 1]]
+    def groups_of(self, shape: int) -> slice:
+        """The groups of pipeline shape `shape` (an index into shapes)."""
+        return slice(int(self.shape_start[shape]), int(self.shape_start[shape + 1]))
 
     def fixed(self, model: CostModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per group, what does not depend on the depth: the stage-to-stage send seconds (exact:
@@ -132,15 +133,14 @@ class StepBound:
     def __init__(self, model: CostModel, ls: LayoutSpace, times: LayerTimes):
         p, terms = model.p, ls.terms
         self.model, self.ls, self.terms = model, ls, terms
-        at = ls.legal_at  # the groups this depth and shape keep: the others stay at inf
-        combo = ls.combo[at]
-        # only the combinations of those groups: the layer times of the others are not needed
+        # only the combinations of the groups this depth and shape keep: the layer times of the
+        # others are not needed (their rows of `parts` stay NaN)
         self.used = np.zeros(len(ls.combos), bool)
-        self.used[combo] = True
+        self.used[ls.combo[ls.legal_at]] = True
         self.parts = times.per_layer_bound(model, ls, self.used)  # [U, keys]: one micro-batch's bound parts per layer
         seq = np.asarray(p.sequence, np.int64)
         counts = np.bincount(seq, minlength=p.n_keys)  # every layer once
-        self.total = self.parts @ counts  # S >= this
+        self.total = self.parts @ counts  # S >= this, per combination
         self.sends, self.per_dense, self.per_expert = times.fixed_terms(model, ls)
         # the end ranks: the first holds what comes before the first decoder layer (the embeddings)
         # and the last what comes after the last (the head), each with v chunks of at least one
@@ -148,6 +148,8 @@ class StepBound:
         blocks = _decoder_positions(model)
         ends = [np.bincount(seq[:blocks[0]], minlength=p.n_keys), np.bincount(seq[blocks[-1] + 1:], minlength=p.n_keys)]
         block_keys = np.unique(seq[blocks])
+        at = ls.legal_at  # the groups this depth and shape keep: the others stay at inf
+        combo = ls.combo[at]
         end_t = np.maximum(self.parts @ ends[0], self.parts @ ends[1])[combo]
         layer_t = self.parts[:, block_keys].min(axis=1)[combo]
         pp, v = terms.degrees["pp"][at], terms.degrees["v"][at]
@@ -188,8 +190,8 @@ class StepBound:
     def _refine_shapes_of(self, groups: np.ndarray) -> None:
         """Refines the shapes of `groups` (legal ones: the cost model splits the layers only for
         the shapes this depth keeps)."""
-        shapes = np.unique(self.terms.shape_at[groups])
-        shapes = shapes[~self.refined[shapes]]
+        hit = np.logical_or.reduceat(groups, self.terms.shape_start[:-1])  # every shape holds a group
+        shapes = np.nonzero(hit & ~self.refined)[0]
         if len(shapes):
             self._refine(shapes.tolist())
 
@@ -198,31 +200,30 @@ class StepBound:
         largest rank's sum of the bound parts, and its trainable dense and expert parameters,
         under the cost model's stage split. Ranks holding the same layers have the same sums:
         the distinct ones (a few per shape: the first and last ranks carry the embeddings and
-        the head) are summed once."""
+        the head; middle ranks of many shapes hold the same layers) are summed once, all of a
+        call's new ones in one product."""
         model, ls, terms = self.model, self.ls, self.terms
+        ranks_of = []
         for j in shapes:
             code = int(terms.shapes[j])
             counts = model.composition(code // SHAPE_RADIX, code % SHAPE_RADIX)[1]  # [pp, keys]
-            distinct = {tuple(r) for r in counts.tolist()}  # a few of at most pp
-            slowest = np.maximum.reduce([self._rank_sum(r) for r in distinct])
-            ranks = np.array(list(distinct))
-            dense, expert = (ranks @ model.trainable_dense).max(), (ranks @ model.trainable_expert).max()
-            g = terms.groups_of(j)
-            g = g[ls.legal[g]]
-            c = ls.combo[g]
-            self.value[g] = (terms.t_max[g] * slowest[c] + terms.total[g] * self.total[c] + self.sends[g]
-                             + self.per_dense[g] * dense + self.per_expert[g] * expert) * (1 - ROUNDING)
-            self.refined[j] = True
-
-    def _rank_sum(self, layers: tuple[float, ...]) -> np.ndarray:
-        """[U] a rank's sum of the bound parts, per combination, for `layers` (its count of each
-        key). Middle ranks of many shapes hold the same layers: each count is summed once."""
-        out = self._rank_sums.get(layers)
-        if out is None:
+            ranks_of.append(list({tuple(r) for r in counts.tolist()}))  # a few of at most pp
+        new = sorted({r for ranks in ranks_of for r in ranks if r not in self._rank_sums})
+        if new:
             # einsum rather than a matrix product, whose BLAS threads cost several times the
             # product's own CPU time on arrays this small
-            out = self._rank_sums[layers] = np.einsum("uk,k->u", self.parts, np.array(layers))
-        return out
+            for r, sums in zip(new, np.einsum("uk,rk->ru", self.parts, np.array(new))):
+                self._rank_sums[r] = sums
+        for j, ranks in zip(shapes, ranks_of):
+            slowest = np.maximum.reduce([self._rank_sums[r] for r in ranks])
+            held = np.array(ranks)
+            dense, expert = (held @ model.trainable_dense).max(), (held @ model.trainable_expert).max()
+            g = terms.groups_of(j)
+            c = ls.combo[g]
+            bound = (terms.t_max[g] * slowest[c] + terms.total[g] * self.total[c] + self.sends[g]
+                     + self.per_dense[g] * dense + self.per_expert[g] * expert) * (1 - ROUNDING)
+            self.value[g] = np.where(ls.legal[g], bound, np.inf)
+            self.refined[j] = True
 
 
 def _decoder_positions(model: CostModel) -> np.ndarray:
