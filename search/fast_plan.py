@@ -81,10 +81,11 @@ class LayoutSpace:
     combos_key: bytes  # names `combos`: per-combination figures are cached under it (supersets of
     # one cluster and batch share their combinations: the README's two supersets hold the same 2,494)
     legal_at: np.ndarray  # the indices of the `legal` groups
+    legal_rows: int  # how many rows the `legal` groups hold (len(self): read every pass)
     # the superset's group filters, memoised per shape, per depth and per both (with their indices)
     shape_masks: dict[tuple, np.ndarray] = field(default_factory=dict, repr=False)
     depth_masks: dict[tuple, np.ndarray] = field(default_factory=dict, repr=False)
-    both_masks: dict[tuple, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+    both_masks: dict[tuple, tuple[np.ndarray, np.ndarray, int]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, space: Space, key: str) -> LayoutSpace:
@@ -101,7 +102,7 @@ class LayoutSpace:
         pipe = {k: c[k][gfirst] for k in GROUP_COLUMNS}
         combo = inv[gfirst]
         return cls(space, combos, combo, pipe, StepTerms.of(pipe, combos[combo]), np.diff(start), order, start,
-                   np.ones(len(gfirst), bool), key, combos.tobytes(), np.arange(len(gfirst)))
+                   np.ones(len(gfirst), bool), key, combos.tobytes(), np.arange(len(gfirst)), len(space))
 
     def within(self, lim: Limits) -> LayoutSpace:
         """The groups a model of `lim`'s depth and shape keeps (DepthSpaces): the planner's two
@@ -112,7 +113,7 @@ class LayoutSpace:
         shape = (lim.heads, lim.kv_heads, lim.vocab, lim.ffn, lim.experts, lim.expert_ffn)  # what shape_rows reads
         both = self.both_masks.get((depth, shape))
         if both is not None:
-            return replace(self, legal=both[0], legal_at=both[1])
+            return replace(self, legal=both[0], legal_at=both[1], legal_rows=both[2])
         depth_ok = self.depth_masks.get(depth)
         if depth_ok is None:
             pp, v = self.pipe["pp"], self.pipe["v"]
@@ -123,11 +124,11 @@ class LayoutSpace:
             combos_ok = lim.shape_rows({"tp": u[:, 0], "ep": u[:, 4], "etp": u[:, 5]})
             shape_ok = self.shape_masks[shape] = combos_ok[self.combo]
         legal = self.legal & depth_ok & shape_ok
-        self.both_masks[depth, shape] = (legal, np.nonzero(legal)[0])
-        return replace(self, legal=legal, legal_at=self.both_masks[depth, shape][1])
+        both = self.both_masks[depth, shape] = (legal, np.nonzero(legal)[0], int(self.sizes[legal].sum()))
+        return replace(self, legal=legal, legal_at=both[1], legal_rows=both[2])
 
     def __len__(self) -> int:
-        return int(self.sizes[self.legal].sum())
+        return self.legal_rows
 
     def rows_of(self, groups: np.ndarray) -> np.ndarray:
         """The rows of `groups` (a group mask), ascending."""

@@ -52,6 +52,7 @@ BOUND_PARTS = ("compute", "elementwise", "tp_comm", "ep_comm", "cp_comm")
 # it, so that rounding never sets aside a layout whose step equals the bound
 ROUNDING = 1e-9
 SHAPE_RADIX = 1 << 10  # a pipeline shape (pp, v) as one integer: pp * SHAPE_RADIX + v
+SEND_DEGREES = ("mb", "cp", "tp", "sp", "dp", "pp", "m")  # what CostModel.p2p_seconds reads
 
 
 @dataclass
@@ -69,6 +70,8 @@ class StepTerms:
     shape_start: np.ndarray  # [shapes + 1]: where each shape's groups begin
     # memory seconds per byte -> per group, optimizer seconds per dense and per expert parameter
     _optimizer: dict[float, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+    # the distinct degrees the sends read, and each group's index among them
+    _sends_of: tuple[dict[str, np.ndarray], np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, pipe: dict[str, np.ndarray], combos: np.ndarray) -> StepTerms:
@@ -99,8 +102,15 @@ class StepTerms:
         they read only the combination and the pipeline), and the optimizer's seconds per
         trainable dense and per trainable expert parameter of the largest rank at the most
         sharded ZeRO level, which no layout's undercuts (the optimizer is linear in them)."""
-        d = self.degrees
-        sends = model.p2p_seconds(d["mb"], d["cp"], d["tp"], d["sp"], d["dp"], d["pp"], d["m"])
+        if self._sends_of is None:
+            # the sends read 7 of a group's 12 degrees: the distinct ones (about a fifth of the
+            # groups on the flagship) are costed, once per architecture each
+            d = self.degrees
+            cols = np.stack([d[k] for k in SEND_DEGREES], axis=1)
+            unique, at = np.unique(cols, axis=0, return_inverse=True)
+            self._sends_of = ({k: unique[:, i] for i, k in enumerate(SEND_DEGREES)}, at.reshape(-1))
+        (u, at) = self._sends_of
+        sends = model.p2p_seconds(u["mb"], u["cp"], u["tp"], u["sp"].astype(bool), u["dp"], u["pp"], u["m"])[at]
         return (sends, *self._optimizer_per_parameter(model.hw))
 
     def _optimizer_per_parameter(self, hw) -> tuple[np.ndarray, np.ndarray]:
