@@ -153,6 +153,7 @@ class LayoutSpace:
         return self.take(self.rows)
 
 
+HINT = 1
 RADIX = 1 << 10  # every degree and micro-batch size is below this
 
 
@@ -341,7 +342,7 @@ class DepthSpaces:
         pins_key = json.dumps(pins, sort_keys=True, default=str)
         if self.checked.get(pins_key) is False:
             return LayoutSpace.of(enumerate_space(lim, pins), repr(lim) + pins_key)
-        depth = 1 << max(0, lim.blocks - 1).bit_length()  # the next power of two
+        depth = max(HINT, 1 << max(0, lim.blocks - 1).bit_length())  # the next power of two
         big = replace(lim.shapeless(), blocks=depth, max_pp=user_max_pp or depth)
         key = repr(big) + pins_key
         superset = self.supersets.get(key)
