@@ -63,15 +63,16 @@ class Evaluator:
     `vlac compile --json`)."""
 
     def __init__(self, base: dict[str, Any], source: str, objective: Objective, constraints: Sequence[Constraint],
-                 planner: Planner | None = None, fast: bool = True):
+                 planner: Planner | None = None, fast: bool = True, deepest: float | None = None):
         self.base, self.source = base, source
+        self.deepest = deepest  # the space's largest backbone.layers, if it sets them (FastPath)
         self.objective, self.constraints = objective, tuple(constraints)
         self.planner = planner or compiler_plan
         # the fast path reproduces the compiler planner's choice (a planner that only adds to the
         # plan, like vlac.plan, chooses the same); off when results need the whole plan
         self.fast = fast and applies(objective, self.constraints)
         self.cache = GraphCache()
-        self.fast_path = FastPath(self.cache)
+        self.fast_path = FastPath(self.cache, deepest)
 
     def __getstate__(self) -> dict[str, Any]:  # spawned workers build their own cache
         state = dict(self.__dict__)
@@ -81,7 +82,7 @@ class Evaluator:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.cache = GraphCache()
-        self.fast_path = FastPath(self.cache)
+        self.fast_path = FastPath(self.cache, self.deepest)
 
     def experiment(self, params: Mapping[str, Any]) -> Experiment:
         """The base spec with the candidate's fields set, validated. The base passed the loader's

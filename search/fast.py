@@ -60,10 +60,12 @@ def applies(objective: Objective, constraints: Sequence[Constraint]) -> bool:
 class FastPath:
     """Caches per process: architectures (references), legal layout spaces, planner set-ups."""
 
-    def __init__(self, cache: GraphCache):
+    def __init__(self, cache: GraphCache, deepest: float | None = None):
+        """`deepest`: the most decoder layers a candidate will have, where known (the search
+        space's largest backbone.layers): one set of legal layouts then serves every depth."""
         self.cache = cache
         self.architectures: dict[str, _Known] = {}
-        self.spaces = DepthSpaces()
+        self.spaces = DepthSpaces(deepest=deepest)
         self.fit = ShapeFit()  # new architectures' graphs in closed form over the shape fields
         self.combined: set[str] = set()  # architectures whose reference graph was combined, not lowered
         # per topology, the best step over the lowest bound of its last candidate: a new

@@ -91,7 +91,8 @@ class Search:
                                        len(self.constraints))
         self.budget, self.seed, self.profile = budget, seed, profile
         data, self.source = base_mapping(base, profile, overrides)
-        self.evaluator = Evaluator(data, self.source, self.objective, self.constraints, planner, fast=fast)
+        self.evaluator = Evaluator(data, self.source, self.objective, self.constraints, planner, fast=fast,
+                                   deepest=self.space.largest("backbone.layers"))
         self.results: dict[int, Result] = {}
         self.candidates: list[Candidate] = []
         self.seconds = 0.0

@@ -206,6 +206,20 @@ class Space:
                 if problem:
                     raise SearchError(f"space: {path!r}: {problem}")
 
+    def largest(self, path: str) -> float | None:
+        """The largest number `path` takes in this space: a list's largest number, a range's upper
+        end; None when no entry sets it or none of its values is a number. The fast path
+        prepares for it (the deepest candidate's legal layouts serve every shallower one)."""
+        for a in self.axes:
+            if path not in a.paths:
+                continue
+            if a.values is None:
+                return a.high
+            j = a.paths.index(path)
+            values = [v[j] if len(a.paths) > 1 else v for v in a.values]
+            return max((x for x in values if isinstance(x, (int, float)) and not isinstance(x, bool)), default=None)
+        return None
+
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for a in self.axes:
