@@ -205,6 +205,14 @@ class Space:
                 problem = spec_path_problem(path)
                 if problem:
                     raise SearchError(f"space: {path!r}: {problem}")
+            if axis.values is None and not axis.integer and _whole_numbers_only(spec_path_types(axis.paths[0])):
+                # else every candidate drawn would be refused one by one ('expected an integer')
+                step = f", step {axis.step}" if axis.step is not None else ""
+                fix = f", step: {max(1, round(axis.step))}" if axis.step is not None else ""
+                raise SearchError(f"space: {axis.name!r} holds whole numbers, but its range [{axis.low}, {axis.high}]"
+                                  f"{step} has a decimal number, so it would draw decimals that every candidate "
+                                  f"refuses; write integers, e.g. range: [{math.ceil(axis.low)}, "
+                                  f"{math.floor(axis.high)}]{fix}")
 
     def largest(self, path: str) -> float | None:
         """The largest number `path` takes in this space: a list's largest number, a range's upper
@@ -305,6 +313,16 @@ def _lattice_count(low: float, high: float, step: float) -> int:
 def spec_path_problem(path: str, root: type[BaseModel] = Experiment) -> str:
     """Why `path` names no field of the spec ('' when it does). Mapping-valued sections (e.g.
     modalities.NAME) accept any key; a union accepts a field any of its members has."""
+    return _walk(path, root)[0]
+
+
+def spec_path_types(path: str, root: type[BaseModel] = Experiment) -> list[Any]:
+    """The types the field at `path` may hold (a union's members; empty when no field)."""
+    problem, leaf = _walk(path, root)
+    return [] if problem else leaf
+
+
+def _walk(path: str, root: type[BaseModel]) -> tuple[str, list[Any]]:
     types_: list[Any] = [root]
     walked: list[str] = []
     for part in path.split("."):
@@ -320,13 +338,19 @@ def spec_path_problem(path: str, root: type[BaseModel] = Experiment) -> str:
             where = ".".join(walked) or "the spec"
             fields = sorted({f for m in models for f in m.model_fields})
             if not fields:
-                return f"{where} is a value, not a section; it has no field {part!r}"
+                return f"{where} is a value, not a section; it has no field {part!r}", []
             close = difflib.get_close_matches(part, fields, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            return f"{where} has no field {part!r}; {hint}valid fields: {', '.join(fields)}"
+            return f"{where} has no field {part!r}; {hint}valid fields: {', '.join(fields)}", []
         types_ = nxt
         walked.append(part)
-    return ""
+    return "", types_
+
+
+def _whole_numbers_only(types_: list[Any]) -> bool:
+    """A field whose every type is an integer (bool aside): a decimal value is refused."""
+    numbers = [t for t in types_ if t is not type(None)]
+    return bool(numbers) and all(t is int for t in numbers)
 
 
 def _members(tp: Any) -> list[Any]:
@@ -339,4 +363,4 @@ def _members(tp: Any) -> list[Any]:
     return [tp]
 
 
-__all__ = ["MAX_GRID_POINTS", "Axis", "Candidate", "SearchError", "Space", "params_key", "spec_path_problem"]
+__all__ = ["MAX_GRID_POINTS", "Axis", "Candidate", "SearchError", "Space", "params_key", "spec_path_problem", "spec_path_types"]
