@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from fractions import Fraction
 from typing import Annotated
 
 from pydantic import BeforeValidator, PlainSerializer
@@ -135,7 +136,7 @@ def parse_duration(value: object) -> int:
     """Durations in seconds: "4h", "30min", "1d12h", "02:00:00" (Slurm style), or seconds."""
     examples = '"4h", "30min", "1d12h", "02:00:00"'
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return int(_number(value, "duration", examples))
+        return _whole_seconds(_number(value, "duration", examples), value)
     if isinstance(value, str):
         text = _bounded(value, "a duration", examples)
         if re.fullmatch(r"\d+(:\d{1,2}){1,2}", text):
@@ -145,8 +146,18 @@ def parse_duration(value: object) -> int:
             return parts[0] * 3600 + parts[1] * 60 + parts[2]
         pieces = re.findall(r"(\d+(?:\.\d+)?)\s*(min|s|m|h|d)", text)
         if pieces and "".join(f"{n}{u}" for n, u in pieces) == text.replace(" ", ""):
-            return int(sum(float(n) * _DURATION[u] for n, u in pieces))
+            return _whole_seconds(sum(Fraction(n) * _DURATION[u] for n, u in pieces), value)
     raise ValueError(f"cannot read {describe(value)} as a duration; write e.g. {examples}")
+
+
+def _whole_seconds(seconds: float | Fraction, value: object) -> int:
+    """Durations are whole seconds: a fraction is refused, not cut (90.7 read as 90, or "0.5s" as
+    0, would shorten a time limit or a timeout without a word)."""
+    if seconds != int(seconds):
+        up = math.ceil(seconds)
+        raise ValueError(f"{short_repr(value)} is {float(seconds):g} seconds; a duration is a whole number of seconds: "
+                         f"write {up} (or e.g. \"{up}s\")")
+    return int(seconds)
 
 
 Count = Annotated[int, BeforeValidator(parse_count)]

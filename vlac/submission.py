@@ -21,6 +21,12 @@ from vlac.runtime.program import load_program
 from .executors import EXECUTORS
 
 
+def timeout_minutes(seconds: int) -> int:
+    """submitit's timeout_min for a launcher.time_limit: whole minutes rounded up (Slurm counts
+    minutes), never less than the spec asks (90 s was 1 minute)."""
+    return -(-int(seconds) // 60)
+
+
 def _world(plan: dict[str, Any]) -> int:
     p = plan["plan"]
     return p["dp"] * p["tp"] * p["pp"] * p["cp"]
@@ -38,7 +44,7 @@ def submit(program_dir: str | Path, executor: str = "local", *, folder: str | Pa
     exp, plan = load_program(program_dir)
     world = _world(plan)
     folder = Path(folder) if folder else program_dir / "submitit"
-    timeout = timeout_min or max(1, exp.launcher.time_limit // 60)
+    timeout = timeout_min or timeout_minutes(exp.launcher.time_limit)
     job_fn = TrainJob(program_dir, max_steps=max_steps, out_dir=out_dir, checkpoints=checkpoints)
     if executor == "debug":
         if world != 1:
