@@ -246,10 +246,4 @@ def _decoder_positions(model: CostModel) -> np.ndarray:
     return np.asarray(model.stage_weights()[1], np.int64)
 
 
-def lower_bounds(model: CostModel, ls: LayoutSpace, times: LayerTimes) -> np.ndarray:
-    """The tight bound of every group's layouts (module docstring), every shape refined; inf
-    for the groups this depth and shape do not keep."""
-    return StepBound(model, ls, times).refine_all()
-
-
-__all__ = ["BOUND_PARTS", "ROUNDING", "StepBound", "StepTerms", "lower_bounds"]
+__all__ = ["BOUND_PARTS", "ROUNDING", "StepBound", "StepTerms"]

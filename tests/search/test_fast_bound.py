@@ -1,4 +1,4 @@
-"""The fast path's lower bound on a layout's step time (vlac.search.step_bound.lower_bounds): never
+"""The fast path's lower bound on a layout's step time (vlac.search.step_bound.StepBound, every shape refined): never
 above the cost model's step for any layout that fits, and the slowest-rank term (the cost model's
 own stage split: some rank holds at least ceil(layers / pp) decoder layers) tightens it beyond the
 mean over ranks. A bound above some step could set aside the planner's choice; the fast-vs-full
@@ -15,7 +15,7 @@ from vlac.compiler.graph_cache import GraphCache
 from vlac.compiler.search_space import SCHEDULE_CODES
 from vlac.search.evaluate import base_mapping
 from vlac.search.fast_plan import LayerTimes, LayoutSpace
-from vlac.search.step_bound import StepBound, lower_bounds
+from vlac.search.step_bound import StepBound
 from vlac.spec import load
 
 FLAGSHIP = Path(__file__).resolve().parents[2] / "examples" / "vla_10b_moe_h100.yaml"
@@ -23,7 +23,7 @@ FLAGSHIP = Path(__file__).resolve().parents[2] / "examples" / "vla_10b_moe_h100.
 
 def evaluated(profile: str | None, refined: bool = True, **backbone_and_moe):
     """The planner's full evaluation of the flagship with these fields, and each row's bound:
-    every shape refined (lower_bounds), or none (StepBound's first, stage-split-free bound)."""
+    every shape refined (refine_all), or none (StepBound's first, stage-split-free bound)."""
     data, _ = base_mapping(FLAGSHIP, profile, [])
     data = copy.deepcopy(data)
     for k, v in backbone_and_moe.items():
@@ -35,7 +35,7 @@ def evaluated(profile: str | None, refined: bool = True, **backbone_and_moe):
     ls = LayoutSpace.of(space, "test")
     bound = np.empty(len(space))
     times = LayerTimes(search.model.p.times)
-    per_group = lower_bounds(search.model, ls, times) if refined else StepBound(search.model, ls, times).value
+    per_group = StepBound(search.model, ls, times).refine_all() if refined else StepBound(search.model, ls, times).value
     for g, b in enumerate(per_group):  # each group's bound to its rows
         bound[ls.order[ls.start[g]:ls.start[g + 1]]] = b
     return search, space, ev, bound
@@ -76,7 +76,7 @@ def test_refining_shapes_on_demand_keeps_the_lowest_bound_and_each_band():
     search, space, ev, _ = evaluated(None, backbone__layers=18, moe__experts=16, moe__top_k=2)
     ls = LayoutSpace.of(space, "lazy")
     times = LayerTimes(search.model.p.times)
-    full = lower_bounds(search.model, ls, times)
+    full = StepBound(search.model, ls, times).refine_all()
     lazy = StepBound(search.model, ls, times)
     assert lazy.lowest() == full.min()
     for share in (1.0, 1.05, 1.2):
