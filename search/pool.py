@@ -1,7 +1,10 @@
 """Evaluating many candidates: in this process, or on a pool of processes (one per core by
 default) with a rich progress bar. Candidates that share a lowered-graph family go to the same
-worker, so each family is lowered once per worker; results come back in candidate order, so they
-do not depend on the number of workers."""
+worker, so each family is lowered once per worker; with forked workers, the first candidate of
+each family with others is evaluated here first, so its architecture is lowered once in all and
+inherited (the README's search on 2 workers: 9.5 s, against 5.6 s on one, before; lowering is most
+of a small search). Results come back in candidate order, so they do not depend on the number of
+workers."""
 
 from __future__ import annotations
 
@@ -82,6 +85,33 @@ def _chunks(cands: Sequence[Candidate], workers: int) -> list[list[Candidate]]:
     return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
 
 
+def _warm_up(evaluator: Evaluator, cands: Sequence[Candidate], bar: Progress | None,
+             arrived: Callable[[Sequence[Result]], None]) -> list[Candidate]:
+    """Evaluates here the first candidate of every family that has others, and returns the
+    candidates left for the workers. A family's first candidate lowers (or combines) its
+    architecture's reference graphs, the costly part, and a worker repeats it for every family
+    it is handed (and its topology's basis shapes, vlac.search.shape_fit): done once here,
+    every forked worker inherits them and only costs layouts."""
+    firsts: dict[str, Candidate] = {}
+    shared: set[str] = set()
+    for c in cands:
+        fam = _family(c.params)
+        if fam in firsts:
+            shared.add(fam)
+        else:
+            firsts[fam] = c
+    warm = [c for fam, c in firsts.items() if fam in shared]
+    if not warm:
+        return list(cands)
+    if bar is not None:
+        bar.start()
+    with frozen_heap():
+        for c in warm:
+            arrived(evaluator.evaluate_many([c]))
+    done = {c.index for c in warm}
+    return [c for c in cands if c.index not in done]
+
+
 def evaluate_all(evaluator: Evaluator, cands: Sequence[Candidate], workers: int | None = None,
                  bar: Progress | None = None, on_result: Callable[[Result], None] | None = None) -> list[Result]:
     """Evaluate candidates, in parallel when `workers` > 1; results in candidate order.
@@ -110,6 +140,10 @@ def evaluate_all(evaluator: Evaluator, cands: Sequence[Candidate], workers: int 
         return sorted(done, key=lambda r: r.index)
     # fork shares the parent's imported torch and any user functions; spawn re-imports
     start = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    if start == "fork":
+        cands = _warm_up(evaluator, cands, bar, arrived)
+        if not cands:
+            return sorted(done, key=lambda r: r.index)
     if bar is not None:
         bar.pause()  # the display thread must not be forked (workers start on the first submit)
     with ProcessPoolExecutor(workers, mp_context=mp.get_context(start), initializer=_init_worker,
