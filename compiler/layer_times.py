@@ -52,32 +52,40 @@ def layer_times(prof: CostProfile, tp, sp, cp, mb, ep, etp) -> dict[str, np.ndar
     moe_gathered_cp = prof.moe_gathered & (cp_shards == 1)  # its input gathered over cp
     moe_tokens = mb / (tp_shards * cp_shards)
     sp_div = np.where(sp, tp, 1.0)
+    # the rank holding the busiest expert sets the pace of expert GEMMs and all-to-alls
+    load = critical_rank_load(prof.experts, prof.expert_load, ep)
+    # keys repeat GEMMs (decoder blocks differing only in which layers run FP8): each distinct one
+    # is costed once per call
+    gemm_costs: dict[Gemm, tuple[np.ndarray, np.ndarray | None]] = {}
+    comm = _BlockCollectives(prof, tp, sp, cp, mb, ep, etp, seqs, moe_tokens, moe_gathered_cp, load)
     for j, p in enumerate(prof.profiles):
+        # this key's sums over its GEMMs, in the GEMMs' order (out's columns hold them)
+        fwd, bwd, wgrad, rerun = (np.zeros_like(tp) for _ in range(4))
+        moe_fwd, moe_bwd, moe_wgrad = (np.zeros_like(tp) for _ in range(3))
         cast = np.zeros_like(tp)
         expert_cast = np.zeros_like(tp)  # cast by vlac's fp8_cast kernel (the experts' FP8 GEMMs)
         for g in p.gemms:
-            scale, m, n, k, groups = _gemm_shape(g, tp, sp, ep, etp, seqs, moe_tokens)
-            use8 = prof.fp8 and g.fp8_eligible
-            rate8 = use8 and prof.fp8_gemm_rate
-            over_f = g.over * scale / (1 + g.bwd_mult)
-            # each backward GEMM (input gradient, weight gradient) is a forward-sized GEMM
-            one = hw.gemm_seconds(g.flops * scale + over_f, m, n, k, rate8, groups)
-            if g.expert:  # the rank holding the busiest expert sets the pace
-                one = one * critical_rank_load(prof.experts, prof.expert_load, ep)
-            out["gemm_fwd"][:, j] += one
-            out["gemm_bwd"][:, j] += one * g.bwd_mult
+            if g not in gemm_costs:
+                gemm_costs[g] = _gemm_seconds(prof, g, tp, sp, ep, etp, seqs, moe_tokens, load)
+            one, cast_bytes = gemm_costs[g]
+            fwd += one
+            bwd += one * g.bwd_mult
             if g.bwd_mult > 1:  # the weight-gradient half, which zero-bubble schedules defer
-                out["gemm_wgrad"][:, j] += one
+                wgrad += one
             if g.rerun:  # Megatron's selective recompute reruns its forward (stack.recompute_modules)
-                out["selective_rerun"][:, j] += one
+                rerun += one
             if g.in_moe:
-                out["moe_fwd"][:, j] += one
-                out["moe_bwd"][:, j] += one * g.bwd_mult
-                out["moe_wgrad"][:, j] += one if g.bwd_mult > 1 else 0.0
-            if use8:
-                cast += (m * k + m * n) * groups * prof.cast_bytes
+                moe_fwd += one
+                moe_bwd += one * g.bwd_mult
+                if g.bwd_mult > 1:
+                    moe_wgrad += one
+            if cast_bytes is not None:
+                cast += cast_bytes
                 if g.expert:
-                    expert_cast += (m * k + m * n) * groups * prof.cast_bytes
+                    expert_cast += cast_bytes
+        for name, total in (("gemm_fwd", fwd), ("gemm_bwd", bwd), ("gemm_wgrad", wgrad), ("selective_rerun", rerun),
+                            ("moe_fwd", moe_fwd), ("moe_bwd", moe_bwd), ("moe_wgrad", moe_wgrad)):
+            out[name][:, j] = total
         attn_split = seqs / tp
         if prof.stack_costs.fused_attention:
             eff = ATTENTION_EFF[prof.stack.attention]
@@ -107,9 +115,21 @@ def layer_times(prof: CostProfile, tp, sp, cp, mb, ep, etp) -> dict[str, np.ndar
         elif "core_attn" in prof.stack.recompute_modules:
             out["selective_rerun"][:, j] += out["attn_fwd"][:, j]
         if p.blocks:  # a decoder block; on the head key the MTP modules' blocks, if any
-            _block_communication(prof, p, out, j, tp, sp, cp, mb, ep, etp, seqs, local_moe, moe_tokens,
-                                 moe_gathered_cp)
+            comm.add(p, out, j, local_moe)
     return out
+
+
+def _gemm_seconds(prof: CostProfile, g: Gemm, tp, sp, ep, etp, seqs, moe_tokens, load):
+    """(seconds of one forward-sized GEMM of `g` per GPU, the bytes its FP8 casts move or None
+    when it runs in BF16): each backward GEMM (input gradient, weight gradient) is the same size."""
+    scale, m, n, k, groups = _gemm_shape(g, tp, sp, ep, etp, seqs, moe_tokens)
+    use8 = prof.fp8 and g.fp8_eligible
+    rate8 = use8 and prof.fp8_gemm_rate
+    over_f = g.over * scale / (1 + g.bwd_mult)
+    one = prof.hw.gemm_seconds(g.flops * scale + over_f, m, n, k, rate8, groups)
+    if g.expert:  # the rank holding the busiest expert sets the pace
+        one = one * load
+    return one, ((m * k + m * n) * groups * prof.cast_bytes if use8 else None)
 
 
 def _gemm_shape(g: Gemm, tp, sp, ep, etp, seqs, moe_tokens):
@@ -154,52 +174,79 @@ def _gemm_shape(g: Gemm, tp, sp, ep, etp, seqs, moe_tokens):
     return scale, m, n, k, groups
 
 
-def _block_communication(prof: CostProfile, p: LayerProfile, out: dict[str, np.ndarray], j: int,
-                         tp, sp, cp, mb, ep, etp, seqs, local_moe, moe_tokens, moe_gathered_cp) -> None:
-    """Adds the tensor-, expert- and context-parallel communication of decoder block `p` (key
-    `j`) to `out`; of its `p.blocks` blocks (tp_regions counts the regions of all of them)."""
-    hw = prof.hw
-    act_msg = seqs * prof.seq_len * prof.hidden * prof.act_bytes  # one full activation
-    # tensor parallelism: per region, with SP an all-gather and a reduce-scatter forward,
-    # backward a reduce-scatter, the output-gradient all-gather and the re-gather of the
-    # input for the weight gradient (5 gather-sized units); without SP one all-reduce
-    # each way (2 units each)
-    unit = hw.all_gather(act_msg, tp)
-    regions = p.tp_regions - np.where(local_moe, p.moe_tp_regions, 0)
-    out["tp_fwd"][:, j] = regions * 2 * unit
-    out["tp_bwd"][:, j] = regions * np.where(sp, 3, 2) * unit
-    if p.moe:
+class _BlockCollectives:
+    """The tensor-, expert- and context-parallel communication of decoder blocks: what one block
+    issues is the same for every key (it depends on the degrees and the model's widths), so it is
+    computed once per layer_times call, the first time a key needs it; `add` scales it by a
+    key's regions and blocks."""
+
+    def __init__(self, prof: CostProfile, tp, sp, cp, mb, ep, etp, seqs, moe_tokens, moe_gathered_cp, load):
+        self.prof, self.tp, self.sp, self.cp, self.mb, self.ep, self.etp = prof, tp, sp, cp, mb, ep, etp
+        self.seqs, self.moe_tokens, self.moe_gathered_cp, self.load = seqs, moe_tokens, moe_gathered_cp, load
+        self.act_msg = seqs * prof.seq_len * prof.hidden * prof.act_bytes  # one full activation
+        self._tp = self._moe = self._attention = None
+
+    def add(self, p: LayerProfile, out: dict[str, np.ndarray], j: int, local_moe) -> None:
+        """Adds the communication of key `j`'s `p.blocks` blocks to `out` (p.tp_regions counts
+        the regions of all of them)."""
+        unit, bwd_units = self._tp or self._tp_unit()
+        regions = p.tp_regions - np.where(local_moe, p.moe_tp_regions, 0)
+        out["tp_fwd"][:, j] = regions * 2 * unit
+        out["tp_bwd"][:, j] = regions * bwd_units * unit
+        if p.moe:
+            cp_gather, ep_fwd, ep_bwd = self._moe or self._moe_exchange()
+            out["cp"][:, j] += p.blocks * cp_gather
+            out["ep_fwd"][:, j] = p.blocks * ep_fwd
+            out["ep_bwd"][:, j] = p.blocks * ep_bwd
+        if p.attn_fwd > 0:
+            exchange, merge_fwd, merge_bwd = self._attention or self._cp_exchange()
+            out["cp"][:, j] += p.blocks * exchange
+            out["mem_fwd"][:, j] += p.blocks * merge_fwd
+            out["mem_bwd"][:, j] += p.blocks * merge_bwd
+
+    def _tp_unit(self):
+        # tensor parallelism: per region, with SP an all-gather and a reduce-scatter forward,
+        # backward a reduce-scatter, the output-gradient all-gather and the re-gather of the
+        # input for the weight gradient (5 gather-sized units); without SP one all-reduce
+        # each way (2 units each)
+        self._tp = self.prof.hw.all_gather(self.act_msg, self.tp), np.where(self.sp, 3, 2)
+        return self._tp
+
+    def _moe_exchange(self):
+        prof, hw, tp, cp, etp = self.prof, self.prof.hw, self.tp, self.cp, self.etp
         # token dispatch and combine: one all-to-all each way, forward and backward;
         # each rank sends its 1/(tp*cp) of the tokens top_k times, or under vlac's runtime
         # the gathered micro-batch (see _gemm_shape; 1/etp of it)
-        routed = moe_tokens / etp if prof.moe_gathered else seqs / tp
+        routed = self.moe_tokens / etp if prof.moe_gathered else self.seqs / tp
         a2a_bytes = routed * prof.seq_len * prof.top_k * prof.hidden * prof.act_bytes
         if prof.moe_gathered:
             # a layer with a capacity that routes its own share of the micro-batch sends only the
             # copies it keeps (at most every copy: runtime/moe.py), else every slot
-            slots = capacity_slots(mb * prof.seq_len, prof.experts, prof.top_k, prof.capacity_factor)
-            a2a_bytes = a2a_bytes * np.where(moe_tokens < mb, np.minimum(slots, 1.0), slots)
+            slots = capacity_slots(self.mb * prof.seq_len, prof.experts, prof.top_k, prof.capacity_factor)
+            a2a_bytes = a2a_bytes * np.where(self.moe_tokens < self.mb, np.minimum(slots, 1.0), slots)
         # what the busiest rank receives
-        a2a_bytes = a2a_bytes * critical_rank_load(prof.experts, prof.expert_load, ep)
+        a2a_bytes = a2a_bytes * self.load
         # the cp gather of a gathered MoE layer's input, forward; its reduce-scatter backward
-        out["cp"][:, j] += p.blocks * np.where(moe_gathered_cp & (cp > 1), 2 * hw.all_gather(act_msg * cp, cp, tp), 0.0)
-        a2a = hw.all_to_all(a2a_bytes, ep, etp)
+        cp_gather = np.where(self.moe_gathered_cp & (cp > 1), 2 * hw.all_gather(self.act_msg * cp, cp, tp), 0.0)
+        a2a = hw.all_to_all(a2a_bytes, self.ep, etp)
         # expert tensor parallelism gathers the received tokens over etp and scatters
         # the results back (a TP region over the expert activations)
         etp_unit = hw.all_gather(a2a_bytes * etp, etp, 1)
-        out["ep_fwd"][:, j] = p.blocks * (2 * a2a + 2 * etp_unit)
-        out["ep_bwd"][:, j] = p.blocks * (2 * a2a + 3 * etp_unit)
-    if p.attn_fwd > 0:
+        self._moe = cp_gather, 2 * a2a + 2 * etp_unit, 2 * a2a + 3 * etp_unit
+        return self._moe
+
+    def _cp_exchange(self):
+        prof, hw, tp, cp = self.prof, self.prof.hw, self.tp, self.cp
         # the K/V exchange of the stack's context-parallel scheme, and a p2p ring's per-step
         # merges on the compute stream (context_parallel_costs); heads split over TP ranks (K/V
         # replicated when tp > kv_heads)
         scheme = prof.stack.context_parallel
-        chunk = seqs * prof.seq_len * prof.kv_bytes_per_token / np.minimum(tp, prof.kv_heads)
-        out["cp"][:, j] += p.blocks * exchange_seconds(hw, scheme, chunk, tp, cp)
-        q_elems = seqs * prof.seq_len * prof.q_dim / tp
+        chunk = self.seqs * prof.seq_len * prof.kv_bytes_per_token / np.minimum(tp, prof.kv_heads)
+        q_elems = self.seqs * prof.seq_len * prof.q_dim / tp
         merge_fwd, merge_bwd = merge_bytes(scheme, q_elems, chunk / prof.act_bytes, prof.act_bytes, cp)
-        out["mem_fwd"][:, j] += p.blocks * hw.memory_seconds(merge_fwd)
-        out["mem_bwd"][:, j] += p.blocks * hw.memory_seconds(merge_bwd)
+        self._attention = (exchange_seconds(hw, scheme, chunk, tp, cp), hw.memory_seconds(merge_fwd),
+                           hw.memory_seconds(merge_bwd))
+        return self._attention
 
 
 def critical_rank_load(experts: int, expert_load: float, ep) -> np.ndarray:
