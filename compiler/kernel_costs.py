@@ -69,6 +69,7 @@ NOT_COSTED = {
                           "by TransformerEngine/torchao (dense) or fp8_cast (experts)",
 }
 QK_NORMS = ("q_norm", "k_norm")
+_APPLY_ROPE = re.compile(r"apply_rope(_\d+)?")  # the FX names of the rotary-embedding calls (runtime_kernel)
 
 KernelName = Literal[KERNELS]  # type: ignore[valid-type]
 
@@ -281,7 +282,7 @@ def runtime_kernel(kind: str, module: str, name: str, norm: str) -> str | None:
     if kind == "norm":
         rms = norm == "rmsnorm" or module.rsplit(".", 1)[-1] in QK_NORMS
         return "rms_norm" if rms else None
-    if kind == "elementwise" and re.fullmatch(r"apply_rope(_\d+)?", name.rsplit(".", 1)[-1]):
+    if kind == "elementwise" and _APPLY_ROPE.fullmatch(name.rsplit(".", 1)[-1]):
         return "apply_rope"
     return None
 

@@ -35,7 +35,7 @@ Modelling choices (stated so they can be argued with):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -180,38 +180,42 @@ class CostProfile:
     def _profile(self, key: tuple, nodes: list[NodeCost]) -> LayerProfile:
         kind = key[0]
         p = LayerProfile(key, kind, moe=any(n.expert for n in nodes))
+        sc, mb = self.stack_costs, self.g.micro_batch  # the graph was lowered for `mb` sequences: stored per sequence
         saved = {pol: [0.0, 0.0, 0.0] for pol in RECOMPUTE}
         mem = [0.0, 0.0, 0.0]
         mem_kernels: dict[str, list[float]] = {}
         regions = set()
-        tokens = self.seq_len * self.g.micro_batch
+        tokens = self.seq_len * mb
         mtp = {n.module.split(".")[2] for n in nodes if n.module.startswith(MTP_PREFIX)} if kind == "head" else set()
         p.blocks = 1 if kind == "block" else len(mtp)
+        # running sums, kept in locals and summed in the nodes' order (as the profile's fields would be)
+        params_dense = params_expert = frozen_dense = frozen_expert = params_fp8 = 0.0
+        flops = attn_fwd = attn_bwd = score_bytes = grad_dense = 0.0
         for n in nodes:
-            kept = self.stack_costs.saved(n, tokens, moe_block=p.moe)
+            kept = sc.saved(n, tokens, moe_block=p.moe)
             in_block = kind == "block" or n.module.startswith(MTP_PREFIX)  # split over tp as a decoder block is
-            p.params_dense += n.params_dense + n.params_embedding
-            p.params_expert += n.params_expert
+            params_dense += n.params_dense + n.params_embedding
+            params_expert += n.params_expert
             if n.params_expert:
-                p.params_frozen_expert += n.params_frozen
+                frozen_expert += n.params_frozen
             else:
-                p.params_frozen_dense += n.params_frozen
-            p.flops += n.flops_fwd + n.flops_bwd + n.flops_overcompute
+                frozen_dense += n.params_frozen
+            flops += n.flops_fwd + n.flops_bwd + n.flops_overcompute
             if n.fp8_eligible:
-                p.params_fp8 += n.params
+                params_fp8 += n.params
             part = self._tp_part(n, kind)
-            if n.kind in ("gemm", "router") and n.gemm_mnk:
+            node_kind = n.kind
+            if node_kind in ("gemm", "router") and n.gemm_mnk:
                 m, nn_, k = n.gemm_mnk
                 # the router, experts or shared experts of a MoE layer ('...mlp.x', or the dropless
                 # experts node, '...mlp')
                 in_moe = p.moe and (".mlp." in n.module or n.module.endswith(".mlp"))
                 groups = self.experts if n.expert else 1
                 row = n.tp_split and in_block and not n.act_tp_sharded
-                p.gemms.append(Gemm(n.flops_fwd, n.flops_bwd / n.flops_fwd if n.flops_fwd else 0.0,
-                                    n.flops_overcompute, m, nn_, k, groups, n.tp_split, row, n.expert, n.fp8_eligible,
-                                    bool(getattr(n, "sp_split", False)),
-                                    in_moe and self.moe_gathered, in_moe,
-                                    self.stack_costs.reruns(n, p.moe)))
+                p.gemms.append(Gemm(n.flops_fwd / mb, n.flops_bwd / n.flops_fwd if n.flops_fwd else 0.0,
+                                    n.flops_overcompute / mb, m // mb, nn_, k, groups, n.tp_split, row, n.expert,
+                                    n.fp8_eligible, bool(getattr(n, "sp_split", False)),
+                                    in_moe and self.moe_gathered, in_moe, sc.reruns(n, p.moe)))
                 if n.tp_split and in_block:
                     regions.add(".".join(n.module.split(".")[:-1]))
                 if n.name.endswith("dropless_experts"):
@@ -222,38 +226,36 @@ class CostProfile:
                     mem[part] += 2 * moved
                     for kernel in ("moe_permute", "moe_unpermute"):
                         mem_kernels.setdefault(kernel, [0.0, 0.0, 0.0])[part] += moved
-            elif n.kind == "attention":
+            elif node_kind == "attention":
                 # a fused causal kernel skips the masked half; an unfused one computes it all
-                half = 0.5 if self._dense_causal(n) and self.stack_costs.fused_attention else 1.0
-                p.attn_score_bytes += self.stack_costs.score_traffic(self.seq_len, self.seq_len) * self.g.micro_batch
-                p.attn_fwd += n.flops_fwd * half
-                p.attn_bwd += n.flops_bwd * half
-                p.flops -= (n.flops_fwd + n.flops_bwd) * (1 - half)
-            elif n.kind in MEMBOUND_KINDS:
+                half = 0.5 if self._dense_causal(n) and sc.fused_attention else 1.0
+                score_bytes += sc.score_traffic(self.seq_len, self.seq_len) * mb
+                attn_fwd += n.flops_fwd * half
+                attn_bwd += n.flops_bwd * half
+                flops -= (n.flops_fwd + n.flops_bwd) * (1 - half)
+                # an unfused kernel's probabilities beside what a fused one keeps
+                scores = sc.unfused_scores(self.seq_len, self.seq_len, mb)
+                flash = self.flash_saved_per_token * tokens * sc.dtype_scale
+                kept = {pol: min(b, flash) + scores[pol] for pol, b in kept.items()}
+            elif node_kind in MEMBOUND_KINDS:
                 # plus what eager kernels, Megatron's fp32 cross entropy and a fused SwiGLU move
                 # beyond the 4 passes (stack_costs.eager_traffic, fused_traffic)
-                mem[part] += (MEMBOUND_PASSES * kept["none"] + self.stack_costs.eager_traffic(n, tokens)
-                              + self.stack_costs.fused_traffic(n, tokens, MEMBOUND_PASSES))
-                p.grad_dense_bytes += self.stack_costs.embedding_grad_bytes(n)
-                kernel = runtime_kernel(n.kind, n.module, n.name, self.norm)
+                mem[part] += (MEMBOUND_PASSES * kept["none"] + sc.eager_traffic(n, tokens)
+                              + sc.fused_traffic(n, tokens, MEMBOUND_PASSES))
+                if node_kind == "embedding":
+                    grad_dense += sc.embedding_grad_bytes(n)
+                kernel = runtime_kernel(node_kind, n.module, n.name, self.norm)
                 if kernel is not None:
                     mem_kernels.setdefault(kernel, [0.0, 0.0, 0.0])[part] += MEMBOUND_PASSES * kept["none"]
-            scores = self.stack_costs.unfused_scores(self.seq_len, self.seq_len, self.g.micro_batch) \
-                if n.kind == "attention" else None
-            for pol in RECOMPUTE:
-                b = kept[pol]
-                if scores is not None:
-                    b = min(b, self.flash_saved_per_token * tokens * self.stack_costs.dtype_scale) + scores[pol]
+            for pol, b in kept.items():
                 saved[pol][part] += b
-        mb = self.g.micro_batch  # the graph was lowered for `mb` sequences: store per sequence
+        p.params_dense, p.params_expert, p.params_frozen_dense, p.params_frozen_expert = (
+            params_dense, params_expert, frozen_dense, frozen_expert)
+        p.params_fp8, p.grad_dense_bytes = params_fp8, grad_dense
         p.saved = {pol: tuple(x / mb for x in v) for pol, v in saved.items()}
         p.mem = tuple(x / mb for x in mem)
         p.mem_kernels = {k: tuple(x / mb for x in v) for k, v in sorted(mem_kernels.items())}
-        p.attn_fwd /= mb
-        p.attn_bwd /= mb
-        p.attn_score_bytes /= mb
-        p.flops /= mb
-        p.gemms = [replace(gm, flops=gm.flops / mb, over=gm.over / mb, m=gm.m // mb) for gm in p.gemms]
+        p.attn_fwd, p.attn_bwd, p.attn_score_bytes, p.flops = attn_fwd / mb, attn_bwd / mb, score_bytes / mb, flops / mb
         p.tp_regions = len(regions)
         p.moe_tp_regions = sum(p.moe and ".mlp." in r + "." for r in regions)
         return p

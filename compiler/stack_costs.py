@@ -192,6 +192,14 @@ class StackCosts:
         self.fp8_inputs = fp8_inputs
         stored = STORED_BYTES.get(stack.activation_dtype or "", act_bytes)
         self.dtype_scale = stored / act_bytes
+        # the stack's answers to the per-node rules' questions, asked once (the profile asks per node)
+        self._fused_rmsnorm = norm == "rmsnorm" and stack.fuses("norm")
+        self._fused_rope, self._fused_swiglu = stack.fuses("rope"), stack.fuses("swiglu")
+        self._fused_cross_entropy = stack.fuses("cross_entropy")
+        self._megatron = stack.preset == "megatron-te"
+        self._core_attention = stack.selective_recompute == "core_attention"
+        self._megatron_modules = stack.recompute_modules if self._core_attention else ()
+        self._eager = not (stack.fused_elementwise or stack.torch_compile)
 
     @property
     def fused_attention(self) -> bool:
@@ -201,14 +209,14 @@ class StackCosts:
     def megatron_modules(self) -> tuple[str, ...]:
         """The Megatron-Core modules selective recompute reruns (recompute_modules), or () when the
         stack's selective policy is vlac's element-wise one."""
-        return self.stack.recompute_modules if self.stack.selective_recompute == "core_attention" else ()
+        return self._megatron_modules
 
     def reruns(self, n: NodeCost, moe_block: bool) -> bool:
         """Whether Megatron's selective recompute reruns node `n` whole (module docstring): latent
         attention's up-projections, RoPE and the q/k concatenations under `mla_up_proj`, a dense
         layer's MLP under `mlp` (`moe_block`: the node's block is a MoE layer)."""
-        modules = self.megatron_modules
-        if not n.in_block:
+        modules = self._megatron_modules
+        if not modules or not n.in_block:
             return False
         if "mla_up_proj" in modules and self.latent and (_UP_PROJ.search(n.module) or n.module.endswith(".attn.rotary")
                                          or (n.module.endswith(".attn") and _CONCAT.fullmatch(n.name.rsplit(".", 1)[-1]))):
@@ -219,23 +227,23 @@ class StackCosts:
         """The node's kept bytes per recompute policy on this stack (`tokens` in the lowered
         micro-batch; `moe_block`: the node's block is a MoE layer)."""
         kept = self._saved(n, tokens)
-        if self.reruns(n, moe_block):
+        if self._megatron_modules and self.reruns(n, moe_block):
             kept["selective"] = 0.0  # rerun in backward from the checkpoint's input, which its producer keeps
         return kept
 
     def _saved(self, n: NodeCost, tokens: int) -> dict[str, float]:
         factor, minus = 1.0, 0.0
-        st = self.stack
-        if n.kind == "norm" and self.norm == "rmsnorm" and st.fuses("norm") and _backbone(n.module):
+        st, kind = self.stack, n.kind
+        if kind == "norm" and self._fused_rmsnorm and _backbone(n.module):
             fused = (2 * self.act_bytes * self.hidden + FP32_BYTES) * tokens
             kept = {pol: min(n.saved[pol], fused) * self.dtype_scale for pol in RECOMPUTE}
-            if st.selective_recompute == "core_attention" and n.in_block:
+            if self._core_attention and n.in_block:
                 kept["selective"] = kept["none"]  # recomputing the attention core reruns no norm
             # TE's LayerNormLinear keeps its input, the rstd and the FP8 copy of its output
             return self._in_fp8(n, kept, tokens) if n.name in self.fp8_inputs else kept
-        if n.kind == "elementwise" and st.fuses("rope") and n.module.endswith(".rotary") and "rope" in n.name:
+        if kind == "elementwise" and self._fused_rope and n.module.endswith(".rotary") and "rope" in n.name:
             minus = 2 * self.rope_head_dim * FP32_BYTES * tokens
-        elif n.kind == "elementwise" and st.fuses("swiglu") and n.name.endswith("silu") and n.module.endswith(".mlp"):
+        elif kind == "elementwise" and self._fused_swiglu and n.name.endswith("silu") and n.module.endswith(".mlp"):
             factor = 0.0
         elif self._megatron_cross_entropy(n):
             return {pol: n.saved[pol] for pol in RECOMPUTE}  # its fp32 softmax, whatever the activation dtype
@@ -245,12 +253,11 @@ class StackCosts:
             core = self._megatron_experts_kept(n, tokens)
             # selective (core attention) recomputes none of it: it keeps what it keeps without recompute
             kept = {pol: min(n.saved[pol], core) for pol in RECOMPUTE}
-            return {**kept, "selective": kept["none"]} if st.selective_recompute == "core_attention" else kept
-        elif n.kind == "loss" and st.fuses("cross_entropy") and n.name.startswith("cross_entropy"):
+            return {**kept, "selective": kept["none"]} if self._core_attention else kept
+        elif kind == "loss" and self._fused_cross_entropy and n.name.startswith("cross_entropy"):
             factor = self.act_bytes / FP32_BYTES
-        kept = {pol: max(0.0, n.saved[pol] * factor - (minus if n.saved[pol] else 0.0)) * self.dtype_scale
-                for pol in RECOMPUTE}
-        if st.selective_recompute == "core_attention" and n.in_block:
+        kept = _kept(n.saved, factor, minus, self.dtype_scale)
+        if self._core_attention and n.in_block:
             # only the attention core is recomputed (module docstring): it keeps its output
             out = self.heads * self.v_head_dim * self.act_bytes * tokens * self.dtype_scale
             core = n.kind == "attention" and "core_attn" in st.recompute_modules
@@ -273,35 +280,38 @@ class StackCosts:
 
     @property
     def eager_elementwise(self) -> bool:
-        return not (self.stack.fused_elementwise or self.stack.torch_compile)
+        return self._eager
 
     def eager_traffic(self, n: NodeCost, tokens: int) -> float:
         """HBM bytes (forward + backward) that eager kernels move for node `n` beyond the
         MEMBOUND_PASSES over its kept bytes that every stack is charged (module docstring);
         0 on a stack that fuses element-wise ops. `tokens` in the lowered micro-batch."""
-        if not self.eager_elementwise:
+        if not self._eager or n.kind not in ("elementwise", "norm"):
             return 0.0
-        tensor = self.hidden * self.act_bytes * tokens * self.dtype_scale  # one residual-stream tensor
         last = n.name.rsplit(".", 1)[-1]
-        if n.kind == "elementwise" and _BLOCK_ROOT.fullmatch(n.module) and _RESIDUAL_ADD.fullmatch(last):
-            return EAGER_RESIDUAL_PASSES * tensor
-        if n.kind == "norm" and _backbone(n.module) and not (self.norm == "rmsnorm" and self.stack.fuses("norm")):
-            return EAGER_NORM_EXTRA_PASSES * tensor
-        if n.kind == "elementwise" and n.module.endswith(".mlp") and last in ("gelu", "silu"):
+        if n.kind == "elementwise" and _RESIDUAL_ADD.fullmatch(last) and _BLOCK_ROOT.fullmatch(n.module):
+            return EAGER_RESIDUAL_PASSES * self._residual_tensor(tokens)
+        if n.kind == "norm" and _backbone(n.module) and not self._fused_rmsnorm:
+            return EAGER_NORM_EXTRA_PASSES * self._residual_tensor(tokens)
+        if n.kind == "elementwise" and last in ("gelu", "silu") and n.module.endswith(".mlp"):
             return EAGER_ACTIVATION_EXTRA_PASSES * n.saved["none"] * self.dtype_scale
         return 0.0
+
+    def _residual_tensor(self, tokens: int) -> float:
+        """Bytes of one residual-stream tensor of `tokens` tokens, in the stored dtype."""
+        return self.hidden * self.act_bytes * tokens * self.dtype_scale
 
     def _megatron_router_cast(self, n: NodeCost) -> bool:
         """The fp32 casts of a MoE router's input and weight (vlac's runtime router: F.linear(h.float(),
         w.float())) on the megatron-te preset, whose RouterGatingLinearFunction (transformer/moe/
         moe_utils.py) saves the BF16 input and weight and casts them inside."""
-        return (self.stack.preset == "megatron-te" and n.kind == "elementwise" and n.module.endswith(".router")
+        return (self._megatron and n.kind == "elementwise" and n.module.endswith(".router")
                 and n.name.rsplit(".", 1)[-1].startswith("float"))
 
     def _megatron_dropless_experts(self, n: NodeCost) -> bool:
         """The dropless experts node (permute, grouped GEMMs, un-permute) on the megatron-te preset:
         Megatron-Core's MoE layer."""
-        return (self.stack.preset == "megatron-te" and n.kind == "gemm" and n.name.endswith("dropless_experts")
+        return (self._megatron and n.kind == "gemm" and n.name.endswith("dropless_experts")
                 and self.top_k > 0 and n.gemm_mnk is not None)
 
     def _megatron_experts_kept(self, n: NodeCost, tokens: int) -> float:
@@ -319,7 +329,7 @@ class StackCosts:
 
     def _megatron_cross_entropy(self, n: NodeCost) -> bool:
         """The loss's cross entropy on the megatron-te preset: Megatron-Core's vocabulary-parallel one."""
-        return self.stack.preset == "megatron-te" and n.kind == "loss" and n.name.startswith("cross_entropy")
+        return self._megatron and n.kind == "loss" and n.name.startswith("cross_entropy")
 
     def fused_traffic(self, n: NodeCost, tokens: int, passes: float) -> float:
         """HBM bytes (forward + backward) that a fused kernel moves beyond `passes` over what node
@@ -338,7 +348,7 @@ class StackCosts:
 
     def _fused_swiglu_product(self, n: NodeCost) -> bool:
         """The product silu(w1 x) * w3 x of a dense SwiGLU MLP that the stack runs as one kernel."""
-        return (n.kind == "elementwise" and self.stack.fuses("swiglu") and n.module.endswith(".mlp")
+        return (n.kind == "elementwise" and self._fused_swiglu and n.module.endswith(".mlp")
                 and n.name.rsplit(".", 1)[-1] == "mul" and n.saved["none"] > 0)
 
     def embedding_grad_bytes(self, n: NodeCost) -> float:
@@ -414,6 +424,18 @@ def _is_identity(fx_node) -> bool:
 
     module = fx_node.graph.owning_module.get_submodule(fx_node.target)
     return isinstance(module, nn.Identity) or (isinstance(module, nn.Dropout) and module.p == 0)
+
+
+def _kept(saved: dict[str, float], factor: float, minus: float, scale: float) -> dict[str, float]:
+    """Per policy: the node's eager kept bytes times `factor` less `minus` (where it keeps any),
+    at least 0, in the stored dtype (`scale`); spelled out per policy, as the profile asks per node."""
+    none, selective, full = saved["none"], saved["selective"], saved["full"]
+    return {"none": max(0.0, none * factor - (minus if none else 0.0)) * scale,
+            "selective": max(0.0, selective * factor - (minus if selective else 0.0)) * scale,
+            "full": max(0.0, full * factor - (minus if full else 0.0)) * scale}
+
+
+assert RECOMPUTE == ("none", "selective", "full"), "_kept spells out each recompute policy"
 
 
 def _backbone(module: str) -> bool:
