@@ -226,6 +226,10 @@ class StackCosts:
     def saved(self, n: NodeCost, tokens: int, moe_block: bool = False) -> dict[str, float]:
         """The node's kept bytes per recompute policy on this stack (`tokens` in the lowered
         micro-batch; `moe_block`: the node's block is a MoE layer)."""
+        if not any(n.saved.values()):
+            # most nodes keep nothing (views, masks, casts), and every rule caps, scales or re-prices
+            # what the eager node keeps: nothing stays nothing (asked per node, so answered first)
+            return dict.fromkeys(RECOMPUTE, 0.0)
         kept = self._saved(n, tokens)
         if self._megatron_modules and self.reruns(n, moe_block):
             kept["selective"] = 0.0  # rerun in backward from the checkpoint's input, which its producer keeps
