@@ -120,17 +120,8 @@ slice of the dispatch buffer) and the expert activation's output (the w2 input, 
 dropout of p = 0) are kept at 1 byte per element; the dispatch node's few index bytes are
 counted with them (8 bytes per routed copy against 2h of tokens).
 
-Dropless MoE layers on `megatron-te` keep what Megatron-Core's MoE layer keeps (Megatron-LM at
-d98e8a6), not the traced ops of vlac's runtime (a padded permuted buffer, SiLU's output, the
-fp32 weighted copies its un-permute multiplies by the router weights: ~4.4x more for
-DeepSeek-V3). Per routed copy: TE GroupedLinear fc1's input (h; FP8 with `fp8_stored_inputs`),
-the input of the weighted SwiGLU that applies the routing probabilities (transformer/moe/
-experts.py `bias_act_func` -> fusions/fused_bias_swiglu.py `WeightedSwiGLUFunction`, which saves
-its [2f] input in BF16, `activation_func_fp8_input_store` off by default, and the probability,
-counted fp32), fc2's input (f; FP8 likewise). The dispatcher's un-permute is called without
-probabilities (transformer/moe/token_dispatcher.py, `combine_postprocess`), so it and the
-permutation keep index maps only; the all-to-alls keep nothing. Padding rows (at most 15 per
-local expert with FP8) are not charged. Selective recompute (core attention) reruns none of it.
+Dropless MoE layers on `megatron-te` keep what Megatron-Core's MoE layer keeps, and its selective
+recompute reruns the `recompute_modules` it names: compiler/megatron_moe_recompute.py.
 """
 
 from __future__ import annotations
@@ -140,6 +131,7 @@ import re
 
 from vlac.spec.stack import STORED_BYTES, ResolvedStack
 
+from . import megatron_moe_recompute as megatron
 from .graph import RECOMPUTE, Graph, NodeCost
 
 # FlashAttention-2 is 1.3-2.5x faster than FlashAttention's Triton implementation (Dao 2023,
@@ -165,11 +157,6 @@ EAGER_RESIDUAL_PASSES = 6.0
 EAGER_NORM_EXTRA_PASSES = 3.0
 EAGER_ACTIVATION_EXTRA_PASSES = 1.0
 _BLOCK_ROOT = re.compile(r"model\.layers\.\d+")
-# Megatron's recompute_modules regions (StackCosts.reruns): latent attention's up-projections and the
-# q/k concatenations of their rotated and plain parts; a block's MLP and its GEMMs (not a MoE layer's)
-_UP_PROJ = re.compile(r"\.attn\.(wq_up|wkv_up)$")
-_CONCAT = re.compile(r"cat(_\d+)?")
-_DENSE_MLP = re.compile(r"\.mlp(\.(w1|w2|w3|drop))?$")
 _RESIDUAL_ADD = re.compile(r"add(_\d+)?")
 # FX ops that pass a tensor on without computing (what an FP8 GEMM input may flow through)
 _VIEWS = frozenset({"view", "reshape", "transpose", "permute", "contiguous", "flatten", "unflatten"})
@@ -212,16 +199,9 @@ class StackCosts:
         return self._megatron_modules
 
     def reruns(self, n: NodeCost, moe_block: bool) -> bool:
-        """Whether Megatron's selective recompute reruns node `n` whole (module docstring): latent
-        attention's up-projections, RoPE and the q/k concatenations under `mla_up_proj`, a dense
-        layer's MLP under `mlp` (`moe_block`: the node's block is a MoE layer)."""
-        modules = self._megatron_modules
-        if not modules or not n.in_block:
-            return False
-        if "mla_up_proj" in modules and self.latent and (_UP_PROJ.search(n.module) or n.module.endswith(".attn.rotary")
-                                         or (n.module.endswith(".attn") and _CONCAT.fullmatch(n.name.rsplit(".", 1)[-1]))):
-            return True
-        return "mlp" in modules and not moe_block and bool(_DENSE_MLP.search(n.module))
+        """Whether Megatron's selective recompute reruns node `n` whole (the stack's recompute_modules,
+        compiler/megatron_moe_recompute.py; `moe_block`: the node's block is a MoE layer)."""
+        return megatron.reruns(n, self._megatron_modules, self.latent, moe_block)
 
     def saved(self, n: NodeCost, tokens: int, moe_block: bool = False) -> dict[str, float]:
         """The node's kept bytes per recompute policy on this stack (`tokens` in the lowered
@@ -251,10 +231,11 @@ class StackCosts:
             factor = 0.0
         elif self._megatron_cross_entropy(n):
             return {pol: n.saved[pol] for pol in RECOMPUTE}  # its fp32 softmax, whatever the activation dtype
-        elif self._megatron_router_cast(n):
+        elif self._megatron and megatron.router_cast(n):
             factor = 0.0  # Megatron's router GEMM keeps its BF16 input (the norm's output) and casts inside
-        elif self._megatron_dropless_experts(n):
-            core = self._megatron_experts_kept(n, tokens)
+        elif self._megatron and megatron.dropless_experts(n, self.top_k):
+            core = megatron.experts_kept(n, tokens, self.top_k, self.act_bytes * self.dtype_scale,
+                                         fp8_inputs=bool(self.fp8_inputs), fused_swiglu=self._fused_swiglu)
             # selective (core attention) recomputes none of it: it keeps what it keeps without recompute
             kept = {pol: min(n.saved[pol], core) for pol in RECOMPUTE}
             return {**kept, "selective": kept["none"]} if self._core_attention else kept
@@ -305,32 +286,6 @@ class StackCosts:
         """Bytes of one residual-stream tensor of `tokens` tokens, in the stored dtype."""
         return self.hidden * self.act_bytes * tokens * self.dtype_scale
 
-    def _megatron_router_cast(self, n: NodeCost) -> bool:
-        """The fp32 casts of a MoE router's input and weight (vlac's runtime router: F.linear(h.float(),
-        w.float())) on the megatron-te preset, whose RouterGatingLinearFunction (transformer/moe/
-        moe_utils.py) saves the BF16 input and weight and casts them inside."""
-        return (self._megatron and n.kind == "elementwise" and n.module.endswith(".router")
-                and n.name.rsplit(".", 1)[-1].startswith("float"))
-
-    def _megatron_dropless_experts(self, n: NodeCost) -> bool:
-        """The dropless experts node (permute, grouped GEMMs, un-permute) on the megatron-te preset:
-        Megatron-Core's MoE layer."""
-        return (self._megatron and n.kind == "gemm" and n.name.endswith("dropless_experts")
-                and self.top_k > 0 and n.gemm_mnk is not None)
-
-    def _megatron_experts_kept(self, n: NodeCost, tokens: int) -> float:
-        """Bytes Megatron-Core's dropless MoE layer keeps between its dispatch and combine
-        (module docstring): per routed copy the grouped fc1's input (h), the activation's input
-        ((mats - 1) f, the fc1 output), its fp32 routing probability, and fc2's input (f), the GEMM
-        inputs in FP8 where the stack keeps FP8 inputs; the un-permute keeps only indices."""
-        _, f, d = n.gemm_mnk
-        copies = tokens * self.top_k
-        mats = round(n.flops_fwd / (2.0 * copies * d * f))  # 3 for SwiGLU experts (w1, w3, w2), 2 for GELU
-        stored = self.act_bytes * self.dtype_scale
-        gemm_input = 1.0 if self.fp8_inputs and n.fp8_eligible else stored
-        activation = (mats - 1) * f * stored + FP32_BYTES + (0.0 if self.stack.fuses("swiglu") or mats < 3 else f * stored)
-        return copies * ((d + f) * gemm_input + activation)
-
     def _megatron_cross_entropy(self, n: NodeCost) -> bool:
         """The loss's cross entropy on the megatron-te preset: Megatron-Core's vocabulary-parallel one."""
         return self._megatron and n.kind == "loss" and n.name.startswith("cross_entropy")
@@ -342,7 +297,7 @@ class StackCosts:
         if self._megatron_cross_entropy(n):
             logits = n.saved["none"] / FP32_BYTES  # the eager graph's node keeps an fp32 log-softmax
             return logits * (MEGATRON_CE_BYTES_PER_LOGIT[self.stack.fuses("cross_entropy")] - passes * FP32_BYTES)
-        if self._megatron_router_cast(n):
+        if self._megatron and megatron.router_cast(n):
             # the casts still run, forward and again in backward: the traffic of the kept copies stays
             return passes * n.saved["none"] * self.dtype_scale
         if self._fused_swiglu_product(n):
