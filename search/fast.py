@@ -15,7 +15,6 @@ layout, or a layer role no reference of its architecture shows.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -173,13 +172,15 @@ class _Known:
     ratio: float = FIRST_SHARE  # best step / lowest bound of its last candidate
 
 
+# what one architecture's candidates may differ in: its depth, its token budget and its name
+_NOT_ARCHITECTURE = {**{k: True for k in DEPTH_FIELDS}, "backbone": {"layers"}, "train": set(STEPS_FIELDS)}
+
+
 def _architecture_key(exp: Experiment) -> str:
-    data = exp.model_dump(mode="json")
-    for k in DEPTH_FIELDS:
-        data.pop(k, None)
-    data["backbone"] = {k: v for k, v in data["backbone"].items() if k != "layers"}
-    data["train"] = {k: v for k, v in data["train"].items() if k not in STEPS_FIELDS}
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    """The spec as JSON without its depth, budget and name fields. pydantic's own serialiser, a
+    quarter of the CPU of model_dump + json.dumps: fields in declaration order, a mapping's keys
+    in the order the spec gave them (candidates of one base spec share it; topology_key sorts)."""
+    return exp.model_dump_json(exclude=_NOT_ARCHITECTURE)
 
 
 def _plan(exp: Experiment, model: dict[str, Any], est: Estimate) -> Plan:
