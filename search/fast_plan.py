@@ -165,7 +165,10 @@ class LayerTimes:
     def __init__(self, times):
         self._times = times
         self.keys = np.empty(0, np.int64)  # sorted
-        self.table: dict[str, np.ndarray] = {}
+        # every time of every known key side by side, [keys, names, profile keys]: one gather per
+        # call rather than one per name (16)
+        self.names: tuple[str, ...] = ()
+        self.table = np.empty((0, 0, 0))
         # LayoutSpace.combos_key -> [U, keys] per-layer bound parts, and which combinations have them
         self.bound_parts: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
         # LayoutSpace.key -> per group: send seconds, optimizer seconds per dense and per expert parameter
@@ -177,20 +180,20 @@ class LayerTimes:
         for c in cols:
             key = key * RADIX + c
         at = np.searchsorted(self.keys, key)
-        if len(self.keys) and (self.keys[np.minimum(at, len(self.keys) - 1)] == key).all():
-            return {k: v[at] for k, v in self.table.items()}  # all known (the usual case)
-        new, first = np.unique(key[~np.isin(key, self.keys)], return_index=True)
-        if len(new):
+        if not (len(self.keys) and (self.keys[np.minimum(at, len(self.keys) - 1)] == key).all()):
+            new, first = np.unique(key[~np.isin(key, self.keys)], return_index=True)
             rows = np.nonzero(~np.isin(key, self.keys))[0][first]
             lt = self._times(*(c[rows] for c in cols[:1]), cols[1][rows].astype(bool),
                              *(c[rows] for c in cols[2:]))
+            self.names = self.names or tuple(lt)
+            stacked = np.stack([lt[k] for k in self.names], axis=1)
             keys = np.concatenate([self.keys, new])
             order = np.argsort(keys, kind="stable")
             self.keys = keys[order]
-            self.table = {k: np.concatenate([self.table[k], v])[order] if self.table else v[order]
-                          for k, v in lt.items()}
-        at = np.searchsorted(self.keys, key)
-        return {k: v[at] for k, v in self.table.items()}
+            self.table = (np.concatenate([self.table, stacked]) if len(self.table) else stacked)[order]
+            at = np.searchsorted(self.keys, key)
+        rows = self.table[at]
+        return {k: rows[:, i] for i, k in enumerate(self.names)}
 
     def per_layer_bound(self, model: CostModel, ls: LayoutSpace, used: np.ndarray | None = None) -> np.ndarray:
         """[U, keys]: one micro-batch's bound parts per layer of each key, per combination of
