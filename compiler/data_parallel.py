@@ -49,16 +49,11 @@ def exposed_data_parallel(hw: Hardware, stack, dense, expert, trained, col, d_de
     b = BF16_BYTES  # BF16, as the weights gathered are
     g_dense, g_expert = trained[0] / tp * b, trained[1] / (ep * etp) * b  # [rows, ranks]
     # each collective as (seconds, slowdown of the compute hiding it): the dense and expert groups
-    # differ in how much of their ring runs on NVLink
-
-    def both_groups(op, passes, dense_bytes, expert_bytes):
-        return _joined(_costed(hw, op, passes, dense_bytes, d_dense, tp),
-                       _costed(hw, op, passes, expert_bytes, d_expert, ep * etp))
-
-    rs = both_groups(hw.reduce_scatter, 1, g_dense, g_expert)
-    ar = both_groups(hw.all_reduce, 2, g_dense, g_expert)
-    ag = rs  # ZeRO-1/2 gather back the updated (trainable) weights
-    ag3 = both_groups(hw.all_gather, 1, dense / tp * b, expert / (ep * etp) * b)  # ZeRO-3 gathers every weight, frozen too
+    # differ in how much of their ring runs on NVLink. ZeRO-1/2 gather back the updated
+    # (trainable) weights as the reduce-scatter moves them; ZeRO-3 gathers every weight, frozen too
+    rs, ar, ag3 = _collectives(hw, [(1, g_dense, g_expert), (2, g_dense, g_expert),
+                                    (1, dense / tp * b, expert / (ep * etp) * b)], d_dense, d_expert, tp, ep * etp)
+    ag = rs
     z = np.broadcast_to(zero, t_fwd.shape)
     r = np.broadcast_to(raf[:, None], t_fwd.shape)
     chunk = 1.0 / v
@@ -89,11 +84,28 @@ def exposed_data_parallel(hw: Hardware, stack, dense, expert, trained, col, d_de
     return per_mb, start, end
 
 
-def _costed(hw: Hardware, op, passes, nbytes, group, stride):
+def _collectives(hw: Hardware, ops, d_dense, d_expert, tp, expert_stride):
+    """Data-parallel ring collectives, each over the dense and the expert group, joined per op
+    (_joined): `ops` as (passes: 1 all-gather / reduce-scatter, 2 all-reduce, dense bytes,
+    expert bytes). Costed in one batch along a leading axis: the arrays are small (a pass's
+    rows x ranks), so the numpy calls, not the elements, are the cost; each element's
+    arithmetic is the same as one collective at a time."""
+    n = 2 * len(ops)
+    nbytes = np.stack([np.broadcast_to(a, np.broadcast_shapes(*(x.shape for _, *pair in ops for x in pair)))
+                       for _, *pair in ops for a in pair])  # [2 * ops, rows, ranks]
+    group = np.stack([d_dense, d_expert] * len(ops))  # [2 * ops, rows, 1]
+    stride = np.stack([np.broadcast_to(tp, d_dense.shape), np.broadcast_to(expert_stride, d_expert.shape)] * len(ops))
+    passes = np.repeat(np.array([p for p, *_ in ops], dtype=float), 2).reshape(n, 1, 1)
+    t, slowdown = _costed(hw, passes, nbytes, group, stride)
+    return [_joined((t[i], slowdown[i]), (t[i + 1], slowdown[i + 1])) for i in range(0, n, 2)]
+
+
+def _costed(hw: Hardware, passes, nbytes, group, stride):
     """A data-parallel ring collective as (seconds, slowdown of the compute that hides it):
     NVLINK_OVERLAP_SLOWDOWN over its NVLink phase, OVERLAP_SLOWDOWN over the rest (its network
-    phase and latency; module comment)."""
-    t = op(nbytes, group, stride)
+    phase and latency; module comment). `passes`: 1 for all-gather / reduce-scatter, 2 for
+    all-reduce (hardware's _ring_seconds)."""
+    t = hw._ring_seconds(nbytes, group, stride, passes)
     nvl = hw.nvlink_seconds(nbytes, group, stride, passes)
     share = np.where(t > 0, nvl / np.where(t > 0, t, 1.0), 0.0)
     return t, OVERLAP_SLOWDOWN + (NVLINK_OVERLAP_SLOWDOWN - OVERLAP_SLOWDOWN) * share
