@@ -57,7 +57,6 @@ whole.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,7 +136,6 @@ class CostModel:
         self._compositions: dict[tuple[int, int], tuple[list[list[int]], np.ndarray]] = {}
         self._chunks: dict[tuple[int, bool], list[list[int]]] = {}  # interleaved shapes of one pp*v share their chunks
         self._stage_weights: tuple[list[float], list[int]] | None = None  # CostProfile.stage_weights()
-        self._sequence_array: np.ndarray | None = None
 
     # ---- pipeline shape ---------------------------------------------------------------------------
     def stage_weights(self) -> tuple[list[float], list[int]]:
@@ -156,12 +154,14 @@ class CostModel:
             if split not in self._chunks:
                 self._chunks[split] = self.p.stage_chunks(*split, weights=self.stage_weights())
             chunks = self._chunks[split]
-            # each position's rank (chunk c runs on rank c % pp), counted per (rank, key) at once
-            n_keys, sequence = self.p.n_keys, self._sequence()
-            rank = np.repeat(np.arange(len(chunks), dtype=np.int64) % pp, [len(chunk) for chunk in chunks])
-            positions = np.fromiter(itertools.chain.from_iterable(chunks), np.int64, len(rank))
-            counts = np.bincount(rank * n_keys + sequence[positions], minlength=pp * n_keys)
-            self._compositions[key] = (chunks, counts.reshape(pp, n_keys).astype(float))
+            # each position's key counted on its rank (chunk c runs on rank c % pp), in plain
+            # Python: a split holds a few dozen positions, fewer than numpy's per-call overhead
+            sequence, counts = self.p.sequence, [[0] * self.p.n_keys for _ in range(pp)]
+            for c, chunk in enumerate(chunks):
+                on_rank = counts[c % pp]
+                for position in chunk:
+                    on_rank[sequence[position]] += 1
+            self._compositions[key] = (chunks, np.array(counts, dtype=float))
         return self._compositions[key]
 
     def p2p_seconds(self, mb, cp, tp, sp, dp, pp, m) -> np.ndarray:
@@ -178,11 +178,6 @@ class CostModel:
         across = tp * cp * dp >= hw.node_size
         sends = (pp - 1) if p.stack.pp_p2p_overlap else (m + pp - 1)
         return np.where(pp > 1, 2 * hw.p2p(nbytes, across) * sends, 0.0)
-
-    def _sequence(self) -> np.ndarray:
-        if self._sequence_array is None:
-            self._sequence_array = np.asarray(self.p.sequence, np.int64)
-        return self._sequence_array
 
     # ---- evaluation -------------------------------------------------------------------------------
     def evaluate(self, space: Space, allowed=(0, 1, 2), forced: np.ndarray | None = None,
