@@ -171,13 +171,23 @@ class CostModel:
         layout's combination and pipeline, so the fast path's lower bound
         (vlac.search.step_bound) adds it exactly."""
         hw, p = self.hw, self.p
-        nbytes = mb / cp * p.seq_len * p.hidden * p.act_bytes / np.where(sp, tp, 1.0)
+        # the step bound passes every group of a depth (tens of thousands of rows): in place,
+        # in the order of `mb / cp * seq_len * hidden * act_bytes / (tp under sp)`, the same bits
+        nbytes = mb / cp
+        nbytes *= p.seq_len
+        nbytes *= p.hidden
+        nbytes *= p.act_bytes
+        nbytes /= np.where(sp, tp, 1.0)
         # late fusion: the media entries go along, whole on every tp and cp rank (charged at
         # every boundary; the runtime stops after the last stage that reads them)
-        nbytes = nbytes + mb * p.media_entries * p.hidden * p.act_bytes
+        if p.media_entries:
+            nbytes += mb * p.media_entries * p.hidden * p.act_bytes
         across = tp * cp * dp >= hw.node_size
         sends = (pp - 1) if p.stack.pp_p2p_overlap else (m + pp - 1)
-        return np.where(pp > 1, 2 * hw.p2p(nbytes, across) * sends, 0.0)
+        seconds = hw.p2p(nbytes, across)
+        seconds *= 2
+        seconds *= sends
+        return np.where(pp > 1, seconds, 0.0)
 
     # ---- evaluation -------------------------------------------------------------------------------
     def evaluate(self, space: Space, allowed=(0, 1, 2), forced: np.ndarray | None = None,
