@@ -51,8 +51,8 @@ def exposed_data_parallel(hw: Hardware, stack, dense, expert, trained, col, d_de
     # each collective as (seconds, slowdown of the compute hiding it): the dense and expert groups
     # differ in how much of their ring runs on NVLink. ZeRO-1/2 gather back the updated
     # (trainable) weights as the reduce-scatter moves them; ZeRO-3 gathers every weight, frozen too
-    rs, ar, ag3 = _collectives(hw, [(1, g_dense, g_expert), (2, g_dense, g_expert),
-                                    (1, dense / tp * b, expert / (ep * etp) * b)], d_dense, d_expert, tp, ep * etp)
+    rs, ar, ag3 = _collectives(hw, (1, 2, 1), (g_dense, g_dense, dense / tp * b),
+                               (g_expert, g_expert, expert / (ep * etp) * b), (d_dense, d_expert), (tp, ep * etp))
     ag = rs
     z = np.broadcast_to(zero, t_fwd.shape)
     r = np.broadcast_to(raf[:, None], t_fwd.shape)
@@ -84,20 +84,21 @@ def exposed_data_parallel(hw: Hardware, stack, dense, expert, trained, col, d_de
     return per_mb, start, end
 
 
-def _collectives(hw: Hardware, ops, d_dense, d_expert, tp, expert_stride):
-    """Data-parallel ring collectives, each over the dense and the expert group, joined per op
-    (_joined): `ops` as (passes: 1 all-gather / reduce-scatter, 2 all-reduce, dense bytes,
-    expert bytes). Costed in one batch along a leading axis: the arrays are small (a pass's
-    rows x ranks), so the numpy calls, not the elements, are the cost; each element's
+def _collectives(hw: Hardware, passes, dense_bytes, expert_bytes, group, stride):
+    """Data-parallel ring collectives, each over the dense and the expert group one after the
+    other (_joined): `passes` per op (1 all-gather / reduce-scatter, 2 all-reduce), its dense
+    and expert bytes ([rows, ranks]); `group`, `stride`: the dense and the expert group's
+    ([rows, 1] each). Costed in one batch, [ops, groups, rows, ranks]: the arrays are small (a
+    pass's rows x ranks), so the numpy calls, not the elements, are the cost; each element's
     arithmetic is the same as one collective at a time."""
-    n = 2 * len(ops)
-    nbytes = np.stack([np.broadcast_to(a, np.broadcast_shapes(*(x.shape for _, *pair in ops for x in pair)))
-                       for _, *pair in ops for a in pair])  # [2 * ops, rows, ranks]
-    group = np.stack([d_dense, d_expert] * len(ops))  # [2 * ops, rows, 1]
-    stride = np.stack([np.broadcast_to(tp, d_dense.shape), np.broadcast_to(expert_stride, d_expert.shape)] * len(ops))
-    passes = np.repeat(np.array([p for p, *_ in ops], dtype=float), 2).reshape(n, 1, 1)
-    t, slowdown = _costed(hw, passes, nbytes, group, stride)
-    return [_joined((t[i], slowdown[i]), (t[i + 1], slowdown[i + 1])) for i in range(0, n, 2)]
+    shape = np.broadcast_shapes(*(a.shape for a in dense_bytes + expert_bytes))
+    nbytes = np.empty((len(passes), 2) + shape)
+    for i, pair in enumerate(zip(dense_bytes, expert_bytes)):
+        nbytes[i, 0], nbytes[i, 1] = pair
+    t, slowdown = _costed(hw, np.array(passes, dtype=float).reshape(-1, 1, 1, 1), nbytes, np.stack(group)[None],
+                          np.stack(stride)[None])
+    total, rate = _joined((t[:, 0], slowdown[:, 0]), (t[:, 1], slowdown[:, 1]))
+    return [(total[i], rate[i]) for i in range(len(passes))]
 
 
 def _costed(hw: Hardware, passes, nbytes, group, stride):
