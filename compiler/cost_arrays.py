@@ -85,8 +85,9 @@ class PipelineShapes:
         self.mask = np.arange(self.width)[None, :] < pp[:, None]  # [rows, ranks]: real ranks
 
     def per_rank(self, per_key: np.ndarray) -> np.ndarray:
-        """A per-layer figure ([K]) summed over each row's layers, per rank: [rows, ranks]."""
-        by_shape = key_sum(np.broadcast_to(per_key, (len(self.counts), len(per_key))), self.counts)
+        """Per-layer figures ([K] or [K, figures]) summed over each row's layers, per rank:
+        [rows, ranks] or [rows, ranks, figures]."""
+        by_shape = key_sum(np.broadcast_to(per_key, (len(self.counts),) + per_key.shape), self.counts)
         return by_shape[self.of_row]
 
 

@@ -132,6 +132,9 @@ class CostModel:
             np.array([[q.saved[pol][part] for pol in RECOMPUTE] for q in prof]) for part in range(3))
         self.is_block = np.array([q.kind == "block" for q in prof])
         self.is_head = np.array([q.kind == "head" for q in prof], dtype=float)
+        # what a pass sums per rank over its layers (PipelineShapes.per_rank), side by side: one sum for all
+        self.rank_figures = np.stack([self.params_dense, self.params_expert, self.params_fp8, self.trainable_dense,
+                                      self.trainable_expert, self.is_block.astype(float)], axis=-1)  # [K, 6]
         self.max_block_params = max((q.params_dense + q.params_expert for q in prof if q.kind == "block"), default=0.0)
         self._compositions: dict[tuple[int, int], tuple[list[list[int]], np.ndarray]] = {}
         self._chunks: dict[tuple[int, bool], list[list[int]]] = {}  # interleaved shapes of one pp*v share their chunks
@@ -296,9 +299,10 @@ class CostModel:
         d_expert = d_dense * tp / (ep * etp)
 
         # ---- memory [rows, ranks, policies] -----------------------------------------------------
-        dense, expert = shapes.per_rank(self.params_dense), shapes.per_rank(self.params_expert)  # [rows, ranks]
-        fp8 = shapes.per_rank(self.params_fp8) if self.p.fp8 else np.zeros_like(dense)
-        trained = (shapes.per_rank(self.trainable_dense), shapes.per_rank(self.trainable_expert))  # frozen: no gradient, no update
+        figures = shapes.per_rank(self.rank_figures)  # [rows, ranks, 6] (rank_figures)
+        dense, expert = figures[..., 0], figures[..., 1]
+        fp8 = figures[..., 2] if self.p.fp8 else np.zeros_like(dense)
+        trained = (figures[..., 3], figures[..., 4])  # frozen: no gradient, no update
         dense_l = dense / tp
         expert_l = expert / (ep * etp)
         B = BYTES_PER_PARAM
@@ -328,7 +332,7 @@ class CostModel:
         total = static[:, :, None] + act_held  # [rows, ranks, 3]
         usable = hw.usable_memory
         rc_all = rc_p[pair]  # [rows, ranks, 3] recompute seconds per micro-batch, full on every block
-        blocks = shapes.per_rank(self.is_block.astype(float))  # [rows, ranks]
+        blocks = figures[..., 5]  # [rows, ranks]
         if forced is not None:
             given = [np.zeros(real.shape, np.int64), np.full(real.shape, -1.0)]
             for out, a in zip(given, forced):
