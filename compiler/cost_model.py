@@ -220,9 +220,11 @@ class CostModel:
         inv = inv.reshape(-1)
         lt = self.p.times(uniq[:, 0], uniq[:, 1].astype(bool), uniq[:, 2], uniq[:, 3], uniq[:, 4], uniq[:, 5])
         per_key = self._per_key(lt, uniq)
-        # every per-key figure the passes sum over a rank's layers, side by side: one sum for all
+        # every per-key figure the passes sum over a rank's layers, side by side: one sum for all;
+        # last the head's saved bytes (times its 0/1 flag: the same products as its counts masked)
         per_key["stacked"] = np.concatenate([per_key["act"], per_key["recompute"]]
-                                            + [per_key[k][..., None] for k in RANK_PARTS], axis=-1)
+                                            + [per_key[k][..., None] for k in RANK_PARTS]
+                                            + [per_key["act"] * self.is_head[None, :, None]], axis=-1)
         allowed_mask = np.zeros(3, bool)
         allowed_mask[list(allowed)] = True
         for rows in row_chunks(c["pp"]):  # every pipeline shape in one pass, padded to its largest pp
@@ -285,7 +287,7 @@ class CostModel:
         pu, ps = pairs // len(counts), pairs % len(counts)
         summed = key_sum(pk["stacked"][pu], counts[ps])  # [pairs, ranks, figures] (evaluate)
         act_p, rc_p = summed[..., 0:3], summed[..., 3:6]  # per micro-batch, per policy
-        head_p = key_sum(pk["act"][pu], counts[ps] * self.is_head[None, None, :])  # the head's share of act_p
+        head_p = summed[..., -3:]  # the head's share of act_p
         rank_p = {k: summed[..., 6 + i] for i, k in enumerate(RANK_PARTS)}  # [pairs, ranks]
         present = (counts[ps] > 0) & self.is_block[None, None, :]
         working_p = np.max(np.where(present, pk["act"][pu][:, None, :, 0], 0.0), axis=2)  # [pairs, ranks]
