@@ -50,10 +50,17 @@ def partial_full(total: np.ndarray, rc: np.ndarray, blocks: np.ndarray, k: np.nd
     """Memory and recompute time of full recompute on `k` of a rank's `blocks` ([rows, ranks]
     each): linear between no recompute (k = 0) and full on every block (k = blocks), and exactly
     the full figures at k = blocks."""
-    share = np.divide(k, blocks, out=np.zeros_like(total[..., 0]), where=blocks > 0)
-    mem = np.where(k >= blocks, total[..., FULL], total[..., 0] - share * (total[..., 0] - total[..., FULL]))
-    time = np.where(k >= blocks, rc[..., FULL], share * rc[..., FULL])
-    return mem, time
+    share, whole = _share(total, blocks, k)
+    return _partial_memory(total, share, whole), np.where(whole, rc[..., FULL], share * rc[..., FULL])
+
+
+def _share(total: np.ndarray, blocks: np.ndarray, k: np.ndarray):
+    """The share of a rank's blocks that `k` is, and where it is all of them."""
+    return np.divide(k, blocks, out=np.zeros_like(total[..., 0]), where=blocks > 0), k >= blocks
+
+
+def _partial_memory(total: np.ndarray, share: np.ndarray, whole: np.ndarray) -> np.ndarray:
+    return np.where(whole, total[..., FULL], total[..., 0] - share * (total[..., 0] - total[..., FULL]))
 
 
 def smallest_fitting(total: np.ndarray, blocks: np.ndarray, usable: float) -> np.ndarray:
@@ -65,7 +72,7 @@ def smallest_fitting(total: np.ndarray, blocks: np.ndarray, usable: float) -> np
         k = np.where(excess <= 0, 0.0, np.where(saving > 0, np.ceil(excess / saving), blocks))
     k = np.minimum(k, blocks)
     # the division rounds: step up one block where the linear figure still misses by a few bytes
-    mem, _ = partial_full(total, np.zeros_like(total), blocks, k)
+    mem = _partial_memory(total, *_share(total, blocks, k))
     return np.where((mem > usable) & (k < blocks), k + 1, k)
 
 
@@ -83,7 +90,8 @@ def choose(total: np.ndarray, rc: np.ndarray, blocks: np.ndarray, usable: float,
     policy = np.where(fits, secs, np.inf).argmin(axis=2)  # ties toward less recompute: none, selective, full
     policy = np.where(ok, policy, int(np.nonzero(allowed)[0].max()))
     # where nothing fits, k is every block (smallest_fitting), so `full` is priced on all of them
-    take = lambda a: np.take_along_axis(a, policy[..., None], 2)[..., 0]  # noqa: E731
+    none, selective = policy == 0, policy == 1
+    take = lambda a: np.where(none, a[..., 0], np.where(selective, a[..., 1], a[..., FULL]))  # noqa: E731
     return RankChoice(policy, np.where(policy == FULL, k, 0.0), take(mem), take(secs), ok)
 
 
