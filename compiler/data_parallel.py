@@ -69,18 +69,20 @@ def exposed_data_parallel(hw: Hardware, stack, dense, expert, trained, col, d_de
     hide_rs = hidden if stack.grad_reduce_overlap else exposed
     hide_ag = hidden if stack.param_gather_overlap else exposed
     part = lambda comm, share: (comm[0] * share, comm[1])  # noqa: E731
+    # each exposed figure once, though several ZeRO levels read it (a pass's arrays are small:
+    # the numpy calls are the cost); the first level that matches picks, as np.select would
+    rs_bwd, ag3_fwd, bwd_chunk = hide_rs(rs, t_bwd), hide_ag(ag3, t_fwd), t_bwd * chunk
+    zero1_2, zero2, zero3 = (z == 1) | (z == 2), z == 2, z == 3
     # ZeRO-3 without resharding: the backward's re-gather and the reduce-scatter share its window
-    both = hidden(_joined(ag3, rs), t_bwd) if hide_ag is hide_rs is hidden else hide_ag(ag3, t_bwd) + hide_rs(rs, t_bwd)
+    both = hidden(_joined(ag3, rs), t_bwd) if hide_ag is hide_rs is hidden else hide_ag(ag3, t_bwd) + rs_bwd
     # ZeRO-2 reduce-scatters every micro-batch's gradients behind its backward, the last one
     # at the step's end as ZeRO-1 does (so with one micro-batch the two cost the same)
     earlier = (col["m"] - 1) / col["m"]
-    per_mb = np.select([z == 2, (z == 3) & r, z == 3],
-                       [earlier * hide_rs(rs, t_bwd), hide_ag(ag3, t_fwd) + both,
-                        hide_ag(ag3, t_fwd) + hide_rs(rs, t_bwd)],
-                       none)
-    start = np.where((z == 1) | (z == 2), hide_ag(part(ag, chunk), t_fwd * chunk), none)
-    end = np.select([z == 0, (z == 1) | (z == 2)],
-                    [hide_rs(part(ar, chunk), t_bwd * chunk), hide_rs(part(rs, chunk), t_bwd * chunk)], none)
+    per_mb = np.where(zero2, earlier * rs_bwd,
+                      np.where(zero3 & r, ag3_fwd + both, np.where(zero3, ag3_fwd + rs_bwd, none)))
+    start = np.where(zero1_2, hide_ag(part(ag, chunk), t_fwd * chunk), none)
+    end = np.where(z == 0, hide_rs(part(ar, chunk), bwd_chunk),
+                   np.where(zero1_2, hide_rs(part(rs, chunk), bwd_chunk), none))
     return per_mb, start, end
 
 
