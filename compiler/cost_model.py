@@ -177,9 +177,8 @@ class CostModel:
         # the step bound passes every group of a depth (tens of thousands of rows): in place,
         # in the order of `mb / cp * seq_len * hidden * act_bytes / (tp under sp)`, the same bits
         nbytes = mb / cp
-        nbytes *= p.seq_len
-        nbytes *= p.hidden
-        nbytes *= p.act_bytes
+        for factor in (p.seq_len, p.hidden, p.act_bytes):
+            nbytes *= factor
         nbytes /= np.where(sp, tp, 1.0)
         # late fusion: the media entries go along, whole on every tp and cp rank (charged at
         # every boundary; the runtime stops after the last stage that reads them)

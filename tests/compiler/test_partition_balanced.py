@@ -41,16 +41,19 @@ def _plain(weights, parts):
     return out
 
 
-@pytest.mark.parametrize("seed", range(20))
-def test_balanced_cuts_match_the_plain_bisection(seed):
+FAMILIES = {
+    "uneven": lambda rng, n: [rng.uniform(0.1, 10.0) for _ in range(n)],
+    "equal": lambda rng, n: [3.0] * n,
+    "heavy first": lambda rng, n: [50.0] + [1.0] * (n - 1),
+    "zeros": lambda rng, n: [float(rng.randint(0, 4)) for _ in range(n - 1)] + [1.0],  # a run may hold no weight yet
+    "flops": lambda rng, n: [rng.uniform(1e11, 1e13) for _ in range(n)],  # the sizes the stage split passes
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("seed", range(4))
+def test_balanced_cuts_match_the_plain_bisection(family, seed):
     rng = random.Random(seed)
-    n = rng.randint(1, 40)
-    weights = rng.choice([
-        [rng.uniform(0.1, 10.0) for _ in range(n)],
-        [3.0] * n,
-        [50.0] + [1.0] * (n - 1),
-        [float(rng.randint(0, 4)) for _ in range(n - 1)] + [1.0],  # zeros: a run may hold no weight yet
-        [rng.uniform(1e11, 1e13) for _ in range(n)],  # FLOPs-sized, as the stage split passes
-    ])
-    for parts in range(1, n + 1):
+    weights = FAMILIES[family](rng, rng.randint(1, 40))
+    for parts in range(1, len(weights) + 1):
         assert balanced_partition(weights, parts) == _plain(weights, parts), (weights, parts)
