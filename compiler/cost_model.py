@@ -91,6 +91,7 @@ TIME_KEYS = ("compute", "elementwise", "recompute", "tp_comm", "ep_comm", "cp_co
 MEMORY_KEYS = ("weights", "gradients", "optimizer", "fp8_cache", "activations", "working", "comm_buffers")
 # a micro-batch's parts per layer that the step sums over a rank's layers (the first five: its time)
 RANK_PARTS = ("compute", "elementwise", "tp_comm", "ep_comm", "cp_comm", "fwd", "bwd", "wgrad", "ep_unpaired")
+DEGREES = ("dp", "tp", "cp", "ep", "etp", "mb", "m", "pp", "v")  # a pass's float columns ([rows, 1] each)
 INTERLEAVED, GPIPE, ZERO_BUBBLE = (SCHEDULE_CODES.index(s) for s in ("interleaved_1f1b", "gpipe", "zero_bubble"))
 
 
@@ -291,7 +292,9 @@ class CostModel:
         present = (counts[ps] > 0) & self.is_block[None, None, :]
         working_p = np.max(np.where(present, pk["act"][pu][:, None, :, 0], 0.0), axis=2)  # [pairs, ranks]
 
-        col = {k: c[k][idx].astype(float)[:, None] for k in ("dp", "tp", "cp", "ep", "etp", "mb", "m", "pp", "v")}
+        # the degrees as float columns of one [rows, 9] array (one gather and conversion for all)
+        cols = np.stack([c[k] for k in DEGREES], axis=1)[idx].astype(float)
+        col = {k: cols[:, j:j + 1] for j, k in enumerate(DEGREES)}
         zero = c["zero"][idx][:, None]
         gathered = (~c["raf"][idx])[:, None]  # zero3 without reshard: weights gathered at the peak
         sched = c["sched"][idx]
@@ -370,7 +373,8 @@ class CostModel:
             return
         sel = np.nonzero(keep)[0]
         pair, idx, real, rc = pair[sel], idx[sel], real[sel], choice.recompute[sel]
-        col = {k: a[sel] for k, a in col.items()}
+        cols = cols[sel]
+        col = {k: cols[:, j:j + 1] for j, k in enumerate(DEGREES)}
         tp, cp, ep, etp, dp, m = col["tp"], col["cp"], col["ep"], col["etp"], col["dp"], col["m"]
         d_dense, d_expert, zero, sched = d_dense[sel], d_expert[sel], zero[sel], sched[sel]
         dense, expert, trained = dense[sel], expert[sel], (trained[0][sel], trained[1][sel])
