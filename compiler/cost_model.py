@@ -292,8 +292,9 @@ class CostModel:
         present = (counts[ps] > 0) & self.is_block[None, None, :]
         working_p = np.max(np.where(present, pk["act"][pu][:, None, :, 0], 0.0), axis=2)  # [pairs, ranks]
 
-        # the degrees as float columns of one [rows, 9] array (one gather and conversion for all)
-        cols = np.stack([c[k] for k in DEGREES], axis=1)[idx].astype(float)
+        # the degrees as float columns of one [rows, 9] array (one conversion for all; gathered
+        # first: a large space's columns are many passes long)
+        cols = np.stack([c[k][idx] for k in DEGREES], axis=1).astype(float)
         col = {k: cols[:, j:j + 1] for j, k in enumerate(DEGREES)}
         zero = c["zero"][idx][:, None]
         gathered = (~c["raf"][idx])[:, None]  # zero3 without reshard: weights gathered at the peak
