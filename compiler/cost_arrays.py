@@ -86,9 +86,11 @@ class PipelineShapes:
 
     def per_rank(self, per_key: np.ndarray) -> np.ndarray:
         """Per-layer figures ([K] or [K, figures]) summed over each row's layers, per rank:
-        [rows, ranks] or [rows, ranks, figures]."""
+        [rows, ranks] or [figures, rows, ranks] (each figure contiguous, as the passes read them)."""
         by_shape = key_sum(np.broadcast_to(per_key, (len(self.counts),) + per_key.shape), self.counts)
-        return by_shape[self.of_row]
+        if by_shape.ndim == 2:
+            return by_shape[self.of_row]
+        return np.ascontiguousarray(np.moveaxis(by_shape, -1, 0))[:, self.of_row]
 
 
 def in_flight(sched: np.ndarray, m: np.ndarray, pp: np.ndarray, v: np.ndarray, width: int,

@@ -294,8 +294,8 @@ class CostModel:
 
         # the degrees as float columns of one [rows, 9] array (one conversion for all; gathered
         # first: a large space's columns are many passes long)
-        cols = np.stack([c[k][idx] for k in DEGREES], axis=1).astype(float)
-        col = {k: cols[:, j:j + 1] for j, k in enumerate(DEGREES)}
+        cols = np.stack([c[k][idx] for k in DEGREES]).astype(float)  # [9, rows]: each column contiguous
+        col = {k: cols[j][:, None] for j, k in enumerate(DEGREES)}
         zero = c["zero"][idx][:, None]
         gathered = (~c["raf"][idx])[:, None]  # zero3 without reshard: weights gathered at the peak
         sched = c["sched"][idx]
@@ -304,10 +304,10 @@ class CostModel:
         d_expert = d_dense * tp / (ep * etp)
 
         # ---- memory [rows, ranks, policies] -----------------------------------------------------
-        figures = shapes.per_rank(self.rank_figures)  # [rows, ranks, 6] (rank_figures)
-        dense, expert = figures[..., 0], figures[..., 1]
-        fp8 = figures[..., 2] if self.p.fp8 else np.zeros_like(dense)
-        trained = (figures[..., 3], figures[..., 4])  # frozen: no gradient, no update
+        figures = shapes.per_rank(self.rank_figures)  # [6 (rank_figures), rows, ranks]
+        dense, expert = figures[0], figures[1]
+        fp8 = figures[2] if self.p.fp8 else np.zeros_like(dense)
+        trained = (figures[3], figures[4])  # frozen: no gradient, no update
         dense_l = dense / tp
         expert_l = expert / (ep * etp)
         B = BYTES_PER_PARAM
@@ -337,7 +337,7 @@ class CostModel:
         total = static[:, :, None] + act_held  # [rows, ranks, 3]
         usable = hw.usable_memory
         rc_all = rc_p[pair]  # [rows, ranks, 3] recompute seconds per micro-batch, full on every block
-        blocks = figures[..., 5]  # [rows, ranks]
+        blocks = figures[5]  # [rows, ranks]
         if forced is not None:
             given = [np.zeros(real.shape, np.int64), np.full(real.shape, -1.0)]
             for out, a in zip(given, forced):
@@ -374,8 +374,8 @@ class CostModel:
             return
         sel = np.nonzero(keep)[0]
         pair, idx, real, rc = pair[sel], idx[sel], real[sel], choice.recompute[sel]
-        cols = cols[sel]
-        col = {k: cols[:, j:j + 1] for j, k in enumerate(DEGREES)}
+        cols = cols[:, sel]
+        col = {k: cols[j][:, None] for j, k in enumerate(DEGREES)}
         tp, cp, ep, etp, dp, m = col["tp"], col["cp"], col["ep"], col["etp"], col["dp"], col["m"]
         d_dense, d_expert, zero, sched = d_dense[sel], d_expert[sel], zero[sel], sched[sel]
         dense, expert, trained = dense[sel], expert[sel], (trained[0][sel], trained[1][sel])

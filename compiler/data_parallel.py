@@ -31,6 +31,11 @@ NVLINK_OVERLAP_SLOWDOWN = 0.9
 # the BF16 weight written, the norm (cost_model's docstring)
 OPTIMIZER_BYTES_PER_PARAM = 30.0
 BF16_BYTES = 2.0  # gradients reduced and weights gathered in BF16
+# rows x ranks up to which a pass costs its collectives in one batch (_collectives): the search's
+# fast path passes a few hundred rows, where numpy's per-call overhead is the cost; a planner
+# pass of up to cost_arrays.CELLS is faster one collective at a time (measured on the README's
+# flagship: its 106k-row evaluate ~5 % slower batched)
+BATCH_CELLS = 1 << 13
 
 
 def exposed_data_parallel(hw: Hardware, stack, dense, expert, trained, col, d_dense, d_expert, zero, raf, v, t_fwd,
@@ -94,6 +99,9 @@ def _collectives(hw: Hardware, passes, dense_bytes, expert_bytes, group, stride)
     pass's rows x ranks), so the numpy calls, not the elements, are the cost; each element's
     arithmetic is the same as one collective at a time."""
     shape = np.broadcast_shapes(*(a.shape for a in dense_bytes + expert_bytes))
+    if np.prod(shape) > BATCH_CELLS:  # a large pass: one collective at a time reads fewer broadcast arrays
+        return [_joined(_costed(hw, p, d, group[0], stride[0]), _costed(hw, p, e, group[1], stride[1]))
+                for p, d, e in zip(passes, dense_bytes, expert_bytes)]
     nbytes = np.empty((len(passes), 2) + shape)
     for i, pair in enumerate(zip(dense_bytes, expert_bytes)):
         nbytes[i, 0], nbytes[i, 1] = pair

@@ -90,8 +90,10 @@ def choose(total: np.ndarray, rc: np.ndarray, blocks: np.ndarray, usable: float,
     policy = np.where(fits, secs, np.inf).argmin(axis=2)  # ties toward less recompute: none, selective, full
     policy = np.where(ok, policy, int(np.nonzero(allowed)[0].max()))
     # where nothing fits, k is every block (smallest_fitting), so `full` is priced on all of them
-    none, selective = policy == 0, policy == 1
-    take = lambda a: np.where(none, a[..., 0], np.where(selective, a[..., 1], a[..., FULL]))  # noqa: E731
+    # one flat gather per figure (mem and secs are contiguous [rows, ranks, 3]): take_along_axis's
+    # wrapper costs more than the gather on a search pass's few hundred rows
+    flat = policy.reshape(-1) + np.arange(0, 3 * policy.size, 3)
+    take = lambda a: a.reshape(-1)[flat].reshape(policy.shape)  # noqa: E731
     return RankChoice(policy, np.where(policy == FULL, k, 0.0), take(mem), take(secs), ok)
 
 
